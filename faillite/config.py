@@ -1,0 +1,287 @@
+"""Configuration models of a mesh, shared by every role.
+
+Configs are YAML files validated by pydantic models that reject unknown keys, so a typo such as
+``heartbeat_intervall`` fails at load time with a message naming the key and its place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from faillite.topics import Role, check_id
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says where and why."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class BrokerUser(StrictModel):
+    """A broker account. The password is given inline (demo kits) or by environment variable."""
+
+    username: str
+    role: Role
+    password: str | None = None
+    password_env: str | None = None
+
+    def resolve_password(self) -> str:
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"broker user {self.username!r}: environment variable "
+                    f"{self.password_env!r} is not set"
+                )
+            return value
+        if self.password is None:
+            raise ConfigError(f"broker user {self.username!r} has neither password nor password_env")
+        return self.password
+
+
+class TlsConfig(StrictModel):
+    ca_certs: Path
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+
+class BrokerConfig(StrictModel):
+    """Where clients connect, and how the embedded broker authenticates and authorizes them."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=0, le=65535)
+    keepalive_s: int = Field(default=5, ge=1, le=3600)
+    allow_anonymous: bool = True
+    users: tuple[BrokerUser, ...] = ()
+    acl: bool = True
+    max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    tls: TlsConfig | None = None
+
+    def credentials_for(self, role: Role) -> tuple[str, str] | None:
+        """(username, password) of the first user with ``role``, from the environment first."""
+        env_user = os.environ.get("FAILLITE_MQTT_USERNAME")
+        if env_user:
+            return env_user, os.environ.get("FAILLITE_MQTT_PASSWORD", "")
+        for user in self.users:
+            if user.role == role:
+                return user.username, user.resolve_password()
+        return None
+
+
+class SensorConfig(StrictModel):
+    id: Id
+    source: str = "scene"  # "scene", a camera index, a file, a folder of images or a URL
+    fps: float = Field(default=10.0, gt=0, le=240)
+    width: int = Field(default=640, ge=16, le=7680)
+    height: int = Field(default=480, ge=16, le=4320)
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    loop: bool = True
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("sensor", v)
+
+
+class AppConfig(StrictModel):
+    """An inference application: one sensor's frames through one model family."""
+
+    id: Id
+    sensor: Id
+    family: str
+    slo_ms: float = Field(default=200.0, gt=0)
+    weight: float = Field(default=1.0, gt=0)
+    critical: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("app", v)
+
+
+class OnnxRuntimeBackendConfig(StrictModel):
+    type: Literal["onnxruntime"] = "onnxruntime"
+    providers: tuple[str, ...] = (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
+    intra_op_threads: int = Field(default=0, ge=0)
+    trt_cache_dir: Path | None = None
+
+
+class TensorRTBackendConfig(StrictModel):
+    type: Literal["tensorrt"]
+    engines_dir: Path | None = None
+
+
+BackendConfig = Annotated[
+    OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")
+]
+
+
+class WorkerConfig(StrictModel):
+    id: Id
+    device_class: str = "cpu"
+    memory_mb: float = Field(default=2048.0, gt=0)
+    compute_budget: float = Field(default=1.0, gt=0)  # share of the device inference may use
+    disk_mb: float = Field(default=10_000.0, gt=0)
+    failure_domain: str | None = None
+    backend: BackendConfig = Field(default_factory=OnnxRuntimeBackendConfig)
+    queue_size: int = Field(default=2, ge=1, le=64)
+    heartbeat_interval_s: float = Field(default=0.1, gt=0, le=60)
+    models_dir: Path | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("worker", v)
+
+    @property
+    def domain(self) -> str:
+        return self.failure_domain or self.id
+
+
+class StaticServe(StrictModel):
+    app: Id
+    variant: str
+
+
+class CoordinatorConfig(StrictModel):
+    type: Literal["static"] = "static"
+    # static: worker id -> what it serves
+    assignments: dict[str, tuple[StaticServe, ...]] = Field(default_factory=dict)
+
+
+class MeshConfig(StrictModel):
+    mesh: Id = "demo"
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    models_dir: Path | None = None  # default: $FAILLITE_MODELS_DIR or ~/.local/share/faillite/models
+    catalog: Path = Path("catalog.yaml")
+    max_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    sensors: tuple[SensorConfig, ...] = ()
+    apps: tuple[AppConfig, ...] = ()
+    workers: tuple[WorkerConfig, ...] = ()
+    coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh(cls, v: str) -> str:
+        return check_id("mesh", v)
+
+    @model_validator(mode="after")
+    def _references(self) -> MeshConfig:
+        for kind, items in (("sensor", self.sensors), ("app", self.apps), ("worker", self.workers)):
+            ids = [i.id for i in items]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} ids: {', '.join(dupes)}")
+        sensors = {s.id for s in self.sensors}
+        for app in self.apps:
+            if app.sensor not in sensors:
+                raise ValueError(f"app {app.id!r} names unknown sensor {app.sensor!r}")
+        apps = {a.id for a in self.apps}
+        workers = {w.id for w in self.workers}
+        for worker, serves in self.coordinator.assignments.items():
+            if worker not in workers:
+                raise ValueError(f"coordinator.assignments names unknown worker {worker!r}")
+            for s in serves:
+                if s.app not in apps:
+                    raise ValueError(f"coordinator.assignments[{worker}] names unknown app {s.app!r}")
+        return self
+
+    def worker(self, worker_id: str) -> WorkerConfig:
+        for w in self.workers:
+            if w.id == worker_id:
+                return w
+        raise ConfigError(f"no worker {worker_id!r} in mesh {self.mesh!r}")
+
+    def sensor(self, sensor_id: str) -> SensorConfig:
+        for s in self.sensors:
+            if s.id == sensor_id:
+                return s
+        raise ConfigError(f"no sensor {sensor_id!r} in mesh {self.mesh!r}")
+
+    def app(self, app_id: str) -> AppConfig:
+        for a in self.apps:
+            if a.id == app_id:
+                return a
+        raise ConfigError(f"no app {app_id!r} in mesh {self.mesh!r}")
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key {str(err['loc'][-1])!r}")
+        else:
+            lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p)
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_mesh_config(path: str | Path, overrides: dict[str, Any] | None = None) -> MeshConfig:
+    """Load and validate a mesh config; relative paths in it are relative to the file."""
+    path = Path(path)
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, not {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        cfg = MeshConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+    base = path.parent
+    env_models = os.environ.get("FAILLITE_MODELS_DIR")
+    if env_models:
+        models_dir = Path(env_models)
+    elif cfg.models_dir is not None:
+        models_dir = _resolve(base, cfg.models_dir)
+    else:
+        models_dir = default_models_dir()
+    return cfg.model_copy(update={"models_dir": models_dir, "catalog": _resolve(base, cfg.catalog)})
+
+
+def default_models_dir() -> Path:
+    env = os.environ.get("FAILLITE_MODELS_DIR")
+    if env:
+        return Path(env)
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "faillite" / "models"
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped in the ``configs/`` folder (installed as faillite.configs)."""
+    import faillite.configs
+
+    return Path(faillite.configs.__file__).parent / name
