@@ -1,0 +1,252 @@
+"""The ``faillite`` command: one entry point for every role and tool."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from faillite import log as flog
+from faillite.config import ConfigError, MeshConfig, load_mesh_config, packaged_config
+
+DEFAULT_CONFIG = "demo.yaml"
+
+
+def _config_path(value: str | None) -> Path:
+    if value is None:
+        return packaged_config(DEFAULT_CONFIG)
+    p = Path(value)
+    if not p.exists() and not p.is_absolute() and packaged_config(value).exists():
+        return packaged_config(value)  # a name of a shipped config, e.g. "demo.yaml"
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "broker", None):
+        host, _, port = args.broker.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--broker wants HOST:PORT, got {args.broker!r}")
+        if host:
+            out["broker.host"] = host
+        out["broker.port"] = int(port)
+    if getattr(args, "models_dir", None):
+        out["models_dir"] = str(Path(args.models_dir).resolve())
+    return out
+
+
+def load(args: argparse.Namespace) -> MeshConfig:
+    return load_mesh_config(_config_path(args.config), _overrides(args))
+
+
+def _until_signal(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from faillite.broker.embedded import run_broker
+
+    cfg = load(args)
+    flog.configure(mesh=cfg.mesh, role="broker")
+    broker = cfg.broker
+    if args.host or args.port is not None:
+        broker = broker.model_copy(update={
+            "host": args.host or broker.host,
+            "port": broker.port if args.port is None else args.port,
+        })
+    run_broker(broker, cfg.mesh)
+    return 0
+
+
+def cmd_sensor(args: argparse.Namespace) -> int:
+    from faillite.sensors.publisher import SensorPublisher
+
+    cfg = load(args)
+    flog.configure(mesh=cfg.mesh, role="sensor", sensor=args.id)
+    scfg = cfg.sensor(args.id)
+    updates: dict[str, Any] = {}
+    if args.source:
+        updates["source"] = args.source
+    if args.fps:
+        updates["fps"] = args.fps
+    scfg = scfg.model_copy(update=updates)
+    pub = SensorPublisher(cfg.mesh, scfg, cfg.broker, follow_results=args.results)
+    _until_signal(pub.stop)
+    if args.results:
+        import threading
+
+        def report() -> None:
+            while not pub._stop.wait(2.0):
+                r = pub.report()
+                print(f"[{scfg.id}] sent={r.sent} dropped={r.dropped} fps={r.fps:.1f} "
+                      f"results={r.results} e2e {r.e2e_ms}", flush=True)
+
+        threading.Thread(target=report, daemon=True).start()
+    pub.run(duration_s=args.duration, max_frames=args.frames)
+    r = pub.report()
+    print(f"[{scfg.id}] sent={r.sent} dropped={r.dropped} not_connected={r.not_connected} "
+          f"results={r.results} e2e {r.e2e_ms}", flush=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faillite.catalog import load_catalog
+    from faillite.workers.worker import Worker
+
+    cfg = load(args)
+    flog.configure(mesh=cfg.mesh, role="worker", worker=args.id)
+    worker = Worker(cfg, cfg.worker(args.id), load_catalog(cfg.catalog))
+    _until_signal(worker.request_stop)
+    worker.start()
+    worker.wait()
+    worker.stop()
+    return 0
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from faillite.catalog import load_catalog
+    from faillite.coordinator.coordinator import Coordinator, StaticPlanner
+
+    cfg = load(args)
+    flog.configure(mesh=cfg.mesh, role="coordinator")
+    catalog = load_catalog(cfg.catalog)
+    coord = Coordinator(cfg, catalog, StaticPlanner(cfg, catalog))
+    _until_signal(coord.request_stop)
+    coord.start()
+    coord.wait()
+    coord.stop()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from faillite.field_kit.up import UpOptions, run_up
+
+    cfg = load(args)
+    flog.configure(mesh=cfg.mesh, role="up", fmt="console")
+    opts = UpOptions(
+        config_path=_config_path(args.config).resolve(),
+        duration_s=args.duration,
+        port=args.port,
+        view=not args.no_view,
+        logs_dir=Path(args.logs_dir) if args.logs_dir else None,
+        summary_json=Path(args.summary_json) if args.summary_json else None,
+        models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
+    )
+    return run_up(cfg, opts)
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from faillite.catalog import load_catalog
+    from faillite.models.build import build_models
+
+    cfg = load(args)
+    flog.configure(mesh=cfg.mesh, role="models", level="warning")
+    catalog = load_catalog(cfg.catalog)
+    paths = build_models(catalog, cfg.models_dir, args.variant or None, force=args.force,
+                         progress=True)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from faillite.catalog import load_catalog
+
+    cfg = load(args)
+    catalog = load_catalog(cfg.catalog)
+    print(f"models dir: {cfg.models_dir}")
+    print(f"{'family':<18}{'variant':<22}{'top-1':>7}{'mem MB':>8}{'file MB':>9}  on disk")
+    for fam in catalog.families:
+        for v in fam.variants:
+            on_disk = "yes" if (cfg.models_dir / v.file).is_file() else "no"
+            print(f"{fam.name:<18}{v.name:<22}{v.accuracy:>7.1f}{v.memory_mb:>8.0f}"
+                  f"{v.file_size_mb:>9.1f}  {on_disk}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="mesh config (YAML); default: the shipped demo.yaml")
+    p.add_argument("--broker", help="override the broker address, HOST:PORT")
+    p.add_argument("--models-dir", help="override where model files live")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faillite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt)")
+    _common(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("sensor", help="publish a camera's frames")
+    _common(p)
+    p.add_argument("--id", required=True, help="sensor id in the config")
+    p.add_argument("--source", help="override: scene, camera index, file, folder or URL")
+    p.add_argument("--fps", type=float, help="override the target frame rate")
+    p.add_argument("--results", action="store_true",
+                   help="follow results of this sensor's apps and print end-to-end latency")
+    p.add_argument("--duration", type=float, help="stop after SECONDS")
+    p.add_argument("--frames", type=int, help="stop after N frames")
+    p.set_defaults(func=cmd_sensor)
+
+    p = sub.add_parser("worker", help="run an inference worker")
+    _common(p)
+    p.add_argument("--id", required=True, help="worker id in the config")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("coordinator", help="run the coordinator")
+    _common(p)
+    p.set_defaults(func=cmd_coordinator)
+
+    p = sub.add_parser("up", help="run a whole mesh on this machine with a live view")
+    _common(p)
+    p.add_argument("--duration", type=float, help="run SECONDS, print a summary, exit")
+    p.add_argument("--port", type=int,
+                   help="embedded broker port (0: a free one); default: the config's")
+    p.add_argument("--no-view", action="store_true", help="plain periodic lines, no live table")
+    p.add_argument("--logs-dir", help="where each process's log goes (default ./runs/up-*)")
+    p.add_argument("--summary-json", help="also write the summary as JSON here")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("models", help="build and list model files")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    b = msub.add_parser("build", help="build the catalog's ONNX models (EfficientNet-Lite, synthetic)")
+    _common(b)
+    b.add_argument("--variant", action="append", help="only this variant (repeatable)")
+    b.add_argument("--force", action="store_true", help="rebuild files that exist")
+    b.set_defaults(func=cmd_models_build)
+    ls = msub.add_parser("list", help="list catalog variants and whether they are on disk")
+    _common(ls)
+    ls.set_defaults(func=cmd_models_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except ConfigError as exc:
+        print(f"faillite: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The MQTT client every role uses: paho-mqtt 2.x with the mesh's connection rules.
+
+- MQTT 3.1.1 only (the embedded broker speaks nothing newer).
+- Its own network thread with jittered exponential reconnect backoff (paho's built-in backoff
+  has no jitter, so a whole kit would reconnect in lockstep after a broker restart).
+- After every (re)connect: re-subscribe every filter and call the ``on_connect`` hooks, which
+  republish retained state (brokers can lose retained messages on restart).
+- Handlers run on the network thread and must be quick: enqueue, never infer or load models.
+- A handler that raises is logged and counted; it never kills the network thread.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from faillite.config import BrokerConfig
+from faillite.log import get_logger
+from faillite.topics import Role
+
+log = get_logger("mqtt")
+
+Handler = Callable[[paho.MQTTMessage], None]
+
+
+class ConnectError(ConnectionError):
+    """The broker could not be reached or refused us within the allowed time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Full-jitter exponential backoff: sleep uniform(0, min(cap, base * 2**attempt))."""
+
+    base_s: float = 0.05
+    cap_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(self.base_s, min(self.cap_s, self.base_s * (2 ** min(attempt, 16))))
+
+
+class MeshClient:
+    """One MQTT connection with subscriptions, hooks and a reconnecting network thread."""
+
+    def __init__(
+        self,
+        client_id: str,
+        broker: BrokerConfig,
+        *,
+        role: Role,
+        will: Will | None = None,
+        backoff: Backoff | None = None,
+        keepalive_s: int | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self._broker = broker
+        self._keepalive = keepalive_s or broker.keepalive_s
+        self._backoff = backoff or Backoff()
+        self._subs: dict[str, tuple[int, Handler]] = {}
+        self._on_connect_hooks: list[Callable[[], None]] = []
+        self._on_disconnect_hooks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.handler_errors = 0
+        self.unexpected_messages = 0
+        self.connects = 0
+
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=paho.MQTTv311,
+        )
+        creds = broker.credentials_for(role)
+        if creds is not None:
+            c.username_pw_set(*creds)
+        if broker.tls is not None:
+            c.tls_set(
+                ca_certs=str(broker.tls.ca_certs),
+                certfile=str(broker.tls.certfile) if broker.tls.certfile else None,
+                keyfile=str(broker.tls.keyfile) if broker.tls.keyfile else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_unexpected
+        c.max_inflight_messages_set(100)
+        self._client = c
+
+    # -- subscriptions and hooks ---------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
+
+        def wrapped(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+            try:
+                handler(msg)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("handler_error", topic=msg.topic, filter=topic_filter)
+
+        with self._lock:
+            self._subs[topic_filter] = (qos, handler)
+        self._client.message_callback_add(topic_filter, wrapped)
+        if self._connected.is_set():
+            self._client.subscribe(topic_filter, qos=qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subs.pop(topic_filter, None)
+        self._client.message_callback_remove(topic_filter)
+        if self._connected.is_set():
+            self._client.unsubscribe(topic_filter)
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` after every successful (re)connect, on the network thread."""
+        self._on_connect_hooks.append(hook)
+
+    def on_disconnect(self, hook: Callable[[], None]) -> None:
+        self._on_disconnect_hooks.append(hook)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self, topic: str, payload: bytes | str | None, qos: int = 0, retain: bool = False
+    ) -> bool:
+        """Publish; False if not connected (QoS 0 is dropped then; QoS>0 is queued by paho)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, connect_timeout: float | None = 30.0) -> None:
+        """Start the network thread; with a timeout, wait for the first connection."""
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+        if connect_timeout is not None and not self._connected.wait(connect_timeout):
+            self.stop()
+            raise ConnectError(
+                f"no connection to {self._broker.host}:{self._broker.port} "
+                f"within {connect_timeout:.0f}s"
+            )
+
+    def stop(self, *, final: Callable[[], None] | None = None) -> None:
+        """Run ``final`` (e.g. publish a graceful offline), disconnect cleanly and join."""
+        if final is not None and self._connected.is_set():
+            try:
+                final()
+            except Exception:
+                log.exception("final_publish_failed")
+        self._stopping.set()
+        if self._connected.is_set():
+            # Give queued QoS 1 messages (the graceful offline) a moment to leave.
+            deadline = time.monotonic() + 1.0
+            while self._client.want_write() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self._client.disconnect()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _run(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stopping.is_set():
+            try:
+                if first:
+                    self._client.connect(self._broker.host, self._broker.port, self._keepalive)
+                    first = False
+                else:
+                    self._client.reconnect()
+            except (OSError, ssl.SSLError) as exc:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "connect_failed",
+                    host=self._broker.host,
+                    port=self._broker.port,
+                    error=str(exc),
+                    retry_in_s=round(delay, 3),
+                )
+                self._stopping.wait(delay)
+                continue
+            connects_before = self.connects
+            while not self._stopping.is_set():
+                rc = self._client.loop(timeout=0.05)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            if self._stopping.is_set():
+                # Drain the DISCONNECT packet.
+                for _ in range(20):
+                    if self._client.loop(timeout=0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                break
+            self._connected.clear()
+            if self.connects > connects_before:
+                attempt = 0  # it was up: start the backoff over
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            self._stopping.wait(delay)
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+
+    def _handle_connect(
+        self,
+        _c: paho.Client,
+        _u: Any,
+        _flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        _props: Any,
+    ) -> None:
+        if reason.is_failure:
+            log.error("connect_refused", reason=str(reason))
+            return
+        self.connects += 1
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, (qos, _h) in subs:
+            self._client.subscribe(topic_filter, qos=qos)
+        self._connected.set()
+        log.info("connected", host=self._broker.host, port=self._broker.port, n=self.connects)
+        for hook in self._on_connect_hooks:
+            try:
+                hook()
+            except Exception:
+                self.handler_errors += 1
+                log.exception("on_connect_hook_failed")
+
+    def _handle_disconnect(
+        self,
+        _c: paho.Client,
+        _u: Any,
+        _flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        _props: Any,
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if not self._stopping.is_set() and was:
+            log.warning("disconnected", reason=str(reason))
+        for hook in self._on_disconnect_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_disconnect_hook_failed")
+
+    def _handle_unexpected(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        # amqtt 0.12 replays retained messages to clients that did not subscribe to them.
+        self.unexpected_messages += 1

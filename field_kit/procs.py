@@ -1,0 +1,154 @@
+"""Child processes of a local mesh: start with logs, watch, stop in order, never leak.
+
+Children get their own session (a terminal Ctrl-C reaches only the parent, which then stops
+them in order: sensors, workers, coordinator, broker) and, on Linux, a parent-death signal so a
+``kill -9`` of the parent does not leave orphans holding ports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from faillite.log import get_logger
+
+log = get_logger("procs")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+              ) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def faillite_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "faillite", *args]
+
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path | None
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+class ProcessGroup:
+    """The processes of one local mesh, stopped in reverse role order."""
+
+    STOP_ORDER = ("sensor", "worker", "coordinator", "broker")
+
+    def __init__(self, logs_dir: Path | None, env: dict[str, str] | None = None) -> None:
+        self.logs_dir = logs_dir
+        if logs_dir is not None:
+            logs_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, **(env or {})}
+        self.children: list[Child] = []
+
+    def start(self, name: str, role: str, argv: Sequence[str]) -> Child:
+        log_path = self.logs_dir / f"{name}.log" if self.logs_dir is not None else None
+        out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        child = Child(name, role, list(argv), proc, log_path,
+                      out if not isinstance(out, int) else None)
+        self.children.append(child)
+        log.debug("process_started", name=name, pid=proc.pid)
+        return child
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if not c.alive()]
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        for c in self.children:
+            if c.name == name:
+                return self._stop_one(c, sig, timeout)
+        raise KeyError(name)
+
+    def _stop_one(self, c: Child, sig: int, timeout: float) -> int | None:
+        if c.alive():
+            try:
+                os.kill(c.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                c.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("process_kill", name=c.name, pid=c.pid)
+                c.proc.kill()
+                c.proc.wait(5)
+        if c._log_file is not None:
+            c._log_file.close()
+            c._log_file = None
+        return c.proc.returncode
+
+    def stop_all(self, timeout: float = 10.0) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for role in self.STOP_ORDER:
+            group = [c for c in self.children if c.role == role]
+            for c in group:
+                if c.alive():
+                    try:
+                        os.kill(c.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for c in group:
+                codes[c.name] = self._stop_one(c, signal.SIGTERM, timeout)
+        for c in self.children:
+            if c.name not in codes:
+                codes[c.name] = self._stop_one(c, signal.SIGTERM, timeout)
+        return codes
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_all()

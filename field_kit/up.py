@@ -1,0 +1,155 @@
+"""``faillite up``: a whole mesh on one machine with a live view of results.
+
+Starts the embedded broker, the coordinator, every worker and every sensor of the config as
+child processes (logs under ``runs/up-<time>/``), shows results per app, and stops everything
+in order on Ctrl-C or after ``--duration``. With a duration it exits 0 only if every app got
+results.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.live import Live
+
+from faillite.catalog import load_catalog
+from faillite.config import ConfigError, MeshConfig
+from faillite.field_kit.observe import MeshObserver
+from faillite.field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
+from faillite.log import get_logger
+from faillite.models.build import build_models, missing_models
+
+log = get_logger("up")
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    config_path: Path
+    duration_s: float | None = None
+    port: int | None = None
+    view: bool = True
+    logs_dir: Path | None = None
+    summary_json: Path | None = None
+    models_dir: Path | None = None
+
+
+def _needed_variants(cfg: MeshConfig) -> list[str]:
+    return sorted({s.variant for serves in cfg.coordinator.assignments.values() for s in serves})
+
+
+def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
+    console = Console(stderr=False)
+    catalog = load_catalog(cfg.catalog)
+    needed = _needed_variants(cfg)
+    missing = missing_models(catalog, cfg.models_dir, needed)
+    if missing:
+        console.print(f"building models {', '.join(missing)} into {cfg.models_dir}")
+        build_models(catalog, cfg.models_dir, missing, progress=True)
+
+    port = cfg.broker.port if opts.port is None else opts.port
+    if port == 0:
+        port = free_port(cfg.broker.host)
+    if wait_port(cfg.broker.host, port, timeout=0.2):
+        raise ConfigError(
+            f"port {cfg.broker.host}:{port} is already in use (another broker?); "
+            "pass --port 0 for a free one or --port N"
+        )
+    cfg = cfg.model_copy(update={"broker": cfg.broker.model_copy(update={"port": port})})
+    logs_dir = opts.logs_dir or Path("runs") / time.strftime("up-%Y%m%d-%H%M%S")
+    common = ["--config", str(opts.config_path), "--broker", f"{cfg.broker.host}:{port}"]
+    if opts.models_dir is not None:
+        common += ["--models-dir", str(opts.models_dir)]
+    console.print(f"mesh [bold]{cfg.mesh}[/] on {cfg.broker.host}:{port}, logs in {logs_dir}")
+
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    group = ProcessGroup(logs_dir, env={"FAILLITE_LOG_FORMAT": "json"})
+    observer: MeshObserver | None = None
+    rc = 0
+    try:
+        broker = group.start("broker", "broker", faillite_cmd("broker", *common))
+        if not wait_port(cfg.broker.host, port, timeout=20, proc=broker.proc):
+            console.print(f"[red]broker did not start[/]\n{broker.tail()}")
+            return 1
+        group.start("coordinator", "coordinator", faillite_cmd("coordinator", *common))
+        for w in cfg.workers:
+            group.start(f"worker-{w.id}", "worker", faillite_cmd("worker", "--id", w.id, *common))
+        observer = MeshObserver(cfg, client_id="up-view")
+        observer.start()
+        for s in cfg.sensors:
+            group.start(f"sensor-{s.id}", "sensor", faillite_cmd("sensor", "--id", s.id, *common))
+        start = time.monotonic()
+        crashed = _watch(group, observer, opts, stop, start, console)
+        elapsed = time.monotonic() - start
+        summary = observer.summary(elapsed)
+        summary["crashed"] = crashed
+        _print_summary(console, summary)
+        if opts.summary_json is not None:
+            opts.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        if opts.duration_s is not None and (not summary["all_served"] or crashed):
+            rc = 1
+    finally:
+        if observer is not None:
+            observer.stop()
+        codes = group.stop_all()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        log.debug("stopped", exit_codes=codes)
+    return rc
+
+
+def _watch(group: ProcessGroup, observer: MeshObserver, opts: UpOptions, stop: threading.Event,
+           start: float, console: Console) -> list[str]:
+    crashed: list[str] = []
+
+    def done() -> bool:
+        if opts.duration_s is not None and time.monotonic() - start >= opts.duration_s:
+            return True
+        for c in group.dead():
+            if c.name not in crashed:
+                crashed.append(c.name)
+                console.print(f"[red]{c.name} exited with {c.proc.returncode}[/]\n{c.tail(10)}")
+        return stop.is_set()
+
+    if opts.view and sys.stdout.isatty():
+        with Live(observer.table(), console=console, refresh_per_second=4) as live:
+            while not done():
+                stop.wait(0.25)
+                live.update(observer.table())
+    else:
+        last = 0.0
+        while not done():
+            stop.wait(0.25)
+            if time.monotonic() - last >= 2.0:
+                last = time.monotonic()
+                console.print(f"[{time.monotonic() - start:5.1f}s] {observer.line()}",
+                              highlight=False)
+    return crashed
+
+
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
+    console.print(f"\nsummary after {summary['duration_s']} s:")
+    for app, s in summary["apps"].items():
+        e2e, inf = s["e2e_ms"], s["inference_ms"]
+        console.print(
+            f"  {app:<14} results={s['results']:<6} fps={s['fps']:<6} via {s['workers']} "
+            f"top={s['top_labels']} e2e p50={e2e['p50']}ms p90={e2e['p90']}ms "
+            f"p99={e2e['p99']}ms infer p50={inf['p50']}ms",
+            highlight=False,
+        )
+    verdict = "every app got results" if summary["all_served"] else "SOME APPS GOT NO RESULTS"
+    console.print(f"  {verdict}" + (f"; crashed: {summary['crashed']}" if summary["crashed"]
+                                    else ""))

@@ -1,0 +1,170 @@
+"""The camera publisher: frames from a source, JPEG in an envelope, at a target rate."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from faillite import envelope, messages
+from faillite.config import BrokerConfig, SensorConfig
+from faillite.log import get_logger
+from faillite.mqtt import MeshClient, Will
+from faillite.stats import RateMeter, Window
+from faillite.topics import APP_RESULTS, Role, Topics
+from faillite.sensors.sources import FrameSource, SourceError, open_source
+
+log = get_logger("sensor")
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReport:
+    sent: int
+    dropped: int
+    not_connected: int
+    results: int
+    fps: float
+    e2e_ms: str
+
+
+class SensorPublisher:
+    """Publishes one sensor's frames; with ``follow_results`` it measures end-to-end latency.
+
+    Rate control keeps an absolute schedule: a frame whose slot has passed (slow source, slow
+    encode, stalled process) is skipped and counted as dropped instead of bursting to catch up.
+    """
+
+    def __init__(
+        self,
+        mesh: str,
+        cfg: SensorConfig,
+        broker: BrokerConfig,
+        *,
+        follow_results: bool = False,
+        source: FrameSource | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.topics = Topics(mesh)
+        self.incarnation = uuid.uuid4().hex[:12]
+        self._tag = int(self.incarnation[:8], 16)
+        self.source = source or open_source(cfg.source, cfg.width, cfg.height, cfg.loop)
+        status_topic = self.topics.sensor_status(cfg.id)
+        will = Will(status_topic, messages.encode(self._status("offline", reason="lost")))
+        self.client = MeshClient(
+            f"faillite-{mesh}-sensor-{cfg.id}", broker, role=Role.SENSOR, will=will
+        )
+        self.client.on_connect(self._publish_birth)
+        self.frames_topic = self.topics.sensor_frames(cfg.id)
+        self.sent = 0
+        self.dropped = 0
+        self.not_connected = 0
+        self.results = 0
+        self.e2e = Window()
+        self.rate = RateMeter()
+        self._stop = threading.Event()
+        if follow_results:
+            self.client.subscribe(self.topics.filter(APP_RESULTS), self._on_result, qos=0)
+
+    def _status(self, state: str, reason: str = "") -> messages.SensorStatus:
+        return messages.SensorStatus(
+            sensor=self.cfg.id,
+            state=state,  # type: ignore[arg-type]
+            incarnation=self.incarnation,
+            ts=messages.now(),
+            source=self.source.describe(),
+            fps=self.cfg.fps,
+            width=self.cfg.width,
+            height=self.cfg.height,
+            reason=reason,
+        )
+
+    def _publish_birth(self) -> None:
+        self.client.publish(
+            self.topics.sensor_status(self.cfg.id),
+            messages.encode(self._status("online")),
+            qos=1,
+            retain=True,
+        )
+
+    def _on_result(self, msg: object) -> None:
+        payload = msg.payload  # type: ignore[attr-defined]
+        try:
+            result = messages.decode(messages.Result, payload)
+        except messages.MessageError as exc:
+            log.warning("bad_result", error=str(exc))
+            return
+        if result.sensor != self.cfg.id:
+            return
+        self.results += 1
+        self.e2e.add((time.time() - result.capture_ts) * 1000.0)
+
+    def report(self) -> SensorReport:
+        return SensorReport(
+            self.sent, self.dropped, self.not_connected, self.results,
+            self.rate.rate(time.monotonic()), self.e2e.snapshot().fmt(),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, duration_s: float | None = None, max_frames: int | None = None) -> None:
+        """Publish until stopped, the duration passes, or a finite source ends."""
+        self.client.start()
+        period = 1.0 / self.cfg.fps
+        start = time.monotonic()
+        next_slot = start
+        seq = 0
+        log.info("sensor_started", sensor=self.cfg.id, source=self.source.describe(),
+                 fps=self.cfg.fps, incarnation=self.incarnation, pid=os.getpid(),
+                 host=socket.gethostname())
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if duration_s is not None and now - start >= duration_s:
+                    break
+                if max_frames is not None and seq >= max_frames:
+                    break
+                if now < next_slot:
+                    self._stop.wait(next_slot - now)
+                    continue
+                missed = int((now - next_slot) / period)
+                if missed:
+                    self.dropped += missed
+                    next_slot += missed * period
+                next_slot += period
+                try:
+                    image = self.source.read()
+                except SourceError as exc:
+                    log.error("source_failed", sensor=self.cfg.id, error=str(exc))
+                    break
+                if image is None:
+                    log.info("source_ended", sensor=self.cfg.id)
+                    break
+                capture_ns = time.time_ns()
+                jpeg = envelope.encode_jpeg(image, self.cfg.jpeg_quality)
+                payload = envelope.pack(
+                    jpeg, seq=seq, capture_ns=capture_ns, width=image.shape[1],
+                    height=image.shape[0], tag=self._tag,
+                )
+                seq += 1
+                if self.client.publish(self.frames_topic, payload, qos=0):
+                    self.sent += 1
+                    self.rate.tick(time.monotonic())
+                else:
+                    self.not_connected += 1
+        finally:
+            self.source.close()
+            self.client.stop(
+                final=lambda: self.client.publish(
+                    self.topics.sensor_status(self.cfg.id),
+                    messages.encode(self._status("offline", reason="graceful")),
+                    qos=1,
+                    retain=True,
+                )
+            )
+            log.info("sensor_stopped", sensor=self.cfg.id, sent=self.sent, dropped=self.dropped,
+                     not_connected=self.not_connected, results=self.results,
+                     e2e_ms=self.e2e.snapshot().fmt())

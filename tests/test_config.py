@@ -1,0 +1,79 @@
+"""Config models: unknown keys named, impossible configs refused, shipped configs valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faillite.catalog import load_catalog
+from faillite.config import ConfigError, load_mesh_config, packaged_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "mesh.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_demo_config_is_valid() -> None:
+    cfg = load_mesh_config(packaged_config("demo.yaml"))
+    assert cfg.mesh == "demo"
+    assert {w.id for w in cfg.workers} == set(cfg.coordinator.assignments)
+    catalog = load_catalog(cfg.catalog)
+    for serves in cfg.coordinator.assignments.values():
+        for s in serves:
+            assert catalog.family_of(s.variant).name == cfg.app(s.app).family
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    p = _write(tmp_path, "mesh: m\nworkers:\n  - id: w1\n    heartbeat_intervall: 1\n")
+    with pytest.raises(ConfigError, match="workers.0.heartbeat_intervall: unknown key"):
+        load_mesh_config(p)
+
+
+def test_unknown_backend_type(tmp_path: Path) -> None:
+    p = _write(tmp_path, "workers:\n  - id: w1\n    backend: {type: tflite}\n")
+    with pytest.raises(ConfigError, match="backend"):
+        load_mesh_config(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("mesh: Bad/Mesh\n", "mesh"),
+        ("sensors: [{id: c}]\napps: [{id: a, sensor: nope, family: f}]\n", "unknown sensor"),
+        ("workers: [{id: w}, {id: w}]\n", "duplicate worker ids"),
+        ("workers: [{id: w, memory_mb: -5}]\n", "memory_mb"),
+        ("coordinator: {assignments: {ghost: []}}\n", "unknown worker"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("mesh: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_impossible_configs_refused(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_mesh_config(_write(tmp_path, text))
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_mesh_config(tmp_path / "nope.yaml")
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, "catalog: sub/cat.yaml\nmodels_dir: m\n")
+    cfg = load_mesh_config(p)
+    assert cfg.catalog == tmp_path / "sub" / "cat.yaml"
+    assert cfg.models_dir == tmp_path / "m"
+
+
+def test_password_env_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faillite.config import BrokerConfig
+    from faillite.topics import Role
+
+    monkeypatch.delenv("FAILLITE_MQTT_USERNAME", raising=False)
+    cfg = BrokerConfig(users=({"username": "w", "role": "worker", "password_env": "NOPE_X"},))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="NOPE_X"):
+        cfg.credentials_for(Role.WORKER)
+    monkeypatch.setenv("NOPE_X", "s3cret")
+    assert cfg.credentials_for(Role.WORKER) == ("w", "s3cret")

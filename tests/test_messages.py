@@ -1,0 +1,79 @@
+"""Message codec: round trips, and every kind of bad payload gets a clear, typed error."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from faillite import messages as m
+
+
+def _assignment() -> m.Assignment:
+    return m.Assignment(worker="w1", term=2, generation=5, ts=1.5,
+                        serve=(m.Serve("a1", "cam1", "efficientnet_lite0"),), warm=("x",))
+
+
+def test_round_trip_keeps_nested_types() -> None:
+    a = _assignment()
+    b = m.decode(m.Assignment, m.encode(a))
+    assert b == a
+    assert isinstance(b.serve[0], m.Serve)
+    assert b.version() == (2, 5)
+
+
+def test_payload_carries_schema_version() -> None:
+    assert orjson.loads(m.encode(_assignment()))["v"] == m.SCHEMA_VERSION
+
+
+def test_messages_are_frozen() -> None:
+    a = _assignment()
+    with pytest.raises(AttributeError):
+        a.term = 9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"{not json", m.MalformedJSONError),
+        (b"", m.MalformedJSONError),
+        (b"\xff\xfe", m.MalformedJSONError),
+        (b"[1, 2]", m.InvalidMessageError),
+        (b'{"worker": "w1", "term": 1, "generation": 1, "ts": 0}', m.UnknownSchemaVersionError),
+        (b'{"v": 99, "worker": "w1", "term": 1, "generation": 1, "ts": 0}',
+         m.UnknownSchemaVersionError),
+        (b'{"v": 1, "worker": "w1", "generation": 1, "ts": 0}', m.InvalidMessageError),
+        (b'{"v": 1, "worker": "w1", "term": "three", "generation": 1, "ts": 0}',
+         m.InvalidMessageError),
+        (b'{"v": 1, "worker": "w1", "term": 1, "generation": 1, "ts": 0, "serve": [{"app": 1}]}',
+         m.InvalidMessageError),
+    ],
+)
+def test_bad_payloads_raise_typed_errors(payload: bytes, error: type[m.MessageError]) -> None:
+    with pytest.raises(error) as info:
+        m.decode(m.Assignment, payload)
+    assert "Assignment" in str(info.value)
+    assert info.value.reason != "invalid"
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    raw = orjson.loads(m.encode(_assignment()))
+    raw["added_in_a_later_minor"] = {"x": 1}
+    assert m.decode(m.Assignment, orjson.dumps(raw)) == _assignment()
+
+
+def test_every_message_type_round_trips_with_defaults() -> None:
+    samples = [
+        m.SensorStatus("s", "online", "i", 1.0),
+        m.WorkerStatus("w", "i", "offline", 1.0, reason="lost"),
+        m.Heartbeat("w", "i", 3, 1.0, apps={"a": m.AppStats(1, 1, 0, 2.5)}),
+        _assignment(),
+        m.Result("a", 1, "s", 1.0, 2.0, "w", "i", "v", 1, m.Latency(1, 2, 3, 4, 5),
+                 (m.Label(1, "x", 0.5),)),
+        m.Route("a", "w", "v", 1, 1, 1.0),
+        m.CoordinatorStatus("c", "i", "leader", 1, 1.0),
+        m.Placement(1, 1, 1.0, (m.PlacementEntry("a", "w", "v", "primary"),)),
+        m.Event("k", 1.0, "src", detail={"n": 1}),
+    ]
+    assert {type(s).SCHEMA for s in samples} == set(m.MESSAGE_TYPES)
+    for s in samples:
+        assert m.decode(type(s), m.encode(s)) == s

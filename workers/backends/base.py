@@ -1,0 +1,63 @@
+"""The backend plugin interface: every inference runtime sits behind these two classes.
+
+A backend is chosen by the ``type`` key of the worker's ``backend`` config (Frigate-style). The
+registry maps that key to a class; a backend whose runtime is not installed raises
+:class:`BackendUnavailableError` on creation, with the package to install.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+
+class BackendError(RuntimeError):
+    """A model that cannot be loaded or run."""
+
+
+class BackendUnavailableError(BackendError):
+    """The runtime behind a backend is not installed or has no usable device here."""
+
+
+class ModelFileMissingError(BackendError):
+    """The model file named by an assignment is not on this worker's disk."""
+
+
+class LoadedModel(abc.ABC):
+    """One model variant loaded and ready to run."""
+
+    variant: str
+    providers: tuple[str, ...]
+    input_shape: tuple[int, ...]
+
+    @abc.abstractmethod
+    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run one batch; returns the first output (logits)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release device memory held by the model."""
+
+
+class Backend(abc.ABC):
+    type: ClassVar[str]
+    file_suffix: ClassVar[str] = ".onnx"
+
+    @abc.abstractmethod
+    def devices(self) -> tuple[str, ...]:
+        """What this backend can run on here (providers / devices), best first."""
+
+    @abc.abstractmethod
+    def load(self, variant: str, path: Path) -> LoadedModel:
+        """Load ``path``; raise :class:`ModelFileMissingError` or :class:`BackendError`."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.type, "devices": list(self.devices())}
+
+
+def check_file(variant: str, path: Path) -> None:
+    if not path.is_file():
+        raise ModelFileMissingError(f"model file for {variant!r} not on disk: {path}")
