@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from faillite.workers.backends.ort import OnnxRuntimeBackend
 
 from faillite.catalog import load_catalog
 from faillite.config import OnnxRuntimeBackendConfig, packaged_config
 from faillite.models.build import build_models
 from faillite.models.preprocess import preprocess
+from faillite.workers.backends.ort import OnnxRuntimeBackend
 
 
 def main() -> None:
@@ -47,8 +47,10 @@ def main() -> None:
             t = time.perf_counter()
             model.infer(batch)
             inf.append((time.perf_counter() - t) * 1000)
-        print(f"{v.name:<20}{build_s:>9.2f}{statistics.median(pre):>12.2f}{load_ms:>9.0f}"
-              f"{statistics.median(inf):>14.1f}")
+        print(
+            f"{v.name:<20}{build_s:>9.2f}{statistics.median(pre):>12.2f}{load_ms:>9.0f}"
+            f"{statistics.median(inf):>14.1f}"
+        )
 
 
 if __name__ == "__main__":

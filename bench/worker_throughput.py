@@ -31,12 +31,9 @@ import numpy as np
 import orjson
 import psutil
 import yaml
-from faillite.broker.launch import start_broker
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
-from faillite.sensors.sources import SceneSource
-from faillite.workers.backends.ort import OnnxRuntimeBackend
 
 from faillite import envelope, messages
+from faillite.broker.launch import start_broker
 from faillite.catalog import load_catalog
 from faillite.config import (
     BrokerConfig,
@@ -45,11 +42,14 @@ from faillite.config import (
     default_models_dir,
     packaged_config,
 )
+from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.models.build import build_models
 from faillite.models.preprocess import preprocess
 from faillite.mqtt import MeshClient
+from faillite.sensors.sources import SceneSource
 from faillite.stats import percentiles
 from faillite.topics import Role, Topics
+from faillite.workers.backends.ort import OnnxRuntimeBackend
 
 
 def make_frames(n: int) -> list[bytes]:
@@ -61,17 +61,18 @@ def make_frames(n: int) -> list[bytes]:
     return jpegs
 
 
-def in_process(model_path: Path, variant: str, jpegs: list[bytes], n: int, threads: int
-               ) -> dict[str, Any]:
+def in_process(
+    model_path: Path, variant: str, jpegs: list[bytes], n: int, threads: int
+) -> dict[str, Any]:
     catalog = load_catalog(packaged_config("catalog.yaml"))
     spec = catalog.variant(variant).preprocess
     backend = OnnxRuntimeBackend(OnnxRuntimeBackendConfig(intra_op_threads=threads))
     model = backend.load(variant, model_path)
-    frames = [envelope.pack(j, seq=i, capture_ns=0, width=640, height=480)
-              for i, j in enumerate(jpegs)]
+    frames = [
+        envelope.pack(j, seq=i, capture_ns=0, width=640, height=480) for i, j in enumerate(jpegs)
+    ]
     for p in frames[:10]:  # warm-up
-        model.infer(preprocess(envelope.decode_image(envelope.unpack(p, max_bytes=1 << 22)),
-                               spec))
+        model.infer(preprocess(envelope.decode_image(envelope.unpack(p, max_bytes=1 << 22)), spec))
     per_frame = []
     t_start = time.perf_counter()
     for i in range(n):
@@ -104,38 +105,73 @@ class ResultWaiter:
             return self.results[seq]
 
 
-def over_mqtt(kind: str, models_dir: Path, variant: str, jpegs: list[bytes], n: int,
-              n_latency: int, threads: int, workdir: Path) -> dict[str, Any]:
+def over_mqtt(
+    kind: str,
+    models_dir: Path,
+    variant: str,
+    jpegs: list[bytes],
+    n: int,
+    n_latency: int,
+    threads: int,
+    workdir: Path,
+) -> dict[str, Any]:
     mesh = "bench"
     with start_broker(kind, workdir / kind) as endpoint:
         cfg_path = workdir / f"{kind}.yaml"
-        cfg_path.write_text(yaml.safe_dump({
-            "mesh": mesh, "catalog": str(packaged_config("catalog.yaml")),
-            "models_dir": str(models_dir),
-            "broker": {"host": endpoint.host, "port": endpoint.port},
-            "workers": [{"id": "w1", "queue_size": 2, "heartbeat_interval_s": 0.1,
-                         "backend": {"type": "onnxruntime", "intra_op_threads": threads}}],
-        }))
+        cfg_path.write_text(
+            yaml.safe_dump(
+                {
+                    "mesh": mesh,
+                    "catalog": str(packaged_config("catalog.yaml")),
+                    "models_dir": str(models_dir),
+                    "broker": {"host": endpoint.host, "port": endpoint.port},
+                    "workers": [
+                        {
+                            "id": "w1",
+                            "queue_size": 2,
+                            "heartbeat_interval_s": 0.1,
+                            "backend": {"type": "onnxruntime", "intra_op_threads": threads},
+                        }
+                    ],
+                }
+            )
+        )
         cfg = MeshConfig(mesh=mesh, broker=BrokerConfig(host=endpoint.host, port=endpoint.port))
         t = Topics(mesh)
         client = MeshClient(f"bench-{kind}", cfg.broker, role=Role.ADMIN)
         waiter = ResultWaiter(client, t.app_results("a1"))
         births: list[messages.WorkerStatus] = []
-        client.subscribe(t.worker_status("w1"),
-                         lambda m: births.append(messages.decode(messages.WorkerStatus,
-                                                                 m.payload)) if m.payload else None)
+        client.subscribe(
+            t.worker_status("w1"),
+            lambda m: (
+                births.append(messages.decode(messages.WorkerStatus, m.payload))
+                if m.payload
+                else None
+            ),
+        )
         client.start()
         with ProcessGroup(workdir / f"{kind}-logs") as group:
-            worker = group.start("w1", "worker", faillite_cmd("worker", "--id", "w1",
-                                                              "--config", str(cfg_path)))
-            a = messages.Assignment(worker="w1", term=1, generation=1, ts=messages.now(),
-                                    serve=(messages.Serve("a1", "cam1", variant),))
+            worker = group.start(
+                "w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(cfg_path))
+            )
+            a = messages.Assignment(
+                worker="w1",
+                term=1,
+                generation=1,
+                ts=messages.now(),
+                serve=(messages.Serve("a1", "cam1", variant),),
+            )
             client.publish(t.worker_assignment("w1"), messages.encode(a), qos=1, retain=True)
             topic = t.sensor_frames("cam1")
 
             def send(seq: int) -> float:
-                payload = envelope.pack(jpegs[seq % len(jpegs)], seq=seq,
-                                        capture_ns=time.time_ns(), width=640, height=480)
+                payload = envelope.pack(
+                    jpegs[seq % len(jpegs)],
+                    seq=seq,
+                    capture_ns=time.time_ns(),
+                    width=640,
+                    height=480,
+                )
                 t0 = time.perf_counter()
                 client.publish(topic, payload, qos=0)
                 return t0
@@ -148,9 +184,11 @@ def over_mqtt(kind: str, models_dir: Path, variant: str, jpegs: list[bytes], n: 
                 try:
                     waiter.wait(seq, 1.0)
                     break
-                except TimeoutError:
+                except TimeoutError as exc:
                     if time.monotonic() > deadline or not worker.alive():
-                        raise RuntimeError(f"worker never served on {kind}:\n{worker.tail()}")
+                        raise RuntimeError(
+                            f"worker never served on {kind}:\n{worker.tail()}"
+                        ) from exc
                 seq += 1
             for _ in range(10):
                 seq += 1
@@ -182,8 +220,14 @@ def over_mqtt(kind: str, models_dir: Path, variant: str, jpegs: list[bytes], n: 
             client.publish(t.worker_assignment("w1"), b"", qos=1, retain=True)
         client.stop()
     pa, pr = percentiles(added), percentiles(rtts)
-    return {"fps": n / elapsed, "added_ms_p50": pa.p50, "added_ms_p99": pa.p99,
-            "rtt_ms_p50": pr.p50, "rtt_ms_p99": pr.p99, "worker_rss_mb": rss_mb}
+    return {
+        "fps": n / elapsed,
+        "added_ms_p50": pa.p50,
+        "added_ms_p99": pa.p99,
+        "rtt_ms_p50": pr.p50,
+        "rtt_ms_p99": pr.p99,
+        "worker_rss_mb": rss_mb,
+    }
 
 
 def main() -> int:
@@ -201,30 +245,47 @@ def main() -> int:
     build_models(catalog, args.models_dir, [args.variant], progress=True)
     model_path = args.models_dir / catalog.variant(args.variant).file
     jpegs = make_frames(30)
-    print(f"{args.variant}, 640x480 JPEG frames, {args.threads} intra-op thread(s), "
-          f"{args.frames} frames per throughput run, {args.latency_frames} for latency")
+    print(
+        f"{args.variant}, 640x480 JPEG frames, {args.threads} intra-op thread(s), "
+        f"{args.frames} frames per throughput run, {args.latency_frames} for latency"
+    )
     figures: dict[str, Any] = {"variant": args.variant, "threads": args.threads}
-    figures["in_process"] = ip = in_process(model_path, args.variant, jpegs, args.frames,
-                                            args.threads)
-    print(f"in-process        {ip['fps']:7.1f} fps   frame p50 {ip['frame_ms_p50']:.2f} ms "
-          f"p99 {ip['frame_ms_p99']:.2f} ms")
+    figures["in_process"] = ip = in_process(
+        model_path, args.variant, jpegs, args.frames, args.threads
+    )
+    print(
+        f"in-process        {ip['fps']:7.1f} fps   frame p50 {ip['frame_ms_p50']:.2f} ms "
+        f"p99 {ip['frame_ms_p99']:.2f} ms"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="faillite-bench-"))
     try:
         for kind in args.brokers.split(","):
-            m = over_mqtt(kind, args.models_dir, args.variant, jpegs, args.frames,
-                          args.latency_frames, args.threads, workdir)
+            m = over_mqtt(
+                kind,
+                args.models_dir,
+                args.variant,
+                jpegs,
+                args.frames,
+                args.latency_frames,
+                args.threads,
+                workdir,
+            )
             m["throughput_ratio"] = m["fps"] / ip["fps"]
             figures[kind] = m
-            print(f"{kind:<17} {m['fps']:7.1f} fps ({m['throughput_ratio']:.1%} of in-process)"
-                  f"   added p50 {m['added_ms_p50']:.2f} ms p99 {m['added_ms_p99']:.2f} ms"
-                  f"   rtt p50 {m['rtt_ms_p50']:.2f} ms   worker RSS {m['worker_rss_mb']:.0f} MB")
+            print(
+                f"{kind:<17} {m['fps']:7.1f} fps ({m['throughput_ratio']:.1%} of in-process)"
+                f"   added p50 {m['added_ms_p50']:.2f} ms p99 {m['added_ms_p99']:.2f} ms"
+                f"   rtt p50 {m['rtt_ms_p50']:.2f} ms   worker RSS {m['worker_rss_mb']:.0f} MB"
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if "mosquitto" in figures:
         mq = figures["mosquitto"]
-        checks = [("throughput >= 90% of in-process (Mosquitto)", mq["throughput_ratio"] >= 0.9),
-                  ("added p50 <= 3 ms (Mosquitto)", mq["added_ms_p50"] <= 3.0),
-                  ("worker RSS <= 300 MB", mq["worker_rss_mb"] <= 300)]
+        checks = [
+            ("throughput >= 90% of in-process (Mosquitto)", mq["throughput_ratio"] >= 0.9),
+            ("added p50 <= 3 ms (Mosquitto)", mq["added_ms_p50"] <= 3.0),
+            ("worker RSS <= 300 MB", mq["worker_rss_mb"] <= 300),
+        ]
         for name, ok in checks:
             print(f"  [{'ok' if ok else 'MISSED'}] {name}")
     if args.json:

@@ -76,8 +76,9 @@ class StaticPlanner(Planner):
                 for s in self.mesh.coordinator.assignments.get(w.id, ())
             )
             workers[w.id] = WorkerPlan(serve=serves)
-            entries.extend(messages.PlacementEntry(s.app, w.id, s.variant, "primary")
-                           for s in serves)
+            entries.extend(
+                messages.PlacementEntry(s.app, w.id, s.variant, "primary") for s in serves
+            )
         return Plan(workers, tuple(entries))
 
 
@@ -91,8 +92,9 @@ class Member:
 
 
 class Coordinator:
-    def __init__(self, mesh: MeshConfig, catalog: Catalog, planner: Planner,
-                 coordinator_id: str = "main") -> None:
+    def __init__(
+        self, mesh: MeshConfig, catalog: Catalog, planner: Planner, coordinator_id: str = "main"
+    ) -> None:
         self.mesh = mesh
         self.catalog = catalog
         self.planner = planner
@@ -109,10 +111,13 @@ class Coordinator:
         self._stop = threading.Event()
         self._previous_term = threading.Event()
         self._seen_term = 0
-        will = Will(self.topics.coordinator_status,
-                    messages.encode(self._status("offline")))
-        self.client = MeshClient(f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
-                                 mesh.broker, role=Role.COORDINATOR, will=will)
+        will = Will(self.topics.coordinator_status, messages.encode(self._status("offline")))
+        self.client = MeshClient(
+            f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
+            mesh.broker,
+            role=Role.COORDINATOR,
+            will=will,
+        )
         self.client.subscribe(self.topics.coordinator_status, self._on_coordinator_status)
         self.client.subscribe(self.topics.filter(WORKER_STATUS), self._on_worker_status)
         # Retained assignments carry the last term too (the coordinator's own status may have
@@ -122,8 +127,12 @@ class Coordinator:
 
     def _status(self, state: str) -> messages.CoordinatorStatus:
         return messages.CoordinatorStatus(
-            coordinator=self.id, incarnation=self.incarnation, state=state,  # type: ignore[arg-type]
-            term=self.term, ts=messages.now(), kind=self.planner.name,
+            coordinator=self.id,
+            incarnation=self.incarnation,
+            state=state,  # type: ignore[arg-type]
+            term=self.term,
+            ts=messages.now(),
+            kind=self.planner.name,
         )
 
     # -- network thread --------------------------------------------------------------------
@@ -167,12 +176,22 @@ class Coordinator:
             cur = self.members.get(worker)
             if st.state == "offline" and cur is not None and cur.incarnation != st.incarnation:
                 # A late last-will of an older incarnation must not kill the newer one.
-                log.info("stale_offline_ignored", worker=worker, stale=st.incarnation,
-                         current=cur.incarnation)
+                log.info(
+                    "stale_offline_ignored",
+                    worker=worker,
+                    stale=st.incarnation,
+                    current=cur.incarnation,
+                )
                 return
             self.members[worker] = Member(worker, st.incarnation, st.state == "online", st)
-        log.info("member", worker=worker, state=st.state, reason=st.reason,
-                 worker_incarnation=st.incarnation, models_on_disk=list(st.models_on_disk))
+        log.info(
+            "member",
+            worker=worker,
+            state=st.state,
+            reason=st.reason,
+            worker_incarnation=st.incarnation,
+            models_on_disk=list(st.models_on_disk),
+        )
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -189,33 +208,64 @@ class Coordinator:
             self.generation += 1
             self.plan = plan
         self._publish_current()
-        log.info("plan_published", term=self.term, generation=self.generation,
-                 solver=plan.solver,
-                 assignments={w: [f"{s.app}:{s.variant}" for s in p.serve]
-                              for w, p in plan.workers.items()})
+        log.info(
+            "plan_published",
+            term=self.term,
+            generation=self.generation,
+            solver=plan.solver,
+            assignments={
+                w: [f"{s.app}:{s.variant}" for s in p.serve] for w, p in plan.workers.items()
+            },
+        )
 
     def _publish_current(self) -> None:
         with self._lock:
             plan, term, gen = self.plan, self.term, self.generation
-        self.client.publish(self.topics.coordinator_status,
-                            messages.encode(self._status("leader")), qos=1, retain=True)
+        self.client.publish(
+            self.topics.coordinator_status,
+            messages.encode(self._status("leader")),
+            qos=1,
+            retain=True,
+        )
         if plan is None:
             return
         now = messages.now()
         for worker, wp in plan.workers.items():
-            a = messages.Assignment(worker=worker, term=term, generation=gen, ts=now,
-                                    serve=wp.serve, warm=wp.warm, disk=wp.disk)
-            self.client.publish(self.topics.worker_assignment(worker), messages.encode(a),
-                                qos=1, retain=True)
+            a = messages.Assignment(
+                worker=worker,
+                term=term,
+                generation=gen,
+                ts=now,
+                serve=wp.serve,
+                warm=wp.warm,
+                disk=wp.disk,
+            )
+            self.client.publish(
+                self.topics.worker_assignment(worker), messages.encode(a), qos=1, retain=True
+            )
         for worker, wp in plan.workers.items():
             for s in wp.serve:
-                r = messages.Route(app=s.app, worker=worker, variant=s.variant, term=term,
-                                   generation=gen, since=now)
-                self.client.publish(self.topics.app_route(s.app), messages.encode(r), qos=1,
-                                    retain=True)
-        placement = messages.Placement(term=term, generation=gen, ts=now, entries=plan.entries,
-                                       objective=plan.objective, lp_bound=plan.lp_bound,
-                                       gap=plan.gap, solver=plan.solver)
+                r = messages.Route(
+                    app=s.app,
+                    worker=worker,
+                    variant=s.variant,
+                    term=term,
+                    generation=gen,
+                    since=now,
+                )
+                self.client.publish(
+                    self.topics.app_route(s.app), messages.encode(r), qos=1, retain=True
+                )
+        placement = messages.Placement(
+            term=term,
+            generation=gen,
+            ts=now,
+            entries=plan.entries,
+            objective=plan.objective,
+            lp_bound=plan.lp_bound,
+            gap=plan.gap,
+            solver=plan.solver,
+        )
         self.client.publish(self.topics.placement, messages.encode(placement), qos=1, retain=True)
 
     def _republish(self) -> None:
@@ -232,9 +282,14 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
-        self.client.stop(final=lambda: self.client.publish(
-            self.topics.coordinator_status, messages.encode(self._status("offline")), qos=1,
-            retain=True))
+        self.client.stop(
+            final=lambda: self.client.publish(
+                self.topics.coordinator_status,
+                messages.encode(self._status("offline")),
+                qos=1,
+                retain=True,
+            )
+        )
 
     def wait(self) -> None:
         self._stop.wait()

@@ -33,8 +33,14 @@ class BadInput:
             self._last_log[reason] = now
             suppressed = self._suppressed.pop(reason, 0)
             total = self.counts[reason]
-        log.warning("bad_input", reason=reason, error=error, total=total,
-                    suppressed_since_last=suppressed, **fields)
+        log.warning(
+            "bad_input",
+            reason=reason,
+            error=error,
+            total=total,
+            suppressed_since_last=suppressed,
+            **fields,
+        )
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

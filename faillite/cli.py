@@ -60,10 +60,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
     flog.configure(mesh=cfg.mesh, role="broker")
     broker = cfg.broker
     if args.host or args.port is not None:
-        broker = broker.model_copy(update={
-            "host": args.host or broker.host,
-            "port": broker.port if args.port is None else args.port,
-        })
+        broker = broker.model_copy(
+            update={
+                "host": args.host or broker.host,
+                "port": broker.port if args.port is None else args.port,
+            }
+        )
     run_broker(broker, cfg.mesh)
     return 0
 
@@ -88,14 +90,20 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         def report() -> None:
             while not pub._stop.wait(2.0):
                 r = pub.report()
-                print(f"[{scfg.id}] sent={r.sent} dropped={r.dropped} fps={r.fps:.1f} "
-                      f"results={r.results} e2e {r.e2e_ms}", flush=True)
+                print(
+                    f"[{scfg.id}] sent={r.sent} dropped={r.dropped} fps={r.fps:.1f} "
+                    f"results={r.results} e2e {r.e2e_ms}",
+                    flush=True,
+                )
 
         threading.Thread(target=report, daemon=True).start()
     pub.run(duration_s=args.duration, max_frames=args.frames)
     r = pub.report()
-    print(f"[{scfg.id}] sent={r.sent} dropped={r.dropped} not_connected={r.not_connected} "
-          f"results={r.results} e2e {r.e2e_ms}", flush=True)
+    print(
+        f"[{scfg.id}] sent={r.sent} dropped={r.dropped} not_connected={r.not_connected} "
+        f"results={r.results} e2e {r.e2e_ms}",
+        flush=True,
+    )
     return 0
 
 
@@ -152,8 +160,9 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="models", level="warning")
     catalog = load_catalog(cfg.catalog)
-    paths = build_models(catalog, cfg.models_dir, args.variant or None, force=args.force,
-                         progress=True)
+    paths = build_models(
+        catalog, cfg.models_path, args.variant or None, force=args.force, progress=True
+    )
     for p in paths:
         print(p)
     return 0
@@ -164,13 +173,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     catalog = load_catalog(cfg.catalog)
-    print(f"models dir: {cfg.models_dir}")
+    print(f"models dir: {cfg.models_path}")
     print(f"{'family':<18}{'variant':<22}{'top-1':>7}{'mem MB':>8}{'file MB':>9}  on disk")
     for fam in catalog.families:
         for v in fam.variants:
-            on_disk = "yes" if (cfg.models_dir / v.file).is_file() else "no"
-            print(f"{fam.name:<18}{v.name:<22}{v.accuracy:>7.1f}{v.memory_mb:>8.0f}"
-                  f"{v.file_size_mb:>9.1f}  {on_disk}")
+            on_disk = "yes" if (cfg.models_path / v.file).is_file() else "no"
+            print(
+                f"{fam.name:<18}{v.name:<22}{v.accuracy:>7.1f}{v.memory_mb:>8.0f}"
+                f"{v.file_size_mb:>9.1f}  {on_disk}"
+            )
     return 0
 
 
@@ -198,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True, help="sensor id in the config")
     p.add_argument("--source", help="override: scene, camera index, file, folder or URL")
     p.add_argument("--fps", type=float, help="override the target frame rate")
-    p.add_argument("--results", action="store_true",
-                   help="follow results of this sensor's apps and print end-to-end latency")
+    p.add_argument(
+        "--results",
+        action="store_true",
+        help="follow results of this sensor's apps and print end-to-end latency",
+    )
     p.add_argument("--duration", type=float, help="stop after SECONDS")
     p.add_argument("--frames", type=int, help="stop after N frames")
     p.set_defaults(func=cmd_sensor)
@@ -216,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a whole mesh on this machine with a live view")
     _common(p)
     p.add_argument("--duration", type=float, help="run SECONDS, print a summary, exit")
-    p.add_argument("--port", type=int,
-                   help="embedded broker port (0: a free one); default: the config's")
+    p.add_argument(
+        "--port", type=int, help="embedded broker port (0: a free one); default: the config's"
+    )
     p.add_argument("--no-view", action="store_true", help="plain periodic lines, no live table")
     p.add_argument("--logs-dir", help="where each process's log goes (default ./runs/up-*)")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
@@ -225,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="build and list model files")
     msub = p.add_subparsers(dest="models_command", required=True)
-    b = msub.add_parser("build", help="build the catalog's ONNX models (EfficientNet-Lite, synthetic)")
+    b = msub.add_parser(
+        "build", help="build the catalog's ONNX models (EfficientNet-Lite, synthetic)"
+    )
     _common(b)
     b.add_argument("--variant", action="append", help="only this variant (repeatable)")
     b.add_argument("--force", action="store_true", help="rebuild files that exist")

@@ -45,7 +45,9 @@ class BrokerUser(StrictModel):
                 )
             return value
         if self.password is None:
-            raise ConfigError(f"broker user {self.username!r} has neither password nor password_env")
+            raise ConfigError(
+                f"broker user {self.username!r} has neither password nor password_env"
+            )
         return self.password
 
 
@@ -166,7 +168,9 @@ class CoordinatorConfig(StrictModel):
 class MeshConfig(StrictModel):
     mesh: Id = "demo"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    models_dir: Path | None = None  # default: $FAILLITE_MODELS_DIR or ~/.local/share/faillite/models
+    models_dir: Path | None = (
+        None  # default: $FAILLITE_MODELS_DIR or ~/.local/share/faillite/models
+    )
     catalog: Path = Path("catalog.yaml")
     max_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     sensors: tuple[SensorConfig, ...] = ()
@@ -197,8 +201,15 @@ class MeshConfig(StrictModel):
                 raise ValueError(f"coordinator.assignments names unknown worker {worker!r}")
             for s in serves:
                 if s.app not in apps:
-                    raise ValueError(f"coordinator.assignments[{worker}] names unknown app {s.app!r}")
+                    raise ValueError(
+                        f"coordinator.assignments[{worker}] names unknown app {s.app!r}"
+                    )
         return self
+
+    @property
+    def models_path(self) -> Path:
+        """Where model files live: the config's ``models_dir`` or the per-user default."""
+        return self.models_dir if self.models_dir is not None else default_models_dir()
 
     def worker(self, worker_id: str) -> WorkerConfig:
         for w in self.workers:

@@ -87,8 +87,8 @@ def unpack(payload: bytes | bytearray | memoryview, *, max_bytes: int) -> Frame:
         raise OversizedFrameError(f"frame of {size} bytes exceeds the {max_bytes}-byte limit")
     if size < HEADER_SIZE:
         raise MalformedEnvelopeError(f"frame of {size} bytes is shorter than the header")
-    magic, version, encoding, header_len, seq, capture_ns, width, height, tag = (
-        _HEADER.unpack_from(payload)
+    magic, version, encoding, header_len, seq, capture_ns, width, height, tag = _HEADER.unpack_from(
+        payload
     )
     if magic != MAGIC:
         raise MalformedEnvelopeError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
@@ -121,4 +121,4 @@ def decode_image(frame: Frame) -> npt.NDArray[np.uint8]:
             f"frame {frame.seq}: header says {frame.width}x{frame.height}, "
             f"image is {image.shape[1]}x{image.shape[0]}"
         )
-    return image  # type: ignore[no-any-return]
+    return np.asarray(image, dtype=np.uint8)

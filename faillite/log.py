@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -19,7 +20,7 @@ _configured = False
 _ids: dict[str, Any] = {}
 
 
-def _add_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_ids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in _ids.items():
         event.setdefault(key, value)
     return event

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, ClassVar, Literal, TypeVar
 
 import orjson
@@ -252,9 +251,14 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
 }
 
 
-@cache
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
 def _adapter(cls: type[M]) -> TypeAdapter[M]:
-    return TypeAdapter(cls)
+    adapter = _ADAPTERS.get(cls)
+    if adapter is None:
+        adapter = _ADAPTERS[cls] = TypeAdapter(cls)
+    return adapter
 
 
 def encode(msg: Any) -> bytes:
@@ -269,7 +273,9 @@ def decode(cls: type[M], payload: bytes | bytearray | memoryview | str) -> M:
     except orjson.JSONDecodeError as exc:
         raise MalformedJSONError(f"{cls.__name__}: malformed JSON: {exc}") from exc
     if not isinstance(obj, dict):
-        raise InvalidMessageError(f"{cls.__name__}: expected a JSON object, got {type(obj).__name__}")
+        raise InvalidMessageError(
+            f"{cls.__name__}: expected a JSON object, got {type(obj).__name__}"
+        )
     version = obj.get("v")
     if version not in SUPPORTED_VERSIONS:
         raise UnknownSchemaVersionError(
@@ -277,13 +283,14 @@ def decode(cls: type[M], payload: bytes | bytearray | memoryview | str) -> M:
             f"(this build reads {sorted(SUPPORTED_VERSIONS)})"
         )
     try:
-        return _adapter(cls).validate_python(obj)
+        msg: M = _adapter(cls).validate_python(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidMessageError(
             f"{cls.__name__}: {exc.error_count()} invalid field(s), first {where}: {first['msg']}"
         ) from exc
+    return msg
 
 
 def to_dict(msg: Any) -> dict[str, Any]:

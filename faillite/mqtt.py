@@ -160,7 +160,9 @@ class MeshClient:
     def start(self, connect_timeout: float | None = 30.0) -> None:
         """Start the network thread; with a timeout, wait for the first connection."""
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-{self.client_id}", daemon=True
+        )
         self._thread.start()
         if connect_timeout is not None and not self._connected.wait(connect_timeout):
             self.stop()
@@ -169,7 +171,7 @@ class MeshClient:
                 f"within {connect_timeout:.0f}s"
             )
 
-    def stop(self, *, final: Callable[[], None] | None = None) -> None:
+    def stop(self, *, final: Callable[[], object] | None = None) -> None:
         """Run ``final`` (e.g. publish a graceful offline), disconnect cleanly and join."""
         if final is not None and self._connected.is_set():
             try:

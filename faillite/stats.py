@@ -32,8 +32,9 @@ def percentiles(values: list[float] | np.ndarray) -> Percentiles:
     if arr.size == 0:
         return Percentiles(0, 0.0, 0.0, 0.0, 0.0, 0.0)
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return Percentiles(int(arr.size), float(arr.mean()), float(p50), float(p90), float(p99),
-                       float(arr.max()))
+    return Percentiles(
+        int(arr.size), float(arr.mean()), float(p50), float(p90), float(p99), float(arr.max())
+    )
 
 
 class Window:
@@ -53,6 +54,10 @@ class Window:
         with self._lock:
             values = list(self._values)
         return percentiles(values)
+
+    def values(self) -> list[float]:
+        with self._lock:
+            return list(self._values)
 
     def mean(self) -> float:
         with self._lock:

@@ -83,7 +83,9 @@ WORKER_ASSIGNMENT = TopicSpec(
     "json",
     "Assignment",
 )
-APP_RESULTS = TopicSpec("app_results", "apps/{app}/results", Role.WORKER, False, 0, "json", "Result")
+APP_RESULTS = TopicSpec(
+    "app_results", "apps/{app}/results", Role.WORKER, False, 0, "json", "Result"
+)
 APP_ROUTE = TopicSpec("app_route", "apps/{app}/route", Role.COORDINATOR, True, 1, "json", "Route")
 COORDINATOR_STATUS = TopicSpec(
     "coordinator_status",

@@ -47,8 +47,7 @@ class MeshObserver:
         self.workers: dict[str, messages.WorkerStatus] = {}
         self.bad = BadInput()
         self._lock = threading.Lock()
-        self.client = MeshClient(f"faillite-{cfg.mesh}-{client_id}", cfg.broker,
-                                 role=Role.OBSERVER)
+        self.client = MeshClient(f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER)
         self.client.subscribe(self.topics.filter(APP_RESULTS), self._on_result, qos=0)
         self.client.subscribe(self.topics.filter(WORKER_STATUS), self._on_status, qos=1)
 
@@ -102,18 +101,41 @@ class MeshObserver:
 
     def table(self) -> Table:
         t = Table(title=f"FailLite mesh '{self.cfg.mesh}': results", expand=False)
-        for col in ("app", "worker", "variant", "top label", "score", "fps", "results",
-                    "e2e p50 ms", "e2e p99 ms", "infer p50 ms"):
-            t.add_column(col, justify="right" if col[0].isdigit() or "ms" in col or col in (
-                "fps", "results", "score") else "left")
+        for col in (
+            "app",
+            "worker",
+            "variant",
+            "top label",
+            "score",
+            "fps",
+            "results",
+            "e2e p50 ms",
+            "e2e p99 ms",
+            "infer p50 ms",
+        ):
+            t.add_column(
+                col,
+                justify="right"
+                if col[0].isdigit() or "ms" in col or col in ("fps", "results", "score")
+                else "left",
+            )
         now = time.monotonic()
         with self._lock:
             for v in self.apps.values():
                 e2e = v.e2e.snapshot()
                 inf = v.inference.snapshot()
-                t.add_row(v.app, v.worker or "-", v.variant or "-", v.label or "-",
-                          f"{v.score:.2f}", f"{v.rate.rate(now):.1f}", str(v.results),
-                          f"{e2e.p50:.1f}", f"{e2e.p99:.1f}", f"{inf.p50:.1f}")
+                t.add_row(
+                    v.app,
+                    v.worker or "-",
+                    v.variant or "-",
+                    v.label or "-",
+                    f"{v.score:.2f}",
+                    f"{v.rate.rate(now):.1f}",
+                    str(v.results),
+                    f"{e2e.p50:.1f}",
+                    f"{e2e.p99:.1f}",
+                    f"{inf.p50:.1f}",
+                )
             online = sorted(w for w, s in self.workers.items() if s.state == "online")
         t.caption = f"workers online: {', '.join(online) or 'none'}"
         return t
@@ -121,27 +143,37 @@ class MeshObserver:
     def line(self) -> str:
         now = time.monotonic()
         with self._lock:
-            parts = [f"{v.app}: {v.results} results {v.rate.rate(now):.1f}/s via "
-                     f"{v.worker or '-'}/{v.variant or '-'} top={v.label or '-'}"
-                     for v in self.apps.values()]
+            parts = [
+                f"{v.app}: {v.results} results {v.rate.rate(now):.1f}/s via "
+                f"{v.worker or '-'}/{v.variant or '-'} top={v.label or '-'}"
+                for v in self.apps.values()
+            ]
         return " | ".join(parts)
 
     def summary(self, duration_s: float) -> dict[str, Any]:
         with self._lock:
-            apps = {}
+            apps: dict[str, dict[str, Any]] = {}
             for v in self.apps.values():
-                e2e = percentiles(list(v.e2e._values))
-                inf = percentiles(list(v.inference._values))
+                e2e = percentiles(v.e2e.values())
+                inf = percentiles(v.inference.values())
                 apps[v.app] = {
                     "results": v.results,
                     "fps": round(v.results / duration_s, 2) if duration_s > 0 else 0.0,
                     "workers": dict(v.workers),
                     "variant": v.variant,
                     "top_labels": dict(v.labels.most_common(3)),
-                    "e2e_ms": {"p50": round(e2e.p50, 2), "p90": round(e2e.p90, 2),
-                               "p99": round(e2e.p99, 2), "max": round(e2e.max, 2)},
+                    "e2e_ms": {
+                        "p50": round(e2e.p50, 2),
+                        "p90": round(e2e.p90, 2),
+                        "p99": round(e2e.p99, 2),
+                        "max": round(e2e.max, 2),
+                    },
                     "inference_ms": {"p50": round(inf.p50, 2), "p99": round(inf.p99, 2)},
                 }
-        return {"mesh": self.cfg.mesh, "duration_s": round(duration_s, 2), "apps": apps,
-                "all_served": all(a["results"] > 0 for a in apps.values()),
-                "bad_messages": self.bad.snapshot()}
+        return {
+            "mesh": self.cfg.mesh,
+            "duration_s": round(duration_s, 2),
+            "apps": apps,
+            "all_served": all(a["results"] > 0 for a in apps.values()),
+            "bad_messages": self.bad.snapshot(),
+        }

@@ -7,6 +7,7 @@ them in order: sensors, workers, coordinator, broker) and, on Linux, a parent-de
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -39,8 +40,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
-              ) -> bool:
+def wait_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -93,13 +95,19 @@ class ProcessGroup:
 
     def start(self, name: str, role: str, argv: Sequence[str]) -> Child:
         log_path = self.logs_dir / f"{name}.log" if self.logs_dir is not None else None
-        out: IO[bytes] | int = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        out: IO[bytes] | int = log_path.open("wb") if log_path else subprocess.DEVNULL
         proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-        child = Child(name, role, list(argv), proc, log_path,
-                      out if not isinstance(out, int) else None)
+        child = Child(
+            name, role, list(argv), proc, log_path, out if not isinstance(out, int) else None
+        )
         self.children.append(child)
         log.debug("process_started", name=name, pid=proc.pid)
         return child
@@ -115,10 +123,8 @@ class ProcessGroup:
 
     def _stop_one(self, c: Child, sig: int, timeout: float) -> int | None:
         if c.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 c.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -136,10 +142,8 @@ class ProcessGroup:
             group = [c for c in self.children if c.role == role]
             for c in group:
                 if c.alive():
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(c.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
             for c in group:
                 codes[c.name] = self._stop_one(c, signal.SIGTERM, timeout)
         for c in self.children:

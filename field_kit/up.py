@@ -46,13 +46,13 @@ def _needed_variants(cfg: MeshConfig) -> list[str]:
 
 
 def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
-    console = Console(stderr=False)
+    console = Console(soft_wrap=not sys.stdout.isatty())
     catalog = load_catalog(cfg.catalog)
     needed = _needed_variants(cfg)
-    missing = missing_models(catalog, cfg.models_dir, needed)
+    missing = missing_models(catalog, cfg.models_path, needed)
     if missing:
-        console.print(f"building models {', '.join(missing)} into {cfg.models_dir}")
-        build_models(catalog, cfg.models_dir, missing, progress=True)
+        console.print(f"building models {', '.join(missing)} into {cfg.models_path}")
+        build_models(catalog, cfg.models_path, missing, progress=True)
 
     port = cfg.broker.port if opts.port is None else opts.port
     if port == 0:
@@ -111,8 +111,14 @@ def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
     return rc
 
 
-def _watch(group: ProcessGroup, observer: MeshObserver, opts: UpOptions, stop: threading.Event,
-           start: float, console: Console) -> list[str]:
+def _watch(
+    group: ProcessGroup,
+    observer: MeshObserver,
+    opts: UpOptions,
+    stop: threading.Event,
+    start: float,
+    console: Console,
+) -> list[str]:
     crashed: list[str] = []
 
     def done() -> bool:
@@ -135,8 +141,9 @@ def _watch(group: ProcessGroup, observer: MeshObserver, opts: UpOptions, stop: t
             stop.wait(0.25)
             if time.monotonic() - last >= 2.0:
                 last = time.monotonic()
-                console.print(f"[{time.monotonic() - start:5.1f}s] {observer.line()}",
-                              highlight=False)
+                console.print(
+                    f"[{time.monotonic() - start:5.1f}s] {observer.line()}", highlight=False
+                )
     return crashed
 
 
@@ -151,5 +158,6 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             highlight=False,
         )
     verdict = "every app got results" if summary["all_served"] else "SOME APPS GOT NO RESULTS"
-    console.print(f"  {verdict}" + (f"; crashed: {summary['crashed']}" if summary["crashed"]
-                                    else ""))
+    console.print(
+        f"  {verdict}" + (f"; crashed: {summary['crashed']}" if summary["crashed"] else "")
+    )

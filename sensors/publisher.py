@@ -13,9 +13,9 @@ from faillite import envelope, messages
 from faillite.config import BrokerConfig, SensorConfig
 from faillite.log import get_logger
 from faillite.mqtt import MeshClient, Will
+from faillite.sensors.sources import FrameSource, SourceError, open_source
 from faillite.stats import RateMeter, Window
 from faillite.topics import APP_RESULTS, Role, Topics
-from faillite.sensors.sources import FrameSource, SourceError, open_source
 
 log = get_logger("sensor")
 
@@ -103,8 +103,12 @@ class SensorPublisher:
 
     def report(self) -> SensorReport:
         return SensorReport(
-            self.sent, self.dropped, self.not_connected, self.results,
-            self.rate.rate(time.monotonic()), self.e2e.snapshot().fmt(),
+            self.sent,
+            self.dropped,
+            self.not_connected,
+            self.results,
+            self.rate.rate(time.monotonic()),
+            self.e2e.snapshot().fmt(),
         )
 
     def stop(self) -> None:
@@ -117,9 +121,15 @@ class SensorPublisher:
         start = time.monotonic()
         next_slot = start
         seq = 0
-        log.info("sensor_started", sensor=self.cfg.id, source=self.source.describe(),
-                 fps=self.cfg.fps, incarnation=self.incarnation, pid=os.getpid(),
-                 host=socket.gethostname())
+        log.info(
+            "sensor_started",
+            sensor=self.cfg.id,
+            source=self.source.describe(),
+            fps=self.cfg.fps,
+            incarnation=self.incarnation,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -138,7 +148,7 @@ class SensorPublisher:
                 try:
                     image = self.source.read()
                 except SourceError as exc:
-                    log.error("source_failed", sensor=self.cfg.id, error=str(exc))
+                    log.exception("source_failed", sensor=self.cfg.id, error=str(exc))
                     break
                 if image is None:
                     log.info("source_ended", sensor=self.cfg.id)
@@ -146,8 +156,12 @@ class SensorPublisher:
                 capture_ns = time.time_ns()
                 jpeg = envelope.encode_jpeg(image, self.cfg.jpeg_quality)
                 payload = envelope.pack(
-                    jpeg, seq=seq, capture_ns=capture_ns, width=image.shape[1],
-                    height=image.shape[0], tag=self._tag,
+                    jpeg,
+                    seq=seq,
+                    capture_ns=capture_ns,
+                    width=image.shape[1],
+                    height=image.shape[0],
+                    tag=self._tag,
                 )
                 seq += 1
                 if self.client.publish(self.frames_topic, payload, qos=0):
@@ -165,6 +179,12 @@ class SensorPublisher:
                     retain=True,
                 )
             )
-            log.info("sensor_stopped", sensor=self.cfg.id, sent=self.sent, dropped=self.dropped,
-                     not_connected=self.not_connected, results=self.results,
-                     e2e_ms=self.e2e.snapshot().fmt())
+            log.info(
+                "sensor_stopped",
+                sensor=self.cfg.id,
+                sent=self.sent,
+                dropped=self.dropped,
+                not_connected=self.not_connected,
+                results=self.results,
+                e2e_ms=self.e2e.snapshot().fmt(),
+            )

@@ -62,7 +62,10 @@ class SceneSource(FrameSource):
     kind = "scene"
 
     def __init__(
-        self, width: int, height: int, photos: tuple[str, ...] = ("chelsea", "coffee"),
+        self,
+        width: int,
+        height: int,
+        photos: tuple[str, ...] = ("chelsea", "coffee"),
         hold_s: float = 5.0,
     ) -> None:
         unknown = [p for p in photos if p not in SCENE_PHOTOS]
@@ -95,7 +98,13 @@ class SceneSource(FrameSource):
         mx = int((self.width - 20) * (0.5 + 0.5 * np.sin(t * 2.0)))
         cv2.rectangle(frame, (mx, self.height - 16), (mx + 16, self.height - 4), (0, 255, 255), -1)
         cv2.putText(
-            frame, f"#{self._n}", (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
+            frame,
+            f"#{self._n}",
+            (8, 22),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.6,
+            (255, 255, 255),
+            1,
             cv2.LINE_AA,
         )
         self._n += 1
@@ -128,7 +137,7 @@ class FolderSource(FrameSource):
             self._i += 1
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                return fit(image, self.width, self.height)  # type: ignore[arg-type]
+                return fit(np.asarray(image, dtype=np.uint8), self.width, self.height)
             self.unreadable += 1
         raise SourceError(f"no image in {self.files[0].parent} could be read")
 
@@ -145,8 +154,10 @@ class CaptureSource(FrameSource):
         self._cap = self._open()
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(int(self.spec)) if self.kind == "camera" else cv2.VideoCapture(
-            self.spec
+        cap = (
+            cv2.VideoCapture(int(self.spec))
+            if self.kind == "camera"
+            else cv2.VideoCapture(self.spec)
         )
         if not cap.isOpened():
             raise SourceError(f"OpenCV cannot open {self.kind} source {self.spec!r}")
@@ -165,7 +176,7 @@ class CaptureSource(FrameSource):
             if self.kind == "file":
                 return None
             raise SourceError(f"{self.kind} source {self.spec!r} stopped producing frames")
-        return fit(frame, self.width, self.height)
+        return fit(np.asarray(frame, dtype=np.uint8), self.width, self.height)
 
     def close(self) -> None:
         self._cap.release()

@@ -28,7 +28,7 @@ def test_shipped_demo_config_is_valid() -> None:
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     p = _write(tmp_path, "mesh: m\nworkers:\n  - id: w1\n    heartbeat_intervall: 1\n")
-    with pytest.raises(ConfigError, match="workers.0.heartbeat_intervall: unknown key"):
+    with pytest.raises(ConfigError, match=r"workers\.0\.heartbeat_intervall: unknown key"):
         load_mesh_config(p)
 
 
@@ -64,7 +64,7 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     p = _write(tmp_path, "catalog: sub/cat.yaml\nmodels_dir: m\n")
     cfg = load_mesh_config(p)
     assert cfg.catalog == tmp_path / "sub" / "cat.yaml"
-    assert cfg.models_dir == tmp_path / "m"
+    assert cfg.models_path == tmp_path / "m"
 
 
 def test_password_env_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:

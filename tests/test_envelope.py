@@ -18,8 +18,9 @@ def _image() -> np.ndarray:
 
 def _frame(seq: int = 7) -> bytes:
     jpeg = env.encode_jpeg(_image(), 90)
-    return env.pack(jpeg, seq=seq, capture_ns=1_700_000_000_123_456_789, width=64, height=48,
-                    tag=0xDEADBEEF)
+    return env.pack(
+        jpeg, seq=seq, capture_ns=1_700_000_000_123_456_789, width=64, height=48, tag=0xDEADBEEF
+    )
 
 
 def test_round_trip() -> None:
@@ -59,7 +60,7 @@ def test_bad_envelopes(mutate, error) -> None:  # type: ignore[no-untyped-def]
 
 def test_corrupt_jpeg_detected() -> None:
     raw = bytearray(_frame())
-    raw[env.HEADER_SIZE:] = b"\x00" * (len(raw) - env.HEADER_SIZE)
+    raw[env.HEADER_SIZE :] = b"\x00" * (len(raw) - env.HEADER_SIZE)
     f = env.unpack(bytes(raw), max_bytes=1 << 20)
     with pytest.raises(env.CorruptImageError):
         env.decode_image(f)

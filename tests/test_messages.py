@@ -9,8 +9,14 @@ from faillite import messages as m
 
 
 def _assignment() -> m.Assignment:
-    return m.Assignment(worker="w1", term=2, generation=5, ts=1.5,
-                        serve=(m.Serve("a1", "cam1", "efficientnet_lite0"),), warm=("x",))
+    return m.Assignment(
+        worker="w1",
+        term=2,
+        generation=5,
+        ts=1.5,
+        serve=(m.Serve("a1", "cam1", "efficientnet_lite0"),),
+        warm=("x",),
+    )
 
 
 def test_round_trip_keeps_nested_types() -> None:
@@ -39,13 +45,19 @@ def test_messages_are_frozen() -> None:
         (b"\xff\xfe", m.MalformedJSONError),
         (b"[1, 2]", m.InvalidMessageError),
         (b'{"worker": "w1", "term": 1, "generation": 1, "ts": 0}', m.UnknownSchemaVersionError),
-        (b'{"v": 99, "worker": "w1", "term": 1, "generation": 1, "ts": 0}',
-         m.UnknownSchemaVersionError),
+        (
+            b'{"v": 99, "worker": "w1", "term": 1, "generation": 1, "ts": 0}',
+            m.UnknownSchemaVersionError,
+        ),
         (b'{"v": 1, "worker": "w1", "generation": 1, "ts": 0}', m.InvalidMessageError),
-        (b'{"v": 1, "worker": "w1", "term": "three", "generation": 1, "ts": 0}',
-         m.InvalidMessageError),
-        (b'{"v": 1, "worker": "w1", "term": 1, "generation": 1, "ts": 0, "serve": [{"app": 1}]}',
-         m.InvalidMessageError),
+        (
+            b'{"v": 1, "worker": "w1", "term": "three", "generation": 1, "ts": 0}',
+            m.InvalidMessageError,
+        ),
+        (
+            b'{"v": 1, "worker": "w1", "term": 1, "generation": 1, "ts": 0, "serve": [{"app": 1}]}',
+            m.InvalidMessageError,
+        ),
     ],
 )
 def test_bad_payloads_raise_typed_errors(payload: bytes, error: type[m.MessageError]) -> None:
@@ -67,8 +79,19 @@ def test_every_message_type_round_trips_with_defaults() -> None:
         m.WorkerStatus("w", "i", "offline", 1.0, reason="lost"),
         m.Heartbeat("w", "i", 3, 1.0, apps={"a": m.AppStats(1, 1, 0, 2.5)}),
         _assignment(),
-        m.Result("a", 1, "s", 1.0, 2.0, "w", "i", "v", 1, m.Latency(1, 2, 3, 4, 5),
-                 (m.Label(1, "x", 0.5),)),
+        m.Result(
+            "a",
+            1,
+            "s",
+            1.0,
+            2.0,
+            "w",
+            "i",
+            "v",
+            1,
+            m.Latency(1, 2, 3, 4, 5),
+            (m.Label(1, "x", 0.5),),
+        ),
         m.Route("a", "w", "v", 1, 1, 1.0),
         m.CoordinatorStatus("c", "i", "leader", 1, 1.0),
         m.Placement(1, 1, 1.0, (m.PlacementEntry("a", "w", "v", "primary"),)),

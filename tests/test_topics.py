@@ -54,8 +54,7 @@ def _examples() -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("spec", [s for s in topics.ALL_TOPICS if s.schema],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s for s in topics.ALL_TOPICS if s.schema], ids=lambda s: s.name)
 def test_example_decodes_with_real_codec(spec: topics.TopicSpec) -> None:
     example = _examples()[_doc_pattern(spec)]
     assert spec.schema is not None
@@ -109,6 +108,7 @@ def test_role_acl_covers_every_publisher() -> None:
     for spec in topics.ALL_TOPICS:
         if spec.publisher is None:
             continue
-        writes = [p for a, p in acl[spec.publisher] if a in (topics.Access.WRITE,
-                                                            topics.Access.READWRITE)]
+        writes = [
+            p for a, p in acl[spec.publisher] if a in (topics.Access.WRITE, topics.Access.READWRITE)
+        ]
         assert spec.filter("demo") in writes or any(p.endswith("#") for p in writes), spec.name

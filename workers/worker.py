@@ -59,7 +59,7 @@ class Worker:
         self.mesh = mesh
         self.cfg = cfg
         self.catalog = catalog
-        self.models_dir = cfg.models_dir or mesh.models_dir or Path("models")
+        self.models_dir = cfg.models_dir or mesh.models_path
         self.topics = Topics(mesh.mesh)
         self.incarnation = uuid.uuid4().hex[:12]
         bind(worker=cfg.id, incarnation=self.incarnation)
@@ -87,9 +87,12 @@ class Worker:
         self.app_processed: dict[str, int] = {}
         self.app_latency: dict[str, Window] = {}
 
-        will = Will(self.topics.worker_status(cfg.id), messages.encode(self._status("offline", "lost")))
-        self.client = MeshClient(f"faillite-{mesh.mesh}-worker-{cfg.id}", mesh.broker,
-                                 role=Role.WORKER, will=will)
+        will = Will(
+            self.topics.worker_status(cfg.id), messages.encode(self._status("offline", "lost"))
+        )
+        self.client = MeshClient(
+            f"faillite-{mesh.mesh}-worker-{cfg.id}", mesh.broker, role=Role.WORKER, will=will
+        )
         self.client.on_connect(self._publish_birth)
         self.client.subscribe(self.topics.worker_assignment(cfg.id), self._on_assignment, qos=1)
 
@@ -98,7 +101,8 @@ class Worker:
     def models_on_disk(self) -> tuple[str, ...]:
         suffix = self.backend.file_suffix
         return tuple(
-            v.name for v in self.catalog.variants()
+            v.name
+            for v in self.catalog.variants()
             if (self.models_dir / Path(v.file).with_suffix(suffix).name).is_file()
             or (self.models_dir / v.file).is_file()
         )
@@ -125,12 +129,22 @@ class Worker:
         )
 
     def _publish_birth(self) -> None:
-        self.client.publish(self.topics.worker_status(self.cfg.id),
-                            messages.encode(self._status("online")), qos=1, retain=True)
+        self.client.publish(
+            self.topics.worker_status(self.cfg.id),
+            messages.encode(self._status("online")),
+            qos=1,
+            retain=True,
+        )
 
     def _event(self, kind: str, app: str = "", **detail: Any) -> None:
-        ev = messages.Event(kind=kind, ts=messages.now(), source=f"worker/{self.cfg.id}",
-                            worker=self.cfg.id, app=app, detail=detail)
+        ev = messages.Event(
+            kind=kind,
+            ts=messages.now(),
+            source=f"worker/{self.cfg.id}",
+            worker=self.cfg.id,
+            app=app,
+            detail=detail,
+        )
         self.client.publish(self.topics.events, messages.encode(ev), qos=0)
 
     # -- network thread --------------------------------------------------------------------
@@ -155,13 +169,14 @@ class Worker:
             now = time.monotonic_ns()
             payload = msg.payload
             if len(payload) > max_bytes:
-                self.bad.count("oversized_frame", f"{len(payload)} bytes > {max_bytes}",
-                               sensor=sensor)
+                self.bad.count(
+                    "oversized_frame", f"{len(payload)} bytes > {max_bytes}", sensor=sensor
+                )
                 return
             for app in self._by_sensor.get(sensor, ()):
                 self.frames_received += 1
                 self.app_received[app] = self.app_received.get(app, 0) + 1
-                self.queues.put(QueuedFrame(app, payload, now))
+                self.queues.put(QueuedFrame(app, bytes(payload), now))
 
         return on_frame
 
@@ -208,24 +223,39 @@ class Worker:
         load_ms = (time.perf_counter() - t0) * 1000
         self.loaded = {**self.loaded, variant: model}  # copy-on-write: heartbeat reads it
         self.load_count += 1
-        log.info("model_loaded", variant=variant, load_ms=round(load_ms, 1),
-                 providers=list(model.providers))
-        self._event("model_loaded", variant=variant, load_ms=round(load_ms, 1),
-                    providers=list(model.providers))
+        log.info(
+            "model_loaded",
+            variant=variant,
+            load_ms=round(load_ms, 1),
+            providers=list(model.providers),
+        )
+        self._event(
+            "model_loaded",
+            variant=variant,
+            load_ms=round(load_ms, 1),
+            providers=list(model.providers),
+        )
         return model
 
     def apply(self, a: messages.Assignment) -> None:
         """Apply an assignment: fence revoked apps at once, load, switch, then release."""
         cur = self.assignment
         if cur is not None and a.version() <= cur.version():
-            log.info("assignment_ignored", term=a.term, generation=a.generation,
-                     current=list(cur.version()))
+            log.info(
+                "assignment_ignored",
+                term=a.term,
+                generation=a.generation,
+                current=list(cur.version()),
+            )
             return
         t0 = time.perf_counter()
         wanted = {s.app: s for s in a.serve}
         # Fencing: an app taken away stops now, before any slow model load.
-        keep = {app: s for app, s in self._serving.items()
-                if app in wanted and wanted[app].sensor == s.sensor}
+        keep = {
+            app: s
+            for app, s in self._serving.items()
+            if app in wanted and wanted[app].sensor == s.sensor
+        }
         for app in set(self._serving) - set(keep):
             log.info("serve_stopped", app=app, generation=a.generation)
             self._event("serve_stopped", app=app, generation=a.generation)
@@ -244,8 +274,9 @@ class Worker:
                 log.error("app_unservable", app=s.app, variant=s.variant)
                 continue
             v = self.catalog.variant(s.variant)
-            table[s.app] = Serving(s.app, s.sensor, s.variant, model, v.preprocess,
-                                   v.labels == "imagenet1k")
+            table[s.app] = Serving(
+                s.app, s.sensor, s.variant, model, v.preprocess, v.labels == "imagenet1k"
+            )
         self._set_serving(table)
         needed = {s.variant for s in table.values()} | set(a.warm)
         for variant in [v for v in self.loaded if v not in needed]:
@@ -256,11 +287,21 @@ class Worker:
             self._event("model_unloaded", variant=variant)
         self.assignment = a
         ms = (time.perf_counter() - t0) * 1000
-        log.info("assignment_applied", term=a.term, generation=a.generation,
-                 serving={k: s.variant for k, s in table.items()}, warm=list(a.warm),
-                 apply_ms=round(ms, 1))
-        self._event("assignment_applied", term=a.term, generation=a.generation,
-                    serving={k: s.variant for k, s in table.items()}, apply_ms=round(ms, 1))
+        log.info(
+            "assignment_applied",
+            term=a.term,
+            generation=a.generation,
+            serving={k: s.variant for k, s in table.items()},
+            warm=list(a.warm),
+            apply_ms=round(ms, 1),
+        )
+        self._event(
+            "assignment_applied",
+            term=a.term,
+            generation=a.generation,
+            serving={k: s.variant for k, s in table.items()},
+            apply_ms=round(ms, 1),
+        )
 
     def _set_serving(self, table: dict[str, Serving]) -> None:
         by_sensor: dict[str, list[str]] = {}
@@ -272,8 +313,9 @@ class Worker:
         self._by_sensor = {k: tuple(v) for k, v in by_sensor.items()}
         sensors = set(by_sensor)
         for sensor in sensors - self._subscribed:
-            self.client.subscribe(self.topics.sensor_frames(sensor),
-                                  self._make_frame_handler(sensor), qos=0)
+            self.client.subscribe(
+                self.topics.sensor_frames(sensor), self._make_frame_handler(sensor), qos=0
+            )
         for sensor in self._subscribed - sensors:
             self.client.unsubscribe(self.topics.sensor_frames(sensor))
         self._subscribed = sensors
@@ -298,8 +340,9 @@ class Worker:
             finally:
                 self.busy = False
 
-    def _serve_one(self, item: QueuedFrame, st: Serving, labels: tuple[str, ...],
-                   max_bytes: int) -> None:
+    def _serve_one(
+        self, item: QueuedFrame, st: Serving, labels: tuple[str, ...], max_bytes: int
+    ) -> None:
         t0 = time.monotonic_ns()
         try:
             frame = envelope.unpack(item.payload, max_bytes=max_bytes)
@@ -313,15 +356,22 @@ class Worker:
         logits = st.model.infer(batch)
         t3 = time.monotonic_ns()
         top = tuple(
-            messages.Label(int(i), labels[i] if st.labels and i < len(labels) else str(i),
-                           round(float(p), 5))
+            messages.Label(
+                int(i), labels[i] if st.labels and i < len(labels) else str(i), round(float(p), 5)
+            )
             for i, p in top_k(logits.reshape(-1), 5)
         )
         now = time.time()
         total_ms = (now - frame.capture_ts) * 1000
         result = messages.Result(
-            app=st.app, seq=frame.seq, sensor=st.sensor, capture_ts=frame.capture_ts, ts=now,
-            worker=self.cfg.id, incarnation=self.incarnation, variant=st.variant,
+            app=st.app,
+            seq=frame.seq,
+            sensor=st.sensor,
+            capture_ts=frame.capture_ts,
+            ts=now,
+            worker=self.cfg.id,
+            incarnation=self.incarnation,
+            variant=st.variant,
             generation=self.assignment.generation if self.assignment else 0,
             latency=messages.Latency(
                 queue_ms=round((t0 - item.received_ns) / 1e6, 3),
@@ -354,14 +404,22 @@ class Worker:
             for app in self._serving
         }
         return messages.Heartbeat(
-            worker=self.cfg.id, incarnation=self.incarnation, seq=self._hb_seq,
-            ts=messages.now(), frames_received=self.frames_received,
-            frames_processed=self.frames_processed, frames_dropped=sum(dropped.values()),
-            results_published=self.results_published, queue_depth=self.queues.depth(),
-            busy=self.busy, last_progress_ts=self.last_progress_ts,
+            worker=self.cfg.id,
+            incarnation=self.incarnation,
+            seq=self._hb_seq,
+            ts=messages.now(),
+            frames_received=self.frames_received,
+            frames_processed=self.frames_processed,
+            frames_dropped=sum(dropped.values()),
+            results_published=self.results_published,
+            queue_depth=self.queues.depth(),
+            busy=self.busy,
+            last_progress_ts=self.last_progress_ts,
             rss_mb=round(self._proc.memory_info().rss / 2**20, 1),
-            loaded=tuple(self.loaded), generation=self.assignment.generation if self.assignment else 0,
-            errors=self.bad.snapshot(), apps=apps,
+            loaded=tuple(self.loaded),
+            generation=self.assignment.generation if self.assignment else 0,
+            errors=self.bad.snapshot(),
+            apps=apps,
         )
 
     def _heartbeat_loop(self) -> None:
@@ -381,12 +439,19 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, connect_timeout: float = 30.0) -> None:
-        log.info("worker_starting", device_class=self.cfg.device_class,
-                 backend=self.backend.describe(), models_dir=str(self.models_dir),
-                 models_on_disk=list(self.models_on_disk()))
+        log.info(
+            "worker_starting",
+            device_class=self.cfg.device_class,
+            backend=self.backend.describe(),
+            models_dir=str(self.models_dir),
+            models_on_disk=list(self.models_on_disk()),
+        )
         self.client.start(connect_timeout=connect_timeout)
-        for name, target in (("control", self._control_loop), ("inference", self._inference_loop),
-                             ("heartbeat", self._heartbeat_loop)):
+        for name, target in (
+            ("control", self._control_loop),
+            ("inference", self._inference_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
             t = threading.Thread(target=target, name=f"worker-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -397,9 +462,14 @@ class Worker:
         self.queues.close()
         for t in self._threads:
             t.join(timeout=5)
-        self.client.stop(final=lambda: self.client.publish(
-            self.topics.worker_status(self.cfg.id),
-            messages.encode(self._status("offline", "graceful")), qos=1, retain=True))
+        self.client.stop(
+            final=lambda: self.client.publish(
+                self.topics.worker_status(self.cfg.id),
+                messages.encode(self._status("offline", "graceful")),
+                qos=1,
+                retain=True,
+            )
+        )
         for m in self.loaded.values():
             m.close()
         log.info("worker_stopped", processed=self.frames_processed, errors=self.bad.snapshot())

@@ -60,12 +60,18 @@ class TrtModel(LoadedModel):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         h2d = cu.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(cu.cudaMemcpyAsync(self._d_in, batch.ctypes.data, batch.nbytes, h2d, self._stream),
-               "cudaMemcpyAsync")
+        _check(
+            cu.cudaMemcpyAsync(self._d_in, batch.ctypes.data, batch.nbytes, h2d, self._stream),
+            "cudaMemcpyAsync",
+        )
         if not self._ctx.execute_async_v3(int(self._stream)):
             raise BackendError(f"TensorRT execution of {self.variant!r} failed")
-        _check(cu.cudaMemcpyAsync(self._host_out.ctypes.data, self._d_out, self._host_out.nbytes,
-                                  d2h, self._stream), "cudaMemcpyAsync")
+        _check(
+            cu.cudaMemcpyAsync(
+                self._host_out.ctypes.data, self._d_out, self._host_out.nbytes, d2h, self._stream
+            ),
+            "cudaMemcpyAsync",
+        )
         _check(cu.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return self._host_out.copy()
 

@@ -1,0 +1,367 @@
+"""A real worker subprocess on real brokers (amqtt and Mosquitto) with real ONNX sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from meshkit import Collector, FramePump, load, write_config
+
+from faillite import envelope, messages
+from faillite.config import packaged_config
+from faillite.field_kit.procs import ProcessGroup, faillite_cmd
+from faillite.topics import Topics
+
+CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby .. lynx: what a cat photo may be called
+
+
+@pytest.fixture
+def mesh(
+    request: pytest.FixtureRequest, tmp_path: Path, broker: Any, models_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """One worker subprocess plus a collecting admin client, on a mesh id of its own."""
+    mesh_id = "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    path = write_config(tmp_path, broker, models_dir, mesh=mesh_id)
+    cfg = load(path)
+    t = Topics(cfg.mesh)
+    col = Collector(cfg).follow(f"faillite/{cfg.mesh}/#", qos=1).start()
+    group = ProcessGroup(tmp_path / "logs")
+    worker = group.start(
+        "worker-w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path))
+    )
+    try:
+        yield {"cfg": cfg, "t": t, "col": col, "group": group, "worker": worker, "path": path}
+    finally:
+        col.stop()
+        group.stop_all()
+        # Retained assignments must not leak into the next test on a shared broker.
+
+
+def _assign(
+    col: Collector,
+    t: Topics,
+    gen: int,
+    serve: list[tuple[str, str, str]],
+    term: int = 1,
+    warm: tuple[str, ...] = (),
+) -> None:
+    a = messages.Assignment(
+        worker="w1",
+        term=term,
+        generation=gen,
+        ts=messages.now(),
+        serve=tuple(messages.Serve(*s) for s in serve),
+        warm=warm,
+    )
+    col.publish(t.worker_assignment("w1"), messages.encode(a), qos=1, retain=True)
+
+
+def _heartbeats(col: Collector, t: Topics) -> list[messages.Heartbeat]:
+    return col.messages(t.worker_heartbeat("w1"), messages.Heartbeat)
+
+
+def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> None:
+    col, t, worker = mesh["col"], mesh["t"], mesh["worker"]
+    birth = col.wait_for(
+        lambda: [
+            s
+            for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+            if s.state == "online"
+        ],
+        30,
+        "worker birth",
+    )[-1]
+    assert birth.pid == worker.pid
+    assert "CPUExecutionProvider" in birth.backends
+    assert {"efficientnet_lite0", "efficientnet_lite1"} <= set(birth.models_on_disk)
+    assert birth.failure_domain == "w1"
+
+    _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
+    with FramePump(col, t.sensor_frames("cam1"), fps=10):
+        results = col.wait_for(
+            lambda: [
+                r
+                for r in col.messages(t.app_results("a1"), messages.Result)
+                if r.variant == "efficientnet_lite0"
+            ][5:],
+            60,
+            "results from lite0",
+        )
+        r = results[-1]
+        assert r.worker == "w1" and r.incarnation == birth.incarnation and r.generation == 1
+        assert r.top[0].index in CAT_CLASSES, r.top
+        assert len(r.top) == 5 and r.top[0].score >= r.top[1].score
+        lat = r.latency
+        assert lat.decode_ms > 0 and lat.preprocess_ms > 0 and lat.inference_ms > 0
+        assert lat.total_ms >= lat.inference_ms
+
+        # Heartbeats carry progress.
+        hbs = col.wait_for(
+            lambda: [h for h in _heartbeats(col, t) if h.frames_processed > 3],
+            10,
+            "heartbeats with progress",
+        )
+        assert hbs[-1].incarnation == birth.incarnation
+        seqs = [h.seq for h in _heartbeats(col, t)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert hbs[-1].loaded == ("efficientnet_lite0",)
+        assert hbs[-1].apps["a1"].processed > 0
+
+        # A newer assignment switches the variant without a restart.
+        _assign(col, t, 2, [("a1", "cam1", "efficientnet_lite1")])
+        col.wait_for(
+            lambda: [
+                r
+                for r in col.messages(t.app_results("a1"), messages.Result)
+                if r.variant == "efficientnet_lite1" and r.generation == 2
+            ][3:],
+            60,
+            "results from lite1",
+        )
+        assert worker.alive()
+        col.wait_for(
+            lambda: [h for h in _heartbeats(col, t) if h.loaded == ("efficientnet_lite1",)],
+            10,
+            "lite0 unloaded",
+        )
+
+        # Same model in a newer generation: not loaded again. An older one: ignored.
+        _assign(col, t, 3, [("a1", "cam1", "efficientnet_lite1")], warm=("efficientnet_lite0",))
+        col.wait_for(lambda: [h for h in _heartbeats(col, t) if h.generation == 3], 10, "gen 3")
+        _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite2")])
+        loads = [e for e in col.messages(t.events, messages.Event) if e.kind == "model_loaded"]
+        col.wait_for(
+            lambda: [
+                h
+                for h in _heartbeats(col, t)
+                if set(h.loaded) == {"efficientnet_lite0", "efficientnet_lite1"}
+            ],
+            20,
+            "warm lite0 loaded",
+        )
+        loads = [e for e in col.messages(t.events, messages.Event) if e.kind == "model_loaded"]
+        variants = [e.detail["variant"] for e in loads]
+        assert variants.count("efficientnet_lite1") == 1, variants
+        assert "efficientnet_lite2" not in variants  # the stale generation 1 was ignored
+        assert _heartbeats(col, t)[-1].generation == 3
+
+        # Fencing: an assignment without the app stops its results.
+        _assign(col, t, 4, [])
+        col.wait_for(
+            lambda: [
+                e
+                for e in col.messages(t.events, messages.Event)
+                if e.kind == "serve_stopped" and e.app == "a1"
+            ],
+            10,
+            "fenced",
+        )
+        col.wait_for(lambda: [h for h in _heartbeats(col, t) if h.generation == 4], 10, "gen 4")
+        import time
+
+        since = time.monotonic() + 0.5
+        time.sleep(1.5)
+        assert col.messages(t.app_results("a1"), messages.Result, since=since) == []
+    # Clear the retained assignment (a retained message outlives the test on this broker).
+    col.publish(t.worker_assignment("w1"), b"", retain=True)
+
+
+def test_bad_input_is_counted_and_serving_goes_on(
+    mesh: dict[str, Any], tmp_path: Path, models_dir: Path
+) -> None:
+    col, t, worker, cfg = mesh["col"], mesh["t"], mesh["worker"], mesh["cfg"]
+    col.wait_for(lambda: col.messages(t.worker_status("w1"), messages.WorkerStatus), 30, "birth")
+    _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
+    frames = t.sensor_frames("cam1")
+    with FramePump(col, frames, fps=5):
+        col.wait_for(lambda: col.messages(t.app_results("a1"), messages.Result), 60, "first result")
+        # Frame-level garbage.
+        good = envelope.pack(b"\xff\xd8garbage", seq=1, capture_ns=0, width=640, height=480)
+        col.publish(frames, b"not an envelope at all", qos=0)
+        col.publish(frames, good, qos=0)  # valid envelope, corrupt JPEG
+        col.publish(frames, b"FLF1" + b"\0" * (cfg.max_frame_bytes + 10), qos=0)
+        # Control-level garbage on the assignment topic.
+        a_topic = t.worker_assignment("w1")
+        col.publish(a_topic, b"{this is not json", qos=1)
+        col.publish(a_topic, b'{"v": 42, "worker": "w1", "term": 9, "generation": 9, "ts": 0}')
+        col.publish(a_topic, b'{"v": 1, "worker": "w1", "term": "x"}')
+        # A variant whose model file is not on disk: counted, and a1 keeps serving.
+        missing = messages.Assignment(
+            worker="w1",
+            term=1,
+            generation=2,
+            ts=messages.now(),
+            serve=(
+                messages.Serve("a1", "cam1", "efficientnet_lite0"),
+                messages.Serve("a2", "cam1", "resnet_synth_missing"),
+            ),
+        )
+        col.publish(a_topic, messages.encode(missing))
+
+        expected = {
+            "malformed_envelope",
+            "corrupt_image",
+            "oversized_frame",
+            "malformed_json",
+            "unknown_schema_version",
+            "invalid_fields",
+            "unknown_variant",
+        }
+        hb = col.wait_for(
+            lambda: [h for h in _heartbeats(col, t) if expected <= set(h.errors)],
+            20,
+            f"error counters {expected}",
+        )[-1]
+        assert all(hb.errors[k] >= 1 for k in expected)
+        n = len(col.messages(t.app_results("a1"), messages.Result))
+        col.wait_for(
+            lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
+            30,
+            "results after bad input",
+        )
+        assert worker.alive()
+    col.publish(t.worker_assignment("w1"), b"", retain=True)
+
+
+def test_missing_model_file_is_reported_not_fatal(
+    tmp_path: Path, broker: Any, models_dir: Path
+) -> None:
+    # A models dir with lite0 only: lite1 is in the catalog but not on this worker's disk.
+    local = tmp_path / "models"
+    local.mkdir()
+    shutil.copy(models_dir / "efficientnet_lite0.onnx", local / "efficientnet_lite0.onnx")
+    path = write_config(tmp_path, broker, local, mesh="miss")
+    cfg = load(path)
+    t = Topics(cfg.mesh)
+    col = Collector(cfg).follow(f"faillite/{cfg.mesh}/#").start()
+    with ProcessGroup(tmp_path / "logs") as group:
+        worker = group.start(
+            "w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path))
+        )
+        birth = col.wait_for(
+            lambda: col.messages(t.worker_status("w1"), messages.WorkerStatus), 30, "birth"
+        )[-1]
+        assert birth.models_on_disk == ("efficientnet_lite0",)
+        a = messages.Assignment(
+            worker="w1",
+            term=1,
+            generation=1,
+            ts=messages.now(),
+            serve=(
+                messages.Serve("a1", "cam1", "efficientnet_lite1"),
+                messages.Serve("a2", "cam2", "efficientnet_lite0"),
+            ),
+        )
+        col.publish(t.worker_assignment("w1"), messages.encode(a), retain=True)
+        with FramePump(col, t.sensor_frames("cam2"), fps=5):
+            ev = col.wait_for(
+                lambda: [
+                    e for e in col.messages(t.events, messages.Event) if e.kind == "missing_model"
+                ],
+                30,
+                "missing_model event",
+            )
+            assert ev[0].detail["variant"] == "efficientnet_lite1"
+            col.wait_for(
+                lambda: col.messages(t.app_results("a2"), messages.Result), 30, "a2 still served"
+            )
+            hb = col.wait_for(
+                lambda: [
+                    h
+                    for h in col.messages(t.worker_heartbeat("w1"), messages.Heartbeat)
+                    if h.errors.get("missing_model")
+                ],
+                10,
+                "counter",
+            )[-1]
+            assert hb.errors["missing_model"] == 1
+        assert worker.alive()
+        col.publish(t.worker_assignment("w1"), b"", retain=True)
+    col.stop()
+
+
+def test_graceful_stop_publishes_offline_and_crash_fires_last_will(
+    tmp_path: Path, broker: Any, models_dir: Path
+) -> None:
+    import signal
+
+    path = write_config(tmp_path, broker, models_dir, mesh="life")
+    cfg = load(path)
+    t = Topics(cfg.mesh)
+    col = Collector(cfg).follow(t.filter(__import__("faillite.topics").topics.WORKER_STATUS))
+    col.start()
+    with ProcessGroup(tmp_path / "logs") as group:
+        argv = faillite_cmd("worker", "--id", "w1", "--config", str(path))
+        first = group.start("w1-a", "worker", argv)
+        b1 = col.wait_for(
+            lambda: [
+                s
+                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+                if s.state == "online"
+            ],
+            30,
+            "birth 1",
+        )[-1]
+        group.stop("w1-a", signal.SIGTERM)
+        off = col.wait_for(
+            lambda: [
+                s
+                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+                if s.state == "offline"
+            ],
+            10,
+            "graceful offline",
+        )[-1]
+        assert (off.reason, off.incarnation) == ("graceful", b1.incarnation)
+        assert first.proc.returncode == 0
+
+        group.start("w1-b", "worker", argv)
+        b2 = col.wait_for(
+            lambda: [
+                s
+                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+                if s.state == "online" and s.incarnation != b1.incarnation
+            ],
+            30,
+            "birth 2",
+        )[-1]
+        group.stop("w1-b", signal.SIGKILL)
+        lost = col.wait_for(
+            lambda: [
+                s
+                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+                if s.reason == "lost"
+            ],
+            10,
+            "last-will",
+        )[-1]
+        assert lost.incarnation == b2.incarnation and lost.state == "offline"
+    col.publish(t.worker_status("w1"), b"", retain=True)
+    col.stop()
+
+
+def test_worker_refuses_impossible_config(tmp_path: Path) -> None:
+    import subprocess
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "workers": [{"id": "w1", "queue_size": 0}],
+                "catalog": str(packaged_config("catalog.yaml")),
+            }
+        )
+    )
+    proc = subprocess.run(
+        faillite_cmd("worker", "--id", "w1", "--config", str(bad)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "workers.0.queue_size" in proc.stderr
