@@ -55,6 +55,10 @@ class Backoff:
         return random.uniform(self.base_s, min(self.cap_s, self.base_s * (2 ** min(attempt, 16))))
 
 
+def _no_op(*_args: Any) -> None:
+    pass
+
+
 class MeshClient:
     """One MQTT connection with subscriptions, hooks and a reconnecting network thread."""
 
@@ -78,6 +82,10 @@ class MeshClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = threading.Event()
+        self._stop_deadline = 0.0
+        self._inflight: list[paho.MQTTMessageInfo] = []
+        self._unsubacked = threading.Event()
+        self._unsub_mid = -1
         self._thread: threading.Thread | None = None
         self.handler_errors = 0
         self.unexpected_messages = 0
@@ -104,7 +112,12 @@ class MeshClient:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_unexpected
+        c.on_unsubscribe = self._handle_unsubscribe
         c.max_inflight_messages_set(100)
+        # With no loop_start() thread, paho writes a publish straight from the caller's thread,
+        # racing the network thread and corrupting the stream. A registered-write callback
+        # makes paho queue it and wake our network thread instead, which does all writes.
+        c.on_socket_register_write = _no_op
         self._client = c
 
     # -- subscriptions and hooks ---------------------------------------------------------
@@ -146,6 +159,11 @@ class MeshClient:
     ) -> bool:
         """Publish; False if not connected (QoS 0 is dropped then; QoS>0 is queued by paho)."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0:
+            with self._lock:
+                if len(self._inflight) >= 64:
+                    self._inflight = [i for i in self._inflight if not i.is_published()]
+                self._inflight.append(info)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     @property
@@ -178,16 +196,42 @@ class MeshClient:
                 final()
             except Exception:
                 log.exception("final_publish_failed")
+        # The network thread keeps running until the DISCONNECT has gone out after every queued
+        # packet (the graceful offline, the last results), or the deadline passes.
+        self._stop_deadline = time.monotonic() + 3.0
         self._stopping.set()
         if self._connected.is_set():
-            # Give queued QoS 1 messages (the graceful offline) a moment to leave.
-            deadline = time.monotonic() + 1.0
-            while self._client.want_write() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            self._quiesce(timeout=1.0)
             self._client.disconnect()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._thread = None
+
+    def _quiesce(self, timeout: float) -> None:
+        """Let the broker go quiet before the socket closes.
+
+        paho closes the socket right after writing DISCONNECT. A socket closed with unread
+        data (a PUBACK, a message still arriving) sends a TCP reset, and the broker then drops
+        what it had not read yet (our last publishes, the DISCONNECT itself, so it would fire
+        our last-will). So: stop every subscription and wait for the broker's acknowledgements
+        of it and of our QoS 1 publishes first.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            filters = list(self._subs)
+        if filters:
+            self._unsubacked.clear()
+            rc, mid = self._client.unsubscribe(filters)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._unsub_mid = mid
+                self._unsubacked.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            pending = list(self._inflight)
+        for info in pending:
+            while not info.is_published() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        while self._client.want_write() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _run(self) -> None:
         attempt = 0
@@ -212,15 +256,13 @@ class MeshClient:
                 self._stopping.wait(delay)
                 continue
             connects_before = self.connects
-            while not self._stopping.is_set():
+            while True:
                 rc = self._client.loop(timeout=0.05)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break  # connection lost, or closed by stop() after DISCONNECT went out
+                if self._stopping.is_set() and time.monotonic() > self._stop_deadline:
                     break
             if self._stopping.is_set():
-                # Drain the DISCONNECT packet.
-                for _ in range(20):
-                    if self._client.loop(timeout=0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        break
                 break
             self._connected.clear()
             if self.connects > connects_before:
@@ -273,6 +315,12 @@ class MeshClient:
                 hook()
             except Exception:
                 log.exception("on_disconnect_hook_failed")
+
+    def _handle_unsubscribe(
+        self, _c: paho.Client, _u: Any, mid: int, _reasons: Any, _props: Any
+    ) -> None:
+        if mid == self._unsub_mid:
+            self._unsubacked.set()
 
     def _handle_unexpected(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         # amqtt 0.12 replays retained messages to clients that did not subscribe to them.

@@ -141,3 +141,29 @@ def test_results_follow_up_measures_end_to_end_latency(
     assert pub.results >= 10
     e2e = pub.e2e.snapshot()
     assert 0 < e2e.p50 < 5000
+
+
+def test_http_url_source(tmp_path: Path) -> None:
+    """An HTTP stream through OpenCV's FFmpeg backend, from a server on loopback."""
+    import functools
+    import http.server
+
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(4):
+        w.write(np.full((48, 64, 3), 30 + i * 50, np.uint8))
+    w.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.avi"
+        src = open_source(url, 64, 48, loop=False)
+        assert isinstance(src, CaptureSource) and src.kind == "url"
+        first = src.read()
+        assert first is not None and first.shape == (48, 64, 3)
+        src.close()
+    finally:
+        server.shutdown()
+        server.server_close()
