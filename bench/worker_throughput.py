@@ -33,7 +33,7 @@ import psutil
 import yaml
 
 from faillite import envelope, messages
-from faillite.broker.launch import start_broker
+from faillite.broker.launch import BrokerLauncher
 from faillite.catalog import load_catalog
 from faillite.config import (
     BrokerConfig,
@@ -116,7 +116,8 @@ def over_mqtt(
     workdir: Path,
 ) -> dict[str, Any]:
     mesh = "bench"
-    with start_broker(kind, workdir / kind) as endpoint:
+    with BrokerLauncher(workdir / kind) as launcher:
+        endpoint = launcher.start(kind, mesh=mesh)
         cfg_path = workdir / f"{kind}.yaml"
         cfg_path.write_text(
             yaml.safe_dump(

@@ -54,7 +54,7 @@ def _until_signal(stop: Callable[[], None]) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from faillite.broker.embedded import run_broker
+    from faillite.broker.embedded import BrokerSetupError, run_broker
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="broker")
@@ -66,7 +66,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 "port": broker.port if args.port is None else args.port,
             }
         )
-    run_broker(broker, cfg.mesh)
+    try:
+        run_broker(broker, cfg.mesh)
+    except BrokerSetupError as exc:
+        print(f"faillite broker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -222,7 +222,7 @@ class MeshClient:
         if filters:
             self._unsubacked.clear()
             rc, mid = self._client.unsubscribe(filters)
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
                 self._unsub_mid = mid
                 self._unsubacked.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:

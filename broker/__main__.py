@@ -1,0 +1,64 @@
+"""``python -m faillite.broker``: run the embedded broker until SIGINT / SIGTERM.
+
+    python -m faillite.broker [--config mesh.yaml] [--mesh ID] [--host H] [--port P]
+
+Without ``--config`` the broker runs with defaults (anonymous, no ACL) for mesh ``demo``.
+``--host`` / ``--port`` / ``--mesh`` override the config. Port 0 picks a free port; the
+``broker_listening`` log line says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from faillite import log as flog
+from faillite.broker.embedded import BrokerSetupError, run_broker
+from faillite.config import BrokerConfig, ConfigError, MeshConfig, load_mesh_config
+from faillite.topics import InvalidIdError, check_id
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m faillite.broker", description=__doc__)
+    p.add_argument("--config", "-c", help="mesh config (YAML); its broker section is used")
+    p.add_argument("--mesh", help="mesh id (default: the config's, else 'demo')")
+    p.add_argument("--host", help="listen address (default: the config's)")
+    p.add_argument("--port", type=_port, help="listen port, 0 for a free one")
+    p.add_argument("--log-level", help="debug, info, warning, error (default: info)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_mesh_config(args.config) if args.config else MeshConfig()
+        mesh = check_id("mesh", args.mesh) if args.mesh else cfg.mesh
+    except (ConfigError, InvalidIdError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    broker: BrokerConfig = cfg.broker
+    updates: dict[str, object] = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if updates:
+        broker = broker.model_copy(update=updates)
+    flog.configure(level=args.log_level, mesh=mesh, role="broker")
+    try:
+        run_broker(broker, mesh)
+    except (BrokerSetupError, ConfigError) as exc:
+        flog.get_logger("broker").error("broker_failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

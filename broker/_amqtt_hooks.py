@@ -1,0 +1,480 @@
+"""Everything the embedded broker does to amqtt 0.12.1 lives in this module.
+
+amqtt 0.12 has gaps that matter to the mesh; each is closed with the smallest hook we found:
+
+1. **Keepalive is never enforced** (the protocol handler's read-timeout callback is a no-op), so
+   a client that goes silent with its socket open is never dropped and its last-will never
+   fires. Hook: we own the listening socket and hand each connection to amqtt through its public
+   "external" listener (``Broker.external_connected``). Our stream protocol stamps the arrival
+   time of every byte and reads the keepalive from the CONNECT packet's fixed position on the
+   wire (MQTT 3.1.1 §3.1.2.10, not amqtt internals). A timer per connection aborts the TCP
+   connection once the client has been silent for 1.5 × keepalive. amqtt then sees an ordinary
+   lost connection: it publishes (and retains, if asked) the will and ends the session.
+2. **No connect timeout**: a socket that never sends CONNECT is kept forever. Same timer, with
+   ``CONNECT_TIMEOUT_S`` until the CONNECT arrives.
+3. **No payload limit.** At admission (the auth plugin call: the last plugin call before the
+   session's message loop starts) the session's inbound queue is replaced by one that drops
+   oversized publishes. QoS 1/2 flows still complete, as with Mosquitto's message_size_limit.
+   amqtt still reads the whole packet into memory first: this limits what is forwarded, not
+   what a client can make the broker buffer.
+4. **Retained messages replayed to clients that never subscribed**: on every CONNECT amqtt 0.12
+   replays the retained messages matching *every* client's filters to the new client, which
+   bypasses the ACL. :class:`MeshBroker` overrides the one private method that does it.
+
+``tests/test_broker.py`` pins the upstream behaviour these hooks rely on or work around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import structlog
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
+from amqtt.broker import Broker
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from faillite.broker._acl import AccessPolicy, Operation
+from faillite.topics import Role
+
+KEEPALIVE_FACTOR: Final = 1.5  # MQTT 3.1.1 §3.1.2.10
+CONNECT_TIMEOUT_S: Final = 10.0  # from TCP accept to the CONNECT packet
+LISTENER: Final = "default"
+ROLE_KEY: Final = "faillite.role"  # Session.attributes key: Role, or None for unrestricted
+_CONNECT_PREFIX_MAX: Final = 512  # bytes kept to read the CONNECT head; client ids are short
+_NOT_ADMITTED: Final = object()
+
+Logger = structlog.typing.FilteringBoundLogger
+
+
+# -- keepalive and connect timeout -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectHead:
+    """What the watchdog needs from a CONNECT packet."""
+
+    keepalive_s: int
+    client_id: str | None
+
+
+def parse_connect_head(buf: bytes, *, final: bool = False) -> ConnectHead | None:
+    """Read keepalive and client id from the first bytes of a connection (MQTT 3.1.1 §3.1).
+
+    Returns None while more bytes are needed; with ``final`` the client id may be left None
+    rather than waited for. Raises ValueError if the bytes cannot be a CONNECT.
+    """
+    if not buf:
+        return None
+    if buf[0] != 0x10:
+        raise ValueError(f"first packet type {buf[0] >> 4} is not CONNECT")
+    pos = 1
+    for _ in range(4):  # remaining length: 1 to 4 bytes; its value is not needed
+        if pos >= len(buf):
+            return None
+        more = buf[pos] & 0x80
+        pos += 1
+        if not more:
+            break
+    else:
+        raise ValueError("malformed remaining length")
+    if len(buf) < pos + 2:
+        return None
+    name_len = int.from_bytes(buf[pos : pos + 2], "big")
+    if name_len > 6:  # "MQTT" (3.1.1) or "MQIsdp" (3.1)
+        raise ValueError(f"protocol name of {name_len} bytes")
+    pos += 2 + name_len + 2  # name, protocol level, connect flags
+    if len(buf) < pos + 2:
+        return None
+    keepalive = int.from_bytes(buf[pos : pos + 2], "big")
+    pos += 2
+    if len(buf) >= pos + 2:
+        id_end = pos + 2 + int.from_bytes(buf[pos : pos + 2], "big")
+        if len(buf) >= id_end:
+            return ConnectHead(keepalive, buf[pos + 2 : id_end].decode("utf-8", "replace"))
+    return ConnectHead(keepalive, None) if final else None
+
+
+class ConnectionWatch:
+    """Liveness of one TCP connection: silent for longer than its limit, it is aborted.
+
+    The limit is ``CONNECT_TIMEOUT_S`` until the CONNECT head is read, then 1.5 × keepalive
+    (none for keepalive 0). One timer per connection, re-armed lazily: receiving data only
+    stamps a time, so the per-byte cost is one clock read.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Logger) -> None:
+        self._loop = loop
+        self._log = log
+        self.last_rx = loop.time()
+        self.limit_s: float | None = CONNECT_TIMEOUT_S
+        self.head: ConnectHead | None = None
+        self.expired = False
+        self.peer = "?"
+        self._prefix = bytearray()
+        self._parsing = True
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self._reschedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
+
+    def on_data(self, data: bytes) -> None:
+        self.last_rx = self._loop.time()
+        if self._parsing:
+            self._read_connect_head(data)
+
+    def _read_connect_head(self, data: bytes) -> None:
+        self._prefix += data[: _CONNECT_PREFIX_MAX - len(self._prefix)]
+        try:
+            head = parse_connect_head(
+                bytes(self._prefix), final=len(self._prefix) >= _CONNECT_PREFIX_MAX
+            )
+        except ValueError:
+            # Not MQTT: amqtt refuses it; the connect timeout stays as a backstop.
+            self._parsing = False
+            self._prefix.clear()
+            return
+        if head is None:
+            return
+        self._parsing = False
+        self._prefix.clear()
+        self.head = head
+        self.limit_s = head.keepalive_s * KEEPALIVE_FACTOR if head.keepalive_s > 0 else None
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.limit_s is not None and self._transport is not None:
+            delay = max(0.0, self.last_rx + self.limit_s - self._loop.time())
+            self._timer = self._loop.call_later(delay, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.limit_s is None:
+            return
+        if not transport.is_reading():
+            # Paused by flow control: the peer filled our buffer faster than amqtt reads it.
+            # Busy, not silent: count it as heard from now.
+            self.last_rx = self._loop.time()
+        silent = self._loop.time() - self.last_rx
+        if silent < self.limit_s:  # data arrived since the timer was set
+            self._timer = self._loop.call_later(self.limit_s - silent, self._check)
+            return
+        self.expired = True
+        if self.head is None:
+            self._log.warning("connect_timeout", peer=self.peer, silent_s=round(silent, 3))
+        else:
+            self._log.warning(
+                "keepalive_expired",
+                client_id=self.head.client_id,
+                peer=self.peer,
+                keepalive_s=self.head.keepalive_s,
+                silent_s=round(silent, 3),
+            )
+        # A TCP abort is exactly what a dead peer looks like to amqtt: EOF on the reader, then
+        # its lost-connection path publishes the will and ends the session.
+        transport.abort()
+
+
+class _WatchedProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, telling a :class:`ConnectionWatch` about every byte."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        on_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        watch: ConnectionWatch,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(reader, on_connected, loop=loop)
+        self._watch = watch
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._watch.start(cast(asyncio.Transport, transport))
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._watch.on_data(data)
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._watch.stop()
+        super().connection_lost(exc)
+
+
+class MeshListener:
+    """Our TCP listener: accepts connections and hands them to amqtt's external listener."""
+
+    def __init__(self, broker: Broker, log: Logger) -> None:
+        self._broker = broker
+        self._log = log
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        loop = asyncio.get_running_loop()
+        return _WatchedProtocol(
+            asyncio.StreamReader(loop=loop), self._serve, ConnectionWatch(loop, self._log), loop
+        )
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # asyncio keeps only weak references to tasks
+            self._tasks.add(task)
+        try:
+            await self._broker.external_connected(
+                StreamReaderAdapter(reader), StreamWriterAdapter(writer), LISTENER
+            )
+        except (AMQTTError, MQTTError, NoDataError, OSError) as exc:
+            peer = writer.get_extra_info("peername")
+            self._log.warning("connection_error", peer=str(peer), error=repr(exc))
+        finally:
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for connection handlers to end (after broker shutdown), then cancel the rest."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+# -- admission, ACL, payload limit ---------------------------------------------------------
+
+
+class LogLimiter:
+    """At most one log line per key per window; the next line reports how many were skipped."""
+
+    def __init__(self, window_s: float = 10.0, max_keys: int = 4096) -> None:
+        self._window_s = window_s
+        self._max_keys = max_keys
+        self._seen: dict[tuple[str, ...], tuple[float, int]] = {}
+
+    def admit(self, key: tuple[str, ...]) -> int | None:
+        """None: stay quiet. Otherwise log now, with this many earlier lines suppressed."""
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._window_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) >= self._max_keys:
+            self._seen.clear()  # bounded memory beats perfect counts for a log limiter
+        self._seen[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+@dataclass(slots=True)
+class BrokerRuntime:
+    """State shared by one broker's plugins; handed to them through their ``Config``."""
+
+    policy: AccessPolicy
+    max_payload_bytes: int
+    log: Logger
+    limiter: LogLimiter
+
+    def denied(self, session: Session, op: Operation, topic: str) -> None:
+        if op is Operation.RECEIVE:  # expected for broad filters; not worth a warning
+            self.log.debug("acl_denied", client_id=session.client_id, action=op, topic=topic)
+            return
+        skipped = self.limiter.admit(("acl", str(session.client_id), op, topic))
+        if skipped is not None:
+            self.log.warning(
+                "acl_denied",
+                client_id=session.client_id,
+                username=session.username,
+                client_role=_role_name(session),
+                action=op,
+                topic=topic,
+                suppressed=skipped,
+            )
+
+    def payload_dropped(self, session: Session, topic: str, size: int) -> None:
+        skipped = self.limiter.admit(("payload", str(session.client_id), topic))
+        if skipped is not None:
+            self.log.warning(
+                "payload_too_large",
+                client_id=session.client_id,
+                username=session.username,
+                topic=topic,
+                size=size,
+                limit=self.max_payload_bytes,
+                suppressed=skipped,
+            )
+
+
+def _role_name(session: Session) -> str | None:
+    role = session.attributes.get(ROLE_KEY)
+    return role.value if isinstance(role, Role) else None
+
+
+class _PayloadLimitQueue(asyncio.Queue[Any]):
+    """A session's inbound queue that drops publishes bigger than the limit."""
+
+    def __init__(self, session: Session, runtime: BrokerRuntime) -> None:
+        super().__init__()
+        self._session = session
+        self._runtime = runtime
+
+    def put_nowait(self, item: Any) -> None:
+        # put() waits for room, then calls put_nowait(): overriding this one covers both.
+        data = getattr(item, "data", None)
+        if data is not None and len(data) > self._runtime.max_payload_bytes:
+            self._runtime.payload_dropped(self._session, str(item.topic), len(data))
+            return
+        super().put_nowait(item)
+
+
+def _limit_payloads(session: Session, runtime: BrokerRuntime) -> None:
+    old = session.delivered_message_queue
+    if isinstance(old, _PayloadLimitQueue):
+        return  # a persistent session reconnecting
+    new = _PayloadLimitQueue(session, runtime)
+    while not old.empty():
+        new.put_nowait(old.get_nowait())
+    session.delivered_message_queue = new
+
+
+def _runtime_of(plugin: Any) -> BrokerRuntime:
+    runtime = getattr(plugin.config, "runtime", None)
+    if not isinstance(runtime, BrokerRuntime):
+        raise TypeError(f"{type(plugin).__name__} needs a BrokerRuntime in its config")
+    return runtime
+
+
+class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints
+    """Admission of each CONNECT: credentials, role, will topic check, payload limit."""
+
+    @dataclass
+    class Config:
+        runtime: Any = None
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self._rt = _runtime_of(self)
+
+    async def authenticate(self, *, session: Session) -> bool:
+        rt = self._rt
+        _limit_payloads(session, rt)
+        admission = rt.policy.admit(session.username, session.password)
+        if not admission.admitted:
+            rt.log.warning(
+                "auth_refused",
+                client_id=session.client_id,
+                username=session.username,
+                reason=admission.reason,
+                peer=f"{session.remote_address}:{session.remote_port}",
+            )
+            return False
+        session.attributes[ROLE_KEY] = admission.role
+        will_topic = session.will_topic
+        if (
+            session.will_flag
+            and will_topic is not None
+            and not rt.policy.allowed(admission.role, Operation.PUBLISH, will_topic)
+        ):
+            # Mosquitto accepts such a client and silently drops its will; so do we, loudly.
+            rt.log.warning(
+                "will_denied",
+                client_id=session.client_id,
+                username=session.username,
+                client_role=_role_name(session),
+                topic=will_topic,
+            )
+            session.will_flag = False
+        return True
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        self._rt.log.info(
+            "client_connected",
+            client_id=client_id,
+            username=client_session.username,
+            client_role=_role_name(client_session),
+            keepalive_s=client_session.keep_alive,
+            clean_session=client_session.clean_session,
+            will=client_session.will_topic if client_session.will_flag else None,
+            peer=f"{client_session.remote_address}:{client_session.remote_port}",
+        )
+
+    async def on_broker_client_disconnected(
+        self, *, client_id: str, client_session: Session
+    ) -> None:
+        self._rt.log.info("client_disconnected", client_id=client_id)
+
+
+class MeshAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type hints
+    """Per-role topic ACL (loaded only when accounts exist and the ACL is on)."""
+
+    @dataclass
+    class Config:
+        runtime: Any = None
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self._rt = _runtime_of(self)
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Any = None,
+    ) -> bool:
+        if session is None or topic is None or action is None:
+            return False
+        role = session.attributes.get(ROLE_KEY, _NOT_ADMITTED)
+        if role is _NOT_ADMITTED:
+            return False
+        op = Operation(str(action))
+        if self._rt.policy.allowed(cast(Role | None, role), op, topic):
+            return True
+        self._rt.denied(session, op, topic)
+        return False
+
+
+def amqtt_config(runtime: BrokerRuntime) -> dict[str, Any]:
+    """amqtt configuration: our listener only, our plugins only (no $SYS, no packet logging)."""
+    plugins: dict[str, Any] = {f"{__name__}.MeshAuthPlugin": {"runtime": runtime}}
+    if runtime.policy.acl_enabled:
+        plugins[f"{__name__}.MeshAclPlugin"] = {"runtime": runtime}
+    return {"listeners": {LISTENER: {"type": "external"}}, "plugins": plugins}
+
+
+# -- retained replay ----------------------------------------------------------------------------
+
+
+class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+    """amqtt's Broker, replaying retained messages only for the client's own subscriptions."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt 0.12 calls this on every CONNECT for every filter any client holds; the retained
+        # messages of other clients' filters would reach this client unasked and unchecked.
+        subscribers = self.subscriptions.get(subscription[0], ())
+        if not any(s.client_id == session.client_id for s, _qos in subscribers):
+            return
+        await super()._publish_retained_messages_for_subscription(subscription, session)

@@ -1,0 +1,186 @@
+"""The embedded MQTT broker (amqtt) for zero-setup runs: ``faillite broker``.
+
+What it adds to amqtt 0.12 (details and reasons in :mod:`faillite.broker._amqtt_hooks`):
+
+- keepalive enforcement: a client silent for 1.5 × its keepalive is dropped and its last-will
+  published, as MQTT 3.1.1 §3.1.2.10 requires (amqtt alone never drops it);
+- a connect timeout for sockets that never send CONNECT;
+- password accounts and the per-role topic ACL of ``faillite.topics.role_acl`` (the policy table
+  is in :mod:`faillite.broker._acl`); denied publishes are dropped and logged;
+- a payload limit (``max_payload_bytes``): bigger publishes are dropped and logged;
+- retained messages go only to clients that subscribed to them.
+
+Limits that remain: MQTT 3.1.1 only, no TLS (use Mosquitto), no persistence across restarts
+(clients republish their retained state on reconnect), no shared subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+
+from faillite.broker._acl import AccessPolicy
+from faillite.broker._amqtt_hooks import (
+    BrokerRuntime,
+    LogLimiter,
+    MeshBroker,
+    MeshListener,
+    amqtt_config,
+)
+from faillite.config import BrokerConfig
+from faillite.log import get_logger
+from faillite.topics import check_id
+
+log = get_logger("broker")
+
+SHUTDOWN_GRACE_S = 5.0
+# amqtt logs a socket closed before CONNECT (a port probe, a health check) as an error.
+_BENIGN_PREFIXES = ("No data from ", "Failed to initialize client session: No data")
+
+
+class BrokerSetupError(RuntimeError):
+    """The broker cannot start with this configuration (port taken, TLS asked for, ...)."""
+
+
+class _AmqttLogBridge(logging.Handler):
+    """amqtt logs through stdlib logging: re-emit its records as structlog events, so the
+    broker's output stays one JSON object per line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed %-format in the library's call
+            message = str(record.msg)
+        level = record.levelno
+        if message.startswith(_BENIGN_PREFIXES):
+            level = logging.DEBUG
+        if level >= logging.ERROR:
+            emit = log.error
+        elif level >= logging.WARNING:
+            emit = log.warning
+        elif level >= logging.INFO:
+            emit = log.info
+        else:
+            emit = log.debug
+        extra = {"exc_info": record.exc_info} if record.exc_info else {}
+        emit("amqtt_log", logger=record.name, message=message, **extra)
+
+
+@contextlib.contextmanager
+def _amqtt_logs_as_events() -> Iterator[None]:
+    amqtt_logger = logging.getLogger("amqtt")
+    bridge = _AmqttLogBridge()
+    propagate = amqtt_logger.propagate
+    amqtt_logger.addHandler(bridge)
+    amqtt_logger.propagate = False
+    try:
+        yield
+    finally:
+        amqtt_logger.removeHandler(bridge)
+        amqtt_logger.propagate = propagate
+
+
+async def serve(
+    cfg: BrokerConfig,
+    mesh: str,
+    *,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run the broker on ``cfg.host:cfg.port`` until cancelled, then stop cleanly.
+
+    Port 0 picks a free port; ``ready`` gets the actual one once clients can connect.
+    Raises :class:`BrokerSetupError` (or ``ConfigError`` for an unset ``password_env``).
+    """
+    check_id("mesh", mesh)
+    if cfg.tls is not None:
+        raise BrokerSetupError(
+            "the embedded broker does not terminate TLS; run Mosquitto for TLS "
+            "(python -m faillite.broker.mosquitto writes its configuration)"
+        )
+    policy = AccessPolicy(cfg, mesh)
+    if not cfg.allow_anonymous and not policy.auth_enabled:
+        log.warning("broker_refuses_everyone", reason="allow_anonymous is false and no users")
+    runtime = BrokerRuntime(policy, cfg.max_payload_bytes, log, LogLimiter())
+    with _amqtt_logs_as_events():
+        await _run(cfg, mesh, policy, runtime, ready)
+
+
+async def _run(
+    cfg: BrokerConfig,
+    mesh: str,
+    policy: AccessPolicy,
+    runtime: BrokerRuntime,
+    ready: Callable[[int], None] | None,
+) -> None:
+    broker = MeshBroker(amqtt_config(runtime))
+    listener = MeshListener(broker, log)
+    await broker.start()
+    server: asyncio.Server | None = None
+    try:
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                listener.protocol_factory, cfg.host, cfg.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise BrokerSetupError(
+                f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+            ) from exc
+        ports = sorted({s.getsockname()[1] for s in server.sockets})
+        log.info(
+            "broker_listening",
+            host=cfg.host,
+            port=ports[0],
+            ports=ports,
+            mesh=mesh,
+            auth=policy.auth_enabled,
+            acl=policy.acl_enabled,
+            allow_anonymous=cfg.allow_anonymous,
+            max_payload_bytes=cfg.max_payload_bytes,
+        )
+        if ready is not None:
+            ready(ports[0])
+        await asyncio.Event().wait()  # until cancelled
+    finally:
+        log.info("broker_stopping", mesh=mesh)
+        if server is not None:
+            server.close()
+        await broker.shutdown()
+        await listener.drain(SHUTDOWN_GRACE_S)
+        if server is not None:
+            await server.wait_closed()
+        log.info("broker_stopped", mesh=mesh)
+
+
+async def _serve_until_signal(cfg: BrokerConfig, mesh: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):
+            pass  # not the main thread: the caller stops us by cancelling instead
+    server = asyncio.create_task(serve(cfg, mesh))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            server.result()  # a setup error: let it propagate
+            return
+        log.info("broker_signalled", mesh=mesh)
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+    finally:
+        stopper.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run_broker(cfg: BrokerConfig, mesh: str) -> None:
+    """Run the embedded broker until SIGINT or SIGTERM, then stop cleanly."""
+    asyncio.run(_serve_until_signal(cfg, mesh))

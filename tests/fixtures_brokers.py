@@ -1,0 +1,86 @@
+"""Real brokers for tests: the embedded amqtt broker and Mosquitto, on free loopback ports.
+
+Fixtures:
+
+- ``broker``: parametrized over both kinds (ids ``amqtt``, ``mosquitto``); a
+  :class:`BrokerEndpoint`. Brokers with the default config (anonymous, no ACL) are shared by the
+  whole session, so tests use mesh ids or topics of their own; a shared broker found dead is
+  started again.
+- ``amqtt_broker`` / ``mosquitto_broker``: one kind only.
+- ``broker_launcher``: a :class:`BrokerLauncher` for brokers with a config of the test's own
+  (accounts, ACL, limits); everything it started is stopped at the end of the test.
+
+The launching itself lives in ``faillite.broker.launch`` (the benchmarks and drills use it too).
+Mosquitto tests are skipped with a message when the binary is missing (CI installs it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faillite.broker.launch import (
+    BROKER_KINDS,
+    BrokerEndpoint,
+    BrokerLauncher,
+    BrokerStartError,
+    BrokerUnavailableError,
+    mosquitto_binary,
+)
+from faillite.field_kit.procs import free_port
+
+__all__ = [
+    "BROKER_KINDS",
+    "BrokerEndpoint",
+    "BrokerLauncher",
+    "BrokerStartError",
+    "amqtt_broker",
+    "broker",
+    "broker_launcher",
+    "free_port",
+    "mosquitto_binary",
+    "mosquitto_broker",
+    "shared_brokers",
+]
+
+
+def _shared(launcher: BrokerLauncher, kind: str) -> BrokerEndpoint:
+    try:
+        return launcher.shared(kind)
+    except BrokerUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def shared_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerLauncher]:
+    launcher = BrokerLauncher(tmp_path_factory.mktemp("brokers"))
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture
+def amqtt_broker(shared_brokers: BrokerLauncher) -> BrokerEndpoint:
+    return _shared(shared_brokers, "amqtt")
+
+
+@pytest.fixture
+def mosquitto_broker(shared_brokers: BrokerLauncher) -> BrokerEndpoint:
+    return _shared(shared_brokers, "mosquitto")
+
+
+@pytest.fixture(params=BROKER_KINDS, ids=BROKER_KINDS)
+def broker(request: pytest.FixtureRequest, shared_brokers: BrokerLauncher) -> BrokerEndpoint:
+    return _shared(shared_brokers, str(request.param))
+
+
+@pytest.fixture
+def broker_launcher(tmp_path: Path) -> Iterator[BrokerLauncher]:
+    launcher = BrokerLauncher(tmp_path / "brokers")
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
