@@ -6,8 +6,9 @@ Measures side by side, in one run:
   with no MQTT (the ceiling);
 - for each broker (Mosquitto and the embedded amqtt): a real worker subprocess served through
   the broker, frames published by this process and results read back:
-  * served frames per second with two frames in flight (the worker's queue never runs dry and
-    never overflows, so nothing is dropped);
+  * served frames per second with ``--in-flight`` frames outstanding (default 4, worker queue
+    of the same length): the worker's queue never runs dry, even when this process is slow to
+    answer on a busy 2-core box, and never overflows, so nothing is dropped;
   * added latency per frame with one frame in flight: round trip minus the worker's own
     decode + preprocess + inference time of that frame (transport, queueing, publishing);
   * the worker's resident memory with the model loaded and serving.
@@ -73,16 +74,27 @@ def in_process(
     ]
     for p in frames[:10]:  # warm-up
         model.infer(preprocess(envelope.decode_image(envelope.unpack(p, max_bytes=1 << 22)), spec))
-    per_frame = []
+    per_frame, parts = [], []
     t_start = time.perf_counter()
     for i in range(n):
         t0 = time.perf_counter()
         img = envelope.decode_image(envelope.unpack(frames[i % len(frames)], max_bytes=1 << 22))
-        model.infer(preprocess(img, spec))
-        per_frame.append((time.perf_counter() - t0) * 1000)
+        t1 = time.perf_counter()
+        batch = preprocess(img, spec)
+        t2 = time.perf_counter()
+        model.infer(batch)
+        t3 = time.perf_counter()
+        per_frame.append((t3 - t0) * 1000)
+        parts.append(((t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000))
     elapsed = time.perf_counter() - t_start
     p = percentiles(per_frame)
-    return {"fps": n / elapsed, "frame_ms_p50": p.p50, "frame_ms_p99": p.p99}
+    med = np.median(np.array(parts), axis=0)
+    return {
+        "fps": n / elapsed,
+        "frame_ms_p50": p.p50,
+        "frame_ms_p99": p.p99,
+        "ms_p50": {"decode_ms": med[0], "preprocess_ms": med[1], "inference_ms": med[2]},
+    }
 
 
 class ResultWaiter:
@@ -114,6 +126,7 @@ def over_mqtt(
     n_latency: int,
     threads: int,
     workdir: Path,
+    in_flight: int,
 ) -> dict[str, Any]:
     mesh = "bench"
     with BrokerLauncher(workdir / kind) as launcher:
@@ -129,7 +142,7 @@ def over_mqtt(
                     "workers": [
                         {
                             "id": "w1",
-                            "queue_size": 2,
+                            "queue_size": in_flight,
                             "heartbeat_interval_s": 0.1,
                             "backend": {"type": "onnxruntime", "intra_op_threads": threads},
                         }
@@ -207,16 +220,21 @@ def over_mqtt(
                 rtts.append(rtt)
                 added.append(rtt - own)
 
-            # Throughput: two frames in flight.
+            # Throughput: in_flight frames outstanding.
             first = seq + 1
             t_start = time.perf_counter()
-            send(first)
-            send(first + 1)
+            for k in range(in_flight):
+                send(first + k)
             for s in range(first, first + n):
                 waiter.wait(s, 10)
-                if s + 2 < first + n:
-                    send(s + 2)
+                if s + in_flight < first + n:
+                    send(s + in_flight)
             elapsed = time.perf_counter() - t_start
+            served = [waiter.results[s][1].latency for s in range(first, first + n)]
+            breakdown = {
+                k: float(np.median([getattr(lat, k) for lat in served]))
+                for k in ("queue_ms", "decode_ms", "preprocess_ms", "inference_ms")
+            }
             rss_mb = psutil.Process(worker.pid).memory_info().rss / 2**20
             client.publish(t.worker_assignment("w1"), b"", qos=1, retain=True)
         client.stop()
@@ -228,7 +246,12 @@ def over_mqtt(
         "rtt_ms_p50": pr.p50,
         "rtt_ms_p99": pr.p99,
         "worker_rss_mb": rss_mb,
+        "worker_ms_p50": breakdown,
     }
+
+
+def _fmt(parts: dict[str, float]) -> str:
+    return " ".join(f"{k.removesuffix('_ms')} {v:.2f}" for k, v in parts.items())
 
 
 def main() -> int:
@@ -237,10 +260,12 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=300, help="frames for the throughput runs")
     ap.add_argument("--latency-frames", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--in-flight", type=int, default=4, help="frames outstanding, throughput")
     ap.add_argument("--brokers", default="mosquitto,amqtt")
     ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    args.models_dir = args.models_dir.resolve()
 
     catalog = load_catalog(packaged_config("catalog.yaml"))
     build_models(catalog, args.models_dir, [args.variant], progress=True)
@@ -248,7 +273,8 @@ def main() -> int:
     jpegs = make_frames(30)
     print(
         f"{args.variant}, 640x480 JPEG frames, {args.threads} intra-op thread(s), "
-        f"{args.frames} frames per throughput run, {args.latency_frames} for latency"
+        f"{args.frames} frames per throughput run ({args.in_flight} in flight), "
+        f"{args.latency_frames} for latency (1 in flight)"
     )
     figures: dict[str, Any] = {"variant": args.variant, "threads": args.threads}
     figures["in_process"] = ip = in_process(
@@ -270,6 +296,7 @@ def main() -> int:
                 args.latency_frames,
                 args.threads,
                 workdir,
+                args.in_flight,
             )
             m["throughput_ratio"] = m["fps"] / ip["fps"]
             figures[kind] = m
@@ -277,6 +304,7 @@ def main() -> int:
                 f"{kind:<17} {m['fps']:7.1f} fps ({m['throughput_ratio']:.1%} of in-process)"
                 f"   added p50 {m['added_ms_p50']:.2f} ms p99 {m['added_ms_p99']:.2f} ms"
                 f"   rtt p50 {m['rtt_ms_p50']:.2f} ms   worker RSS {m['worker_rss_mb']:.0f} MB"
+                f"\n{'':<17} worker p50: {_fmt(m['worker_ms_p50'])}"
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -291,7 +319,6 @@ def main() -> int:
             print(f"  [{'ok' if ok else 'MISSED'}] {name}")
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-    _ = np
     return 0
 
 
