@@ -1,0 +1,140 @@
+"""Failure detectors over heartbeats: silence (phi-accrual with a floor), stalls, SLO violation.
+
+Each detector is pure: it is fed observations with their arrival times and asked for a verdict
+at a time, so tests drive it with synthetic clocks and the coordinator with the monotonic one.
+
+- :class:`SilenceDetector`: phi-accrual (Hayashibara et al.) over heartbeat inter-arrival
+  times, with a hard floor (never suspect before ``min_silence_s``) and a ceiling (always
+  suspect after ``max_silence_s``), confirmed over ``confirm_s`` so one late heartbeat on a
+  jittery WiFi link is not a failure.
+- :class:`ProgressDetector`: heartbeats that keep coming while frames wait and nothing is
+  processed: a hung GPU or a stuck thread (gray failure).
+- :class:`SloDetector`: an app whose recent latency stays above its SLO for ``sustain_s``
+  (thermal throttling, an overloaded box): a case for moving or downsizing, not failover.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    heartbeat_interval_s: float = 0.1
+    phi_threshold: float = 8.0
+    min_silence_s: float = 0.25  # floor: below this silence, never suspect
+    max_silence_s: float = 1.0  # ceiling: past this, always suspect
+    confirm_s: float = 0.05  # a suspicion must hold this long to become a failure
+    window: int = 100  # inter-arrival samples kept
+    stall_s: float = 1.0  # frames waiting, no progress for this long: stalled
+    slo_sustain_s: float = 5.0
+
+    @classmethod
+    def for_interval(cls, interval_s: float, **overrides: float) -> DetectorConfig:
+        """Defaults scaled to a heartbeat interval (100 ms LAN, 500 ms WiFi kits...)."""
+        base = {
+            "heartbeat_interval_s": interval_s,
+            "min_silence_s": 2.5 * interval_s,
+            "max_silence_s": 10.0 * interval_s,
+            "confirm_s": 0.5 * interval_s,
+            "stall_s": max(1.0, 10.0 * interval_s),
+        }
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+
+class SilenceDetector:
+    """Phi-accrual suspicion of one worker from heartbeat arrival times."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self.cfg = cfg
+        self._intervals: deque[float] = deque(maxlen=cfg.window)
+        self.last_arrival: float | None = None
+        self._suspected_since: float | None = None
+
+    def heartbeat(self, now: float) -> None:
+        if self.last_arrival is not None:
+            gap = now - self.last_arrival
+            if gap > 0:
+                self._intervals.append(gap)
+        self.last_arrival = now
+        self._suspected_since = None
+
+    def phi(self, now: float) -> float:
+        """-log10 of the probability that a heartbeat this late is still to come."""
+        if self.last_arrival is None:
+            return 0.0
+        silence = now - self.last_arrival
+        n = len(self._intervals)
+        interval = self.cfg.heartbeat_interval_s
+        mean = sum(self._intervals) / n if n else interval
+        var = sum((x - mean) ** 2 for x in self._intervals) / n if n > 1 else 0.0
+        # A floor on the deviation: loopback heartbeats are so regular that any scheduling
+        # hiccup would otherwise look infinitely unlikely.
+        std = max(math.sqrt(var), 0.1 * mean, 0.01)
+        y = (silence - mean) / std
+        # Logistic approximation of the normal CDF tail (as in Akka's phi-accrual).
+        e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+        p_later = e / (1.0 + e) if silence > mean else 1.0 - 1.0 / (1.0 + e)
+        return -math.log10(max(p_later, 1e-300))
+
+    def silence(self, now: float) -> float:
+        return 0.0 if self.last_arrival is None else now - self.last_arrival
+
+    def suspected(self, now: float) -> bool:
+        s = self.silence(now)
+        if self.last_arrival is None or s < self.cfg.min_silence_s:
+            return False
+        return s >= self.cfg.max_silence_s or self.phi(now) >= self.cfg.phi_threshold
+
+    def failed(self, now: float) -> bool:
+        """Suspected continuously for ``confirm_s``."""
+        if not self.suspected(now):
+            self._suspected_since = None
+            return False
+        if self._suspected_since is None:
+            self._suspected_since = now
+        return now - self._suspected_since >= self.cfg.confirm_s
+
+
+class ProgressDetector:
+    """No inference progress while frames wait, with heartbeats still arriving."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self.cfg = cfg
+        self._processed = -1
+        self._received = -1
+        self._since: float | None = None  # when frames started waiting without progress
+
+    def heartbeat(self, now: float, received: int, processed: int, queue_depth: int) -> None:
+        progressed = processed != self._processed
+        waiting = queue_depth > 0 or received > self._received > -1
+        if progressed or not waiting:
+            self._since = None
+        elif self._since is None:
+            self._since = now
+        self._processed, self._received = processed, received
+
+    def stalled(self, now: float) -> bool:
+        return self._since is not None and now - self._since >= self.cfg.stall_s
+
+
+class SloDetector:
+    """An app's recent latency above its SLO for a sustained period."""
+
+    def __init__(self, slo_ms: float, sustain_s: float) -> None:
+        self.slo_ms = slo_ms
+        self.sustain_s = sustain_s
+        self._since: float | None = None
+
+    def observe(self, now: float, latency_ms: float) -> None:
+        if latency_ms > self.slo_ms:
+            if self._since is None:
+                self._since = now
+        else:
+            self._since = None
+
+    def violated(self, now: float) -> bool:
+        return self._since is not None and now - self._since >= self.sustain_s

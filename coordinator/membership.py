@@ -1,0 +1,147 @@
+"""Membership: which worker incarnations are alive, from births, last-wills and heartbeats.
+
+Pure state machine, fed by the coordinator's network thread and ticked by its monitor thread;
+it returns transitions and never publishes anything itself.
+
+Rules:
+- A birth with a new incarnation replaces the old one (a restart); the old incarnation's
+  late last-will is then stale and ignored.
+- An ``offline`` of the current incarnation is a failure at once: ``graceful`` (it said so) or
+  ``last_will`` (the broker saw its connection die).
+- Heartbeat silence (phi-accrual, confirmed) and stalled progress are failures found by
+  :meth:`Membership.tick`.
+- A failed incarnation whose heartbeats come back steadily (a false suspicion: a long GC
+  pause, a SIGSTOP, a partition that healed) is ``recovered``; it was fenced meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from faillite import messages
+from faillite.coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
+
+TransitionKind = Literal["joined", "failed", "recovered", "stale"]
+State = Literal["alive", "failed"]
+RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts as back
+# A worker that stalled is held down longer: it may stall again as soon as it gets work.
+STALL_RECOVERY_HEARTBEATS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: TransitionKind
+    worker: str
+    incarnation: str
+    cause: str
+    at: float  # monotonic, when observed
+    ts: float  # wall clock
+    silence_s: float = 0.0  # heartbeat silence at detection, for silence and stall causes
+
+
+@dataclass
+class Member:
+    worker: str
+    incarnation: str
+    status: messages.WorkerStatus
+    silence: SilenceDetector
+    progress: ProgressDetector
+    state: State = "alive"
+    cause: str = ""
+    failed_at: float | None = None
+    last_heartbeat: messages.Heartbeat | None = None
+    steady: int = 0  # heartbeats since a failure, for recovery
+    history: list[str] = field(default_factory=list)
+
+
+class Membership:
+    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+        self.default_cfg = cfg
+        self.members: dict[str, Member] = {}
+        self._lock = threading.RLock()
+
+    def _cfg_for(self, st: messages.WorkerStatus) -> DetectorConfig:
+        if self.default_cfg is not None:
+            return self.default_cfg
+        return DetectorConfig.for_interval(st.heartbeat_interval_s or 0.1)
+
+    def _transition(self, kind: TransitionKind, m: Member, cause: str, now: float,
+                    silence_s: float = 0.0) -> Transition:
+        m.history.append(f"{kind}:{cause}")
+        return Transition(kind, m.worker, m.incarnation, cause, now, time.time(), silence_s)
+
+    def on_status(self, st: messages.WorkerStatus, now: float) -> Transition | None:
+        with self._lock:
+            cur = self.members.get(st.worker)
+            if st.state == "online":
+                if cur is not None and cur.incarnation == st.incarnation:
+                    cur.status = st
+                    if cur.state == "failed" and cur.cause != "graceful":
+                        # Same process, new connection: its last-will was premature.
+                        cur.silence.heartbeat(now)
+                        return self._recover(cur, "reconnected", now)
+                    return None
+                cfg = self._cfg_for(st)
+                m = Member(st.worker, st.incarnation, st, SilenceDetector(cfg),
+                           ProgressDetector(cfg))
+                m.silence.heartbeat(now)  # the birth counts as a sign of life
+                self.members[st.worker] = m
+                return self._transition("joined", m, "restart" if cur else "birth", now)
+            if cur is None or cur.incarnation != st.incarnation:
+                # The last-will of an incarnation that is already replaced: never fatal.
+                stale = Member(st.worker, st.incarnation, st, SilenceDetector(self._cfg_for(st)),
+                               ProgressDetector(self._cfg_for(st)))
+                return self._transition("stale", stale, st.reason or "offline", now)
+            if cur.state == "failed":
+                if st.reason == "graceful":
+                    cur.cause = "graceful"
+                return None
+            return self._fail(cur, "graceful" if st.reason == "graceful" else "last_will", now)
+
+    def on_heartbeat(self, hb: messages.Heartbeat, now: float) -> Transition | None:
+        with self._lock:
+            m = self.members.get(hb.worker)
+            if m is None or m.incarnation != hb.incarnation:
+                return None
+            if m.last_heartbeat is not None and hb.seq <= m.last_heartbeat.seq:
+                return None  # duplicate or reordered (amqtt may redeliver)
+            m.last_heartbeat = hb
+            m.silence.heartbeat(now)
+            m.progress.heartbeat(now, hb.frames_received, hb.frames_processed, hb.queue_depth)
+            if m.state == "failed" and m.cause != "graceful":
+                m.steady += 1
+                needed = STALL_RECOVERY_HEARTBEATS if m.cause == "stalled" else RECOVERY_HEARTBEATS
+                if m.steady >= needed and not m.progress.stalled(now):
+                    return self._recover(m, "heartbeats_resumed", now)
+            return None
+
+    def _recover(self, m: Member, cause: str, now: float) -> Transition:
+        m.state, m.cause, m.failed_at, m.steady = "alive", "", None, 0
+        return self._transition("recovered", m, cause, now)
+
+    def _fail(self, m: Member, cause: str, now: float, silence_s: float = 0.0) -> Transition:
+        m.state, m.cause, m.failed_at, m.steady = "failed", cause, now, 0
+        return self._transition("failed", m, cause, now, silence_s)
+
+    def tick(self, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        with self._lock:
+            for m in self.members.values():
+                if m.state != "alive":
+                    continue
+                if m.silence.failed(now):
+                    out.append(self._fail(m, "heartbeat_silence", now, m.silence.silence(now)))
+                elif m.progress.stalled(now):
+                    out.append(self._fail(m, "stalled", now, m.silence.silence(now)))
+        return out
+
+    def alive(self) -> set[str]:
+        with self._lock:
+            return {w for w, m in self.members.items() if m.state == "alive"}
+
+    def get(self, worker: str) -> Member | None:
+        with self._lock:
+            return self.members.get(worker)

@@ -1,0 +1,95 @@
+"""Membership transitions: births, last-wills of old incarnations, silence, stalls, recovery."""
+
+from __future__ import annotations
+
+from faillite import messages
+from faillite.coordinator.detectors import DetectorConfig
+from faillite.coordinator.membership import RECOVERY_HEARTBEATS, Membership
+
+CFG = DetectorConfig.for_interval(0.1)
+
+
+def _status(inc: str, state: str = "online", reason: str = "") -> messages.WorkerStatus:
+    return messages.WorkerStatus(worker="w1", incarnation=inc, state=state,  # type: ignore[arg-type]
+                                 ts=0.0, reason=reason)
+
+
+def _hb(inc: str, seq: int, processed: int = 0, received: int = 0,
+        depth: int = 0) -> messages.Heartbeat:
+    return messages.Heartbeat(worker="w1", incarnation=inc, seq=seq, ts=0.0,
+                              frames_received=received, frames_processed=processed,
+                              queue_depth=depth)
+
+
+def test_old_incarnation_last_will_never_kills_the_new_one() -> None:
+    m = Membership(CFG)
+    assert m.on_status(_status("a"), 0.0).kind == "joined"  # type: ignore[union-attr]
+    assert m.on_status(_status("b"), 1.0).kind == "joined"  # type: ignore[union-attr]
+    late = m.on_status(_status("a", "offline", "lost"), 1.1)
+    assert late is not None and late.kind == "stale"
+    assert m.alive() == {"w1"} and m.get("w1").incarnation == "b"  # type: ignore[union-attr]
+
+
+def test_last_will_and_graceful_are_immediate_failures() -> None:
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    t = m.on_status(_status("a", "offline", "lost"), 0.5)
+    assert t is not None and (t.kind, t.cause) == ("failed", "last_will")
+    assert m.alive() == set()
+    m.on_status(_status("b"), 1.0)
+    t = m.on_status(_status("b", "offline", "graceful"), 2.0)
+    assert t is not None and t.cause == "graceful"
+
+
+def test_silence_detected_by_tick_then_recovery_on_steady_heartbeats() -> None:
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    t = 0.0
+    for seq in range(1, 30):
+        t = seq * 0.1
+        m.on_heartbeat(_hb("a", seq), t)
+    assert m.tick(t + 0.1) == []
+    now = t
+    fails = []
+    while not fails:
+        now += 0.01
+        fails = m.tick(now)
+    assert fails[0].cause == "heartbeat_silence" and 0.25 <= now - t <= 0.5
+    # Heartbeats resume (SIGCONT): recovered after a steady run, not before.
+    seq = 30
+    kinds = []
+    for i in range(RECOVERY_HEARTBEATS):
+        seq += 1
+        tr = m.on_heartbeat(_hb("a", seq), now + 0.1 * (i + 1))
+        kinds.append(tr.kind if tr else None)
+    assert kinds[-1] == "recovered" and kinds.count("recovered") == 1
+    assert m.alive() == {"w1"}
+
+
+def test_reconnect_after_premature_last_will_recovers() -> None:
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    m.on_status(_status("a", "offline", "lost"), 1.0)
+    t = m.on_status(_status("a"), 2.0)
+    assert t is not None and (t.kind, t.cause) == ("recovered", "reconnected")
+
+
+def test_stall_with_heartbeats_is_a_failure() -> None:
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    out = []
+    for seq in range(1, 40):
+        m.on_heartbeat(_hb("a", seq, processed=5, received=5 + seq, depth=2), seq * 0.1)
+        out += m.tick(seq * 0.1 + 0.01)
+    assert [t.cause for t in out] == ["stalled"]
+
+
+def test_duplicate_and_foreign_heartbeats_ignored() -> None:
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    m.on_heartbeat(_hb("a", 5), 0.1)
+    m.on_heartbeat(_hb("a", 5), 0.2)
+    m.on_heartbeat(_hb("zzz", 6), 0.3)
+    member = m.get("w1")
+    assert member is not None and member.last_heartbeat is not None
+    assert member.last_heartbeat.seq == 5
