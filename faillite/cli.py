@@ -127,12 +127,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
-    from faillite.coordinator.coordinator import Coordinator, StaticPlanner
+    from faillite.coordinator.runtime import coordinator_for
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="coordinator")
-    catalog = load_catalog(cfg.catalog)
-    coord = Coordinator(cfg, catalog, StaticPlanner(cfg, catalog))
+    coord = coordinator_for(cfg, load_catalog(cfg.catalog))
     _until_signal(coord.request_stop)
     coord.start()
     coord.wait()

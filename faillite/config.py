@@ -160,9 +160,24 @@ class StaticServe(StrictModel):
 
 
 class CoordinatorConfig(StrictModel):
-    type: Literal["static"] = "static"
+    """``static``: serve what ``assignments`` says. ``planner``: place with the CVXPY planner,
+    detect failures, fail over to warm / cold backups, upgrade, re-plan and fail back."""
+
+    type: Literal["static", "planner"] = "static"
     # static: worker id -> what it serves
     assignments: dict[str, tuple[StaticServe, ...]] = Field(default_factory=dict)
+    # planner:
+    method: Literal["lp", "milp", "greedy"] = "lp"
+    startup_wait_s: float = Field(default=3.0, ge=0)  # wait this long for births before planning
+    phi_threshold: float = Field(default=8.0, gt=0)
+    min_silence_intervals: float = Field(default=2.5, gt=0)  # never suspect sooner (x interval)
+    max_silence_intervals: float = Field(default=10.0, gt=0)  # always suspect past this
+    confirm_intervals: float = Field(default=0.5, ge=0)  # a suspicion must hold this long
+    stall_s: float = Field(default=1.0, gt=0)  # frames waiting, no progress: gray failure
+    slo_sustain_s: float = Field(default=5.0, gt=0)  # latency over SLO this long: downsize
+    mttr_weight: float = Field(default=0.002, ge=0)  # accuracy points per ms of expected MTTR
+    ladder_settle_s: float = Field(default=0.0, ge=0)  # serve a rung this long before the next
+    failback_load_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class MeshConfig(StrictModel):

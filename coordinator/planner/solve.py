@@ -1,0 +1,481 @@
+"""The two-stage placement: primaries, then backups; LP + rounding, exact MILP, or greedy.
+
+Stage 1 gives every app one (server, variant) maximizing weighted accuracy within memory,
+compute and SLOs. Stage 2 gives each placed app at most one backup, warm (loaded) or cold (on
+disk), outside its primary's failure domain, such that for every failure domain the backups it
+would activate fit the memory and compute left on each surviving server (DESIGN.md §5).
+
+Preferences are bonuses in the solver's score: placing an app at all, a warm backup for a
+critical app, keeping an app where it is on a re-plan. Reports give the objective without them,
+and the bound as ``LP bound - bonuses of the returned plan``: an upper bound on the objective of
+any plan that earns at least the same bonuses (the same apps placed, as many critical apps warm).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from faillite.coordinator.planner import _lp
+from faillite.coordinator.planner._candidates import (
+    COLD,
+    WARM,
+    BackupState,
+    Cands,
+    FArr,
+    IArr,
+    Index,
+    PrimaryState,
+    backup_candidates,
+    primary_candidates,
+)
+from faillite.coordinator.planner.placement import Assign, Backup, Placement, StageReport
+from faillite.coordinator.planner.problem import InfeasibleError, Problem
+
+Method = Literal["lp", "milp", "greedy"]
+_State = PrimaryState | BackupState
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Solver settings (the objective's weights are in :class:`Knobs`)."""
+
+    full_lp_max_columns: int = 20_000  # up to this many candidates the LP takes all of them
+    top_k: int = 3  # otherwise: servers per app in the first restricted LP
+    pricing_rounds: int = 2  # LP re-solves adding left-out columns with positive reduced cost
+    pricing_per_app: int = 2
+    # ... unless the bound is already within this share of the objective of the best plan.
+    pricing_tol: float = 0.002
+    incumbent: bool = True  # keep the greedy plan if rounding ends up below it
+    improve: bool = True  # one pass of single-app moves after rounding
+    milp_time_limit_s: float = 120.0
+    seed: int = 0  # jitter of the top-k server choice (deterministic)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    choice: IArr  # candidate index per app, -1: none
+    report: StageReport
+
+
+def _picked_score(c: Cands, choice: IArr) -> tuple[float, float]:
+    j = choice[choice >= 0]
+    return float(c.score[j].sum()), float(c.value[j].sum())
+
+
+# -- selection heuristics --------------------------------------------------------------------
+
+
+def _greedy(c: Cands, st: _State, order: IArr, acc: FArr, kinds: Callable[[int], tuple[int, ...]]) -> IArr:
+    """FailLite-style: per app in ``order``, the most accurate option that fits (then the
+    server with the most free memory), trying kinds in the order ``kinds(app)`` gives."""
+    choice = np.full(len(c.starts) - 1, -1, dtype=np.int64)
+    for a in order:
+        seg = c.seg(int(a))
+        if seg.start == seg.stop:
+            continue
+        J = np.arange(seg.start, seg.stop)
+        for kind in kinds(int(a)):
+            Jk = J[c.kind[J] == kind]
+            if len(Jk) == 0:
+                continue
+            Jk = Jk[st.fits_many(Jk)]
+            if len(Jk) == 0:
+                continue
+            j = int(Jk[np.lexsort((st.free_mem(Jk), acc[Jk]))[-1]])
+            st.add(j)
+            choice[a] = j
+            break
+    return choice
+
+
+def _round(c: Cands, x: FArr, st: _State, fill_order: IArr) -> IArr:
+    """Each app takes its largest LP fraction that still fits (apps with the surest fractions
+    first), else its next fractions; apps left over get the best option that fits."""
+    A = len(c.starts) - 1
+    choice = np.full(A, -1, dtype=np.int64)
+    nonempty = np.flatnonzero(c.starts[1:] > c.starts[:-1])
+    xa = np.zeros(A)
+    if len(nonempty):
+        xa[nonempty] = np.maximum.reduceat(x, c.starts[nonempty])
+    sa = np.zeros(A)
+    if len(nonempty):
+        sa[nonempty] = np.maximum.reduceat(c.score, c.starts[nonempty])
+    for a in np.lexsort((-sa, -np.round(xa, 6))):
+        if xa[a] <= 1e-6:
+            break
+        seg = c.seg(int(a))
+        J = np.arange(seg.start, seg.stop)
+        J = J[x[J] > 1e-6]
+        for j in J[np.argsort(-x[J], kind="stable")]:
+            if st.fits(int(j)):
+                st.add(int(j))
+                choice[a] = j
+                break
+    _fill(c, st, choice, fill_order)
+    return choice
+
+
+def _fill(c: Cands, st: _State, choice: IArr, order: IArr) -> None:
+    for a in order:
+        if choice[a] >= 0:
+            continue
+        seg = c.seg(int(a))
+        if seg.start == seg.stop:
+            continue
+        J = np.arange(seg.start, seg.stop)
+        J = J[st.fits_many(J)]
+        if len(J):
+            j = int(J[np.argmax(c.score[J])])
+            st.add(j)
+            choice[a] = j
+
+
+def _improve(c: Cands, st: _State, choice: IArr, order: IArr) -> None:
+    """One pass of single-app moves: each app takes its best option that fits beside the rest."""
+    nonempty = np.flatnonzero(c.starts[1:] > c.starts[:-1])
+    best = np.full(len(choice), -np.inf)
+    if len(nonempty):
+        best[nonempty] = np.maximum.reduceat(c.score, c.starts[nonempty])
+    for a in order:
+        cur = int(choice[a])
+        if not np.isfinite(best[a]) or (cur >= 0 and c.score[cur] >= best[a] - 1e-9):
+            continue
+        if cur >= 0:
+            st.remove(cur)
+        seg = c.seg(int(a))
+        J = np.arange(seg.start, seg.stop)
+        J = J[st.fits_many(J)]
+        if len(J) == 0:
+            if cur >= 0:  # cannot happen (it fitted before), but never lose an option
+                st.add(cur)
+            continue
+        j = int(J[np.argmax(c.score[J])])
+        st.add(j)
+        choice[a] = j
+
+
+def _restricted(ix: Index, c: Cands, server_score: FArr, k: int, seed: int) -> IArr:
+    """Columns of each app on its k best-scored eligible servers (score x random jitter, so
+    that apps do not all pick the same few servers)."""
+    rng = np.random.default_rng(seed)
+    elig = np.zeros((ix.A, ix.S), dtype=np.bool_)
+    elig[c.app, c.srv] = True
+    score = np.where(elig, server_score[None, :] * rng.uniform(0.5, 1.5, (ix.A, ix.S)), -np.inf)
+    kk = min(k, ix.S)
+    top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
+    sel = np.zeros_like(elig)
+    sel[np.arange(ix.A)[:, None], top] = True
+    sel &= elig
+    out: IArr = np.flatnonzero(sel[c.app, c.srv])
+    return out
+
+
+def _run_stage(
+    stage: Literal["primaries", "backups"],
+    ix: Index,
+    c: Cands,
+    fams: list[_lp.RowFamily],
+    aux: _lp.AuxColumns | None,
+    new_state: Callable[[], _State],
+    greedy: Callable[[_State], IArr],
+    server_score: FArr,
+    method: Method,
+    opts: Options,
+    t_start: float,
+    build_s: float,
+) -> _Outcome:
+    order = np.lexsort((-ix.app_w, ~ix.app_crit)).astype(np.int64)  # critical, then heavy
+    if len(c) == 0 or method == "greedy":
+        choice = greedy(new_state())
+        score, value = _picked_score(c, choice)
+        total = time.perf_counter() - t_start
+        return _Outcome(
+            choice,
+            StageReport(
+                stage, method, value, None, None, "greedy", build_s=build_s, round_s=total - build_s,
+                total_s=total, candidates=len(c),
+            ),
+        )
+    if method == "milp":
+        rel = _lp.exact(c, fams, aux, opts.milp_time_limit_s)
+        t_r = time.perf_counter()
+        choice = np.full(ix.A, -1, dtype=np.int64)
+        on = np.flatnonzero(rel.x > 0.5)
+        choice[c.app[on]] = on
+        score, value = _picked_score(c, choice)
+        exact = rel.status == "optimal"
+        bound = rel.bound - (score - value) if exact else None
+        total = time.perf_counter() - t_start
+        return _Outcome(
+            choice,
+            StageReport(
+                stage, method, value, bound, 0.0 if exact else None, "milp",
+                build_s=build_s + rel.build_s, solve_s=rel.solve_s,
+                round_s=time.perf_counter() - t_r, total_s=total, candidates=len(c),
+                columns=rel.columns, rows=rel.rows, status=rel.status,
+            ),
+        )
+    # LP relaxation + rounding, against the greedy plan (improved) as incumbent.
+    order_g = order
+    g_choice: IArr | None = None
+    g_score = g_value = -np.inf
+    if opts.incumbent:
+        gst = new_state()
+        g_choice = greedy(gst)
+        if opts.improve:
+            _improve(c, gst, g_choice, order_g)
+        g_score, g_value = _picked_score(c, g_choice)
+    if len(c) <= opts.full_lp_max_columns:
+        J0 = np.arange(len(c))
+    else:
+        J0 = _restricted(ix, c, server_score, opts.top_k, opts.seed)
+        if g_choice is not None:  # the restricted LP then contains the incumbent
+            J0 = np.union1d(J0, g_choice[g_choice >= 0])
+    rel = _lp.relax(
+        c, fams, aux, J0, pricing_rounds=opts.pricing_rounds, per_app=opts.pricing_per_app,
+        incumbent=g_score, good_enough=opts.pricing_tol * abs(g_value) if opts.incumbent else 0.0,
+    )  # fmt: skip
+    t_r = time.perf_counter()
+    st = new_state()
+    choice = _round(c, rel.x, st, order)
+    if opts.improve:
+        _improve(c, st, choice, order)
+    picked = "lp-rounded"
+    score, value = _picked_score(c, choice)
+    if g_choice is not None and g_score > score + 1e-9:
+        choice, score, value, picked = g_choice, g_score, g_value, "greedy-incumbent"
+    bound = rel.bound - (score - value)
+    gap = (bound - value) / abs(bound) if abs(bound) > 1e-12 else 0.0
+    total = time.perf_counter() - t_start
+    return _Outcome(
+        choice,
+        StageReport(
+            stage, method, value, bound, gap, picked,
+            build_s=build_s + rel.build_s, solve_s=rel.solve_s,
+            round_s=time.perf_counter() - t_r, total_s=total, candidates=len(c),
+            columns=rel.columns, rows=rel.rows, lp_value=rel.lp_value, pricing_rounds=rel.rounds,
+            status=rel.status,
+        ),
+    )  # fmt: skip
+
+
+# -- stage 1 ---------------------------------------------------------------------------------
+
+
+def _why_unplaced(ix: Index, a: int, cap_mem: FArr, cap_comp: FArr, cap_disk: FArr) -> str:
+    p = ix.problem
+    app = p.apps[a]
+    if ix.S == 0:
+        return "no server is alive"
+    vars_f = ix.fam_vars[int(ix.app_fam[a])]
+    lat = ix.server_table(vars_f, ix.c_lat)
+    mem = ix.server_table(vars_f, ix.c_mem)
+    if not np.isfinite(lat).any():
+        return f"no variant of family {app.family} is profiled for the alive servers' devices"
+    with np.errstate(invalid="ignore"):
+        slo_ok = lat <= app.slo_ms
+        if not slo_ok.any():
+            s, v = np.unravel_index(np.nanargmin(lat), lat.shape)
+            return (
+                f"no variant of family {app.family} meets the {app.slo_ms:g} ms SLO on an alive "
+                f"server (fastest: {ix.var_names[vars_f[v]]}, {lat[s, v]:.2f} ms on "
+                f"{ix.srv_ids[s]})"
+            )
+        mem_ok = slo_ok & (mem <= cap_mem[:, None])
+        if not mem_ok.any():
+            need = float(np.nanmin(np.where(slo_ok, mem, np.nan)))
+            return (
+                f"no server has {need:.0f} MB of memory for the smallest variant of "
+                f"{app.family} that meets the SLO (largest: {float(cap_mem.max()):.0f} MB)"
+            )
+        comp_ok = mem_ok & (app.rate_fps * lat / 1000.0 <= cap_comp[:, None])
+        if not comp_ok.any():
+            need = float(np.nanmin(np.where(mem_ok, app.rate_fps * lat / 1000.0, np.nan)))
+            return (
+                f"at {app.rate_fps:g} fps the lightest fitting variant of {app.family} needs "
+                f"{need:.2f} of a device, more than any server's compute budget"
+            )
+    return "every server that could host it is full (memory, compute or disk)"
+
+
+def plan_primaries(
+    problem: Problem,
+    method: Method = "lp",
+    *,
+    sticky: Mapping[str, Assign] | None = None,
+    options: Options | None = None,
+) -> tuple[dict[str, Assign], dict[str, str], StageReport]:
+    """Stage 1: (primaries, unplaced app -> reason, report)."""
+    opts = options or Options()
+    t0 = time.perf_counter()
+    ix = Index(problem)
+    share = problem.knobs.primary_share
+    cap_mem, cap_comp, cap_disk = ix.srv_mem * share, ix.srv_comp * share, ix.srv_disk
+    c = primary_candidates(ix, cap_mem, cap_comp, cap_disk, sticky)
+    fams = [
+        _lp.RowFamily("mem", c.srv, c.mem, cap_mem),
+        _lp.RowFamily("comp", c.srv, c.comp, cap_comp),
+        _lp.RowFamily("disk", c.srv, c.disk, cap_disk),
+    ]
+    acc = ix.var_acc[c.var]
+    w_order = np.argsort(-ix.app_w, kind="stable").astype(np.int64)
+
+    def new_state() -> _State:
+        return PrimaryState(c, cap_mem, cap_comp, cap_disk)
+
+    def greedy(st: _State) -> IArr:
+        return _greedy(c, st, w_order, acc, lambda a: (0,))
+
+    def norm(v: FArr) -> FArr:
+        fin = np.where(np.isfinite(v), v, np.nan)
+        m = float(np.nanmean(fin)) if np.isfinite(fin).any() else 1.0
+        return np.where(np.isfinite(v), v / (m or 1.0), 1.0)
+
+    out = _run_stage(
+        "primaries", ix, c, fams, None, new_state, greedy, norm(cap_mem) * norm(cap_comp),
+        method, opts, t0, time.perf_counter() - t0,
+    )  # fmt: skip
+    primary: dict[str, Assign] = {}
+    unplaced: dict[str, str] = {}
+    for a in range(ix.A):
+        j = int(out.choice[a])
+        if j >= 0:
+            primary[ix.app_ids[a]] = Assign(ix.srv_ids[c.srv[j]], ix.var_names[c.var[j]])
+        else:
+            unplaced[ix.app_ids[a]] = _why_unplaced(ix, a, cap_mem, cap_comp, cap_disk)
+    return primary, unplaced, out.report
+
+
+# -- stage 2 ---------------------------------------------------------------------------------
+
+
+def plan_backups(
+    problem: Problem,
+    primary: Mapping[str, Assign],
+    method: Method = "lp",
+    *,
+    sticky: Mapping[str, Backup] | None = None,
+    options: Options | None = None,
+) -> tuple[dict[str, Backup], StageReport]:
+    """Stage 2: at most one backup per placed app, given the primaries."""
+    opts = options or Options()
+    t0 = time.perf_counter()
+    ix = Index(problem)
+    used_mem = np.zeros(ix.S)
+    used_comp = np.zeros(ix.S)
+    used_disk = np.zeros(ix.S)
+    prim_srv = np.full(ix.A, -1, dtype=np.int64)
+    for app, p in primary.items():
+        ai, si = ix.app_pos.get(app, -1), ix.srv_pos.get(p.server, -1)
+        cost = problem.cost_on(p.variant, p.server) if si >= 0 else None
+        if ai < 0 or cost is None:
+            continue
+        prim_srv[ai] = si
+        used_mem[si] += cost.memory_mb
+        used_comp[si] += ix.app_rate[ai] * cost.latency_ms / 1000.0
+        if p.variant not in problem.server(p.server).models_on_disk:
+            used_disk[si] += problem.variant(p.variant).file_size_mb
+    cap_mem = np.maximum(ix.srv_mem - used_mem, 0.0)
+    cap_comp = np.maximum(ix.srv_comp - used_comp, 0.0)
+    cap_disk = np.maximum(ix.srv_disk - used_disk, 0.0)
+    c = backup_candidates(ix, prim_srv, cap_mem, cap_comp, cap_disk, sticky)
+    S, F = ix.S, max(ix.F, 1)
+    warm = c.kind == WARM
+    fkey = c.dom * S + c.srv
+    fams = [
+        # Σ warm memory + K_s <= memory left, with K_s >= cold memory of each domain's apps:
+        # one row per server instead of one per (domain, server) for every warm column.
+        _lp.RowFamily("warm_mem", np.where(warm, c.srv, -1), c.mem, cap_mem, droppable=False),
+        _lp.RowFamily("cold_mem", np.where(warm, -1, fkey), c.mem, np.zeros(F * S), False),
+        _lp.RowFamily("failover_comp", fkey, c.comp, np.tile(cap_comp, F)),
+        _lp.RowFamily("disk", c.srv, c.disk, cap_disk),
+    ]
+    srv_all = np.arange(S, dtype=np.int64)
+    aux = _lp.AuxColumns(
+        ub=cap_mem.copy(),
+        col=np.concatenate([srv_all, np.tile(srv_all, F)]),
+        fam=np.concatenate([np.zeros(S, dtype=np.int64), np.ones(F * S, dtype=np.int64)]),
+        key=np.concatenate([srv_all, np.repeat(np.arange(F), S) * S + np.tile(srv_all, F)]),
+        coef=np.concatenate([np.ones(S), -np.ones(F * S)]),
+    )
+    acc = ix.var_acc[c.var]
+    crit_order = np.lexsort((-ix.app_w, ~ix.app_crit)).astype(np.int64)
+
+    def new_state() -> _State:
+        return BackupState(c, ix.F, cap_mem, cap_comp, cap_disk)
+
+    def greedy(st: _State) -> IArr:
+        return _greedy(
+            c, st, crit_order, acc, lambda a: (WARM, COLD) if ix.app_crit[a] else (COLD,)
+        )
+
+    mean_mem = float(cap_mem.mean()) if S else 1.0
+    mean_comp = float(cap_comp.mean()) if S else 1.0
+    server_score = (cap_mem / (mean_mem or 1.0) + 1e-3) * (cap_comp / (mean_comp or 1.0) + 1e-3)
+    out = _run_stage(
+        "backups", ix, c, fams, aux, new_state, greedy, server_score, method, opts, t0,
+        time.perf_counter() - t0,
+    )  # fmt: skip
+    backups: dict[str, Backup] = {}
+    for a in range(ix.A):
+        j = int(out.choice[a])
+        if j < 0:
+            continue
+        kind: Literal["warm", "cold"] = "warm" if c.kind[j] == WARM else "cold"
+        first = ix.var_names[c.first[j]] if c.first[j] >= 0 else None
+        backups[ix.app_ids[a]] = Backup(ix.srv_ids[c.srv[j]], ix.var_names[c.var[j]], kind, first)
+    return backups, out.report
+
+
+# -- both ------------------------------------------------------------------------------------
+
+
+def plan(
+    problem: Problem,
+    method: Method = "lp",
+    *,
+    sticky: Mapping[str, Assign] | None = None,
+    sticky_backups: Mapping[str, Backup] | None = None,
+    allow_unplaced: bool = True,
+    options: Options | None = None,
+) -> Placement:
+    """Primaries then backups. ``sticky``: where apps run now (a re-plan keeps them there unless
+    moving gains more than ``knobs.stickiness``). With ``allow_unplaced=False`` an app that
+    cannot be placed raises :class:`InfeasibleError` naming it and why."""
+    t0 = time.perf_counter()
+    primary, unplaced, r1 = plan_primaries(problem, method, sticky=sticky, options=options)
+    if unplaced and not allow_unplaced:
+        raise InfeasibleError(
+            "cannot place: " + "; ".join(f"app {a}: {why}" for a, why in sorted(unplaced.items()))
+        )
+    backups, r2 = plan_backups(problem, primary, method, sticky=sticky_backups, options=options)
+    total = time.perf_counter() - t0
+    value = r1.objective + r2.objective
+    bound = None
+    gap = None
+    if r1.lp_bound is not None and r2.lp_bound is not None:
+        bound = r1.lp_bound + r2.lp_bound
+        gap = (bound - value) / abs(bound) if abs(bound) > 1e-12 else 0.0
+    return Placement(
+        primary=primary,
+        backups=backups,
+        unplaced=unplaced,
+        objective=value,
+        lp_bound=bound,
+        gap=gap,
+        solver=f"{method}:{r1.picked}+{r2.picked}",
+        timings={
+            "total_s": total,
+            "primaries_s": r1.total_s,
+            "backups_s": r2.total_s,
+            "build_s": r1.build_s + r2.build_s,
+            "solve_s": r1.solve_s + r2.solve_s,
+            "round_s": r1.round_s + r2.round_s,
+        },
+        stages=(r1, r2),
+    )
