@@ -130,9 +130,7 @@ class MeshCoordinator(Coordinator):
         self._control: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._planning = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.client.subscribe(
-            self.topics.filter(WORKER_HEARTBEAT), self._on_heartbeat, qos=0
-        )
+        self.client.subscribe(self.topics.filter(WORKER_HEARTBEAT), self._on_heartbeat, qos=0)
 
     # -- network thread --------------------------------------------------------------------
 
@@ -173,8 +171,14 @@ class MeshCoordinator(Coordinator):
     # -- helpers ---------------------------------------------------------------------------
 
     def _event(self, kind: str, worker: str = "", app: str = "", **detail: Any) -> None:
-        ev = messages.Event(kind=kind, ts=messages.now(), source=f"coordinator/{self.id}",
-                            worker=worker, app=app, detail=detail)
+        ev = messages.Event(
+            kind=kind,
+            ts=messages.now(),
+            source=f"coordinator/{self.id}",
+            worker=worker,
+            app=app,
+            detail=detail,
+        )
         self.client.publish(self.topics.events, messages.encode(ev), qos=0)
         log.info(kind, worker=worker or None, app=app or None, **detail)
 
@@ -204,15 +208,17 @@ class MeshCoordinator(Coordinator):
                 continue
             serve = tuple(
                 messages.Serve(app, self.mesh.app(app).sensor, a.variant)
-                for app, a in sorted(serving.items()) if a.server == w.id
+                for app, a in sorted(serving.items())
+                if a.server == w.id
             )
             load = loads.get(w.id)
             warm = set(v for _app, v in load.warm) if load else set()
             warm |= s.extra_warm.get(w.id, set())
             warm -= {x.variant for x in serve}
             disk = set(load.files) if load else set()
-            workers[w.id] = WorkerPlan(serve=serve, warm=tuple(sorted(warm)),
-                                       disk=tuple(sorted(disk)))
+            workers[w.id] = WorkerPlan(
+                serve=serve, warm=tuple(sorted(warm)), disk=tuple(sorted(disk))
+            )
         entries: list[messages.PlacementEntry] = [
             messages.PlacementEntry(app, a.server, a.variant, "primary")
             for app, a in sorted(serving.items())
@@ -220,12 +226,18 @@ class MeshCoordinator(Coordinator):
         if s.placement is not None:
             entries += [
                 messages.PlacementEntry(app, b.server, b.variant, b.kind)
-                for app, b in sorted(s.placement.backups.items()) if b.server not in s.failed
+                for app, b in sorted(s.placement.backups.items())
+                if b.server not in s.failed
             ]
         p = s.placement
-        return Plan(workers, tuple(entries), solver=p.solver if p else "none",
-                    objective=p.objective if p else None, lp_bound=p.lp_bound if p else None,
-                    gap=p.gap if p else None)
+        return Plan(
+            workers,
+            tuple(entries),
+            solver=p.solver if p else "none",
+            objective=p.objective if p else None,
+            lp_bound=p.lp_bound if p else None,
+            gap=p.gap if p else None,
+        )
 
     def _publish(self, reason: str) -> int:
         self.publish_plan(self._build_plan())
@@ -247,10 +259,18 @@ class MeshCoordinator(Coordinator):
             gen, term = self.generation, self.term
         for a in self.mesh.apps:
             if a.id not in serving and self.state.placement is not None:
-                r = messages.Route(app=a.id, worker="", variant="", term=term, generation=gen,
-                                   since=messages.now(), state="unserved")
-                self.client.publish(self.topics.app_route(a.id), messages.encode(r), qos=1,
-                                    retain=True)
+                r = messages.Route(
+                    app=a.id,
+                    worker="",
+                    variant="",
+                    term=term,
+                    generation=gen,
+                    since=messages.now(),
+                    state="unserved",
+                )
+                self.client.publish(
+                    self.topics.app_route(a.id), messages.encode(r), qos=1, retain=True
+                )
 
     # -- planning --------------------------------------------------------------------------
 
@@ -278,7 +298,8 @@ class MeshCoordinator(Coordinator):
                     if sticky and placement is not None:
                         kw["sticky"] = {a: p for a, p in effective.items() if p.server in alive}
                         kw["sticky_backups"] = {
-                            a: b for a, b in placement.backups.items()
+                            a: b
+                            for a, b in placement.backups.items()
                             if b.server in alive and a not in self.state.overrides
                         }
                     t0 = time.perf_counter()
@@ -292,14 +313,16 @@ class MeshCoordinator(Coordinator):
 
         threading.Thread(target=work, name="planner", daemon=True).start()
 
-    def _apply_replan(self, problem: Problem | None, result: Any, alive: set[str],
-                      reason: str) -> None:
+    def _apply_replan(
+        self, problem: Problem | None, result: Any, alive: set[str], reason: str
+    ) -> None:
         s = self.state
         now_alive = self.membership.alive() - s.failed
         if alive != now_alive:
             # Membership moved while planning: a newer re-plan is on its way.
-            log.info("replan_dropped", reason=reason, planned_for=sorted(alive),
-                     alive=sorted(now_alive))
+            log.info(
+                "replan_dropped", reason=reason, planned_for=sorted(alive), alive=sorted(now_alive)
+            )
             if not (now_alive - alive) and not (alive - now_alive):
                 return
             self._replan(reason)
@@ -315,11 +338,17 @@ class MeshCoordinator(Coordinator):
         # Ladders keep their override until they reach the planned variant.
         s.overrides = {a: o for a, o in s.overrides.items() if a in s.ladders}
         gen = self._publish(f"replan:{reason}")
-        self._event("replan", reason=reason, generation=gen, solve_ms=round(ms, 1),
-                    objective=round(new.objective, 3),
-                    lp_bound=None if new.lp_bound is None else round(new.lp_bound, 3),
-                    gap=None if new.gap is None else round(new.gap, 5),
-                    unprotected=list(new.unprotected()), unplaced=dict(new.unplaced))
+        self._event(
+            "replan",
+            reason=reason,
+            generation=gen,
+            solve_ms=round(ms, 1),
+            objective=round(new.objective, 3),
+            lp_bound=None if new.lp_bound is None else round(new.lp_bound, 3),
+            gap=None if new.gap is None else round(new.gap, 5),
+            unprotected=list(new.unprotected()),
+            unplaced=dict(new.unplaced),
+        )
 
     # -- failover --------------------------------------------------------------------------
 
@@ -335,10 +364,10 @@ class MeshCoordinator(Coordinator):
         source = "table"
         if fp is None:
             # A cascade (a second failure before the re-plan): plan it now from what runs.
-            current = Placement(primary=self._effective() | {
-                a: p for a, p in s.placement.primary.items() if p.server == t.worker},
-                backups={a: b for a, b in s.placement.backups.items()
-                         if b.server not in s.failed},
+            current = Placement(
+                primary=self._effective()
+                | {a: p for a, p in s.placement.primary.items() if p.server == t.worker},
+                backups={a: b for a, b in s.placement.backups.items() if b.server not in s.failed},
             )
             fp = plan_failover(s.problem, current, {t.worker})
             source = "live"
@@ -347,11 +376,23 @@ class MeshCoordinator(Coordinator):
         gen = self._publish(f"failover:{t.worker}")
         decision_ms = (time.perf_counter() - t0) * 1000
         self._event(
-            "failover", worker=t.worker, cause=t.cause, generation=gen, source=source,
-            decision_ms=round(decision_ms, 3), detected_ts=t.ts,
+            "failover",
+            worker=t.worker,
+            cause=t.cause,
+            generation=gen,
+            source=source,
+            decision_ms=round(decision_ms, 3),
+            detected_ts=t.ts,
             silence_ms=round(t.silence_s * 1000, 1),
-            recoveries={a: {"server": r.server, "kind": r.kind, "variant": r.first_variant,
-                            "final": r.final_variant} for a, r in fp.recoveries.items()},
+            recoveries={
+                a: {
+                    "server": r.server,
+                    "kind": r.kind,
+                    "variant": r.first_variant,
+                    "final": r.final_variant,
+                }
+                for a, r in fp.recoveries.items()
+            },
             unrecoverable=dict(fp.unrecoverable),
         )
         for ladder in s.ladders.values():
@@ -405,13 +446,20 @@ class MeshCoordinator(Coordinator):
             gen = self._publish("upgrade")
             for app, ld in changed:
                 ld.generation = gen
-                self._event("upgrade", app=app, worker=ld.server, variant=ld.current,
-                            previous=ld.rungs[ld.index - 1], generation=gen)
+                self._event(
+                    "upgrade",
+                    app=app,
+                    worker=ld.server,
+                    variant=ld.current,
+                    previous=ld.rungs[ld.index - 1],
+                    generation=gen,
+                )
 
     # -- failback --------------------------------------------------------------------------
 
-    def _start_failback(self, problem: Problem, target: Placement, table: FailoverTable,
-                        moving: set[str]) -> None:
+    def _start_failback(
+        self, problem: Problem, target: Placement, table: FailoverTable, moving: set[str]
+    ) -> None:
         s = self.state
         mig = failback(problem, s.placement or target, target=target)
         loads: dict[str, set[str]] = {}
@@ -426,8 +474,12 @@ class MeshCoordinator(Coordinator):
         gen = self._publish("failback-load")
         s.failback = Failback(target, loads, gen, time.monotonic())
         s.problem, s.table, s.table_valid = problem, table, False
-        self._event("failback_load", generation=gen,
-                    loads={k: sorted(v) for k, v in loads.items()}, apps=sorted(moving))
+        self._event(
+            "failback_load",
+            generation=gen,
+            loads={k: sorted(v) for k, v in loads.items()},
+            apps=sorted(moving),
+        )
 
     def _advance_failback(self, now: float) -> None:
         s = self.state
@@ -448,8 +500,12 @@ class MeshCoordinator(Coordinator):
         s.overrides = {a: o for a, o in s.overrides.items() if a in s.ladders}
         s.table_valid = s.table is not None
         gen = self._publish("failback-switch")
-        self._event("failback_switch", generation=gen, timed_out=timed_out,
-                    load_s=round(now - fb.started, 3))
+        self._event(
+            "failback_switch",
+            generation=gen,
+            timed_out=timed_out,
+            load_s=round(now - fb.started, 3),
+        )
 
     # -- SLO -------------------------------------------------------------------------------
 
@@ -462,18 +518,33 @@ class MeshCoordinator(Coordinator):
             if current is None:
                 continue
             fam = self.catalog.family_of(current.variant)
-            smaller = [v for v in fam.variants if v.memory_mb < self.catalog.variant(
-                current.variant).memory_mb]
+            smaller = [
+                v
+                for v in fam.variants
+                if v.memory_mb < self.catalog.variant(current.variant).memory_mb
+            ]
             s.downsized_at[app] = now
             if not smaller:
-                self._event("slo_violation", app=app, worker=current.server,
-                            variant=current.variant, action="none: smallest variant")
+                self._event(
+                    "slo_violation",
+                    app=app,
+                    worker=current.server,
+                    variant=current.variant,
+                    action="none: smallest variant",
+                )
                 continue
             to = max(smaller, key=lambda v: v.accuracy).name
             s.overrides[app] = Assign(current.server, to)
             gen = self._publish("slo-downsize")
-            self._event("slo_violation", app=app, worker=current.server,
-                        variant=current.variant, action="downsize", to=to, generation=gen)
+            self._event(
+                "slo_violation",
+                app=app,
+                worker=current.server,
+                variant=current.variant,
+                action="downsize",
+                to=to,
+                generation=gen,
+            )
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -482,24 +553,39 @@ class MeshCoordinator(Coordinator):
         if kind == "transition":
             t: Transition = payload
             if t.kind == "failed":
-                self._event("failure_detected", worker=t.worker, cause=t.cause,
-                            worker_incarnation=t.incarnation, silence_ms=round(
-                                t.silence_s * 1000, 1))
+                self._event(
+                    "failure_detected",
+                    worker=t.worker,
+                    cause=t.cause,
+                    worker_incarnation=t.incarnation,
+                    silence_ms=round(t.silence_s * 1000, 1),
+                )
                 self._on_failure(t)
             elif t.kind in ("joined", "recovered"):
                 was_failed = t.worker in s.failed
                 s.failed.discard(t.worker)
-                self._event(f"worker_{t.kind}", worker=t.worker, cause=t.cause,
-                            worker_incarnation=t.incarnation)
-                if s.placement is not None and (was_failed or t.worker not in {
-                        a.server for a in s.placement.primary.values()} | {
-                        b.server for b in s.placement.backups.values()}):
+                self._event(
+                    f"worker_{t.kind}",
+                    worker=t.worker,
+                    cause=t.cause,
+                    worker_incarnation=t.incarnation,
+                )
+                if s.placement is not None and (
+                    was_failed
+                    or t.worker
+                    not in {a.server for a in s.placement.primary.values()}
+                    | {b.server for b in s.placement.backups.values()}
+                ):
                     self._replan(t.kind)
                 elif s.placement is not None:
                     self._publish(f"{t.kind}:{t.worker}")  # a restart: resend its assignment
             elif t.kind == "stale":
-                self._event("stale_offline_ignored", worker=t.worker,
-                            worker_incarnation=t.incarnation, reason=t.cause)
+                self._event(
+                    "stale_offline_ignored",
+                    worker=t.worker,
+                    worker_incarnation=t.incarnation,
+                    reason=t.cause,
+                )
         elif kind == "replanned":
             problem, result, alive, reason = payload
             self._apply_replan(problem, result, alive, reason)
@@ -555,4 +641,3 @@ def coordinator_for(mesh: MeshConfig, catalog: Catalog) -> Coordinator:
     from faillite.coordinator.coordinator import StaticPlanner
 
     return Coordinator(mesh, catalog, StaticPlanner(mesh, catalog))
-

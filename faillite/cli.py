@@ -119,10 +119,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
     flog.configure(mesh=cfg.mesh, role="worker", worker=args.id)
     worker = Worker(cfg, cfg.worker(args.id), load_catalog(cfg.catalog))
     _until_signal(worker.request_stop)
+    if args.fault_injection:
+        _fault_signals(worker)
     worker.start()
     worker.wait()
     worker.stop()
     return 0
+
+
+def _fault_signals(worker: Any) -> None:
+    """Drill hooks: SIGUSR1 toggles a hung inference thread, SIGUSR2 a 0.5 s delay per frame."""
+    log = flog.get_logger("fault")
+
+    def hang(_signum: int, _frame: Any) -> None:
+        if worker.fault_hang.is_set():
+            worker.fault_hang.clear()
+        else:
+            worker.fault_hang.set()
+        log.warning("fault_injected", fault="hang", active=worker.fault_hang.is_set())
+
+    def slow(_signum: int, _frame: Any) -> None:
+        worker.fault_slow_s = 0.0 if worker.fault_slow_s else 0.5
+        log.warning("fault_injected", fault="slow", delay_s=worker.fault_slow_s)
+
+    signal.signal(signal.SIGUSR1, hang)
+    signal.signal(signal.SIGUSR2, slow)
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
@@ -224,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run an inference worker")
     _common(p)
     p.add_argument("--id", required=True, help="worker id in the config")
+    p.add_argument(
+        "--fault-injection",
+        action="store_true",
+        help="drills: SIGUSR1 toggles a hung inference thread, SIGUSR2 slow frames",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("coordinator", help="run the coordinator")

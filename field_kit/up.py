@@ -20,7 +20,7 @@ import orjson
 from rich.console import Console
 from rich.live import Live
 
-from faillite.catalog import load_catalog
+from faillite.catalog import Catalog, load_catalog
 from faillite.config import ConfigError, MeshConfig
 from faillite.field_kit.observe import MeshObserver
 from faillite.field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
@@ -41,14 +41,17 @@ class UpOptions:
     models_dir: Path | None = None
 
 
-def _needed_variants(cfg: MeshConfig) -> list[str]:
-    return sorted({s.variant for serves in cfg.coordinator.assignments.values() for s in serves})
+def _needed_variants(cfg: MeshConfig, catalog: Catalog) -> list[str]:
+    """The static plan's variants, or every variant of the apps' families for the planner."""
+    if cfg.coordinator.type == "static":
+        return sorted({s.variant for ss in cfg.coordinator.assignments.values() for s in ss})
+    return sorted({v.name for a in cfg.apps for v in catalog.family(a.family).variants})
 
 
 def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
     console = Console(soft_wrap=not sys.stdout.isatty())
     catalog = load_catalog(cfg.catalog)
-    needed = _needed_variants(cfg)
+    needed = _needed_variants(cfg, catalog)
     missing = missing_models(catalog, cfg.models_path, needed)
     if missing:
         console.print(f"building models {', '.join(missing)} into {cfg.models_path}")

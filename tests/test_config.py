@@ -19,11 +19,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_shipped_demo_config_is_valid() -> None:
     cfg = load_mesh_config(packaged_config("demo.yaml"))
     assert cfg.mesh == "demo"
-    assert {w.id for w in cfg.workers} == set(cfg.coordinator.assignments)
+    assert cfg.coordinator.type == "planner"
     catalog = load_catalog(cfg.catalog)
-    for serves in cfg.coordinator.assignments.values():
-        for s in serves:
-            assert catalog.family_of(s.variant).name == cfg.app(s.app).family
+    for app in cfg.apps:
+        assert catalog.family(app.family).variants
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

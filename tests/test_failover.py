@@ -21,34 +21,52 @@ from faillite import messages
 from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.topics import Topics
 
-WORKERS = tuple({"id": w, "memory_mb": 100, "failure_domain": f"rack-{w}"}
-                for w in ("w1", "w2", "w3"))
+WORKERS = tuple(
+    {"id": w, "memory_mb": 100, "failure_domain": f"rack-{w}"} for w in ("w1", "w2", "w3")
+)
 
 
-def _mesh(request: pytest.FixtureRequest, tmp_path: Path, broker: Any, models_dir: Path,
-          critical: bool) -> dict[str, Any]:
+def _mesh(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    broker: Any,
+    models_dir: Path,
+    critical: bool,
+    workers: tuple[dict[str, Any], ...],
+) -> dict[str, Any]:
     mesh_id = "f" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
     path = write_config(
-        tmp_path, broker, models_dir, mesh=mesh_id, workers=WORKERS,
+        tmp_path,
+        broker,
+        models_dir,
+        mesh=mesh_id,
+        workers=workers,
         sensors=({"id": "cam1", "fps": 5}, {"id": "cam2", "fps": 5}),
-        apps=({"id": "a1", "sensor": "cam1", "family": "efficientnet_lite",
-               "critical": critical},
-              {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"}),
+        apps=(
+            {"id": "a1", "sensor": "cam1", "family": "efficientnet_lite", "critical": critical},
+            {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"},
+        ),
         extra={"coordinator": {"type": "planner", "startup_wait_s": 10}},
     )
     return {"path": path, "cfg": load(path), "t": Topics(mesh_id)}
 
 
 @pytest.fixture
-def running(request: pytest.FixtureRequest, tmp_path: Path, broker: Any,
-            models_dir: Path) -> Iterator[dict[str, Any]]:
-    critical = getattr(request, "param", True)
-    m = _mesh(request, tmp_path, broker, models_dir, critical)
+def running(
+    request: pytest.FixtureRequest, tmp_path: Path, broker: Any, models_dir: Path
+) -> Iterator[dict[str, Any]]:
+    params = {"critical": True, "workers": WORKERS, **getattr(request, "param", {})}
+    m = _mesh(request, tmp_path, broker, models_dir, params["critical"], params["workers"])
     col = Collector(m["cfg"]).follow(f"faillite/{m['cfg'].mesh}/#", qos=1).start()
     group = ProcessGroup(tmp_path / "logs")
-    for w in WORKERS:
-        group.start(w["id"], "worker", faillite_cmd("worker", "--id", w["id"], "--config",
-                                                    str(m["path"])))
+    for w in params["workers"]:
+        group.start(
+            w["id"],
+            "worker",
+            faillite_cmd(
+                "worker", "--id", w["id"], "--config", str(m["path"]), "--fault-injection"
+            ),
+        )
     group.start("coord", "coordinator", faillite_cmd("coordinator", "--config", str(m["path"])))
     t = m["t"]
     pumps = [FramePump(col, t.sensor_frames("cam1"), 5), FramePump(col, t.sensor_frames("cam2"), 5)]
@@ -65,10 +83,15 @@ def running(request: pytest.FixtureRequest, tmp_path: Path, broker: Any,
 
 def _placement(col: Collector, t: Topics) -> messages.Placement:
     return col.wait_for(
-        lambda: [p for p in col.messages(t.placement, messages.Placement)
-                 if {e.app for e in p.entries if e.role == "primary"} == {"a1", "a2"}
-                 and any(e.app == "a1" and e.role != "primary" for e in p.entries)],
-        60, "a placement with both primaries and a backup for a1")[-1]
+        lambda: [
+            p
+            for p in col.messages(t.placement, messages.Placement)
+            if {e.app for e in p.entries if e.role == "primary"} == {"a1", "a2"}
+            and any(e.app == "a1" and e.role != "primary" for e in p.entries)
+        ],
+        60,
+        "a placement with both primaries and a backup for a1",
+    )[-1]
 
 
 def _role(p: messages.Placement, app: str, role: str) -> messages.PlacementEntry:
@@ -88,16 +111,27 @@ def test_kill_primary_warm_backup_takes_over(running: dict[str, Any]) -> None:
     p = _placement(col, t)
     primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
     assert backup.worker != primary.worker
-    col.wait_for(lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-                 60, "a1 served by its primary")
-    col.wait_for(lambda: [h for h in col.messages(t.worker_heartbeat(backup.worker),
-                                                  messages.Heartbeat)
-                          if backup.variant in h.loaded], 30, "warm backup loaded")
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
+    col.wait_for(
+        lambda: [
+            h
+            for h in col.messages(t.worker_heartbeat(backup.worker), messages.Heartbeat)
+            if backup.variant in h.loaded
+        ],
+        30,
+        "warm backup loaded",
+    )
     killed = time.monotonic()
     group.stop(primary.worker, signal.SIGKILL)
     after = col.wait_for(
         lambda: [r for r in _results(col, t, "a1", since=killed) if r.worker == backup.worker],
-        30, "a1 served by its warm backup")
+        30,
+        "a1 served by its warm backup",
+    )
     mttr = after[0].ts - (time.time() - (time.monotonic() - killed))
     ev = col.wait_for(lambda: _events(col, t, "failover"), 10, "failover event")[-1]
     assert ev.worker == primary.worker and ev.detail["cause"] == "last_will"
@@ -105,18 +139,26 @@ def test_kill_primary_warm_backup_takes_over(running: dict[str, Any]) -> None:
     assert ev.detail["decision_ms"] < 1000
     assert after[0].variant == backup.variant
     assert mttr < 10, mttr
-    route = col.wait_for(lambda: [r for r in col.messages(t.app_route("a1"), messages.Route)
-                                  if r.worker == backup.worker], 10, "route moved")[-1]
+    route = col.wait_for(
+        lambda: [
+            r for r in col.messages(t.app_route("a1"), messages.Route) if r.worker == backup.worker
+        ],
+        10,
+        "route moved",
+    )[-1]
     assert route.generation >= ev.detail["generation"]
 
 
-@pytest.mark.parametrize("running", [False], indirect=True, ids=["noncritical"])
+@pytest.mark.parametrize("running", [{"critical": False}], indirect=True, ids=["noncritical"])
 def test_cold_backup_serves_small_variant_then_upgrades(running: dict[str, Any]) -> None:
     col, t, group = running["col"], running["t"], running["group"]
     p = _placement(col, t)
     primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "cold")
-    col.wait_for(lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-                 60, "a1 served by its primary")
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
     killed = time.monotonic()
     group.stop(primary.worker, signal.SIGKILL)
     ev = col.wait_for(lambda: _events(col, t, "failover"), 30, "failover event")[-1]
@@ -125,11 +167,19 @@ def test_cold_backup_serves_small_variant_then_upgrades(running: dict[str, Any])
     assert rec["variant"] != rec["final"], "a ladder: small variant first"
     first = col.wait_for(
         lambda: [r for r in _results(col, t, "a1", since=killed) if r.worker == backup.worker],
-        60, "a1 served by the cold backup")[0]
+        60,
+        "a1 served by the cold backup",
+    )[0]
     assert first.variant == rec["variant"]
-    col.wait_for(lambda: [r for r in _results(col, t, "a1", since=killed)
-                          if r.variant == rec["final"] and r.worker == backup.worker][3:],
-                 60, "a1 upgraded to the final variant")
+    col.wait_for(
+        lambda: [
+            r
+            for r in _results(col, t, "a1", since=killed)
+            if r.variant == rec["final"] and r.worker == backup.worker
+        ][3:],
+        60,
+        "a1 upgraded to the final variant",
+    )
     assert _events(col, t, "upgrade")
     # No gap: between the first result of the small variant and the upgrade, results go on.
     served = [r for r in _results(col, t, "a1", since=killed) if r.worker == backup.worker]
@@ -141,26 +191,41 @@ def test_sigstop_detected_by_heartbeats_and_fenced_worker_stops(running: dict[st
     col, t, group = running["col"], running["t"], running["group"]
     p = _placement(col, t)
     primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
-    col.wait_for(lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-                 60, "a1 served by its primary")
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
     proc = next(c for c in group.children if c.name == primary.worker).proc
     stopped = time.monotonic()
     proc.send_signal(signal.SIGSTOP)
     try:
-        det = col.wait_for(lambda: [e for e in _events(col, t, "failure_detected")
-                                    if e.worker == primary.worker], 10, "detection")[0]
+        det = col.wait_for(
+            lambda: [e for e in _events(col, t, "failure_detected") if e.worker == primary.worker],
+            10,
+            "detection",
+        )[0]
         assert det.detail["cause"] in ("heartbeat_silence", "last_will")
         if det.detail["cause"] == "heartbeat_silence":
             assert det.detail["silence_ms"] < 1000
-        col.wait_for(lambda: [r for r in _results(col, t, "a1", since=stopped)
-                              if r.worker == backup.worker], 30, "backup serving")
+        col.wait_for(
+            lambda: [r for r in _results(col, t, "a1", since=stopped) if r.worker == backup.worker],
+            30,
+            "backup serving",
+        )
     finally:
         proc.send_signal(signal.SIGCONT)
     # The falsely suspected worker wakes up, gets its revoked assignment and stops serving a1.
     resumed = time.monotonic()
-    col.wait_for(lambda: [h for h in col.messages(t.worker_heartbeat(primary.worker),
-                                                  messages.Heartbeat)
-                          if "a1" not in h.apps and h.generation > 1], 20, "fenced")
+    col.wait_for(
+        lambda: [
+            h
+            for h in col.messages(t.worker_heartbeat(primary.worker), messages.Heartbeat)
+            if "a1" not in h.apps and h.generation > 1
+        ],
+        20,
+        "fenced",
+    )
     time.sleep(1.0)
     fenced_at = time.monotonic()
     time.sleep(1.5)
@@ -173,30 +238,191 @@ def test_restarted_worker_not_taken_down_by_old_last_will(running: dict[str, Any
     col, t, group = running["col"], running["t"], running["group"]
     p = _placement(col, t)
     primary = _role(p, "a1", "primary")
-    old = col.wait_for(lambda: [s for s in col.messages(t.worker_status(primary.worker),
-                                                        messages.WorkerStatus)
-                                if s.state == "online"], 30, "birth")[-1]
+    old = col.wait_for(
+        lambda: [
+            s
+            for s in col.messages(t.worker_status(primary.worker), messages.WorkerStatus)
+            if s.state == "online"
+        ],
+        30,
+        "birth",
+    )[-1]
     group.stop(primary.worker, signal.SIGKILL)
-    col.wait_for(lambda: [e for e in _events(col, t, "failover")
-                          if e.worker == primary.worker], 30, "failover")
-    group.start(f"{primary.worker}-2", "worker", faillite_cmd(
-        "worker", "--id", primary.worker, "--config", str(running["path"])))
-    new = col.wait_for(lambda: [s for s in col.messages(t.worker_status(primary.worker),
-                                                        messages.WorkerStatus)
-                                if s.state == "online" and s.incarnation != old.incarnation],
-                       30, "new incarnation")[-1]
-    col.wait_for(lambda: [e for e in _events(col, t, "worker_joined")
-                          if e.worker == primary.worker], 10, "joined")
+    col.wait_for(
+        lambda: [e for e in _events(col, t, "failover") if e.worker == primary.worker],
+        30,
+        "failover",
+    )
+    group.start(
+        f"{primary.worker}-2",
+        "worker",
+        faillite_cmd("worker", "--id", primary.worker, "--config", str(running["path"])),
+    )
+    new = col.wait_for(
+        lambda: [
+            s
+            for s in col.messages(t.worker_status(primary.worker), messages.WorkerStatus)
+            if s.state == "online" and s.incarnation != old.incarnation
+        ],
+        30,
+        "new incarnation",
+    )[-1]
+    col.wait_for(
+        lambda: [e for e in _events(col, t, "worker_joined") if e.worker == primary.worker],
+        10,
+        "joined",
+    )
     # A late last-will of the old incarnation arrives (e.g. a slow broker): ignored.
-    late = messages.WorkerStatus(worker=primary.worker, incarnation=old.incarnation,
-                                 state="offline", ts=messages.now(), reason="lost")
+    late = messages.WorkerStatus(
+        worker=primary.worker,
+        incarnation=old.incarnation,
+        state="offline",
+        ts=messages.now(),
+        reason="lost",
+    )
     col.publish(t.worker_status(primary.worker), messages.encode(late), retain=False)
-    col.wait_for(lambda: [e for e in _events(col, t, "stale_offline_ignored")
-                          if e.worker == primary.worker], 10, "stale will ignored")
+    col.wait_for(
+        lambda: [e for e in _events(col, t, "stale_offline_ignored") if e.worker == primary.worker],
+        10,
+        "stale will ignored",
+    )
     time.sleep(1.0)
-    fails = [e for e in _events(col, t, "failure_detected")
-             if e.worker == primary.worker
-             and e.detail.get("worker_incarnation") == new.incarnation]
+    fails = [
+        e
+        for e in _events(col, t, "failure_detected")
+        if e.worker == primary.worker and e.detail.get("worker_incarnation") == new.incarnation
+    ]
     assert fails == []
     hbs = col.messages(t.worker_heartbeat(primary.worker), messages.Heartbeat)
     assert hbs and hbs[-1].incarnation == new.incarnation
+
+
+def test_stalled_inference_with_live_heartbeats_is_a_failure(running: dict[str, Any]) -> None:
+    """Gray failure: the inference thread hangs, heartbeats go on, frames pile up."""
+    col, t, group = running["col"], running["t"], running["group"]
+    p = _placement(col, t)
+    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
+    proc = next(c for c in group.children if c.name == primary.worker).proc
+    hung = time.monotonic()
+    proc.send_signal(signal.SIGUSR1)
+    det = col.wait_for(
+        lambda: [e for e in _events(col, t, "failure_detected") if e.worker == primary.worker],
+        15,
+        "stall detected",
+    )[0]
+    assert det.detail["cause"] == "stalled"
+    hbs = col.messages(t.worker_heartbeat(primary.worker), messages.Heartbeat, since=hung)
+    assert hbs, "heartbeats kept coming while inference hung"
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1", since=hung) if r.worker == backup.worker],
+        30,
+        "backup serving",
+    )
+
+
+SLOW = tuple({**w, "memory_mb": 300} for w in WORKERS)
+
+
+@pytest.mark.parametrize("running", [{"workers": SLOW}], indirect=True, ids=["roomy"])
+def test_sustained_slo_violation_downsizes_instead_of_failing_over(running: dict[str, Any]) -> None:
+    col, t, group = running["col"], running["t"], running["group"]
+    p = _placement(col, t)
+    primary = _role(p, "a1", "primary")
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
+    proc = next(c for c in group.children if c.name == primary.worker).proc
+    proc.send_signal(signal.SIGUSR2)  # 0.5 s per frame: far over the 200 ms SLO
+    ev = col.wait_for(lambda: _events(col, t, "slo_violation"), 30, "slo violation")[0]
+    assert ev.app in ("a1", "a2") and ev.detail["action"] in ("downsize", "none: smallest variant")
+    assert not [e for e in _events(col, t, "failover") if e.worker == primary.worker]
+    proc.send_signal(signal.SIGUSR2)
+
+
+DEGRADED = (*WORKERS[:2], {"id": "w3", "memory_mb": 70, "failure_domain": "rack-w3"})
+
+
+@pytest.mark.parametrize("running", [{"workers": DEGRADED}], indirect=True, ids=["small-spare"])
+def test_failback_loads_then_switches_without_a_gap(running: dict[str, Any]) -> None:
+    col, t, group = running["col"], running["t"], running["group"]
+    p = _placement(col, t)
+    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
+    assert backup.worker == "w3" and backup.variant != primary.variant  # degraded backup
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
+    group.stop(primary.worker, signal.SIGKILL)
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == "w3"], 30, "a1 on the spare"
+    )
+    back = time.monotonic()
+    group.start(
+        f"{primary.worker}-back",
+        "worker",
+        faillite_cmd("worker", "--id", primary.worker, "--config", str(running["path"])),
+    )
+    load = col.wait_for(lambda: _events(col, t, "failback_load"), 60, "failback load")[0]
+    assert "a1" in load.detail["apps"]
+    switch = col.wait_for(lambda: _events(col, t, "failback_switch"), 60, "failback switch")[0]
+    assert not switch.detail["timed_out"]
+    col.wait_for(
+        lambda: [
+            r
+            for r in _results(col, t, "a1", since=back)
+            if r.worker == primary.worker and r.variant == primary.variant
+        ][2:],
+        30,
+        "a1 back on its primary with the big variant",
+    )
+    served = sorted(_results(col, t, "a1", since=back), key=lambda r: r.ts)
+    gaps = [b.ts - a.ts for a, b in zip(served, served[1:], strict=False)]
+    assert max(gaps) < 2.0, max(gaps)
+
+
+FOUR = (*WORKERS, {"id": "w4", "memory_mb": 100, "failure_domain": "rack-w4"})
+
+
+@pytest.mark.parametrize("running", [{"workers": FOUR}], indirect=True, ids=["four"])
+def test_second_failure_during_recovery(running: dict[str, Any]) -> None:
+    col, t, group = running["col"], running["t"], running["group"]
+    p = _placement(col, t)
+    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
+    group.stop(primary.worker, signal.SIGKILL)
+    col.wait_for(
+        lambda: [e for e in _events(col, t, "failover") if e.worker == primary.worker],
+        30,
+        "first failover",
+    )
+    second = time.monotonic()
+    group.stop(backup.worker, signal.SIGKILL)  # the backup dies while taking over
+    col.wait_for(
+        lambda: [e for e in _events(col, t, "failover") if e.worker == backup.worker],
+        30,
+        "second failover",
+    )
+    survivors = {"w1", "w2", "w3", "w4"} - {primary.worker, backup.worker}
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1", since=second) if r.worker in survivors],
+        60,
+        "a1 served by a survivor",
+    )
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a2", since=second) if r.worker in survivors],
+        60,
+        "a2 still served",
+    )
+    assert all(c.alive() for c in group.children if c.name == "coord")

@@ -68,8 +68,9 @@ def test_up_runs_the_demo_and_summarizes(tmp_path: Path, models_dir: Path) -> No
         assert stats["results"] > 5, app
         assert set(stats["top_labels"]) & SCENE_LABELS, stats["top_labels"]
         assert 0 < stats["e2e_ms"]["p50"] <= stats["e2e_ms"]["p99"]
-    assert s["apps"]["gate-watch"]["workers"].keys() == {"w1"}
-    assert s["apps"]["kitchen-watch"]["variant"] == "efficientnet_lite1"
+    for stats in s["apps"].values():
+        assert len(stats["workers"]) == 1  # no failure: one worker serves each app
+        assert stats["variant"].startswith("efficientnet_lite")
     assert "every app got results" in proc.stdout
     for name in ("broker", "coordinator", "worker-w1", "worker-w2", "sensor-cam-gate"):
         assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0

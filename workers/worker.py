@@ -83,6 +83,10 @@ class Worker:
         self.last_progress_ts = 0.0
         self.busy = False
         self._hb_seq = 0
+        # Drill hooks (``faillite worker --fault-injection``): a hung inference thread with
+        # heartbeats still flowing (gray failure), and a slow one (SLO violation).
+        self.fault_hang = threading.Event()
+        self.fault_slow_s = 0.0
         self.app_received: dict[str, int] = {}
         self.app_processed: dict[str, int] = {}
         self.app_latency: dict[str, Window] = {}
@@ -332,6 +336,11 @@ class Worker:
             st = self._serving.get(item.app)
             if st is None:
                 continue  # revoked while queued
+            while self.fault_hang.is_set() and not self._stop.is_set():
+                self.busy = True
+                self._stop.wait(0.05)
+            if self.fault_slow_s:
+                self._stop.wait(self.fault_slow_s)
             self.busy = True
             try:
                 self._serve_one(item, st, labels, max_bytes)
