@@ -8,6 +8,7 @@ non-critical one a cold backup that loads a small variant first and then upgrade
 from __future__ import annotations
 
 import hashlib
+import itertools
 import signal
 import time
 from collections.abc import Iterator
@@ -183,7 +184,7 @@ def test_cold_backup_serves_small_variant_then_upgrades(running: dict[str, Any])
     assert _events(col, t, "upgrade")
     # No gap: between the first result of the small variant and the upgrade, results go on.
     served = [r for r in _results(col, t, "a1", since=killed) if r.worker == backup.worker]
-    gaps = [b.ts - a.ts for a, b in zip(served, served[1:], strict=False)]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(served)]
     assert max(gaps) < 2.0, max(gaps)
 
 
@@ -384,7 +385,7 @@ def test_failback_loads_then_switches_without_a_gap(running: dict[str, Any]) -> 
         "a1 back on its primary with the big variant",
     )
     served = sorted(_results(col, t, "a1", since=back), key=lambda r: r.ts)
-    gaps = [b.ts - a.ts for a, b in zip(served, served[1:], strict=False)]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(served)]
     assert max(gaps) < 2.0, max(gaps)
 
 
