@@ -30,6 +30,7 @@ class WorkerPlan:
     serve: tuple[messages.Serve, ...] = ()
     warm: tuple[str, ...] = ()
     disk: tuple[str, ...] = ()
+    standby: tuple[messages.Serve, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +237,7 @@ class Coordinator:
                 term=term,
                 generation=gen,
                 ts=now,
-                serve=wp.serve,
-                warm=wp.warm,
-                disk=wp.disk,
+                serve=wp.serve, warm=wp.warm, disk=wp.disk, standby=wp.standby,
             )
             self.client.publish(
                 self.topics.worker_assignment(worker), messages.encode(a), qos=1, retain=True

@@ -212,12 +212,17 @@ class MeshCoordinator(Coordinator):
                 if a.server == w.id
             )
             load = loads.get(w.id)
+            standby = tuple(
+                messages.Serve(app, self.mesh.app(app).sensor, v)
+                for app, v in (load.warm if load else ())
+                if app in serving and serving[app].server != w.id
+            )
             warm = set(v for _app, v in load.warm) if load else set()
             warm |= s.extra_warm.get(w.id, set())
             warm -= {x.variant for x in serve}
             disk = set(load.files) if load else set()
             workers[w.id] = WorkerPlan(
-                serve=serve, warm=tuple(sorted(warm)), disk=tuple(sorted(disk))
+                serve=serve, warm=tuple(sorted(warm)), disk=tuple(sorted(disk)), standby=standby
             )
         entries: list[messages.PlacementEntry] = [
             messages.PlacementEntry(app, a.server, a.variant, "primary")
@@ -227,7 +232,8 @@ class MeshCoordinator(Coordinator):
             entries += [
                 messages.PlacementEntry(app, b.server, b.variant, b.kind)
                 for app, b in sorted(s.placement.backups.items())
-                if b.server not in s.failed
+                # A backup that took over (or died) protects nothing until the re-plan.
+                if b.server not in s.failed and serving.get(app, b).server != b.server
             ]
         p = s.placement
         return Plan(
@@ -281,13 +287,18 @@ class MeshCoordinator(Coordinator):
             self._stop.wait(0.05)
         self._replan("startup", sticky=False)
 
-    def _replan(self, reason: str, *, sticky: bool = True) -> None:
-        """Plan on the alive workers in the background; the control thread applies it."""
+    def _replan(self, reason: str, *, sticky: bool = True, delay_s: float = 0.0) -> None:
+        """Plan on the alive workers in the background; the control thread applies it.
+
+        After a failure the re-plan waits ``delay_s``: it must not compete for the CPU with
+        the recovery it follows (the backup's first frames are the MTTR)."""
         alive = self.membership.alive() - self.state.failed
         placement = self.state.placement
         effective = self._effective()
 
         def work() -> None:
+            if delay_s and self._stop.wait(delay_s):
+                return
             with self._planning:
                 try:
                     problem = self._problem(alive)
@@ -373,8 +384,9 @@ class MeshCoordinator(Coordinator):
             source = "live"
         self._apply_failover(fp)
         s.table_valid = False
+        decision_ms = (time.perf_counter() - t0) * 1000  # the lookup and the new state
         gen = self._publish(f"failover:{t.worker}")
-        decision_ms = (time.perf_counter() - t0) * 1000
+        publish_ms = (time.perf_counter() - t0) * 1000 - decision_ms
         self._event(
             "failover",
             worker=t.worker,
@@ -382,6 +394,7 @@ class MeshCoordinator(Coordinator):
             generation=gen,
             source=source,
             decision_ms=round(decision_ms, 3),
+            publish_ms=round(publish_ms, 3),
             detected_ts=t.ts,
             silence_ms=round(t.silence_s * 1000, 1),
             recoveries={
@@ -398,7 +411,7 @@ class MeshCoordinator(Coordinator):
         for ladder in s.ladders.values():
             if ladder.generation == 0:
                 ladder.generation = gen
-        self._replan("failure")
+        self._replan("failure", delay_s=self.ccfg.replan_delay_s)
 
     def _apply_failover(self, fp: FailoverPlan) -> None:
         s = self.state

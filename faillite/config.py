@@ -178,6 +178,7 @@ class CoordinatorConfig(StrictModel):
     mttr_weight: float = Field(default=0.002, ge=0)  # accuracy points per ms of expected MTTR
     ladder_settle_s: float = Field(default=0.0, ge=0)  # serve a rung this long before the next
     failback_load_timeout_s: float = Field(default=60.0, gt=0)
+    replan_delay_s: float = Field(default=0.5, ge=0)  # after a failover, before re-planning
 
 
 class MeshConfig(StrictModel):

@@ -133,6 +133,9 @@ class Assignment:
     serve: tuple[Serve, ...] = ()
     warm: tuple[str, ...] = ()
     disk: tuple[str, ...] = ()
+    # Apps this worker is the warm backup of: it follows their frames (keeping only the
+    # latest), so a promotion serves at once instead of subscribing and waiting for a frame.
+    standby: tuple[Serve, ...] = ()
     v: int = SCHEMA_VERSION
 
     def version(self) -> tuple[int, int]:

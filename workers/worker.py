@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as paho
 import psutil
 
@@ -40,6 +41,7 @@ from faillite.workers.backends import Backend, BackendError, LoadedModel, create
 from faillite.workers.frame_queue import FrameQueues, QueuedFrame
 
 log = get_logger("worker")
+HELD_FRAME_MAX_AGE_NS = 500_000_000  # a held frame older than this is not worth serving
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,10 @@ class Worker:
         self.load_count = 0
         self._serving: dict[str, Serving] = {}  # replaced whole, never mutated (copy-on-write)
         self._by_sensor: dict[str, tuple[str, ...]] = {}
+        # Warm-backup apps: their latest frame is held, so a promotion serves it at once.
+        self._standby_by_sensor: dict[str, tuple[str, ...]] = {}
+        self._held: dict[str, QueuedFrame] = {}
+        self._standby: tuple[messages.Serve, ...] = ()
         self._subscribed: set[str] = set()
         self.assignment: messages.Assignment | None = None
         self._pending: queue.Queue[messages.Assignment] = queue.Queue()
@@ -177,10 +183,13 @@ class Worker:
                     "oversized_frame", f"{len(payload)} bytes > {max_bytes}", sensor=sensor
                 )
                 return
+            data = bytes(payload)
             for app in self._by_sensor.get(sensor, ()):
                 self.frames_received += 1
                 self.app_received[app] = self.app_received.get(app, 0) + 1
-                self.queues.put(QueuedFrame(app, bytes(payload), now))
+                self.queues.put(QueuedFrame(app, data, now))
+            for app in self._standby_by_sensor.get(sensor, ()):
+                self._held[app] = QueuedFrame(app, data, now)
 
         return on_frame
 
@@ -225,20 +234,27 @@ class Worker:
             self._event(reason, variant=variant, error=str(exc))
             return None
         load_ms = (time.perf_counter() - t0) * 1000
+        # The first run pays for lazy initialization (arenas, kernel choice, TensorRT
+        # context): do it now, so a warm backup's first real frame runs at full speed.
+        t1 = time.perf_counter()
+        try:
+            model.infer(np.zeros(model.input_shape, dtype=np.float32))
+        except BackendError as exc:
+            self.bad.count("model_load_failed", str(exc), variant=variant)
+            self._event("model_load_failed", variant=variant, error=str(exc))
+            model.close()
+            return None
+        first_ms = (time.perf_counter() - t1) * 1000
         self.loaded = {**self.loaded, variant: model}  # copy-on-write: heartbeat reads it
         self.load_count += 1
-        log.info(
-            "model_loaded",
-            variant=variant,
-            load_ms=round(load_ms, 1),
-            providers=list(model.providers),
-        )
-        self._event(
-            "model_loaded",
-            variant=variant,
-            load_ms=round(load_ms, 1),
-            providers=list(model.providers),
-        )
+        detail = {
+            "variant": variant,
+            "load_ms": round(load_ms, 1),
+            "first_inference_ms": round(first_ms, 1),
+            "providers": list(model.providers),
+        }
+        log.info("model_loaded", **detail)
+        self._event("model_loaded", **detail)
         return model
 
     def apply(self, a: messages.Assignment) -> None:
@@ -263,10 +279,12 @@ class Worker:
         for app in set(self._serving) - set(keep):
             log.info("serve_stopped", app=app, generation=a.generation)
             self._event("serve_stopped", app=app, generation=a.generation)
-        self._set_serving(keep)
-        # Load what is needed (serve first, then warm backups), switch each app as its model is
-        # ready: an upgrade keeps serving the old variant until the new one is loaded.
-        for variant in [s.variant for s in a.serve] + [v for v in a.warm]:
+        # Standby entries of apps about to be promoted stay, so their held frame survives.
+        self._set_serving(keep, a.standby + tuple(sb for sb in self._standby if sb.app in wanted))
+        # Load what serving needs, switch each app as its model is ready (an upgrade keeps
+        # serving the old variant until the new one is loaded), and only then load the warm
+        # backups: a warm load never delays serving.
+        for variant in dict.fromkeys(s.variant for s in a.serve):
             self._load(variant)
         table: dict[str, Serving] = {}
         for s in a.serve:
@@ -281,15 +299,10 @@ class Worker:
             table[s.app] = Serving(
                 s.app, s.sensor, s.variant, model, v.preprocess, v.labels == "imagenet1k"
             )
-        self._set_serving(table)
-        needed = {s.variant for s in table.values()} | set(a.warm)
-        for variant in [v for v in self.loaded if v not in needed]:
-            remaining = dict(self.loaded)
-            remaining.pop(variant).close()
-            self.loaded = remaining
-            log.info("model_unloaded", variant=variant)
-            self._event("model_unloaded", variant=variant)
-        self.assignment = a
+        self.assignment = a  # results of the new table carry the new generation
+        held = {app: f for app in table if app not in keep and (f := self._held.pop(app, None))}
+        self._set_serving(table, a.standby)
+        self._serve_held(held)
         ms = (time.perf_counter() - t0) * 1000
         log.info(
             "assignment_applied",
@@ -297,6 +310,7 @@ class Worker:
             generation=a.generation,
             serving={k: s.variant for k, s in table.items()},
             warm=list(a.warm),
+            standby=[s.app for s in a.standby],
             apply_ms=round(ms, 1),
         )
         self._event(
@@ -306,16 +320,42 @@ class Worker:
             serving={k: s.variant for k, s in table.items()},
             apply_ms=round(ms, 1),
         )
+        for variant in a.warm:
+            self._load(variant)
+        needed = {s.variant for s in table.values()} | set(a.warm)
+        for variant in [v for v in self.loaded if v not in needed]:
+            remaining = dict(self.loaded)
+            remaining.pop(variant).close()
+            self.loaded = remaining
+            log.info("model_unloaded", variant=variant)
+            self._event("model_unloaded", variant=variant)
 
-    def _set_serving(self, table: dict[str, Serving]) -> None:
+    def _serve_held(self, held: dict[str, QueuedFrame]) -> None:
+        """A promoted warm backup serves the latest frame it held, if still fresh."""
+        now = time.monotonic_ns()
+        for frame in held.values():
+            if now - frame.received_ns < HELD_FRAME_MAX_AGE_NS:
+                self.queues.put(frame)
+
+    def _set_serving(
+        self, table: dict[str, Serving], standby: tuple[messages.Serve, ...]
+    ) -> None:
         by_sensor: dict[str, list[str]] = {}
         for s in table.values():
             by_sensor.setdefault(s.sensor, []).append(s.app)
+        standby_by_sensor: dict[str, list[str]] = {}
+        for sb in standby:
+            if sb.app not in table:
+                standby_by_sensor.setdefault(sb.sensor, []).append(sb.app)
+        for app in [a for a in self._held if not any(a in v for v in standby_by_sensor.values())]:
+            self._held.pop(app, None)
         for app in set(self._serving) - set(table):
             self.queues.discard(app)
         self._serving = table
         self._by_sensor = {k: tuple(v) for k, v in by_sensor.items()}
-        sensors = set(by_sensor)
+        self._standby_by_sensor = {k: tuple(v) for k, v in standby_by_sensor.items()}
+        self._standby = standby
+        sensors = set(by_sensor) | set(standby_by_sensor)
         for sensor in sensors - self._subscribed:
             self.client.subscribe(
                 self.topics.sensor_frames(sensor), self._make_frame_handler(sensor), qos=0

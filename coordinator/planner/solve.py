@@ -51,7 +51,8 @@ class Options:
     # ... unless the bound is already within this share of the objective of the best plan.
     pricing_tol: float = 0.002
     incumbent: bool = True  # keep the greedy plan if rounding ends up below it
-    improve: bool = True  # one pass of single-app moves after rounding
+    improve: bool = True  # local search after rounding: single moves, ejection chains
+    eject_budget: int = 20_000  # pushes tried by ejection chains, per stage
     milp_time_limit_s: float = 120.0
     seed: int = 0  # jitter of the top-k server choice (deterministic)
 
@@ -159,6 +160,143 @@ def _improve(c: Cands, st: _State, choice: IArr, order: IArr) -> None:
         choice[a] = j
 
 
+def _eject(
+    c: Cands, st: _State, choice: IArr, order: IArr, budget: int, depth: int
+) -> None:
+    """Ejection chains, for what single moves cannot fix: an app takes a better option on a
+    server by pushing an app there to its best other option, which may push a third one
+    (``depth`` pushes at most). A chain is applied when the total score rises. ``budget``
+    caps the number of pushes tried, so that large instances stay fast."""
+    on_server: dict[int, set[int]] = {}
+    for a in range(len(choice)):
+        if choice[a] >= 0:
+            on_server.setdefault(int(c.srv[choice[a]]), set()).add(a)
+    tries = 0
+    Moves = list[tuple[int, int]]
+
+    def place(a: int, j: int) -> None:
+        if choice[a] >= 0:
+            st.remove(int(choice[a]))
+            on_server[int(c.srv[choice[a]])].discard(a)
+        choice[a] = j
+        if j >= 0:
+            st.add(j)
+            on_server.setdefault(int(c.srv[j]), set()).add(a)
+
+    def top(a: int, above: float, n: int) -> list[int]:
+        """The app's n best options above a score, the best one of each server first (pushes
+        happen per server, so trying many servers matters more than many variants)."""
+        seg = c.seg(a)
+        J = np.arange(seg.start, seg.stop)
+        J = J[c.score[J] > above + 1e-9]
+        J = J[np.argsort(-c.score[J], kind="stable")]
+        _, first = np.unique(c.srv[J], return_index=True)
+        lead = np.zeros(len(J), dtype=np.bool_)
+        lead[first] = True
+        J = np.concatenate([J[lead], J[~lead]])
+        return [int(j) for j in J[:n]]
+
+    def reinsert(a: int, depth: int) -> tuple[float, Moves]:
+        """Best (score change, moves) giving the unplaced app ``a`` an option."""
+        seg = c.seg(a)
+        J = np.arange(seg.start, seg.stop)
+        J = J[st.fits_many(J)]
+        best: tuple[float, Moves] = (0.0, [])
+        if len(J):
+            j = int(J[np.argmax(c.score[J])])
+            best = (float(c.score[j]), [(a, j)])
+        if depth <= 0:
+            return best
+        for j in top(a, best[0], 10 if depth > 1 else 5):
+            g, mv = insert(a, j, depth)
+            if g > best[0] + 1e-9:
+                best = (g, mv)
+        return best
+
+    def insert(a: int, j: int, depth: int) -> tuple[float, Moves]:
+        """Place the unplaced app ``a`` on option ``j`` by pushing one app off j's server."""
+        nonlocal tries
+        best: tuple[float, Moves] = (-np.inf, [])
+        for b in sorted(on_server.get(int(c.srv[j]), ()))[: 8 if depth > 1 else 6]:
+            if tries >= budget:
+                break
+            tries += 1
+            jb = int(choice[b])
+            place(b, -1)
+            if st.fits(j):
+                place(a, j)
+                g_b, mv_b = reinsert(b, depth - 1)
+                g = float(c.score[j]) + g_b - float(c.score[jb])
+                if g > best[0]:
+                    best = (g, [(b, -1), (a, j), *mv_b])
+                place(a, -1)
+            place(b, jb)
+        return best
+
+    for a in (int(x) for x in order):
+        if tries >= budget:
+            return
+        cur = int(choice[a])
+        cur_score = float(c.score[cur]) if cur >= 0 else 0.0
+        place(a, -1)
+        g, mv = reinsert(a, depth)
+        if g > cur_score + 1e-9:
+            for app, j in mv:
+                place(app, j)
+        else:
+            place(a, cur)
+
+
+def _drop_refill(c: Cands, st: _State, choice: IArr, budget: int, depth: int) -> None:
+    """Destroy and repair, for trades chains cannot see (one app's option for two others'):
+    take one app's option away, repair with ejection chains for every app without an option
+    (that one last), and keep the result when the total score rises."""
+    empty = c.starts[1:] == c.starts[:-1]
+    tries = 0
+    for b in np.argsort(np.where(choice >= 0, c.score[np.maximum(choice, 0)], np.inf)):
+        b = int(b)
+        if choice[b] < 0 or tries >= budget:
+            return
+        lacking = np.flatnonzero((choice < 0) & ~empty)
+        if len(lacking) == 0:
+            return
+        tries += 1
+        saved = choice.copy()
+        before = float(c.score[saved[saved >= 0]].sum())
+        st.remove(int(choice[b]))
+        choice[b] = -1
+        _eject(c, st, choice, np.append(lacking, b), 400, depth)
+        after = float(c.score[choice[choice >= 0]].sum())
+        if after <= before + 1e-9:
+            for j in choice[choice >= 0]:
+                st.remove(int(j))
+            choice[:] = saved
+            for j in choice[choice >= 0]:
+                st.add(int(j))
+
+
+def _polish(c: Cands, st: _State, choice: IArr, order: IArr, eject_budget: int) -> None:
+    """Single moves, then ejection chains for the apps furthest below their best, then
+    single moves again."""
+    _improve(c, st, choice, order)
+    if eject_budget <= 0:
+        return
+    nonempty = np.flatnonzero(c.starts[1:] > c.starts[:-1])
+    best = np.zeros(len(choice))
+    if len(nonempty):
+        best[nonempty] = np.maximum.reduceat(c.score, c.starts[nonempty])
+    cur = np.where(choice >= 0, c.score[np.maximum(choice, 0)], 0.0)
+    short = np.flatnonzero(best - cur > 1e-9)
+    if len(short):
+        depth = 2 if len(choice) <= 200 else 1
+        worst_first = short[np.argsort(-(best - cur)[short], kind="stable")]
+        _eject(c, st, choice, worst_first, eject_budget, depth)
+        _improve(c, st, choice, order)
+        if len(choice) <= 200:
+            _drop_refill(c, st, choice, eject_budget // 200, depth)
+            _improve(c, st, choice, order)
+
+
 def _restricted(ix: Index, c: Cands, server_score: FArr, k: int, seed: int) -> IArr:
     """Columns of each app on its k best-scored eligible servers (score x random jitter, so
     that apps do not all pick the same few servers)."""
@@ -228,7 +366,7 @@ def _run_stage(
         gst = new_state()
         g_choice = greedy(gst)
         if opts.improve:
-            _improve(c, gst, g_choice, order_g)
+            _polish(c, gst, g_choice, order_g, opts.eject_budget)
         g_score, g_value = _picked_score(c, g_choice)
     if len(c) <= opts.full_lp_max_columns:
         J0 = np.arange(len(c))
@@ -244,7 +382,7 @@ def _run_stage(
     st = new_state()
     choice = _round(c, rel.x, st, order)
     if opts.improve:
-        _improve(c, st, choice, order)
+        _polish(c, st, choice, order, opts.eject_budget)
     picked = "lp-rounded"
     score, value = _picked_score(c, choice)
     if g_choice is not None and g_score > score + 1e-9:
