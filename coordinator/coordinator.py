@@ -155,10 +155,8 @@ class Coordinator:
     def _on_assignment(self, msg: paho.MQTTMessage) -> None:
         if not msg.payload:
             return
-        try:
-            a = messages.decode(messages.Assignment, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        a = self.bad.decode(messages.Assignment, msg)
+        if a is None:
             return
         self._seen_term = max(self._seen_term, a.term)
         self._previous_term.set()
@@ -168,10 +166,8 @@ class Coordinator:
         if not msg.payload or parsed is None:
             return
         worker = parsed[1].ids["worker"]
-        try:
-            st = messages.decode(messages.WorkerStatus, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        st = self.bad.decode(messages.WorkerStatus, msg)
+        if st is None:
             return
         with self._lock:
             cur = self.members.get(worker)

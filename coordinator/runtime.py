@@ -138,10 +138,8 @@ class MeshCoordinator(Coordinator):
         parsed = parse(msg.topic)
         if not msg.payload or parsed is None:
             return
-        try:
-            st = messages.decode(messages.WorkerStatus, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        st = self.bad.decode(messages.WorkerStatus, msg)
+        if st is None:
             return
         if st.worker != parsed[1].ids["worker"] or st.worker not in self._known_workers():
             self.bad.count("unknown_worker", f"status of {st.worker!r}", topic=msg.topic)
@@ -151,10 +149,8 @@ class MeshCoordinator(Coordinator):
             self._control.put(("transition", t))
 
     def _on_heartbeat(self, msg: paho.MQTTMessage) -> None:
-        try:
-            hb = messages.decode(messages.Heartbeat, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        hb = self.bad.decode(messages.Heartbeat, msg)
+        if hb is None:
             return
         now = time.monotonic()
         t = self.membership.on_heartbeat(hb, now)

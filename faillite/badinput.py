@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
+import paho.mqtt.client as paho
+
+from faillite import messages
 from faillite.log import get_logger
+
+M = TypeVar("M")
 
 log = get_logger("badinput")
 
@@ -41,6 +46,14 @@ class BadInput:
             suppressed_since_last=suppressed,
             **fields,
         )
+
+    def decode(self, cls: type[M], msg: paho.MQTTMessage) -> M | None:
+        """Decode an MQTT message's payload as ``cls``; count and log it and return None if bad."""
+        try:
+            return messages.decode(cls, msg.payload)
+        except messages.MessageError as exc:
+            self.count(exc.reason, str(exc), topic=msg.topic)
+            return None
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

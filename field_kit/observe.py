@@ -52,10 +52,8 @@ class MeshObserver:
         self.client.subscribe(self.topics.filter(WORKER_STATUS), self._on_status, qos=1)
 
     def _on_result(self, msg: paho.MQTTMessage) -> None:
-        try:
-            r = messages.decode(messages.Result, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        r = self.bad.decode(messages.Result, msg)
+        if r is None:
             return
         now = time.time()
         with self._lock:
@@ -81,10 +79,8 @@ class MeshObserver:
         parsed = parse(msg.topic)
         if not msg.payload or parsed is None:
             return
-        try:
-            st = messages.decode(messages.WorkerStatus, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        st = self.bad.decode(messages.WorkerStatus, msg)
+        if st is None:
             return
         with self._lock:
             self.workers[parsed[1].ids["worker"]] = st

@@ -162,10 +162,8 @@ class Worker:
     def _on_assignment(self, msg: paho.MQTTMessage) -> None:
         if not msg.payload:
             return  # a cleared retained assignment
-        try:
-            a = messages.decode(messages.Assignment, msg.payload)
-        except messages.MessageError as exc:
-            self.bad.count(exc.reason, str(exc), topic=msg.topic)
+        a = self.bad.decode(messages.Assignment, msg)
+        if a is None:
             return
         if a.worker != self.cfg.id:
             self.bad.count("wrong_worker", f"assignment for {a.worker!r}", topic=msg.topic)
@@ -247,14 +245,14 @@ class Worker:
         first_ms = (time.perf_counter() - t1) * 1000
         self.loaded = {**self.loaded, variant: model}  # copy-on-write: heartbeat reads it
         self.load_count += 1
-        detail = {
+        detail: dict[str, Any] = {
             "variant": variant,
             "load_ms": round(load_ms, 1),
             "first_inference_ms": round(first_ms, 1),
             "providers": list(model.providers),
         }
         log.info("model_loaded", **detail)
-        self._event("model_loaded", **detail)
+        self._event("model_loaded", "", **detail)
         return model
 
     def apply(self, a: messages.Assignment) -> None:
