@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -164,7 +165,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from faillite.field_kit.up import UpOptions, run_up
 
     cfg = load(args)
-    flog.configure(mesh=cfg.mesh, role="up", fmt="console")
+    flog.configure(
+        mesh=cfg.mesh,
+        role="up",
+        fmt="console",
+        level=os.environ.get("FAILLITE_LOG_LEVEL", "warning"),
+    )
     opts = UpOptions(
         config_path=_config_path(args.config).resolve(),
         duration_s=args.duration,

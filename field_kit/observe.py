@@ -50,6 +50,8 @@ class MeshObserver:
         self.client = MeshClient(f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER)
         self.client.subscribe(self.topics.filter(APP_RESULTS), self._on_result, qos=0)
         self.client.subscribe(self.topics.filter(WORKER_STATUS), self._on_status, qos=1)
+        self.client.subscribe(self.topics.placement, self._on_placement, qos=1)
+        self.backups: dict[str, str] = {}
 
     def _on_result(self, msg: paho.MQTTMessage) -> None:
         r = self.bad.decode(messages.Result, msg)
@@ -74,6 +76,16 @@ class MeshObserver:
             v.inference.add(r.latency.inference_ms)
             v.first_ts = v.first_ts or now
             v.last_ts = now
+
+    def _on_placement(self, msg: paho.MQTTMessage) -> None:
+        p = self.bad.decode(messages.Placement, msg) if msg.payload else None
+        if p is None:
+            return
+        backups = {
+            e.app: f"{e.worker} {e.role} {e.variant}" for e in p.entries if e.role != "primary"
+        }
+        with self._lock:
+            self.backups = backups
 
     def _on_status(self, msg: paho.MQTTMessage) -> None:
         parsed = parse(msg.topic)
@@ -108,6 +120,7 @@ class MeshObserver:
             "e2e p50 ms",
             "e2e p99 ms",
             "infer p50 ms",
+            "backup",
         ):
             t.add_column(
                 col,
@@ -131,6 +144,7 @@ class MeshObserver:
                     f"{e2e.p50:.1f}",
                     f"{e2e.p99:.1f}",
                     f"{inf.p50:.1f}",
+                    self.backups.get(v.app, "none"),
                 )
             online = sorted(w for w, s in self.workers.items() if s.state == "online")
         t.caption = f"workers online: {', '.join(online) or 'none'}"

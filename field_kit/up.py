@@ -130,7 +130,8 @@ def _watch(
         for c in group.dead():
             if c.name not in crashed:
                 crashed.append(c.name)
-                console.print(f"[red]{c.name} exited with {c.proc.returncode}[/]\n{c.tail(10)}")
+                code = c.proc.returncode
+                console.print(f"[red]{c.name} exited with {code}[/] (log: {c.log_path})")
         return stop.is_set()
 
     if opts.view and sys.stdout.isatty():
