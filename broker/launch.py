@@ -120,10 +120,16 @@ class BrokerLauncher:
         self._count = 0
 
     def start(
-        self, kind: str, cfg: BrokerConfig | None = None, *, mesh: str = "test"
+        self,
+        kind: str,
+        cfg: BrokerConfig | None = None,
+        *,
+        mesh: str = "test",
+        port: int | None = None,
     ) -> BrokerEndpoint:
-        """Start a broker of ``kind`` with ``cfg`` (host and port are chosen here)."""
-        return self._start(kind, cfg or BrokerConfig(), mesh).endpoint
+        """Start a broker of ``kind`` with ``cfg`` on ``port`` (default: a free one); a given
+        port is how a test restarts "the same" broker."""
+        return self._start(kind, cfg or BrokerConfig(), mesh, port).endpoint
 
     def shared(self, kind: str) -> BrokerEndpoint:
         """The default-config broker of ``kind`` for everyone; restarted if it died."""
@@ -151,7 +157,9 @@ class BrokerLauncher:
         if errors:
             raise BrokerStartError(f"could not stop every broker: {errors!r}")
 
-    def _start(self, kind: str, cfg: BrokerConfig, mesh: str) -> BrokerProcess:
+    def _start(
+        self, kind: str, cfg: BrokerConfig, mesh: str, fixed_port: int | None = None
+    ) -> BrokerProcess:
         if kind not in BROKER_KINDS:
             raise ValueError(f"unknown broker kind {kind!r}; expected one of {BROKER_KINDS}")
         binary = mosquitto_binary()
@@ -164,7 +172,7 @@ class BrokerLauncher:
             self._count += 1
             rundir = self.workdir / f"{kind}-{self._count}"
             rundir.mkdir(parents=True)
-            port = free_port()
+            port = fixed_port or free_port()
             bcfg = cfg.model_copy(update={"host": HOST, "port": port})
             if kind == "amqtt":
                 cmd = self._amqtt_cmd(bcfg, mesh, rundir)
@@ -183,7 +191,8 @@ class BrokerLauncher:
             except BrokerStartError as exc:
                 self.processes.remove(proc)
                 proc.stop()
-                if "in use" not in str(exc):  # only a lost race for the port is worth a retry
+                # Only a lost race for a free port is worth a retry.
+                if "in use" not in str(exc) or fixed_port:
                     raise
                 last = exc
                 continue

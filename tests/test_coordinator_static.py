@@ -88,3 +88,59 @@ def test_publishes_retained_plan_and_moves_term_on_restart(
         log_text = (tmp_path / "logs" / "c1.log").read_text()
     assert '"bad_input"' in log_text and "malformed_json" in log_text
     assert "unknown_schema_version" in log_text
+
+
+def test_retained_state_is_republished_after_a_broker_restart(
+    tmp_path: Path, broker_launcher: Any, models_dir: Path
+) -> None:
+    """amqtt keeps retained messages in memory only: a restart loses them all. Every client
+    republishes its retained state after reconnecting."""
+    ep = broker_launcher.start("amqtt", mesh="rr")
+    path = write_config(
+        tmp_path,
+        ep,
+        models_dir,
+        mesh="rr",
+        assignments={"w1": [{"app": "a1", "variant": "efficientnet_lite0"}]},
+    )
+    cfg = load(path)
+    t = Topics("rr")
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("c", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
+        group.start("w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path)))
+        col = Collector(cfg, "before").follow("faillite/rr/#").start()
+        col.wait_for(
+            lambda: col.messages(t.worker_assignment("w1"), messages.Assignment), 30, "assignment"
+        )
+        col.wait_for(
+            lambda: col.messages(t.worker_status("w1"), messages.WorkerStatus), 30, "birth"
+        )
+        col.stop()
+        broker_launcher.process(ep).stop()
+        restarted = broker_launcher.start("amqtt", mesh="rr", port=ep.port)
+        assert restarted.port == ep.port
+        col = Collector(cfg, "after").follow("faillite/rr/#").start()
+        a = col.wait_for(
+            lambda: col.messages(t.worker_assignment("w1"), messages.Assignment),
+            30,
+            "assignment republished",
+        )[-1]
+        assert a.serve[0].app == "a1"
+        col.wait_for(
+            lambda: [
+                s
+                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+                if s.state == "online"
+            ],
+            30,
+            "birth republished",
+        )
+        col.wait_for(lambda: col.messages(t.app_route("a1"), messages.Route), 10, "route")
+        col.wait_for(lambda: col.messages(t.placement, messages.Placement), 10, "placement")
+        col.wait_for(
+            lambda: col.messages(t.coordinator_status, messages.CoordinatorStatus),
+            10,
+            "coordinator status",
+        )
+        assert all(c.alive() for c in group.children)
+        col.stop()
