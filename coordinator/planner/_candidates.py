@@ -281,11 +281,11 @@ def backup_candidates(
     st_srv = np.full(ix.A, -1, dtype=np.int64)
     st_var = np.full(ix.A, -1, dtype=np.int64)
     st_kind = np.full(ix.A, -1, dtype=np.int64)
-    for app, b in (sticky or {}).items():
-        ai = ix.app_pos.get(app, -1)
-        if ai >= 0 and b.server in ix.srv_pos and b.variant in ix.var_pos:
-            st_srv[ai], st_var[ai] = ix.srv_pos[b.server], ix.var_pos[b.variant]
-            st_kind[ai] = WARM if b.kind == "warm" else COLD
+    for app_id, bk in (sticky or {}).items():
+        pos = ix.app_pos.get(app_id, -1)
+        if pos >= 0 and bk.server in ix.srv_pos and bk.variant in ix.var_pos:
+            st_srv[pos], st_var[pos] = ix.srv_pos[bk.server], ix.var_pos[bk.variant]
+            st_kind[pos] = WARM if bk.kind == "warm" else COLD
     app_dom = np.where(prim_srv >= 0, ix.srv_dom[np.maximum(prim_srv, 0)], -1)
     base_mttr = k.detection_ms + k.reroute_ms
     parts: list[dict[str, npt.NDArray[np.generic]]] = []

@@ -17,6 +17,7 @@ which equals the full LP's optimum once pricing finds nothing more to add.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import cvxpy as cp
@@ -152,7 +153,10 @@ def _solve(
     if integer:
         opts["mip_rel_gap"] = 1e-6
     try:
-        prob.solve(solver=cp.HIGHS, **opts)
+        with warnings.catch_warnings():
+            # "Solution may be inaccurate": the status says so, and the caller reads it.
+            warnings.simplefilter("ignore", UserWarning)
+            prob.solve(solver=cp.HIGHS, **opts)  # type: ignore[no-untyped-call]
     except cp.error.SolverError as exc:
         raise SolverFailed(f"HiGHS failed: {exc}") from exc
     if x.value is None:

@@ -152,9 +152,9 @@ def plan_failover(
             m, lat, _ = cost(p.variant, p.server)
             mem[p.server] += m
             comp[p.server] += rate(app) * lat
-    for b in placement.backups.values():
-        if b.kind == "warm" and b.server in mem:
-            mem[b.server] += cost(b.variant, b.server)[0]
+    for bk in placement.backups.values():
+        if bk.kind == "warm" and bk.server in mem:
+            mem[bk.server] += cost(bk.variant, bk.server)[0]
     lost = tuple(
         sorted(
             a
@@ -199,7 +199,8 @@ def plan_failover(
             b = placement.backups[app]
             options = usable(app, server)
             prefs = [v for v in (b.first, b.variant) if v is not None and v in options]
-            prefs += sorted((v for v in options if v not in prefs), key=lambda v: cost(v, server)[2])
+            rest = [v for v in options if v not in prefs]
+            prefs += sorted(rest, key=lambda v: cost(v, server)[2])
             pick = None
             for v in prefs:
                 m, lat, _ = cost(v, server)
@@ -256,9 +257,7 @@ def plan_failover(
     for app in recovered:
         server = placement.backups[app].server
         acc_now = problem.variant(current[app]).accuracy
-        better = [
-            v for v in usable(app, server) if problem.variant(v).accuracy > acc_now
-        ]
+        better = [v for v in usable(app, server) if problem.variant(v).accuracy > acc_now]
         for v in sorted(better, key=lambda v: -problem.variant(v).accuracy):
             if upgrade(app, server, v, allow_gap=False):
                 break

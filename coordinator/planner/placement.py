@@ -42,7 +42,7 @@ class StageReport:
     objective: float
     lp_bound: float | None  # valid upper bound on the objective (see solve.py), None: none known
     gap: float | None
-    picked: str  # "lp-rounded", "greedy-incumbent", "milp", "greedy"
+    picked: str  # "lp-rounded", "greedy-incumbent", "restart", "milp", "greedy", "empty"
     build_s: float = 0.0
     solve_s: float = 0.0
     round_s: float = 0.0
@@ -51,6 +51,12 @@ class StageReport:
     columns: int = 0  # LP columns actually built (after top-k and pricing)
     rows: int = 0
     lp_value: float | None = None  # the (restricted) LP's optimum, in score units
+    # The same in the units the solver maximizes (objective + preference bonuses). Where the
+    # LP spreads bonuses over fractions no integer plan can collect (scarce memory), the
+    # objective bound above is loose and this gap tells how far the rounding is from the LP.
+    score: float | None = None
+    score_bound: float | None = None
+    score_gap: float | None = None
     pricing_rounds: int = 0
     status: str = ""
 
@@ -120,7 +126,9 @@ def backup_value(problem: Problem, app: str, b: Backup) -> float:
     return ap.weight * (problem.variant(b.variant).accuracy - problem.knobs.mttr_weight * mttr)
 
 
-def objective(problem: Problem, primary: Mapping[str, Assign], backups: Mapping[str, Backup]) -> float:
+def objective(
+    problem: Problem, primary: Mapping[str, Assign], backups: Mapping[str, Backup]
+) -> float:
     return sum(primary_value(problem, a, p) for a, p in primary.items()) + sum(
         backup_value(problem, a, b) for a, b in backups.items()
     )
@@ -194,21 +202,21 @@ def validate(problem: Problem, placement: Placement) -> list[str]:
         if app not in apps:
             errors.append(f"backup of unknown app {app}")
             continue
-        p = placement.primary.get(app)
-        if p is None:
+        prim = placement.primary.get(app)
+        if prim is None:
             errors.append(f"app {app}: backup without a primary")
             continue
         if b.kind not in ("warm", "cold"):
             errors.append(f"backup of app {app}: unknown kind {b.kind!r}")
             continue
         load = check_variant(f"{b.kind} backup", app, b.variant, b.server)
-        if load is None or not problem.has_server(p.server):
+        if load is None or not problem.has_server(prim.server):
             continue
-        dom = problem.server(p.server).domain
+        dom = problem.server(prim.server).domain
         if problem.server(b.server).domain == dom:
             errors.append(
                 f"backup of app {app} on {b.server} shares failure domain {dom} with its "
-                f"primary on {p.server}"
+                f"primary on {prim.server}"
             )
         c = problem.cost_on(b.variant, b.server)
         assert c is not None

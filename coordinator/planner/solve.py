@@ -44,15 +44,16 @@ _State = PrimaryState | BackupState
 class Options:
     """Solver settings (the objective's weights are in :class:`Knobs`)."""
 
-    full_lp_max_columns: int = 20_000  # up to this many candidates the LP takes all of them
-    top_k: int = 3  # otherwise: servers per app in the first restricted LP
-    pricing_rounds: int = 2  # LP re-solves adding left-out columns with positive reduced cost
+    full_lp_max_columns: int = 2000  # up to this many candidates the LP takes all of them
+    top_k: int = 2  # otherwise: servers per app in the first restricted LP
+    pricing_rounds: int = 1  # LP re-solves adding left-out columns with positive reduced cost
     pricing_per_app: int = 2
     # ... unless the bound is already within this share of the objective of the best plan.
     pricing_tol: float = 0.002
     incumbent: bool = True  # keep the greedy plan if rounding ends up below it
     improve: bool = True  # local search after rounding: single moves, ejection chains
     eject_budget: int = 20_000  # pushes tried by ejection chains, per stage
+    restarts: int = 4  # instances of at most 16 apps: random-order restarts of the search
     milp_time_limit_s: float = 120.0
     seed: int = 0  # jitter of the top-k server choice (deterministic)
 
@@ -71,7 +72,9 @@ def _picked_score(c: Cands, choice: IArr) -> tuple[float, float]:
 # -- selection heuristics --------------------------------------------------------------------
 
 
-def _greedy(c: Cands, st: _State, order: IArr, acc: FArr, kinds: Callable[[int], tuple[int, ...]]) -> IArr:
+def _greedy(
+    c: Cands, st: _State, order: IArr, acc: FArr, kinds: Callable[[int], tuple[int, ...]]
+) -> IArr:
     """FailLite-style: per app in ``order``, the most accurate option that fits (then the
     server with the most free memory), trying kinds in the order ``kinds(app)`` gives."""
     choice = np.full(len(c.starts) - 1, -1, dtype=np.int64)
@@ -136,42 +139,51 @@ def _fill(c: Cands, st: _State, choice: IArr, order: IArr) -> None:
             choice[a] = j
 
 
-def _improve(c: Cands, st: _State, choice: IArr, order: IArr) -> None:
-    """One pass of single-app moves: each app takes its best option that fits beside the rest."""
+def _improve(c: Cands, st: _State, choice: IArr, order: IArr, passes: int = 3) -> None:
+    """Single-app moves: each app takes its best option that fits beside the rest; repeated
+    while a pass changes something (a move can free room for an app seen earlier)."""
     nonempty = np.flatnonzero(c.starts[1:] > c.starts[:-1])
     best = np.full(len(choice), -np.inf)
     if len(nonempty):
         best[nonempty] = np.maximum.reduceat(c.score, c.starts[nonempty])
-    for a in order:
-        cur = int(choice[a])
-        if not np.isfinite(best[a]) or (cur >= 0 and c.score[cur] >= best[a] - 1e-9):
-            continue
-        if cur >= 0:
-            st.remove(cur)
-        seg = c.seg(int(a))
-        J = np.arange(seg.start, seg.stop)
-        J = J[st.fits_many(J)]
-        if len(J) == 0:
-            if cur >= 0:  # cannot happen (it fitted before), but never lose an option
-                st.add(cur)
-            continue
-        j = int(J[np.argmax(c.score[J])])
-        st.add(j)
-        choice[a] = j
+    for _ in range(passes):
+        moved = False
+        for a in order:
+            cur = int(choice[a])
+            if not np.isfinite(best[a]) or (cur >= 0 and c.score[cur] >= best[a] - 1e-9):
+                continue
+            if cur >= 0:
+                st.remove(cur)
+            seg = c.seg(int(a))
+            J = np.arange(seg.start, seg.stop)
+            J = J[st.fits_many(J)]
+            if len(J) == 0:
+                if cur >= 0:  # cannot happen (it fitted before), but never lose an option
+                    st.add(cur)
+                continue
+            j = int(J[np.argmax(c.score[J])])
+            st.add(j)
+            if j != cur and (cur < 0 or c.score[j] > c.score[cur] + 1e-9):
+                moved = True
+            choice[a] = j
+        if not moved:
+            return
 
 
 def _eject(
-    c: Cands, st: _State, choice: IArr, order: IArr, budget: int, depth: int
+    c: Cands, st: _State, choice: IArr, order: IArr, budget: int, depth: int, per_app: int = 0
 ) -> None:
     """Ejection chains, for what single moves cannot fix: an app takes a better option on a
     server by pushing an app there to its best other option, which may push a third one
     (``depth`` pushes at most). A chain is applied when the total score rises. ``budget``
-    caps the number of pushes tried, so that large instances stay fast."""
+    caps the number of pushes tried, so that large instances stay fast; ``per_app`` (if set)
+    caps them per app, so that one app with many hopeless options does not use them all."""
     on_server: dict[int, set[int]] = {}
     for a in range(len(choice)):
         if choice[a] >= 0:
             on_server.setdefault(int(c.srv[choice[a]]), set()).add(a)
     tries = 0
+    limit = budget
     Moves = list[tuple[int, int]]
 
     def place(a: int, j: int) -> None:
@@ -218,7 +230,7 @@ def _eject(
         nonlocal tries
         best: tuple[float, Moves] = (-np.inf, [])
         for b in sorted(on_server.get(int(c.srv[j]), ()))[: 8 if depth > 1 else 6]:
-            if tries >= budget:
+            if tries >= limit:
                 break
             tries += 1
             jb = int(choice[b])
@@ -236,6 +248,7 @@ def _eject(
     for a in (int(x) for x in order):
         if tries >= budget:
             return
+        limit = min(budget, tries + per_app) if per_app else budget
         cur = int(choice[a])
         cur_score = float(c.score[cur]) if cur >= 0 else 0.0
         place(a, -1)
@@ -248,53 +261,89 @@ def _eject(
 
 
 def _drop_refill(c: Cands, st: _State, choice: IArr, budget: int, depth: int) -> None:
-    """Destroy and repair, for trades chains cannot see (one app's option for two others'):
-    take one app's option away, repair with ejection chains for every app without an option
-    (that one last), and keep the result when the total score rises."""
+    """Destroy and repair, for trades chains cannot see (one or two apps' options for others',
+    a knapsack move): take the options of one app, or of two apps on one server, away; repair
+    with ejection chains for every app without an option (the dropped ones last); keep the
+    result when the total score rises. Pairs only on small instances (quadratic)."""
     empty = c.starts[1:] == c.starts[:-1]
-    tries = 0
-    for b in np.argsort(np.where(choice >= 0, c.score[np.maximum(choice, 0)], np.inf)):
-        b = int(b)
-        if choice[b] < 0 or tries >= budget:
-            return
+    nonempty = np.flatnonzero(~empty)
+    best = np.zeros(len(choice))
+    dense = np.zeros(len(choice))
+    if len(nonempty):
+        # Per app: its best score, and the best score per MB of memory among its options.
+        best[nonempty] = np.maximum.reduceat(c.score, c.starts[nonempty])
+        per_mb = c.score / np.maximum(c.mem, 1e-9)
+        dense[nonempty] = np.maximum.reduceat(per_mb, c.starts[nonempty])
+
+    def attempt(drop: tuple[int, ...], key: FArr) -> bool:
         lacking = np.flatnonzero((choice < 0) & ~empty)
         if len(lacking) == 0:
-            return
-        tries += 1
+            return False
         saved = choice.copy()
         before = float(c.score[saved[saved >= 0]].sum())
-        st.remove(int(choice[b]))
-        choice[b] = -1
-        _eject(c, st, choice, np.append(lacking, b), 400, depth)
+        for b in drop:
+            st.remove(int(choice[b]))
+            choice[b] = -1
+        lacking = lacking[np.argsort(-key[lacking], kind="stable")]
+        _eject(c, st, choice, np.append(lacking, drop), 2000, depth, per_app=150)
         after = float(c.score[choice[choice >= 0]].sum())
-        if after <= before + 1e-9:
-            for j in choice[choice >= 0]:
-                st.remove(int(j))
-            choice[:] = saved
-            for j in choice[choice >= 0]:
-                st.add(int(j))
+        if after > before + 1e-9:
+            return True
+        for j in choice[choice >= 0]:
+            st.remove(int(j))
+        choice[:] = saved
+        for j in choice[choice >= 0]:
+            st.add(int(j))
+        return False
+
+    def attempts(drop: tuple[int, ...]) -> None:
+        # Repair in knapsack order (score per MB) first, then by score.
+        if not attempt(drop, dense):
+            attempt(drop, best)
+
+    by_score = np.argsort(np.where(choice >= 0, c.score[np.maximum(choice, 0)], np.inf))
+    tries = 0
+    for b in (int(x) for x in by_score):
+        if choice[b] >= 0 and tries < budget:
+            tries += 1
+            attempts((b,))
+    if len(choice) > 16:
+        return
+    for b1 in range(len(choice)):
+        for b2 in range(b1 + 1, len(choice)):
+            if tries >= budget:
+                return
+            j1, j2 = int(choice[b1]), int(choice[b2])
+            if j1 >= 0 and j2 >= 0 and c.srv[j1] == c.srv[j2]:
+                tries += 1
+                attempts((b1, b2))
 
 
-def _polish(c: Cands, st: _State, choice: IArr, order: IArr, eject_budget: int) -> None:
-    """Single moves, then ejection chains for the apps furthest below their best, then
-    single moves again."""
+def _polish(c: Cands, st: _State, choice: IArr, order: IArr, big: FArr, budget: int) -> None:
+    """Single moves; then ejection chains and destroy-repair. Small instances search every app
+    below its best option; larger ones only apps without an option or missing a preference
+    bonus (a shortfall above ``big``), where the search pays for itself."""
     _improve(c, st, choice, order)
-    if eject_budget <= 0:
+    if budget <= 0:
         return
     nonempty = np.flatnonzero(c.starts[1:] > c.starts[:-1])
     best = np.zeros(len(choice))
     if len(nonempty):
         best[nonempty] = np.maximum.reduceat(c.score, c.starts[nonempty])
     cur = np.where(choice >= 0, c.score[np.maximum(choice, 0)], 0.0)
-    short = np.flatnonzero(best - cur > 1e-9)
-    if len(short):
-        depth = 2 if len(choice) <= 200 else 1
-        worst_first = short[np.argsort(-(best - cur)[short], kind="stable")]
-        _eject(c, st, choice, worst_first, eject_budget, depth)
+    small = len(choice) <= 50
+    short = best - cur > (1e-9 if small else big)
+    short &= c.starts[1:] > c.starts[:-1]
+    if not short.any():
+        return
+    todo = np.flatnonzero(short)
+    depth = 2 if small else 1
+    worst_first = todo[np.argsort(-(best - cur)[todo], kind="stable")]
+    _eject(c, st, choice, worst_first, budget, depth, per_app=max(200, budget // len(todo)))
+    _improve(c, st, choice, order)
+    if small:
+        _drop_refill(c, st, choice, budget // 200, depth)
         _improve(c, st, choice, order)
-        if len(choice) <= 200:
-            _drop_refill(c, st, choice, eject_budget // 200, depth)
-            _improve(c, st, choice, order)
 
 
 def _restricted(ix: Index, c: Cands, server_score: FArr, k: int, seed: int) -> IArr:
@@ -328,15 +377,26 @@ def _run_stage(
     build_s: float,
 ) -> _Outcome:
     order = np.lexsort((-ix.app_w, ~ix.app_crit)).astype(np.int64)  # critical, then heavy
+    k = ix.problem.knobs
+    big = 0.5 * min(k.placement_bonus, k.critical_bonus) * ix.app_w
     if len(c) == 0 or method == "greedy":
         choice = greedy(new_state())
         score, value = _picked_score(c, choice)
         total = time.perf_counter() - t_start
+        exact = len(c) == 0 and method != "greedy"  # nothing to place: 0 is optimal
         return _Outcome(
             choice,
             StageReport(
-                stage, method, value, None, None, "greedy", build_s=build_s, round_s=total - build_s,
-                total_s=total, candidates=len(c),
+                stage,
+                method,
+                value,
+                0.0 if exact else None,
+                0.0 if exact else None,
+                "empty" if len(c) == 0 else "greedy",
+                build_s=build_s,
+                round_s=total - build_s,
+                total_s=total,
+                candidates=len(c),
             ),
         )
     if method == "milp":
@@ -352,21 +412,33 @@ def _run_stage(
         return _Outcome(
             choice,
             StageReport(
-                stage, method, value, bound, 0.0 if exact else None, "milp",
-                build_s=build_s + rel.build_s, solve_s=rel.solve_s,
-                round_s=time.perf_counter() - t_r, total_s=total, candidates=len(c),
-                columns=rel.columns, rows=rel.rows, status=rel.status,
+                stage,
+                method,
+                value,
+                bound,
+                0.0 if exact else None,
+                "milp",
+                build_s=build_s + rel.build_s,
+                solve_s=rel.solve_s,
+                round_s=time.perf_counter() - t_r,
+                total_s=total,
+                candidates=len(c),
+                columns=rel.columns,
+                rows=rel.rows,
+                status=rel.status,
+                score=score,
+                score_bound=rel.bound if exact else None,
+                score_gap=0.0 if exact else None,
             ),
         )
     # LP relaxation + rounding, against the greedy plan (improved) as incumbent.
-    order_g = order
     g_choice: IArr | None = None
     g_score = g_value = -np.inf
     if opts.incumbent:
         gst = new_state()
         g_choice = greedy(gst)
         if opts.improve:
-            _polish(c, gst, g_choice, order_g, opts.eject_budget)
+            _polish(c, gst, g_choice, order, big, opts.eject_budget)
         g_score, g_value = _picked_score(c, g_choice)
     if len(c) <= opts.full_lp_max_columns:
         J0 = np.arange(len(c))
@@ -382,13 +454,27 @@ def _run_stage(
     st = new_state()
     choice = _round(c, rel.x, st, order)
     if opts.improve:
-        _polish(c, st, choice, order, opts.eject_budget)
+        _polish(c, st, choice, order, big, opts.eject_budget)
     picked = "lp-rounded"
     score, value = _picked_score(c, choice)
     if g_choice is not None and g_score > score + 1e-9:
         choice, score, value, picked = g_choice, g_score, g_value, "greedy-incumbent"
+    if opts.improve and ix.A <= 16:
+        # Tiny instances are knapsacks where one app decides the score: a few random-order
+        # restarts of fill + local search are cheap there and catch most packings it misses.
+        rng = np.random.default_rng(opts.seed)
+        for _ in range(opts.restarts):
+            rst = new_state()
+            perm = rng.permutation(ix.A).astype(np.int64)
+            alt = np.full(ix.A, -1, dtype=np.int64)
+            _fill(c, rst, alt, perm)
+            _polish(c, rst, alt, perm, big, opts.eject_budget // 20)
+            a_score, a_value = _picked_score(c, alt)
+            if a_score > score + 1e-9:
+                choice, score, value, picked = alt, a_score, a_value, "restart"
     bound = rel.bound - (score - value)
     gap = (bound - value) / abs(bound) if abs(bound) > 1e-12 else 0.0
+    score_gap = (rel.bound - score) / abs(rel.bound) if abs(rel.bound) > 1e-12 else 0.0
     total = time.perf_counter() - t_start
     return _Outcome(
         choice,
@@ -397,7 +483,7 @@ def _run_stage(
             build_s=build_s + rel.build_s, solve_s=rel.solve_s,
             round_s=time.perf_counter() - t_r, total_s=total, candidates=len(c),
             columns=rel.columns, rows=rel.rows, lp_value=rel.lp_value, pricing_rounds=rel.rounds,
-            status=rel.status,
+            status=rel.status, score=score, score_bound=rel.bound, score_gap=score_gap,
         ),
     )  # fmt: skip
 
