@@ -52,23 +52,41 @@ METRICS = ("detection_ms", "decision_ms", "loading_ms", "reconfiguration_ms", "m
 
 
 def _config(path: Path, endpoint: Any, models_dir: Path, critical: bool, mesh: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "mesh": mesh,
-        "catalog": str(packaged_config("catalog.yaml")),
-        "models_dir": str(models_dir),
-        "broker": {"host": endpoint.host, "port": endpoint.port, "keepalive_s": 2},
-        # a2 (no frames sent) shares the spare with a1, so a non-critical a1 gets a cold
-        # backup there: one spare cannot hold two warm models.
-        "sensors": [{"id": "cam1", "fps": 30}, {"id": "cam2", "fps": 5}],
-        "apps": [{"id": "a1", "sensor": "cam1", "family": "efficientnet_lite",
-                  "critical": critical, "slo_ms": 500},
-                 {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"}],
-        "workers": [{"id": w, "memory_mb": 100, "failure_domain": f"rack-{w}",
-                     "heartbeat_interval_s": 0.1, "queue_size": 1,
-                     "backend": {"type": "onnxruntime", "intra_op_threads": 1}}
-                    for w in ("w1", "w2", "w3")],
-        "coordinator": {"type": "planner", "startup_wait_s": 10},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "mesh": mesh,
+                "catalog": str(packaged_config("catalog.yaml")),
+                "models_dir": str(models_dir),
+                "broker": {"host": endpoint.host, "port": endpoint.port, "keepalive_s": 2},
+                # a2 (no frames sent) shares the spare with a1, so a non-critical a1 gets a cold
+                # backup there: one spare cannot hold two warm models.
+                "sensors": [{"id": "cam1", "fps": 30}, {"id": "cam2", "fps": 5}],
+                "apps": [
+                    {
+                        "id": "a1",
+                        "sensor": "cam1",
+                        "family": "efficientnet_lite",
+                        "critical": critical,
+                        "slo_ms": 500,
+                    },
+                    {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"},
+                ],
+                "workers": [
+                    {
+                        "id": w,
+                        "memory_mb": 100,
+                        "failure_domain": f"rack-{w}",
+                        "heartbeat_interval_s": 0.1,
+                        "queue_size": 1,
+                        "backend": {"type": "onnxruntime", "intra_op_threads": 1},
+                    }
+                    for w in ("w1", "w2", "w3")
+                ],
+                "coordinator": {"type": "planner", "startup_wait_s": 10},
+            }
+        )
+    )
     return path
 
 
@@ -81,16 +99,16 @@ class Mesh:
         self.n = 0
         for w in ("w1", "w2", "w3"):
             self.start_worker(w)
-        self.group.start("coord", "coordinator",
-                         faillite_cmd("coordinator", "--config", str(path)))
+        self.group.start("coord", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
         self.pump = FramePump(self.col, self.topics.sensor_frames("cam1"), fps=30)
         self.pump.__enter__()
 
     def start_worker(self, w: str) -> str:
         self.n += 1
         name = f"{w}-{self.n}"
-        self.group.start(name, "worker", faillite_cmd("worker", "--id", w, "--config",
-                                                      str(self.path)))
+        self.group.start(
+            name, "worker", faillite_cmd("worker", "--id", w, "--config", str(self.path))
+        )
         return name
 
     def proc_of(self, w: str) -> Any:
@@ -103,8 +121,11 @@ class Mesh:
         self.group.stop_all()
 
     def events(self, kind: str, since: float) -> list[messages.Event]:
-        return [e for e in self.col.messages(self.topics.events, messages.Event, since=since)
-                if e.kind == kind]
+        return [
+            e
+            for e in self.col.messages(self.topics.events, messages.Event, since=since)
+            if e.kind == kind
+        ]
 
     def protected(self, kind: str) -> tuple[messages.PlacementEntry, messages.PlacementEntry]:
         col, t = self.col, self.topics
@@ -121,8 +142,9 @@ class Mesh:
             hbs = col.messages(t.worker_heartbeat(back[0].worker), messages.Heartbeat)
             if kind == "warm" and not (hbs and back[0].variant in hbs[-1].loaded):
                 return None
-            recent = col.messages(t.app_results("a1"), messages.Result,
-                                  since=time.monotonic() - 0.5)
+            recent = col.messages(
+                t.app_results("a1"), messages.Result, since=time.monotonic() - 0.5
+            )
             if not any(r.worker == prim[0].worker for r in recent):
                 return None
             return prim[0], back[0]
@@ -153,18 +175,33 @@ def run_rep(mesh: Mesh, scenario: str) -> dict[str, float]:
     got = col.wait_for(first_from_backup, 30, "first result from the backup")
     recv_mono = got[0][0]
     mttr_ms = (recv_mono - since) * 1000
-    det = col.wait_for(lambda: [e for e in mesh.events("failure_detected", since)
-                                if e.worker == primary.worker], 10, "detection event")[0]
-    fo = col.wait_for(lambda: [e for e in mesh.events("failover", since)
-                               if e.worker == primary.worker], 10, "failover event")[0]
+    det = col.wait_for(
+        lambda: [e for e in mesh.events("failure_detected", since) if e.worker == primary.worker],
+        10,
+        "detection event",
+    )[0]
+    fo = col.wait_for(
+        lambda: [e for e in mesh.events("failover", since) if e.worker == primary.worker],
+        10,
+        "failover event",
+    )[0]
     gen = fo.detail["generation"]
-    applied = col.wait_for(lambda: [e for e in mesh.events("assignment_applied", since)
-                                    if e.worker == backup.worker
-                                    and e.detail["generation"] >= gen], 10, "applied")[0]
+    applied = col.wait_for(
+        lambda: [
+            e
+            for e in mesh.events("assignment_applied", since)
+            if e.worker == backup.worker and e.detail["generation"] >= gen
+        ],
+        10,
+        "applied",
+    )[0]
     loads = [e for e in mesh.events("model_loaded", since) if e.worker == backup.worker]
     first_variant = fo.detail["recoveries"]["a1"]["variant"]
-    load_ms = sum(e.detail["load_ms"] for e in loads if e.detail["variant"] == first_variant
-                  and e.ts <= applied.ts + 0.001)
+    load_ms = sum(
+        e.detail["load_ms"]
+        for e in loads
+        if e.detail["variant"] == first_variant and e.ts <= applied.ts + 0.001
+    )
     out = {
         "detection_ms": (det.ts - t_fail) * 1000,
         "decision_ms": float(fo.detail["decision_ms"]),
@@ -174,8 +211,10 @@ def run_rep(mesh: Mesh, scenario: str) -> dict[str, float]:
         "cause": det.detail["cause"],  # type: ignore[dict-item]
         # Where the time went after the backup applied its assignment.
         "result_after_apply_ms": (got[0][1].ts - applied.ts) * 1000,
-        "first_result_ms": {k: getattr(got[0][1].latency, k) for k in (
-            "queue_ms", "decode_ms", "preprocess_ms", "inference_ms")},
+        "first_result_ms": {
+            k: getattr(got[0][1].latency, k)
+            for k in ("queue_ms", "decode_ms", "preprocess_ms", "inference_ms")
+        },
         "failover_after_detection_ms": (fo.ts - det.ts) * 1000,
     }
     # Put the failed worker back (a fresh incarnation) and let the mesh re-protect a1.
@@ -208,30 +247,45 @@ def main() -> int:
             with BrokerLauncher(work / key.replace("/", "-")) as launcher:
                 endpoint = launcher.start(kind, mesh="bench")
                 mesh_id = f"fo{kind[:3]}{scenario.replace('-', '')}"[:32]
-                path = _config(work / f"{mesh_id}.yaml", endpoint, models_dir,
-                               critical=scenario.startswith("warm"), mesh=mesh_id)
+                path = _config(
+                    work / f"{mesh_id}.yaml",
+                    endpoint,
+                    models_dir,
+                    critical=scenario.startswith("warm"),
+                    mesh=mesh_id,
+                )
                 mesh = Mesh(load_mesh_config(path), path, work / f"{mesh_id}-logs")
                 reps: list[dict[str, float]] = []
                 try:
                     for i in range(args.reps):
                         reps.append(run_rep(mesh, scenario))
                         r = reps[-1]
-                        print(f"  {key} rep {i + 1}/{args.reps}: detection "
-                              f"{r['detection_ms']:.0f} ms, MTTR {r['mttr_ms']:.0f} ms "
-                              f"({r['cause']})", flush=True)
+                        print(
+                            f"  {key} rep {i + 1}/{args.reps}: detection "
+                            f"{r['detection_ms']:.0f} ms, MTTR {r['mttr_ms']:.0f} ms "
+                            f"({r['cause']})",
+                            flush=True,
+                        )
                 finally:
                     mesh.close()
             summary = {}
             for m in METRICS:
                 p = percentiles([r[m] for r in reps])
-                summary[m] = {"p50": round(p.p50, 2), "p99": round(p.p99, 2),
-                              "mean": round(p.mean, 2)}
+                summary[m] = {
+                    "p50": round(p.p50, 2),
+                    "p99": round(p.p99, 2),
+                    "mean": round(p.mean, 2),
+                }
             results[key] = {"summary": summary, "reps": reps}
     print(f"\n{'broker/scenario':<24}" + "".join(f"{m[:-3]:>22}" for m in METRICS))
     print(" " * 24 + "".join(f"{'p50 / p99 ms':>22}" for _ in METRICS))
     for key, r in results.items():
-        print(f"{key:<24}" + "".join(
-            f"{r['summary'][m]['p50']:>12.1f} / {r['summary'][m]['p99']:<7.1f}" for m in METRICS))
+        print(
+            f"{key:<24}"
+            + "".join(
+                f"{r['summary'][m]['p50']:>12.1f} / {r['summary'][m]['p99']:<7.1f}" for m in METRICS
+            )
+        )
     checks = []
     for key, r in results.items():
         s = r["summary"]

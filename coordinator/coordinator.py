@@ -233,7 +233,10 @@ class Coordinator:
                 term=term,
                 generation=gen,
                 ts=now,
-                serve=wp.serve, warm=wp.warm, disk=wp.disk, standby=wp.standby,
+                serve=wp.serve,
+                warm=wp.warm,
+                disk=wp.disk,
+                standby=wp.standby,
             )
             self.client.publish(
                 self.topics.worker_assignment(worker), messages.encode(a), qos=1, retain=True

@@ -68,8 +68,9 @@ class Membership:
             return self.default_cfg
         return DetectorConfig.for_interval(st.heartbeat_interval_s or 0.1)
 
-    def _transition(self, kind: TransitionKind, m: Member, cause: str, now: float,
-                    silence_s: float = 0.0) -> Transition:
+    def _transition(
+        self, kind: TransitionKind, m: Member, cause: str, now: float, silence_s: float = 0.0
+    ) -> Transition:
         m.history.append(f"{kind}:{cause}")
         return Transition(kind, m.worker, m.incarnation, cause, now, time.time(), silence_s)
 
@@ -85,15 +86,21 @@ class Membership:
                         return self._recover(cur, "reconnected", now)
                     return None
                 cfg = self._cfg_for(st)
-                m = Member(st.worker, st.incarnation, st, SilenceDetector(cfg),
-                           ProgressDetector(cfg))
+                m = Member(
+                    st.worker, st.incarnation, st, SilenceDetector(cfg), ProgressDetector(cfg)
+                )
                 m.silence.heartbeat(now)  # the birth counts as a sign of life
                 self.members[st.worker] = m
                 return self._transition("joined", m, "restart" if cur else "birth", now)
             if cur is None or cur.incarnation != st.incarnation:
                 # The last-will of an incarnation that is already replaced: never fatal.
-                stale = Member(st.worker, st.incarnation, st, SilenceDetector(self._cfg_for(st)),
-                               ProgressDetector(self._cfg_for(st)))
+                stale = Member(
+                    st.worker,
+                    st.incarnation,
+                    st,
+                    SilenceDetector(self._cfg_for(st)),
+                    ProgressDetector(self._cfg_for(st)),
+                )
                 return self._transition("stale", stale, st.reason or "offline", now)
             if cur.state == "failed":
                 if st.reason == "graceful":

@@ -16,8 +16,9 @@ from faillite.coordinator.detectors import (
 CFG = DetectorConfig.for_interval(0.1)
 
 
-def _feed(det: SilenceDetector, n: int, interval: float, jitter: float = 0.0,
-           seed: int = 0) -> float:
+def _feed(
+    det: SilenceDetector, n: int, interval: float, jitter: float = 0.0, seed: int = 0
+) -> float:
     rng = random.Random(seed)
     t = 0.0
     for _ in range(n):
@@ -97,11 +98,14 @@ def test_stall_needs_waiting_frames_and_no_progress() -> None:
     assert not det.stalled(t + 0.1)
 
 
-@pytest.mark.parametrize(("latencies", "violated"), [
-    ([150] * 60, False),
-    ([250] * 60, True),
-    ([250] * 30 + [150] + [250] * 29, False),  # one good sample resets the clock
-])
+@pytest.mark.parametrize(
+    ("latencies", "violated"),
+    [
+        ([150] * 60, False),
+        ([250] * 60, True),
+        ([250] * 30 + [150] + [250] * 29, False),  # one good sample resets the clock
+    ],
+)
 def test_slo_violation_must_be_sustained(latencies: list[float], violated: bool) -> None:
     det = SloDetector(slo_ms=200, sustain_s=5.0)
     t = 0.0

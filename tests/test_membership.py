@@ -10,15 +10,27 @@ CFG = DetectorConfig.for_interval(0.1)
 
 
 def _status(inc: str, state: str = "online", reason: str = "") -> messages.WorkerStatus:
-    return messages.WorkerStatus(worker="w1", incarnation=inc, state=state,  # type: ignore[arg-type]
-                                 ts=0.0, reason=reason)
+    return messages.WorkerStatus(
+        worker="w1",
+        incarnation=inc,
+        state=state,  # type: ignore[arg-type]
+        ts=0.0,
+        reason=reason,
+    )
 
 
-def _hb(inc: str, seq: int, processed: int = 0, received: int = 0,
-        depth: int = 0) -> messages.Heartbeat:
-    return messages.Heartbeat(worker="w1", incarnation=inc, seq=seq, ts=0.0,
-                              frames_received=received, frames_processed=processed,
-                              queue_depth=depth)
+def _hb(
+    inc: str, seq: int, processed: int = 0, received: int = 0, depth: int = 0
+) -> messages.Heartbeat:
+    return messages.Heartbeat(
+        worker="w1",
+        incarnation=inc,
+        seq=seq,
+        ts=0.0,
+        frames_received=received,
+        frames_processed=processed,
+        queue_depth=depth,
+    )
 
 
 def test_old_incarnation_last_will_never_kills_the_new_one() -> None:

@@ -335,9 +335,7 @@ class Worker:
             if now - frame.received_ns < HELD_FRAME_MAX_AGE_NS:
                 self.queues.put(frame)
 
-    def _set_serving(
-        self, table: dict[str, Serving], standby: tuple[messages.Serve, ...]
-    ) -> None:
+    def _set_serving(self, table: dict[str, Serving], standby: tuple[messages.Serve, ...]) -> None:
         by_sensor: dict[str, list[str]] = {}
         for s in table.values():
             by_sensor.setdefault(s.sensor, []).append(s.app)
