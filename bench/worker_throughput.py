@@ -318,7 +318,11 @@ def main() -> int:
         for name, ok in checks:
             print(f"  [{'ok' if ok else 'MISSED'}] {name}")
     if args.json:
-        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(
+            orjson.dumps(
+                figures, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=float
+            )
+        )
     return 0
 
 
