@@ -99,6 +99,21 @@ def _role(p: messages.Placement, app: str, role: str) -> messages.PlacementEntry
     return next(e for e in p.entries if e.app == app and e.role == role)
 
 
+def _serving(
+    running: dict[str, Any], backup_role: str
+) -> tuple[Collector, Topics, ProcessGroup, messages.PlacementEntry, messages.PlacementEntry]:
+    """Wait until a1 is placed with a backup of ``backup_role`` and served by its primary."""
+    col, t, group = running["col"], running["t"], running["group"]
+    p = _placement(col, t)
+    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", backup_role)
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
+        60,
+        "a1 served by its primary",
+    )
+    return col, t, group, primary, backup
+
+
 def _results(col: Collector, t: Topics, app: str, since: float = 0.0) -> list[messages.Result]:
     return col.messages(t.app_results(app), messages.Result, since=since)
 
@@ -152,14 +167,7 @@ def test_kill_primary_warm_backup_takes_over(running: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("running", [{"critical": False}], indirect=True, ids=["noncritical"])
 def test_cold_backup_serves_small_variant_then_upgrades(running: dict[str, Any]) -> None:
-    col, t, group = running["col"], running["t"], running["group"]
-    p = _placement(col, t)
-    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "cold")
-    col.wait_for(
-        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-        60,
-        "a1 served by its primary",
-    )
+    col, t, group, primary, backup = _serving(running, "cold")
     killed = time.monotonic()
     group.stop(primary.worker, signal.SIGKILL)
     ev = col.wait_for(lambda: _events(col, t, "failover"), 30, "failover event")[-1]
@@ -189,14 +197,7 @@ def test_cold_backup_serves_small_variant_then_upgrades(running: dict[str, Any])
 
 
 def test_sigstop_detected_by_heartbeats_and_fenced_worker_stops(running: dict[str, Any]) -> None:
-    col, t, group = running["col"], running["t"], running["group"]
-    p = _placement(col, t)
-    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
-    col.wait_for(
-        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-        60,
-        "a1 served by its primary",
-    )
+    col, t, group, primary, backup = _serving(running, "warm")
     proc = next(c for c in group.children if c.name == primary.worker).proc
     stopped = time.monotonic()
     proc.send_signal(signal.SIGSTOP)
@@ -300,14 +301,7 @@ def test_restarted_worker_not_taken_down_by_old_last_will(running: dict[str, Any
 
 def test_stalled_inference_with_live_heartbeats_is_a_failure(running: dict[str, Any]) -> None:
     """Gray failure: the inference thread hangs, heartbeats go on, frames pile up."""
-    col, t, group = running["col"], running["t"], running["group"]
-    p = _placement(col, t)
-    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
-    col.wait_for(
-        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-        60,
-        "a1 served by its primary",
-    )
+    col, t, group, primary, backup = _serving(running, "warm")
     proc = next(c for c in group.children if c.name == primary.worker).proc
     hung = time.monotonic()
     proc.send_signal(signal.SIGUSR1)
@@ -331,14 +325,7 @@ SLOW = tuple({**w, "memory_mb": 300} for w in WORKERS)
 
 @pytest.mark.parametrize("running", [{"workers": SLOW}], indirect=True, ids=["roomy"])
 def test_sustained_slo_violation_downsizes_instead_of_failing_over(running: dict[str, Any]) -> None:
-    col, t, group = running["col"], running["t"], running["group"]
-    p = _placement(col, t)
-    primary = _role(p, "a1", "primary")
-    col.wait_for(
-        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-        60,
-        "a1 served by its primary",
-    )
+    col, t, group, primary, _backup = _serving(running, "warm")
     proc = next(c for c in group.children if c.name == primary.worker).proc
     proc.send_signal(signal.SIGUSR2)  # 0.5 s per frame: far over the 200 ms SLO
     ev = col.wait_for(lambda: _events(col, t, "slo_violation"), 30, "slo violation")[0]
@@ -394,14 +381,7 @@ FOUR = (*WORKERS, {"id": "w4", "memory_mb": 100, "failure_domain": "rack-w4"})
 
 @pytest.mark.parametrize("running", [{"workers": FOUR}], indirect=True, ids=["four"])
 def test_second_failure_during_recovery(running: dict[str, Any]) -> None:
-    col, t, group = running["col"], running["t"], running["group"]
-    p = _placement(col, t)
-    primary, backup = _role(p, "a1", "primary"), _role(p, "a1", "warm")
-    col.wait_for(
-        lambda: [r for r in _results(col, t, "a1") if r.worker == primary.worker],
-        60,
-        "a1 served by its primary",
-    )
+    col, t, group, primary, backup = _serving(running, "warm")
     group.stop(primary.worker, signal.SIGKILL)
     col.wait_for(
         lambda: [e for e in _events(col, t, "failover") if e.worker == primary.worker],
