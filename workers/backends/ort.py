@@ -52,7 +52,7 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime
         except ImportError as exc:
             raise BackendUnavailableError(
-                "onnxruntime is not installed: pip install 'faillite' (CPU) or 'faillite[gpu]'"
+                "onnxruntime is not installed: pip install 'faillite[cpu]' or 'faillite[gpu]'"
             ) from exc
         self._ort = onnxruntime
         self.cfg = cfg or OnnxRuntimeBackendConfig()
