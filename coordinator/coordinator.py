@@ -11,6 +11,7 @@ import abc
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 import paho.mqtt.client as paho
 
@@ -250,6 +251,7 @@ class Coordinator:
                     term=term,
                     generation=gen,
                     since=now,
+                    state=self._route_state(s.app, worker, s.variant),
                 )
                 self.client.publish(
                     self.topics.app_route(s.app), messages.encode(r), qos=1, retain=True
@@ -265,6 +267,10 @@ class Coordinator:
             solver=plan.solver,
         )
         self.client.publish(self.topics.placement, messages.encode(placement), qos=1, retain=True)
+
+    def _route_state(self, app: str, worker: str, variant: str) -> Literal["serving", "degraded"]:
+        """Static plans are served as planned."""
+        return "serving"
 
     def _republish(self) -> None:
         # Brokers can lose retained state on restart: after every reconnect, publish it again.

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 
@@ -246,7 +246,8 @@ class MeshCoordinator(Coordinator):
         log.info("published", reason=reason, generation=self.generation)
         return self.generation
 
-    def _route_state(self, app: str, worker: str, variant: str) -> str:
+    def _route_state(self, app: str, worker: str, variant: str) -> Literal["serving", "degraded"]:
+        """Degraded: served by a backup or a smaller variant than the plan's primary."""
         p = self.state.placement
         planned = p.primary.get(app) if p else None
         if planned is None or planned != Assign(worker, variant):

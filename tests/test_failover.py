@@ -163,6 +163,19 @@ def test_kill_primary_warm_backup_takes_over(running: dict[str, Any]) -> None:
         "route moved",
     )[-1]
     assert route.generation >= ev.detail["generation"]
+    moved = [
+        r for r in col.messages(t.app_route("a1"), messages.Route) if r.worker == backup.worker
+    ]
+    assert moved[0].state == "degraded"  # on its backup until the re-plan makes it the primary
+    col.wait_for(
+        lambda: [
+            r
+            for r in col.messages(t.app_route("a1"), messages.Route)
+            if r.worker == backup.worker and r.state == "serving"
+        ],
+        10,
+        "re-plan adopts the backup as primary",
+    )
 
 
 @pytest.mark.parametrize("running", [{"critical": False}], indirect=True, ids=["noncritical"])
