@@ -101,12 +101,15 @@ def test_publishes_enveloped_jpegs_at_rate_with_status(broker: Any) -> None:
     with col._cond:
         raw = [p for _t, tp, p in col._msgs if tp == t.sensor_frames("cam1")]
     frames = [envelope.unpack(p, max_bytes=1 << 22) for p in raw]
-    assert 20 <= len(frames) <= 32, len(frames)  # 1.5 s at 20 fps
+    # 1.5 s at 20 fps: every slot of the schedule is either sent or counted as dropped (a
+    # loaded machine drops some), and every frame sent arrives before the graceful offline.
+    assert 28 <= pub.sent + pub.dropped <= 32, (pub.sent, pub.dropped)
+    assert len(frames) == pub.sent >= 10
     seqs = [f.seq for f in frames]
     assert seqs == sorted(seqs)
     img = envelope.decode_image(frames[-1])
     assert img.shape == (240, 320, 3)
-    assert pub.sent == len(seqs) or broker.kind == "amqtt"  # amqtt may lag delivery
+    assert len(set(seqs)) == len(seqs)
     col.stop()
 
 
