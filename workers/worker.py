@@ -75,6 +75,7 @@ class Worker:
         # Warm-backup apps: their latest frame is held, so a promotion serves it at once.
         self._standby_by_sensor: dict[str, tuple[str, ...]] = {}
         self._held: dict[str, QueuedFrame] = {}
+        self._infer_lock = threading.Lock()
         self._standby: tuple[messages.Serve, ...] = ()
         self._subscribed: set[str] = set()
         self.assignment: messages.Assignment | None = None
@@ -323,8 +324,10 @@ class Worker:
         needed = {s.variant for s in table.values()} | set(a.warm)
         for variant in [v for v in self.loaded if v not in needed]:
             remaining = dict(self.loaded)
-            remaining.pop(variant).close()
+            model = remaining.pop(variant)
             self.loaded = remaining
+            with self._infer_lock:  # waits for a frame still running on it, at most one
+                model.close()
             log.info("model_unloaded", variant=variant)
             self._event("model_unloaded", variant=variant)
 
@@ -369,21 +372,27 @@ class Worker:
             item = self.queues.get(timeout=0.1)
             if item is None:
                 continue
-            st = self._serving.get(item.app)
-            if st is None:
-                continue  # revoked while queued
             while self.fault_hang.is_set() and not self._stop.is_set():
                 self.busy = True
                 self._stop.wait(0.05)
             if self.fault_slow_s:
                 self._stop.wait(self.fault_slow_s)
-            self.busy = True
-            try:
-                self._serve_one(item, st, labels, max_bytes)
-            except BackendError as exc:
-                self.bad.count("inference_failed", str(exc), app=item.app, variant=st.variant)
-            finally:
-                self.busy = False
+            # The serving table is read under the lock that unloading takes, so a model is
+            # never closed under a frame that is still using it.
+            with self._infer_lock:
+                st = self._serving.get(item.app)
+                if st is None:
+                    continue  # revoked while queued
+                self.busy = True
+                try:
+                    self._serve_one(item, st, labels, max_bytes)
+                except BackendError as exc:
+                    self.bad.count("inference_failed", str(exc), app=item.app, variant=st.variant)
+                except Exception as exc:  # one bad frame must never kill the inference thread
+                    log.exception("inference_error", app=item.app, variant=st.variant)
+                    self.bad.count("inference_error", repr(exc), app=item.app)
+                finally:
+                    self.busy = False
 
     def _serve_one(
         self, item: QueuedFrame, st: Serving, labels: tuple[str, ...], max_bytes: int
