@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,15 +59,23 @@ class Member:
 
 
 class Membership:
-    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+    """``cfg``: one detector config for every worker; or ``cfg_for``: a config per worker from
+    its own heartbeat interval (workers on WiFi beat slower than those on a LAN)."""
+
+    def __init__(
+        self,
+        cfg: DetectorConfig | None = None,
+        cfg_for: Callable[[float], DetectorConfig] = DetectorConfig.for_interval,
+    ) -> None:
         self.default_cfg = cfg
+        self.cfg_for = cfg_for
         self.members: dict[str, Member] = {}
         self._lock = threading.RLock()
 
     def _cfg_for(self, st: messages.WorkerStatus) -> DetectorConfig:
         if self.default_cfg is not None:
             return self.default_cfg
-        return DetectorConfig.for_interval(st.heartbeat_interval_s or 0.1)
+        return self.cfg_for(st.heartbeat_interval_s or 0.1)
 
     def _transition(
         self, kind: TransitionKind, m: Member, cause: str, now: float, silence_s: float = 0.0

@@ -107,22 +107,14 @@ class MeshCoordinator(Coordinator):
         super().__init__(mesh, catalog, _NoPlanner(), coordinator_id)
         c = mesh.coordinator
         self.ccfg = c
-        intervals = {w.id: w.heartbeat_interval_s for w in mesh.workers}
-        base = min(intervals.values()) if intervals else 0.1
-        self.detector_cfg = DetectorConfig(
-            heartbeat_interval_s=base,
-            phi_threshold=c.phi_threshold,
-            min_silence_s=c.min_silence_intervals * base,
-            max_silence_s=c.max_silence_intervals * base,
-            confirm_s=c.confirm_intervals * base,
-            stall_s=c.stall_s,
-            slo_sustain_s=c.slo_sustain_s,
-        )
+        base = min((w.heartbeat_interval_s for w in mesh.workers), default=0.1)
+        fastest = self._detector_cfg(base)
         self.knobs = Knobs(
             mttr_weight=c.mttr_weight,
-            detection_ms=(self.detector_cfg.min_silence_s + self.detector_cfg.confirm_s) * 1000,
+            detection_ms=(fastest.min_silence_s + fastest.confirm_s) * 1000,
         )
-        self.membership = Membership(None)
+        # Each worker is judged against its own heartbeat interval, with this config's knobs.
+        self.membership = Membership(cfg_for=self._detector_cfg)
         self.state = ControlState()
         self.slo: dict[str, SloDetector] = {
             a.id: SloDetector(a.slo_ms, c.slo_sustain_s) for a in mesh.apps
@@ -131,6 +123,18 @@ class MeshCoordinator(Coordinator):
         self._planning = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.client.subscribe(self.topics.filter(WORKER_HEARTBEAT), self._on_heartbeat, qos=0)
+
+    def _detector_cfg(self, interval_s: float) -> DetectorConfig:
+        c = self.ccfg
+        return DetectorConfig(
+            heartbeat_interval_s=interval_s,
+            phi_threshold=c.phi_threshold,
+            min_silence_s=c.min_silence_intervals * interval_s,
+            max_silence_s=c.max_silence_intervals * interval_s,
+            confirm_s=c.confirm_intervals * interval_s,
+            stall_s=c.stall_s,
+            slo_sustain_s=c.slo_sustain_s,
+        )
 
     # -- network thread --------------------------------------------------------------------
 

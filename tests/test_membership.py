@@ -105,3 +105,14 @@ def test_duplicate_and_foreign_heartbeats_ignored() -> None:
     member = m.get("w1")
     assert member is not None and member.last_heartbeat is not None
     assert member.last_heartbeat.seq == 5
+
+
+def test_detectors_follow_each_workers_interval_and_the_given_knobs() -> None:
+    m = Membership(cfg_for=lambda i: DetectorConfig.for_interval(i, phi_threshold=3.0))
+    st = messages.WorkerStatus(worker="w1", incarnation="a", state="online", ts=0.0,
+                               heartbeat_interval_s=0.5)
+    m.on_status(st, 0.0)
+    member = m.get("w1")
+    assert member is not None
+    assert member.silence.cfg.min_silence_s == 1.25  # 2.5 intervals of a WiFi worker
+    assert member.silence.cfg.phi_threshold == 3.0
