@@ -113,6 +113,10 @@ class Coordinator:
         self._stop = threading.Event()
         self._previous_term = threading.Event()
         self._seen_term = 0
+        # The last placement a previous term left retained: a successor keeps apps where they
+        # are instead of reshuffling a mesh that is serving fine.
+        self.inherited: messages.Placement | None = None
+        self.deposed = False
         will = Will(self.topics.coordinator_status, messages.encode(self._status("offline")))
         self.client = MeshClient(
             f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
@@ -125,6 +129,7 @@ class Coordinator:
         # Retained assignments carry the last term too (the coordinator's own status may have
         # been replaced by its last-will).
         self.client.subscribe(self.topics.filter(WORKER_ASSIGNMENT), self._on_assignment)
+        self.client.subscribe(self.topics.placement, self._on_placement)
         self.client.on_connect(self._republish)
 
     def _status(self, state: str) -> messages.CoordinatorStatus:
@@ -151,7 +156,28 @@ class Coordinator:
             return
         if st.incarnation != self.incarnation:
             self._seen_term = max(self._seen_term, st.term)
+            if self.term and st.state == "leader" and st.term > self.term:
+                # A successor took over (we were frozen or cut off): step down quietly. Workers
+                # already fence our assignments by term.
+                log.warning(
+                    "coordinator_deposed",
+                    term=self.term,
+                    successor=st.coordinator,
+                    successor_term=st.term,
+                )
+                self.deposed = True
+                self._stop.set()
+            elif self.term and not self.deposed and st.state != "leader" and st.term <= self.term:
+                # A predecessor's late last-will replaced our retained status: put it back.
+                self._republish()
         self._previous_term.set()
+
+    def _on_placement(self, msg: paho.MQTTMessage) -> None:
+        if not msg.payload:
+            return
+        p = self.bad.decode(messages.Placement, msg)
+        if p is not None and p.term != self.term:
+            self.inherited = p
 
     def _on_assignment(self, msg: paho.MQTTMessage) -> None:
         if not msg.payload:
@@ -217,6 +243,8 @@ class Coordinator:
         )
 
     def _publish_current(self) -> None:
+        if self.deposed:
+            return
         with self._lock:
             plan, term, gen = self.plan, self.term, self.generation
         self.client.publish(
@@ -286,6 +314,9 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.deposed:
+            self.client.stop()  # the retained status is the successor's now
+            return
         self.client.stop(
             final=lambda: self.client.publish(
                 self.topics.coordinator_status,

@@ -62,6 +62,11 @@ class SilenceDetector:
         self.last_arrival = now
         self._suspected_since = None
 
+    def restart(self, now: float) -> None:
+        """Start the silence over without learning from the gap (our own link was down)."""
+        self.last_arrival = now
+        self._suspected_since = None
+
     def phi(self, now: float) -> float:
         """-log10 of the probability that a heartbeat this late is still to come."""
         if self.last_arrival is None:
@@ -117,6 +122,10 @@ class ProgressDetector:
             self._since = now
         self._processed, self._received = processed, received
 
+    def restart(self) -> None:
+        self._processed = self._received = -1
+        self._since = None
+
     def stalled(self, now: float) -> bool:
         return self._since is not None and now - self._since >= self.cfg.stall_s
 
@@ -138,3 +147,7 @@ class SloDetector:
 
     def violated(self, now: float) -> bool:
         return self._since is not None and now - self._since >= self.sustain_s
+
+    def reset(self) -> None:
+        """After an action: judge only what comes next."""
+        self._since = None

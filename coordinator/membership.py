@@ -71,6 +71,21 @@ class Membership:
         self.cfg_for = cfg_for
         self.members: dict[str, Member] = {}
         self._lock = threading.RLock()
+        self._blind_until: float | None = None  # None: we see the mesh
+
+    def blind(self) -> None:
+        """Our own link to the broker is down: every silence is ours, judge nobody."""
+        with self._lock:
+            self._blind_until = float("inf")
+
+    def see(self, now: float, grace_s: float = 0.0) -> None:
+        """The link is back: silences start over, the gap is not held against anyone, and
+        workers get ``grace_s`` to reconnect too (after a broker restart they all do)."""
+        with self._lock:
+            self._blind_until = now + grace_s
+            for m in self.members.values():
+                m.silence.restart(now)
+                m.progress.restart()
 
     def _cfg_for(self, st: messages.WorkerStatus) -> DetectorConfig:
         if self.default_cfg is not None:
@@ -145,6 +160,10 @@ class Membership:
     def tick(self, now: float) -> list[Transition]:
         out: list[Transition] = []
         with self._lock:
+            if self._blind_until is not None:
+                if now < self._blind_until:
+                    return out
+                self._blind_until = None
             for m in self.members.values():
                 if m.state != "alive":
                     continue

@@ -34,6 +34,7 @@ from faillite.coordinator.detectors import DetectorConfig, SloDetector
 from faillite.coordinator.membership import Membership, Transition
 from faillite.coordinator.planner import (
     Assign,
+    Backup,
     FailoverPlan,
     FailoverTable,
     Knobs,
@@ -91,6 +92,8 @@ class ControlState:
     failback: Failback | None = None
     failed: set[str] = field(default_factory=set)
     downsized_at: dict[str, float] = field(default_factory=dict)
+    downsized_on: dict[str, str] = field(default_factory=dict)  # app -> worker it shrank on
+    gray: dict[str, float] = field(default_factory=dict)  # slow worker -> when it was failed
 
 
 class _NoPlanner(Planner):
@@ -123,6 +126,9 @@ class MeshCoordinator(Coordinator):
         self._planning = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.client.subscribe(self.topics.filter(WORKER_HEARTBEAT), self._on_heartbeat, qos=0)
+        # While our own link is down every worker looks silent: judge nobody until it is back.
+        self.client.on_disconnect(self.membership.blind)
+        self.client.on_connect(lambda: self.membership.see(time.monotonic(), c.reconnect_grace_s))
 
     def _detector_cfg(self, interval_s: float) -> DetectorConfig:
         c = self.ccfg
@@ -260,6 +266,8 @@ class MeshCoordinator(Coordinator):
 
     def _publish_current(self) -> None:
         super()._publish_current()
+        if self.deposed:
+            return
         # Apps nobody serves get an explicit route, so consumers see the outage.
         with self._lock:
             serving = set(self._effective())
@@ -286,9 +294,39 @@ class MeshCoordinator(Coordinator):
         want = self._known_workers()
         while time.monotonic() < deadline and self.membership.alive() != want:
             self._stop.wait(0.05)
-        self._replan("startup", sticky=False)
+        inh = self.inherited
+        if inh is None:
+            self._replan("startup", sticky=False)
+            return
+        # A successor (a standby taking over, a restart): keep what serves where it serves.
+        alive = self.membership.alive()
+        keep = {
+            e.app: Assign(e.worker, e.variant)
+            for e in inh.entries
+            if e.role == "primary" and e.worker in alive
+        }
+        keep_backups = {
+            e.app: Backup(e.worker, e.variant, e.role)
+            for e in inh.entries
+            if e.role != "primary" and e.worker in alive
+        }
+        self._event(
+            "coordinator_takeover",
+            term=self.term,
+            inherited_term=inh.term,
+            inherited_generation=inh.generation,
+            kept=sorted(keep),
+        )
+        self._replan("takeover", inherit=(keep, keep_backups))
 
-    def _replan(self, reason: str, *, sticky: bool = True, delay_s: float = 0.0) -> None:
+    def _replan(
+        self,
+        reason: str,
+        *,
+        sticky: bool = True,
+        delay_s: float = 0.0,
+        inherit: tuple[dict[str, Assign], dict[str, Backup]] | None = None,
+    ) -> None:
         """Plan on the alive workers in the background; the control thread applies it.
 
         After a failure the re-plan waits ``delay_s``: it must not compete for the CPU with
@@ -307,7 +345,9 @@ class MeshCoordinator(Coordinator):
                         self._control.put(("replanned", (None, None, alive, reason)))
                         return
                     kw: dict[str, Any] = {}
-                    if sticky and placement is not None:
+                    if inherit is not None:
+                        kw["sticky"], kw["sticky_backups"] = inherit
+                    elif sticky and placement is not None:
                         kw["sticky"] = {a: p for a, p in effective.items() if p.server in alive}
                         kw["sticky_backups"] = {
                             a: b
@@ -526,10 +566,16 @@ class MeshCoordinator(Coordinator):
     def _check_slo(self, now: float) -> None:
         s = self.state
         for app, det in self.slo.items():
-            if not det.violated(now) or now - s.downsized_at.get(app, -1e9) < 30.0:
+            if not det.violated(now):
                 continue
             current = self._effective().get(app)
             if current is None:
+                continue
+            if now - s.downsized_at.get(app, -1e9) < 30.0:
+                if s.downsized_on.get(app) == current.server:
+                    # Still over SLO on a smaller variant: the worker is slow, not the model.
+                    det.reset()
+                    self._gray_failure(app, current.server, now)
                 continue
             fam = self.catalog.family_of(current.variant)
             smaller = [
@@ -538,6 +584,8 @@ class MeshCoordinator(Coordinator):
                 if v.memory_mb < self.catalog.variant(current.variant).memory_mb
             ]
             s.downsized_at[app] = now
+            s.downsized_on[app] = current.server
+            det.reset()
             if not smaller:
                 self._event(
                     "slo_violation",
@@ -559,6 +607,39 @@ class MeshCoordinator(Coordinator):
                 to=to,
                 generation=gen,
             )
+
+    def _gray_failure(self, app: str, worker: str, now: float) -> None:
+        m = self.membership.get(worker)
+        if m is None or worker in self.state.failed:
+            return
+        self.state.gray[worker] = now
+        self._event(
+            "failure_detected",
+            worker=worker,
+            app=app,
+            cause="slo_gray",
+            worker_incarnation=m.incarnation,
+            silence_ms=0.0,
+        )
+        self._on_failure(Transition("failed", worker, m.incarnation, "slo_gray", now, time.time()))
+
+    def _advance_gray(self, now: float) -> None:
+        s = self.state
+        for worker, since in list(s.gray.items()):
+            if now - since < self.ccfg.gray_probation_s:
+                continue
+            del s.gray[worker]
+            m = self.membership.get(worker)
+            if m is None or m.state != "alive" or worker not in s.failed:
+                continue  # it failed for real meanwhile; membership brings it back
+            s.failed.discard(worker)
+            self._event(
+                "worker_recovered",
+                worker=worker,
+                cause="probation_over",
+                worker_incarnation=m.incarnation,
+            )
+            self._replan("recovered")
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -619,6 +700,7 @@ class MeshCoordinator(Coordinator):
                     self._advance_ladders(now)
                     self._advance_failback(now)
                     self._check_slo(now)
+                    self._advance_gray(now)
             except Exception:
                 log.exception("control_error", kind=kind)
 
@@ -648,10 +730,12 @@ class MeshCoordinator(Coordinator):
         return False
 
 
-def coordinator_for(mesh: MeshConfig, catalog: Catalog) -> Coordinator:
+def coordinator_for(
+    mesh: MeshConfig, catalog: Catalog, coordinator_id: str = "main"
+) -> Coordinator:
     """The coordinator the config asks for."""
     if mesh.coordinator.type == "planner":
-        return MeshCoordinator(mesh, catalog)
+        return MeshCoordinator(mesh, catalog, coordinator_id)
     from faillite.coordinator.coordinator import StaticPlanner
 
-    return Coordinator(mesh, catalog, StaticPlanner(mesh, catalog))
+    return Coordinator(mesh, catalog, StaticPlanner(mesh, catalog), coordinator_id)

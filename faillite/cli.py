@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,17 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     from faillite.coordinator.runtime import coordinator_for
 
     cfg = load(args)
-    flog.configure(mesh=cfg.mesh, role="coordinator")
-    coord = coordinator_for(cfg, load_catalog(cfg.catalog))
+    flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
+    catalog = load_catalog(cfg.catalog)
+    if args.standby:
+        from faillite.coordinator.standby import StandbyWatch
+
+        stop = threading.Event()
+        _until_signal(stop.set)
+        watch = StandbyWatch(cfg, args.id, args.rank)
+        if watch.wait_for_vacancy(stop) is None:
+            return 0
+    coord = coordinator_for(cfg, catalog, args.id)
     _until_signal(coord.request_stop)
     coord.start()
     coord.wait()
@@ -260,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("coordinator", help="run the coordinator")
     _common(p)
+    p.add_argument("--id", default="main", help="this coordinator's id (default: main)")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="wait as a standby and take over when the leader is gone",
+    )
+    p.add_argument(
+        "--rank",
+        type=int,
+        default=1,
+        help="standby rank: rank r takes over after r x coordinator.takeover_delay_s",
+    )
     p.set_defaults(func=cmd_coordinator)
 
     p = sub.add_parser("up", help="run a whole mesh on this machine with a live view")

@@ -179,6 +179,13 @@ class CoordinatorConfig(StrictModel):
     ladder_settle_s: float = Field(default=0.0, ge=0)  # serve a rung this long before the next
     failback_load_timeout_s: float = Field(default=60.0, gt=0)
     replan_delay_s: float = Field(default=0.5, ge=0)  # after a failover, before re-planning
+    # A worker still over SLO after a downsize is slow itself (a gray failure): it is failed
+    # over and held out this long before it may serve again.
+    gray_probation_s: float = Field(default=30.0, gt=0)
+    # After our own reconnect (a broker restart), workers get this long to reconnect too.
+    reconnect_grace_s: float = Field(default=5.0, ge=0)  # the reconnect backoff's cap
+    # Standby coordinators: take over once the leader has been gone this long (x rank).
+    takeover_delay_s: float = Field(default=0.5, ge=0)
 
 
 class MeshConfig(StrictModel):

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import paho.mqtt.client as paho
 import skimage.data
 import yaml
 
-from faillite import envelope, messages
+from faillite import envelope
 from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
+from faillite.field_kit.recorder import Recorder
 from faillite.mqtt import MeshClient
-from faillite.topics import Role, Topics
 
 T = TypeVar("T")
 
@@ -58,56 +57,7 @@ def write_config(
     return path
 
 
-class Collector:
-    """A test client that records every message on the filters it follows."""
-
-    def __init__(self, cfg: MeshConfig, name: str = "test") -> None:
-        self.topics = Topics(cfg.mesh)
-        self.client = MeshClient(f"faillite-{cfg.mesh}-{name}", cfg.broker, role=Role.ADMIN)
-        self._msgs: list[tuple[float, str, bytes]] = []
-        self._cond = threading.Condition()
-
-    def follow(self, topic_filter: str, qos: int = 1) -> Collector:
-        self.client.subscribe(topic_filter, self._on, qos=qos)
-        return self
-
-    def _on(self, msg: paho.MQTTMessage) -> None:
-        with self._cond:
-            self._msgs.append((time.monotonic(), msg.topic, bytes(msg.payload)))
-            self._cond.notify_all()
-
-    def start(self) -> Collector:
-        self.client.start(connect_timeout=15)
-        return self
-
-    def stop(self) -> None:
-        self.client.stop()
-
-    def messages(self, topic: str, cls: type[T], since: float = 0.0) -> list[T]:
-        with self._cond:
-            raw = [(t, p) for t, tp, p in self._msgs if tp == topic and t >= since and p]
-        out = []
-        for _t, p in raw:
-            try:
-                out.append(messages.decode(cls, p))
-            except messages.MessageError:
-                continue
-        return out
-
-    def wait_for(self, fn: Callable[[], T], timeout: float, what: str = "condition") -> T:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = fn()
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-                self._cond.wait(min(remaining, 0.2))
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+Collector = Recorder  # the tests' name for it
 
 
 def chelsea_frame(seq: int, width: int = 640, height: int = 480) -> bytes:

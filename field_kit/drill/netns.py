@@ -1,0 +1,143 @@
+"""Network namespaces with a veth link to this one, for partition and lossy-link drills.
+
+Only the drill's own namespaces and a private /30 per link are touched: the namespace holds
+one end of a veth pair, the host end stays here. Cutting the link is ``ip link set down`` on
+the host end; WiFi-like impairment is ``tc netem`` on both ends when the kernel has it.
+Everything here needs root (CAP_NET_ADMIN): :func:`require_root` says so before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from faillite.log import get_logger
+
+log = get_logger("netns")
+
+
+class NetnsError(RuntimeError):
+    """An ``ip`` / ``tc`` command failed, or this process may not run it."""
+
+
+def root_problem() -> str | None:
+    """Why namespaces cannot be used here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) for network namespaces and veth links: run with sudo"
+    if shutil.which("ip") is None:
+        return "needs the `ip` command (Debian package iproute2)"
+    return None
+
+
+def require_root() -> None:
+    problem = root_problem()
+    if problem is not None:
+        raise NetnsError(problem)
+
+
+def _run(*argv: str) -> str:
+    try:
+        out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=10)
+    except FileNotFoundError as exc:
+        raise NetnsError(f"{argv[0]} not found") from exc
+    except subprocess.CalledProcessError as exc:
+        raise NetnsError(f"{' '.join(argv)}: {exc.stderr.strip() or exc.returncode}") from exc
+    return out.stdout
+
+
+@dataclass(frozen=True, slots=True)
+class Impairment:
+    """A WiFi-like link: one-way delay with jitter, and packet loss."""
+
+    delay_ms: float = 20.0
+    jitter_ms: float = 15.0
+    loss_pct: float = 2.0
+
+    def netem_args(self) -> list[str]:
+        args = ["delay", f"{self.delay_ms:g}ms"]
+        if self.jitter_ms > 0:
+            args += [f"{self.jitter_ms:g}ms", "distribution", "normal"]
+        return [*args, "loss", f"{self.loss_pct:g}%"]
+
+
+def netem_problem() -> str | None:
+    """Why ``tc netem`` cannot be used here (no sch_netem in this kernel), or None."""
+    problem = root_problem()
+    if problem is not None:
+        return problem
+    if shutil.which("tc") is None:
+        return "needs the `tc` command (Debian package iproute2)"
+    ns = NetNamespace(f"flprobe{os.getpid() % 100000}", 253)
+    try:
+        ns.create()
+        ns.impair(Impairment(1, 0, 0))
+    except NetnsError as exc:
+        return f"tc netem unavailable: {exc}"
+    finally:
+        ns.destroy()
+    return None
+
+
+class NetNamespace:
+    """A namespace ``name`` joined to this one by veth ``<name>h`` (here) / ``<name>n`` (there),
+    addressed 10.251.<index>.1 (here) and .2 (there)."""
+
+    def __init__(self, name: str, index: int) -> None:
+        if not 0 < index < 255:
+            raise ValueError(f"namespace index must be 1..254, got {index}")
+        self.name = name
+        self.host_if = f"{name}h"[:15]
+        self.ns_if = f"{name}n"[:15]
+        self.host_ip = f"10.251.{index}.1"
+        self.ns_ip = f"10.251.{index}.2"
+        self.created = False
+
+    def create(self) -> NetNamespace:
+        require_root()
+        _run("ip", "netns", "add", self.name)
+        self.created = True
+        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        _run("ip", "link", "set", self.ns_if, "netns", self.name)
+        _run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        _run("ip", "link", "set", self.host_if, "up")
+        self.exec_ip("addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
+        self.exec_ip("link", "set", self.ns_if, "up")
+        self.exec_ip("link", "set", "lo", "up")
+        log.info("netns_created", netns=self.name, host_ip=self.host_ip, ns_ip=self.ns_ip)
+        return self
+
+    def exec_ip(self, *args: str) -> str:
+        return _run("ip", "-n", self.name, *args)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def cut(self) -> None:
+        _run("ip", "link", "set", self.host_if, "down")
+        log.warning("link_cut", netns=self.name)
+
+    def heal(self) -> None:
+        _run("ip", "link", "set", self.host_if, "up")
+        log.warning("link_healed", netns=self.name)
+
+    def impair(self, imp: Impairment) -> None:
+        _run("tc", "qdisc", "replace", "dev", self.host_if, "root", "netem", *imp.netem_args())
+        # The namespace end gets the same, so both directions suffer.
+        _run(
+            "ip", "netns", "exec", self.name,
+            "tc", "qdisc", "replace", "dev", self.ns_if, "root", "netem", *imp.netem_args(),
+        )  # fmt: skip
+
+    def destroy(self) -> None:
+        if not self.created and not Path(f"/run/netns/{self.name}").exists():
+            return
+        for argv in (("ip", "link", "del", self.host_if), ("ip", "netns", "del", self.name)):
+            try:
+                _run(*argv)
+            except NetnsError as exc:
+                log.debug("netns_cleanup", netns=self.name, error=str(exc))
+        self.created = False
