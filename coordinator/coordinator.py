@@ -225,6 +225,13 @@ class Coordinator:
             self._stop.wait(0.2)  # the rest of the retained burst
         self.term = self._seen_term + 1
         log.info("term_acquired", term=self.term, previous=self._seen_term)
+        # Claim the term at once: standbys must not read the planning time as a vacancy.
+        self.client.publish(
+            self.topics.coordinator_status,
+            messages.encode(self._status("leader")),
+            qos=1,
+            retain=True,
+        )
         return self.term
 
     def publish_plan(self, plan: Plan) -> None:

@@ -82,7 +82,8 @@ class Membership:
         """The link is back: silences start over, the gap is not held against anyone, and
         workers get ``grace_s`` to reconnect too (after a broker restart they all do)."""
         with self._lock:
-            self._blind_until = now + grace_s
+            # The first connection has nobody to wait for.
+            self._blind_until = now + grace_s if self.members else None
             for m in self.members.values():
                 m.silence.restart(now)
                 m.progress.restart()

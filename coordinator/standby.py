@@ -26,6 +26,7 @@ from faillite.mqtt import MeshClient
 from faillite.topics import Role, Topics
 
 log = get_logger("standby")
+STARTUP_GRACE_S = 2.0  # a leader's term acquisition waits up to 1.2 s for retained state
 
 
 class StandbyWatch:
@@ -48,10 +49,11 @@ class StandbyWatch:
         self.client.on_connect(self._on_connect)
 
     def _on_connect(self) -> None:
-        # Nothing retained (no leader ever, or a broker that lost it) reads as vacant too.
+        # Nothing retained (no leader ever, or a broker that lost it) reads as vacant too, after
+        # a leader starting beside us has had time to claim its term.
         with self._cond:
             if self._leader is None and self._vacant_since is None:
-                self._vacant_since = time.monotonic()
+                self._vacant_since = time.monotonic() + STARTUP_GRACE_S
 
     def _on_status(self, msg: paho.MQTTMessage) -> None:
         now = time.monotonic()

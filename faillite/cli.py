@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.set_defaults(func=cmd_up)
 
+    from faillite.field_kit.drill.runner import register as register_drill
+
+    register_drill(sub)
+
     p = sub.add_parser("models", help="build and list model files")
     msub = p.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser(

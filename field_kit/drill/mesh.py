@@ -1,0 +1,301 @@
+"""The mesh a drill runs against: a real broker, leader and standby coordinators, three
+workers, two cameras, all as processes of this machine, and a recorder watching everything.
+
+Two apps: ``a1`` is critical (warm backup), ``a2`` is not (cold backup, progressive ladder).
+Three workers in their own failure domains; any one of them holds both apps, so every single
+and double worker failure is recoverable. Workers can run in their own network namespaces,
+reaching the broker through a forwarder on their veth link (:mod:`linkproxy`).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faillite import messages
+from faillite.broker.launch import BrokerEndpoint, BrokerLauncher
+from faillite.catalog import Catalog, load_catalog
+from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
+from faillite.field_kit.drill.linkproxy import LinkProxy
+from faillite.field_kit.drill.netns import Impairment, NetNamespace
+from faillite.field_kit.procs import Child, ProcessGroup, faillite_cmd, free_port
+from faillite.field_kit.recorder import Recorder
+from faillite.log import get_logger
+from faillite.topics import Topics
+
+log = get_logger("drill")
+
+APPS = ("a1", "a2")
+WORKERS = ("w1", "w2", "w3")
+# What the recorder keeps: everything but frames (heavy, and results say what was served).
+FOLLOW = (
+    "apps/+/results",
+    "apps/+/route",
+    "events",
+    "workers/+/status",
+    "workers/+/heartbeat",
+    "workers/+/assignment",
+    "coordinator/status",
+    "placement",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSpec:
+    broker: str = "amqtt"
+    fps: float = 5.0
+    heartbeat_s: float = 0.1
+    worker_memory_mb: float = 200.0
+    netns: bool = False  # every worker in its own namespace
+    impairment: Impairment | None = None
+    impair_in_proxy: bool = False  # no sch_netem: the forwarder impairs instead
+    standby: bool = True
+    coordinator: dict[str, Any] = field(default_factory=dict)
+    keepalive_s: int = 2
+
+
+class DrillMesh:
+    def __init__(self, workdir: Path, spec: MeshSpec, models_dir: Path, mesh_id: str) -> None:
+        self.workdir = workdir
+        self.spec = spec
+        self.models_dir = models_dir
+        self.mesh_id = mesh_id
+        self.launcher = BrokerLauncher(workdir / "brokers")
+        self.group = ProcessGroup(workdir / "logs")
+        self.namespaces: dict[str, NetNamespace] = {}
+        self.proxies: dict[str, LinkProxy] = {}
+        self.endpoint: BrokerEndpoint | None = None
+        self.cfg: MeshConfig | None = None
+        self.path = workdir / f"{mesh_id}.yaml"
+        self.recorder: Recorder | None = None
+        self.catalog: Catalog = load_catalog(packaged_config("catalog.yaml"))
+        self.t0 = time.monotonic()
+        self._n: dict[str, int] = {}
+        self.killed: set[str] = set()  # process names a case killed on purpose
+        self.started: dict[str, float] = {}  # process name -> monotonic start
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> DrillMesh:
+        spec = self.spec
+        bcfg = BrokerConfig(keepalive_s=spec.keepalive_s)
+        self.endpoint = self.launcher.start(spec.broker, bcfg, mesh=self.mesh_id)
+        self._write_config()
+        self.cfg = load_mesh_config(self.path)
+        self.recorder = Recorder(self.cfg, "drill")
+        topics = Topics(self.cfg.mesh)
+        for f in FOLLOW:
+            self.recorder.follow(f"{topics.prefix}/{f}", qos=0 if "heartbeat" in f else 1)
+        self.recorder.start()
+        if spec.netns:
+            for i, w in enumerate(WORKERS, start=1):
+                self._link(w, i)
+        for w in WORKERS:
+            self.start_worker(w)
+        self.start_coordinator("c1")
+        if spec.standby:
+            self.start_coordinator("c2", standby=True)
+        for cam in ("cam1", "cam2"):
+            self.group.start(
+                cam, "sensor", faillite_cmd("sensor", "--id", cam, "--config", str(self.path))
+            )
+        return self
+
+    def _link(self, worker: str, index: int) -> None:
+        assert self.endpoint is not None
+        ns = NetNamespace(f"fl{self.mesh_id[-6:]}{worker}", index + 10 * (hash(self.mesh_id) % 20))
+        self.namespaces[worker] = ns
+        ns.create()
+        port = free_port(ns.host_ip)
+        imp = self.spec.impairment if self.spec.impair_in_proxy else None
+        self.proxies[worker] = LinkProxy(
+            ns.host_ip, port, self.endpoint.host, self.endpoint.port, imp, seed=index
+        ).start()
+        if self.spec.impairment is not None and not self.spec.impair_in_proxy:
+            ns.impair(self.spec.impairment)
+
+    def _write_config(self) -> None:
+        assert self.endpoint is not None
+        spec = self.spec
+        coordinator = {
+            "type": "planner",
+            "startup_wait_s": 10,
+            "takeover_delay_s": 0.5,
+            "slo_sustain_s": 2.0,
+            "gray_probation_s": 8.0,
+            "reconnect_grace_s": 5.0,
+            **spec.coordinator,
+        }
+        data = {
+            "mesh": self.mesh_id,
+            "catalog": str(packaged_config("catalog.yaml")),
+            "models_dir": str(self.models_dir),
+            "broker": {
+                "host": self.endpoint.host,
+                "port": self.endpoint.port,
+                "keepalive_s": spec.keepalive_s,
+            },
+            "sensors": [
+                {"id": "cam1", "source": "scene:chelsea", "fps": spec.fps},
+                {"id": "cam2", "source": "scene:coffee", "fps": spec.fps},
+            ],
+            "apps": [
+                {
+                    "id": "a1",
+                    "sensor": "cam1",
+                    "family": "efficientnet_lite",
+                    "critical": True,
+                    "slo_ms": 400,
+                },
+                {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite", "slo_ms": 600},
+            ],
+            "workers": [
+                {
+                    "id": w,
+                    "memory_mb": spec.worker_memory_mb,
+                    "failure_domain": f"rack-{w}",
+                    "heartbeat_interval_s": spec.heartbeat_s,
+                    "queue_size": 2,
+                    "backend": {"type": "onnxruntime", "intra_op_threads": 1},
+                }
+                for w in WORKERS
+            ],
+            "coordinator": coordinator,
+        }
+        self.path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def close(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        try:
+            codes = self.group.stop_all()
+        finally:
+            if self.recorder is not None:
+                self.recorder.stop()
+            for p in self.proxies.values():
+                p.stop()
+            for ns in self.namespaces.values():
+                ns.destroy()
+            self.launcher.stop_all()
+        return codes
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _name(self, base: str) -> str:
+        self._n[base] = self._n.get(base, 0) + 1
+        return f"{base}-{self._n[base]}"
+
+    def start_worker(self, worker: str) -> Child:
+        argv = faillite_cmd(
+            "worker", "--id", worker, "--config", str(self.path), "--fault-injection"
+        )
+        ns = self.namespaces.get(worker)
+        if ns is not None:
+            argv += ["--broker", f"{ns.host_ip}:{self.proxies[worker].listen[1]}"]
+            argv = ns.wrap(argv)
+        name = self._name(worker)
+        self.started[name] = time.monotonic()
+        return self.group.start(name, "worker", argv)
+
+    def start_coordinator(self, cid: str, *, standby: bool = False, rank: int = 1) -> Child:
+        argv = faillite_cmd("coordinator", "--config", str(self.path), "--id", cid)
+        if standby:
+            argv += ["--standby", "--rank", str(rank)]
+        return self.group.start(self._name(cid), "coordinator", argv)
+
+    def proc(self, base: str) -> Child:
+        live = [c for c in self.group.children if c.name.startswith(f"{base}-") and c.alive()]
+        if not live:
+            raise LookupError(f"no live process for {base}")
+        return live[-1]
+
+    def signal(self, base: str, sig: signal.Signals) -> Child:
+        child = self.proc(base)
+        child.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.killed.add(child.name)
+            child.proc.wait(10)
+        log.warning("drill_signal", target=child.name, signal=sig.name, pid=child.pid)
+        return child
+
+    def restart_broker(self, down_s: float) -> None:
+        assert self.endpoint is not None
+        self.launcher.process(self.endpoint).stop()
+        time.sleep(down_s)
+        bcfg = BrokerConfig(keepalive_s=self.spec.keepalive_s)
+        self.endpoint = self.launcher.start(
+            self.spec.broker, bcfg, mesh=self.mesh_id, port=self.endpoint.port
+        )
+
+    # -- state from the recording ----------------------------------------------------------
+
+    @property
+    def rec(self) -> Recorder:
+        assert self.recorder is not None
+        return self.recorder
+
+    @property
+    def topics(self) -> Topics:
+        return self.rec.topics
+
+    def placement(self) -> messages.Placement | None:
+        ps = self.rec.messages(self.topics.placement, messages.Placement)
+        return ps[-1] if ps else None
+
+    def role_of(self, app: str, role: str) -> str | None:
+        p = self.placement()
+        if p is None:
+            return None
+        for e in p.entries:
+            if e.app == app and e.role == role:
+                return e.worker
+        return None
+
+    def backup_of(self, app: str) -> str | None:
+        return self.role_of(app, "warm") or self.role_of(app, "cold")
+
+    def serving(self, app: str, within_s: float = 1.0) -> set[str]:
+        """Workers whose results for ``app`` arrived in the last ``within_s``."""
+        since = time.monotonic() - within_s
+        return {
+            r.worker
+            for r in self.rec.messages(self.topics.app_results(app), messages.Result, since=since)
+        }
+
+    def steady(self, quiet_s: float = 1.5) -> bool:
+        """Every running worker heard from, the plan unchanged for ``quiet_s``, every app served
+        by its planned primary and protected by a backup that is ready."""
+        p = self.placement()
+        if p is None:
+            return False
+        placements = [t for t, tp, _p in self.rec.raw() if tp == self.topics.placement]
+        if not placements or time.monotonic() - placements[-1] < quiet_s:
+            return False
+        for w in WORKERS:
+            try:
+                child = self.proc(w)
+            except LookupError:
+                continue
+            since = self.started.get(child.name, 0.0)
+            if not self.rec.messages(self.topics.worker_heartbeat(w), messages.Heartbeat, since):
+                return False
+        for app in APPS:
+            prim = self.role_of(app, "primary")
+            back = self.backup_of(app)
+            if prim is None or back is None or self.serving(app) != {prim}:
+                return False
+            if self.role_of(app, "warm") == back:
+                hbs = self.rec.messages(self.topics.worker_heartbeat(back), messages.Heartbeat)
+                variant = next(e.variant for e in p.entries if e.app == app and e.role == "warm")
+                if not hbs or variant not in hbs[-1].loaded:
+                    return False
+        return True
+
+    def wait_steady(self, timeout: float, settle_s: float = 1.0) -> None:
+        self.rec.wait_for(self.steady, timeout, "a steady mesh (apps served and protected)")
+        time.sleep(settle_s)
+        self.rec.wait_for(self.steady, timeout, "a steady mesh (apps served and protected)")
