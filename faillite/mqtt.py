@@ -59,6 +59,15 @@ def _no_op(*_args: Any) -> None:
     pass
 
 
+def _settled(info: paho.MQTTMessageInfo) -> bool:
+    """Acknowledged, or never going to be: paho raises for a publish made while disconnected
+    (it stays queued for the next session; nothing to wait for on this one)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return True
+
+
 class MeshClient:
     """One MQTT connection with subscriptions, hooks and a reconnecting network thread."""
 
@@ -162,7 +171,7 @@ class MeshClient:
         if qos > 0:
             with self._lock:
                 if len(self._inflight) >= 64:
-                    self._inflight = [i for i in self._inflight if not i.is_published()]
+                    self._inflight = [i for i in self._inflight if not _settled(i)]
                 self._inflight.append(info)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -228,7 +237,7 @@ class MeshClient:
         with self._lock:
             pending = list(self._inflight)
         for info in pending:
-            while not info.is_published() and time.monotonic() < deadline:
+            while not _settled(info) and time.monotonic() < deadline:
                 time.sleep(0.005)
         while self._client.want_write() and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -2,8 +2,9 @@
 workers, two cameras, all as processes of this machine, and a recorder watching everything.
 
 Two apps: ``a1`` is critical (warm backup), ``a2`` is not (cold backup, progressive ladder).
-Three workers in their own failure domains; any one of them holds both apps, so every single
-and double worker failure is recoverable. Workers can run in their own network namespaces,
+Three workers of 150 MB in their own failure domains: a primary (EfficientNet-Lite2) and a
+backup of the other app, smaller, fit beside each other; any one worker holds both apps at
+Lite0, so every single and double worker failure is recoverable. Workers can run in their own network namespaces,
 reaching the broker through a forwarder on their veth link (:mod:`linkproxy`).
 """
 
@@ -50,7 +51,7 @@ class MeshSpec:
     broker: str = "amqtt"
     fps: float = 5.0
     heartbeat_s: float = 0.1
-    worker_memory_mb: float = 200.0
+    worker_memory_mb: float = 150.0  # a primary and a smaller backup: heterogeneous
     netns: bool = False  # every worker in its own namespace
     impairment: Impairment | None = None
     impair_in_proxy: bool = False  # no sch_netem: the forwarder impairs instead
