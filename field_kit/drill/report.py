@@ -23,7 +23,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+        return f"{v:.2f}" if v < 1 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
     return str(v)
 
 
