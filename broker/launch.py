@@ -114,7 +114,7 @@ class BrokerLauncher:
         self.stop_all()
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # brokers run from their own directory
         self.processes: list[BrokerProcess] = []
         self._shared: dict[str, BrokerProcess] = {}
         self._count = 0

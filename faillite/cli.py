@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     from faillite.field_kit.drill.runner import register as register_drill
 
     register_drill(sub)
+    from faillite.field_kit.simulate.cli import register as register_simulate
+
+    register_simulate(sub)
 
     p = sub.add_parser("models", help="build and list model files")
     msub = p.add_subparsers(dest="models_command", required=True)

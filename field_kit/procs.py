@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,20 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def _stacks(pid: int) -> str:
+    """Every thread's stack of a process that would not stop (py-spy, where installed)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "py-spy not installed"
+    try:
+        out = subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"py-spy failed: {exc}"
+    return out.stdout or out.stderr
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -128,7 +143,7 @@ class ProcessGroup:
             try:
                 c.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("process_kill", name=c.name, pid=c.pid)
+                log.warning("process_kill", name=c.name, pid=c.pid, stacks=_stacks(c.pid))
                 c.proc.kill()
                 c.proc.wait(5)
         if c._log_file is not None:

@@ -307,8 +307,11 @@ def backup_candidates(
             base = np.full(mem.shape, -1, dtype=np.int64)
             extra = np.zeros(mem.shape)
         cold_fcost = fcost + extra
+        # A cold backup with a ladder restores service with its first rung: that is its MTTR.
+        srows_all = np.arange(ix.S)[:, None]
+        restore_c = np.where(base >= 0, restore[srows_all, np.maximum(base, 0)], restore)
         val_w = acc - k.mttr_weight * base_mttr
-        val_c = acc - k.mttr_weight * (base_mttr + restore)
+        val_c = acc - k.mttr_weight * (base_mttr + restore_c)
         with np.errstate(invalid="ignore"):
             fits = np.isfinite(lat) & (mem <= cap_mem[:, None])
             okw = (
@@ -321,7 +324,7 @@ def backup_candidates(
                 fits
                 & (cold_fcost <= cap_disk[:, None])
                 & (val_c > 0)
-                & ~_dominated([acc], [mem, lat, cold_fcost, restore])
+                & ~_dominated([acc], [mem, lat, cold_fcost, restore_c])
             )
             latT = lat.T[None, :, :]
             rate = ix.app_rate[apps_f][:, None, None]

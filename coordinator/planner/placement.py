@@ -122,7 +122,8 @@ def primary_value(problem: Problem, app: str, a: Assign) -> float:
 def backup_value(problem: Problem, app: str, b: Backup) -> float:
     """Weighted accuracy under failure minus the MTTR penalty (λ · weight · MTTR)."""
     ap = problem.app(app)
-    mttr = problem.mttr_ms(b.variant, b.server, b.kind)
+    # A cold ladder restores service with its first rung, then climbs to ``variant``.
+    mttr = problem.mttr_ms(b.first or b.variant, b.server, b.kind)
     return ap.weight * (problem.variant(b.variant).accuracy - problem.knobs.mttr_weight * mttr)
 
 

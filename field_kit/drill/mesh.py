@@ -4,8 +4,9 @@ workers, two cameras, all as processes of this machine, and a recorder watching 
 Two apps: ``a1`` is critical (warm backup), ``a2`` is not (cold backup, progressive ladder).
 Three workers of 150 MB in their own failure domains: a primary (EfficientNet-Lite2) and a
 backup of the other app, smaller, fit beside each other; any one worker holds both apps at
-Lite0, so every single and double worker failure is recoverable. Workers can run in their own network namespaces,
-reaching the broker through a forwarder on their veth link (:mod:`linkproxy`).
+Lite0, so every single and double worker failure is recoverable. Workers can run in their own
+network namespaces, reaching the broker through a forwarder on their veth link
+(:mod:`linkproxy`).
 """
 
 from __future__ import annotations

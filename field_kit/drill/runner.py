@@ -234,7 +234,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     opts = DrillOptions(broker=args.broker, short=not args.long, hold_s=args.hold)
     models_dir = Path(args.models_dir).resolve() if args.models_dir else default_models_dir()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     results = run(names, opts, out, models_dir)
     failed = [r["case"] for r in results if r["status"] == "failed"]
     skipped = [r["case"] for r in results if r["status"] == "skipped"]
