@@ -109,8 +109,9 @@ def test_duplicate_and_foreign_heartbeats_ignored() -> None:
 
 def test_detectors_follow_each_workers_interval_and_the_given_knobs() -> None:
     m = Membership(cfg_for=lambda i: DetectorConfig.for_interval(i, phi_threshold=3.0))
-    st = messages.WorkerStatus(worker="w1", incarnation="a", state="online", ts=0.0,
-                               heartbeat_interval_s=0.5)
+    st = messages.WorkerStatus(
+        worker="w1", incarnation="a", state="online", ts=0.0, heartbeat_interval_s=0.5
+    )
     m.on_status(st, 0.0)
     member = m.get("w1")
     assert member is not None
