@@ -8,6 +8,8 @@ Everything here needs root (CAP_NET_ADMIN): :func:`require_root` says so before 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -29,6 +31,19 @@ def root_problem() -> str | None:
         return "needs root (CAP_NET_ADMIN) for network namespaces and veth links: run with sudo"
     if shutil.which("ip") is None:
         return "needs the `ip` command (Debian package iproute2)"
+    return _probe_namespaces()
+
+
+@functools.cache
+def _probe_namespaces() -> str | None:
+    # Root in a container may still lack CAP_NET_ADMIN or /run/netns: try it once.
+    name = f"flprobe{os.getpid()}"
+    try:
+        _run("ip", "netns", "add", name)
+    except NetnsError as exc:
+        return f"cannot create network namespaces here: {exc}"
+    with contextlib.suppress(NetnsError):
+        _run("ip", "netns", "del", name)
     return None
 
 
