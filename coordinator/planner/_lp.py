@@ -16,6 +16,9 @@ which equals the full LP's optimum once pricing finds nothing more to add.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -132,6 +135,28 @@ def _build(c: Cands, fams: list[RowFamily], aux: AuxColumns | None, J: IArr) -> 
     return _Built(A, np.concatenate(b_parts), n, aux_ub, apps.astype(np.int64), fam_rows)
 
 
+@functools.cache
+def _swallow_highs_banner() -> None:
+    """HiGHS prints a copyright banner on stdout (not through its logger) the first time a
+    solver is made in a process, which would break JSON-lines logs: make that first one
+    with stdout pointed at /dev/null."""
+    try:
+        import highspy
+    except ImportError:
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        highspy.Highs()  # type: ignore[no-untyped-call]
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def _solve(
     built: _Built, score: FArr, integer: bool, time_limit_s: float | None
 ) -> tuple[FArr, FArr | None, float, str]:
@@ -152,6 +177,7 @@ def _solve(
         opts["time_limit"] = float(time_limit_s)
     if integer:
         opts["mip_rel_gap"] = 1e-6
+    _swallow_highs_banner()
     try:
         with warnings.catch_warnings():
             # "Solution may be inaccurate": the status says so, and the caller reads it.
