@@ -468,3 +468,26 @@ def test_a2_catalog_matches_the_csv_and_plans() -> None:
     pl = plan(p)
     assert validate(p, pl) == [] and not pl.unplaced and len(pl.backups) == 6
     assert pl.backups["a0"].kind == "warm"
+
+
+def test_migration_never_loads_past_a_servers_memory() -> None:
+    """Two full servers swap their apps: no load fits beside what runs, so one app must go down
+    first; the moves release on the server being loaded, never overcommit it."""
+    from faillite.coordinator.planner import migration_steps
+
+    p = Problem(
+        servers=(Server("s1", 100.0), Server("s2", 100.0)),
+        apps=(App("a", "f", 1.0), App("b", "f", 1.0)),
+        variants=(Variant("v", "f", 70.0, 10.0),),
+        costs={("v", "cpu"): VariantCost(100.0, 5.0)},
+    )
+    current = Placement({"a": Assign("s1", "v"), "b": Assign("s2", "v")}, {})
+    target = Placement({"a": Assign("s2", "v"), "b": Assign("s1", "v")}, {})
+    used = {"s1": 100.0, "s2": 100.0}
+    for m in migration_steps(p, current, target):
+        if m.action == "load":
+            used[m.server] += 100.0
+        elif m.action == "release":
+            used[m.server] -= 100.0
+        assert all(u <= 100.0 for u in used.values()), f"{m} overcommits: {used}"
+    assert used == {"s1": 100.0, "s2": 100.0}

@@ -417,10 +417,22 @@ def migration_steps(problem: Problem, current: Placement, target: Placement) -> 
             else:
                 rest.append(item)
         gap = False
-        if not loaded:  # every load waits on memory: release one old copy first
+        if not loaded:
+            # Every load waits on memory: free the first load's server by releasing old copies
+            # held there by moves still to come (those apps are down until their own load).
+            srv0 = todo[0][2]
+            need0 = mem(todo[0][3], srv0)
+            for j, (app, role, srv, var, osrv, ovar, holds) in enumerate(todo):
+                if srv0 in staged and staged[srv0] + need0 <= cap[srv0] + 1e-6:
+                    break
+                if holds and osrv == srv0:
+                    moves.append(Move("release", app, osrv, ovar, role, wave, True))
+                    used[osrv] -= mem(ovar, osrv)
+                    staged[osrv] -= mem(ovar, osrv)
+                    todo[j] = (app, role, srv, var, osrv, ovar, False)
             loaded, rest, gap = [todo[0]], todo[1:], True
         for app, role, srv, var, osrv, ovar, holds in loaded:
-            if gap and holds and osrv is not None:
+            if gap and holds and osrv == srv:
                 moves.append(Move("release", app, osrv, ovar, role, wave, True))
                 if osrv in used:
                     used[osrv] -= mem(ovar, osrv)
