@@ -45,8 +45,18 @@ def load(args: argparse.Namespace) -> MeshConfig:
 
 
 def _until_signal(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on the first SIGINT / SIGTERM, on a thread of its own.
+
+    A handler runs in the main thread between two bytecodes, possibly while that thread holds
+    the very lock ``stop`` needs (an Event's, while the main thread is setting it): calling
+    ``stop`` from the handler could deadlock the process. Later signals are ignored."""
+    fired: list[int] = []
+
     def handler(signum: int, _frame: Any) -> None:
-        stop()
+        if fired:
+            return
+        fired.append(signum)
+        threading.Thread(target=stop, name="stop-signal", daemon=True).start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

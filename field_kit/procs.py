@@ -136,8 +136,8 @@ class ProcessGroup:
                 return self._stop_one(c, sig, timeout)
         raise KeyError(name)
 
-    def _stop_one(self, c: Child, sig: int, timeout: float) -> int | None:
-        if c.alive():
+    def _stop_one(self, c: Child, sig: int, timeout: float, *, send: bool = True) -> int | None:
+        if c.alive() and send:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, sig)
             try:
@@ -159,8 +159,8 @@ class ProcessGroup:
                 if c.alive():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(c.pid, signal.SIGTERM)
-            for c in group:
-                codes[c.name] = self._stop_one(c, signal.SIGTERM, timeout)
+            for c in group:  # signalled above: a second SIGTERM could hit its shutdown
+                codes[c.name] = self._stop_one(c, signal.SIGTERM, timeout, send=False)
         for c in self.children:
             if c.name not in codes:
                 codes[c.name] = self._stop_one(c, signal.SIGTERM, timeout)
