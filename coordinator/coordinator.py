@@ -334,7 +334,10 @@ class Coordinator:
         )
 
     def wait(self) -> None:
-        self._stop.wait()
+        # Wake now and then: a signal the kernel hands to another thread only runs its Python
+        # handler once the main thread executes bytecode again.
+        while not self._stop.wait(0.25):
+            pass
 
     def request_stop(self) -> None:
         self._stop.set()
