@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Knobs().detection_ms,
         help=f"failure detection time (default {Knobs().detection_ms:g})",
     )
+    g.add_argument(
+        "--mttr-weight",
+        type=float,
+        default=Knobs().mttr_weight,
+        help="the planner's accuracy points per ms of expected MTTR, the coordinator's "
+        f"coordinator.mttr_weight (default {Knobs().mttr_weight:g}; 0: accuracy only)",
+    )
     g = p.add_argument_group("policies and failures")
     g.add_argument(
         "--policies",
@@ -194,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         "domain_mtbf_h",
         "repair_median_min",
     )
-    for name in ("detection_ms", "replan_delay_s"):
+    for name in ("detection_ms", "replan_delay_s", "mttr_weight"):
         v = getattr(args, name)
         if not (math.isfinite(v) and v >= 0):
             raise _BadInput(f"--{name.replace('_', '-')} must be >= 0, got {v}")
@@ -218,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and not Path(v).is_file():
             raise _BadInput(f"--{name}: no such file {v}")
-    knobs = Knobs(detection_ms=args.detection_ms)
+    knobs = Knobs(detection_ms=args.detection_ms, mttr_weight=args.mttr_weight)
     scenario = named(
         args.scenario,
         args.seed,

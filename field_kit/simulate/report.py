@@ -240,6 +240,12 @@ class ReportWriter:
                 f"greedy (recovery rate, then window reduction): {g['beats_greedy']}"
             )
             lines.append(
+                f"- accuracy the fleet serves (time-averaged, every app): lp "
+                f"{g['lp_fleet_accuracy']:.3f} %, greedy {g['greedy_fleet_accuracy']:.3f} % "
+                f"(best plan without failures: {g['best_fleet_reference']:.3f} %); lp serves "
+                f"more: {g['lp_serves_more_accuracy']}"
+            )
+            lines.append(
                 f"- MTTR p50 / max: lp {_f(g['lp_mttr_p50_ms'])} / {_f(g['lp_mttr_max_ms'])} ms, "
                 f"greedy {_f(g['greedy_mttr_p50_ms'])} / {_f(g['greedy_mttr_max_ms'])} ms"
             )

@@ -168,6 +168,13 @@ class SimulationResult:
             out["greedy_mttr_p50_ms"] = g.mttr.p50
             out["lp_mttr_max_ms"] = m.mttr.max
             out["greedy_mttr_max_ms"] = g.mttr.max
+            # What the fleet delivers, time-averaged over every app (a policy with better
+            # primaries has more to lose, so its reduction against its own plan can be larger
+            # while it still serves more accuracy).
+            out["lp_fleet_accuracy"] = m.fleet_accuracy
+            out["greedy_fleet_accuracy"] = g.fleet_accuracy
+            out["best_fleet_reference"] = max(m.fleet_reference, g.fleet_reference)
+            out["lp_serves_more_accuracy"] = m.fleet_accuracy > g.fleet_accuracy
             out["beats_greedy"] = (m.recovery_rate or 0.0, -(m.window.pct or 0.0)) > (
                 g.recovery_rate or 0.0,
                 -(g.window.pct or 0.0),
