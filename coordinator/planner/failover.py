@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from faillite.coordinator.planner.placement import Assign, Backup, Placement
+from faillite.coordinator.planner.placement import Assign, Backup, Placement, resident_mb
 from faillite.coordinator.planner.problem import Problem
 from faillite.coordinator.planner.solve import Method, Options, plan
 
@@ -357,18 +357,11 @@ def migration_steps(problem: Problem, current: Placement, target: Placement) -> 
     """Moves from ``current`` to ``target`` in waves: each wave loads what fits beside what is
     loaded now, switches, then releases the old copies, freeing memory for the next wave."""
     cap = {s.id: s.memory_mb for s in problem.servers}
-    used = dict.fromkeys(cap, 0.0)
+    used = resident_mb(problem, current)
 
     def mem(variant: str, server: str) -> float:
         c = problem.cost_on(variant, server) if problem.has_server(server) else None
         return c.memory_mb if c is not None else 0.0
-
-    for p in current.primary.values():
-        if p.server in used:
-            used[p.server] += mem(p.variant, p.server)
-    for b in current.backups.values():
-        if b.kind == "warm" and b.server in used:
-            used[b.server] += mem(b.variant, b.server)
 
     # (app, role, new server, new variant, old server or None, old variant, old holds memory)
     todo: list[tuple[str, Literal["primary", "warm"], str, str, str | None, str, bool]] = []

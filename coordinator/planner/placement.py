@@ -111,6 +111,23 @@ class Placement:
         }
 
 
+def resident_mb(problem: Problem, placement: Placement) -> dict[str, float]:
+    """Memory each server of ``problem`` holds for a placement: primaries and warm backups."""
+    used = {s.id: 0.0 for s in problem.servers}
+
+    def add(variant: str, server: str) -> None:
+        c = problem.cost_on(variant, server) if server in used else None
+        if c is not None:
+            used[server] += c.memory_mb
+
+    for p in placement.primary.values():
+        add(p.variant, p.server)
+    for b in placement.backups.values():
+        if b.kind == "warm":
+            add(b.variant, b.server)
+    return used
+
+
 # -- value -----------------------------------------------------------------------------------
 
 

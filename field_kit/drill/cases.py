@@ -117,6 +117,15 @@ def _primary(ctx: DrillContext, app: str = "a1") -> str:
     return w
 
 
+def _signal_primary(ctx: DrillContext, sig: signal.Signals, kind: str) -> Fault:
+    """Send ``sig`` to the critical app's primary; the fault, stamped just before."""
+    w = _primary(ctx)
+    ctx.affected = ctx.affected_by({w})
+    t = time.time()
+    ctx.mesh.signal(w, sig)
+    return Fault(kind, (w,), t)
+
+
 def _restart(ctx: DrillContext, fault: Fault) -> Fault:
     """Start the killed workers again (new incarnations)."""
     for w in fault.targets:
@@ -140,11 +149,7 @@ class KillPrimary(FaultCase):
     summary = "SIGKILL the worker serving the critical app: its warm backup takes over"
 
     def inject(self, ctx: DrillContext) -> Fault:
-        w = _primary(ctx)
-        ctx.affected = ctx.affected_by({w})
-        t = time.time()
-        ctx.mesh.signal(w, signal.SIGKILL)
-        return Fault("kill", (w,), t)
+        return _signal_primary(ctx, signal.SIGKILL, "kill")
 
     def recover(self, ctx: DrillContext, fault: Fault) -> Fault:
         return _restart(ctx, fault)
@@ -232,11 +237,7 @@ class SigstopWorker(FaultCase):
     summary = "freeze the critical app's worker (socket open, only heartbeats tell), thaw it"
 
     def inject(self, ctx: DrillContext) -> Fault:
-        w = _primary(ctx)
-        ctx.affected = ctx.affected_by({w})
-        t = time.time()
-        ctx.mesh.signal(w, signal.SIGSTOP)
-        return Fault("stop", (w,), t)
+        return _signal_primary(ctx, signal.SIGSTOP, "stop")
 
     def recover(self, ctx: DrillContext, fault: Fault) -> Fault:
         t = time.time()
@@ -252,11 +253,7 @@ class SlowWorker(FaultCase):
     summary = "make the critical app's worker 0.5 s slower per frame: downsize, then fail over"
 
     def inject(self, ctx: DrillContext) -> Fault:
-        w = _primary(ctx)
-        ctx.affected = ctx.affected_by({w})
-        t = time.time()
-        ctx.mesh.signal(w, signal.SIGUSR2)
-        return Fault("slow", (w,), t)
+        return _signal_primary(ctx, signal.SIGUSR2, "slow")
 
     def await_effect(self, ctx: DrillContext, fault: Fault) -> None:
         w = fault.targets[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from faillite.coordinator.planner import FailoverPlan, Move, Placement, Problem, migration_steps
+from faillite.coordinator.planner.placement import resident_mb
 from faillite.field_kit.simulate.failures import Failure
 from faillite.field_kit.simulate.policies import Policy, after_failover
 from faillite.field_kit.simulate.timeline import AccuracyTimeline
@@ -169,18 +170,12 @@ def migration_overflows(problem: Problem, current: Placement, moves: Sequence[Mo
     longer needed) and release-first ones happen at once, the wave's loads run together, and
     the releases of the copies they replace follow the wave."""
     cap = {s.id: s.memory_mb for s in problem.servers}
-    used = dict.fromkeys(cap, 0.0)
+    used = resident_mb(problem, current)
 
     def mem(variant: str, server: str) -> float:
         c = problem.cost_on(variant, server) if server in cap else None
         return c.memory_mb if c is not None else 0.0
 
-    for p in current.primary.values():
-        if p.server in used:
-            used[p.server] += mem(p.variant, p.server)
-    for b in current.backups.values():
-        if b.kind == "warm" and b.server in used:
-            used[b.server] += mem(b.variant, b.server)
     over = 0
     for w in sorted({m.wave for m in moves}):
         later: list[Move] = []
