@@ -133,6 +133,14 @@ def _restart(ctx: DrillContext, fault: Fault) -> Fault:
     return replace(fault, t_recover=time.time())
 
 
+def _no_suspicion(suspected: list[str]) -> Check:
+    return Check(
+        "no_false_suspicion",
+        not suspected,
+        "no worker suspected" if not suspected else "suspected: " + "; ".join(suspected),
+    )
+
+
 def _liveness_suspicions(rec: Recording, since: float, harmed: tuple[str, ...]) -> list[str]:
     return [
         s
@@ -395,13 +403,7 @@ class WifiLossy(FaultCase):
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
         sus = false_suspicions(rec, fault.t_inject)
-        return [
-            Check(
-                "no_false_suspicion",
-                not sus,
-                "no worker suspected" if not sus else "suspected: " + "; ".join(sus),
-            )
-        ]
+        return [_no_suspicion(sus)]
 
     def metrics(self, ctx: DrillContext, rec: Recording, fault: Fault) -> dict[str, Any]:
         until = fault.t_recover or fault.t_inject
@@ -555,13 +557,7 @@ class NoFailWithStress(FaultCase):
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
         sus = _liveness_suspicions(rec, fault.t_inject, ())
-        return [
-            Check(
-                "no_false_suspicion",
-                not sus,
-                "no worker suspected" if not sus else "suspected: " + "; ".join(sus),
-            )
-        ]
+        return [_no_suspicion(sus)]
 
     def metrics(self, ctx: DrillContext, rec: Recording, fault: Fault) -> dict[str, Any]:
         until = fault.t_recover or fault.t_inject
