@@ -33,6 +33,13 @@ def _metrics_of(r: dict[str, Any]) -> dict[str, Any]:
     return m.get("failover_by_new_leader") or m
 
 
+def _recovered(m: dict[str, Any]) -> str:
+    apps = m.get("apps") or {}
+    if not apps:
+        return "–"
+    return f"{sum(1 for a in apps.values() if a.get('recovered'))} / {len(apps)}"
+
+
 def _accuracy(m: dict[str, Any]) -> str:
     parts = []
     for app, a in (m.get("apps") or {}).items():
@@ -78,16 +85,18 @@ def write_report(results: list[dict[str, Any]], out: Path, opts: DrillOptions) -
         "from the fault's injection (wall clock of this machine). Accuracy: ImageNet top-1 of "
         "the variant before the fault → mean while degraded.",
         "",
-        "| case | result | " + " | ".join(h for _k, h in METRIC_COLUMNS) + " | accuracy while "
-        "degraded | notes |",
-        "|---" * (len(METRIC_COLUMNS) + 4) + "|",
+        "| case | result | apps recovered | "
+        + " | ".join(h for _k, h in METRIC_COLUMNS)
+        + " | accuracy while degraded | notes |",
+        "|---" * (len(METRIC_COLUMNS) + 5) + "|",
     ]
     for r in results:
         m = _metrics_of(r)
         cells = [_fmt(m.get(k)) for k, _h in METRIC_COLUMNS]
         lines.append(
-            f"| {r['case']} | {r['status']} | " + " | ".join(cells) + f" | {_accuracy(m)} | "
-            f"{_notes(r)} |"
+            f"| {r['case']} | {r['status']} | {_recovered(m)} | "
+            + " | ".join(cells)
+            + f" | {_accuracy(m)} | {_notes(r)} |"
         )
     lines += ["", "## Checks", ""]
     for r in results:
