@@ -94,9 +94,12 @@ class LinkProxy:
         if imp is None:
             return 0.0
         d = max(0.0, self._rng.gauss(imp.delay_ms, imp.jitter_ms)) / 1000
-        if self._rng.random() * 100 < imp.loss_pct:
+        # A lost segment waits one retransmission timeout; a lost retransmission, twice that.
+        rto = max(MIN_RTO_S, 2 * imp.delay_ms / 1000)
+        while self._rng.random() * 100 < imp.loss_pct:
             self.stats.lost += 1
-            d += max(MIN_RTO_S, 2 * imp.delay_ms / 1000)
+            d += rto
+            rto *= 2
         return d
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
