@@ -375,13 +375,16 @@ class WifiLossy(FaultCase):
         return problem
 
     def spec(self, opts: DrillOptions) -> MeshSpec:
-        # Workers on WiFi beat slower: their detectors scale with their own interval.
+        # Workers on WiFi beat slower: their detectors scale with their own interval. TCP
+        # holds a lost segment for its retransmission timeout (200 ms, then 400, 800 ms...):
+        # two losses in a row stall a heartbeat ~0.6 s, past a 0.25 s interval's 0.625 s floor
+        # (3 false suspicions in 10 minutes at 2 % loss); 0.5 s beats put the floor at 1.25 s.
         return MeshSpec(
             broker=opts.broker,
             netns=True,
             impairment=self.impairment,
             impair_in_proxy=self._netem is not None,
-            heartbeat_s=0.25,
+            heartbeat_s=0.5,
             keepalive_s=5,
         )
 
