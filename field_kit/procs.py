@@ -137,9 +137,10 @@ class ProcessGroup:
         raise KeyError(name)
 
     def _stop_one(self, c: Child, sig: int, timeout: float, *, send: bool = True) -> int | None:
-        if c.alive() and send:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(c.pid, sig)
+        if c.alive():
+            if send:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c.pid, sig)
             try:
                 c.proc.wait(timeout)
             except subprocess.TimeoutExpired:

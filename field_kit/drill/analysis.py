@@ -254,7 +254,7 @@ def check_no_crash(codes: dict[str, int | None], killed: set[str], alive: dict[s
     """Every process the drill did not kill was alive at the check and stopped cleanly."""
     bad = [n for n, up in alive.items() if not up and n not in killed]
     bad += [
-        f"{n} exit {c}" for n, c in codes.items() if n not in killed and c not in (0, None, -15)
+        f"{n} exit {c}" for n, c in codes.items() if n not in killed and c not in (0, -15)
     ]
     return Check(
         "no_crash",
