@@ -253,9 +253,7 @@ def check_single_serving(rec: Recording, apps: Sequence[str], since: float, fps:
 def check_no_crash(codes: dict[str, int | None], killed: set[str], alive: dict[str, bool]) -> Check:
     """Every process the drill did not kill was alive at the check and stopped cleanly."""
     bad = [n for n, up in alive.items() if not up and n not in killed]
-    bad += [
-        f"{n} exit {c}" for n, c in codes.items() if n not in killed and c not in (0, -15)
-    ]
+    bad += [f"{n} exit {c}" for n, c in codes.items() if n not in killed and c not in (0, -15)]
     return Check(
         "no_crash",
         not bad,
