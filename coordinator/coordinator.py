@@ -117,6 +117,7 @@ class Coordinator:
         # are instead of reshuffling a mesh that is serving fine.
         self.inherited: messages.Placement | None = None
         self.deposed = False
+        self.term_floor = 0  # a standby's memory of the newest leader's term
         will = Will(self.topics.coordinator_status, messages.encode(self._status("offline")))
         self.client = MeshClient(
             f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
@@ -223,8 +224,9 @@ class Coordinator:
         """Next term after the highest one retained on the broker (a restart moves it on)."""
         if self._previous_term.wait(wait_s):
             self._stop.wait(0.2)  # the rest of the retained burst
-        self.term = self._seen_term + 1
-        log.info("term_acquired", term=self.term, previous=self._seen_term)
+        previous = max(self._seen_term, self.term_floor)
+        self.term = previous + 1
+        log.info("term_acquired", term=self.term, previous=previous)
         # Claim the term at once: standbys must not read the planning time as a vacancy.
         self.client.publish(
             self.topics.coordinator_status,

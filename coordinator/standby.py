@@ -47,13 +47,26 @@ class StandbyWatch:
         )
         self.client.subscribe(self.topics.coordinator_status, self._on_status)
         self.client.on_connect(self._on_connect)
+        self.client.on_disconnect(self._on_disconnect)
+        self.grace_s = max(STARTUP_GRACE_S, mesh.coordinator.reconnect_grace_s) + self.delay_s
 
     def _on_connect(self) -> None:
-        # Nothing retained (no leader ever, or a broker that lost it) reads as vacant too, after
-        # a leader starting beside us has had time to claim its term.
+        # After any (re)connect, vacant or not is judged afresh, after a grace: a leader
+        # starting beside us must claim its term, and after a broker restart the leader must
+        # reconnect (its last-will may have fired as the broker went down). Nothing retained
+        # then (no leader ever, or a broker that lost it) reads as vacant.
         with self._cond:
-            if self._leader is None and self._vacant_since is None:
-                self._vacant_since = time.monotonic() + STARTUP_GRACE_S
+            self._vacant_since = time.monotonic() + self.grace_s
+
+    def _on_disconnect(self) -> None:
+        with self._cond:
+            self._vacant_since = None  # we cannot tell while we cannot see
+
+    @property
+    def highest_term(self) -> int:
+        """The newest leader's term we saw: a successor must take a higher one, whatever the
+        broker still retains."""
+        return self._leader.term if self._leader is not None else 0
 
     def _on_status(self, msg: paho.MQTTMessage) -> None:
         now = time.monotonic()
@@ -80,7 +93,7 @@ class StandbyWatch:
                         term=st.term,
                         takeover_in_s=self.delay_s,
                     )
-                self._vacant_since = self._vacant_since or now
+                self._vacant_since = max(self._vacant_since or now, now)
             else:
                 log.info("stale_leader_offline_ignored", stale=st.incarnation, term=st.term)
             self._cond.notify_all()

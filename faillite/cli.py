@@ -174,6 +174,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         if watch.wait_for_vacancy(stop) is None:
             return 0
     coord = coordinator_for(cfg, catalog, args.id)
+    if args.standby:
+        coord.term_floor = watch.highest_term
     _until_signal(coord.request_stop)
     coord.start()
     coord.wait()
