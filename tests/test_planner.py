@@ -40,7 +40,9 @@ from faillite.coordinator.planner import (
 )
 from faillite.coordinator.planner.placement import backup_value, primary_value
 
-A2_CSV = Path(__file__).resolve().parents[2] / "shared/data/a2_profiles.csv"
+# The shared original beside the repository where there is one, else the packaged copy.
+_SHARED_CSV = Path(__file__).resolve().parents[2] / "shared/data/a2_profiles.csv"
+A2_CSV = _SHARED_CSV if _SHARED_CSV.exists() else packaged_config("a2_profiles.csv")
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
