@@ -36,13 +36,13 @@ import orjson
 import yaml
 
 from faillite import messages
-from faillite.broker.launch import BrokerLauncher
 from faillite.catalog import load_catalog
 from faillite.config import MeshConfig, default_models_dir, load_mesh_config, packaged_config
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.models.build import build_models
 from faillite.stats import percentiles
 from faillite.topics import Topics
+from field_kit.brokers import BrokerLauncher
+from field_kit.procs import ProcessGroup, faillite_cmd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from meshkit import Collector, FramePump

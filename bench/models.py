@@ -17,7 +17,7 @@ from faillite.catalog import load_catalog
 from faillite.config import OnnxRuntimeBackendConfig, packaged_config
 from faillite.models.build import build_models
 from faillite.models.preprocess import preprocess
-from faillite.workers.backends.ort import OnnxRuntimeBackend
+from workers.backends.ort import OnnxRuntimeBackend
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import timeit
 from collections.abc import Mapping
 from pathlib import Path
 
-from faillite.coordinator.planner import (
+from coordinator.planner import (
     Assign,
     Backup,
     Options,
@@ -33,7 +33,7 @@ from faillite.coordinator.planner import (
     replan_after,
     validate,
 )
-from faillite.coordinator.planner.placement import backup_value, primary_value
+from coordinator.planner.placement import backup_value, primary_value
 
 SIZES = [(20, 5, 3), (100, 20, 3), (1000, 100, 4)]
 

@@ -34,7 +34,6 @@ import psutil
 import yaml
 
 from faillite import envelope, messages
-from faillite.broker.launch import BrokerLauncher
 from faillite.catalog import load_catalog
 from faillite.config import (
     BrokerConfig,
@@ -43,14 +42,15 @@ from faillite.config import (
     default_models_dir,
     packaged_config,
 )
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.models.build import build_models
 from faillite.models.preprocess import preprocess
 from faillite.mqtt import MeshClient
-from faillite.sensors.sources import SceneSource
 from faillite.stats import percentiles
 from faillite.topics import Role, Topics
-from faillite.workers.backends.ort import OnnxRuntimeBackend
+from field_kit.brokers import BrokerLauncher
+from field_kit.procs import ProcessGroup, faillite_cmd
+from sensors.sources import SceneSource
+from workers.backends.ort import OnnxRuntimeBackend
 
 
 def make_frames(n: int) -> list[bytes]:

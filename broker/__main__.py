@@ -1,6 +1,6 @@
-"""``python -m faillite.broker``: run the embedded broker until SIGINT / SIGTERM.
+"""``python -m broker``: run the embedded broker until SIGINT / SIGTERM.
 
-    python -m faillite.broker [--config mesh.yaml] [--mesh ID] [--host H] [--port P]
+    python -m broker [--config mesh.yaml] [--mesh ID] [--host H] [--port P]
 
 Without ``--config`` the broker runs with defaults (anonymous, no ACL) for mesh ``demo``.
 ``--host`` / ``--port`` / ``--mesh`` override the config. Port 0 picks a free port; the
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from broker.embedded import BrokerSetupError, run_broker
 from faillite import log as flog
-from faillite.broker.embedded import BrokerSetupError, run_broker
 from faillite.config import BrokerConfig, ConfigError, MeshConfig, load_mesh_config
 from faillite.topics import InvalidIdError, check_id
 
@@ -26,7 +26,7 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m faillite.broker", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m broker", description=__doc__)
     p.add_argument("--config", "-c", help="mesh config (YAML); its broker section is used")
     p.add_argument("--mesh", help="mesh id (default: the config's, else 'demo')")
     p.add_argument("--host", help="listen address (default: the config's)")

@@ -3,7 +3,7 @@
 Pure logic (no amqtt), shared by the broker plugins and unit-testable on its own. The rules are
 ``faillite.topics.role_acl(mesh)``, the same table the Mosquitto ACL file is generated from.
 
-Policy, by configuration (the Mosquitto files written by :mod:`faillite.broker.mosquitto` give
+Policy, by configuration (the Mosquitto files written by :mod:`broker.mosquitto` give
 the same result):
 
 =================  ===============  =====  ==============================  ====================

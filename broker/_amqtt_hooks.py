@@ -39,7 +39,7 @@ from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from faillite.broker._acl import AccessPolicy, Operation
+from broker._acl import AccessPolicy, Operation
 from faillite.topics import Role
 
 KEEPALIVE_FACTOR: Final = 1.5  # MQTT 3.1.1 §3.1.2.10

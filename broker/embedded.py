@@ -1,12 +1,12 @@
 """The embedded MQTT broker (amqtt) for zero-setup runs: ``faillite broker``.
 
-What it adds to amqtt 0.12 (details and reasons in :mod:`faillite.broker._amqtt_hooks`):
+What it adds to amqtt 0.12 (details and reasons in :mod:`broker._amqtt_hooks`):
 
 - keepalive enforcement: a client silent for 1.5 × its keepalive is dropped and its last-will
   published, as MQTT 3.1.1 §3.1.2.10 requires (amqtt alone never drops it);
 - a connect timeout for sockets that never send CONNECT;
 - password accounts and the per-role topic ACL of ``faillite.topics.role_acl`` (the policy table
-  is in :mod:`faillite.broker._acl`); denied publishes are dropped and logged;
+  is in :mod:`broker._acl`); denied publishes are dropped and logged;
 - a payload limit (``max_payload_bytes``): bigger publishes are dropped and logged;
 - retained messages go only to clients that subscribed to them.
 
@@ -22,8 +22,8 @@ import logging
 import signal
 from collections.abc import Callable, Iterator
 
-from faillite.broker._acl import AccessPolicy
-from faillite.broker._amqtt_hooks import (
+from broker._acl import AccessPolicy
+from broker._amqtt_hooks import (
     BrokerRuntime,
     LogLimiter,
     MeshBroker,
@@ -98,7 +98,7 @@ async def serve(
     if cfg.tls is not None:
         raise BrokerSetupError(
             "the embedded broker does not terminate TLS; run Mosquitto for TLS "
-            "(python -m faillite.broker.mosquitto writes its configuration)"
+            "(python -m broker.mosquitto writes its configuration)"
         )
     policy = AccessPolicy(cfg, mesh)
     if not cfg.allow_anonymous and not policy.auth_enabled:

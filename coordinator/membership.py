@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
 from faillite import messages
-from faillite.coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
 
 TransitionKind = Literal["joined", "failed", "recovered", "stale"]
 State = Literal["alive", "failed"]

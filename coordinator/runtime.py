@@ -26,13 +26,10 @@ from typing import Any, Literal
 
 import paho.mqtt.client as paho
 
-from faillite import messages
-from faillite.catalog import Catalog
-from faillite.config import MeshConfig
-from faillite.coordinator.coordinator import Coordinator, Plan, Planner, WorkerPlan
-from faillite.coordinator.detectors import DetectorConfig, SloDetector
-from faillite.coordinator.membership import Membership, Transition
-from faillite.coordinator.planner import (
+from coordinator.coordinator import Coordinator, Plan, Planner, WorkerPlan
+from coordinator.detectors import DetectorConfig, SloDetector
+from coordinator.membership import Membership, Transition
+from coordinator.planner import (
     Assign,
     Backup,
     FailoverPlan,
@@ -46,6 +43,9 @@ from faillite.coordinator.planner import (
     plan,
     plan_failover,
 )
+from faillite import messages
+from faillite.catalog import Catalog
+from faillite.config import MeshConfig
 from faillite.log import get_logger
 from faillite.topics import WORKER_HEARTBEAT, parse
 
@@ -736,6 +736,6 @@ def coordinator_for(
     """The coordinator the config asks for."""
     if mesh.coordinator.type == "planner":
         return MeshCoordinator(mesh, catalog, coordinator_id)
-    from faillite.coordinator.coordinator import StaticPlanner
+    from coordinator.coordinator import StaticPlanner
 
     return Coordinator(mesh, catalog, StaticPlanner(mesh, catalog), coordinator_id)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,8 @@ def _until_signal(stop: Callable[[], None]) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from faillite.broker.embedded import BrokerSetupError, run_broker
+    with _role("broker", "broker"):
+        from broker.embedded import BrokerSetupError, run_broker
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="broker")
@@ -87,7 +90,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_sensor(args: argparse.Namespace) -> int:
-    from faillite.sensors.publisher import SensorPublisher
+    with _role("sensor", "sensor"):
+        from sensors.publisher import SensorPublisher
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="sensor", sensor=args.id)
@@ -125,7 +129,9 @@ def cmd_sensor(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
-    from faillite.workers.worker import Worker
+
+    with _role("worker", "worker"):
+        from workers.worker import Worker
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="worker", worker=args.id)
@@ -160,13 +166,15 @@ def _fault_signals(worker: Any) -> None:
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
-    from faillite.coordinator.runtime import coordinator_for
+
+    with _role("coordinator", "coordinator"):
+        from coordinator.runtime import coordinator_for
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
     catalog = load_catalog(cfg.catalog)
     if args.standby:
-        from faillite.coordinator.standby import StandbyWatch
+        from coordinator.standby import StandbyWatch
 
         stop = threading.Event()
         _until_signal(stop.set)
@@ -184,7 +192,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from faillite.field_kit.up import UpOptions, run_up
+    with _role("up", "demo"):
+        from field_kit.up import UpOptions, run_up
 
     cfg = load(args)
     flog.configure(
@@ -207,7 +216,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_models_build(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
-    from faillite.models.build import build_models
+
+    with _role("models build", "models"):
+        from faillite.models.build import build_models
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="models", level="warning")
@@ -246,7 +257,66 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="override where model files live")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Tools whose parsers import what they run (the planner, matplotlib): loaded only when named, so
+# a role's start never pays for them, and a node without their extra still has ``faillite``.
+TOOLS: dict[str, tuple[str, str, str]] = {
+    "drill": (
+        "field_kit.drill.runner",
+        "run named failure drills against a live mesh on this machine",
+        "drill",
+    ),
+    "simulate": (
+        "field_kit.simulate.cli",
+        "simulate failures of a fleet and compare protection policies",
+        "simulate",
+    ),
+}
+
+
+class MissingExtraError(RuntimeError):
+    """A command whose third-party packages are not installed on this node."""
+
+
+def _missing(command: str, extra: str, exc: ModuleNotFoundError) -> MissingExtraError:
+    return MissingExtraError(
+        f"faillite {command} needs the {extra!r} extra, which is not installed here "
+        f"(no module {exc.name!r}): pip install 'faillite[{extra}]'"
+    )
+
+
+def _register_tool(sub: Any, name: str, module: str, extra: str) -> None:
+    try:
+        register = importlib.import_module(module).register
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in FIRST_PARTY:
+            raise
+        error = _missing(name, extra, exc)
+
+        def unavailable(_args: argparse.Namespace) -> int:
+            raise error
+
+        p = sub.add_parser(name, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=unavailable)
+        return
+    register(sub)
+
+
+FIRST_PARTY = frozenset({"faillite", "broker", "workers", "coordinator", "sensors", "field_kit"})
+
+
+@contextlib.contextmanager
+def _role(command: str, extra: str) -> Iterator[None]:
+    """Turn a missing third-party module of a role into one clear line (which extra)."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in FIRST_PARTY:
+            raise
+        raise _missing(command, extra, exc) from exc
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faillite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -307,12 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.set_defaults(func=cmd_up)
 
-    from faillite.field_kit.drill.runner import register as register_drill
-
-    register_drill(sub)
-    from faillite.field_kit.simulate.cli import register as register_simulate
-
-    register_simulate(sub)
+    for name, (module, text, extra) in TOOLS.items():
+        if name == command:
+            _register_tool(sub, name, module, extra)
+        else:  # named in the help; its own parser is only built when it runs
+            sub.add_parser(name, help=text)
 
     p = sub.add_parser("models", help="build and list model files")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -330,11 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         rc: int = args.func(args)
     except ConfigError as exc:
         print(f"faillite: config error: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtraError as exc:
+        print(f"faillite: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -315,7 +315,7 @@ def default_models_dir() -> Path:
 
 
 def packaged_config(name: str) -> Path:
-    """Path of a config shipped in the ``configs/`` folder (installed as faillite.configs)."""
-    import faillite.configs
+    """Path of a config shipped in the ``configs/`` folder (installed as configs)."""
+    import configs
 
-    return Path(faillite.configs.__file__).parent / name
+    return Path(configs.__file__).parent / name

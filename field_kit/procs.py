@@ -71,7 +71,11 @@ def wait_port(
 
 
 def faillite_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "faillite", *args]
+    """The ``faillite`` command in a child process, with the installed packages only.
+
+    ``-P``: the working folder is not put on ``sys.path``, so a child started from a checkout's
+    root runs what is installed, never the checkout's folders of the same names."""
+    return [sys.executable, "-P", "-m", "faillite", *args]
 
 
 @dataclass

@@ -22,10 +22,10 @@ from rich.live import Live
 
 from faillite.catalog import Catalog, load_catalog
 from faillite.config import ConfigError, MeshConfig
-from faillite.field_kit.observe import MeshObserver
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
 from faillite.log import get_logger
 from faillite.models.build import build_models, missing_models
+from field_kit.observe import MeshObserver
+from field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
 
 log = get_logger("up")
 

@@ -13,9 +13,9 @@ from faillite import envelope, messages
 from faillite.config import BrokerConfig, SensorConfig
 from faillite.log import get_logger
 from faillite.mqtt import MeshClient, Will
-from faillite.sensors.sources import FrameSource, SourceError, open_source
 from faillite.stats import RateMeter, Window
 from faillite.topics import APP_RESULTS, Role, Topics
+from sensors.sources import FrameSource, SourceError, open_source
 
 log = get_logger("sensor")
 

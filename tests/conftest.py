@@ -1,4 +1,5 @@
-"""Shared fixtures: brokers (amqtt and Mosquitto on free loopback ports) and built models."""
+"""Fixtures come from plugins (``tests/plugins``): real brokers on free loopback ports, and the
+catalog's models built once. Tests: ``unit/`` (no broker, no process), ``integration/`` (real
+brokers, real worker and coordinator processes), ``drills/`` (whole meshes under faults)."""
 
-from fixtures_brokers import *  # noqa: F403
-from fixtures_models import *  # noqa: F403
+pytest_plugins = ("plugins.brokers", "plugins.models")

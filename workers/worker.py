@@ -37,8 +37,8 @@ from faillite.models.preprocess import preprocess, top_k
 from faillite.mqtt import MeshClient, Will
 from faillite.stats import Window
 from faillite.topics import Role, Topics
-from faillite.workers.backends import Backend, BackendError, LoadedModel, create_backend
-from faillite.workers.frame_queue import FrameQueues, QueuedFrame
+from workers.backends import Backend, BackendError, LoadedModel, create_backend
+from workers.frame_queue import FrameQueues, QueuedFrame
 
 log = get_logger("worker")
 HELD_FRAME_MAX_AGE_NS = 500_000_000  # a held frame older than this is not worth serving

@@ -6,7 +6,7 @@ with an exact MILP for small instances and a FailLite-style greedy baseline. ``f
 precomputes per failure domain what to do when it fails, re-plans and fails back.
 """
 
-from faillite.coordinator.planner.failover import (
+from coordinator.planner.failover import (
     FailoverPlan,
     FailoverTable,
     Migration,
@@ -19,7 +19,7 @@ from faillite.coordinator.planner.failover import (
     plan_failover,
     replan_after,
 )
-from faillite.coordinator.planner.placement import (
+from coordinator.planner.placement import (
     Assign,
     Backup,
     Placement,
@@ -30,7 +30,7 @@ from faillite.coordinator.planner.placement import (
     primary_value,
     validate,
 )
-from faillite.coordinator.planner.problem import (
+from coordinator.planner.problem import (
     App,
     CsvProfile,
     InfeasibleError,
@@ -43,7 +43,7 @@ from faillite.coordinator.planner.problem import (
     load_profiles_csv,
     random_problem,
 )
-from faillite.coordinator.planner.solve import Method, Options, plan, plan_backups, plan_primaries
+from coordinator.planner.solve import Method, Options, plan, plan_backups, plan_primaries
 
 __all__ = [
     "App",

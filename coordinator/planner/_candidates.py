@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from faillite.coordinator.planner.placement import Assign, Backup
-from faillite.coordinator.planner.problem import Problem
+from coordinator.planner.placement import Assign, Backup
+from coordinator.planner.problem import Problem
 
 FArr = npt.NDArray[np.float64]
 IArr = npt.NDArray[np.int64]

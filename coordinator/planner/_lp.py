@@ -23,11 +23,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sparse
 
-from faillite.coordinator.planner._candidates import BArr, Cands, FArr, IArr
+from coordinator.planner._candidates import BArr, Cands, FArr, IArr
 
 
 @dataclass
@@ -161,6 +160,8 @@ def _solve(
     built: _Built, score: FArr, integer: bool, time_limit_s: float | None
 ) -> tuple[FArr, FArr | None, float, str]:
     """(x, duals or None, objective, status) of max score·x s.t. A [x; aux] <= b."""
+    import cvxpy as cp  # ~1 s to import: only planners that solve an LP pay it
+
     n = built.n_x
     Ax = built.A[:, :n]
     x = cp.Variable(n, boolean=True) if integer else cp.Variable(n, bounds=[0.0, 1.0])

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from faillite.coordinator.planner.placement import Assign, Backup, Placement, resident_mb
-from faillite.coordinator.planner.problem import Problem
-from faillite.coordinator.planner.solve import Method, Options, plan
+from coordinator.planner.placement import Assign, Backup, Placement, resident_mb
+from coordinator.planner.problem import Problem
+from coordinator.planner.solve import Method, Options, plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from faillite.coordinator.planner.problem import Problem
+from coordinator.planner.problem import Problem
 
 Kind = Literal["warm", "cold"]
 

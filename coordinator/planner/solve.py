@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from faillite.coordinator.planner import _lp
-from faillite.coordinator.planner._candidates import (
+from coordinator.planner import _lp
+from coordinator.planner._candidates import (
     COLD,
     WARM,
     BackupState,
@@ -33,8 +33,8 @@ from faillite.coordinator.planner._candidates import (
     backup_candidates,
     primary_candidates,
 )
-from faillite.coordinator.planner.placement import Assign, Backup, Placement, StageReport
-from faillite.coordinator.planner.problem import InfeasibleError, Problem
+from coordinator.planner.placement import Assign, Backup, Placement, StageReport
+from coordinator.planner.problem import InfeasibleError, Problem
 
 Method = Literal["lp", "milp", "greedy"]
 _State = PrimaryState | BackupState

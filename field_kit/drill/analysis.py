@@ -18,9 +18,9 @@ import paho.mqtt.client as paho
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
-from faillite.field_kit.recorder import Recorder
 from faillite.mqtt import MeshClient
 from faillite.topics import Role, Topics, parse
+from field_kit.recorder import Recorder
 
 OVERLAP_GRACE_S = 1.0  # in-flight frames of a handover; longer than this is two servers
 

@@ -10,9 +10,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
+from coordinator.planner import Problem, plan
 from faillite import messages
-from faillite.coordinator.planner import Problem, plan
-from faillite.field_kit.drill.analysis import (
+from faillite.stats import percentiles
+from field_kit.drill.analysis import (
     Check,
     Fault,
     Recording,
@@ -20,9 +21,8 @@ from faillite.field_kit.drill.analysis import (
     false_suspicions,
     service_gaps,
 )
-from faillite.field_kit.drill.mesh import APPS, WORKERS, DrillMesh, MeshSpec
-from faillite.field_kit.drill.netns import Impairment, netem_problem, root_problem
-from faillite.stats import percentiles
+from field_kit.drill.mesh import APPS, WORKERS, DrillMesh, MeshSpec
+from field_kit.drill.netns import Impairment, netem_problem, root_problem
 
 # Causes that say "this worker is dead" (an SLO action under load is not one).
 LIVENESS_CAUSES = ("heartbeat_silence", "last_will", "stalled", "graceful")

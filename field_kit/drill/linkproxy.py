@@ -16,8 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from faillite.field_kit.drill.netns import Impairment
 from faillite.log import get_logger
+from field_kit.drill.netns import Impairment
 
 log = get_logger("linkproxy")
 MIN_RTO_S = 0.2  # Linux's minimum retransmission timeout

@@ -20,15 +20,15 @@ from typing import Any
 import yaml
 
 from faillite import messages
-from faillite.broker.launch import BrokerEndpoint, BrokerLauncher
 from faillite.catalog import Catalog, load_catalog
 from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
-from faillite.field_kit.drill.linkproxy import LinkProxy
-from faillite.field_kit.drill.netns import Impairment, NetNamespace
-from faillite.field_kit.procs import Child, ProcessGroup, faillite_cmd, free_port
-from faillite.field_kit.recorder import Recorder
 from faillite.log import get_logger
 from faillite.topics import Topics
+from field_kit.brokers import BrokerEndpoint, BrokerLauncher
+from field_kit.drill.linkproxy import LinkProxy
+from field_kit.drill.netns import Impairment, NetNamespace
+from field_kit.procs import Child, ProcessGroup, faillite_cmd, free_port
+from field_kit.recorder import Recorder
 
 log = get_logger("drill")
 

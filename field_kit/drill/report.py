@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from faillite.field_kit.drill.cases import DrillOptions
+    from field_kit.drill.cases import DrillOptions
 
 METRIC_COLUMNS = (
     ("detection_ms", "detection"),

@@ -12,7 +12,10 @@ from typing import Any
 
 from faillite.catalog import load_catalog
 from faillite.config import default_models_dir, packaged_config
-from faillite.field_kit.drill.analysis import (
+from faillite.log import get_logger
+from faillite.models.build import build_models
+from faillite.stats import percentiles
+from field_kit.drill.analysis import (
     Check,
     Fault,
     Recording,
@@ -22,12 +25,9 @@ from faillite.field_kit.drill.analysis import (
     check_single_serving,
     retained_snapshot,
 )
-from faillite.field_kit.drill.cases import CASES, DrillContext, DrillOptions, FaultCase
-from faillite.field_kit.drill.mesh import APPS, WORKERS, DrillMesh
-from faillite.field_kit.drill.report import write_report
-from faillite.log import get_logger
-from faillite.models.build import build_models
-from faillite.stats import percentiles
+from field_kit.drill.cases import CASES, DrillContext, DrillOptions, FaultCase
+from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
+from field_kit.drill.report import write_report
 
 log = get_logger("drill")
 

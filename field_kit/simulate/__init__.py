@@ -7,18 +7,18 @@ recovery rate, MTTR, accuracy against full replication and memory spent on prote
 (:mod:`.metrics`, :mod:`.report`). :mod:`.cli` adds the ``simulate`` subcommand.
 """
 
-from faillite.field_kit.simulate.engine import Engine, EngineSettings, Episode, RunResult
-from faillite.field_kit.simulate.errors import (
+from field_kit.simulate.engine import Engine, EngineSettings, Episode, RunResult
+from field_kit.simulate.errors import (
     PolicyError,
     ScenarioError,
     SimulationError,
     TraceError,
 )
-from faillite.field_kit.simulate.failures import Failure, FailureModel, load_trace, parse_trace
-from faillite.field_kit.simulate.metrics import PolicyMetrics, Protection
-from faillite.field_kit.simulate.policies import POLICY_NAMES, Policy, make_policy
-from faillite.field_kit.simulate.scenario import SCENARIOS, Scenario, SiteSpec, named
-from faillite.field_kit.simulate.simulation import (
+from field_kit.simulate.failures import Failure, FailureModel, load_trace, parse_trace
+from field_kit.simulate.metrics import PolicyMetrics, Protection
+from field_kit.simulate.policies import POLICY_NAMES, Policy, make_policy
+from field_kit.simulate.scenario import SCENARIOS, Scenario, SiteSpec, named
+from field_kit.simulate.simulation import (
     Simulation,
     SimulationConfig,
     SimulationResult,

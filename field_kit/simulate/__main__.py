@@ -1,7 +1,7 @@
-"""``python -m faillite.field_kit.simulate``: the ``faillite simulate`` command on its own."""
+"""``python -m field_kit.simulate``: the ``faillite simulate`` command on its own."""
 
 import sys
 
-from faillite.field_kit.simulate.cli import main
+from field_kit.simulate.cli import main
 
 sys.exit(main())

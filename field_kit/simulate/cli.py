@@ -2,7 +2,7 @@
 
 Hook into ``faillite/cli.py`` with one line in ``build_parser``::
 
-    from faillite.field_kit.simulate.cli import register; register(sub)
+    from field_kit.simulate.cli import register; register(sub)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from faillite.coordinator.planner import Knobs
+from coordinator.planner import Knobs
 
 DESCRIPTION = (
     "Discrete-event simulation of a fleet under server and failure-domain failures: "
@@ -172,7 +172,7 @@ class _Progress:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from faillite.field_kit.simulate.errors import SimulationError
+    from field_kit.simulate.errors import SimulationError
 
     try:
         return _run(args)
@@ -186,11 +186,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imports here: `faillite --help` must not pay for cvxpy and matplotlib.
-    from faillite.field_kit.simulate.failures import FailureModel, load_trace
-    from faillite.field_kit.simulate.policies import parse_policies
-    from faillite.field_kit.simulate.report import ReportWriter
-    from faillite.field_kit.simulate.scenario import named
-    from faillite.field_kit.simulate.simulation import MODES, Simulation, SimulationConfig
+    from field_kit.simulate.failures import FailureModel, load_trace
+    from field_kit.simulate.policies import parse_policies
+    from field_kit.simulate.report import ReportWriter
+    from field_kit.simulate.scenario import named
+    from field_kit.simulate.simulation import MODES, Simulation, SimulationConfig
 
     _positive(
         args,
@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m faillite.field_kit.simulate``: the subcommand on its own."""
+    """``python -m field_kit.simulate``: the subcommand on its own."""
     parser = argparse.ArgumentParser(
         prog="faillite simulate",
         description=DESCRIPTION,

@@ -24,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from faillite.coordinator.planner import FailoverPlan, Move, Placement, Problem, migration_steps
-from faillite.coordinator.planner.placement import resident_mb
-from faillite.field_kit.simulate.failures import Failure
-from faillite.field_kit.simulate.policies import Policy, after_failover
-from faillite.field_kit.simulate.timeline import AccuracyTimeline
+from coordinator.planner import FailoverPlan, Move, Placement, Problem, migration_steps
+from coordinator.planner.placement import resident_mb
+from field_kit.simulate.failures import Failure
+from field_kit.simulate.policies import Policy, after_failover
+from field_kit.simulate.timeline import AccuracyTimeline
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faillite.coordinator.planner import Problem
-from faillite.field_kit.simulate.errors import TraceError
+from coordinator.planner import Problem
+from field_kit.simulate.errors import TraceError
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from faillite.coordinator.planner import Placement, Problem
-from faillite.field_kit.simulate.engine import RunResult
+from coordinator.planner import Placement, Problem
+from field_kit.simulate.engine import RunResult
 
 
 def percentile(sorted_xs: Sequence[float], q: float) -> float:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from faillite.coordinator.planner import (
+from coordinator.planner import (
     Assign,
     Backup,
     FailoverPlan,
@@ -40,7 +40,7 @@ from faillite.coordinator.planner import (
     plan_primaries,
     replan_after,
 )
-from faillite.field_kit.simulate.errors import PolicyError
+from field_kit.simulate.errors import PolicyError
 
 POLICY_NAMES = ("none", "full-warm", "cold", "greedy", "lp")
 

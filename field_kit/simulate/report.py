@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from faillite.field_kit.simulate.metrics import PolicyMetrics, Protection, Reduction
-from faillite.field_kit.simulate.simulation import SimulationResult
+from field_kit.simulate.metrics import PolicyMetrics, Protection, Reduction
+from field_kit.simulate.simulation import SimulationResult
 
 _NUM = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|null"
 _NUMBER_LIST = re.compile(rf"\[\s*((?:{_NUM})(?:,\s*(?:{_NUM}))*)\s*\]")

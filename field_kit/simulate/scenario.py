@@ -19,9 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faillite.catalog import Catalog, load_catalog
-from faillite.config import ConfigError, packaged_config
-from faillite.coordinator.planner import (
+from coordinator.planner import (
     App,
     Knobs,
     Problem,
@@ -31,7 +29,9 @@ from faillite.coordinator.planner import (
     VariantCost,
     load_profiles_csv,
 )
-from faillite.field_kit.simulate.errors import ScenarioError
+from faillite.catalog import Catalog, load_catalog
+from faillite.config import ConfigError, packaged_config
+from field_kit.simulate.errors import ScenarioError
 
 DEVICE_CLASS = "a2"
 A2_MEMORY_MB = 16 * 1024.0  # an NVIDIA A2 has 16 GB

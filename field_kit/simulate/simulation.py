@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from faillite.coordinator.planner import Options, Placement, Problem, validate
-from faillite.field_kit.simulate.engine import Engine, EngineSettings, RunResult
-from faillite.field_kit.simulate.failures import Failure, FailureModel, sweep_cases
-from faillite.field_kit.simulate.metrics import PolicyMetrics, Protection
-from faillite.field_kit.simulate.policies import PlannerPolicy, Policy, make_policy
-from faillite.field_kit.simulate.scenario import Scenario
+from coordinator.planner import Options, Placement, Problem, validate
+from field_kit.simulate.engine import Engine, EngineSettings, RunResult
+from field_kit.simulate.failures import Failure, FailureModel, sweep_cases
+from field_kit.simulate.metrics import PolicyMetrics, Protection
+from field_kit.simulate.policies import PlannerPolicy, Policy, make_policy
+from field_kit.simulate.scenario import Scenario
 
 MODES = ("sweep", "random", "trace")
 # Progress: (what, done, total); called before the first and after each unit of work.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faillite.config import OnnxRuntimeBackendConfig, TensorRTBackendConfig
-from faillite.workers.backends.base import (
+from workers.backends.base import (
     Backend,
     BackendError,
     BackendUnavailableError,
@@ -24,9 +24,9 @@ __all__ = [
 def create_backend(cfg: OnnxRuntimeBackendConfig | TensorRTBackendConfig) -> Backend:
     """Instantiate the backend that ``cfg.type`` names (imported lazily: optional runtimes)."""
     if isinstance(cfg, OnnxRuntimeBackendConfig):
-        from faillite.workers.backends.ort import OnnxRuntimeBackend
+        from workers.backends.ort import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(cfg)
-    from faillite.workers.backends.tensorrt import TensorRTBackend
+    from workers.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend(cfg)

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from faillite.config import OnnxRuntimeBackendConfig
 from faillite.log import get_logger
-from faillite.workers.backends.base import (
+from workers.backends.base import (
     Backend,
     BackendError,
     BackendUnavailableError,

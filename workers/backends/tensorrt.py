@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faillite.config import TensorRTBackendConfig
-from faillite.workers.backends.base import (
+from workers.backends.base import (
     Backend,
     BackendError,
     BackendUnavailableError,

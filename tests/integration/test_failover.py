@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshkit import Collector, FramePump, load, write_config
+from plugins.mesh import Collector, FramePump, load, write_config
 
 from faillite import messages
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.topics import Topics
+from field_kit.procs import ProcessGroup, faillite_cmd
 
 WORKERS = tuple(
     {"id": w, "memory_mb": 100, "failure_domain": f"rack-{w}"} for w in ("w1", "w2", "w3")

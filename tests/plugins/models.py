@@ -15,9 +15,7 @@ from faillite.catalog import Catalog, load_catalog
 from faillite.config import packaged_config
 from faillite.models.build import build_models
 
-__all__ = ["catalog", "models_cache_dir", "models_dir"]
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def models_cache_dir() -> Path:

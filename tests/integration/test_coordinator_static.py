@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshkit import Collector, load, write_config
+from plugins.mesh import Collector, load, write_config
 
 from faillite import messages
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.topics import Topics
+from field_kit.procs import ProcessGroup, faillite_cmd
 
 
 def test_publishes_retained_plan_and_moves_term_on_restart(

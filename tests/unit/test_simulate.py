@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from faillite.coordinator.planner import App, Placement, Problem, Server, Variant, VariantCost
-from faillite.field_kit.simulate import (
+from coordinator.planner import App, Placement, Problem, Server, Variant, VariantCost
+from field_kit.simulate import (
     Engine,
     EngineSettings,
     Failure,
@@ -25,9 +25,9 @@ from faillite.field_kit.simulate import (
     named,
     parse_trace,
 )
-from faillite.field_kit.simulate.cli import register
-from faillite.field_kit.simulate.scenario import generate, load_catalogued
-from faillite.field_kit.simulate.timeline import AccuracyTimeline
+from field_kit.simulate.cli import register
+from field_kit.simulate.scenario import generate, load_catalogued
+from field_kit.simulate.timeline import AccuracyTimeline
 
 # -- the tiny scenario, by hand -----------------------------------------------------------------
 #

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from faillite.workers.frame_queue import FrameQueues, QueuedFrame
+from workers.frame_queue import FrameQueues, QueuedFrame
 
 
 def _f(app: str, n: int) -> QueuedFrame:

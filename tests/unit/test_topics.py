@@ -9,7 +9,7 @@ import pytest
 
 from faillite import messages, topics
 
-DOC = Path(__file__).resolve().parents[1] / "topics.md"
+DOC = Path(__file__).resolve().parents[2] / "topics.md"
 
 
 def _table_rows() -> dict[str, list[str]]:

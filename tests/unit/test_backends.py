@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from faillite.config import OnnxRuntimeBackendConfig, TensorRTBackendConfig
-from faillite.workers.backends import (
+from workers.backends import (
     BackendError,
     BackendUnavailableError,
     ModelFileMissingError,

@@ -20,18 +20,18 @@ from typing import Any
 import pytest
 
 from faillite import messages
-from faillite.field_kit.drill.analysis import (
+from field_kit.drill.analysis import (
     Fault,
     Recording,
     check_single_serving,
     failover_metrics,
     service_gaps,
 )
-from faillite.field_kit.drill.cases import CASES, DrillOptions
-from faillite.field_kit.drill.linkproxy import LinkProxy
-from faillite.field_kit.drill.netns import Impairment, NetNamespace, root_problem
-from faillite.field_kit.drill.runner import run_case
-from faillite.field_kit.procs import free_port
+from field_kit.drill.cases import CASES, DrillOptions
+from field_kit.drill.linkproxy import LinkProxy
+from field_kit.drill.netns import Impairment, NetNamespace, root_problem
+from field_kit.drill.runner import run_case
+from field_kit.procs import free_port
 
 # -- the drills, short form ------------------------------------------------------------------
 
@@ -63,14 +63,23 @@ def test_drill_case_keeps_its_invariants(name: str, tmp_path: Path, models_dir: 
 
 def test_drill_cli_lists_cases_and_rejects_unknown(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "faillite", "drill", "--list"], capture_output=True, text=True
+        [sys.executable, "-P", "-m", "faillite", "drill", "--list"], capture_output=True, text=True
     )
     assert out.returncode == 0
     for name in CASES:
         assert name in out.stdout
     assert "[root]" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "faillite", "drill", "KILL_EVERYTHING", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "faillite",
+            "drill",
+            "KILL_EVERYTHING",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )

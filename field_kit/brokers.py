@@ -21,9 +21,9 @@ from typing import IO, Final
 
 import yaml
 
-from faillite.broker.mosquitto import write_mosquitto_config
+from broker.mosquitto import write_mosquitto_config
 from faillite.config import BrokerConfig
-from faillite.field_kit.procs import free_port
+from field_kit.procs import free_port
 
 BROKER_KINDS: Final = ("amqtt", "mosquitto")
 HOST: Final = "127.0.0.1"
@@ -205,7 +205,7 @@ class BrokerLauncher:
         conf = rundir / "mesh.yaml"
         broker = cfg.model_dump(mode="json", exclude_none=True)
         conf.write_text(yaml.safe_dump({"mesh": mesh, "broker": broker}))
-        return [sys.executable, "-m", "faillite.broker", "--config", str(conf),
+        return [sys.executable, "-P", "-m", "broker", "--config", str(conf),
                 "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
 
     @staticmethod

@@ -13,7 +13,7 @@ import psutil
 import yaml
 
 from faillite.config import packaged_config
-from faillite.field_kit.procs import faillite_cmd, free_port, wait_port
+from field_kit.procs import faillite_cmd, free_port, wait_port
 
 # Labels a classifier may give the scene's photos (chelsea the cat; coffee).
 SCENE_LABELS = {

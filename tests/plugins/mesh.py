@@ -13,8 +13,8 @@ import yaml
 
 from faillite import envelope
 from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
-from faillite.field_kit.recorder import Recorder
 from faillite.mqtt import MeshClient
+from field_kit.recorder import Recorder
 
 T = TypeVar("T")
 

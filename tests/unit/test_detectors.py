@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from faillite.coordinator.detectors import (
+from coordinator.detectors import (
     DetectorConfig,
     ProgressDetector,
     SilenceDetector,

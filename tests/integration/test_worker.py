@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from meshkit import Collector, FramePump, load, write_config
+from plugins.mesh import Collector, FramePump, load, write_config
 
 from faillite import envelope, messages
 from faillite.config import packaged_config
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
 from faillite.topics import Topics
+from field_kit.procs import ProcessGroup, faillite_cmd
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby .. lynx: what a cat photo may be called
 

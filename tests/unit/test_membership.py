@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from coordinator.detectors import DetectorConfig
+from coordinator.membership import RECOVERY_HEARTBEATS, Membership
 from faillite import messages
-from faillite.coordinator.detectors import DetectorConfig
-from faillite.coordinator.membership import RECOVERY_HEARTBEATS, Membership
 
 CFG = DetectorConfig.for_interval(0.1)
 

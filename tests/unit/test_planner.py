@@ -11,9 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faillite.catalog import load_catalog
-from faillite.config import MeshConfig, packaged_config
-from faillite.coordinator.planner import (
+from coordinator.planner import (
     App,
     Assign,
     Backup,
@@ -38,10 +36,12 @@ from faillite.coordinator.planner import (
     replan_after,
     validate,
 )
-from faillite.coordinator.planner.placement import backup_value, primary_value
+from coordinator.planner.placement import backup_value, primary_value
+from faillite.catalog import load_catalog
+from faillite.config import MeshConfig, packaged_config
 
 # The shared original beside the repository where there is one, else the packaged copy.
-_SHARED_CSV = Path(__file__).resolve().parents[2] / "shared/data/a2_profiles.csv"
+_SHARED_CSV = Path(__file__).resolve().parents[3] / "shared/data/a2_profiles.csv"
 A2_CSV = _SHARED_CSV if _SHARED_CSV.exists() else packaged_config("a2_profiles.csv")
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -475,7 +475,7 @@ def test_a2_catalog_matches_the_csv_and_plans() -> None:
 def test_migration_never_loads_past_a_servers_memory() -> None:
     """Two full servers swap their apps: no load fits beside what runs, so one app must go down
     first; the moves release on the server being loaded, never overcommit it."""
-    from faillite.coordinator.planner import migration_steps
+    from coordinator.planner import migration_steps
 
     p = Problem(
         servers=(Server("s1", 100.0), Server("s2", 100.0)),

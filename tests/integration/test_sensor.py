@@ -10,20 +10,20 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from meshkit import Collector, broker_cfg, load, write_config
+from plugins.mesh import Collector, broker_cfg, load, write_config
 
 from faillite import envelope, messages
 from faillite.config import SensorConfig
-from faillite.field_kit.procs import ProcessGroup, faillite_cmd
-from faillite.sensors.publisher import SensorPublisher
-from faillite.sensors.sources import (
+from faillite.topics import Topics
+from field_kit.procs import ProcessGroup, faillite_cmd
+from sensors.publisher import SensorPublisher
+from sensors.sources import (
     CaptureSource,
     FolderSource,
     SceneSource,
     SourceError,
     open_source,
 )
-from faillite.topics import Topics
 
 
 def test_scene_moves_and_cycles_photos() -> None:

@@ -10,7 +10,7 @@ Fixtures:
 - ``broker_launcher``: a :class:`BrokerLauncher` for brokers with a config of the test's own
   (accounts, ACL, limits); everything it started is stopped at the end of the test.
 
-The launching itself lives in ``faillite.broker.launch`` (the benchmarks and drills use it too).
+The launching itself lives in ``field_kit.brokers`` (the benchmarks and drills use it too).
 Mosquitto tests are skipped with a message when the binary is missing (CI installs it).
 """
 
@@ -21,29 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from faillite.broker.launch import (
-    BROKER_KINDS,
-    BrokerEndpoint,
-    BrokerLauncher,
-    BrokerStartError,
-    BrokerUnavailableError,
-    mosquitto_binary,
-)
-from faillite.field_kit.procs import free_port
-
-__all__ = [
-    "BROKER_KINDS",
-    "BrokerEndpoint",
-    "BrokerLauncher",
-    "BrokerStartError",
-    "amqtt_broker",
-    "broker",
-    "broker_launcher",
-    "free_port",
-    "mosquitto_binary",
-    "mosquitto_broker",
-    "shared_brokers",
-]
+from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, BrokerUnavailableError
 
 
 def _shared(launcher: BrokerLauncher, kind: str) -> BrokerEndpoint:

@@ -25,22 +25,17 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from fixtures_brokers import (
-    BROKER_KINDS,
-    BrokerEndpoint,
-    BrokerLauncher,
-    free_port,
-    mosquitto_binary,
-)
 from paho.mqtt.enums import CallbackAPIVersion
 
-from faillite.broker import _amqtt_hooks as hooks
-from faillite.broker import mosquitto as mq
-from faillite.broker._acl import AccessPolicy, Operation, filter_covers, topic_matches
-from faillite.broker._amqtt_hooks import LogLimiter, parse_connect_head
-from faillite.broker.embedded import BrokerSetupError, serve
+from broker import _amqtt_hooks as hooks
+from broker import mosquitto as mq
+from broker._acl import AccessPolicy, Operation, filter_covers, topic_matches
+from broker._amqtt_hooks import LogLimiter, parse_connect_head
+from broker.embedded import BrokerSetupError, serve
 from faillite.config import BrokerConfig, BrokerUser, ConfigError, TlsConfig, load_mesh_config
 from faillite.topics import Role, Topics
+from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, mosquitto_binary
+from field_kit.procs import free_port
 
 KEEPALIVE_S = 1
 # MQTT 3.1.1 §3.1.2.10: dropped within 1.5 × keepalive; 0.5 s for the will to travel.
@@ -630,7 +625,7 @@ def test_missing_password_env_is_a_config_error(
 
 
 def test_committed_demo_files_match_the_generator(tmp_path: Path) -> None:
-    shipped = Path(__file__).resolve().parent.parent / "configs" / "mosquitto"
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "mosquitto"
     cfg = load_mesh_config(shipped / "demo-broker.yaml")
     mq.write_mosquitto_config(
         cfg.broker,
@@ -728,7 +723,7 @@ def test_amqtt_version_and_hook_points() -> None:
     from amqtt.contexts import ListenerType
     from amqtt.session import Session
 
-    # The hooks in faillite.broker._amqtt_hooks were verified against this version; re-check
+    # The hooks in broker._amqtt_hooks were verified against this version; re-check
     # each (and these pins) before upgrading.
     assert importlib.metadata.version("amqtt") == "0.12.1"
     assert ListenerType("external") is ListenerType.EXTERNAL
