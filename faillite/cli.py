@@ -15,6 +15,7 @@ from typing import Any
 
 from faillite import log as flog
 from faillite.config import ConfigError, MeshConfig, load_mesh_config, packaged_config
+from faillite.presence import IdentityInUseError
 
 DEFAULT_CONFIG = "demo.yaml"
 
@@ -103,27 +104,21 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         updates["fps"] = args.fps
     scfg = scfg.model_copy(update=updates)
     pub = SensorPublisher(cfg.mesh, scfg, cfg.broker, follow_results=args.results)
+    try:
+        pub.claim(replace=args.replace)
+    except IdentityInUseError as exc:
+        print(f"faillite sensor: {exc}", file=sys.stderr)
+        return 2
     _until_signal(pub.stop)
-    if args.results:
-        import threading
+    every = 2.0 if args.results else 5.0
 
-        def report() -> None:
-            while not pub._stop.wait(2.0):
-                r = pub.report()
-                print(
-                    f"[{scfg.id}] sent={r.sent} dropped={r.dropped} fps={r.fps:.1f} "
-                    f"results={r.results} e2e {r.e2e_ms}",
-                    flush=True,
-                )
+    def report() -> None:
+        while not pub.stopped.wait(every):
+            print(pub.report().line(scfg.id), flush=True)
 
-        threading.Thread(target=report, daemon=True).start()
+    threading.Thread(target=report, name="status-line", daemon=True).start()
     pub.run(duration_s=args.duration, max_frames=args.frames)
-    r = pub.report()
-    print(
-        f"[{scfg.id}] sent={r.sent} dropped={r.dropped} not_connected={r.not_connected} "
-        f"results={r.results} e2e {r.e2e_ms}",
-        flush=True,
-    )
+    print(pub.report().line(scfg.id), flush=True)
     return 0
 
 
@@ -251,6 +246,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------
 
 
+def _replace_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over from a live process with this id (it steps down); without it, a "
+        "live one makes this one refuse to start",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="mesh config (YAML); default: the shipped demo.yaml")
     p.add_argument("--broker", help="override the broker address, HOST:PORT")
@@ -338,6 +342,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=float, help="stop after SECONDS")
     p.add_argument("--frames", type=int, help="stop after N frames")
+    _replace_flag(p)
     p.set_defaults(func=cmd_sensor)
 
     p = sub.add_parser("worker", help="run an inference worker")

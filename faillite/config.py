@@ -63,6 +63,10 @@ class BrokerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=0, le=65535)
     keepalive_s: int = Field(default=5, ge=1, le=3600)
+    # Reconnect backoff: full jitter, capped low enough that a kit is back within about a
+    # second of its broker (a LAN or WiFi kit, not a WAN client of a cloud broker).
+    reconnect_min_s: float = Field(default=0.05, gt=0, le=60)
+    reconnect_max_s: float = Field(default=1.0, gt=0, le=300)
     allow_anonymous: bool = True
     users: tuple[BrokerUser, ...] = ()
     acl: bool = True

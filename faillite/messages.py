@@ -280,7 +280,7 @@ def decode(cls: type[M], payload: bytes | bytearray | memoryview | str) -> M:
             f"{cls.__name__}: expected a JSON object, got {type(obj).__name__}"
         )
     version = obj.get("v")
-    if version not in SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise UnknownSchemaVersionError(
             f"{cls.__name__}: unknown schema version {version!r} "
             f"(this build reads {sorted(SUPPORTED_VERSIONS)})"

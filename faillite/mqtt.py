@@ -1,12 +1,19 @@
-"""The MQTT client every role uses: paho-mqtt 2.x with the mesh's connection rules.
+"""The MQTT transport of every role: the one module that owns paho-mqtt 2.x.
 
 - MQTT 3.1.1 only (the embedded broker speaks nothing newer).
-- Its own network thread with jittered exponential reconnect backoff (paho's built-in backoff
-  has no jitter, so a whole kit would reconnect in lockstep after a broker restart).
-- After every (re)connect: re-subscribe every filter and call the ``on_connect`` hooks, which
-  republish retained state (brokers can lose retained messages on restart).
+- Its own network thread with full-jitter exponential reconnect backoff, capped by the
+  broker config (``reconnect_max_s``, 1 s by default: a kit is back within about a second of
+  its broker; paho's own backoff has no jitter, so a kit would reconnect in lockstep).
+- A broker that cannot be reached is one clear warning, then a reminder every 30 s, while
+  the client keeps trying; nothing blocks unless the caller asks to wait for the connection.
+- After every (re)connect: re-subscribe every filter, publish the role's birth (its
+  :class:`~faillite.presence.Presence`) and call the ``on_connect`` hooks.
+- Roles receive typed messages: :meth:`MeshClient.subscribe_json` decodes each payload into its
+  message class and hands over an :class:`Inbound`; a payload that does not decode is counted
+  by reason and logged (rate-limited) here, in :attr:`MeshClient.bad`, and never reaches the
+  role. Binary payloads (frames) come as :class:`Raw`.
 - Handlers run on the network thread and must be quick: enqueue, never infer or load models.
-- A handler that raises is logged and counted; it never kills the network thread.
+  A handler that raises is logged and counted; it never kills the network thread.
 """
 
 from __future__ import annotations
@@ -15,25 +22,50 @@ import random
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from faillite import messages
+from faillite.badinput import BadInput
 from faillite.config import BrokerConfig
 from faillite.log import get_logger
 from faillite.topics import Role
 
+if TYPE_CHECKING:
+    from faillite.presence import Presence
+
 log = get_logger("mqtt")
 
-Handler = Callable[[paho.MQTTMessage], None]
+M = TypeVar("M")
+UNREACHABLE_LOG_EVERY_S = 30.0
 
 
 class ConnectError(ConnectionError):
     """The broker could not be reached or refused us within the allowed time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A message as it came: binary payloads (frames), or for tools that record everything."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound(Generic[M]):
+    """A decoded message with where it came from; ``retain``: replayed from the broker's store."""
+
+    topic: str
+    message: M
+    retain: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +81,14 @@ class Backoff:
     """Full-jitter exponential backoff: sleep uniform(0, min(cap, base * 2**attempt))."""
 
     base_s: float = 0.05
-    cap_s: float = 5.0
+    cap_s: float = 1.0
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(self.base_s, min(self.cap_s, self.base_s * (2 ** min(attempt, 16))))
+        return random.uniform(0.0, min(self.cap_s, self.base_s * (2 ** min(attempt, 16))))
+
+    @classmethod
+    def of(cls, broker: BrokerConfig) -> Backoff:
+        return cls(broker.reconnect_min_s, max(broker.reconnect_min_s, broker.reconnect_max_s))
 
 
 def _no_op(*_args: Any) -> None:
@@ -69,7 +105,7 @@ def _settled(info: paho.MQTTMessageInfo) -> bool:
 
 
 class MeshClient:
-    """One MQTT connection with subscriptions, hooks and a reconnecting network thread."""
+    """One MQTT connection with typed subscriptions, a presence and a reconnecting thread."""
 
     def __init__(
         self,
@@ -78,14 +114,18 @@ class MeshClient:
         *,
         role: Role,
         will: Will | None = None,
+        presence: Presence[Any] | None = None,
         backoff: Backoff | None = None,
         keepalive_s: int | None = None,
+        bad: BadInput | None = None,
+        quiet: bool = False,
     ) -> None:
         self.client_id = client_id
+        self._quiet = quiet  # a short-lived probe: its caller says what matters
         self._broker = broker
         self._keepalive = keepalive_s or broker.keepalive_s
-        self._backoff = backoff or Backoff()
-        self._subs: dict[str, tuple[int, Handler]] = {}
+        self._backoff = backoff or Backoff.of(broker)
+        self._subs: dict[str, int] = {}
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._on_disconnect_hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -96,9 +136,12 @@ class MeshClient:
         self._unsubacked = threading.Event()
         self._unsub_mid = -1
         self._thread: threading.Thread | None = None
+        self.bad = bad if bad is not None else BadInput()
+        self.presence = presence
         self.handler_errors = 0
         self.unexpected_messages = 0
         self.connects = 0
+        self.connect_failures = 0
 
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -128,22 +171,63 @@ class MeshClient:
         # makes paho queue it and wake our network thread instead, which does all writes.
         c.on_socket_register_write = _no_op
         self._client = c
+        if presence is not None:
+            presence.attach(self)
+
+    @property
+    def broker(self) -> BrokerConfig:
+        return self._broker
 
     # -- subscriptions and hooks ---------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
+    def subscribe(self, topic_filter: str, handler: Callable[[Raw], None], qos: int = 1) -> None:
+        """Route raw messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
 
         def wrapped(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
             try:
-                handler(msg)
+                handler(Raw(msg.topic, bytes(msg.payload), bool(msg.retain)))
             except Exception:
                 self.handler_errors += 1
                 log.exception("handler_error", topic=msg.topic, filter=topic_filter)
 
+        self._add(topic_filter, wrapped, qos)
+
+    def subscribe_json(
+        self,
+        topic_filter: str,
+        schema: type[M],
+        handler: Callable[[Inbound[M]], None],
+        qos: int = 1,
+        *,
+        on_cleared: Callable[[str], None] | None = None,
+    ) -> None:
+        """Decode messages matching ``topic_filter`` as ``schema`` and hand them to ``handler``.
+
+        A payload that does not decode is counted (``bad``) and logged here, never passed on.
+        An empty payload (a retained message cleared) goes to ``on_cleared`` if given."""
+
+        def wrapped(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+            try:
+                if not msg.payload:
+                    if on_cleared is not None:
+                        on_cleared(msg.topic)
+                    return
+                try:
+                    decoded = messages.decode(schema, msg.payload)
+                except messages.MessageError as exc:
+                    self.bad.count(exc.reason, str(exc), topic=msg.topic)
+                    return
+                handler(Inbound(msg.topic, decoded, bool(msg.retain)))
+            except Exception:
+                self.handler_errors += 1
+                log.exception("handler_error", topic=msg.topic, filter=topic_filter)
+
+        self._add(topic_filter, wrapped, qos)
+
+    def _add(self, topic_filter: str, callback: Callable[..., None], qos: int) -> None:
         with self._lock:
-            self._subs[topic_filter] = (qos, handler)
-        self._client.message_callback_add(topic_filter, wrapped)
+            self._subs[topic_filter] = qos
+        self._client.message_callback_add(topic_filter, callback)
         if self._connected.is_set():
             self._client.subscribe(topic_filter, qos=qos)
 
@@ -175,6 +259,9 @@ class MeshClient:
                 self._inflight.append(info)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def publish_message(self, topic: str, msg: Any, qos: int = 0, retain: bool = False) -> bool:
+        return self.publish(topic, messages.encode(msg), qos=qos, retain=retain)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -199,10 +286,13 @@ class MeshClient:
             )
 
     def stop(self, *, final: Callable[[], object] | None = None) -> None:
-        """Run ``final`` (e.g. publish a graceful offline), disconnect cleanly and join."""
-        if final is not None and self._connected.is_set():
+        """Publish the graceful offline (or run ``final``), disconnect cleanly and join."""
+        if self._connected.is_set():
             try:
-                final()
+                if final is not None:
+                    final()
+                elif self.presence is not None:
+                    self.presence.leave()
             except Exception:
                 log.exception("final_publish_failed")
         # The network thread keeps running until the DISCONNECT has gone out after every queued
@@ -242,10 +332,28 @@ class MeshClient:
         while self._client.want_write() and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    def _unreachable(self, exc: BaseException, delay: float) -> None:
+        """One clear line when the broker cannot be reached (``_run`` adds reminders)."""
+        self.connect_failures += 1
+        where = f"{self._broker.host}:{self._broker.port}"
+        if self.connect_failures == 1 and not self._quiet:
+            log.warning(
+                "broker_unreachable",
+                broker=where,
+                error=str(exc) or type(exc).__name__,
+                retrying_every_s=f"<={self._backoff.cap_s:g}",
+            )
+        log.debug("connect_failed", broker=where, error=str(exc), retry_in_s=round(delay, 3))
+
     def _run(self) -> None:
         attempt = 0
         first = True
+        down_since = time.monotonic()
+        last_reminder = down_since
         while not self._stopping.is_set():
+            if self.presence is not None:
+                will = self.presence.prepare()
+                self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
             try:
                 if first:
                     self._client.connect(self._broker.host, self._broker.port, self._keepalive)
@@ -255,13 +363,16 @@ class MeshClient:
             except (OSError, ssl.SSLError) as exc:
                 delay = self._backoff.delay(attempt)
                 attempt += 1
-                log.warning(
-                    "connect_failed",
-                    host=self._broker.host,
-                    port=self._broker.port,
-                    error=str(exc),
-                    retry_in_s=round(delay, 3),
-                )
+                self._unreachable(exc, delay)
+                now = time.monotonic()
+                if now - last_reminder >= UNREACHABLE_LOG_EVERY_S:
+                    last_reminder = now
+                    log.warning(
+                        "broker_still_unreachable",
+                        broker=f"{self._broker.host}:{self._broker.port}",
+                        down_s=round(now - down_since, 1),
+                        attempts=attempt,
+                    )
                 self._stopping.wait(delay)
                 continue
             connects_before = self.connects
@@ -276,6 +387,8 @@ class MeshClient:
             self._connected.clear()
             if self.connects > connects_before:
                 attempt = 0  # it was up: start the backoff over
+                self.connect_failures = 0
+                down_since = last_reminder = time.monotonic()
             delay = self._backoff.delay(attempt)
             attempt += 1
             self._stopping.wait(delay)
@@ -291,15 +404,25 @@ class MeshClient:
         _props: Any,
     ) -> None:
         if reason.is_failure:
-            log.error("connect_refused", reason=str(reason))
+            log.error(
+                "connect_refused",
+                broker=f"{self._broker.host}:{self._broker.port}",
+                reason=str(reason),
+            )
             return
         self.connects += 1
         with self._lock:
             subs = list(self._subs.items())
-        for topic_filter, (qos, _h) in subs:
+        for topic_filter, qos in subs:
             self._client.subscribe(topic_filter, qos=qos)
         self._connected.set()
         log.info("connected", host=self._broker.host, port=self._broker.port, n=self.connects)
+        if self.presence is not None:
+            try:
+                self.presence.arrive()
+            except Exception:
+                self.handler_errors += 1
+                log.exception("birth_failed")
         for hook in self._on_connect_hooks:
             try:
                 hook()
@@ -334,3 +457,9 @@ class MeshClient:
     def _handle_unexpected(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         # amqtt 0.12 replays retained messages to clients that did not subscribe to them.
         self.unexpected_messages += 1
+
+
+def probe_id(client_id: str) -> str:
+    """A client id of its own for a short look at the broker that must not take ``client_id``'s
+    session over (MQTT disconnects a client when another connects with its id)."""
+    return f"{client_id}-probe-{uuid.uuid4().hex[:6]}"

@@ -1,4 +1,11 @@
-"""An observer of a running mesh: results per app, workers' status, as a table or a summary."""
+"""An observer of a running mesh: results per app, workers' status and the mesh's events
+(failures, failovers, joins), as a live table or a summary.
+
+The summary says what failed over: for every ``failover`` event, when the worker failed and
+why, where each of its apps went, and how long each app waited for its first result from its
+new worker (MTTR as the user sees it). It also says whether every app was still being served
+at the end of the run.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +20,39 @@ from rich.table import Table
 
 from faillite import messages
 from faillite.badinput import BadInput
-from faillite.config import MeshConfig
+from faillite.config import ConfigError, MeshConfig
 from faillite.mqtt import MeshClient
 from faillite.stats import RateMeter, Window, percentiles
 from faillite.topics import APP_RESULTS, WORKER_STATUS, Role, Topics, parse
+
+# An app is still served at the end when its last result came at most this long before the end
+# (or three frame intervals of its sensor, if longer).
+SERVED_WITHIN_S = 5.0
+# Events the summary lists besides failovers (bounded: a flapping worker must not grow it).
+NOTABLE_EVENTS = (
+    "failure_detected",
+    "worker_joined",
+    "worker_recovered",
+    "stale_offline_ignored",
+    "coordinator_takeover",
+    "upgrade",
+    "ladder_done",
+    "failback_switch",
+    "slo_violation",
+)
+MAX_NOTABLE = 200
+
+
+@dataclass
+class Segment:
+    """A run of consecutive results of one app from one worker under one generation."""
+
+    worker: str
+    generation: int
+    variant: str
+    first_ts: float  # wall clock, arrival here
+    last_ts: float
+    results: int = 1
 
 
 @dataclass
@@ -35,10 +71,15 @@ class AppView:
     workers: Counter[str] = field(default_factory=Counter)
     first_ts: float = 0.0
     last_ts: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+
+
+def _r(x: float | None, nd: int = 1) -> float | None:
+    return None if x is None else round(x, nd)
 
 
 class MeshObserver:
-    """Subscribes to results and worker status of one mesh (read-only, as an observer)."""
+    """Subscribes to results, worker status, placement and events of one mesh (read-only)."""
 
     def __init__(self, cfg: MeshConfig, client_id: str = "observer") -> None:
         self.cfg = cfg
@@ -47,11 +88,22 @@ class MeshObserver:
         self.workers: dict[str, messages.WorkerStatus] = {}
         self.bad = BadInput()
         self._lock = threading.Lock()
+        self.t0 = time.time()  # wall clock of the run's start (see mark_start)
+        self.failovers: list[messages.Event] = []
+        self.notable: list[messages.Event] = []
+        self.event_counts: Counter[str] = Counter()
+        self.backups: dict[str, str] = {}
         self.client = MeshClient(f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER)
         self.client.subscribe(self.topics.filter(APP_RESULTS), self._on_result, qos=0)
         self.client.subscribe(self.topics.filter(WORKER_STATUS), self._on_status, qos=1)
         self.client.subscribe(self.topics.placement, self._on_placement, qos=1)
-        self.backups: dict[str, str] = {}
+        self.client.subscribe(self.topics.events, self._on_event, qos=0)
+
+    def mark_start(self) -> None:
+        """The run starts now: the summary's times are seconds since this."""
+        self.t0 = time.time()
+
+    # -- network thread --------------------------------------------------------------------
 
     def _on_result(self, msg: paho.MQTTMessage) -> None:
         r = self.bad.decode(messages.Result, msg)
@@ -76,6 +128,12 @@ class MeshObserver:
             v.inference.add(r.latency.inference_ms)
             v.first_ts = v.first_ts or now
             v.last_ts = now
+            seg = v.segments[-1] if v.segments else None
+            if seg is not None and seg.worker == r.worker and seg.generation == r.generation:
+                seg.last_ts = now
+                seg.results += 1
+            else:
+                v.segments.append(Segment(r.worker, r.generation, r.variant, now, now))
 
     def _on_placement(self, msg: paho.MQTTMessage) -> None:
         p = self.bad.decode(messages.Placement, msg) if msg.payload else None
@@ -97,11 +155,26 @@ class MeshObserver:
         with self._lock:
             self.workers[parsed[1].ids["worker"]] = st
 
+    def _on_event(self, msg: paho.MQTTMessage) -> None:
+        ev = self.bad.decode(messages.Event, msg)
+        if ev is None:
+            return
+        with self._lock:
+            self.event_counts[ev.kind] += 1
+            if ev.kind == "failover":
+                self.failovers.append(ev)
+            elif ev.kind in NOTABLE_EVENTS and len(self.notable) < MAX_NOTABLE:
+                self.notable.append(ev)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
     def start(self, timeout: float = 30.0) -> None:
         self.client.start(connect_timeout=timeout)
 
     def stop(self) -> None:
         self.client.stop()
+
+    # -- views -----------------------------------------------------------------------------
 
     def all_served(self) -> bool:
         with self._lock:
@@ -147,7 +220,19 @@ class MeshObserver:
                     self.backups.get(v.app, "none"),
                 )
             online = sorted(w for w, s in self.workers.items() if s.state == "online")
-        t.caption = f"workers online: {', '.join(online) or 'none'}"
+            last = self.failovers[-1] if self.failovers else None
+        caption = f"workers online: {', '.join(online) or 'none'}"
+        if last is not None:
+            moved = ", ".join(
+                f"{app}->{r.get('server', '?')}"
+                for app, r in last.detail.get("recoveries", {}).items()
+            )
+            caption += (
+                f"; failovers: {len(self.failovers)}, last: {last.worker} "
+                f"({last.detail.get('cause', '?')}) at {last.ts - self.t0:.1f}s"
+                + (f": {moved}" if moved else "")
+            )
+        t.caption = caption
         return t
 
     def line(self) -> str:
@@ -158,18 +243,106 @@ class MeshObserver:
                 f"{v.worker or '-'}/{v.variant or '-'} top={v.label or '-'}"
                 for v in self.apps.values()
             ]
-        return " | ".join(parts)
+            n = len(self.failovers)
+        return " | ".join(parts) + (f" | failovers: {n}" if n else "")
 
-    def summary(self, duration_s: float) -> dict[str, Any]:
+    # -- summary ---------------------------------------------------------------------------
+
+    def _served_within(self, app: str) -> float:
+        try:
+            fps = self.cfg.sensor(self.cfg.app(app).sensor).fps
+        except ConfigError:  # an app the config does not name (another mesh's results)
+            return SERVED_WITHIN_S
+        return max(SERVED_WITHIN_S, 3.0 / fps)
+
+    def _failover_summary(self, ev: messages.Event) -> dict[str, Any]:
+        """One failover: when, which worker and why, and per app where it went and how long
+        the app waited for its first result from there. Call with the lock held."""
+        d = ev.detail
+        detected = float(d.get("detected_ts") or ev.ts)
+        silence_ms = float(d.get("silence_ms") or 0.0)
+        # The failure itself: the last sign of life the coordinator had (a last-will is
+        # immediate: no silence; a silent death is detected after its heartbeat silence).
+        failed = detected - silence_ms / 1000
+        generation = int(d.get("generation") or 0)
+        recoveries: dict[str, Any] = {}
+        for app, rec in (d.get("recoveries") or {}).items():
+            server = str(rec.get("server", ""))
+            v = self.apps.get(app)
+            segs = v.segments if v is not None else []
+            first = next(
+                (
+                    s
+                    for s in segs
+                    if s.worker == server and (s.generation >= generation or s.first_ts >= failed)
+                ),
+                None,
+            )
+            before = [s.last_ts for s in segs if first is not None and s.last_ts < first.first_ts]
+            recoveries[app] = {
+                "server": server,
+                "kind": rec.get("kind", ""),
+                "variant": rec.get("variant", ""),
+                "final": rec.get("final", rec.get("variant", "")),
+                "first_result_s": _r(first.first_ts - self.t0, 3) if first else None,
+                "first_result_variant": first.variant if first else None,
+                # failure -> first result from the new worker, as this observer saw it
+                "mttr_ms": _r((first.first_ts - failed) * 1000) if first else None,
+                # the app's longest wait: its last result before -> first from the new worker
+                "gap_ms": _r((first.first_ts - max(before)) * 1000) if first and before else None,
+            }
+        return {
+            "t_s": round(failed - self.t0, 3),
+            "detected_s": round(detected - self.t0, 3),
+            "failover_s": round(ev.ts - self.t0, 3),
+            "worker": ev.worker,
+            "cause": d.get("cause", ""),
+            "silence_ms": _r(silence_ms),
+            "decision_ms": d.get("decision_ms"),
+            "source": d.get("source", ""),
+            "generation": generation,
+            "recoveries": recoveries,
+            "unrecoverable": dict(d.get("unrecoverable") or {}),
+        }
+
+    def summary(self, duration_s: float, end: float | None = None) -> dict[str, Any]:
+        end = time.time() if end is None else end
         with self._lock:
+            failovers = [self._failover_summary(ev) for ev in self.failovers]
             apps: dict[str, dict[str, Any]] = {}
             for v in self.apps.values():
                 e2e = percentiles(v.e2e.values())
                 inf = percentiles(v.inference.values())
+                within = self._served_within(v.app)
+                # The app's last failover (its worker failed), and whether it was recovered.
+                last_fo = next(
+                    (
+                        f
+                        for f in reversed(failovers)
+                        if v.app in f["recoveries"] or v.app in f["unrecoverable"]
+                    ),
+                    None,
+                )
+                if v.results == 0:
+                    served, why = False, "no results"
+                elif last_fo is not None and self.t0 + last_fo["t_s"] > v.last_ts:
+                    # Nothing since its last failover: still being recovered, or lost.
+                    since_fo = end - (self.t0 + last_fo["t_s"])
+                    recovered = v.app in last_fo["recoveries"]
+                    served = recovered and since_fo <= within
+                    why = (
+                        f"no result since its failover {since_fo:.1f} s before the end"
+                        if recovered
+                        else f"unrecoverable after {last_fo['worker']} failed"
+                    )
+                else:
+                    served = end - v.last_ts <= within
+                    why = f"last result {end - v.last_ts:.1f} s before the end"
                 apps[v.app] = {
                     "results": v.results,
                     "fps": round(v.results / duration_s, 2) if duration_s > 0 else 0.0,
                     "workers": dict(v.workers),
+                    "worker": v.worker,
                     "variant": v.variant,
                     "top_labels": dict(v.labels.most_common(3)),
                     "e2e_ms": {
@@ -179,11 +352,30 @@ class MeshObserver:
                         "max": round(e2e.max, 2),
                     },
                     "inference_ms": {"p50": round(inf.p50, 2), "p99": round(inf.p99, 2)},
+                    "first_result_s": _r(v.first_ts - self.t0, 3) if v.results else None,
+                    "last_result_age_s": _r(end - v.last_ts, 3) if v.results else None,
+                    "served_at_end": served,
+                    "served_detail": why,
                 }
+            notable = [
+                {
+                    "t_s": round(e.ts - self.t0, 3),
+                    "kind": e.kind,
+                    "worker": e.worker,
+                    "app": e.app,
+                    **{k: e.detail[k] for k in ("cause", "variant") if k in e.detail},
+                }
+                for e in self.notable
+            ]
+            counts = dict(self.event_counts)
         return {
             "mesh": self.cfg.mesh,
             "duration_s": round(duration_s, 2),
             "apps": apps,
             "all_served": all(a["results"] > 0 for a in apps.values()),
+            "served_at_end": all(a["served_at_end"] for a in apps.values()),
+            "failovers": failovers,
+            "events": notable,
+            "event_counts": counts,
             "bad_messages": self.bad.snapshot(),
         }

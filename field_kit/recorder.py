@@ -10,11 +10,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import paho.mqtt.client as paho
-
 from faillite import messages
 from faillite.config import MeshConfig
-from faillite.mqtt import MeshClient
+from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics
 
 T = TypeVar("T")
@@ -33,9 +31,9 @@ class Recorder:
         self.client.subscribe(topic_filter, self._on, qos=qos)
         return self
 
-    def _on(self, msg: paho.MQTTMessage) -> None:
+    def _on(self, msg: Raw) -> None:
         with self._cond:
-            self._msgs.append((time.monotonic(), msg.topic, bytes(msg.payload)))
+            self._msgs.append((time.monotonic(), msg.topic, msg.payload))
             self._cond.notify_all()
 
     def start(self) -> Recorder:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from faillite import envelope, messages
 from faillite.config import BrokerConfig, SensorConfig
 from faillite.log import get_logger
-from faillite.mqtt import MeshClient, Will
+from faillite.mqtt import Inbound, MeshClient
+from faillite.presence import Presence
 from faillite.stats import RateMeter, Window
 from faillite.topics import APP_RESULTS, Role, Topics
 from sensors.sources import FrameSource, SourceError, open_source
@@ -28,6 +29,16 @@ class SensorReport:
     results: int
     fps: float
     e2e_ms: str
+    connected: bool
+    broker: str
+
+    def line(self, sensor: str) -> str:
+        link = "connected" if self.connected else f"NOT CONNECTED to {self.broker} (retrying)"
+        return (
+            f"[{sensor}] {link} sent={self.sent} dropped={self.dropped} "
+            f"not_connected={self.not_connected} fps={self.fps:.1f} results={self.results} "
+            f"e2e {self.e2e_ms}"
+        )
 
 
 class SensorPublisher:
@@ -51,12 +62,15 @@ class SensorPublisher:
         self.incarnation = uuid.uuid4().hex[:12]
         self._tag = int(self.incarnation[:8], 16)
         self.source = source or open_source(cfg.source, cfg.width, cfg.height, cfg.loop)
-        status_topic = self.topics.sensor_status(cfg.id)
-        will = Will(status_topic, messages.encode(self._status("offline", reason="lost")))
-        self.client = MeshClient(
-            f"faillite-{mesh}-sensor-{cfg.id}", broker, role=Role.SENSOR, will=will
+        self.broker = broker
+        self.presence = Presence(
+            self.topics.sensor_status(cfg.id),
+            messages.SensorStatus,
+            self._birth,
+            on_replaced=lambda _st: self.stop(),
         )
-        self.client.on_connect(self._publish_birth)
+        self.client_id = f"faillite-{mesh}-sensor-{cfg.id}"
+        self.client = MeshClient(self.client_id, broker, role=Role.SENSOR, presence=self.presence)
         self.frames_topic = self.topics.sensor_frames(cfg.id)
         self.sent = 0
         self.dropped = 0
@@ -66,36 +80,24 @@ class SensorPublisher:
         self.rate = RateMeter()
         self._stop = threading.Event()
         if follow_results:
-            self.client.subscribe(self.topics.filter(APP_RESULTS), self._on_result, qos=0)
+            self.client.subscribe_json(
+                self.topics.filter(APP_RESULTS), messages.Result, self._on_result, qos=0
+            )
 
-    def _status(self, state: str, reason: str = "") -> messages.SensorStatus:
+    def _birth(self, ts: float) -> messages.SensorStatus:
         return messages.SensorStatus(
             sensor=self.cfg.id,
-            state=state,  # type: ignore[arg-type]
+            state="online",
             incarnation=self.incarnation,
-            ts=messages.now(),
+            ts=ts,
             source=self.source.describe(),
             fps=self.cfg.fps,
             width=self.cfg.width,
             height=self.cfg.height,
-            reason=reason,
         )
 
-    def _publish_birth(self) -> None:
-        self.client.publish(
-            self.topics.sensor_status(self.cfg.id),
-            messages.encode(self._status("online")),
-            qos=1,
-            retain=True,
-        )
-
-    def _on_result(self, msg: object) -> None:
-        payload = msg.payload  # type: ignore[attr-defined]
-        try:
-            result = messages.decode(messages.Result, payload)
-        except messages.MessageError as exc:
-            log.warning("bad_result", error=str(exc))
-            return
+    def _on_result(self, inbound: Inbound[messages.Result]) -> None:
+        result = inbound.message
         if result.sensor != self.cfg.id:
             return
         self.results += 1
@@ -109,14 +111,32 @@ class SensorPublisher:
             self.results,
             self.rate.rate(time.monotonic()),
             self.e2e.snapshot().fmt(),
+            self.client.connected,
+            f"{self.broker.host}:{self.broker.port}",
         )
 
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopped(self) -> threading.Event:
+        return self._stop
+
+    def claim(self, *, replace: bool = False) -> None:
+        """Refuse to start if this sensor id is already live (see :class:`Presence`)."""
+        self.presence.claim(
+            self.broker,
+            Role.SENSOR,
+            self.client_id,
+            life_topic=self.frames_topic,
+            liveness_s=max(1.0, 3.0 / self.cfg.fps),
+            replace=replace,
+        )
+
     def run(self, duration_s: float | None = None, max_frames: int | None = None) -> None:
-        """Publish until stopped, the duration passes, or a finite source ends."""
-        self.client.start()
+        """Publish until stopped, the duration passes, or a finite source ends. A broker that
+        is not there yet is retried in the background; frames meanwhile count as not sent."""
+        self.client.start(connect_timeout=None)
         period = 1.0 / self.cfg.fps
         start = time.monotonic()
         next_slot = start
@@ -171,14 +191,7 @@ class SensorPublisher:
                     self.not_connected += 1
         finally:
             self.source.close()
-            self.client.stop(
-                final=lambda: self.client.publish(
-                    self.topics.sensor_status(self.cfg.id),
-                    messages.encode(self._status("offline", reason="graceful")),
-                    qos=1,
-                    retain=True,
-                )
-            )
+            self.client.stop()
             log.info(
                 "sensor_stopped",
                 sensor=self.cfg.id,

@@ -13,12 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as paho
-
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
-from faillite.mqtt import MeshClient
+from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics, parse
 from field_kit.recorder import Recorder
 
@@ -269,10 +267,10 @@ def retained_snapshot(cfg: MeshConfig, wait_s: float = 1.0) -> dict[str, bytes]:
     got: dict[str, bytes] = {}
     lock = threading.Lock()
 
-    def on(msg: paho.MQTTMessage) -> None:
+    def on(msg: Raw) -> None:
         if msg.retain:
             with lock:
-                got[msg.topic] = bytes(msg.payload)
+                got[msg.topic] = msg.payload
 
     client = MeshClient(f"faillite-{cfg.mesh}-snapshot", cfg.broker, role=Role.ADMIN)
     for f in (

@@ -1,0 +1,213 @@
+"""A role's presence on its retained status topic, the same code for workers and sensors.
+
+- **Birth**: built afresh before every (re)connect and published, retained, once connected.
+- **Last-will**: the birth's twin, set on the connection that publishes that birth: the same
+  message with ``state: offline, reason: lost`` (same incarnation, same ``ts``: the time of
+  the birth it ends; the broker publishes it at a time nobody chooses).
+- **Graceful offline** at a clean stop (``reason: graceful``, ``ts``: when it left).
+- **Republish after reconnect** (brokers can lose retained state), and after a late last-will
+  of our own incarnation overwrote the birth.
+- **One process per id.** :meth:`Presence.claim` looks, before the role connects under its id,
+  whether that id is alive under another incarnation (an online birth retained and signs of
+  life on ``life_topic``); if so the role refuses to start, unless it was told to replace the
+  other one: it then announces its own birth first, and the other process, seeing a newer
+  birth of its id, steps down (:attr:`Presence.replaced`) without touching the status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from faillite import messages
+from faillite.log import get_logger
+from faillite.mqtt import Inbound, MeshClient, Raw, Will, probe_id
+from faillite.topics import Role
+
+if TYPE_CHECKING:
+    from faillite.config import BrokerConfig
+
+log = get_logger("presence")
+
+
+class Status(Protocol):
+    """What a status message must have (``WorkerStatus``, ``SensorStatus``)."""
+
+    @property
+    def incarnation(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def ts(self) -> float: ...
+
+
+S = TypeVar("S", bound=Status)
+
+
+class IdentityInUseError(RuntimeError):
+    """Another live process already serves under this id."""
+
+
+class Presence(Generic[S]):
+    """Birth, last-will, graceful offline and the one-process-per-id guard of one role."""
+
+    def __init__(
+        self,
+        topic: str,
+        schema: type[S],
+        birth: Callable[[float], S],
+        *,
+        on_replaced: Callable[[S], None] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.schema = schema
+        self._make = birth
+        self._on_replaced = on_replaced
+        self._client: MeshClient | None = None
+        self._lock = threading.Lock()
+        self._birth: S | None = None
+        self._arrived = False
+        self._leaving = False
+        self.replaced: S | None = None  # the newer birth of our id that took over
+
+    @property
+    def birth(self) -> S | None:
+        return self._birth
+
+    @staticmethod
+    def _as(status: S, **changes: Any) -> S:
+        out: S = dataclasses.replace(status, **changes)  # type: ignore[type-var]
+        return out
+
+    def attach(self, client: MeshClient) -> None:
+        """Called by the client it belongs to: watch our own status topic."""
+        self._client = client
+        client.subscribe_json(self.topic, self.schema, self._on_status, qos=1)
+
+    # -- the client's side ---------------------------------------------------------------
+
+    def prepare(self) -> Will:
+        """Before a connect: a fresh birth, and its twin as the last-will of that connection."""
+        with self._lock:
+            self._birth = self._make(messages.now())
+            will = self._as(self._birth, state="offline", reason="lost")
+        return Will(self.topic, messages.encode(will))
+
+    def arrive(self) -> None:
+        """Connected: publish the birth prepared for this connection."""
+        with self._lock:
+            birth, self._arrived = self._birth, True
+            if self.replaced is not None or self._leaving:
+                return
+        if birth is not None and self._client is not None:
+            self._client.publish_message(self.topic, birth, qos=1, retain=True)
+
+    def leave(self) -> None:
+        """A clean stop: say so ourselves, unless a newer process of our id took over."""
+        with self._lock:
+            self._leaving = True
+            birth = self._birth
+            if self.replaced is not None or birth is None or self._client is None:
+                return
+            offline = self._as(birth, state="offline", reason="graceful", ts=messages.now())
+        self._client.publish_message(self.topic, offline, qos=1, retain=True)
+
+    def _on_status(self, inbound: Inbound[S]) -> None:
+        st = inbound.message
+        with self._lock:
+            birth = self._birth
+            if birth is None or not self._arrived or self._leaving or self.replaced is not None:
+                return
+            if st.incarnation == birth.incarnation:
+                if st.state == "online":
+                    return
+                republish = True  # a late last-will of ours replaced the birth
+            elif st.state != "online":
+                return  # an older incarnation's last-will
+            elif st.ts > birth.ts:
+                self.replaced = st
+                republish = False
+            else:
+                republish = True  # an older claim of our id published late: ours stands
+        if republish:
+            log.warning(
+                "birth_republished",
+                topic=self.topic,
+                overwritten_by=st.incarnation,
+                state=st.state,
+            )
+            self.arrive()
+            return
+        log.warning(
+            "replaced",
+            topic=self.topic,
+            successor=st.incarnation,
+            successor_ts=st.ts,
+            note="a newer process took over this id; stepping down without publishing",
+        )
+        if self._on_replaced is not None:
+            self._on_replaced(st)
+
+    # -- before connecting ----------------------------------------------------------------
+
+    def claim(
+        self,
+        broker: BrokerConfig,
+        role: Role,
+        client_id: str,
+        *,
+        life_topic: str,
+        liveness_s: float,
+        replace: bool = False,
+        connect_s: float = 2.0,
+        settle_s: float = 0.3,
+    ) -> None:
+        """Refuse to start (:class:`IdentityInUseError`) if our id is alive under another
+        incarnation: its birth is retained and something arrives on ``life_topic`` (its
+        heartbeats, its frames) within ``liveness_s``. A retained birth without signs of life
+        is stale (a frozen or dead process whose last-will has not fired yet): we go ahead, and
+        it steps down if it ever wakes. With ``replace`` a live one is told to step down."""
+        probe = MeshClient(probe_id(client_id), broker, role=role, quiet=True)
+        seen: list[S] = []
+        life = threading.Event()
+        probe.subscribe_json(self.topic, self.schema, lambda inb: seen.append(inb.message))
+
+        def on_life(_raw: Raw) -> None:
+            life.set()
+
+        probe.subscribe(life_topic, on_life, qos=0)
+        probe.start(connect_timeout=None)
+        try:
+            deadline = time.monotonic() + connect_s
+            while not probe.wait_connected(0.02):
+                if probe.connect_failures or time.monotonic() > deadline:
+                    log.info("identity_unchecked", topic=self.topic, reason="broker unreachable")
+                    return
+            time.sleep(settle_s)  # the retained status, if any, arrives right after SUBACK
+            other = seen[-1] if seen else None
+            if other is None or other.state != "online":
+                return
+            if not life.wait(max(0.0, liveness_s - settle_s)):
+                log.info(
+                    "stale_birth_overridden",
+                    topic=self.topic,
+                    stale=other.incarnation,
+                    silent_s=liveness_s,
+                )
+                return
+            where = ", ".join(f"{k} {v}" for k in ("host", "pid") if (v := getattr(other, k, None)))
+            if not replace:
+                raise IdentityInUseError(
+                    f"{self.topic.rsplit('/', 2)[-2]} is already running under incarnation "
+                    f"{other.incarnation}" + (f" ({where})" if where else "") + ", started "
+                    f"{max(0.0, messages.now() - other.ts):.0f} s ago; stop it first, or "
+                    "start this one with --replace to take over"
+                )
+            announce = self._make(messages.now())
+            probe.publish_message(self.topic, announce, qos=1, retain=True)
+            log.warning("replacing", topic=self.topic, predecessor=other.incarnation)
+        finally:
+            probe.stop()
