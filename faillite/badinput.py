@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, TypeVar
-
-import paho.mqtt.client as paho
+from typing import Any, Protocol, TypeVar
 
 from faillite import messages
 from faillite.log import get_logger
@@ -18,6 +16,13 @@ from faillite.log import get_logger
 M = TypeVar("M")
 
 log = get_logger("badinput")
+
+
+class _Payload(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
 
 
 class BadInput:
@@ -47,7 +52,7 @@ class BadInput:
             **fields,
         )
 
-    def decode(self, cls: type[M], msg: paho.MQTTMessage) -> M | None:
+    def decode(self, cls: type[M], msg: _Payload) -> M | None:
         """Decode an MQTT message's payload as ``cls``; count and log it and return None if bad."""
         try:
             return messages.decode(cls, msg.payload)

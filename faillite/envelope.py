@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -104,6 +103,8 @@ def unpack(payload: bytes | bytearray | memoryview, *, max_bytes: int) -> Frame:
 
 
 def encode_jpeg(image_bgr: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
+    import cv2  # the codec of the roles that make or read pixels (sensor, worker extras)
+
     ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise CorruptImageError("OpenCV could not encode the image as JPEG")
@@ -113,6 +114,8 @@ def encode_jpeg(image_bgr: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
 def decode_image(frame: Frame) -> npt.NDArray[np.uint8]:
     """Decode the frame's JPEG to a BGR image; raise :class:`CorruptImageError` if it is bad."""
     arr = np.frombuffer(frame.data, dtype=np.uint8)
+    import cv2
+
     image = cv2.imdecode(arr, cv2.IMREAD_COLOR)
     if image is None:
         raise CorruptImageError(f"frame {frame.seq}: image bytes do not decode as JPEG")

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 Image = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-# Photos bundled with scikit-image, with the ImageNet class a classifier should see in them.
+# The scene's photos (``scene/``), with the ImageNet class a classifier should see in them.
 SCENE_PHOTOS: dict[str, int] = {"chelsea": 285, "coffee": 967}
 
 
@@ -43,16 +43,21 @@ def fit(image: Image, width: int, height: int) -> Image:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)  # type: ignore[return-value]
 
 
+SCENE_DIR = Path(__file__).resolve().parent / "scene"
+
+
 @cache
 def _photo(name: str) -> Image:
-    import skimage.data
-
-    rgb = getattr(skimage.data, name)()
-    return np.ascontiguousarray(rgb[:, :, ::-1])  # BGR, like OpenCV
+    """One of the scene's photos (``scene/README.md``), BGR like every OpenCV frame."""
+    path = SCENE_DIR / f"{name}.png"
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SourceError(f"scene photo {name!r} missing or unreadable at {path}")
+    return np.ascontiguousarray(image)
 
 
 class SceneSource(FrameSource):
-    """A moving test scene from scikit-image's bundled photos, so no camera is needed.
+    """A moving test scene over the photos shipped in ``scene/``, so no camera is needed.
 
     A slow pan and zoom over each photo (``chelsea`` the cat, then ``coffee``), switching every
     ``hold_s`` seconds, with a moving marker and a frame counter so motion is visible in a viewer.
