@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -36,9 +36,6 @@ from faillite.badinput import BadInput
 from faillite.config import BrokerConfig
 from faillite.log import get_logger
 from faillite.topics import Role
-
-if TYPE_CHECKING:
-    from faillite.presence import Presence
 
 log = get_logger("mqtt")
 
@@ -74,6 +71,22 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+
+
+class PresenceHooks(Protocol):
+    """What the client calls of a role's presence (:class:`faillite.presence.Presence`)."""
+
+    def attach(self, client: MeshClient) -> None:
+        """The client is made: subscribe to what the presence watches."""
+
+    def prepare(self) -> Will:
+        """Before each connect: the last-will of the connection about to be made."""
+
+    def arrive(self) -> None:
+        """Connected: publish the birth."""
+
+    def leave(self) -> None:
+        """A clean stop: publish the graceful offline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +127,7 @@ class MeshClient:
         *,
         role: Role,
         will: Will | None = None,
-        presence: Presence[Any] | None = None,
+        presence: PresenceHooks | None = None,
         backoff: Backoff | None = None,
         keepalive_s: int | None = None,
         bad: BadInput | None = None,

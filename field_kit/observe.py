@@ -15,13 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as paho
 from rich.table import Table
 
 from faillite import messages
 from faillite.badinput import BadInput
 from faillite.config import ConfigError, MeshConfig
-from faillite.mqtt import MeshClient
+from faillite.mqtt import Inbound, MeshClient
 from faillite.stats import RateMeter, Window, percentiles
 from faillite.topics import APP_RESULTS, WORKER_STATUS, Role, Topics, parse
 
@@ -86,18 +85,21 @@ class MeshObserver:
         self.topics = Topics(cfg.mesh)
         self.apps: dict[str, AppView] = {a.id: AppView(a.id) for a in cfg.apps}
         self.workers: dict[str, messages.WorkerStatus] = {}
-        self.bad = BadInput()
+        self.bad = BadInput()  # what did not decode, counted by the client's subscriptions
         self._lock = threading.Lock()
         self.t0 = time.time()  # wall clock of the run's start (see mark_start)
         self.failovers: list[messages.Event] = []
         self.notable: list[messages.Event] = []
         self.event_counts: Counter[str] = Counter()
         self.backups: dict[str, str] = {}
-        self.client = MeshClient(f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER)
-        self.client.subscribe(self.topics.filter(APP_RESULTS), self._on_result, qos=0)
-        self.client.subscribe(self.topics.filter(WORKER_STATUS), self._on_status, qos=1)
-        self.client.subscribe(self.topics.placement, self._on_placement, qos=1)
-        self.client.subscribe(self.topics.events, self._on_event, qos=0)
+        self.client = MeshClient(
+            f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER, bad=self.bad
+        )
+        c, t = self.client, self.topics
+        c.subscribe_json(t.filter(APP_RESULTS), messages.Result, self._on_result, qos=0)
+        c.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, self._on_status, qos=1)
+        c.subscribe_json(t.placement, messages.Placement, self._on_placement, qos=1)
+        c.subscribe_json(t.events, messages.Event, self._on_event, qos=0)
 
     def mark_start(self) -> None:
         """The run starts now: the summary's times are seconds since this."""
@@ -105,10 +107,8 @@ class MeshObserver:
 
     # -- network thread --------------------------------------------------------------------
 
-    def _on_result(self, msg: paho.MQTTMessage) -> None:
-        r = self.bad.decode(messages.Result, msg)
-        if r is None:
-            return
+    def _on_result(self, inb: Inbound[messages.Result]) -> None:
+        r = inb.message
         now = time.time()
         with self._lock:
             v = self.apps.get(r.app)
@@ -135,30 +135,24 @@ class MeshObserver:
             else:
                 v.segments.append(Segment(r.worker, r.generation, r.variant, now, now))
 
-    def _on_placement(self, msg: paho.MQTTMessage) -> None:
-        p = self.bad.decode(messages.Placement, msg) if msg.payload else None
-        if p is None:
-            return
+    def _on_placement(self, inb: Inbound[messages.Placement]) -> None:
+        p = inb.message
         backups = {
             e.app: f"{e.worker} {e.role} {e.variant}" for e in p.entries if e.role != "primary"
         }
         with self._lock:
             self.backups = backups
 
-    def _on_status(self, msg: paho.MQTTMessage) -> None:
-        parsed = parse(msg.topic)
-        if not msg.payload or parsed is None:
+    def _on_status(self, inb: Inbound[messages.WorkerStatus]) -> None:
+        parsed = parse(inb.topic)
+        if parsed is None:
             return
-        st = self.bad.decode(messages.WorkerStatus, msg)
-        if st is None:
-            return
+        st = inb.message
         with self._lock:
             self.workers[parsed[1].ids["worker"]] = st
 
-    def _on_event(self, msg: paho.MQTTMessage) -> None:
-        ev = self.bad.decode(messages.Event, msg)
-        if ev is None:
-            return
+    def _on_event(self, inb: Inbound[messages.Event]) -> None:
+        ev = inb.message
         with self._lock:
             self.event_counts[ev.kind] += 1
             if ev.kind == "failover":

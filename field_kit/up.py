@@ -2,8 +2,14 @@
 
 Starts the embedded broker, the coordinator, every worker and every sensor of the config as
 child processes (logs under ``runs/up-<time>/``), shows results per app, and stops everything
-in order on Ctrl-C or after ``--duration``. With a duration it exits 0 only if every app got
-results.
+in order on Ctrl-C or after ``--duration``. The summary says what each app got, what failed
+over (when, which worker and why, where each app went, how long until its first result from
+there) and which child processes exited.
+
+With a duration it exits 0 when every app got results and was still being served at the end
+(its last result a few seconds before the end, or a failover just then that recovered it), and
+1 otherwise. A child that exited (a worker killed to watch a failover) is reported, but by
+itself does not fail a run whose mesh recovered.
 """
 
 from __future__ import annotations
@@ -95,14 +101,16 @@ def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
         for s in cfg.sensors:
             group.start(f"sensor-{s.id}", "sensor", faillite_cmd("sensor", "--id", s.id, *common))
         start = time.monotonic()
-        crashed = _watch(group, observer, opts, stop, start, console)
+        observer.mark_start()
+        exited = _watch(group, observer, opts, stop, start, console)
         elapsed = time.monotonic() - start
         summary = observer.summary(elapsed)
-        summary["crashed"] = crashed
+        summary["exited"] = exited
+        summary["ok"] = bool(summary["all_served"] and summary["served_at_end"])
         _print_summary(console, summary)
         if opts.summary_json is not None:
             opts.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-        if opts.duration_s is not None and (not summary["all_served"] or crashed):
+        if opts.duration_s is not None and not summary["ok"]:
             rc = 1
     finally:
         if observer is not None:
@@ -121,17 +129,33 @@ def _watch(
     stop: threading.Event,
     start: float,
     console: Console,
-) -> list[str]:
-    crashed: list[str] = []
+) -> list[dict[str, Any]]:
+    """Show the mesh until the duration is over or Ctrl-C; the children that exited meanwhile
+    (name, role, exit code, log, when), reported as they go."""
+    exited: list[dict[str, Any]] = []
 
     def done() -> bool:
         if opts.duration_s is not None and time.monotonic() - start >= opts.duration_s:
             return True
+        seen = {e["name"] for e in exited}
         for c in group.dead():
-            if c.name not in crashed:
-                crashed.append(c.name)
+            if c.name not in seen:
                 code = c.proc.returncode
-                console.print(f"[red]{c.name} exited with {code}[/] (log: {c.log_path})")
+                at = round(time.monotonic() - start, 2)
+                exited.append(
+                    {
+                        "name": c.name,
+                        "role": c.role,
+                        "pid": c.pid,
+                        "exit_code": code,
+                        "t_s": at,
+                        "log": str(c.log_path) if c.log_path else None,
+                    }
+                )
+                console.print(
+                    f"[yellow][{at:5.1f}s] {c.name} exited with {code}[/] (log: {c.log_path})",
+                    highlight=False,
+                )
         return stop.is_set()
 
     if opts.view and sys.stdout.isatty():
@@ -148,7 +172,11 @@ def _watch(
                 console.print(
                     f"[{time.monotonic() - start:5.1f}s] {observer.line()}", highlight=False
                 )
-    return crashed
+    return exited
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} ms"
 
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
@@ -161,7 +189,46 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             f"p99={e2e['p99']}ms infer p50={inf['p50']}ms",
             highlight=False,
         )
-    verdict = "every app got results" if summary["all_served"] else "SOME APPS GOT NO RESULTS"
-    console.print(
-        f"  {verdict}" + (f"; crashed: {summary['crashed']}" if summary["crashed"] else "")
-    )
+        if not s["served_at_end"]:
+            console.print(f"  {'':<14} [red]NOT SERVED AT THE END[/]: {s['served_detail']}")
+    if summary["failovers"]:
+        console.print("failovers:")
+    for f in summary["failovers"]:
+        console.print(
+            f"  at {f['t_s']:.1f} s: {f['worker']} failed ({f['cause']}), detected at "
+            f"{f['detected_s']:.1f} s, decided in {_ms(f['decision_ms'])} ({f['source']})",
+            highlight=False,
+        )
+        for app, r in f["recoveries"].items():
+            final = f" (then {r['final']})" if r["final"] != r["variant"] else ""
+            first = (
+                f"first result {_ms(r['mttr_ms'])} after the failure "
+                f"(no result for {_ms(r['gap_ms'])})"
+                if r["first_result_s"] is not None
+                else "[red]no result from it yet[/]"
+            )
+            console.print(
+                f"    {app} -> {r['server']} {r['kind']} {r['variant']}{final}: {first}",
+                highlight=False,
+            )
+        for app, why in f["unrecoverable"].items():
+            console.print(f"    [red]{app} unrecoverable[/]: {why}", highlight=False)
+    if summary["exited"]:
+        console.print("exited during the run:")
+    for e in summary["exited"]:
+        console.print(
+            f"  {e['name']} exit {e['exit_code']} at {e['t_s']:.1f} s (log: {e['log']})",
+            highlight=False,
+        )
+    if not summary["all_served"]:
+        verdict = "[red]SOME APPS GOT NO RESULTS[/]"
+    elif not summary["served_at_end"]:
+        verdict = "[red]SOME APPS WERE NOT SERVED AT THE END[/]"
+    else:
+        verdict = "every app got results and was still served at the end"
+    extra = []
+    if summary["failovers"]:
+        extra.append(f"{len(summary['failovers'])} failover(s)")
+    if summary["exited"]:
+        extra.append(f"{len(summary['exited'])} process(es) exited")
+    console.print(f"  {verdict}" + (f" ({', '.join(extra)})" if extra else ""))

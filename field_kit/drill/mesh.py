@@ -45,6 +45,10 @@ FOLLOW = (
     "coordinator/status",
     "placement",
 )
+# A worker's heartbeats are current when one arrived within this many of its intervals (and
+# at least HEARTBEAT_FRESH_MIN_S: amqtt and a busy machine delay QoS 0 a little).
+HEARTBEAT_FRESH_INTERVALS = 5
+HEARTBEAT_FRESH_MIN_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,11 @@ class DrillMesh:
         self._n: dict[str, int] = {}
         self.killed: set[str] = set()  # process names a case killed on purpose
         self.started: dict[str, float] = {}  # process name -> monotonic start
+        # When the recorder last (re)connected: on every (re)subscribe the broker replays what
+        # it retains, so a status recorded since then is what the broker holds now (a broker
+        # restart loses retained state; what the recorder saw before it proves nothing).
+        self.recorder_connected_at = 0.0
+        self.unsteady = "not checked yet"  # why steady() last said no
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -93,6 +102,7 @@ class DrillMesh:
         topics = Topics(self.cfg.mesh)
         for f in FOLLOW:
             self.recorder.follow(f"{topics.prefix}/{f}", qos=0 if "heartbeat" in f else 1)
+        self.recorder.client.on_connect(self._recorder_connected)
         self.recorder.start()
         if spec.netns:
             for i, w in enumerate(WORKERS, start=1):
@@ -107,6 +117,11 @@ class DrillMesh:
                 cam, "sensor", faillite_cmd("sensor", "--id", cam, "--config", str(self.path))
             )
         return self
+
+    def _recorder_connected(self) -> None:
+        # On the recorder's network thread, after its subscriptions went out and before any
+        # message of the new session is handled.
+        self.recorder_connected_at = time.monotonic()
 
     def _link(self, worker: str, index: int) -> None:
         assert self.endpoint is not None
@@ -192,9 +207,9 @@ class DrillMesh:
         return f"{base}-{self._n[base]}"
 
     def start_worker(self, worker: str) -> Child:
-        argv = faillite_cmd(
-            "worker", "--id", worker, "--config", str(self.path), "--fault-injection"
-        )
+        # The drills' faults (SIGUSR1: hung inference, SIGUSR2: slow frames), as a plug-in.
+        plugin = ("--plugin", "field_kit.drill.faults")
+        argv = faillite_cmd("worker", "--id", worker, "--config", str(self.path), *plugin)
         ns = self.namespaces.get(worker)
         if ns is not None:
             argv += ["--broker", f"{ns.host_ip}:{self.proxies[worker].listen[1]}"]
@@ -268,36 +283,111 @@ class DrillMesh:
             for r in self.rec.messages(self.topics.app_results(app), messages.Result, since=since)
         }
 
+    def _latest(self, topics: set[str], since: float) -> dict[str, tuple[float, bytes]]:
+        """The last message recorded since ``since`` on each of ``topics`` that has one
+        (empty payloads included: an empty retained message clears its topic). One pass,
+        newest first: steady() runs on every recorded message."""
+        out: dict[str, tuple[float, bytes]] = {}
+        for t, tp, payload in reversed(self.rec.raw(since)):
+            if tp in topics and tp not in out:
+                out[tp] = (t, payload)
+                if len(out) == len(topics):
+                    break
+        return out
+
+    def _worker_topics(self, workers: tuple[str, ...] = WORKERS) -> set[str]:
+        return {self.topics.worker_heartbeat(w) for w in workers} | {
+            self.topics.worker_status(w) for w in workers
+        }
+
+    def worker_problem(
+        self, worker: str, latest: dict[str, tuple[float, bytes]] | None = None
+    ) -> str | None:
+        """Why ``worker`` is not live and announced, or None: its process runs, a heartbeat
+        arrived within a few heartbeat intervals, and the broker retains its status as
+        ``online`` with the incarnation of that heartbeat (a status recorded since the
+        recorder's last connect: the broker replays its retained state on every subscribe)."""
+        try:
+            child = self.proc(worker)
+        except LookupError:
+            return f"{worker}: not running"
+        assert self.cfg is not None
+        if latest is None:
+            latest = self._latest(self._worker_topics((worker,)), self.recorder_connected_at)
+        interval = self.cfg.worker(worker).heartbeat_interval_s
+        fresh_s = max(HEARTBEAT_FRESH_INTERVALS * interval, HEARTBEAT_FRESH_MIN_S)
+        since = max(self.started.get(child.name, 0.0), time.monotonic() - fresh_s)
+        hb_raw = latest.get(self.topics.worker_heartbeat(worker))
+        if hb_raw is None or hb_raw[0] < since:
+            return f"{worker}: no heartbeat in the last {fresh_s:.1f} s"
+        st_raw = latest.get(self.topics.worker_status(worker))
+        if st_raw is None or not st_raw[1]:
+            return f"{worker}: no status retained since the recorder's last connect"
+        try:
+            hb = messages.decode(messages.Heartbeat, hb_raw[1])
+            st = messages.decode(messages.WorkerStatus, st_raw[1])
+        except messages.MessageError as exc:
+            return f"{worker}: {exc}"
+        if st.state != "online" or st.incarnation != hb.incarnation:
+            return (
+                f"{worker}: retained status {st.state}/{st.incarnation}, "
+                f"heartbeats of {hb.incarnation}"
+            )
+        return None
+
     def steady(self, quiet_s: float = 1.5) -> bool:
-        """Every running worker heard from, the plan unchanged for ``quiet_s``, every app served
-        by its planned primary and protected by a backup that is ready."""
+        """Every running worker live and announced (:meth:`worker_problem`), the plan unchanged
+        for ``quiet_s``, every app served by its planned primary and protected by a backup
+        (warm or cold) that runs and is live and announced too, a warm one with its variant
+        loaded. Why not, when not: :attr:`unsteady`."""
+        why = self._unsteady(quiet_s)
+        self.unsteady = why or ""
+        return why is None
+
+    def _unsteady(self, quiet_s: float) -> str | None:
         p = self.placement()
         if p is None:
-            return False
+            return "no placement"
         placements = [t for t, tp, _p in self.rec.raw() if tp == self.topics.placement]
         if not placements or time.monotonic() - placements[-1] < quiet_s:
-            return False
+            return f"placement changed in the last {quiet_s} s"
+        if placements[-1] < self.recorder_connected_at:
+            return "no placement retained since the recorder's last connect"
+        latest = self._latest(self._worker_topics(), self.recorder_connected_at)
         for w in WORKERS:
             try:
-                child = self.proc(w)
+                self.proc(w)
             except LookupError:
-                continue
-            since = self.started.get(child.name, 0.0)
-            if not self.rec.messages(self.topics.worker_heartbeat(w), messages.Heartbeat, since):
-                return False
+                continue  # killed by the case: the apps below say whether that matters
+            problem = self.worker_problem(w, latest)
+            if problem is not None:
+                return problem
         for app in APPS:
             prim = self.role_of(app, "primary")
             back = self.backup_of(app)
-            if prim is None or back is None or self.serving(app) != {prim}:
-                return False
-            if self.role_of(app, "warm") == back:
-                hbs = self.rec.messages(self.topics.worker_heartbeat(back), messages.Heartbeat)
-                variant = next(e.variant for e in p.entries if e.app == app and e.role == "warm")
-                if not hbs or variant not in hbs[-1].loaded:
-                    return False
-        return True
+            if prim is None or back is None:
+                return f"{app}: primary {prim}, backup {back}"
+            serving = self.serving(app)
+            if serving != {prim}:
+                return f"{app}: served by {sorted(serving)}, planned primary {prim}"
+            for w in (prim, back):
+                problem = self.worker_problem(w, latest)
+                if problem is not None:
+                    return f"{app}: {problem}"
+            warm = next((e.variant for e in p.entries if e.app == app and e.role == "warm"), None)
+            if warm is not None and self.role_of(app, "warm") == back:
+                hb = messages.decode(
+                    messages.Heartbeat, latest[self.topics.worker_heartbeat(back)][1]
+                )
+                if warm not in hb.loaded:
+                    return f"{app}: warm backup {back} has not loaded {warm} yet"
+        return None
 
     def wait_steady(self, timeout: float, settle_s: float = 1.0) -> None:
-        self.rec.wait_for(self.steady, timeout, "a steady mesh (apps served and protected)")
-        time.sleep(settle_s)
-        self.rec.wait_for(self.steady, timeout, "a steady mesh (apps served and protected)")
+        what = "a steady mesh (apps served and protected)"
+        try:
+            self.rec.wait_for(self.steady, timeout, what)
+            time.sleep(settle_s)
+            self.rec.wait_for(self.steady, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last: {self.unsteady}") from exc
