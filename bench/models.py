@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from faillite.catalog import load_catalog
-from faillite.config import OnnxRuntimeBackendConfig, packaged_config
+from faillite.config import packaged_config
 from faillite.models.build import build_models
 from faillite.models.preprocess import preprocess
-from workers.backends.ort import OnnxRuntimeBackend
+from workers.backends.ort import OnnxRuntimeBackend, OnnxRuntimeBackendConfig
 
 
 def main() -> None:

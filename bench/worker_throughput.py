@@ -38,7 +38,6 @@ from faillite.catalog import load_catalog
 from faillite.config import (
     BrokerConfig,
     MeshConfig,
-    OnnxRuntimeBackendConfig,
     default_models_dir,
     packaged_config,
 )
@@ -50,7 +49,7 @@ from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerLauncher
 from field_kit.procs import ProcessGroup, faillite_cmd
 from sensors.sources import SceneSource
-from workers.backends.ort import OnnxRuntimeBackend
+from workers.backends.ort import OnnxRuntimeBackend, OnnxRuntimeBackendConfig
 
 
 def make_frames(n: int) -> list[bytes]:

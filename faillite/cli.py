@@ -122,63 +122,60 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     return 0
 
 
+FAULTS_PLUGIN = "field_kit.drill.faults"  # what --fault-injection loads
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
 
     with _role("worker", "worker"):
-        from workers.worker import Worker
+        from workers.plugins import PluginError, load_plugin
+        from workers.service import Worker
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="worker", worker=args.id)
     worker = Worker(cfg, cfg.worker(args.id), load_catalog(cfg.catalog))
+    plugins = list(args.plugin or ())
+    if args.fault_injection and FAULTS_PLUGIN not in plugins:
+        plugins.append(FAULTS_PLUGIN)
+    try:
+        for name in plugins:  # on the main thread: a plug-in may install signal handlers
+            load_plugin(name, worker)
+            flog.get_logger("worker").info("plugin_loaded", plugin=name)
+    except PluginError as exc:
+        print(f"faillite worker: {exc}", file=sys.stderr)
+        return 2
     _until_signal(worker.request_stop)
-    if args.fault_injection:
-        _fault_signals(worker)
-    worker.start()
-    worker.wait()
+    try:
+        worker.claim(replace=args.replace)
+    except IdentityInUseError as exc:
+        print(f"faillite worker: {exc}", file=sys.stderr)
+        return 2
+    if not worker.stopping:  # no SIGTERM while it looked
+        worker.start()
+        worker.wait()
     worker.stop()
     return 0
-
-
-def _fault_signals(worker: Any) -> None:
-    """Drill hooks: SIGUSR1 toggles a hung inference thread, SIGUSR2 a 0.5 s delay per frame."""
-    log = flog.get_logger("fault")
-
-    def hang(_signum: int, _frame: Any) -> None:
-        if worker.fault_hang.is_set():
-            worker.fault_hang.clear()
-        else:
-            worker.fault_hang.set()
-        log.warning("fault_injected", fault="hang", active=worker.fault_hang.is_set())
-
-    def slow(_signum: int, _frame: Any) -> None:
-        worker.fault_slow_s = 0.0 if worker.fault_slow_s else 0.5
-        log.warning("fault_injected", fault="slow", delay_s=worker.fault_slow_s)
-
-    signal.signal(signal.SIGUSR1, hang)
-    signal.signal(signal.SIGUSR2, slow)
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
 
     with _role("coordinator", "coordinator"):
-        from coordinator.runtime import coordinator_for
+        from coordinator.service import CoordinatorService, StandbyWatch
 
     cfg = load(args)
     flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
     catalog = load_catalog(cfg.catalog)
+    term_floor = 0
     if args.standby:
-        from coordinator.standby import StandbyWatch
-
         stop = threading.Event()
         _until_signal(stop.set)
         watch = StandbyWatch(cfg, args.id, args.rank)
         if watch.wait_for_vacancy(stop) is None:
             return 0
-    coord = coordinator_for(cfg, catalog, args.id)
-    if args.standby:
-        coord.term_floor = watch.highest_term
+        term_floor = watch.highest_term  # a successor's term is above the newest leader seen
+    coord = CoordinatorService.from_config(cfg, catalog, args.id, term_floor=term_floor)
     _until_signal(coord.request_stop)
     coord.start()
     coord.wait()
@@ -349,10 +346,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--id", required=True, help="worker id in the config")
     p.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE",
+        help="load a worker plug-in (a module with install(worker)); repeatable",
+    )
+    p.add_argument(
         "--fault-injection",
         action="store_true",
-        help="drills: SIGUSR1 toggles a hung inference thread, SIGUSR2 slow frames",
+        help=f"drills: --plugin {FAULTS_PLUGIN} (SIGUSR1 toggles a hung inference thread, "
+        "SIGUSR2 slow frames)",
     )
+    _replace_flag(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("coordinator", help="run the coordinator")

@@ -6,12 +6,21 @@ Configs are YAML files validated by pydantic models that reject unknown keys, so
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from faillite.topics import Role, check_id
 
@@ -115,25 +124,29 @@ class AppConfig(StrictModel):
         return check_id("app", v)
 
 
-class OnnxRuntimeBackendConfig(StrictModel):
-    type: Literal["onnxruntime"] = "onnxruntime"
-    providers: tuple[str, ...] = (
-        "TensorrtExecutionProvider",
-        "CUDAExecutionProvider",
-        "CPUExecutionProvider",
-    )
-    intra_op_threads: int = Field(default=0, ge=0)
-    trt_cache_dir: Path | None = None
+class BackendSection(StrictModel):
+    """A worker's ``backend`` section: ``type`` names the backend. Each backend's own config
+    class subclasses this one and lives beside the backend, in ``workers/backends/``."""
+
+    type: str
 
 
-class TensorRTBackendConfig(StrictModel):
-    type: Literal["tensorrt"]
-    engines_dir: Path | None = None
+# Backend sections are validated at load time, unknown keys named, by the backend registry
+# of the worker role (workers/backends/registry.py: type -> config class, backend class).
+# The core looks it up by module name, as a plug-in lookup (like an entry point), not as a
+# code dependency: the core imports no role (tests/unit/test_architecture.py). The lookup is
+# light: the registry and the backend modules import pydantic and nothing heavy (no numpy,
+# cv2, onnxruntime or tensorrt at module level), so a broker node, which has none of them,
+# validates the worker sections of the mesh config it loads.
+BACKEND_REGISTRY = "workers.backends.registry"
+DEFAULT_BACKEND = "onnxruntime"
 
 
-BackendConfig = Annotated[
-    OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")
-]
+def backend_section(data: Any) -> BackendSection:
+    """``data`` (a mapping with a ``type``) as the config class of the backend it names."""
+    registry = importlib.import_module(BACKEND_REGISTRY)
+    section: BackendSection = registry.parse_config(data)
+    return section
 
 
 class WorkerConfig(StrictModel):
@@ -143,7 +156,9 @@ class WorkerConfig(StrictModel):
     compute_budget: float = Field(default=1.0, gt=0)  # share of the device inference may use
     disk_mb: float = Field(default=10_000.0, gt=0)
     failure_domain: str | None = None
-    backend: BackendConfig = Field(default_factory=OnnxRuntimeBackendConfig)
+    backend: SerializeAsAny[BackendSection] = Field(
+        default_factory=lambda: backend_section({"type": DEFAULT_BACKEND})
+    )
     queue_size: int = Field(default=2, ge=1, le=64)
     heartbeat_interval_s: float = Field(default=0.1, gt=0, le=60)
     models_dir: Path | None = None
@@ -152,6 +167,11 @@ class WorkerConfig(StrictModel):
     @classmethod
     def _id(cls, v: str) -> str:
         return check_id("worker", v)
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> BackendSection:
+        return backend_section(v)
 
     @property
     def domain(self) -> str:

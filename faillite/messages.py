@@ -103,7 +103,7 @@ class Heartbeat:
     results_published: int = 0
     queue_depth: int = 0
     busy: bool = False
-    last_progress_ts: float = 0.0
+    last_progress_ts: float | None = None  # the last processed frame's result ts; None: none yet
     rss_mb: float = 0.0
     loaded: tuple[str, ...] = ()
     generation: int = 0

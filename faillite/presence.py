@@ -164,18 +164,22 @@ class Presence(Generic[S]):
         replace: bool = False,
         connect_s: float = 2.0,
         settle_s: float = 0.3,
+        quiet_timeout_s: float = 10.0,
     ) -> None:
         """Refuse to start (:class:`IdentityInUseError`) if our id is alive under another
         incarnation: its birth is retained and something arrives on ``life_topic`` (its
         heartbeats, its frames) within ``liveness_s``. A retained birth without signs of life
         is stale (a frozen or dead process whose last-will has not fired yet): we go ahead, and
-        it steps down if it ever wakes. With ``replace`` a live one is told to step down."""
+        it steps down if it ever wakes. With ``replace`` a live one is told to step down, and this
+        returns once it has gone quiet on ``life_topic``."""
         probe = MeshClient(probe_id(client_id), broker, role=role, quiet=True)
         seen: list[S] = []
         life = threading.Event()
+        last_life = [0.0]
         probe.subscribe_json(self.topic, self.schema, lambda inb: seen.append(inb.message))
 
         def on_life(_raw: Raw) -> None:
+            last_life[0] = time.monotonic()
             life.set()
 
         probe.subscribe(life_topic, on_life, qos=0)
@@ -209,5 +213,16 @@ class Presence(Generic[S]):
             announce = self._make(messages.now())
             probe.publish_message(self.topic, announce, qos=1, retain=True)
             log.warning("replacing", topic=self.topic, predecessor=other.incarnation)
+            # Connect under the id only once the predecessor has left: before that the broker
+            # would drop it (firing its last-will) and it would take the id back on reconnect.
+            quiet_s = max(0.3, liveness_s / 3.0)
+            deadline = time.monotonic() + quiet_timeout_s
+            while time.monotonic() - last_life[0] < quiet_s:
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "predecessor_still_live", topic=self.topic, waited_s=quiet_timeout_s
+                    )
+                    break
+                time.sleep(0.05)
         finally:
             probe.stop()

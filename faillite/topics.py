@@ -195,9 +195,11 @@ def role_acl(mesh: str) -> dict[Role, tuple[tuple[Access, str], ...]]:
     t = Topics(mesh)
     f = t.filter
     return {
+        # Roles read their own kind's status and liveness topics: a process looks, before it
+        # connects under its id, whether that id is already live (faillite.presence).
         Role.SENSOR: (
-            (Access.WRITE, f(SENSOR_FRAMES)),
-            (Access.WRITE, f(SENSOR_STATUS)),
+            (Access.READWRITE, f(SENSOR_FRAMES)),
+            (Access.READWRITE, f(SENSOR_STATUS)),
             (Access.READ, f(APP_RESULTS)),
             (Access.READWRITE, t.events),
         ),
@@ -205,8 +207,8 @@ def role_acl(mesh: str) -> dict[Role, tuple[tuple[Access, str], ...]]:
             (Access.READ, f(SENSOR_FRAMES)),
             (Access.READ, f(WORKER_ASSIGNMENT)),
             (Access.READ, t.coordinator_status),
-            (Access.WRITE, f(WORKER_STATUS)),
-            (Access.WRITE, f(WORKER_HEARTBEAT)),
+            (Access.READWRITE, f(WORKER_STATUS)),
+            (Access.READWRITE, f(WORKER_HEARTBEAT)),
             (Access.WRITE, f(APP_RESULTS)),
             (Access.READWRITE, t.events),
         ),

@@ -581,7 +581,7 @@ def test_generated_acl_has_a_block_per_account() -> None:
     anonymous, users = blocks[0], blocks[1:]
     assert "topic read faillite/demo/#" in anonymous
     assert [b.split("\n", 1)[0] for b in users] == ["cam1", "w1", "coord"]
-    assert "topic write faillite/demo/sensors/+/frames" in users[0]
+    assert "topic readwrite faillite/demo/sensors/+/frames" in users[0]
     assert "topic write faillite/demo/workers/+/assignment" not in users[0]
     assert "topic write faillite/demo/workers/+/assignment" in users[2]
     closed = secure_config().model_copy(update={"allow_anonymous": False})

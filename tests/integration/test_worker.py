@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from plugins.mesh import Collector, FramePump, load, write_config
@@ -15,7 +19,7 @@ from plugins.mesh import Collector, FramePump, load, write_config
 from faillite import envelope, messages
 from faillite.config import packaged_config
 from faillite.topics import Topics
-from field_kit.procs import ProcessGroup, faillite_cmd
+from field_kit.procs import ProcessGroup, faillite_cmd, free_port
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby .. lynx: what a cat photo may be called
 
@@ -65,6 +69,19 @@ def _heartbeats(col: Collector, t: Topics) -> list[messages.Heartbeat]:
     return col.messages(t.worker_heartbeat("w1"), messages.Heartbeat)
 
 
+def _raw_heartbeats(col: Collector, t: Topics) -> list[dict[str, Any]]:
+    topic = t.worker_heartbeat("w1")
+    return [orjson.loads(p) for _t, tp, p in col.raw() if tp == topic]
+
+
+def _statuses(col: Collector, t: Topics, **match: Any) -> list[messages.WorkerStatus]:
+    return [
+        s
+        for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+        if all(getattr(s, k) == v for k, v in match.items())
+    ]
+
+
 def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> None:
     col, t, worker = mesh["col"], mesh["t"], mesh["worker"]
     birth = col.wait_for(
@@ -80,6 +97,10 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
     assert "CPUExecutionProvider" in birth.backends
     assert {"efficientnet_lite0", "efficientnet_lite1"} <= set(birth.models_on_disk)
     assert birth.failure_domain == "w1"
+    # An idle worker has made no progress: its heartbeats say so with a null last_progress_ts.
+    idle = col.wait_for(lambda: _raw_heartbeats(col, t), 10, "idle heartbeats")
+    assert all(h["last_progress_ts"] is None for h in idle), idle[-1]
+    assert all(h["frames_processed"] == 0 for h in idle)
 
     _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
     with FramePump(col, t.sensor_frames("cam1"), fps=10):
@@ -111,6 +132,10 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
         assert hbs[-1].loaded == ("efficientnet_lite0",)
         assert hbs[-1].apps["a1"].processed > 0
+        # last_progress_ts: the time of the last processed frame (its result's ts).
+        result_ts = {r.ts for r in col.messages(t.app_results("a1"), messages.Result)}
+        assert hbs[-1].last_progress_ts in result_ts
+        assert all(h.frames_processed <= h.frames_received for h in _heartbeats(col, t))
 
         # A newer assignment switches the variant without a restart.
         _assign(col, t, 2, [("a1", "cam1", "efficientnet_lite1")])
@@ -162,7 +187,6 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
             "fenced",
         )
         col.wait_for(lambda: [h for h in _heartbeats(col, t) if h.generation == 4], 10, "gen 4")
-        import time
 
         since = time.monotonic() + 0.5
         time.sleep(1.5)
@@ -288,7 +312,6 @@ def test_missing_model_file_is_reported_not_fatal(
 def test_graceful_stop_publishes_offline_and_crash_fires_last_will(
     tmp_path: Path, broker: Any, models_dir: Path
 ) -> None:
-    import signal
 
     path = write_config(tmp_path, broker, models_dir, mesh="life")
     cfg = load(path)
@@ -341,6 +364,10 @@ def test_graceful_stop_publishes_offline_and_crash_fires_last_will(
             "last-will",
         )[-1]
         assert lost.incarnation == b2.incarnation and lost.state == "offline"
+        # The last-will is the birth's twin: same time (of the birth it ends), same contents.
+        assert lost.ts == b2.ts
+        assert lost.models_on_disk == b2.models_on_disk and lost.models_on_disk
+        assert replace(lost, state="online", reason="") == b2
     col.publish(t.worker_status("w1"), b"", retain=True)
     col.stop()
 
@@ -365,3 +392,113 @@ def test_worker_refuses_impossible_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "workers.0.queue_size" in proc.stderr
+
+
+def test_one_process_per_worker_id_and_replace(
+    tmp_path: Path, broker: Any, models_dir: Path
+) -> None:
+    path = write_config(tmp_path, broker, models_dir, mesh="replace")
+    cfg = load(path)
+    t = Topics(cfg.mesh)
+    col = Collector(cfg).follow(f"faillite/{cfg.mesh}/workers/#", qos=1).start()
+    argv = faillite_cmd("worker", "--id", "w1", "--config", str(path))
+    with ProcessGroup(tmp_path / "logs") as group:
+        first = group.start("w1-a", "worker", argv)
+        b1 = col.wait_for(lambda: _statuses(col, t, state="online"), 30, "birth")[-1]
+        col.wait_for(lambda: _heartbeats(col, t), 10, "heartbeats")
+
+        # The same id while that one is live: refused, saying what runs and how to take over.
+        refused = group.start("w1-b", "worker", argv)
+        assert refused.proc.wait(60) == 2
+        assert "already running" in refused.tail() and "--replace" in refused.tail()
+        assert first.alive()
+
+        # --replace: the live one steps down, exits 0 and publishes nothing about the id.
+        second = group.start("w1-c", "worker", [*argv, "--replace"])
+        b2 = col.wait_for(
+            lambda: [
+                s for s in _statuses(col, t, state="online") if s.incarnation != b1.incarnation
+            ],
+            30,
+            "the successor's birth",
+        )[-1]
+        assert first.proc.wait(15) == 0
+        assert "worker_replaced" in first.tail(40)
+        assert _statuses(col, t, incarnation=b1.incarnation, state="offline") == []
+        since = time.monotonic() + 0.5
+        time.sleep(1.0)
+        hbs = col.messages(t.worker_heartbeat("w1"), messages.Heartbeat, since=since)
+        assert hbs and {h.incarnation for h in hbs} == {b2.incarnation}
+        fresh = Collector(cfg).follow(t.worker_status("w1")).start()  # what the broker retains
+        try:
+            st = fresh.wait_for(
+                lambda: fresh.messages(t.worker_status("w1"), messages.WorkerStatus),
+                10,
+                "retained status",
+            )[-1]
+            assert (st.state, st.incarnation) == ("online", b2.incarnation)
+        finally:
+            fresh.stop()
+        assert second.alive()
+    col.publish(t.worker_status("w1"), b"", retain=True)
+    col.stop()
+
+
+def test_worker_without_a_broker_keeps_trying_and_stops_cleanly(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    class Nowhere:
+        host, port = "127.0.0.1", free_port("127.0.0.1")
+
+    path = write_config(tmp_path, Nowhere(), models_dir, mesh="nobroker")
+    with ProcessGroup(tmp_path / "logs") as group:
+        w = group.start("w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path)))
+        deadline = time.monotonic() + 60
+        while "broker_unreachable" not in w.tail(50) and time.monotonic() < deadline:
+            assert w.alive(), w.tail()
+            time.sleep(0.2)
+        time.sleep(2.0)  # retrying meanwhile: still one line
+        assert w.alive()
+        assert group.stop("w1", signal.SIGTERM) == 0
+    text = (tmp_path / "logs" / "w1.log").read_text()
+    assert text.count("broker_unreachable") == 1, text
+    assert "Traceback" not in text and "worker_stopped" in text
+
+
+def test_fault_plugin_hangs_inference_while_heartbeats_flow(
+    tmp_path: Path, amqtt_broker: Any, models_dir: Path
+) -> None:
+    path = write_config(tmp_path, amqtt_broker, models_dir, mesh="faults")
+    cfg = load(path)
+    t = Topics(cfg.mesh)
+    col = Collector(cfg).follow(f"faillite/{cfg.mesh}/#", qos=1).start()
+    argv = faillite_cmd(
+        "worker", "--id", "w1", "--config", str(path), "--plugin", "field_kit.drill.faults"
+    )
+    with ProcessGroup(tmp_path / "logs") as group:
+        w = group.start("w1", "worker", argv)
+        col.wait_for(lambda: _statuses(col, t, state="online"), 30, "birth")
+        _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
+        with FramePump(col, t.sensor_frames("cam1"), fps=10):
+            col.wait_for(lambda: col.messages(t.app_results("a1"), messages.Result), 60, "results")
+            w.proc.send_signal(signal.SIGUSR1)  # hang
+            time.sleep(0.5)
+            since = time.monotonic()
+            time.sleep(1.5)
+            assert col.messages(t.app_results("a1"), messages.Result, since=since) == []
+            hbs = col.messages(t.worker_heartbeat("w1"), messages.Heartbeat, since=since)
+            assert len(hbs) > 5  # heartbeats go on: a gray failure
+            assert hbs[-1].frames_received > hbs[0].frames_received
+            assert hbs[-1].frames_processed == hbs[0].frames_processed
+            assert hbs[-1].busy and hbs[-1].queue_depth > 0
+            w.proc.send_signal(signal.SIGUSR1)  # thaw
+            n = len(col.messages(t.app_results("a1"), messages.Result))
+            col.wait_for(
+                lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
+                20,
+                "results again",
+            )
+        assert w.alive()
+        assert group.stop("w1") == 0
+    col.publish(t.worker_assignment("w1"), b"", retain=True)
+    col.stop()

@@ -1,4 +1,4 @@
-"""Backend plugins: chosen by the config's ``type``, real ONNX Runtime, clear errors.
+"""Backend plug-ins: a registry keyed by the config's ``type``, real ONNX Runtime, clear errors.
 
 The TensorRT engine backend needs an NVIDIA GPU with TensorRT, which this machine does not
 have: its test checks only that it reports itself unavailable, with the package to install.
@@ -6,18 +6,23 @@ have: its test checks only that it reports itself unavailable, with the package 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from faillite.config import OnnxRuntimeBackendConfig, TensorRTBackendConfig
+from faillite.config import ConfigError, WorkerConfig, load_mesh_config
 from workers.backends import (
     BackendError,
     BackendUnavailableError,
     ModelFileMissingError,
     create_backend,
+    registry,
 )
+from workers.backends.ort import OnnxRuntimeBackend, OnnxRuntimeBackendConfig
+from workers.backends.tensorrt import TensorRTBackend, TensorRTBackendConfig
 
 
 def test_onnxruntime_backend_reports_real_providers(models_dir: Path) -> None:
@@ -49,3 +54,48 @@ def test_no_configured_provider_available() -> None:
 def test_tensorrt_backend_unavailable_without_an_nvidia_gpu() -> None:
     with pytest.raises(BackendUnavailableError, match=r"faillite\[jetson\]|no CUDA device"):
         create_backend(TensorRTBackendConfig(type="tensorrt"))
+
+
+def test_registry_maps_each_type_to_its_config_and_backend_class() -> None:
+    found = registry.backends()
+    assert found["onnxruntime"].config is OnnxRuntimeBackendConfig
+    assert found["onnxruntime"].backend is OnnxRuntimeBackend
+    assert found["tensorrt"].config is TensorRTBackendConfig
+    assert found["tensorrt"].backend is TensorRTBackend
+    # A worker section is parsed as its backend's config class.
+    w = WorkerConfig.model_validate({"id": "w1", "backend": {"type": "tensorrt"}})
+    assert isinstance(w.backend, TensorRTBackendConfig)
+    assert isinstance(WorkerConfig(id="w2").backend, OnnxRuntimeBackendConfig)  # the default
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        (
+            "{type: onnxruntime, intra_op_thread: 2}",
+            r"workers\.0\.backend\.intra_op_thread: unknown key",
+        ),
+        ("{type: tensorrt, engine_dir: /x}", r"workers\.0\.backend\.engine_dir: unknown key"),
+        ("{type: tflite}", r"workers\.0\.backend: unknown backend type 'tflite'.*onnxruntime"),
+        ("{intra_op_threads: 1}", r"workers\.0\.backend: a backend section needs a 'type'"),
+    ],
+)
+def test_backend_sections_checked_at_load_time(tmp_path: Path, section: str, match: str) -> None:
+    p = tmp_path / "mesh.yaml"
+    p.write_text(f"workers:\n  - id: w1\n    backend: {section}\n")
+    with pytest.raises(ConfigError, match=match):
+        load_mesh_config(p)
+
+
+def test_loading_a_mesh_config_imports_no_runtime() -> None:
+    """A broker node loads the same mesh config without numpy, cv2 or onnxruntime installed."""
+    code = (
+        "import sys; from faillite.config import load_mesh_config, packaged_config; "
+        "cfg = load_mesh_config(packaged_config('demo.yaml')); assert cfg.workers; "
+        "heavy = ('numpy', 'cv2', 'onnxruntime', 'tensorrt'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,8 +1,11 @@
-"""Inference backends, chosen by the ``type`` key of a worker's ``backend`` config."""
+"""Inference backends, chosen by the ``type`` key of a worker's ``backend`` config.
+
+:mod:`workers.backends.registry` maps each type to its config class and backend class; each
+backend module (``ort``: ONNX Runtime, ``tensorrt``: native engines) registers itself.
+"""
 
 from __future__ import annotations
 
-from faillite.config import OnnxRuntimeBackendConfig, TensorRTBackendConfig
 from workers.backends.base import (
     Backend,
     BackendError,
@@ -10,6 +13,7 @@ from workers.backends.base import (
     LoadedModel,
     ModelFileMissingError,
 )
+from workers.backends.registry import create_backend
 
 __all__ = [
     "Backend",
@@ -19,14 +23,3 @@ __all__ = [
     "ModelFileMissingError",
     "create_backend",
 ]
-
-
-def create_backend(cfg: OnnxRuntimeBackendConfig | TensorRTBackendConfig) -> Backend:
-    """Instantiate the backend that ``cfg.type`` names (imported lazily: optional runtimes)."""
-    if isinstance(cfg, OnnxRuntimeBackendConfig):
-        from workers.backends.ort import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(cfg)
-    from workers.backends.tensorrt import TensorRTBackend
-
-    return TensorRTBackend(cfg)

@@ -1,18 +1,25 @@
-"""The backend plugin interface: every inference runtime sits behind these two classes.
+"""The backend plug-in interface: every inference runtime sits behind these two classes.
 
-A backend is chosen by the ``type`` key of the worker's ``backend`` config (Frigate-style). The
-registry maps that key to a class; a backend whose runtime is not installed raises
-:class:`BackendUnavailableError` on creation, with the package to install.
+A backend is chosen by the ``type`` key of the worker's ``backend`` config (Frigate-style): the
+registry (:mod:`workers.backends.registry`) maps that key to the backend's config class and
+its class. A backend whose runtime is not installed raises :class:`BackendUnavailableError` on
+creation, with the package to install.
+
+Backend modules are imported whenever a mesh config is validated (a broker node too), so they
+import nothing heavy at module level: numpy and the runtimes are imported where they are used.
 """
 
 from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from faillite.config import BackendSection
 
 
 class BackendError(RuntimeError):
@@ -43,8 +50,14 @@ class LoadedModel(abc.ABC):
 
 
 class Backend(abc.ABC):
+    """An inference runtime. Subclasses take their own config class (registered with them)."""
+
     type: ClassVar[str]
     file_suffix: ClassVar[str] = ".onnx"
+
+    @abc.abstractmethod
+    def __init__(self, cfg: BackendSection) -> None:
+        """Open the runtime; raise :class:`BackendUnavailableError` if it cannot run here."""
 
     @abc.abstractmethod
     def devices(self) -> tuple[str, ...]:

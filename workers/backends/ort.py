@@ -8,12 +8,11 @@ and reported in the worker's birth message.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
-import numpy.typing as npt
+from pydantic import Field
 
-from faillite.config import OnnxRuntimeBackendConfig
+from faillite.config import BackendSection
 from faillite.log import get_logger
 from workers.backends.base import (
     Backend,
@@ -22,8 +21,26 @@ from workers.backends.base import (
     LoadedModel,
     check_file,
 )
+from workers.backends.registry import register
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 log = get_logger("backend.onnxruntime")
+
+
+class OnnxRuntimeBackendConfig(BackendSection):
+    """``backend: {type: onnxruntime, ...}``: execution providers in order of preference."""
+
+    type: Literal["onnxruntime"] = "onnxruntime"
+    providers: tuple[str, ...] = (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
+    intra_op_threads: int = Field(default=0, ge=0)
+    trt_cache_dir: Path | None = None
 
 
 class OrtModel(LoadedModel):
@@ -37,6 +54,8 @@ class OrtModel(LoadedModel):
         self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
 
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        import numpy as np  # here, not at module level: a broker node imports this module
+
         out = self._session.run([self._output], {self._input: batch})[0]
         return np.asarray(out, dtype=np.float32)
 
@@ -44,6 +63,7 @@ class OrtModel(LoadedModel):
         self._session = None
 
 
+@register(OnnxRuntimeBackendConfig)
 class OnnxRuntimeBackend(Backend):
     type: ClassVar[str] = "onnxruntime"
 

@@ -10,12 +10,9 @@ so the test suite checks only that it says so clearly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
-import numpy.typing as npt
-
-from faillite.config import TensorRTBackendConfig
+from faillite.config import BackendSection
 from workers.backends.base import (
     Backend,
     BackendError,
@@ -23,6 +20,18 @@ from workers.backends.base import (
     LoadedModel,
     check_file,
 )
+from workers.backends.registry import register
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+
+class TensorRTBackendConfig(BackendSection):
+    """``backend: {type: tensorrt, engines_dir: ...}``: prebuilt ``<variant>.engine`` files."""
+
+    type: Literal["tensorrt"] = "tensorrt"
+    engines_dir: Path | None = None
 
 
 def _check(err: Any, what: str) -> None:
@@ -33,6 +42,8 @@ def _check(err: Any, what: str) -> None:
 
 class TrtModel(LoadedModel):
     def __init__(self, variant: str, trt: Any, cudart: Any, engine: Any) -> None:
+        import numpy as np
+
         self.variant = variant
         self.providers = ("TensorRT",)
         self._cudart = cudart
@@ -56,6 +67,8 @@ class TrtModel(LoadedModel):
         self._ctx.set_tensor_address(self._out, int(self._d_out))
 
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        import numpy as np
+
         cu = self._cudart
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         h2d = cu.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -81,6 +94,7 @@ class TrtModel(LoadedModel):
         self._cudart.cudaStreamDestroy(self._stream)
 
 
+@register(TensorRTBackendConfig)
 class TensorRTBackend(Backend):
     type: ClassVar[str] = "tensorrt"
     file_suffix: ClassVar[str] = ".engine"

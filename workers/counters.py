@@ -1,0 +1,126 @@
+"""Progress counters and per-app stats of a worker, and its heartbeat message.
+
+What the counters mean (the heartbeat carries them; the coordinator's progress detector compares
+``frames_received`` and ``frames_processed`` between heartbeats):
+
+- ``frames_received``: frames put into this worker's frame queues for apps it serves, one per
+  app a frame is for. A warm backup's held frame counts when a promotion queues it (it was only
+  held before). Frames refused before queueing (oversized) are not counted: ``errors`` has them.
+- ``frames_processed``: frames that went through inference and gave a result (published or
+  not). Never more than ``frames_received``.
+- ``frames_dropped``: frames the drop-oldest queues threw away for newer ones.
+- ``results_published``: results handed to a connected transport.
+- ``last_progress_ts``: wall-clock time (``ts`` of its result) of the last processed frame; left
+  out of the heartbeat while no frame has been processed yet.
+- ``busy``: the inference thread holds a frame (interceptors, decode, inference, publish).
+
+The rest of ``frames_received``, less processed, dropped and still queued, are frames that
+failed (``errors``) or whose app was revoked while they waited.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from faillite import messages
+from faillite.stats import Window
+
+LATENCY_WINDOW = 200  # results per app behind the heartbeat's mean latency
+
+
+class Counters:
+    """Thread-safe counters: frames arrive on the network thread, held frames are queued by the
+    control thread, results come from the inference thread, the heartbeat thread reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.frames_received = 0
+        self.frames_processed = 0
+        self.results_published = 0
+        self.last_progress_ts: float | None = None
+        self.busy = False
+        self._received: dict[str, int] = {}
+        self._processed: dict[str, int] = {}
+        self._latency: dict[str, Window] = {}
+
+    def received(self, app: str) -> None:
+        """One frame of ``app`` put into its queue."""
+        with self._lock:
+            self.frames_received += 1
+            self._received[app] = self._received.get(app, 0) + 1
+
+    def processed(self, app: str, *, total_ms: float, ts: float, published: bool) -> None:
+        """One frame of ``app`` served: its result (at ``ts``) was published or not."""
+        with self._lock:
+            if published:
+                self.results_published += 1
+            self.frames_processed += 1
+            self._processed[app] = self._processed.get(app, 0) + 1
+            window = self._latency.get(app)
+            if window is None:
+                window = self._latency[app] = Window(LATENCY_WINDOW)
+            self.last_progress_ts = ts
+        window.add(total_ms)
+
+    def app_stats(
+        self, apps: Iterable[str], dropped: dict[str, int]
+    ) -> dict[str, messages.AppStats]:
+        with self._lock:
+            return self._app_stats(apps, dropped)
+
+    def _app_stats(
+        self, apps: Iterable[str], dropped: dict[str, int]
+    ) -> dict[str, messages.AppStats]:
+        return {
+            app: messages.AppStats(
+                received=self._received.get(app, 0),
+                processed=self._processed.get(app, 0),
+                dropped=dropped.get(app, 0),
+                latency_ms=round(w.mean(), 2) if (w := self._latency.get(app)) else 0.0,
+            )
+            for app in apps
+        }
+
+    def heartbeat(
+        self,
+        *,
+        worker: str,
+        incarnation: str,
+        seq: int,
+        apps: Iterable[str],
+        dropped: dict[str, int],
+        queue_depth: int,
+        rss_mb: float,
+        loaded: tuple[str, ...],
+        generation: int,
+        errors: dict[str, int],
+    ) -> messages.Heartbeat:
+        """The heartbeat message (``last_progress_ts`` None while no frame was processed)."""
+        with self._lock:  # one snapshot: totals and per-app stats agree
+            stats = self._app_stats(apps, dropped)
+            received, processed = self.frames_received, self.frames_processed
+            published, last, busy = self.results_published, self.last_progress_ts, self.busy
+        return messages.Heartbeat(
+            worker=worker,
+            incarnation=incarnation,
+            seq=seq,
+            ts=messages.now(),
+            frames_received=received,
+            frames_processed=processed,
+            frames_dropped=sum(dropped.values()),
+            results_published=published,
+            queue_depth=queue_depth,
+            busy=busy,
+            last_progress_ts=last,
+            rss_mb=rss_mb,
+            loaded=loaded,
+            generation=generation,
+            errors=errors,
+            apps=stats,
+        )
+
+
+def encode(hb: messages.Heartbeat) -> bytes:
+    """The heartbeat's payload (``last_progress_ts`` is null while no frame was processed)."""
+    return messages.encode(hb)

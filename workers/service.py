@@ -1,0 +1,351 @@
+"""The worker process: its threads and its MQTT side. Serves the apps its assignment names.
+
+Threads, and why each exists:
+
+- network (inside :class:`MeshClient`): only decodes control messages and enqueues frames.
+  Inference here would starve keepalive and make the broker fire a false last-will.
+- control: applies assignments in (term, generation) order (:mod:`workers.serving`); loads
+  models here, so a slow load never stalls serving of the apps already running.
+- inference: takes frames round-robin from the drop-oldest queues, runs the plug-ins' frame
+  interceptors (none in production), then the model (:mod:`workers.inference`), publishes.
+- heartbeat: liveness plus progress counters (:mod:`workers.counters`) every
+  ``heartbeat_interval_s``.
+
+Presence (:class:`faillite.presence.Presence`): the birth is made before every connect and its
+twin is that connection's last-will; a clean stop publishes ``offline``. One process per worker
+id: :meth:`Worker.claim` refuses to start while the id is live elsewhere (its heartbeats flow),
+or with ``replace`` makes the live one step down: a replaced worker stops serving and exits
+without publishing anything about the id.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from faillite import messages
+from faillite.badinput import BadInput
+from faillite.catalog import Catalog
+from faillite.config import MeshConfig, WorkerConfig
+from faillite.log import bind, get_logger
+from faillite.models.labels import imagenet_labels
+from faillite.mqtt import Inbound, MeshClient, Raw
+from faillite.presence import Presence
+from faillite.topics import Role, Topics
+from workers import counters as hb
+from workers.backends import BackendError, create_backend
+from workers.counters import Counters
+from workers.frame_queue import FrameQueues, QueuedFrame
+from workers.inference import FrameRunner
+from workers.model_cache import ModelCache
+from workers.plugins import FrameInterceptor
+from workers.serving import ServingTable
+
+log = get_logger("worker")
+
+
+class Worker:
+    def __init__(self, mesh: MeshConfig, cfg: WorkerConfig, catalog: Catalog) -> None:
+        self.mesh = mesh
+        self.cfg = cfg
+        self.catalog = catalog
+        self.topics = Topics(mesh.mesh)
+        self.incarnation = uuid.uuid4().hex[:12]
+        bind(worker=cfg.id, incarnation=self.incarnation)
+        self.bad = BadInput()
+        self.backend = create_backend(cfg.backend)
+        self.models = ModelCache(
+            self.backend,
+            catalog,
+            cfg.models_dir or mesh.models_path,
+            bad=self.bad,
+            emit=self._event,
+        )
+        self.queues = FrameQueues(cfg.queue_size)
+        self.counters = Counters()
+        self.table = ServingTable(
+            self.models, catalog, self.queues, self.counters, follow=self._follow, emit=self._event
+        )
+        # Plug-ins' hooks on the inference path (workers.plugins); empty in production.
+        self.interceptors: list[FrameInterceptor] = []
+        self._subscribed: frozenset[str] = frozenset()
+        self._pending: queue.Queue[messages.Assignment] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._proc = psutil.Process()
+        self._hb_seq = 0
+        self._step_down: threading.Thread | None = None
+        self.presence = Presence(
+            self.topics.worker_status(cfg.id),
+            messages.WorkerStatus,
+            self._birth,
+            on_replaced=self._replaced,
+        )
+        self.client_id = f"faillite-{mesh.mesh}-worker-{cfg.id}"
+        self.client = MeshClient(
+            self.client_id, mesh.broker, role=Role.WORKER, presence=self.presence, bad=self.bad
+        )
+        self.client.subscribe_json(
+            self.topics.worker_assignment(cfg.id), messages.Assignment, self._on_assignment, qos=1
+        )
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _birth(self, ts: float) -> messages.WorkerStatus:
+        devices = self.backend.devices()
+        return messages.WorkerStatus(
+            worker=self.cfg.id,
+            incarnation=self.incarnation,
+            state="online",
+            ts=ts,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            device_class=self.cfg.device_class,
+            device=devices[0] if devices else "",
+            memory_mb=self.cfg.memory_mb,
+            compute_budget=self.cfg.compute_budget,
+            disk_mb=self.cfg.disk_mb,
+            failure_domain=self.cfg.domain,
+            backends=devices,
+            models_on_disk=self.models.on_disk(),
+            heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+        )
+
+    def claim(self, *, replace: bool = False) -> None:
+        """Before :meth:`start`: refuse (:class:`~faillite.presence.IdentityInUseError`) if this
+        worker id is live elsewhere, i.e. heartbeats of it flow; with ``replace`` that one steps
+        down instead, and this one connects once it has gone quiet. A broker that cannot be
+        reached is not a refusal."""
+        self.presence.claim(
+            self.mesh.broker,
+            Role.WORKER,
+            self.client_id,
+            life_topic=self.topics.worker_heartbeat(self.cfg.id),
+            liveness_s=max(1.0, 3.0 * self.cfg.heartbeat_interval_s),
+            replace=replace,
+        )
+
+    def _replaced(self, successor: messages.WorkerStatus) -> None:
+        # Network thread. The newer process serves from now on: stop at once (the inference
+        # loop serves no frame after this) and leave the broker at once, cleanly (no
+        # last-will, no reconnect), publishing nothing about the id.
+        log.warning("worker_replaced", successor=successor.incarnation, pid=successor.pid)
+        self._stop.set()
+        self._step_down = threading.Thread(
+            target=self.client.stop, name="worker-step-down", daemon=True
+        )
+        self._step_down.start()
+
+    @property
+    def replaced(self) -> bool:
+        return self.presence.replaced is not None
+
+    def _event(self, kind: str, app: str = "", **detail: Any) -> None:
+        ev = messages.Event(
+            kind=kind,
+            ts=messages.now(),
+            source=f"worker/{self.cfg.id}",
+            worker=self.cfg.id,
+            app=app,
+            detail=detail,
+        )
+        self.client.publish(self.topics.events, messages.encode(ev), qos=0)
+
+    # -- network thread --------------------------------------------------------------------
+
+    def _on_assignment(self, inbound: Inbound[messages.Assignment]) -> None:
+        a = inbound.message
+        if a.worker != self.cfg.id:
+            self.bad.count("wrong_worker", f"assignment for {a.worker!r}", topic=inbound.topic)
+            return
+        self._pending.put(a)
+
+    def _frame_handler(self, sensor: str) -> Callable[[Raw], None]:
+        max_bytes = self.mesh.max_frame_bytes
+
+        def on_frame(raw: Raw) -> None:
+            now = time.monotonic_ns()
+            if len(raw.payload) > max_bytes:
+                self.bad.count(
+                    "oversized_frame", f"{len(raw.payload)} bytes > {max_bytes}", sensor=sensor
+                )
+                return
+            self.table.route(sensor, raw.payload, now)
+
+        return on_frame
+
+    def _follow(self, sensors: frozenset[str]) -> None:
+        """The serving table needs these sensors' frames now (control thread)."""
+        for sensor in sensors - self._subscribed:
+            self.client.subscribe(
+                self.topics.sensor_frames(sensor), self._frame_handler(sensor), qos=0
+            )
+        for sensor in self._subscribed - sensors:
+            self.client.unsubscribe(self.topics.sensor_frames(sensor))
+        self._subscribed = sensors
+
+    # -- control thread --------------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                a = self._pending.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            # Only the newest pending assignment matters.
+            while True:
+                try:
+                    nxt = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt.version() > a.version():
+                    a = nxt
+            if self._stop.is_set():
+                break
+            try:
+                self.table.apply(a)
+            except Exception:
+                log.exception("assignment_apply_failed", term=a.term, generation=a.generation)
+
+    # -- inference thread ------------------------------------------------------------------
+
+    def _inference_loop(self) -> None:
+        runner = FrameRunner(
+            self.cfg.id,
+            self.incarnation,
+            max_frame_bytes=self.mesh.max_frame_bytes,
+            labels=imagenet_labels(),
+            bad=self.bad,
+        )
+        while not self._stop.is_set():
+            item = self.queues.get(timeout=0.1)
+            if item is None:
+                continue
+            try:
+                self._handle(item, runner)
+            finally:
+                self.counters.busy = False
+
+    def _handle(self, item: QueuedFrame, runner: FrameRunner) -> None:
+        if self.interceptors:
+            self.counters.busy = True
+            for intercept in self.interceptors:
+                intercept(item, self._stop)
+        if self._stop.is_set():
+            return  # stopping, or replaced: serve nothing more
+        # The serving table is read under the lock that unloading takes, so a model is never
+        # closed under a frame that is still using it.
+        with self.models.in_use:
+            st = self.table.get(item.app)
+            if st is None:
+                return  # revoked while queued
+            self.counters.busy = True
+            try:
+                result = runner.run(item, st, self.table.generation)
+                if result is None:
+                    return
+                published = self.client.publish(
+                    self.topics.app_results(st.app), messages.encode(result)
+                )
+                self.counters.processed(
+                    st.app, total_ms=result.latency.total_ms, ts=result.ts, published=published
+                )
+            except BackendError as exc:
+                self.bad.count("inference_failed", str(exc), app=item.app, variant=st.variant)
+            except Exception as exc:  # one bad frame must never kill the inference thread
+                log.exception("inference_error", app=item.app, variant=st.variant)
+                self.bad.count("inference_error", repr(exc), app=item.app)
+
+    # -- heartbeat thread ------------------------------------------------------------------
+
+    def heartbeat(self) -> messages.Heartbeat:
+        self._hb_seq += 1
+        return self.counters.heartbeat(
+            worker=self.cfg.id,
+            incarnation=self.incarnation,
+            seq=self._hb_seq,
+            apps=self.table.apps,
+            dropped=self.queues.dropped_snapshot(),
+            queue_depth=self.queues.depth(),
+            rss_mb=round(self._proc.memory_info().rss / 2**20, 1),
+            loaded=tuple(self.models.loaded),
+            generation=self.table.generation,
+            errors=self.bad.snapshot(),
+        )
+
+    def _heartbeat_loop(self) -> None:
+        topic = self.topics.worker_heartbeat(self.cfg.id)
+        interval = self.cfg.heartbeat_interval_s
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            if self.client.connected:
+                self.client.publish(topic, hb.encode(self.heartbeat()), qos=0)
+            next_t += interval
+            delay = next_t - time.monotonic()
+            if delay < 0:
+                next_t = time.monotonic()
+                delay = 0
+            self._stop.wait(delay)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the threads; connecting goes on in the background (a broker that is not
+        there yet is retried, with one line saying so), nothing here waits for it."""
+        log.info(
+            "worker_starting",
+            device_class=self.cfg.device_class,
+            backend=self.backend.describe(),
+            models_dir=str(self.models.models_dir),
+            models_on_disk=list(self.models.on_disk()),
+            interceptors=len(self.interceptors),
+        )
+        self.client.start(connect_timeout=None)
+        for name, target in (
+            ("control", self._control_loop),
+            ("inference", self._inference_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
+            t = threading.Thread(target=target, name=f"worker-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Graceful stop: publish offline ourselves (the presence does), so the coordinator
+        knows at once; a replaced worker publishes nothing."""
+        self._stop.set()
+        self.queues.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self._step_down is not None:
+            self._step_down.join(timeout=5)  # replaced: the client is stopped already
+        else:
+            self.client.stop()
+        self.models.close_all()
+        log.info(
+            "worker_stopped",
+            processed=self.counters.frames_processed,
+            errors=self.bad.snapshot(),
+            replaced=self.replaced,
+        )
+
+    def wait(self) -> None:
+        # Wake now and then: a signal the kernel hands to another thread only runs its Python
+        # handler once the main thread executes bytecode again.
+        while not self._stop.wait(0.25):
+            pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
