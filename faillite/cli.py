@@ -1,26 +1,40 @@
-"""The ``faillite`` command: one entry point for every role and tool."""
+"""The ``faillite`` command: one entry point for every role and tool.
+
+This module knows no role. Each role and tool registers its subcommand through the
+``faillite.commands`` entry points (``sensors/cli.py``, ``workers/cli.py``, ...); only the one
+named on the command line is imported, so a role's start pays for nothing else, and a node
+without some extra still has ``faillite`` (that command then says which extra it needs). The
+helpers below are what those command modules share: config loading with the common overrides,
+signals, and the one-line message for a missing extra.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 from faillite import log as flog
 from faillite.config import ConfigError, MeshConfig, load_mesh_config, packaged_config
-from faillite.presence import IdentityInUseError
 
 DEFAULT_CONFIG = "demo.yaml"
+COMMANDS_GROUP = "faillite.commands"
+# The order of the help; commands an installed plug-in adds come after, by name.
+ORDER = ("up", "broker", "sensor", "worker", "coordinator", "drill", "simulate", "models")
+EXTRA_OF = {"up": "demo"}  # the extra a command needs, where it is not named after it
+FIRST_PARTY = frozenset({"faillite", "broker", "workers", "coordinator", "sensors", "field_kit"})
 
 
-def _config_path(value: str | None) -> Path:
+# -- what the command modules share --------------------------------------------------------
+
+
+def config_path(value: str | None) -> Path:
     if value is None:
         return packaged_config(DEFAULT_CONFIG)
     p = Path(value)
@@ -43,11 +57,27 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def load(args: argparse.Namespace) -> MeshConfig:
-    return load_mesh_config(_config_path(args.config), _overrides(args))
+def load_config(args: argparse.Namespace) -> MeshConfig:
+    """The mesh config of ``--config`` with ``--broker`` and ``--models-dir`` applied."""
+    return load_mesh_config(config_path(args.config), _overrides(args))
 
 
-def _until_signal(stop: Callable[[], None]) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="mesh config (YAML); default: the shipped demo.yaml")
+    p.add_argument("--broker", help="override the broker address, HOST:PORT")
+    p.add_argument("--models-dir", help="override where model files live")
+
+
+def add_replace(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over from a live process with this id (it steps down); without it, a "
+        "live one makes this one refuse to start",
+    )
+
+
+def until_signal(stop: Callable[[], None]) -> None:
     """Call ``stop`` on the first SIGINT / SIGTERM, on a thread of its own.
 
     A handler runs in the main thread between two bytecodes, possibly while that thread holds
@@ -65,154 +95,67 @@ def _until_signal(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-# -- subcommands ---------------------------------------------------------------------------
+class MissingExtraError(RuntimeError):
+    """A command whose third-party packages are not installed on this node."""
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
-    with _role("broker", "broker"):
-        from broker.embedded import BrokerSetupError, run_broker
+def _missing(command: str, extra: str, exc: ModuleNotFoundError) -> MissingExtraError:
+    return MissingExtraError(
+        f"faillite {command} needs the {extra!r} extra, which is not installed here "
+        f"(no module {exc.name!r}): pip install 'faillite[{extra}]'"
+    )
 
-    cfg = load(args)
-    flog.configure(mesh=cfg.mesh, role="broker")
-    broker = cfg.broker
-    if args.host or args.port is not None:
-        broker = broker.model_copy(
-            update={
-                "host": args.host or broker.host,
-                "port": broker.port if args.port is None else args.port,
-            }
-        )
+
+def _third_party(exc: ModuleNotFoundError) -> bool:
+    return exc.name is not None and exc.name.split(".")[0] not in FIRST_PARTY
+
+
+@contextlib.contextmanager
+def role_imports(command: str, extra: str) -> Iterator[None]:
+    """Turn a missing third-party module of a role into one clear line (which extra)."""
     try:
-        run_broker(broker, cfg.mesh)
-    except BrokerSetupError as exc:
-        print(f"faillite broker: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        yield
+    except ModuleNotFoundError as exc:
+        if not _third_party(exc):
+            raise
+        raise _missing(command, extra, exc) from exc
 
 
-def cmd_sensor(args: argparse.Namespace) -> int:
-    with _role("sensor", "sensor"):
-        from sensors.publisher import SensorPublisher
-
-    cfg = load(args)
-    flog.configure(mesh=cfg.mesh, role="sensor", sensor=args.id)
-    scfg = cfg.sensor(args.id)
-    updates: dict[str, Any] = {}
-    if args.source:
-        updates["source"] = args.source
-    if args.fps:
-        updates["fps"] = args.fps
-    scfg = scfg.model_copy(update=updates)
-    pub = SensorPublisher(cfg.mesh, scfg, cfg.broker, follow_results=args.results)
-    try:
-        pub.claim(replace=args.replace)
-    except IdentityInUseError as exc:
-        print(f"faillite sensor: {exc}", file=sys.stderr)
-        return 2
-    _until_signal(pub.stop)
-    every = 2.0 if args.results else 5.0
-
-    def report() -> None:
-        while not pub.stopped.wait(every):
-            print(pub.report().line(scfg.id), flush=True)
-
-    threading.Thread(target=report, name="status-line", daemon=True).start()
-    pub.run(duration_s=args.duration, max_frames=args.frames)
-    print(pub.report().line(scfg.id), flush=True)
-    return 0
-
-
-FAULTS_PLUGIN = "field_kit.drill.faults"  # what --fault-injection loads
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from faillite.catalog import load_catalog
-
-    with _role("worker", "worker"):
-        from workers.plugins import PluginError, load_plugin
-        from workers.service import Worker
-
-    cfg = load(args)
-    flog.configure(mesh=cfg.mesh, role="worker", worker=args.id)
-    worker = Worker(cfg, cfg.worker(args.id), load_catalog(cfg.catalog))
-    plugins = list(args.plugin or ())
-    if args.fault_injection and FAULTS_PLUGIN not in plugins:
-        plugins.append(FAULTS_PLUGIN)
-    try:
-        for name in plugins:  # on the main thread: a plug-in may install signal handlers
-            load_plugin(name, worker)
-            flog.get_logger("worker").info("plugin_loaded", plugin=name)
-    except PluginError as exc:
-        print(f"faillite worker: {exc}", file=sys.stderr)
-        return 2
-    _until_signal(worker.request_stop)
-    try:
-        worker.claim(replace=args.replace)
-    except IdentityInUseError as exc:
-        print(f"faillite worker: {exc}", file=sys.stderr)
-        return 2
-    if not worker.stopping:  # no SIGTERM while it looked
-        worker.start()
-        worker.wait()
-    worker.stop()
-    return 0
+# -- the core's own commands -----------------------------------------------------------------
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
 
-    with _role("coordinator", "coordinator"):
+    with role_imports("coordinator", "coordinator"):
         from coordinator.service import CoordinatorService, StandbyWatch
 
-    cfg = load(args)
+    cfg = load_config(args)
     flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
     catalog = load_catalog(cfg.catalog)
     term_floor = 0
     if args.standby:
         stop = threading.Event()
-        _until_signal(stop.set)
+        until_signal(stop.set)
         watch = StandbyWatch(cfg, args.id, args.rank)
         if watch.wait_for_vacancy(stop) is None:
             return 0
         term_floor = watch.highest_term  # a successor's term is above the newest leader seen
     coord = CoordinatorService.from_config(cfg, catalog, args.id, term_floor=term_floor)
-    _until_signal(coord.request_stop)
+    until_signal(coord.request_stop)
     coord.start()
     coord.wait()
     coord.stop()
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    with _role("up", "demo"):
-        from field_kit.up import UpOptions, run_up
-
-    cfg = load(args)
-    flog.configure(
-        mesh=cfg.mesh,
-        role="up",
-        fmt="console",
-        level=os.environ.get("FAILLITE_LOG_LEVEL", "warning"),
-    )
-    opts = UpOptions(
-        config_path=_config_path(args.config).resolve(),
-        duration_s=args.duration,
-        port=args.port,
-        view=not args.no_view,
-        logs_dir=Path(args.logs_dir) if args.logs_dir else None,
-        summary_json=Path(args.summary_json) if args.summary_json else None,
-        models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
-    )
-    return run_up(cfg, opts)
-
-
 def cmd_models_build(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
 
-    with _role("models build", "models"):
+    with role_imports("models build", "models"):
         from faillite.models.build import build_models
 
-    cfg = load(args)
+    cfg = load_config(args)
     flog.configure(mesh=cfg.mesh, role="models", level="warning")
     catalog = load_catalog(cfg.catalog)
     paths = build_models(
@@ -226,7 +169,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
 
-    cfg = load(args)
+    cfg = load_config(args)
     catalog = load_catalog(cfg.catalog)
     print(f"models dir: {cfg.models_path}")
     print(f"{'family':<18}{'variant':<22}{'top-1':>7}{'mem MB':>8}{'file MB':>9}  on disk")
@@ -240,128 +183,24 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- parser --------------------------------------------------------------------------------
-
-
-def _replace_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--replace",
-        action="store_true",
-        help="take over from a live process with this id (it steps down); without it, a "
-        "live one makes this one refuse to start",
+def register_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="build and list model files")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    b = msub.add_parser(
+        "build", help="build the catalog's ONNX models (EfficientNet-Lite, synthetic)"
     )
+    add_common(b)
+    b.add_argument("--variant", action="append", help="only this variant (repeatable)")
+    b.add_argument("--force", action="store_true", help="rebuild files that exist")
+    b.set_defaults(func=cmd_models_build)
+    ls = msub.add_parser("list", help="list catalog variants and whether they are on disk")
+    add_common(ls)
+    ls.set_defaults(func=cmd_models_list)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="mesh config (YAML); default: the shipped demo.yaml")
-    p.add_argument("--broker", help="override the broker address, HOST:PORT")
-    p.add_argument("--models-dir", help="override where model files live")
-
-
-# Tools whose parsers import what they run (the planner, matplotlib): loaded only when named, so
-# a role's start never pays for them, and a node without their extra still has ``faillite``.
-TOOLS: dict[str, tuple[str, str, str]] = {
-    "drill": (
-        "field_kit.drill.runner",
-        "run named failure drills against a live mesh on this machine",
-        "drill",
-    ),
-    "simulate": (
-        "field_kit.simulate.cli",
-        "simulate failures of a fleet and compare protection policies",
-        "simulate",
-    ),
-}
-
-
-class MissingExtraError(RuntimeError):
-    """A command whose third-party packages are not installed on this node."""
-
-
-def _missing(command: str, extra: str, exc: ModuleNotFoundError) -> MissingExtraError:
-    return MissingExtraError(
-        f"faillite {command} needs the {extra!r} extra, which is not installed here "
-        f"(no module {exc.name!r}): pip install 'faillite[{extra}]'"
-    )
-
-
-def _register_tool(sub: Any, name: str, module: str, extra: str) -> None:
-    try:
-        register = importlib.import_module(module).register
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] in FIRST_PARTY:
-            raise
-        error = _missing(name, extra, exc)
-
-        def unavailable(_args: argparse.Namespace) -> int:
-            raise error
-
-        p = sub.add_parser(name, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=unavailable)
-        return
-    register(sub)
-
-
-FIRST_PARTY = frozenset({"faillite", "broker", "workers", "coordinator", "sensors", "field_kit"})
-
-
-@contextlib.contextmanager
-def _role(command: str, extra: str) -> Iterator[None]:
-    """Turn a missing third-party module of a role into one clear line (which extra)."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] in FIRST_PARTY:
-            raise
-        raise _missing(command, extra, exc) from exc
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faillite", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt)")
-    _common(p)
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.set_defaults(func=cmd_broker)
-
-    p = sub.add_parser("sensor", help="publish a camera's frames")
-    _common(p)
-    p.add_argument("--id", required=True, help="sensor id in the config")
-    p.add_argument("--source", help="override: scene, camera index, file, folder or URL")
-    p.add_argument("--fps", type=float, help="override the target frame rate")
-    p.add_argument(
-        "--results",
-        action="store_true",
-        help="follow results of this sensor's apps and print end-to-end latency",
-    )
-    p.add_argument("--duration", type=float, help="stop after SECONDS")
-    p.add_argument("--frames", type=int, help="stop after N frames")
-    _replace_flag(p)
-    p.set_defaults(func=cmd_sensor)
-
-    p = sub.add_parser("worker", help="run an inference worker")
-    _common(p)
-    p.add_argument("--id", required=True, help="worker id in the config")
-    p.add_argument(
-        "--plugin",
-        action="append",
-        metavar="MODULE",
-        help="load a worker plug-in (a module with install(worker)); repeatable",
-    )
-    p.add_argument(
-        "--fault-injection",
-        action="store_true",
-        help=f"drills: --plugin {FAULTS_PLUGIN} (SIGUSR1 toggles a hung inference thread, "
-        "SIGUSR2 slow frames)",
-    )
-    _replace_flag(p)
-    p.set_defaults(func=cmd_worker)
-
+def register_coordinator(sub: Any) -> None:
     p = sub.add_parser("coordinator", help="run the coordinator")
-    _common(p)
+    add_common(p)
     p.add_argument("--id", default="main", help="this coordinator's id (default: main)")
     p.add_argument(
         "--standby",
@@ -376,42 +215,55 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_coordinator)
 
-    p = sub.add_parser("up", help="run a whole mesh on this machine with a live view")
-    _common(p)
-    p.add_argument("--duration", type=float, help="run SECONDS, print a summary, exit")
-    p.add_argument(
-        "--port", type=int, help="embedded broker port (0: a free one); default: the config's"
-    )
-    p.add_argument("--no-view", action="store_true", help="plain periodic lines, no live table")
-    p.add_argument("--logs-dir", help="where each process's log goes (default ./runs/up-*)")
-    p.add_argument("--summary-json", help="also write the summary as JSON here")
-    p.set_defaults(func=cmd_up)
 
-    for name, (module, text, extra) in TOOLS.items():
-        if name == command:
-            _register_tool(sub, name, module, extra)
-        else:  # named in the help; its own parser is only built when it runs
-            sub.add_parser(name, help=text)
+# -- the parser ------------------------------------------------------------------------------
 
-    p = sub.add_parser("models", help="build and list model files")
-    msub = p.add_subparsers(dest="models_command", required=True)
-    b = msub.add_parser(
-        "build", help="build the catalog's ONNX models (EfficientNet-Lite, synthetic)"
+
+def _commands() -> dict[str, EntryPoint]:
+    found = {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+def _register(sub: Any, name: str, ep: EntryPoint) -> None:
+    """The command's real parser; a command whose module needs a missing extra gets a parser
+    that says which extra when it runs."""
+    try:
+        register = ep.load()
+    except ModuleNotFoundError as exc:
+        if not _third_party(exc):
+            raise
+        error = _missing(name, EXTRA_OF.get(name, name), exc)
+
+        def unavailable(_args: argparse.Namespace) -> int:
+            raise error
+
+        p = sub.add_parser(name, help=f"(needs the {EXTRA_OF.get(name, name)!r} extra)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=unavailable)
+        return
+    register(sub)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """``command``: the one to build fully (None: all of them, for the help)."""
+    parser = argparse.ArgumentParser(
+        prog="faillite", description="FailLite Mesh: every role and tool of a kit."
     )
-    _common(b)
-    b.add_argument("--variant", action="append", help="only this variant (repeatable)")
-    b.add_argument("--force", action="store_true", help="rebuild files that exist")
-    b.set_defaults(func=cmd_models_build)
-    ls = msub.add_parser("list", help="list catalog variants and whether they are on disk")
-    _common(ls)
-    ls.set_defaults(func=cmd_models_list)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, ep in _commands().items():
+        if command is None or command == name:
+            _register(sub, name, ep)
+        else:  # never run in this process: a name for argparse's choices only
+            sub.add_parser(name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    known = _commands()
+    args = build_parser(command if command in known else None).parse_args(argv)
     try:
         rc: int = args.func(args)
     except ConfigError as exc:
