@@ -47,12 +47,12 @@ ROLES: dict[str, Role] = {
     ),
     "worker": Role(
         ("worker", "cpu"),
-        "workers.worker",
+        "workers.service",
         ("cvxpy", "highspy", "amqtt", "matplotlib", WEIGHTS),
     ),
     "coordinator": Role(
         ("coordinator",),
-        "coordinator.runtime",
+        "coordinator.service",
         ("onnxruntime*", "opencv-python*", "amqtt", "matplotlib", WEIGHTS),
     ),
     "broker": Role(

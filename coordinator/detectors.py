@@ -18,6 +18,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from faillite.config import CoordinatorConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,19 @@ class DetectorConfig:
         }
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls, c: CoordinatorConfig, interval_s: float) -> DetectorConfig:
+        """The knobs of a mesh's coordinator config for a worker beating every ``interval_s``."""
+        return cls(
+            heartbeat_interval_s=interval_s,
+            phi_threshold=c.phi_threshold,
+            min_silence_s=c.min_silence_intervals * interval_s,
+            max_silence_s=c.max_silence_intervals * interval_s,
+            confirm_s=c.confirm_intervals * interval_s,
+            stall_s=c.stall_s,
+            slo_sustain_s=c.slo_sustain_s,
+        )
 
 
 class SilenceDetector:

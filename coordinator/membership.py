@@ -1,7 +1,8 @@
 """Membership: which worker incarnations are alive, from births, last-wills and heartbeats.
 
-Pure state machine, fed by the coordinator's network thread and ticked by its monitor thread;
-it returns transitions and never publishes anything itself.
+Pure state machine inside the coordinator's core: fed births, last-wills and heartbeats with
+their arrival times and ticked with the time; it returns transitions and never publishes
+anything itself. It holds no lock and reads no clock: its caller serializes the calls.
 
 Rules:
 - A birth with a new incarnation replaces the old one (a restart); the old incarnation's
@@ -16,8 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,7 +38,6 @@ class Transition:
     incarnation: str
     cause: str
     at: float  # monotonic, when observed
-    ts: float  # wall clock
     silence_s: float = 0.0  # heartbeat silence at detection, for silence and stall causes
 
 
@@ -70,23 +68,20 @@ class Membership:
         self.default_cfg = cfg
         self.cfg_for = cfg_for
         self.members: dict[str, Member] = {}
-        self._lock = threading.RLock()
         self._blind_until: float | None = None  # None: we see the mesh
 
     def blind(self) -> None:
         """Our own link to the broker is down: every silence is ours, judge nobody."""
-        with self._lock:
-            self._blind_until = float("inf")
+        self._blind_until = float("inf")
 
     def see(self, now: float, grace_s: float = 0.0) -> None:
         """The link is back: silences start over, the gap is not held against anyone, and
         workers get ``grace_s`` to reconnect too (after a broker restart they all do)."""
-        with self._lock:
-            # The first connection has nobody to wait for.
-            self._blind_until = now + grace_s if self.members else None
-            for m in self.members.values():
-                m.silence.restart(now)
-                m.progress.restart()
+        # The first connection has nobody to wait for.
+        self._blind_until = now + grace_s if self.members else None
+        for m in self.members.values():
+            m.silence.restart(now)
+            m.progress.restart()
 
     def _cfg_for(self, st: messages.WorkerStatus) -> DetectorConfig:
         if self.default_cfg is not None:
@@ -97,58 +92,54 @@ class Membership:
         self, kind: TransitionKind, m: Member, cause: str, now: float, silence_s: float = 0.0
     ) -> Transition:
         m.history.append(f"{kind}:{cause}")
-        return Transition(kind, m.worker, m.incarnation, cause, now, time.time(), silence_s)
+        return Transition(kind, m.worker, m.incarnation, cause, now, silence_s)
 
     def on_status(self, st: messages.WorkerStatus, now: float) -> Transition | None:
-        with self._lock:
-            cur = self.members.get(st.worker)
-            if st.state == "online":
-                if cur is not None and cur.incarnation == st.incarnation:
-                    cur.status = st
-                    if cur.state == "failed" and cur.cause != "graceful":
-                        # Same process, new connection: its last-will was premature.
-                        cur.silence.heartbeat(now)
-                        return self._recover(cur, "reconnected", now)
-                    return None
-                cfg = self._cfg_for(st)
-                m = Member(
-                    st.worker, st.incarnation, st, SilenceDetector(cfg), ProgressDetector(cfg)
-                )
-                m.silence.heartbeat(now)  # the birth counts as a sign of life
-                self.members[st.worker] = m
-                return self._transition("joined", m, "restart" if cur else "birth", now)
-            if cur is None or cur.incarnation != st.incarnation:
-                # The last-will of an incarnation that is already replaced: never fatal.
-                stale = Member(
-                    st.worker,
-                    st.incarnation,
-                    st,
-                    SilenceDetector(self._cfg_for(st)),
-                    ProgressDetector(self._cfg_for(st)),
-                )
-                return self._transition("stale", stale, st.reason or "offline", now)
-            if cur.state == "failed":
-                if st.reason == "graceful":
-                    cur.cause = "graceful"
+        cur = self.members.get(st.worker)
+        if st.state == "online":
+            if cur is not None and cur.incarnation == st.incarnation:
+                cur.status = st
+                if cur.state == "failed" and cur.cause != "graceful":
+                    # Same process, new connection: its last-will was premature.
+                    cur.silence.heartbeat(now)
+                    return self._recover(cur, "reconnected", now)
                 return None
-            return self._fail(cur, "graceful" if st.reason == "graceful" else "last_will", now)
+            cfg = self._cfg_for(st)
+            m = Member(st.worker, st.incarnation, st, SilenceDetector(cfg), ProgressDetector(cfg))
+            m.silence.heartbeat(now)  # the birth counts as a sign of life
+            self.members[st.worker] = m
+            return self._transition("joined", m, "restart" if cur else "birth", now)
+        if cur is None or cur.incarnation != st.incarnation:
+            # The last-will of an incarnation that is already replaced: never fatal.
+            stale = Member(
+                st.worker,
+                st.incarnation,
+                st,
+                SilenceDetector(self._cfg_for(st)),
+                ProgressDetector(self._cfg_for(st)),
+            )
+            return self._transition("stale", stale, st.reason or "offline", now)
+        if cur.state == "failed":
+            if st.reason == "graceful":
+                cur.cause = "graceful"
+            return None
+        return self._fail(cur, "graceful" if st.reason == "graceful" else "last_will", now)
 
     def on_heartbeat(self, hb: messages.Heartbeat, now: float) -> Transition | None:
-        with self._lock:
-            m = self.members.get(hb.worker)
-            if m is None or m.incarnation != hb.incarnation:
-                return None
-            if m.last_heartbeat is not None and hb.seq <= m.last_heartbeat.seq:
-                return None  # duplicate or reordered (amqtt may redeliver)
-            m.last_heartbeat = hb
-            m.silence.heartbeat(now)
-            m.progress.heartbeat(now, hb.frames_received, hb.frames_processed, hb.queue_depth)
-            if m.state == "failed" and m.cause != "graceful":
-                m.steady += 1
-                needed = STALL_RECOVERY_HEARTBEATS if m.cause == "stalled" else RECOVERY_HEARTBEATS
-                if m.steady >= needed and not m.progress.stalled(now):
-                    return self._recover(m, "heartbeats_resumed", now)
+        m = self.members.get(hb.worker)
+        if m is None or m.incarnation != hb.incarnation:
             return None
+        if m.last_heartbeat is not None and hb.seq <= m.last_heartbeat.seq:
+            return None  # duplicate or reordered (amqtt may redeliver)
+        m.last_heartbeat = hb
+        m.silence.heartbeat(now)
+        m.progress.heartbeat(now, hb.frames_received, hb.frames_processed, hb.queue_depth)
+        if m.state == "failed" and m.cause != "graceful":
+            m.steady += 1
+            needed = STALL_RECOVERY_HEARTBEATS if m.cause == "stalled" else RECOVERY_HEARTBEATS
+            if m.steady >= needed and not m.progress.stalled(now):
+                return self._recover(m, "heartbeats_resumed", now)
+        return None
 
     def _recover(self, m: Member, cause: str, now: float) -> Transition:
         m.state, m.cause, m.failed_at, m.steady = "alive", "", None, 0
@@ -160,24 +151,21 @@ class Membership:
 
     def tick(self, now: float) -> list[Transition]:
         out: list[Transition] = []
-        with self._lock:
-            if self._blind_until is not None:
-                if now < self._blind_until:
-                    return out
-                self._blind_until = None
-            for m in self.members.values():
-                if m.state != "alive":
-                    continue
-                if m.silence.failed(now):
-                    out.append(self._fail(m, "heartbeat_silence", now, m.silence.silence(now)))
-                elif m.progress.stalled(now):
-                    out.append(self._fail(m, "stalled", now, m.silence.silence(now)))
+        if self._blind_until is not None:
+            if now < self._blind_until:
+                return out
+            self._blind_until = None
+        for m in self.members.values():
+            if m.state != "alive":
+                continue
+            if m.silence.failed(now):
+                out.append(self._fail(m, "heartbeat_silence", now, m.silence.silence(now)))
+            elif m.progress.stalled(now):
+                out.append(self._fail(m, "stalled", now, m.silence.silence(now)))
         return out
 
     def alive(self) -> set[str]:
-        with self._lock:
-            return {w for w, m in self.members.items() if m.state == "alive"}
+        return {w for w, m in self.members.items() if m.state == "alive"}
 
     def get(self, worker: str) -> Member | None:
-        with self._lock:
-            return self.members.get(worker)
+        return self.members.get(worker)

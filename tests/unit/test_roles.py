@@ -29,9 +29,9 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("sensors.publisher", "faillite.cli"),
         ("onnxruntime", "cvxpy", "matplotlib", "amqtt", "onnx"),
     ),
-    "worker": (("workers.worker",), ("cvxpy", "amqtt", "matplotlib")),
+    "worker": (("workers.service",), ("cvxpy", "amqtt", "matplotlib")),
     "coordinator": (
-        ("coordinator.runtime",),
+        ("coordinator.service",),
         ("onnxruntime", "cv2", "amqtt", "matplotlib", "cvxpy"),
     ),
     "broker": (("broker.embedded",), ("numpy", "cv2", "onnxruntime", "cvxpy")),

@@ -1,55 +1,71 @@
-"""The planner-driven coordinator: detection, failover, progressive upgrades, re-plan, failback.
+"""The coordinator's decisions: one pure core, typed events in, typed decisions out.
 
-Threads:
-- network (paho): decodes births, last-wills and heartbeats into :class:`Membership`; only
-  transitions are queued, nothing slow runs there.
-- monitor: ticks the detectors every 10 ms (silence, stalls).
-- control: the only thread that changes the plan. A failure is handled at once from the
-  precomputed failover table (a lookup and a publish); ladders of cold recoveries and failback
-  waves advance as workers' heartbeats confirm each step; SLO violations downsize.
-- planner: background re-plans (after a failure, after a worker returns); their result comes
-  back to the control thread and is dropped if the membership changed meanwhile.
+:meth:`CoordinatorCore.handle` takes one :mod:`~coordinator.events` event (a birth, a
+last-will, a heartbeat, a clock tick, a plan that is ready, a leader change...) and returns the
+:mod:`~coordinator.decisions` it leads to (publish the retained state of a new generation,
+emit an event, ask for a plan). No MQTT, no threads, no clock: time comes in with the events,
+and the caller serializes the calls (:mod:`coordinator.service` from one control thread, unit
+tests from a fake clock).
 
 What the workers are told is always derived from three pieces of state: ``placement`` (the
 planner's primaries and backups), ``overrides`` (apps served elsewhere or by another variant
 right now: a failover, a ladder rung, a downsize) and ``extra_warm`` (failback pre-loads).
+
+Phases: ``waiting`` for a term; ``starting``: leading, waiting ``startup_wait_s`` at most for
+every worker's birth (what membership sees meanwhile is held, then handled in order once the
+first plan is asked for); ``running``; ``stepped_down`` (a successor leads: nothing more).
+
+A strategy that does not adapt (a static plan) is published once and nobody is judged.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import paho.mqtt.client as paho
-
-from coordinator.coordinator import Coordinator, Plan, Planner, WorkerPlan
+from coordinator.decisions import (
+    Decision,
+    EmitEvent,
+    Note,
+    PublishState,
+    RequestPlan,
+    RetainedState,
+    RouteState,
+    WorkerPlan,
+)
 from coordinator.detectors import DetectorConfig, SloDetector
+from coordinator.events import (
+    Event,
+    HeartbeatSeen,
+    InheritedPlacement,
+    LinkDown,
+    LinkUp,
+    Observed,
+    PlanReady,
+    SteppedDown,
+    TermAcquired,
+    Tick,
+    WorkerBirth,
+    WorkerOffline,
+)
 from coordinator.membership import Membership, Transition
 from coordinator.planner import (
     Assign,
     Backup,
     FailoverPlan,
     FailoverTable,
-    Knobs,
     Placement,
     Problem,
-    ProblemError,
-    build_failover_table,
     failback,
-    plan,
     plan_failover,
 )
+from coordinator.planning import PlanRequest
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
-from faillite.log import get_logger
-from faillite.topics import WORKER_HEARTBEAT, parse
 
-log = get_logger("coordinator")
+Phase = Literal["waiting", "starting", "running", "stepped_down"]
+SLO_DOWNSIZE_WINDOW_S = 30.0  # still over SLO this soon after a downsize: the worker is slow
 
 
 @dataclass
@@ -96,105 +112,86 @@ class ControlState:
     gray: dict[str, float] = field(default_factory=dict)  # slow worker -> when it was failed
 
 
-class _NoPlanner(Planner):
-    name = "planner"
+class CoordinatorCore:
+    """Detection, failover, progressive upgrades, re-plans, failback, SLO and probation."""
 
-    def plan(self, alive: set[str]) -> Plan:  # pragma: no cover - never called
-        raise NotImplementedError
-
-
-class MeshCoordinator(Coordinator):
-    """Coordinator with the FailLite planner, failure detection and failover."""
-
-    def __init__(self, mesh: MeshConfig, catalog: Catalog, coordinator_id: str = "main") -> None:
-        super().__init__(mesh, catalog, _NoPlanner(), coordinator_id)
-        c = mesh.coordinator
-        self.ccfg = c
-        base = min((w.heartbeat_interval_s for w in mesh.workers), default=0.1)
-        fastest = self._detector_cfg(base)
-        self.knobs = Knobs(
-            mttr_weight=c.mttr_weight,
-            detection_ms=(fastest.min_silence_s + fastest.confirm_s) * 1000,
-        )
+    def __init__(self, mesh: MeshConfig, catalog: Catalog, *, adaptive: bool = True) -> None:
+        self.mesh = mesh
+        self.catalog = catalog
+        self.ccfg = mesh.coordinator
+        self.adaptive = adaptive
         # Each worker is judged against its own heartbeat interval, with this config's knobs.
-        self.membership = Membership(cfg_for=self._detector_cfg)
+        self.membership = Membership(cfg_for=lambda i: DetectorConfig.of(self.ccfg, i))
         self.state = ControlState()
         self.slo: dict[str, SloDetector] = {
-            a.id: SloDetector(a.slo_ms, c.slo_sustain_s) for a in mesh.apps
+            a.id: SloDetector(a.slo_ms, self.ccfg.slo_sustain_s) for a in mesh.apps
         }
-        self._control: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._planning = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self.client.subscribe(self.topics.filter(WORKER_HEARTBEAT), self._on_heartbeat, qos=0)
-        # While our own link is down every worker looks silent: judge nobody until it is back.
-        self.client.on_disconnect(self.membership.blind)
-        self.client.on_connect(lambda: self.membership.see(time.monotonic(), c.reconnect_grace_s))
+        self.term = 0
+        self.generation = 0
+        self.phase: Phase = "waiting"
+        # The last placement a previous term left retained: a successor keeps apps where they
+        # are instead of reshuffling a mesh that is serving fine.
+        self.inherited: messages.Placement | None = None
+        self._known = {w.id for w in mesh.workers}
+        self._startup_deadline = 0.0
+        self._held: list[tuple[Transition, float]] = []  # seen while starting, with their ts
+        self._incarnations: dict[str, str] = {}  # static: the incarnation last seen per worker
+        self._out: list[Decision] = []
 
-    def _detector_cfg(self, interval_s: float) -> DetectorConfig:
-        c = self.ccfg
-        return DetectorConfig(
-            heartbeat_interval_s=interval_s,
-            phi_threshold=c.phi_threshold,
-            min_silence_s=c.min_silence_intervals * interval_s,
-            max_silence_s=c.max_silence_intervals * interval_s,
-            confirm_s=c.confirm_intervals * interval_s,
-            stall_s=c.stall_s,
-            slo_sustain_s=c.slo_sustain_s,
-        )
+    # -- the one entry point -----------------------------------------------------------------
 
-    # -- network thread --------------------------------------------------------------------
+    def handle(self, event: Event) -> list[Decision]:
+        self._out = []
+        if self.phase != "stepped_down":
+            self._dispatch(event)
+            if self.phase == "starting":
+                self._maybe_started(event.now)
+        out, self._out = self._out, []
+        return out
 
-    def _on_worker_status(self, msg: paho.MQTTMessage) -> None:
-        parsed = parse(msg.topic)
-        if not msg.payload or parsed is None:
-            return
-        st = self.bad.decode(messages.WorkerStatus, msg)
-        if st is None:
-            return
-        if st.worker != parsed[1].ids["worker"] or st.worker not in self._known_workers():
-            self.bad.count("unknown_worker", f"status of {st.worker!r}", topic=msg.topic)
-            return
-        t = self.membership.on_status(st, time.monotonic())
-        if t is not None:
-            self._control.put(("transition", t))
+    def _dispatch(self, ev: Event) -> None:
+        if isinstance(ev, TermAcquired):
+            if self.phase == "waiting":
+                self.term = ev.term
+                self.phase = "starting"
+                self._startup_deadline = ev.now + self.ccfg.startup_wait_s
+        elif isinstance(ev, SteppedDown):
+            self.phase = "stepped_down"
+        elif isinstance(ev, InheritedPlacement):
+            self.inherited = ev.placement
+        elif isinstance(ev, WorkerBirth | WorkerOffline):
+            if self.adaptive:
+                self._observe(self.membership.on_status(ev.status, ev.now), ev)
+            else:
+                self._note_member(ev.status)
+        elif isinstance(ev, HeartbeatSeen):
+            if self.adaptive:
+                self._on_heartbeat(ev)
+        elif isinstance(ev, Tick):
+            if self.adaptive:
+                self._on_tick(ev)
+        elif isinstance(ev, LinkDown):
+            self.membership.blind()
+        elif isinstance(ev, LinkUp):
+            self.membership.see(ev.now, self.ccfg.reconnect_grace_s)
+        elif isinstance(ev, PlanReady):
+            self._on_plan_ready(ev)
+        # PlanFailed: the service logged why; the mesh stays on its current plan.
 
-    def _on_heartbeat(self, msg: paho.MQTTMessage) -> None:
-        hb = self.bad.decode(messages.Heartbeat, msg)
-        if hb is None:
-            return
-        now = time.monotonic()
-        t = self.membership.on_heartbeat(hb, now)
-        if t is not None:
-            self._control.put(("transition", t))
-        for app, stats in hb.apps.items():
-            det = self.slo.get(app)
-            if det is not None and stats.processed:
-                det.observe(now, stats.latency_ms)
+    # -- helpers -----------------------------------------------------------------------------
 
-    def _known_workers(self) -> set[str]:
-        return {w.id for w in self.mesh.workers}
+    def _event(
+        self, kind: str, worker: str = "", app: str = "", *, timed: bool = False, **detail: Any
+    ) -> None:
+        self._out.append(EmitEvent(kind, worker, app, detail, timed))
 
-    # -- helpers ---------------------------------------------------------------------------
+    def _note(self, event: str, **fields: Any) -> None:
+        self._out.append(Note(event, fields))
 
-    def _event(self, kind: str, worker: str = "", app: str = "", **detail: Any) -> None:
-        ev = messages.Event(
-            kind=kind,
-            ts=messages.now(),
-            source=f"coordinator/{self.id}",
-            worker=worker,
-            app=app,
-            detail=detail,
-        )
-        self.client.publish(self.topics.events, messages.encode(ev), qos=0)
-        log.info(kind, worker=worker or None, app=app or None, **detail)
-
-    def _problem(self, alive: set[str]) -> Problem:
-        disk = {}
-        for w in alive:
-            m = self.membership.get(w)
-            if m is not None:
-                disk[w] = set(m.status.models_on_disk)
-        return Problem.from_config(self.mesh, self.catalog, alive, disk, knobs=self.knobs)
+    def _publish(self, reason: str) -> int:
+        self.generation += 1
+        self._out.append(PublishState(self._retained_state(), reason))
+        return self.generation
 
     def _effective(self) -> dict[str, Assign]:
         """Who serves what now: placement primaries under the overrides."""
@@ -203,14 +200,22 @@ class MeshCoordinator(Coordinator):
         primary.update(s.overrides)
         return {a: p for a, p in primary.items() if p.server not in s.failed}
 
-    def _build_plan(self) -> Plan:
+    def _route_state(self, app: str, worker: str, variant: str) -> Literal["serving", "degraded"]:
+        """Degraded: served by a backup or a smaller variant than the plan's primary."""
+        p = self.state.placement
+        planned = p.primary.get(app) if p else None
+        if planned is None or planned != Assign(worker, variant):
+            return "degraded"
+        return "serving"
+
+    def _retained_state(self) -> RetainedState:
         s = self.state
         serving = self._effective()
-        workers: dict[str, WorkerPlan] = {}
+        workers: list[tuple[str, WorkerPlan]] = []
         loads = s.placement.by_server() if s.placement else {}
         for w in self.mesh.workers:
             if w.id in s.failed:
-                workers[w.id] = WorkerPlan()  # fenced: a falsely suspected worker stops
+                workers.append((w.id, WorkerPlan()))  # fenced: a falsely suspected worker stops
                 continue
             serve = tuple(
                 messages.Serve(app, self.mesh.app(app).sensor, a.variant)
@@ -223,13 +228,32 @@ class MeshCoordinator(Coordinator):
                 for app, v in (load.warm if load else ())
                 if app in serving and serving[app].server != w.id
             )
-            warm = set(v for _app, v in load.warm) if load else set()
+            warm = {v for _app, v in load.warm} if load else set()
             warm |= s.extra_warm.get(w.id, set())
             warm -= {x.variant for x in serve}
-            disk = set(load.files) if load else set()
-            workers[w.id] = WorkerPlan(
-                serve=serve, warm=tuple(sorted(warm)), disk=tuple(sorted(disk)), standby=standby
+            # A static plan is published as written: what to serve, nothing else.
+            disk = set(load.files) if load and self.adaptive else set()
+            workers.append(
+                (
+                    w.id,
+                    WorkerPlan(
+                        serve=serve,
+                        warm=tuple(sorted(warm)),
+                        disk=tuple(sorted(disk)),
+                        standby=standby,
+                    ),
+                )
             )
+        routes = [
+            RouteState(x.app, worker, x.variant, self._route_state(x.app, worker, x.variant))
+            for worker, wp in workers
+            for x in wp.serve
+        ]
+        if self.adaptive and s.placement is not None:
+            # Apps nobody serves get an explicit route, so consumers see the outage.
+            routes += [
+                RouteState(a.id, "", "", "unserved") for a in self.mesh.apps if a.id not in serving
+            ]
         entries: list[messages.PlacementEntry] = [
             messages.PlacementEntry(app, a.server, a.variant, "primary")
             for app, a in sorted(serving.items())
@@ -242,60 +266,120 @@ class MeshCoordinator(Coordinator):
                 if b.server not in s.failed and serving.get(app, b).server != b.server
             ]
         p = s.placement
-        return Plan(
-            workers,
-            tuple(entries),
+        return RetainedState(
+            term=self.term,
+            generation=self.generation,
+            workers=tuple(workers),
+            routes=tuple(routes),
+            entries=tuple(entries),
             solver=p.solver if p else "none",
-            objective=p.objective if p else None,
+            objective=p.objective if p and self.adaptive else None,
             lp_bound=p.lp_bound if p else None,
             gap=p.gap if p else None,
         )
 
-    def _publish(self, reason: str) -> int:
-        self.publish_plan(self._build_plan())
-        log.info("published", reason=reason, generation=self.generation)
-        return self.generation
+    # -- membership --------------------------------------------------------------------------
 
-    def _route_state(self, app: str, worker: str, variant: str) -> Literal["serving", "degraded"]:
-        """Degraded: served by a backup or a smaller variant than the plan's primary."""
-        p = self.state.placement
-        planned = p.primary.get(app) if p else None
-        if planned is None or planned != Assign(worker, variant):
-            return "degraded"
-        return "serving"
-
-    def _publish_current(self) -> None:
-        super()._publish_current()
-        if self.deposed:
+    def _observe(self, t: Transition | None, ev: Observed) -> None:
+        if t is None:
             return
-        # Apps nobody serves get an explicit route, so consumers see the outage.
-        with self._lock:
-            serving = set(self._effective())
-            gen, term = self.generation, self.term
-        for a in self.mesh.apps:
-            if a.id not in serving and self.state.placement is not None:
-                r = messages.Route(
-                    app=a.id,
-                    worker="",
-                    variant="",
-                    term=term,
-                    generation=gen,
-                    since=messages.now(),
-                    state="unserved",
-                )
-                self.client.publish(
-                    self.topics.app_route(a.id), messages.encode(r), qos=1, retain=True
-                )
+        if self.phase != "running":
+            self._held.append((t, ev.ts))
+            return
+        self._on_transition(t, ev.ts)
 
-    # -- planning --------------------------------------------------------------------------
+    def _on_heartbeat(self, ev: HeartbeatSeen) -> None:
+        hb = ev.heartbeat
+        self._observe(self.membership.on_heartbeat(hb, ev.now), ev)
+        for app, stats in hb.apps.items():
+            det = self.slo.get(app)
+            if det is not None and stats.processed:
+                det.observe(ev.now, stats.latency_ms)
+
+    def _on_tick(self, ev: Tick) -> None:
+        if self.phase == "waiting":
+            return  # nobody is judged before we lead
+        for t in self.membership.tick(ev.now):
+            self._observe(t, ev)
+        if self.phase != "running":
+            return
+        self._advance_ladders(ev.now)
+        self._advance_failback(ev.now)
+        self._check_slo(ev.now, ev.ts)
+        self._advance_gray(ev.now)
+
+    def _on_transition(self, t: Transition, ts: float) -> None:
+        s = self.state
+        if t.kind == "failed":
+            self._event(
+                "failure_detected",
+                worker=t.worker,
+                cause=t.cause,
+                worker_incarnation=t.incarnation,
+                silence_ms=round(t.silence_s * 1000, 1),
+            )
+            self._on_failure(t, ts)
+        elif t.kind in ("joined", "recovered"):
+            was_failed = t.worker in s.failed
+            s.failed.discard(t.worker)
+            self._event(
+                f"worker_{t.kind}",
+                worker=t.worker,
+                cause=t.cause,
+                worker_incarnation=t.incarnation,
+            )
+            if s.placement is not None and (
+                was_failed
+                or t.worker
+                not in {a.server for a in s.placement.primary.values()}
+                | {b.server for b in s.placement.backups.values()}
+            ):
+                self._replan(t.kind)
+            elif s.placement is not None:
+                self._publish(f"{t.kind}:{t.worker}")  # a restart: resend its assignment
+        elif t.kind == "stale":
+            self._event(
+                "stale_offline_ignored",
+                worker=t.worker,
+                worker_incarnation=t.incarnation,
+                reason=t.cause,
+            )
+
+    def _note_member(self, st: messages.WorkerStatus) -> None:
+        """A static plan judges nobody: births and last-wills are only logged."""
+        cur = self._incarnations.get(st.worker)
+        if st.state == "offline" and cur is not None and cur != st.incarnation:
+            # A late last-will of an older incarnation must not kill the newer one.
+            self._note("stale_offline_ignored", worker=st.worker, stale=st.incarnation, current=cur)
+            return
+        self._incarnations[st.worker] = st.incarnation
+        self._note(
+            "member",
+            worker=st.worker,
+            state=st.state,
+            reason=st.reason,
+            worker_incarnation=st.incarnation,
+            models_on_disk=list(st.models_on_disk),
+        )
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _maybe_started(self, now: float) -> None:
+        if (
+            self.adaptive
+            and now < self._startup_deadline
+            and self.membership.alive() != self._known
+        ):
+            return
+        self.phase = "running"
+        self._initial_plan()
+        held, self._held = self._held, []
+        for t, ts in held:
+            self._on_transition(t, ts)
 
     def _initial_plan(self) -> None:
-        deadline = time.monotonic() + self.ccfg.startup_wait_s
-        want = self._known_workers()
-        while time.monotonic() < deadline and self.membership.alive() != want:
-            self._stop.wait(0.05)
         inh = self.inherited
-        if inh is None:
+        if inh is None or not self.adaptive:
             self._replan("startup", sticky=False)
             return
         # A successor (a standby taking over, a restart): keep what serves where it serves.
@@ -327,66 +411,58 @@ class MeshCoordinator(Coordinator):
         delay_s: float = 0.0,
         inherit: tuple[dict[str, Assign], dict[str, Backup]] | None = None,
     ) -> None:
-        """Plan on the alive workers in the background; the control thread applies it.
+        """Ask for a plan on the alive workers; its result comes back as :class:`PlanReady`.
 
         After a failure the re-plan waits ``delay_s``: it must not compete for the CPU with
         the recovery it follows (the backup's first frames are the MTTR)."""
-        alive = self.membership.alive() - self.state.failed
-        placement = self.state.placement
-        effective = self._effective()
-
-        def work() -> None:
-            if delay_s and self._stop.wait(delay_s):
-                return
-            with self._planning:
-                try:
-                    problem = self._problem(alive)
-                    if not problem.servers:
-                        self._control.put(("replanned", (None, None, alive, reason)))
-                        return
-                    kw: dict[str, Any] = {}
-                    if inherit is not None:
-                        kw["sticky"], kw["sticky_backups"] = inherit
-                    elif sticky and placement is not None:
-                        kw["sticky"] = {a: p for a, p in effective.items() if p.server in alive}
-                        kw["sticky_backups"] = {
-                            a: b
-                            for a, b in placement.backups.items()
-                            if b.server in alive and a not in self.state.overrides
-                        }
-                    t0 = time.perf_counter()
-                    new = plan(problem, self.ccfg.method, **kw)
-                    table = build_failover_table(problem, new)
-                    ms = (time.perf_counter() - t0) * 1000
-                except ProblemError as exc:
-                    log.exception("replan_failed", reason=reason, error=str(exc))
-                    return
-                self._control.put(("replanned", (problem, (new, table, ms), alive, reason)))
-
-        threading.Thread(target=work, name="planner", daemon=True).start()
-
-    def _apply_replan(
-        self, problem: Problem | None, result: Any, alive: set[str], reason: str
-    ) -> None:
         s = self.state
+        alive = frozenset(self.membership.alive() - s.failed)
+        disk: dict[str, tuple[str, ...]] = {}
+        for w in sorted(alive):
+            m = self.membership.get(w)
+            if m is not None:
+                disk[w] = m.status.models_on_disk
+        keep: dict[str, Assign] | None = None
+        keep_backups: dict[str, Backup] | None = None
+        if inherit is not None:
+            keep, keep_backups = inherit
+        elif sticky and s.placement is not None:
+            keep = {a: p for a, p in self._effective().items() if p.server in alive}
+            keep_backups = {
+                a: b
+                for a, b in s.placement.backups.items()
+                if b.server in alive and a not in s.overrides
+            }
+        request = PlanRequest(reason, alive, disk, keep, keep_backups)
+        self._out.append(RequestPlan(request, delay_s))
+
+    def _on_plan_ready(self, ev: PlanReady) -> None:
+        s = self.state
+        reason, result = ev.request.reason, ev.result
+        if not self.adaptive:
+            if result is not None:
+                s.placement = result.placement
+                self._publish(reason)
+            return
         now_alive = self.membership.alive() - s.failed
-        if alive != now_alive:
-            # Membership moved while planning: a newer re-plan is on its way.
-            log.info(
-                "replan_dropped", reason=reason, planned_for=sorted(alive), alive=sorted(now_alive)
+        if ev.request.alive != now_alive:
+            # Membership moved while planning: plan again for the workers alive now.
+            self._note(
+                "replan_dropped",
+                reason=reason,
+                planned_for=sorted(ev.request.alive),
+                alive=sorted(now_alive),
             )
-            if not (now_alive - alive) and not (alive - now_alive):
-                return
             self._replan(reason)
             return
-        if problem is None or result is None:
+        if result is None or result.problem is None:
             return
-        new, table, ms = result
+        new, problem = result.placement, result.problem
         moving = {a for a, p in self._effective().items() if new.primary.get(a) not in (None, p)}
         if reason in ("joined", "recovered") and moving and s.placement is not None:
-            self._start_failback(problem, new, table, moving)
+            self._start_failback(problem, new, result.table, moving, ev.now)
             return
-        s.placement, s.problem, s.table, s.table_valid = new, problem, table, True
+        s.placement, s.problem, s.table, s.table_valid = new, problem, result.table, True
         # Ladders keep their override until they reach the planned variant.
         s.overrides = {a: o for a, o in s.overrides.items() if a in s.ladders}
         gen = self._publish(f"replan:{reason}")
@@ -394,7 +470,7 @@ class MeshCoordinator(Coordinator):
             "replan",
             reason=reason,
             generation=gen,
-            solve_ms=round(ms, 1),
+            solve_ms=round(result.solve_ms, 1),
             objective=round(new.objective, 3),
             lp_bound=None if new.lp_bound is None else round(new.lp_bound, 3),
             gap=None if new.gap is None else round(new.gap, 5),
@@ -402,11 +478,10 @@ class MeshCoordinator(Coordinator):
             unplaced=dict(new.unplaced),
         )
 
-    # -- failover --------------------------------------------------------------------------
+    # -- failover ----------------------------------------------------------------------------
 
-    def _on_failure(self, t: Transition) -> None:
+    def _on_failure(self, t: Transition, ts: float) -> None:
         s = self.state
-        t0 = time.perf_counter()
         s.failed.add(t.worker)
         s.failback = None
         if s.placement is None or s.problem is None:
@@ -425,18 +500,15 @@ class MeshCoordinator(Coordinator):
             source = "live"
         self._apply_failover(fp)
         s.table_valid = False
-        decision_ms = (time.perf_counter() - t0) * 1000  # the lookup and the new state
         gen = self._publish(f"failover:{t.worker}")
-        publish_ms = (time.perf_counter() - t0) * 1000 - decision_ms
         self._event(
             "failover",
             worker=t.worker,
+            timed=True,
             cause=t.cause,
             generation=gen,
             source=source,
-            decision_ms=round(decision_ms, 3),
-            publish_ms=round(publish_ms, 3),
-            detected_ts=t.ts,
+            detected_ts=ts,
             silence_ms=round(t.silence_s * 1000, 1),
             recoveries={
                 a: {
@@ -509,10 +581,15 @@ class MeshCoordinator(Coordinator):
                     generation=gen,
                 )
 
-    # -- failback --------------------------------------------------------------------------
+    # -- failback ----------------------------------------------------------------------------
 
     def _start_failback(
-        self, problem: Problem, target: Placement, table: FailoverTable, moving: set[str]
+        self,
+        problem: Problem,
+        target: Placement,
+        table: FailoverTable | None,
+        moving: set[str],
+        now: float,
     ) -> None:
         s = self.state
         mig = failback(problem, s.placement or target, target=target)
@@ -526,7 +603,7 @@ class MeshCoordinator(Coordinator):
                 loads.setdefault(a.server, set()).add(a.variant)
         s.extra_warm = loads
         gen = self._publish("failback-load")
-        s.failback = Failback(target, loads, gen, time.monotonic())
+        s.failback = Failback(target, loads, gen, now)
         s.problem, s.table, s.table_valid = problem, table, False
         self._event(
             "failback_load",
@@ -561,9 +638,9 @@ class MeshCoordinator(Coordinator):
             load_s=round(now - fb.started, 3),
         )
 
-    # -- SLO -------------------------------------------------------------------------------
+    # -- SLO and gray failures ---------------------------------------------------------------
 
-    def _check_slo(self, now: float) -> None:
+    def _check_slo(self, now: float, ts: float) -> None:
         s = self.state
         for app, det in self.slo.items():
             if not det.violated(now):
@@ -571,11 +648,11 @@ class MeshCoordinator(Coordinator):
             current = self._effective().get(app)
             if current is None:
                 continue
-            if now - s.downsized_at.get(app, -1e9) < 30.0:
+            if now - s.downsized_at.get(app, -1e9) < SLO_DOWNSIZE_WINDOW_S:
                 if s.downsized_on.get(app) == current.server:
                     # Still over SLO on a smaller variant: the worker is slow, not the model.
                     det.reset()
-                    self._gray_failure(app, current.server, now)
+                    self._gray_failure(app, current.server, now, ts)
                 continue
             fam = self.catalog.family_of(current.variant)
             smaller = [
@@ -608,7 +685,7 @@ class MeshCoordinator(Coordinator):
                 generation=gen,
             )
 
-    def _gray_failure(self, app: str, worker: str, now: float) -> None:
+    def _gray_failure(self, app: str, worker: str, now: float, ts: float) -> None:
         m = self.membership.get(worker)
         if m is None or worker in self.state.failed:
             return
@@ -621,7 +698,7 @@ class MeshCoordinator(Coordinator):
             worker_incarnation=m.incarnation,
             silence_ms=0.0,
         )
-        self._on_failure(Transition("failed", worker, m.incarnation, "slo_gray", now, time.time()))
+        self._on_failure(Transition("failed", worker, m.incarnation, "slo_gray", now), ts)
 
     def _advance_gray(self, now: float) -> None:
         s = self.state
@@ -640,102 +717,3 @@ class MeshCoordinator(Coordinator):
                 worker_incarnation=m.incarnation,
             )
             self._replan("recovered")
-
-    # -- threads ---------------------------------------------------------------------------
-
-    def _handle(self, kind: str, payload: Any) -> None:
-        s = self.state
-        if kind == "transition":
-            t: Transition = payload
-            if t.kind == "failed":
-                self._event(
-                    "failure_detected",
-                    worker=t.worker,
-                    cause=t.cause,
-                    worker_incarnation=t.incarnation,
-                    silence_ms=round(t.silence_s * 1000, 1),
-                )
-                self._on_failure(t)
-            elif t.kind in ("joined", "recovered"):
-                was_failed = t.worker in s.failed
-                s.failed.discard(t.worker)
-                self._event(
-                    f"worker_{t.kind}",
-                    worker=t.worker,
-                    cause=t.cause,
-                    worker_incarnation=t.incarnation,
-                )
-                if s.placement is not None and (
-                    was_failed
-                    or t.worker
-                    not in {a.server for a in s.placement.primary.values()}
-                    | {b.server for b in s.placement.backups.values()}
-                ):
-                    self._replan(t.kind)
-                elif s.placement is not None:
-                    self._publish(f"{t.kind}:{t.worker}")  # a restart: resend its assignment
-            elif t.kind == "stale":
-                self._event(
-                    "stale_offline_ignored",
-                    worker=t.worker,
-                    worker_incarnation=t.incarnation,
-                    reason=t.cause,
-                )
-        elif kind == "replanned":
-            problem, result, alive, reason = payload
-            self._apply_replan(problem, result, alive, reason)
-
-    def _control_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                kind, payload = self._control.get(timeout=0.02)
-            except queue.Empty:
-                kind, payload = "", None
-            try:
-                if kind:
-                    with self._lock:
-                        self._handle(kind, payload)
-                now = time.monotonic()
-                with self._lock:
-                    self._advance_ladders(now)
-                    self._advance_failback(now)
-                    self._check_slo(now)
-                    self._advance_gray(now)
-            except Exception:
-                log.exception("control_error", kind=kind)
-
-    def _monitor_loop(self) -> None:
-        while not self._stop.wait(0.01):
-            for t in self.membership.tick(time.monotonic()):
-                self._control.put(("transition", t))
-
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        th = threading.Thread(target=target, name=name, daemon=True)
-        th.start()
-        self._threads.append(th)
-
-    def start(self) -> None:
-        self.client.start()
-        self.acquire_term()
-        self._spawn("monitor", self._monitor_loop)
-        self._initial_plan()
-        self._spawn("control", self._control_loop)
-
-    def wait_planned(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.state.placement is not None:
-                return True
-            time.sleep(0.02)
-        return False
-
-
-def coordinator_for(
-    mesh: MeshConfig, catalog: Catalog, coordinator_id: str = "main"
-) -> Coordinator:
-    """The coordinator the config asks for."""
-    if mesh.coordinator.type == "planner":
-        return MeshCoordinator(mesh, catalog, coordinator_id)
-    from coordinator.coordinator import StaticPlanner
-
-    return Coordinator(mesh, catalog, StaticPlanner(mesh, catalog), coordinator_id)

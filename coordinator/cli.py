@@ -1,0 +1,53 @@
+"""``faillite coordinator``: run a coordinator, leader or standby (registered by entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from typing import Any
+
+from faillite import log as flog
+from faillite.cli import add_common, load_config, role_imports, until_signal
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("coordinator", help="run the coordinator")
+    add_common(p)
+    p.add_argument("--id", default="main", help="this coordinator's id (default: main)")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="wait as a standby and take over when the leader is gone",
+    )
+    p.add_argument(
+        "--rank",
+        type=int,
+        default=1,
+        help="standby rank: rank r takes over after r x coordinator.takeover_delay_s",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from faillite.catalog import load_catalog
+
+    with role_imports("coordinator", "coordinator"):
+        from coordinator.service import CoordinatorService, StandbyWatch
+
+    cfg = load_config(args)
+    flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
+    catalog = load_catalog(cfg.catalog)
+    term_floor = 0
+    if args.standby:
+        stop = threading.Event()
+        until_signal(stop.set)
+        watch = StandbyWatch(cfg, args.id, args.rank)
+        if watch.wait_for_vacancy(stop) is None:
+            return 0
+        term_floor = watch.highest_term  # a successor's term is above the newest leader seen
+    coord = CoordinatorService.from_config(cfg, catalog, args.id, term_floor=term_floor)
+    until_signal(coord.request_stop)
+    coord.start()
+    coord.wait()
+    coord.stop()
+    return 0

@@ -1,0 +1,129 @@
+"""Leadership: terms, stepping down, and a standby's judgement of when to take over.
+
+Pure decision logic, fed the coordinator statuses, assignments and placements a coordinator
+reads (and, for a standby, the times it reads them); :mod:`coordinator.service` does the MQTT.
+
+:class:`Leadership`, of a coordinator that leads (or is about to):
+- its term is the next one after everything retained (statuses and assignments carry terms;
+  the leader's own status may have been replaced by its last-will) and after a standby's
+  ``term_floor`` (the newest leader it saw, whatever the broker still retains);
+- a leader status of a higher term from another incarnation: a successor took over (we were
+  frozen or cut off): step down quietly, workers already fence our assignments by term;
+- a non-leader status of our term or older from another incarnation (a predecessor's late
+  last-will) replaced our retained status: put ours back;
+- a retained placement of another term is what a predecessor left: inherit it.
+
+:class:`Vacancy`, of a standby: the leader's status is retained with a last-will, so a crashed
+leader reads ``offline`` at once and a frozen one once the broker's keepalive expires. A
+standby of rank ``r`` takes over once the leadership has been vacant ``r * takeover_delay_s``
+(ranks keep two standbys from racing). A late last-will of an older leader (lower term than the
+newest leader seen) is not a vacancy. After any (re)connect, vacant or not is judged afresh
+after a grace: a leader starting beside us must claim its term, and after a broker restart the
+leader must reconnect (its last-will may have fired as the broker went down).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from faillite import messages
+
+STARTUP_GRACE_S = 2.0  # a leader's term acquisition waits up to 1.2 s for retained state
+
+Verdict = Literal["step_down", "restore"]
+Reading = Literal["leader", "gone", "still_gone", "stale", "older_leader"]
+
+
+class Leadership:
+    def __init__(
+        self, coordinator_id: str, incarnation: str, kind: str, *, term_floor: int = 0
+    ) -> None:
+        self.id = coordinator_id
+        self.incarnation = incarnation
+        self.kind = kind  # what our status says we run: "planner", "static"
+        self.term = 0  # 0: not leading (yet)
+        self.term_floor = term_floor
+        self.seen_term = 0  # the highest term read on the broker
+        self.deposed = False
+
+    def status(self, state: Literal["leader", "offline"], ts: float) -> messages.CoordinatorStatus:
+        return messages.CoordinatorStatus(
+            coordinator=self.id,
+            incarnation=self.incarnation,
+            state=state,
+            term=self.term,
+            ts=ts,
+            kind=self.kind,
+        )
+
+    def acquire(self) -> int:
+        """Take the next term after the highest one seen (a restart moves it on)."""
+        self.term = max(self.seen_term, self.term_floor) + 1
+        return self.term
+
+    def on_status(self, st: messages.CoordinatorStatus) -> Verdict | None:
+        if st.incarnation == self.incarnation:
+            return None
+        self.seen_term = max(self.seen_term, st.term)
+        if self.term and st.state == "leader" and st.term > self.term:
+            self.deposed = True
+            return "step_down"
+        if self.term and not self.deposed and st.state != "leader" and st.term <= self.term:
+            return "restore"
+        return None
+
+    def on_assignment(self, a: messages.Assignment) -> None:
+        self.seen_term = max(self.seen_term, a.term)
+
+    def inherits(self, p: messages.Placement) -> bool:
+        """Whether a retained placement is another term's (ours come back to us too)."""
+        return p.term != self.term
+
+
+class Vacancy:
+    """A standby's view of the leadership: since when it is vacant, and the newest leader."""
+
+    def __init__(self, delay_s: float, grace_s: float) -> None:
+        self.delay_s = delay_s
+        self.grace_s = grace_s
+        self.leader: messages.CoordinatorStatus | None = None  # newest leader seen
+        self.vacant_since: float | None = None  # None: led, or we cannot tell
+
+    @property
+    def highest_term(self) -> int:
+        """The newest leader's term we saw: a successor must take a higher one, whatever the
+        broker still retains."""
+        return self.leader.term if self.leader is not None else 0
+
+    def connected(self, now: float) -> None:
+        # Nothing retained then (no leader ever, or a broker that lost it) reads as vacant.
+        self.vacant_since = now + self.grace_s
+
+    def disconnected(self) -> None:
+        self.vacant_since = None  # we cannot tell while we cannot see
+
+    def cleared(self, now: float) -> None:
+        """The retained status was removed."""
+        self.vacant_since = self.vacant_since or now
+
+    def on_status(self, st: messages.CoordinatorStatus, now: float) -> Reading:
+        newest = self.leader
+        if st.state == "leader":
+            if newest is None or st.term >= newest.term:
+                self.leader = st
+                self.vacant_since = None
+                return "leader"
+            return "older_leader"
+        if newest is None or st.incarnation == newest.incarnation or st.term > newest.term:
+            # The newest leader (or one we never saw lead) is gone.
+            first = self.vacant_since is None
+            self.vacant_since = max(self.vacant_since or now, now)
+            return "gone" if first else "still_gone"
+        return "stale"
+
+    def due(self, now: float) -> float | None:
+        """Seconds since the vacancy began, once it has lasted ``delay_s``; else None."""
+        since = self.vacant_since
+        if since is not None and now - since >= self.delay_s:
+            return now - since
+        return None

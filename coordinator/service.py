@@ -1,0 +1,443 @@
+"""The coordinator process around the core: MQTT, timers and threads, no decisions.
+
+Threads of :class:`CoordinatorService`:
+- network (paho, in :class:`~faillite.mqtt.MeshClient`): decodes what arrives into typed
+  :mod:`~coordinator.events` stamped with their arrival time and queues them; leadership input
+  (coordinator statuses, assignments, placements) is judged here, it is cheap.
+- monitor: a :class:`~coordinator.events.Tick` every 10 ms (silence, stalls, timers).
+- control: the one thread that feeds the :class:`~coordinator.core.CoordinatorCore`, one event
+  at a time, and carries out its decisions in order (publish, emit, ask for a plan).
+- planner: runs the :class:`~coordinator.planning.Planner` strategy in the background and
+  queues its result.
+
+Retained state (the leader's status, assignments, routes, placement) is published again after
+every reconnect (brokers can lose it) and after a predecessor's late last-will replaced our
+status. A leader that sees a higher term steps down without publishing anything more.
+
+:class:`StandbyWatch`: a standby's MQTT side, around :class:`~coordinator.leadership.Vacancy`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Literal
+
+from coordinator.core import CoordinatorCore
+from coordinator.decisions import (
+    Decision,
+    EmitEvent,
+    Note,
+    PublishState,
+    RequestPlan,
+    RetainedState,
+)
+from coordinator.events import (
+    Event,
+    HeartbeatSeen,
+    InheritedPlacement,
+    LinkDown,
+    LinkUp,
+    PlanFailed,
+    PlanReady,
+    SteppedDown,
+    TermAcquired,
+    Tick,
+    WorkerBirth,
+    WorkerOffline,
+)
+from coordinator.leadership import STARTUP_GRACE_S, Leadership, Vacancy
+from coordinator.planner import ProblemError
+from coordinator.planning import Planner, planner_for
+from faillite import messages
+from faillite.catalog import Catalog
+from faillite.config import MeshConfig
+from faillite.log import bind, get_logger
+from faillite.mqtt import Inbound, MeshClient, Will
+from faillite.topics import (
+    WORKER_ASSIGNMENT,
+    WORKER_HEARTBEAT,
+    WORKER_STATUS,
+    Role,
+    Topics,
+    parse,
+)
+
+log = get_logger("coordinator")
+standby_log = get_logger("standby")
+TICK_S = 0.01
+TERM_WAIT_S = 1.0  # for the first retained status or assignment before taking a term
+TERM_BURST_S = 0.2  # then for the rest of the retained burst
+
+
+def _clock() -> tuple[float, float]:
+    return time.monotonic(), time.time()
+
+
+class CoordinatorService:
+    def __init__(
+        self,
+        mesh: MeshConfig,
+        catalog: Catalog,
+        planner: Planner,
+        coordinator_id: str = "main",
+        *,
+        term_floor: int = 0,
+    ) -> None:
+        self.mesh = mesh
+        self.planner = planner
+        self.id = coordinator_id
+        self.topics = Topics(mesh.mesh)
+        self.incarnation = uuid.uuid4().hex[:12]
+        bind(coordinator=coordinator_id, incarnation=self.incarnation)
+        self.leadership = Leadership(
+            coordinator_id, self.incarnation, planner.kind, term_floor=term_floor
+        )
+        self.core = CoordinatorCore(mesh, catalog, adaptive=planner.adaptive)
+        self._known = {w.id for w in mesh.workers}
+        self._inbox: queue.Queue[Event] = queue.Queue()
+        self._stop = threading.Event()
+        self._heard = threading.Event()  # a retained term (status or assignment) arrived
+        self._leading = threading.Lock()  # leadership: network thread vs start()
+        self._publishing = threading.Lock()  # one retained state at a time, the newest last
+        self._planning = threading.Lock()  # one plan at a time
+        self._retained: RetainedState | None = None
+        will = self.leadership.status("offline", messages.now())
+        self.client = MeshClient(
+            f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
+            mesh.broker,
+            role=Role.COORDINATOR,
+            will=Will(self.topics.coordinator_status, messages.encode(will)),
+        )
+        c, t = self.client, self.topics
+        c.subscribe_json(
+            t.coordinator_status,
+            messages.CoordinatorStatus,
+            self._on_coordinator_status,
+            on_cleared=lambda _topic: self._heard.set(),
+        )
+        c.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, self._on_worker_status)
+        # Retained assignments carry the last term too (the coordinator's own status may have
+        # been replaced by its last-will).
+        c.subscribe_json(t.filter(WORKER_ASSIGNMENT), messages.Assignment, self._on_assignment)
+        c.subscribe_json(t.placement, messages.Placement, self._on_placement)
+        if planner.adaptive:
+            c.subscribe_json(
+                t.filter(WORKER_HEARTBEAT), messages.Heartbeat, self._on_heartbeat, qos=0
+            )
+        c.on_connect(self._republish)
+        # While our own link is down every worker looks silent: judge nobody until it is back.
+        c.on_connect(lambda: self._inbox.put(LinkUp(*_clock())))
+        c.on_disconnect(lambda: self._inbox.put(LinkDown(*_clock())))
+
+    @classmethod
+    def from_config(
+        cls,
+        mesh: MeshConfig,
+        catalog: Catalog,
+        coordinator_id: str = "main",
+        *,
+        term_floor: int = 0,
+    ) -> CoordinatorService:
+        """The coordinator the config asks for (``coordinator.type``, ``method``)."""
+        return cls(mesh, catalog, planner_for(mesh, catalog), coordinator_id, term_floor=term_floor)
+
+    # -- network thread ----------------------------------------------------------------------
+
+    def _on_coordinator_status(self, inb: Inbound[messages.CoordinatorStatus]) -> None:
+        st = inb.message
+        with self._leading:
+            verdict = self.leadership.on_status(st)
+            term = self.leadership.term
+        if verdict == "step_down":
+            log.warning(
+                "coordinator_deposed", term=term, successor=st.coordinator, successor_term=st.term
+            )
+            self._inbox.put(SteppedDown(*_clock(), st.coordinator, st.term))
+            self._stop.set()
+        elif verdict == "restore":
+            # A predecessor's late last-will replaced our retained status: put it back.
+            self._republish()
+        self._heard.set()
+
+    def _on_assignment(self, inb: Inbound[messages.Assignment]) -> None:
+        with self._leading:
+            self.leadership.on_assignment(inb.message)
+        self._heard.set()
+
+    def _on_placement(self, inb: Inbound[messages.Placement]) -> None:
+        with self._leading:
+            inherited = self.leadership.inherits(inb.message)
+        if inherited:
+            self._inbox.put(InheritedPlacement(*_clock(), inb.message))
+
+    def _on_worker_status(self, inb: Inbound[messages.WorkerStatus]) -> None:
+        st, parsed = inb.message, parse(inb.topic)
+        if parsed is None:
+            return
+        if st.worker != parsed[1].ids["worker"] or st.worker not in self._known:
+            self.client.bad.count("unknown_worker", f"status of {st.worker!r}", topic=inb.topic)
+            return
+        kind = WorkerBirth if st.state == "online" else WorkerOffline
+        self._inbox.put(kind(*_clock(), st))
+
+    def _on_heartbeat(self, inb: Inbound[messages.Heartbeat]) -> None:
+        self._inbox.put(HeartbeatSeen(*_clock(), inb.message))
+
+    # -- control thread ----------------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                event = self._inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            try:
+                t0 = time.perf_counter()
+                decisions = self.core.handle(event)
+                self._carry_out(decisions, (time.perf_counter() - t0) * 1000)
+            except Exception:
+                log.exception("control_error", kind=type(event).__name__)
+
+    def _carry_out(self, decisions: list[Decision], decision_ms: float) -> None:
+        publish_ms = 0.0
+        for d in decisions:
+            if isinstance(d, PublishState):
+                t0 = time.perf_counter()
+                self._publish_state(d)
+                publish_ms = (time.perf_counter() - t0) * 1000
+            elif isinstance(d, EmitEvent):
+                self._emit(d, decision_ms, publish_ms)
+            elif isinstance(d, RequestPlan):
+                self._plan_in_background(d)
+            elif isinstance(d, Note):
+                log.info(d.event, **d.fields)
+
+    def _emit(self, d: EmitEvent, decision_ms: float, publish_ms: float) -> None:
+        detail = dict(d.detail)
+        if d.timed:
+            detail["decision_ms"] = round(decision_ms, 3)
+            detail["publish_ms"] = round(publish_ms, 3)
+        ev = messages.Event(
+            kind=d.kind,
+            ts=messages.now(),
+            source=f"coordinator/{self.id}",
+            worker=d.worker,
+            app=d.app,
+            detail=detail,
+        )
+        self.client.publish(self.topics.events, messages.encode(ev), qos=0)
+        log.info(d.kind, worker=d.worker or None, app=d.app or None, **detail)
+
+    def _plan_in_background(self, d: RequestPlan) -> None:
+        def work() -> None:
+            if d.delay_s and self._stop.wait(d.delay_s):
+                return
+            with self._planning:
+                try:
+                    result = self.planner.plan(d.request)
+                except ProblemError as exc:
+                    log.exception("replan_failed", reason=d.request.reason, error=str(exc))
+                    self._inbox.put(PlanFailed(*_clock(), d.request, str(exc)))
+                    return
+            self._inbox.put(PlanReady(*_clock(), d.request, result))
+
+        threading.Thread(target=work, name="planner", daemon=True).start()
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            self._inbox.put(Tick(*_clock()))
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _publish_status(self, state: Literal["leader", "offline"]) -> None:
+        st = self.leadership.status(state, messages.now())
+        self.client.publish(self.topics.coordinator_status, messages.encode(st), qos=1, retain=True)
+
+    def _publish_state(self, d: PublishState) -> None:
+        st = d.state
+        with self._publishing:
+            self._retained = st
+            self._send(st)
+        log.info(
+            "plan_published",
+            term=st.term,
+            generation=st.generation,
+            solver=st.solver,
+            assignments={w: [f"{s.app}:{s.variant}" for s in p.serve] for w, p in st.workers},
+        )
+        if self.planner.adaptive:
+            log.info("published", reason=d.reason, generation=st.generation)
+
+    def _send(self, st: RetainedState | None) -> None:
+        """The leader's status, then the retained state (under ``_publishing``)."""
+        if self.leadership.deposed:
+            return  # the retained state is the successor's now
+        self._publish_status("leader")
+        if st is None:
+            return
+        now, t, c = messages.now(), self.topics, self.client
+        for worker, wp in st.workers:
+            a = messages.Assignment(
+                worker=worker,
+                term=st.term,
+                generation=st.generation,
+                ts=now,
+                serve=wp.serve,
+                warm=wp.warm,
+                disk=wp.disk,
+                standby=wp.standby,
+            )
+            c.publish(t.worker_assignment(worker), messages.encode(a), qos=1, retain=True)
+
+        routes = [
+            messages.Route(r.app, r.worker, r.variant, st.term, st.generation, now, r.state)
+            for r in st.routes
+        ]
+        for r in routes:
+            if r.state != "unserved":
+                c.publish(t.app_route(r.app), messages.encode(r), qos=1, retain=True)
+        placement = messages.Placement(
+            term=st.term,
+            generation=st.generation,
+            ts=now,
+            entries=st.entries,
+            objective=st.objective,
+            lp_bound=st.lp_bound,
+            gap=st.gap,
+            solver=st.solver,
+        )
+        c.publish(t.placement, messages.encode(placement), qos=1, retain=True)
+        for r in routes:
+            if r.state == "unserved":
+                c.publish(t.app_route(r.app), messages.encode(r), qos=1, retain=True)
+
+    def _republish(self) -> None:
+        # Brokers can lose retained state on restart: after every reconnect, publish it again.
+        if self.leadership.term:
+            threading.Thread(target=self._resend, name="republish", daemon=True).start()
+
+    def _resend(self) -> None:
+        with self._publishing:
+            self._send(self._retained)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _spawn(name: str, target: Callable[[], None]) -> None:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+    def _acquire_term(self) -> int:
+        """Next term after the highest one retained on the broker, claimed at once: standbys
+        must not read the planning time as a vacancy."""
+        if self._heard.wait(TERM_WAIT_S):
+            self._stop.wait(TERM_BURST_S)  # the rest of the retained burst
+        with self._leading:
+            term = self.leadership.acquire()
+        log.info("term_acquired", term=term, previous=term - 1)
+        self._publish_status("leader")
+        return term
+
+    def start(self) -> None:
+        self._spawn("control", self._control_loop)
+        self.client.start()
+        term = self._acquire_term()
+        self._inbox.put(TermAcquired(*_clock(), term))
+        if self.planner.adaptive:
+            self._spawn("monitor", self._monitor_loop)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.leadership.deposed:
+            self.client.stop()  # the retained status is the successor's now
+            return
+        self.client.stop(final=lambda: self._publish_status("offline"))
+
+    def wait(self) -> None:
+        # Wake now and then: a signal the kernel hands to another thread only runs its Python
+        # handler once the main thread executes bytecode again.
+        while not self._stop.wait(0.25):
+            pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+class StandbyWatch:
+    """Watches the leader's retained status and returns once the leadership is vacant. It has
+    no last-will of its own: it must never overwrite the leader's status."""
+
+    def __init__(self, mesh: MeshConfig, coordinator_id: str, rank: int = 1) -> None:
+        self.id = coordinator_id
+        self.rank = max(1, rank)
+        delay_s = mesh.coordinator.takeover_delay_s * self.rank
+        grace_s = max(STARTUP_GRACE_S, mesh.coordinator.reconnect_grace_s) + delay_s
+        self.vacancy = Vacancy(delay_s, grace_s)
+        self._cond = threading.Condition()
+        self.client = MeshClient(
+            f"faillite-{mesh.mesh}-standby-{coordinator_id}-{uuid.uuid4().hex[:6]}",
+            mesh.broker,
+            role=Role.COORDINATOR,
+        )
+        self.client.subscribe_json(
+            Topics(mesh.mesh).coordinator_status,
+            messages.CoordinatorStatus,
+            self._on_status,
+            on_cleared=self._on_cleared,
+        )
+        self.client.on_connect(self._on_connect)
+        self.client.on_disconnect(self._on_disconnect)
+
+    @property
+    def highest_term(self) -> int:
+        return self.vacancy.highest_term
+
+    def _on_connect(self) -> None:
+        with self._cond:
+            self.vacancy.connected(time.monotonic())
+
+    def _on_disconnect(self) -> None:
+        with self._cond:
+            self.vacancy.disconnected()
+
+    def _on_cleared(self, _topic: str) -> None:
+        with self._cond:
+            self.vacancy.cleared(time.monotonic())
+            self._cond.notify_all()
+
+    def _on_status(self, inb: Inbound[messages.CoordinatorStatus]) -> None:
+        st = inb.message
+        with self._cond:
+            reading = self.vacancy.on_status(st, time.monotonic())
+            self._cond.notify_all()
+        if reading == "gone":
+            standby_log.warning(
+                "leader_gone",
+                leader=st.coordinator,
+                leader_incarnation=st.incarnation,
+                term=st.term,
+                takeover_in_s=self.vacancy.delay_s,
+            )
+        elif reading == "stale":
+            standby_log.info("stale_leader_offline_ignored", stale=st.incarnation, term=st.term)
+
+    def wait_for_vacancy(self, stop: threading.Event) -> float | None:
+        """Block until the leadership has been vacant ``delay_s``; returns the seconds since
+        the vacancy was seen, or None when ``stop`` was set first."""
+        self.client.start()
+        standby_log.info(
+            "standby", coordinator=self.id, rank=self.rank, takeover_delay_s=self.vacancy.delay_s
+        )
+        try:
+            with self._cond:
+                while not stop.is_set():
+                    due = self.vacancy.due(time.monotonic())
+                    if due is not None and self.client.connected:
+                        return due
+                    self._cond.wait(0.05)
+                return None
+        finally:
+            self.client.stop()

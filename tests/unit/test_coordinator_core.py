@@ -1,0 +1,701 @@
+"""The coordinator's core on a fake clock: every failure path the drills exercise, as decisions.
+
+The mesh is the drills' (three workers in their own failure domains, a critical app ``a1`` and
+a non-critical ``a2``, the packaged catalog), with 200 MB workers so that one plan holds a warm
+backup and a cold one with a ladder. :class:`Sim` plays the rest of the mesh: workers that obey
+the newest retained state at once and beat every 100 ms (or stop, stall, run slow), a planner
+that answers when its delay is up, and a clock that moves in 10 ms ticks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from coordinator.core import CoordinatorCore
+from coordinator.decisions import (
+    Decision,
+    EmitEvent,
+    Note,
+    PublishState,
+    RequestPlan,
+    RetainedState,
+    RouteState,
+)
+from coordinator.events import (
+    Event,
+    HeartbeatSeen,
+    InheritedPlacement,
+    LinkDown,
+    LinkUp,
+    PlanReady,
+    SteppedDown,
+    TermAcquired,
+    Tick,
+    WorkerBirth,
+    WorkerOffline,
+)
+from coordinator.membership import RECOVERY_HEARTBEATS
+from coordinator.planning import Planner, PlanRequest, SolverPlanner, StaticPlanner
+from faillite import messages
+from faillite.catalog import load_catalog
+from faillite.config import MeshConfig, packaged_config
+
+CATALOG = load_catalog(packaged_config("catalog.yaml"))
+WORKERS = ("w1", "w2", "w3")
+EPOCH = 1_795_459_200.0  # wall clock = EPOCH + monotonic
+LITE0, LITE1, LITE2 = (f"efficientnet_lite{i}" for i in range(3))
+
+
+def mesh_config(
+    memory_mb: tuple[float, ...] = (200, 200, 200),
+    coordinator: dict[str, Any] | None = None,
+    **knobs: Any,
+) -> MeshConfig:
+    """The drills' mesh; ``knobs`` change the planner coordinator's settings, ``coordinator``
+    replaces them."""
+    return MeshConfig.model_validate(
+        {
+            "mesh": "core",
+            "sensors": [{"id": "cam1", "fps": 5}, {"id": "cam2", "fps": 5}],
+            "apps": [
+                {
+                    "id": "a1",
+                    "sensor": "cam1",
+                    "family": "efficientnet_lite",
+                    "critical": True,
+                    "slo_ms": 400,
+                },
+                {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite", "slo_ms": 600},
+            ],
+            "workers": [
+                {
+                    "id": w,
+                    "memory_mb": m,
+                    "failure_domain": f"rack-{w}",
+                    "heartbeat_interval_s": 0.1,
+                }
+                for w, m in zip(WORKERS, memory_mb, strict=True)
+            ],
+            "coordinator": coordinator
+            or {
+                "type": "planner",
+                "method": "greedy",
+                "startup_wait_s": 10,
+                "slo_sustain_s": 2.0,
+                "gray_probation_s": 8.0,
+                "reconnect_grace_s": 5.0,
+                **knobs,
+            },
+        }
+    )
+
+
+@dataclass
+class FakeWorker:
+    """Obeys the newest assignment at once; ``beating``: its heartbeats reach us."""
+
+    id: str
+    incarnation: str
+    beating: bool = True
+    stalled: bool = False  # frames arrive, inference is stuck
+    latency_ms: float = 50.0
+    seq: int = 0
+    received: dict[str, int] = field(default_factory=dict)
+    processed: dict[str, int] = field(default_factory=dict)
+
+    def heartbeat(self, state: RetainedState | None, ts: float) -> messages.Heartbeat:
+        self.seq += 1
+        plan = state.worker(self.id) if state is not None else None
+        serve = plan.serve if plan is not None else ()
+        apps = {}
+        for s in serve:
+            self.received[s.app] = self.received.get(s.app, 0) + 1
+            if not self.stalled:
+                self.processed[s.app] = self.processed.get(s.app, 0) + 1
+            apps[s.app] = messages.AppStats(
+                received=self.received[s.app],
+                processed=self.processed.get(s.app, 0),
+                latency_ms=self.latency_ms,
+            )
+        loaded = {s.variant for s in serve} | set(plan.warm if plan else ())
+        return messages.Heartbeat(
+            worker=self.id,
+            incarnation=self.incarnation,
+            seq=self.seq,
+            ts=ts,
+            frames_received=sum(self.received.values()),
+            frames_processed=sum(self.processed.values()),
+            queue_depth=2 if self.stalled and serve else 0,
+            loaded=tuple(sorted(loaded)),
+            generation=state.generation if state is not None else 0,
+            apps=apps,
+        )
+
+
+class Sim:
+    """The core, a fake clock, fake workers and a planner answering in line."""
+
+    def __init__(self, cfg: MeshConfig | None = None, planner: Planner | None = None) -> None:
+        self.cfg = cfg or mesh_config()
+        self.planner = planner or SolverPlanner(self.cfg, CATALOG, self.cfg.coordinator.method)
+        self.core = CoordinatorCore(self.cfg, CATALOG, adaptive=self.planner.adaptive)
+        self.now = 1000.0
+        self.workers = {w.id: FakeWorker(w.id, f"{w.id}-1") for w in self.cfg.workers}
+        self.born: set[str] = set()
+        self.next_beat = {w: self.now for w in self.workers}
+        self.pending: list[tuple[float, PlanRequest]] = []
+        self.log: list[tuple[float, Decision]] = []
+
+    @property
+    def ts(self) -> float:
+        return EPOCH + self.now
+
+    # -- driving -----------------------------------------------------------------------------
+
+    def feed(self, event: Event) -> list[Decision]:
+        out = self.core.handle(event)
+        for d in out:
+            self.log.append((self.now, d))
+            if isinstance(d, RequestPlan):
+                self.pending.append((self.now + d.delay_s, d.request))
+        return out
+
+    def status(self, worker: str, state: str = "online", reason: str = "") -> list[Decision]:
+        fw = self.workers[worker]
+        st = messages.WorkerStatus(
+            worker=worker,
+            incarnation=fw.incarnation,
+            state=state,  # type: ignore[arg-type]
+            ts=self.ts,
+            reason=reason,
+            models_on_disk=(LITE0, LITE1, LITE2),
+            heartbeat_interval_s=0.1,
+        )
+        if state == "online":
+            self.born.add(worker)
+            self.next_beat[worker] = self.now + 0.1
+            return self.feed(WorkerBirth(self.now, self.ts, st))
+        return self.feed(WorkerOffline(self.now, self.ts, st))
+
+    def restart(self, worker: str, incarnation: str) -> list[Decision]:
+        fw = self.workers[worker]
+        self.workers[worker] = FakeWorker(worker, incarnation, latency_ms=fw.latency_ms)
+        return self.status(worker)
+
+    def kill(self, *workers: str) -> list[Decision]:
+        """``kill -9``: the broker publishes each last-will at once."""
+        out = []
+        for w in workers:
+            self.workers[w].beating = False
+            self.born.discard(w)
+            out += self.status(w, "offline", "lost")
+        return out
+
+    def run(self, seconds: float, step: float = 0.01) -> list[Decision]:
+        out: list[Decision] = []
+        end = self.now + seconds - 1e-9
+        while self.now < end:
+            self.now = round(self.now + step, 6)
+            for due, req in sorted(self.pending, key=lambda p: p[0]):
+                if due <= self.now:
+                    self.pending.remove((due, req))
+                    out += self.feed(PlanReady(self.now, self.ts, req, self.planner.plan(req)))
+            for w, fw in self.workers.items():
+                if w in self.born and fw.beating and self.now >= self.next_beat[w] - 1e-9:
+                    self.next_beat[w] = self.now + 0.1
+                    out += self.feed(
+                        HeartbeatSeen(self.now, self.ts, fw.heartbeat(self.latest_or_none, self.ts))
+                    )
+            out += self.feed(Tick(self.now, self.ts))
+        return out
+
+    def run_until(self, found: Any, timeout: float, what: str) -> list[Decision]:
+        out: list[Decision] = []
+        deadline = self.now + timeout
+        while self.now < deadline:
+            out += self.run(0.01)
+            if found(out):
+                return out
+        raise AssertionError(f"no {what} within {timeout} s")
+
+    def start(self, term: int = 1) -> list[Decision]:
+        for w in self.workers:
+            self.status(w)
+        out = self.feed(TermAcquired(self.now, self.ts, term))
+        return out + self.run_until(published, 1.0, "first plan")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def latest_or_none(self) -> RetainedState | None:
+        states = [d.state for _t, d in self.log if isinstance(d, PublishState)]
+        return states[-1] if states else None
+
+    @property
+    def latest(self) -> RetainedState:
+        st = self.latest_or_none
+        assert st is not None
+        return st
+
+    def route(self, app: str) -> RouteState:
+        r = self.latest.route(app)
+        assert r is not None
+        return r
+
+    def role(self, app: str, role: str) -> messages.PlacementEntry:
+        return next(e for e in self.latest.entries if e.app == app and e.role == role)
+
+    def events(self, kind: str | None = None) -> list[EmitEvent]:
+        return events(self.log_decisions(), kind)
+
+    def log_decisions(self) -> list[Decision]:
+        return [d for _t, d in self.log]
+
+    def when(self, decision: Decision) -> float:
+        return next(t for t, d in self.log if d is decision)
+
+
+def events(out: Iterable[Decision], kind: str | None = None) -> list[EmitEvent]:
+    return [d for d in out if isinstance(d, EmitEvent) and (kind is None or d.kind == kind)]
+
+
+def published(out: Iterable[Decision]) -> list[RetainedState]:
+    return [d.state for d in out if isinstance(d, PublishState)]
+
+
+def plans(out: Iterable[Decision]) -> list[RequestPlan]:
+    return [d for d in out if isinstance(d, RequestPlan)]
+
+
+def serves(state: RetainedState, worker: str) -> set[tuple[str, str]]:
+    return {(s.app, s.variant) for s in state.worker(worker).serve}
+
+
+@pytest.fixture
+def sim() -> Sim:
+    s = Sim()
+    s.start()
+    return s
+
+
+# -- startup -----------------------------------------------------------------------------------
+
+
+def test_first_plan_places_primaries_and_backups_and_protects_them(sim: Sim) -> None:
+    st = sim.latest
+    assert (st.term, st.generation) == (1, 1)
+    a1, a2 = sim.route("a1"), sim.route("a2")
+    assert a1.state == a2.state == "serving" and a1.worker != a2.worker
+    warm = sim.role("a1", "warm")  # the critical app: a loaded backup beside another primary
+    assert warm.worker != a1.worker
+    assert ("a1", warm.variant) in {(s.app, s.variant) for s in st.worker(warm.worker).standby}
+    assert warm.variant in st.worker(warm.worker).warm
+    cold = sim.role("a2", "cold")  # the other: the file on disk, no memory held
+    assert cold.worker != a2.worker and cold.variant in st.worker(cold.worker).disk
+    assert [e.detail["reason"] for e in sim.events("replan")] == ["startup"]
+
+
+def test_startup_waits_for_births_then_plans_and_replays_what_it_saw() -> None:
+    s = Sim()
+    s.status("w1")
+    s.status("w2")
+    out = s.feed(TermAcquired(s.now, s.ts, 1))
+    assert out == []
+    out = s.run(9.5)
+    assert plans(out) == [] and events(out) == []  # joins are held until the first plan
+    out = s.run(0.6)
+    req = plans(out)[0].request
+    assert (req.reason, req.alive) == ("startup", frozenset({"w1", "w2"}))
+    assert [(e.kind, e.worker) for e in events(out)][:2] == [
+        ("worker_joined", "w1"),
+        ("worker_joined", "w2"),
+    ]
+    assert published(out) and set(published(out)[-1].worker("w3").serve) == set()
+
+
+def test_all_births_in_plan_at_once() -> None:
+    s = Sim()
+    for w in WORKERS:
+        s.status(w)
+    out = s.feed(TermAcquired(s.now, s.ts, 7))
+    assert isinstance(out[0], RequestPlan)
+    assert plans(out)[0].request.alive == frozenset(WORKERS)
+    assert published(s.run(0.02))[0].term == 7
+
+
+# -- crash: last-will --------------------------------------------------------------------------
+
+
+def test_crash_fails_over_to_the_warm_backup_from_the_table_then_replans() -> None:
+    s = Sim(mesh_config(method="lp"))
+    s.start()
+    primary, warm = s.route("a1"), s.role("a1", "warm")
+    s.run(0.5)
+    out = s.kill(primary.worker)
+    assert [type(d) for d in out] == [EmitEvent, PublishState, EmitEvent, RequestPlan]
+    detected, failover = events(out)
+    assert (detected.kind, detected.worker, detected.detail["cause"]) == (
+        "failure_detected",
+        primary.worker,
+        "last_will",
+    )
+    st = published(out)[0]
+    assert st.generation == 2 and st.worker(primary.worker).serve == ()  # fenced
+    assert ("a1", warm.variant) in serves(st, warm.worker)
+    assert st.route("a1") == RouteState("a1", warm.worker, warm.variant, "degraded")
+    assert failover.timed and failover.detail["source"] == "table"
+    assert failover.detail["recoveries"]["a1"] == {
+        "server": warm.worker,
+        "kind": "warm",
+        "variant": warm.variant,
+        "final": warm.variant,
+    }
+    assert failover.detail["detected_ts"] == s.ts and failover.detail["generation"] == 2
+    # The re-plan: half a second later, on the survivors, keeping a1 where it now runs.
+    req = plans(out)[0]
+    assert req.delay_s == 0.5 and req.request.reason == "failure"
+    assert req.request.alive == frozenset(WORKERS) - {primary.worker}
+    assert req.request.sticky is not None
+    assert req.request.sticky["a1"] == (warm.worker, warm.variant)
+    assert published(s.run(0.49)) == []
+    replan = s.run(0.02)
+    assert [e.detail["reason"] for e in events(replan, "replan")] == ["failure"]
+    assert s.route("a1") == RouteState("a1", warm.worker, warm.variant, "serving")
+    assert s.latest.generation == 3
+
+
+def test_graceful_stop_is_a_failure_too(sim: Sim) -> None:
+    w = sim.route("a2").worker
+    sim.workers[w].beating = False
+    out = sim.status(w, "offline", "graceful")
+    assert events(out, "failure_detected")[0].detail["cause"] == "graceful"
+    assert sim.route("a2").worker != w
+
+
+# -- silence and stalls ------------------------------------------------------------------------
+
+
+def test_silence_is_detected_by_heartbeats_within_half_a_second(sim: Sim) -> None:
+    w = sim.route("a1").worker
+    sim.run(1.0)
+    sim.workers[w].beating = False  # SIGSTOP: the socket stays open, no last-will
+    last = sim.next_beat[w] - 0.1
+    out = sim.run_until(lambda o: events(o, "failover"), 2.0, "failover")
+    det = events(out, "failure_detected")[0]
+    assert det.worker == w and det.detail["cause"] == "heartbeat_silence"
+    assert 0.25 <= sim.when(det) - last <= 0.5
+    assert 250 <= det.detail["silence_ms"] <= 500
+    assert sim.route("a1").worker != w and sim.latest.worker(w).serve == ()
+
+
+def test_stalled_inference_with_heartbeats_is_a_failure(sim: Sim) -> None:
+    w = sim.route("a1").worker
+    sim.run(1.0)
+    sim.workers[w].stalled = True  # hung GPU: heartbeats go on, frames pile up
+    t0 = sim.now
+    out = sim.run_until(lambda o: events(o, "failover"), 3.0, "failover")
+    det = events(out, "failure_detected")[0]
+    assert det.detail["cause"] == "stalled" and 1.0 <= sim.when(det) - t0 <= 1.3
+    assert sim.route("a1").worker != w
+
+
+# -- gray failure: SLO, downsize, failover, probation ------------------------------------------
+
+
+def test_slow_worker_is_downsized_then_failed_over_then_let_back_after_probation(
+    sim: Sim,
+) -> None:
+    a1 = sim.route("a1")
+    w = a1.worker
+    assert a1.variant == LITE2
+    sim.workers[w].latency_ms = 900.0  # thermal throttling: far over a1's 400 ms SLO
+    t0 = sim.now
+    out = sim.run_until(lambda o: events(o, "slo_violation"), 3.0, "SLO violation")
+    ev = events(out, "slo_violation")[0]
+    assert ev.detail["action"] == "downsize" and ev.detail["to"] == LITE1
+    assert 2.0 <= sim.when(ev) - t0 <= 2.2
+    assert sim.route("a1") == RouteState("a1", w, LITE1, "degraded")
+    # Still over SLO on the smaller variant: the worker is slow, not the model.
+    out = sim.run_until(lambda o: events(o, "failover"), 3.0, "gray failover")
+    det, fo = events(out, "failure_detected")[0], events(out, "failover")[0]
+    assert (det.worker, det.app, det.detail["cause"]) == (w, "a1", "slo_gray")
+    assert fo.detail["cause"] == "slo_gray" and sim.route("a1").worker != w
+    failed_at = sim.when(fo)
+    # On probation: heartbeats are fine, yet it serves nothing for gray_probation_s.
+    sim.workers[w].latency_ms = 50.0
+    out = sim.run_until(lambda o: events(o, "worker_recovered"), 9.0, "probation over")
+    rec = events(out, "worker_recovered")[0]
+    assert rec.detail["cause"] == "probation_over" and 8.0 <= sim.when(rec) - failed_at <= 8.1
+    assert [p.request.reason for p in plans(out)][-1] == "recovered"
+    assert all(st.worker(w).serve == () for st in published(out))
+    sim.run(1.0)  # the re-plan of its return places it again
+    assert w in {e.worker for e in sim.latest.entries}
+
+
+# -- flapping ----------------------------------------------------------------------------------
+
+
+def test_flapping_worker_stays_fenced_until_its_heartbeats_are_steady(sim: Sim) -> None:
+    w = sim.route("a1").worker
+    sim.run(0.5)
+    for _cycle in range(3):  # the drill's FLAPPING_WORKER: 0.8 s frozen, 1.2 s running
+        sim.workers[w].beating = False
+        sim.run(0.8)
+        sim.workers[w].beating = True
+        sim.run(1.2)
+    fos = [e for e in sim.events("failover") if e.worker == w]
+    recs = [e for e in sim.events("worker_recovered") if e.worker == w]
+    # Cycle 1 fails it. The 12 heartbeats of its thaw are not steady enough to let it back,
+    # so cycle 2's freeze is no new failover; RECOVERY_HEARTBEATS into cycle 2's thaw it is
+    # back (and gets a1 back). By then its detector has learned 0.8 s gaps: cycle 3's freeze
+    # stays under suspicion. One failover for three freezes.
+    assert len(fos) == 1 and len(recs) == 1
+    assert recs[0].detail["cause"] == "heartbeats_resumed"
+    # 12 heartbeats in cycle 1's thaw, 8 more after cycle 2's freeze: 20.
+    assert RECOVERY_HEARTBEATS == 20
+    assert 3.0 <= sim.when(recs[0]) - sim.when(fos[0]) <= 3.5
+    assert "a1" in sim.events("failback_load")[0].detail["apps"]
+
+
+# -- double failure ----------------------------------------------------------------------------
+
+
+def test_double_failure_survivor_serves_what_fits() -> None:
+    s = Sim()
+    s.start()
+    a1, a2 = s.route("a1").worker, s.route("a2").worker
+    survivor = next(w for w in WORKERS if w not in (a1, a2))
+    assert s.role("a1", "warm").worker == survivor and s.role("a2", "cold").worker == a1
+    out = s.kill(a1, a2)  # both at once: a1's primary and the host of a2's cold backup
+    first, second = events(out, "failover")
+    assert (first.worker, first.detail["source"]) == (a1, "table")
+    assert first.detail["recoveries"]["a1"]["server"] == survivor
+    # The cascade is planned live; a2's only backup died with the first.
+    assert (second.worker, second.detail["source"]) == (a2, "live")
+    assert second.detail["unrecoverable"] == {"a2": "no backup"}
+    st = published(out)[-1]
+    assert st.worker(a1).serve == st.worker(a2).serve == ()
+    assert st.route("a2") == RouteState("a2", "", "", "unserved")
+    # The re-plan puts what fits on the survivor: here both apps.
+    s.run(0.6)
+    assert {app for app, _v in serves(s.latest, survivor)} == {"a1", "a2"}
+    assert all(r.state == "serving" for r in s.latest.routes)
+
+
+def test_second_failure_before_the_replan_drops_the_stale_plan(sim: Sim) -> None:
+    first = sim.route("a1").worker
+    sim.kill(first)
+    sim.run(0.2)
+    second = sim.route("a2").worker
+    sim.kill(second)
+    out = sim.run(1.0)
+    dropped = [d for d in out if isinstance(d, Note) and d.event == "replan_dropped"]
+    assert dropped and dropped[0].fields["planned_for"] == sorted(set(WORKERS) - {first})
+    survivor = (set(WORKERS) - {first, second}).pop()
+    assert all(r.worker == survivor for r in sim.latest.routes)
+
+
+# -- ladder climb ------------------------------------------------------------------------------
+
+
+def test_cold_backup_serves_the_small_variant_then_climbs_without_a_gap(sim: Sim) -> None:
+    a2, cold = sim.route("a2"), sim.role("a2", "cold")
+    sim.run(0.3)
+    out = sim.kill(a2.worker)
+    rec = events(out, "failover")[0].detail["recoveries"]["a2"]
+    assert (rec["server"], rec["kind"], rec["variant"], rec["final"]) == (
+        cold.worker,
+        "cold",
+        LITE0,
+        cold.variant,
+    )
+    assert sim.route("a2") == RouteState("a2", cold.worker, LITE0, "degraded")
+    out = sim.run_until(lambda o: events(o, "ladder_done"), 2.0, "ladder done")
+    ups = events(out, "upgrade")
+    assert [(u.detail["previous"], u.detail["variant"]) for u in ups] == [(LITE0, cold.variant)]
+    # Each rung waits for the backup's heartbeat to confirm the previous one serves.
+    assert sim.when(ups[0]) > sim.when(events(sim.log_decisions(), "failover")[0])
+    assert [r.variant for r in (st.route("a2") for st in published(out)) if r] == [cold.variant]
+    assert sim.route("a2").worker == cold.worker
+
+
+# -- failback ----------------------------------------------------------------------------------
+
+
+def test_returning_worker_gets_its_app_back_load_then_switch() -> None:
+    # A small spare: the critical app's warm backup is a degraded (smaller) variant there.
+    s = Sim(mesh_config((100, 100, 70), method="lp"))
+    s.start()
+    primary, warm = s.route("a1"), s.role("a1", "warm")
+    assert warm.variant != primary.variant
+    s.kill(primary.worker)
+    s.run(1.0)  # failover, then the re-plan keeps a1 on its backup
+    assert (s.route("a1").worker, s.route("a1").variant) == (warm.worker, warm.variant)
+    out = s.restart(primary.worker, f"{primary.worker}-2")
+    assert [e.detail["cause"] for e in events(out, "worker_joined")] == ["restart"]
+    assert plans(out)[0].request.reason == "joined"
+    out = s.run_until(lambda o: events(o, "failback_switch"), 3.0, "failback switch")
+    load, switch = events(out, "failback_load")[0], events(out, "failback_switch")[0]
+    assert load.detail["apps"] == ["a1"] and primary.variant in load.detail["loads"][primary.worker]
+    # Load first: the returning worker holds the model while the backup still serves.
+    loading = published(out)[0]
+    assert primary.variant in loading.worker(primary.worker).warm
+    assert loading.route("a1") == RouteState("a1", warm.worker, warm.variant, "serving")
+    assert not switch.detail["timed_out"] and s.when(switch) > s.when(load)
+    assert s.route("a1") == RouteState("a1", primary.worker, primary.variant, "serving")
+    assert primary.variant not in s.latest.worker(primary.worker).warm
+
+
+# -- our own link ------------------------------------------------------------------------------
+
+
+def test_no_failover_while_our_link_is_down_and_a_grace_after(sim: Sim) -> None:
+    sim.run(0.5)
+    assert sim.feed(LinkDown(sim.now, sim.ts)) == []
+    for fw in sim.workers.values():
+        fw.beating = False  # nothing reaches us
+    out = sim.run(3.0)
+    assert events(out, "failure_detected") == []
+    back = sim.now
+    sim.feed(LinkUp(sim.now, sim.ts))
+    for w in ("w1", "w2"):
+        sim.workers[w].beating = True
+    out = sim.run_until(lambda o: events(o, "failure_detected"), 7.0, "the silent one judged")
+    det = events(out, "failure_detected")
+    assert [d.worker for d in det] == ["w3"] and sim.when(det[0]) - back >= 5.0
+
+
+# -- restarts and late last-wills --------------------------------------------------------------
+
+
+def test_late_last_will_of_a_replaced_incarnation_is_ignored(sim: Sim) -> None:
+    w = sim.route("a1").worker
+    out = sim.restart(w, f"{w}-2")
+    joined = events(out, "worker_joined")
+    assert [(e.worker, e.detail["cause"]) for e in joined] == [(w, "restart")]
+    assert published(out) and serves(published(out)[0], w)  # its assignment is sent again
+    late = messages.WorkerStatus(worker=w, incarnation=f"{w}-1", state="offline", ts=sim.ts)
+    out = sim.feed(WorkerOffline(sim.now, sim.ts, late))
+    assert [(e.kind, e.detail["worker_incarnation"]) for e in events(out)] == [
+        ("stale_offline_ignored", f"{w}-1")
+    ]
+    assert events(sim.run(1.0), "failure_detected") == []
+    assert sim.route("a1").worker == w
+
+
+# -- leadership --------------------------------------------------------------------------------
+
+
+def test_takeover_keeps_apps_where_they_are() -> None:
+    s = Sim(mesh_config(method="lp"))
+    kept = (
+        messages.PlacementEntry("a1", "w1", LITE2, "primary"),
+        messages.PlacementEntry("a2", "w3", LITE2, "primary"),
+        messages.PlacementEntry("a1", "w2", LITE2, "warm"),
+    )
+    old = messages.Placement(term=3, generation=41, ts=s.ts, entries=kept, solver="lp")
+    s.feed(InheritedPlacement(s.now, s.ts, old))
+    out = s.start(term=4)
+    take = events(out, "coordinator_takeover")[0]
+    assert take.detail == {
+        "term": 4,
+        "inherited_term": 3,
+        "inherited_generation": 41,
+        "kept": ["a1", "a2"],
+    }
+    req = plans(out)[0].request
+    assert req.reason == "takeover" and req.sticky == {"a1": ("w1", LITE2), "a2": ("w3", LITE2)}
+    st = s.latest
+    assert (st.term, st.generation) == (4, 1)
+    assert {(r.app, r.worker, r.variant) for r in st.routes} == {
+        ("a1", "w1", LITE2),
+        ("a2", "w3", LITE2),
+    }
+
+
+def test_a_core_that_stepped_down_decides_nothing(sim: Sim) -> None:
+    assert sim.feed(SteppedDown(sim.now, sim.ts, "c2", 2)) == []
+    assert sim.kill(sim.route("a1").worker) == []
+    assert sim.run(1.0) == []
+
+
+def test_what_membership_saw_while_starting_is_handled_after_the_first_plan_is_asked() -> None:
+    s = Sim()
+    for w in WORKERS:
+        s.status(w)
+    s.kill("w3")  # dies before we lead: not every worker is alive, so we wait for it
+    s.feed(TermAcquired(s.now, s.ts, 1))
+    assert plans(s.run(9.9)) == []
+    out = s.run(0.2)
+    assert [type(d).__name__ for d in out][:1] == ["RequestPlan"]
+    assert plans(out)[0].request.alive == frozenset({"w1", "w2"})
+    assert [(e.kind, e.worker) for e in events(out)][:5] == [
+        ("worker_joined", "w1"),
+        ("worker_joined", "w2"),
+        ("worker_joined", "w3"),
+        ("failure_detected", "w3"),
+        ("replan", ""),
+    ]
+    # A failure before any plan fences the worker: everyone's (empty) assignment goes out.
+    before, first = published(out)[:2]
+    assert before.generation == 1 and all(wp.serve == () for _w, wp in before.workers)
+    assert first.generation == 2 and first.worker("w3").serve == ()
+    assert {r.worker for r in first.routes} <= {"w1", "w2"}
+
+
+# -- a static plan -----------------------------------------------------------------------------
+
+
+def test_static_plan_is_published_as_written_and_judges_nobody() -> None:
+    cfg = mesh_config(
+        coordinator={
+            "type": "static",
+            "assignments": {
+                "w1": [{"app": "a1", "variant": LITE0}],
+                "w2": [{"app": "a2", "variant": LITE1}],
+            },
+        }
+    )
+    s = Sim(cfg, StaticPlanner(cfg, CATALOG))
+    out = s.feed(TermAcquired(s.now, s.ts, 2))  # no wait for births
+    assert [d.request.reason for d in plans(out)] == ["startup"]
+    s.run(0.02)
+    st = s.latest
+    assert (st.term, st.generation, st.solver, st.objective) == (2, 1, "static", None)
+    assert st.worker("w1").serve == (messages.Serve("a1", "cam1", LITE0),)
+    assert st.worker("w1").disk == st.worker("w1").warm == () and st.worker("w3").serve == ()
+    assert {(r.app, r.worker, r.state) for r in st.routes} == {
+        ("a1", "w1", "serving"),
+        ("a2", "w2", "serving"),
+    }
+    assert {(e.app, e.worker, e.role) for e in st.entries} == {
+        ("a1", "w1", "primary"),
+        ("a2", "w2", "primary"),
+    }
+    out = s.status("w1") + s.kill("w1") + s.run(2.0)
+    assert events(out) == [] and published(out) == []
+    assert [d.event for d in out if isinstance(d, Note)] == ["member", "member"]
+
+
+def test_static_plan_refuses_a_variant_of_another_family() -> None:
+    cfg = mesh_config(
+        coordinator={
+            "type": "static",
+            "assignments": {"w1": [{"app": "a1", "variant": "resnet_synth18"}]},
+        }
+    )
+    with pytest.raises(ValueError, match="family"):
+        StaticPlanner(cfg, CATALOG)
+
+
+def test_generations_only_grow(sim: Sim) -> None:
+    sim.kill(sim.route("a2").worker)
+    sim.run(2.0)
+    gens = [st.generation for st in published(sim.log_decisions())]
+    assert gens == sorted(gens) and len(set(gens)) == len(gens)
+    assert list(itertools.accumulate(gens, max)) == gens
