@@ -342,8 +342,13 @@ class CoordinatorService:
         return term
 
     def start(self) -> None:
+        """Connect (a broker that is not there yet is retried: the transport says so once),
+        take the term and start judging; returns early if asked to stop meanwhile."""
         self._spawn("control", self._control_loop)
-        self.client.start()
+        self.client.start(connect_timeout=None)
+        while not self.client.wait_connected(0.25):
+            if self._stop.is_set():
+                return
         term = self._acquire_term()
         self._inbox.put(TermAcquired(*_clock(), term))
         if self.planner.adaptive:
@@ -427,7 +432,7 @@ class StandbyWatch:
     def wait_for_vacancy(self, stop: threading.Event) -> float | None:
         """Block until the leadership has been vacant ``delay_s``; returns the seconds since
         the vacancy was seen, or None when ``stop`` was set first."""
-        self.client.start()
+        self.client.start(connect_timeout=None)
         standby_log.info(
             "standby", coordinator=self.id, rank=self.rank, takeover_delay_s=self.vacancy.delay_s
         )

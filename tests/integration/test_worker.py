@@ -6,7 +6,7 @@ import hashlib
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,22 @@ def _statuses(col: Collector, t: Topics, **match: Any) -> list[messages.WorkerSt
         for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
         if all(getattr(s, k) == v for k, v in match.items())
     ]
+
+
+def _status_where(
+    col: Collector,
+    t: Topics,
+    match: Callable[[messages.WorkerStatus], bool],
+    timeout: float,
+    what: str,
+) -> messages.WorkerStatus:
+    """The latest status of w1 that ``match`` accepts, waiting for it up to ``timeout``."""
+    found = col.wait_for(
+        lambda: [s for s in col.messages(t.worker_status("w1"), messages.WorkerStatus) if match(s)],
+        timeout,
+        what,
+    )
+    return found[-1]
 
 
 def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> None:
@@ -321,48 +337,18 @@ def test_graceful_stop_publishes_offline_and_crash_fires_last_will(
     with ProcessGroup(tmp_path / "logs") as group:
         argv = faillite_cmd("worker", "--id", "w1", "--config", str(path))
         first = group.start("w1-a", "worker", argv)
-        b1 = col.wait_for(
-            lambda: [
-                s
-                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
-                if s.state == "online"
-            ],
-            30,
-            "birth 1",
-        )[-1]
+        b1 = _status_where(col, t, lambda s: s.state == "online", 30, "birth 1")
         group.stop("w1-a", signal.SIGTERM)
-        off = col.wait_for(
-            lambda: [
-                s
-                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
-                if s.state == "offline"
-            ],
-            10,
-            "graceful offline",
-        )[-1]
+        off = _status_where(col, t, lambda s: s.state == "offline", 10, "graceful offline")
         assert (off.reason, off.incarnation) == ("graceful", b1.incarnation)
         assert first.proc.returncode == 0
 
         group.start("w1-b", "worker", argv)
-        b2 = col.wait_for(
-            lambda: [
-                s
-                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
-                if s.state == "online" and s.incarnation != b1.incarnation
-            ],
-            30,
-            "birth 2",
-        )[-1]
+        b2 = _status_where(
+            col, t, lambda s: s.state == "online" and s.incarnation != b1.incarnation, 30, "birth 2"
+        )
         group.stop("w1-b", signal.SIGKILL)
-        lost = col.wait_for(
-            lambda: [
-                s
-                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
-                if s.reason == "lost"
-            ],
-            10,
-            "last-will",
-        )[-1]
+        lost = _status_where(col, t, lambda s: s.reason == "lost", 10, "last-will")
         assert lost.incarnation == b2.incarnation and lost.state == "offline"
         # The last-will is the birth's twin: same time (of the birth it ends), same contents.
         assert lost.ts == b2.ts

@@ -116,6 +116,23 @@ def rig(catalog: Catalog) -> Rig:
     return Rig(catalog)
 
 
+def _beat(rig: Any, seq: int) -> messages.Heartbeat:
+    """A heartbeat of the rig's worker at generation 2, from its counters and serving table."""
+    beat: messages.Heartbeat = rig.counters.heartbeat(
+        worker="w1",
+        incarnation="i",
+        seq=seq,
+        apps=rig.table.apps,
+        dropped={},
+        queue_depth=0,
+        rss_mb=0.0,
+        loaded=(),
+        generation=2,
+        errors={},
+    )
+    return beat
+
+
 def test_assignments_apply_in_term_generation_order(rig: Rig) -> None:
     assert rig.apply(2, [("a1", "cam1", L0)])
     assert not rig.apply(1, [("a1", "cam1", L2)])  # older generation: ignored
@@ -178,32 +195,10 @@ def test_promotion_serves_the_held_frame_and_counts_it_received(rig: Rig) -> Non
     rig.apply(2, [("a1", "cam1", L0), ("a2", "cam2", L1)])
     assert rig.models.load_count == loads  # warm: nothing to load
     assert rig.drain() == [("a2", b"latest")]
-    hb = rig.counters.heartbeat(
-        worker="w1",
-        incarnation="i",
-        seq=1,
-        apps=rig.table.apps,
-        dropped={},
-        queue_depth=0,
-        rss_mb=0.0,
-        loaded=(),
-        generation=2,
-        errors={},
-    )
+    hb = _beat(rig, 1)
     assert hb.frames_received == 1 and hb.apps["a2"].received == 1
     rig.counters.processed("a2", total_ms=5.0, ts=messages.now(), published=True)
-    hb2 = rig.counters.heartbeat(
-        worker="w1",
-        incarnation="i",
-        seq=2,
-        apps=rig.table.apps,
-        dropped={},
-        queue_depth=0,
-        rss_mb=0.0,
-        loaded=(),
-        generation=2,
-        errors={},
-    )
+    hb2 = _beat(rig, 2)
     assert hb2.frames_processed <= hb2.frames_received
     assert rig.table.held() == {}
 
