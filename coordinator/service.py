@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import replace
 
 from coordinator.core import CoordinatorCore
 from coordinator.decisions import (
@@ -56,7 +56,8 @@ from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
 from faillite.log import bind, get_logger
-from faillite.mqtt import Inbound, MeshClient, Will
+from faillite.mqtt import Inbound, MeshClient
+from faillite.presence import Presence
 from faillite.topics import (
     WORKER_ASSIGNMENT,
     WORKER_HEARTBEAT,
@@ -105,12 +106,21 @@ class CoordinatorService:
         self._publishing = threading.Lock()  # one retained state at a time, the newest last
         self._planning = threading.Lock()  # one plan at a time
         self._retained: RetainedState | None = None
-        will = self.leadership.status("offline", messages.now())
+        # The leader's status, with its last-will as the twin; it has nothing to announce
+        # before it holds a term, and leadership (not the presence) judges the shared topic.
+        self.presence = Presence(
+            self.topics.coordinator_status,
+            messages.CoordinatorStatus,
+            lambda ts: self.leadership.status("leader", ts),
+            offline=lambda st, _reason, ts: replace(st, state="offline", ts=ts),
+            watch=False,
+            announce_on_connect=lambda: self.leadership.term > 0,
+        )
         self.client = MeshClient(
             f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
             mesh.broker,
             role=Role.COORDINATOR,
-            will=Will(self.topics.coordinator_status, messages.encode(will)),
+            presence=self.presence,
         )
         c, t = self.client, self.topics
         c.subscribe_json(
@@ -253,10 +263,6 @@ class CoordinatorService:
 
     # -- publishing --------------------------------------------------------------------------
 
-    def _publish_status(self, state: Literal["leader", "offline"]) -> None:
-        st = self.leadership.status(state, messages.now())
-        self.client.publish(self.topics.coordinator_status, messages.encode(st), qos=1, retain=True)
-
     def _publish_state(self, d: PublishState) -> None:
         st = d.state
         with self._publishing:
@@ -276,7 +282,7 @@ class CoordinatorService:
         """The leader's status, then the retained state (under ``_publishing``)."""
         if self.leadership.deposed:
             return  # the retained state is the successor's now
-        self._publish_status("leader")
+        self.presence.announce()
         if st is None:
             return
         now, t, c = messages.now(), self.topics, self.client
@@ -338,7 +344,7 @@ class CoordinatorService:
         with self._leading:
             term = self.leadership.acquire()
         log.info("term_acquired", term=term, previous=term - 1)
-        self._publish_status("leader")
+        self.presence.announce()
         return term
 
     def start(self) -> None:
@@ -357,9 +363,8 @@ class CoordinatorService:
     def stop(self) -> None:
         self._stop.set()
         if self.leadership.deposed:
-            self.client.stop()  # the retained status is the successor's now
-            return
-        self.client.stop(final=lambda: self._publish_status("offline"))
+            self.presence.silence()  # the retained status is the successor's now
+        self.client.stop()  # the presence says offline, unless deposed
 
     def wait(self) -> None:
         # Wake now and then: a signal the kernel hands to another thread only runs its Python

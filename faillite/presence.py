@@ -1,4 +1,6 @@
-"""A role's presence on its retained status topic, the same code for workers and sensors.
+"""A role's presence on its retained status topic: the same code for workers, sensors and
+coordinators (a coordinator's status is the leader's, on a topic every coordinator shares: it
+announces only once it holds a term, and leadership, not the id guard below, judges it).
 
 - **Birth**: built afresh before every (re)connect and published, retained, once connected.
 - **Last-will**: the birth's twin, set on the connection that publishes that birth: the same
@@ -47,6 +49,10 @@ class Status(Protocol):
 S = TypeVar("S", bound=Status)
 
 
+def _offline(status: Any, reason: str, ts: float) -> Any:
+    return dataclasses.replace(status, state="offline", reason=reason, ts=ts)
+
+
 class IdentityInUseError(RuntimeError):
     """Another live process already serves under this id."""
 
@@ -61,59 +67,86 @@ class Presence(Generic[S]):
         birth: Callable[[float], S],
         *,
         on_replaced: Callable[[S], None] | None = None,
+        offline: Callable[[S, str, float], S] | None = None,
+        watch: bool = True,
+        announce_on_connect: Callable[[], bool] | None = None,
     ) -> None:
+        """``birth(ts)``: the online status; ``offline(birth, reason, ts)``: its offline twin
+        (default: ``state: offline`` with ``reason`` and ``ts``). ``watch``: guard the id (a
+        newer birth of it replaces us; a late last-will of ours is overwritten), for per-id
+        topics; a coordinator's status topic is shared by every coordinator, and leadership
+        judges it. ``announce_on_connect``: whether a connect publishes the birth (a
+        coordinator has nothing to announce before it holds a term)."""
         self.topic = topic
         self.schema = schema
         self._make = birth
+        self._offline = offline or _offline
+        self._watch = watch
+        self._on_connect = announce_on_connect
         self._on_replaced = on_replaced
         self._client: MeshClient | None = None
         self._lock = threading.Lock()
         self._birth: S | None = None
         self._arrived = False
         self._leaving = False
+        self._silent = False  # a deposed leader: the status is a successor's now
         self.replaced: S | None = None  # the newer birth of our id that took over
 
     @property
     def birth(self) -> S | None:
         return self._birth
 
-    @staticmethod
-    def _as(status: S, **changes: Any) -> S:
-        out: S = dataclasses.replace(status, **changes)  # type: ignore[type-var]
-        return out
-
     def attach(self, client: MeshClient) -> None:
         """Called by the client it belongs to: watch our own status topic."""
         self._client = client
-        client.subscribe_json(self.topic, self.schema, self._on_status, qos=1)
+        if self._watch:
+            client.subscribe_json(self.topic, self.schema, self._on_status, qos=1)
 
     # -- the client's side ---------------------------------------------------------------
 
     def prepare(self) -> Will:
         """Before a connect: a fresh birth, and its twin as the last-will of that connection."""
         with self._lock:
-            self._birth = self._make(messages.now())
-            will = self._as(self._birth, state="offline", reason="lost")
+            self._birth = birth = self._make(messages.now())
+            will = self._offline(birth, "lost", birth.ts)
         return Will(self.topic, messages.encode(will))
 
     def arrive(self) -> None:
         """Connected: publish the birth prepared for this connection."""
         with self._lock:
             birth, self._arrived = self._birth, True
-            if self.replaced is not None or self._leaving:
+            if self._muted() or (self._on_connect is not None and not self._on_connect()):
                 return
         if birth is not None and self._client is not None:
             self._client.publish_message(self.topic, birth, qos=1, retain=True)
 
+    def announce(self) -> None:
+        """Publish a birth made now (a coordinator that took its term, or republishes)."""
+        with self._lock:
+            if self._muted():
+                return
+            self._birth = birth = self._make(messages.now())
+        if self._client is not None:
+            self._client.publish_message(self.topic, birth, qos=1, retain=True)
+
+    def silence(self) -> None:
+        """Publish nothing more: the status is a successor's now (a deposed leader)."""
+        with self._lock:
+            self._silent = True
+
     def leave(self) -> None:
         """A clean stop: say so ourselves, unless a newer process of our id took over."""
         with self._lock:
-            self._leaving = True
             birth = self._birth
-            if self.replaced is not None or birth is None or self._client is None:
+            if self._muted() or birth is None or self._client is None:
+                self._leaving = True
                 return
-            offline = self._as(birth, state="offline", reason="graceful", ts=messages.now())
+            self._leaving = True
+            offline = self._offline(birth, "graceful", messages.now())
         self._client.publish_message(self.topic, offline, qos=1, retain=True)
+
+    def _muted(self) -> bool:
+        return self.replaced is not None or self._leaving or self._silent
 
     def _on_status(self, inbound: Inbound[S]) -> None:
         st = inbound.message
