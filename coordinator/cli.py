@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
 
     with role_imports("coordinator", "coordinator"):
+        from coordinator.planning import planner_for
         from coordinator.service import CoordinatorService, StandbyWatch
 
     cfg = load_config(args)
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         stop = threading.Event()
         until_signal(stop.set)
         watch = StandbyWatch(cfg, args.id, args.rank)
+        # Load the solver while waiting: the first plan after a takeover must not pay for it.
+        warm = planner_for(cfg, catalog).warm_up
+        threading.Thread(target=warm, name="planner-warm-up", daemon=True).start()
         if watch.wait_for_vacancy(stop) is None:
             return 0
         term_floor = watch.highest_term  # a successor's term is above the newest leader seen

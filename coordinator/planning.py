@@ -30,6 +30,7 @@ from coordinator.planner import (
     Problem,
     build_failover_table,
     plan,
+    warm_up,
 )
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
@@ -70,6 +71,10 @@ class Planner(Protocol):
         """The plan for ``request``; None: no worker to plan on. May raise
         :class:`~coordinator.planner.ProblemError`."""
 
+    def warm_up(self) -> None:
+        """Load what planning needs (a solver takes a second to import), off the critical
+        path: a standby does it while it waits, so its first plan after a takeover is fast."""
+
 
 def knobs_for(mesh: MeshConfig) -> Knobs:
     """The planner's knobs of a mesh: expected detection from its fastest heartbeats."""
@@ -94,6 +99,9 @@ class SolverPlanner:
         self.catalog = catalog
         self.method: Method = method
         self.knobs = knobs if knobs is not None else knobs_for(mesh)
+
+    def warm_up(self) -> None:
+        warm_up(self.method)
 
     def plan(self, request: PlanRequest) -> PlanResult | None:
         disk = {w: set(vs) for w, vs in request.models_on_disk.items()}
@@ -131,6 +139,9 @@ class StaticPlanner:
                         f"static assignment {worker}/{s.app}: variant {s.variant!r} is of family "
                         f"{fam.name!r}, app {s.app!r} wants {app.family!r}"
                     )
+
+    def warm_up(self) -> None:
+        pass  # nothing to load
 
     def plan(self, request: PlanRequest) -> PlanResult:
         primary = {

@@ -351,6 +351,7 @@ class CoordinatorService:
         """Connect (a broker that is not there yet is retried: the transport says so once),
         take the term and start judging; returns early if asked to stop meanwhile."""
         self._spawn("control", self._control_loop)
+        self._spawn("planner-warm-up", self.planner.warm_up)
         self.client.start(connect_timeout=None)
         while not self.client.wait_connected(0.25):
             if self._stop.is_set():

@@ -43,7 +43,14 @@ from coordinator.planner.problem import (
     load_profiles_csv,
     random_problem,
 )
-from coordinator.planner.solve import Method, Options, plan, plan_backups, plan_primaries
+from coordinator.planner.solve import (
+    Method,
+    Options,
+    plan,
+    plan_backups,
+    plan_primaries,
+    warm_up,
+)
 
 __all__ = [
     "App",
@@ -82,4 +89,5 @@ __all__ = [
     "random_problem",
     "replan_after",
     "validate",
+    "warm_up",
 ]

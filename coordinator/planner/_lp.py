@@ -156,6 +156,11 @@ def _swallow_highs_banner() -> None:
         os.close(null)
 
 
+def warm_up() -> None:
+    """Import the solver now (about a second), not at the first plan."""
+    import cvxpy  # noqa: F401
+
+
 def _solve(
     built: _Built, score: FArr, integer: bool, time_limit_s: float | None
 ) -> tuple[FArr, FArr | None, float, str]:

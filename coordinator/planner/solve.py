@@ -659,6 +659,13 @@ def plan_backups(
 # -- both ------------------------------------------------------------------------------------
 
 
+def warm_up(method: Method = "lp") -> None:
+    """Load the solver ``method`` needs now (importing it takes about a second), so that the
+    first plan of a coordinator that just took over is not the one that pays for it."""
+    if method != "greedy":
+        _lp.warm_up()
+
+
 def plan(
     problem: Problem,
     method: Method = "lp",
