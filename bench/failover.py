@@ -43,9 +43,8 @@ from faillite.stats import percentiles
 from faillite.topics import Topics
 from field_kit.brokers import BrokerLauncher
 from field_kit.procs import ProcessGroup, faillite_cmd
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from meshkit import Collector, FramePump
+from field_kit.pump import FramePump
+from field_kit.recorder import Recorder as Collector
 
 SCENARIOS = ("warm-crash", "warm-silent", "cold-crash")
 METRICS = ("detection_ms", "decision_ms", "loading_ms", "reconfiguration_ms", "mttr_ms")

@@ -47,7 +47,7 @@ SCENE_DIR = Path(__file__).resolve().parent / "scene"
 
 
 @cache
-def _photo(name: str) -> Image:
+def scene_photo(name: str) -> Image:
     """One of the scene's photos (``scene/README.md``), BGR like every OpenCV frame."""
     path = SCENE_DIR / f"{name}.png"
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -90,7 +90,7 @@ class SceneSource(FrameSource):
 
     def read(self) -> Image:
         t = time.monotonic() - self._start
-        photo = _photo(self.current_photo(t))
+        photo = scene_photo(self.current_photo(t))
         h, w = photo.shape[:2]
         # Zoom between 100 % and 85 % of the photo, panning across it.
         phase = (t % self.hold_s) / self.hold_s

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugins.mesh import Collector, FramePump, load, write_config
+from plugins.mesh import Collector, load, write_config
 
 from faillite import messages
 from faillite.topics import Topics
 from field_kit.procs import ProcessGroup, faillite_cmd
+from field_kit.pump import FramePump
 
 WORKERS = tuple(
     {"id": w, "memory_mb": 100, "failure_domain": f"rack-{w}"} for w in ("w1", "w2", "w3")

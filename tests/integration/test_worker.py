@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from plugins.mesh import Collector, FramePump, load, write_config
+from plugins.mesh import Collector, load, write_config
 
 from faillite import envelope, messages
 from faillite.config import packaged_config
 from faillite.topics import Topics
 from field_kit.procs import ProcessGroup, faillite_cmd, free_port
+from field_kit.pump import FramePump
 
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby .. lynx: what a cat photo may be called
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import skimage.data
 import yaml
 
-from faillite import envelope
 from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
-from faillite.mqtt import MeshClient
+from field_kit.pump import photo_frame
 from field_kit.recorder import Recorder
 
 T = TypeVar("T")
@@ -61,44 +57,7 @@ Collector = Recorder  # the tests' name for it
 
 
 def chelsea_frame(seq: int, width: int = 640, height: int = 480) -> bytes:
-    import cv2
-
-    img = cv2.resize(skimage.data.chelsea()[:, :, ::-1], (width, height))
-    return envelope.pack(
-        envelope.encode_jpeg(img), seq=seq, capture_ns=time.time_ns(), width=width, height=height
-    )
-
-
-class FramePump:
-    """Publishes a fixed JPEG frame on a sensor topic at a rate, from a thread."""
-
-    def __init__(self, client: MeshClient | Collector, topic: str, fps: float = 10.0) -> None:
-        self._client = client.client if isinstance(client, Collector) else client
-        self._topic = topic
-        self._period = 1.0 / fps
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.sent = 0
-
-    def _run(self) -> None:
-        import cv2
-
-        img = cv2.resize(skimage.data.chelsea()[:, :, ::-1], (640, 480))
-        jpeg = envelope.encode_jpeg(img)
-        while not self._stop.wait(self._period):
-            payload = envelope.pack(
-                jpeg, seq=self.sent, capture_ns=time.time_ns(), width=640, height=480
-            )
-            self._client.publish(self._topic, payload, qos=0)
-            self.sent += 1
-
-    def __enter__(self) -> FramePump:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
+    return photo_frame(seq, width, height, "chelsea")
 
 
 def load(path: Path) -> MeshConfig:
