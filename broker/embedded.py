@@ -95,6 +95,9 @@ async def serve(
     Raises :class:`BrokerSetupError` (or ``ConfigError`` for an unset ``password_env``).
     """
     check_id("mesh", mesh)
+    exposure = cfg.exposure_problem()
+    if exposure is not None:
+        raise BrokerSetupError(exposure)
     if cfg.tls is not None:
         raise BrokerSetupError(
             "the embedded broker does not terminate TLS; run Mosquitto for TLS "

@@ -136,6 +136,9 @@ def render_conf(
     run_as: str | None = None,
 ) -> str:
     check_id("mesh", mesh)
+    exposure = cfg.exposure_problem()
+    if exposure is not None:
+        raise MosquittoConfigError(exposure)
     if cfg.port == 0:
         raise MosquittoConfigError(
             "Mosquitto needs a fixed port; port 0 is for the embedded broker"

@@ -7,6 +7,7 @@ Configs are YAML files validated by pydantic models that reject unknown keys, so
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,6 +83,26 @@ class BrokerConfig(StrictModel):
     max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     tls: TlsConfig | None = None
 
+    @property
+    def open_to_anyone(self) -> bool:
+        """Clients without credentials get in: no accounts, or anonymous clients admitted."""
+        return not self.users or self.allow_anonymous
+
+    def exposure_problem(self) -> str | None:
+        """Why a broker with this config must not listen where it says, or None.
+
+        Secure by default: a broker that anyone may use (no accounts, or anonymous clients
+        admitted) listens on loopback only; on any other address a kit's WiFi would let
+        strangers in."""
+        if not self.open_to_anyone or is_loopback(self.host):
+            return None
+        why = "has no accounts" if not self.users else "admits anonymous clients"
+        return (
+            f"refusing to listen on {self.host or 'every address'}:{self.port}: the broker "
+            f"{why}, so anyone who can reach that address could use it. Give it accounts "
+            "(broker.users) and set broker.allow_anonymous: false, or listen on 127.0.0.1"
+        )
+
     def credentials_for(self, role: Role) -> tuple[str, str] | None:
         """(username, password) of the first user with ``role``, from the environment first."""
         env_user = os.environ.get("FAILLITE_MQTT_USERNAME")
@@ -91,6 +112,16 @@ class BrokerConfig(StrictModel):
             if user.role == role:
                 return user.username, user.resolve_password()
         return None
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` names this machine's loopback only (an address literal or ``localhost``)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere, or "" (every address)
 
 
 class SensorConfig(StrictModel):
