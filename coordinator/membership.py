@@ -26,6 +26,9 @@ from faillite import messages
 
 TransitionKind = Literal["joined", "failed", "recovered", "stale"]
 State = Literal["alive", "failed"]
+# Heartbeats a worker can send while we do not hear it (a day at 10 Hz): a larger jump of its
+# sequence number is not its own.
+SEQ_WINDOW = 1_000_000
 RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts as back
 # A worker that stalled is held down longer: it may stall again as soon as it gets work.
 STALL_RECOVERY_HEARTBEATS = 300
@@ -53,6 +56,7 @@ class Member:
     failed_at: float | None = None
     last_heartbeat: messages.Heartbeat | None = None
     steady: int = 0  # heartbeats since a failure, for recovery
+    seq_jumps_ignored: int = 0  # heartbeats whose seq jumped past SEQ_WINDOW
     history: list[str] = field(default_factory=list)
 
 
@@ -129,8 +133,15 @@ class Membership:
         m = self.members.get(hb.worker)
         if m is None or m.incarnation != hb.incarnation:
             return None
-        if m.last_heartbeat is not None and hb.seq <= m.last_heartbeat.seq:
-            return None  # duplicate or reordered (amqtt may redeliver)
+        if m.last_heartbeat is not None:
+            last = m.last_heartbeat.seq
+            if hb.seq <= last:
+                return None  # duplicate or reordered (amqtt may redeliver)
+            if hb.seq > last + SEQ_WINDOW:
+                # Not one process counting: a forged seq far ahead would make every real
+                # heartbeat after it look old. Ignore it; the real ones keep the worker alive.
+                m.seq_jumps_ignored += 1
+                return None
         m.last_heartbeat = hb
         m.silence.heartbeat(now)
         m.progress.heartbeat(now, hb.frames_received, hb.frames_processed, hb.queue_depth)

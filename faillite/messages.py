@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
+
+# Bounds of every field, so that a crafted message costs little and breaks nothing downstream:
+# integers stay exact in every JSON reader (2^53) and a successor's term + 1 cannot overflow;
+# names are topic ids or model names; lists and maps are small in a real mesh.
+MAX_COUNT = 2**53 - 1
+MAX_ITEMS = 1024
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Name = Annotated[str, Field(max_length=128)]
+Text = Annotated[str, Field(max_length=1024)]
+Names = Annotated[tuple[Name, ...], Field(max_length=MAX_ITEMS)]
+Counts = Annotated[dict[Name, Count], Field(max_length=MAX_ITEMS)]
 
 
 class MessageError(ValueError):
@@ -44,15 +55,15 @@ def now() -> float:
 @dataclass(frozen=True, slots=True)
 class SensorStatus:
     SCHEMA: ClassVar[str] = "SensorStatus"
-    sensor: str
+    sensor: Name
     state: Literal["online", "offline"]
-    incarnation: str
+    incarnation: Name
     ts: float
-    source: str = ""
+    source: Text = ""
     fps: float = 0.0
-    width: int = 0
-    height: int = 0
-    reason: str = ""
+    width: Count = 0
+    height: Count = 0
+    reason: Text = ""
     v: int = SCHEMA_VERSION
 
 
@@ -61,30 +72,30 @@ class WorkerStatus:
     """Birth (``online``), graceful stop or last-will (``offline``) of one worker incarnation."""
 
     SCHEMA: ClassVar[str] = "WorkerStatus"
-    worker: str
-    incarnation: str
+    worker: Name
+    incarnation: Name
     state: Literal["online", "offline"]
     ts: float
-    reason: str = ""  # offline: "graceful" or "lost" (the last-will)
-    host: str = ""
-    pid: int = 0
-    device_class: str = "cpu"
-    device: str = ""
+    reason: Text = ""  # offline: "graceful" or "lost" (the last-will)
+    host: Text = ""
+    pid: Count = 0
+    device_class: Name = "cpu"
+    device: Text = ""
     memory_mb: float = 0.0
     compute_budget: float = 1.0
     disk_mb: float = 0.0
-    failure_domain: str = ""
-    backends: tuple[str, ...] = ()
-    models_on_disk: tuple[str, ...] = ()
+    failure_domain: Name = ""
+    backends: Names = ()
+    models_on_disk: Names = ()
     heartbeat_interval_s: float = 0.1
     v: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True, slots=True)
 class AppStats:
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
+    received: Count = 0
+    processed: Count = 0
+    dropped: Count = 0
     latency_ms: float = 0.0  # recent mean of capture -> result
 
 
@@ -93,22 +104,22 @@ class Heartbeat:
     """Liveness plus progress: a heartbeat with frames waiting and no progress is not health."""
 
     SCHEMA: ClassVar[str] = "Heartbeat"
-    worker: str
-    incarnation: str
-    seq: int
+    worker: Name
+    incarnation: Name
+    seq: Count
     ts: float
-    frames_received: int = 0
-    frames_processed: int = 0
-    frames_dropped: int = 0
-    results_published: int = 0
-    queue_depth: int = 0
+    frames_received: Count = 0
+    frames_processed: Count = 0
+    frames_dropped: Count = 0
+    results_published: Count = 0
+    queue_depth: Count = 0
     busy: bool = False
     last_progress_ts: float | None = None  # the last processed frame's result ts; None: none yet
     rss_mb: float = 0.0
-    loaded: tuple[str, ...] = ()
-    generation: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    apps: dict[str, AppStats] = field(default_factory=dict)
+    loaded: Names = ()
+    generation: Count = 0
+    errors: Counts = field(default_factory=dict)
+    apps: Annotated[dict[Name, AppStats], Field(max_length=MAX_ITEMS)] = field(default_factory=dict)
     v: int = SCHEMA_VERSION
 
 
@@ -116,9 +127,9 @@ class Heartbeat:
 class Serve:
     """One app a worker must serve: frames of ``sensor`` through ``variant``."""
 
-    app: str
-    sensor: str
-    variant: str
+    app: Name
+    sensor: Name
+    variant: Name
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +137,16 @@ class Assignment:
     """What a worker serves, keeps warm (loaded) and keeps on disk, under (term, generation)."""
 
     SCHEMA: ClassVar[str] = "Assignment"
-    worker: str
-    term: int
-    generation: int
+    worker: Name
+    term: Count
+    generation: Count
     ts: float
-    serve: tuple[Serve, ...] = ()
-    warm: tuple[str, ...] = ()
-    disk: tuple[str, ...] = ()
+    serve: Annotated[tuple[Serve, ...], Field(max_length=MAX_ITEMS)] = ()
+    warm: Names = ()
+    disk: Names = ()
     # Apps this worker is the warm backup of: it follows their frames (keeping only the
     # latest), so a promotion serves at once instead of subscribing and waiting for a frame.
-    standby: tuple[Serve, ...] = ()
+    standby: Annotated[tuple[Serve, ...], Field(max_length=MAX_ITEMS)] = ()
     v: int = SCHEMA_VERSION
 
     def version(self) -> tuple[int, int]:
@@ -144,8 +155,8 @@ class Assignment:
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    index: int
-    label: str
+    index: Count
+    label: Text
     score: float
 
 
@@ -161,28 +172,28 @@ class Latency:
 @dataclass(frozen=True, slots=True)
 class Result:
     SCHEMA: ClassVar[str] = "Result"
-    app: str
-    seq: int
-    sensor: str
+    app: Name
+    seq: Count
+    sensor: Name
     capture_ts: float
     ts: float
-    worker: str
-    incarnation: str
-    variant: str
-    generation: int
+    worker: Name
+    incarnation: Name
+    variant: Name
+    generation: Count
     latency: Latency
-    top: tuple[Label, ...]
+    top: Annotated[tuple[Label, ...], Field(max_length=MAX_ITEMS)]
     v: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     SCHEMA: ClassVar[str] = "Route"
-    app: str
-    worker: str
-    variant: str
-    term: int
-    generation: int
+    app: Name
+    worker: Name
+    variant: Name
+    term: Count
+    generation: Count
     since: float
     state: Literal["serving", "degraded", "unserved"] = "serving"
     v: int = SCHEMA_VERSION
@@ -191,34 +202,34 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class CoordinatorStatus:
     SCHEMA: ClassVar[str] = "CoordinatorStatus"
-    coordinator: str
-    incarnation: str
+    coordinator: Name
+    incarnation: Name
     state: Literal["leader", "standby", "offline"]
-    term: int
+    term: Count
     ts: float
-    kind: str = "static"
+    kind: Text = "static"
     v: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True, slots=True)
 class PlacementEntry:
-    app: str
-    worker: str
-    variant: str
+    app: Name
+    worker: Name
+    variant: Name
     role: Literal["primary", "warm", "cold"]
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
     SCHEMA: ClassVar[str] = "Placement"
-    term: int
-    generation: int
+    term: Count
+    generation: Count
     ts: float
-    entries: tuple[PlacementEntry, ...] = ()
+    entries: Annotated[tuple[PlacementEntry, ...], Field(max_length=MAX_ITEMS)] = ()
     objective: float | None = None
     lp_bound: float | None = None
     gap: float | None = None
-    solver: str = "static"
+    solver: Text = "static"
     v: int = SCHEMA_VERSION
 
 
@@ -227,12 +238,12 @@ class Event:
     """Something that happened, with its timestamp: failure, detection, decision, load, serve."""
 
     SCHEMA: ClassVar[str] = "Event"
-    kind: str
+    kind: Text
     ts: float
-    source: str
-    worker: str = ""
-    app: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
+    source: Text
+    worker: Name = ""
+    app: Name = ""
+    detail: Annotated[dict[Name, Any], Field(max_length=MAX_ITEMS)] = field(default_factory=dict)
     v: int = SCHEMA_VERSION
 
 
@@ -286,7 +297,9 @@ def decode(cls: type[M], payload: bytes | bytearray | memoryview | str) -> M:
             f"(this build reads {sorted(SUPPORTED_VERSIONS)})"
         )
     try:
-        msg: M = _adapter(cls).validate_python(obj)
+        # Strict, from the JSON itself: a string is no number, a float no integer.
+        raw = bytes(payload) if isinstance(payload, memoryview) else payload
+        msg: M = _adapter(cls).validate_json(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -117,3 +117,21 @@ def test_detectors_follow_each_workers_interval_and_the_given_knobs() -> None:
     assert member is not None
     assert member.silence.cfg.min_silence_s == 1.25  # 2.5 intervals of a WiFi worker
     assert member.silence.cfg.phi_threshold == 3.0
+
+
+def test_a_forged_seq_far_ahead_cannot_silence_the_real_heartbeats() -> None:
+    """A heartbeat with seq 2^53-1 once made every later real one look old, so the worker
+    was judged silent while it was beating. A jump past the window is ignored instead."""
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    m.on_heartbeat(_hb("a", 1), 0.1)
+    m.on_heartbeat(_hb("a", messages.MAX_COUNT), 0.2)
+    t = 0.2
+    for seq in range(2, 40):  # the real worker goes on counting, 3.8 s of heartbeats
+        t += 0.1
+        m.on_heartbeat(_hb("a", seq), t)
+        assert m.tick(t) == []
+    member = m.get("w1")
+    assert member is not None and member.last_heartbeat is not None
+    assert member.last_heartbeat.seq == 39 and member.seq_jumps_ignored == 1
+    assert m.alive() == {"w1"}

@@ -100,3 +100,44 @@ def test_every_message_type_round_trips_with_defaults() -> None:
     assert {type(s).SCHEMA for s in samples} == set(m.MESSAGE_TYPES)
     for s in samples:
         assert m.decode(type(s), m.encode(s)) == s
+
+
+def _hb(**changes: object) -> bytes:
+    body = orjson.loads(m.encode(m.Heartbeat(worker="w1", incarnation="i1", seq=3, ts=1.0)))
+    body.update(changes)
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"v": [1]}, "a list as the schema version"),
+        ({"v": {"x": 1}}, "an object as the schema version"),
+        ({"seq": "4"}, "a string for an integer"),
+        ({"seq": 4.5}, "a fraction for an integer"),
+        ({"seq": True}, "a boolean for an integer"),
+        ({"seq": -1}, "a negative counter"),
+        ({"seq": 2**63 - 1}, "a sequence number that would freeze the detector"),
+        ({"generation": 2**62}, "a generation beyond the exact range"),
+        ({"worker": "w" * 200}, "an id longer than any topic level"),
+        ({"loaded": ["v"] * (m.MAX_ITEMS + 1)}, "a list longer than a mesh has"),
+        ({"errors": {f"r{i}": 1 for i in range(m.MAX_ITEMS + 1)}}, "a map longer than a mesh has"),
+        ({"apps": {"a1": {"received": "1"}}}, "a wrong type one level down"),
+    ],
+)
+def test_crafted_values_get_the_documented_error(changes: dict[str, object], why: str) -> None:
+    with pytest.raises(m.MessageError) as info:
+        m.decode(m.Heartbeat, _hb(**changes))
+    assert info.value.reason in ("invalid_fields", "unknown_schema_version"), why
+
+
+def test_a_term_a_successor_cannot_overflow() -> None:
+    a = orjson.loads(m.encode(_assignment()))
+    a["term"] = m.MAX_COUNT
+    assert m.decode(m.Assignment, orjson.dumps(a)).term == m.MAX_COUNT
+    a["term"] = m.MAX_COUNT + 1
+    with pytest.raises(m.InvalidMessageError):
+        m.decode(m.Assignment, orjson.dumps(a))
+    a["term"] = 2**64 - 1  # a retained term that crashed every successor on start
+    with pytest.raises(m.InvalidMessageError):
+        m.decode(m.Assignment, orjson.dumps(a))
