@@ -15,6 +15,13 @@ Layout (network byte order), documented in topics.md::
     32     ...  image bytes
 
 Frames are the one binary payload: control traffic stays JSON so MQTT Explorer can show it.
+
+Image bombs: a few hundred bytes of JPEG can declare 32767x32767 pixels, and the decoder
+allocates (gigabytes) and works (seconds) for what the header declares. :func:`check_image` reads
+the JPEG header only (:func:`read_jpeg_header`: its markers up to the SOF, the frame header; no
+OpenCV, nothing allocated in proportion to the image) and refuses, before anything decodes, an
+image that declares more pixels than its sensor is configured for, a size other than the
+envelope's, or no pixels at all.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +60,30 @@ class OversizedFrameError(FrameError):
 
 class CorruptImageError(FrameError):
     reason = "corrupt_image"
+
+
+class JpegHeaderError(CorruptImageError):
+    """The JPEG header cannot be read up to its SOF: no SOI, truncated, garbled, a segment
+    running past the end, or too many markers. Counted as ``corrupt_image``: like an image that
+    does not decode, it is not a JPEG the worker can read (found out before decoding)."""
+
+
+class ImageTooLargeError(FrameError):
+    """The image declares more pixels than allowed (its sensor's configured size)."""
+
+    reason = "image_too_large"
+
+
+class ImageSizeMismatchError(CorruptImageError):
+    """The image's size differs from the envelope's width and height."""
+
+    reason = "image_size_mismatch"
+
+
+class EmptyImageError(FrameError):
+    """The image, or the envelope, declares a width or a height of 0."""
+
+    reason = "empty_image"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +133,117 @@ def unpack(payload: bytes | bytearray | memoryview, *, max_bytes: int) -> Frame:
     )
 
 
+# -- JPEG header ------------------------------------------------------------------------------
+
+# Markers read before the SOF, fill bytes (0xFF padding) included: a camera's JPEG has
+# about 5 to 20 (APPn, DQT, DHT, DRI, COM), and a 2 MiB frame has room for at most about 32
+# segments of 64 KiB. The bound keeps a crafted header (thousands of 4-byte segments) cheap.
+MAX_JPEG_MARKERS: Final = 256
+
+_SOI: Final = 0xD8
+_TEM: Final = 0x01  # standalone, no length
+# Start of frame, every coding process; not C4 (DHT), C8 (JPG), CC (DAC).
+_SOF: Final = frozenset(
+    (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+)
+# Segments that may come before SOF and are skipped by their length: DHT, DAC, DQT, DNL, DRI,
+# APP0-APP15, COM. Anything else before SOF (SOS, EOI, RSTn, a second SOI, JPG/JPGn, DHP, EXP,
+# reserved codes) is not a JPEG the decoder would read: refused.
+_SKIPPED: Final = frozenset((0xC4, 0xCC, 0xDB, 0xDC, 0xDD, *range(0xE0, 0xF0), 0xFE))
+
+
+class JpegHeader(NamedTuple):
+    width: int
+    height: int
+    components: int
+
+
+def read_jpeg_header(data: bytes | bytearray | memoryview) -> JpegHeader:
+    """The (width, height, components) that a JPEG's SOF declares, from its header alone.
+
+    Walks the markers from SOI, skipping segments by their length fields, to the first SOF;
+    raises :class:`JpegHeaderError` for a missing SOI, a truncated or garbled header, a segment
+    running past the end, or more than :data:`MAX_JPEG_MARKERS` markers. Pure Python, at most
+    :data:`MAX_JPEG_MARKERS` steps; nothing is copied or decoded."""
+    buf = memoryview(data)
+    n = len(buf)
+    if n < 2 or buf[0] != 0xFF or buf[1] != _SOI:
+        raise JpegHeaderError("JPEG header: no SOI (FFD8) at the start of the image")
+    pos = 2
+    for _ in range(MAX_JPEG_MARKERS):
+        if pos + 2 > n:
+            raise JpegHeaderError(f"JPEG header: truncated at offset {pos}, before any SOF")
+        if buf[pos] != 0xFF:
+            raise JpegHeaderError(
+                f"JPEG header: byte 0x{buf[pos]:02X} at offset {pos} where a marker should be"
+            )
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        pos += 2
+        if marker == _TEM:
+            continue
+        if marker not in _SOF and marker not in _SKIPPED:
+            raise JpegHeaderError(
+                f"JPEG header: marker FF{marker:02X} at offset {pos - 2} before any SOF"
+            )
+        if pos + 2 > n:
+            raise JpegHeaderError(f"JPEG header: truncated in the length of marker FF{marker:02X}")
+        length = buf[pos] << 8 | buf[pos + 1]
+        if length < 2 or pos + length > n:
+            raise JpegHeaderError(
+                f"JPEG header: segment FF{marker:02X} of length {length} at offset {pos - 2} "
+                f"runs past the end of the {n}-byte image"
+            )
+        if marker in _SOF:
+            # P (precision), Y (height), X (width), Nf (components), then 3 bytes a component.
+            if length < 8:
+                raise JpegHeaderError(f"JPEG header: SOF of length {length} is too short")
+            precision = buf[pos + 2]
+            height = buf[pos + 3] << 8 | buf[pos + 4]
+            width = buf[pos + 5] << 8 | buf[pos + 6]
+            components = buf[pos + 7]
+            if not 1 <= components <= 4 or length != 8 + 3 * components:
+                raise JpegHeaderError(
+                    f"JPEG header: SOF with {components} components and length {length}"
+                )
+            if not 2 <= precision <= 16:
+                raise JpegHeaderError(f"JPEG header: SOF with {precision}-bit samples")
+            return JpegHeader(width, height, components)
+        pos += length
+    raise JpegHeaderError(f"JPEG header: no SOF within the first {MAX_JPEG_MARKERS} markers")
+
+
+def check_image(frame: Frame, *, max_pixels: int) -> JpegHeader:
+    """Refuse, before decoding, an image that its JPEG header says is not worth decoding.
+
+    Raises :class:`JpegHeaderError` (a header that cannot be read), :class:`EmptyImageError`
+    (the SOF or the envelope declares a width or height of 0), :class:`ImageTooLargeError`
+    (the SOF declares more than ``max_pixels``), :class:`ImageSizeMismatchError` (the SOF's
+    size is not the envelope's). Cheap enough for the network thread: header bytes only."""
+    hdr = read_jpeg_header(frame.data)
+    if 0 in (hdr.width, hdr.height, frame.width, frame.height):
+        raise EmptyImageError(
+            f"frame {frame.seq}: empty image: header says {frame.width}x{frame.height}, "
+            f"JPEG says {hdr.width}x{hdr.height}"
+        )
+    if hdr.width * hdr.height > max_pixels:
+        raise ImageTooLargeError(
+            f"frame {frame.seq}: JPEG declares {hdr.width}x{hdr.height} = "
+            f"{hdr.width * hdr.height} pixels, over the limit of {max_pixels}"
+        )
+    if (hdr.width, hdr.height) != (frame.width, frame.height):
+        raise ImageSizeMismatchError(
+            f"frame {frame.seq}: header says {frame.width}x{frame.height}, "
+            f"JPEG says {hdr.width}x{hdr.height}"
+        )
+    return hdr
+
+
+# -- pixels (OpenCV) ----------------------------------------------------------------------------
+
+
 def encode_jpeg(image_bgr: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
     import cv2  # the codec of the roles that make or read pixels (sensor, worker extras)
 
@@ -112,15 +254,24 @@ def encode_jpeg(image_bgr: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
 
 
 def decode_image(frame: Frame) -> npt.NDArray[np.uint8]:
-    """Decode the frame's JPEG to a BGR image; raise :class:`CorruptImageError` if it is bad."""
+    """Decode the frame's JPEG to a BGR image; raise :class:`CorruptImageError` if it is bad.
+
+    Call :func:`check_image` first: this decodes whatever size the JPEG declares, up to
+    OpenCV's own pixel limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, which the worker sets)."""
     arr = np.frombuffer(frame.data, dtype=np.uint8)
     import cv2
 
-    image = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's size limits raise (an assertion), before allocating
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        if "CV_IO_MAX_IMAGE" in text:
+            raise ImageTooLargeError(f"frame {frame.seq}: OpenCV refused: {text}") from None
+        raise CorruptImageError(f"frame {frame.seq}: OpenCV refused: {text}") from None
     if image is None:
         raise CorruptImageError(f"frame {frame.seq}: image bytes do not decode as JPEG")
     if frame.width and frame.height and image.shape[:2] != (frame.height, frame.width):
-        raise CorruptImageError(
+        raise ImageSizeMismatchError(
             f"frame {frame.seq}: header says {frame.width}x{frame.height}, "
             f"image is {image.shape[1]}x{image.shape[0]}"
         )

@@ -3,7 +3,11 @@
 Threads, and why each exists:
 
 - network (inside :class:`MeshClient`): only decodes control messages and enqueues frames.
-  Inference here would starve keepalive and make the broker fire a false last-will.
+  Inference here would starve keepalive and make the broker fire a false last-will. It reads
+  each frame's envelope header and JPEG header (never the image) and refuses there, counted in
+  ``errors``, a frame that is malformed or declares an image other than its sensor's
+  (:func:`faillite.envelope.check_image`): an image bomb is never queued, never counted as
+  received, never decoded, so it can neither stall serving nor look like a stall.
 - control: applies assignments in (term, generation) order (:mod:`workers.serving`); loads
   models here, so a slow load never stalls serving of the apps already running.
 - inference: takes frames round-robin from the drop-oldest queues, runs the plug-ins' frame
@@ -21,6 +25,21 @@ without publishing anything about the id.
 from __future__ import annotations
 
 import os
+import sys
+
+# OpenCV's own pixel limit, the second line of defence behind envelope.check_image on the
+# network thread: with it, cv2.imdecode raises (before allocating) for a JPEG that declares more
+# pixels. OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, when its library loads (a static
+# initialiser of imgcodecs; default 2**30 pixels), not at each decode: set after ``import cv2``
+# it does nothing. So it is set here, before the imports below load cv2 (workers.inference ->
+# faillite.models.preprocess); the worker process (workers/cli.py) imports this module before
+# anything that loads cv2. If cv2 was loaded already, it is too late: Worker.start logs it.
+if "cv2" in sys.modules:
+    _OPENCV_LIMIT_SET = False
+else:
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(7680 * 4320)  # MAX_SENSOR_PIXELS
+    _OPENCV_LIMIT_SET = True
+
 import queue
 import socket
 import threading
@@ -31,10 +50,10 @@ from typing import Any
 
 import psutil
 
-from faillite import messages
+from faillite import envelope, messages
 from faillite.badinput import BadInput
 from faillite.catalog import Catalog
-from faillite.config import MeshConfig, WorkerConfig
+from faillite.config import ConfigError, MeshConfig, WorkerConfig
 from faillite.log import bind, get_logger
 from faillite.models.labels import imagenet_labels
 from faillite.mqtt import Inbound, MeshClient, Raw
@@ -50,6 +69,22 @@ from workers.plugins import FrameInterceptor
 from workers.serving import ServingTable
 
 log = get_logger("worker")
+
+# The most pixels any sensor can be configured for: SensorConfig allows at most 7680x4320 (8K
+# UHD), 33.2 Mpixels, about 100 MB as BGR. OpenCV's limit above is the same;
+# tests/unit/test_image_bomb.py pins both to the config's bounds.
+MAX_SENSOR_PIXELS = 7680 * 4320
+
+
+def sensor_max_pixels(mesh: MeshConfig, sensor: str) -> int:
+    """The most pixels a frame of ``sensor`` may declare: its configured width x height. A
+    sensor the mesh config does not know (an assignment may name one) gets
+    :data:`MAX_SENSOR_PIXELS`, the largest any sensor can be configured for."""
+    try:
+        s = mesh.sensor(sensor)
+    except ConfigError:
+        return MAX_SENSOR_PIXELS
+    return s.width * s.height
 
 
 class Worker:
@@ -170,13 +205,17 @@ class Worker:
 
     def _frame_handler(self, sensor: str) -> Callable[[Raw], None]:
         max_bytes = self.mesh.max_frame_bytes
+        max_pixels = sensor_max_pixels(self.mesh, sensor)
 
         def on_frame(raw: Raw) -> None:
+            # Refused here, before queueing: counted under errors only, never as received, and
+            # never decoded. Headers only (envelope, then JPEG markers up to SOF): microseconds.
             now = time.monotonic_ns()
-            if len(raw.payload) > max_bytes:
-                self.bad.count(
-                    "oversized_frame", f"{len(raw.payload)} bytes > {max_bytes}", sensor=sensor
-                )
+            try:
+                frame = envelope.unpack(raw.payload, max_bytes=max_bytes)
+                envelope.check_image(frame, max_pixels=max_pixels)
+            except envelope.FrameError as exc:
+                self.bad.count(exc.reason, str(exc), sensor=sensor)
                 return
             self.table.route(sensor, raw.payload, now)
 
@@ -307,7 +346,13 @@ class Worker:
             models_dir=str(self.models.models_dir),
             models_on_disk=list(self.models.on_disk()),
             interceptors=len(self.interceptors),
+            opencv_max_pixels=os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS"),
         )
+        if not _OPENCV_LIMIT_SET:
+            log.warning(
+                "opencv_pixel_limit_not_set",
+                why="cv2 was loaded before workers.service could set OPENCV_IO_MAX_IMAGE_PIXELS",
+            )
         self.client.start(connect_timeout=None)
         for name, target in (
             ("control", self._control_loop),

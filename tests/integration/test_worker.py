@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import yaml
@@ -264,6 +265,72 @@ def test_bad_input_is_counted_and_serving_goes_on(
             lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
             30,
             "results after bad input",
+        )
+        assert worker.alive()
+    col.publish(t.worker_assignment("w1"), b"", retain=True)
+
+
+def test_image_bombs_are_refused_before_queueing_and_serving_goes_on(
+    mesh: dict[str, Any],
+) -> None:
+    """JPEGs whose SOF declares 32767x32767 (3 GiB to decode), at 4 a second next to good
+    frames: refused on the network thread, counted by reason, never received, never decoded."""
+    col, t, worker = mesh["col"], mesh["t"], mesh["worker"]
+    col.wait_for(lambda: col.messages(t.worker_status("w1"), messages.WorkerStatus), 30, "birth")
+    _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
+    frames = t.sensor_frames("cam1")
+
+    def sof_says(width: int, height: int) -> bytes:  # a small JPEG, its SOF0 size patched
+        jpeg = bytearray(envelope.encode_jpeg(np.zeros((16, 16, 3), np.uint8)))
+        i = jpeg.index(b"\xff\xc0")
+        jpeg[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+        return bytes(jpeg)
+
+    bombs = {  # reason: (payload, how many sent)
+        "image_too_large": (
+            envelope.pack(sof_says(32767, 32767), seq=1, capture_ns=0, width=32767, height=32767),
+            12,
+        ),
+        "image_size_mismatch": (
+            envelope.pack(sof_says(320, 240), seq=2, capture_ns=0, width=640, height=480),
+            3,
+        ),
+        "empty_image": (envelope.pack(sof_says(0, 0), seq=3, capture_ns=0, width=0, height=0), 3),
+    }
+    with FramePump(col, frames, fps=5) as pump:
+        col.wait_for(lambda: col.messages(t.app_results("a1"), messages.Result), 60, "first result")
+        start = time.monotonic()
+        for i in range(12):  # 3 s at 4 bombs a second
+            for payload, n in bombs.values():
+                if i < n:
+                    col.publish(frames, payload, qos=0)
+            time.sleep(0.25)
+        during = col.messages(t.app_results("a1"), messages.Result, since=start)
+        assert len(during) >= 5, f"{len(during)} results while bombs came, of {pump.sent} sent"
+
+        want = {reason: n for reason, (_p, n) in bombs.items()}
+        hb = col.wait_for(
+            lambda: [
+                h
+                for h in _heartbeats(col, t)
+                if all(h.errors.get(r, 0) >= n for r, n in want.items())
+            ],
+            20,
+            f"error counters {want}",
+        )[-1]
+        assert {r: hb.errors[r] for r in want} == want, hb.errors
+        assert not {"corrupt_image", "inference_error"} & set(hb.errors), hb.errors
+        # Never counted as received: every frame received was a good one, and was processed,
+        # dropped, is queued, or is the one in hand (or arrived as the heartbeat was made).
+        for h in _heartbeats(col, t)[-10:]:
+            in_limbo = h.frames_received - h.frames_processed - h.frames_dropped - h.queue_depth
+            assert -2 <= in_limbo <= 2, h
+            assert h.apps["a1"].received == h.frames_received <= pump.sent
+        n = len(col.messages(t.app_results("a1"), messages.Result))
+        col.wait_for(
+            lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
+            30,
+            "results after the bombs",
         )
         assert worker.alive()
     col.publish(t.worker_assignment("w1"), b"", retain=True)

@@ -27,6 +27,7 @@ def test_round_trip() -> None:
     f = env.unpack(_frame(), max_bytes=1 << 20)
     assert (f.seq, f.width, f.height, f.tag) == (7, 64, 48, 0xDEADBEEF)
     assert f.capture_ts == pytest.approx(1_700_000_000.123456789)
+    assert env.check_image(f, max_pixels=64 * 48) == (64, 48, 3)  # header only, before decoding
     img = env.decode_image(f)
     assert img.shape == (48, 64, 3)
     # JPEG is lossy, but the red half stays red.
@@ -64,10 +65,16 @@ def test_corrupt_jpeg_detected() -> None:
     f = env.unpack(bytes(raw), max_bytes=1 << 20)
     with pytest.raises(env.CorruptImageError):
         env.decode_image(f)
+    with pytest.raises(env.JpegHeaderError) as info:  # no SOI: refused before decoding too
+        env.check_image(f, max_pixels=1 << 20)
+    assert info.value.reason == "corrupt_image"
 
 
 def test_size_mismatch_detected() -> None:
     jpeg = env.encode_jpeg(_image())
     f = env.unpack(env.pack(jpeg, seq=0, capture_ns=0, width=640, height=480), max_bytes=1 << 20)
-    with pytest.raises(env.CorruptImageError, match="header says 640x480"):
+    with pytest.raises(env.CorruptImageError, match="header says 640x480") as info:
         env.decode_image(f)
+    assert info.value.reason == "image_size_mismatch"
+    with pytest.raises(env.ImageSizeMismatchError, match="JPEG says 64x48"):
+        env.check_image(f, max_pixels=640 * 480)  # found from the header alone
