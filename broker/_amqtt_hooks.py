@@ -21,6 +21,11 @@ amqtt 0.12 has gaps that matter to the mesh; each is closed with the smallest ho
    replays the retained messages matching *every* client's filters to the new client, which
    bypasses the ACL. :class:`MeshBroker` overrides the one private method that does it.
 
+TLS is terminated by our listening socket (an ``ssl.SSLContext`` given to ``create_server``);
+amqtt sees the decrypted stream and records the connection's ``SSLObject`` on the session. With
+client certificates required, :class:`CertificateIdentities` admits a client by its verified
+certificate's common name, the way Mosquitto's ``use_identity_as_username`` does.
+
 ``tests/test_broker.py`` pins the upstream behaviour these hooks rely on or work around.
 """
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -39,7 +44,9 @@ from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from broker._acl import AccessPolicy, Operation
+from broker._acl import AccessPolicy, Admission, Operation
+from faillite.config import BrokerConfig
+from faillite.tls import peer_common_name
 from faillite.topics import Role
 
 KEEPALIVE_FACTOR: Final = 1.5  # MQTT 3.1.1 §3.1.2.10
@@ -287,6 +294,41 @@ class LogLimiter:
         return 0 if last is None else last[1]
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateIdentities:
+    """Admission by client certificate (``broker.tls.server.require_client_certificate``).
+
+    The TLS layer has already refused every client without a certificate of the mesh CA; the
+    certificate's common name is the client's account, whatever username and password its
+    CONNECT carries (Mosquitto: ``use_identity_as_username``). Its role comes from
+    ``broker.users`` by that name. Without accounts every holder of a mesh certificate is
+    unrestricted, as on Mosquitto without a password file. One difference: a name that is not
+    an account is refused here, while Mosquitto admits it with no ACL rules of its own (so it
+    can do nothing while the ACL is on, and anything while it is off).
+    """
+
+    roles: Mapping[str, Role]
+    acl: bool
+
+    @classmethod
+    def of(cls, cfg: BrokerConfig, policy: AccessPolicy) -> CertificateIdentities | None:
+        """The identities of ``cfg``, or None where client certificates are not required."""
+        server = cfg.tls.server if cfg.tls is not None else None
+        if server is None or not server.require_client_certificate:
+            return None
+        return cls({u.username: u.role for u in cfg.users}, policy.acl_enabled)
+
+    def admit(self, identity: str | None) -> Admission:
+        if not identity:
+            return Admission(False, reason="no_certificate_identity")
+        if not self.roles:
+            return Admission(True, None)
+        role = self.roles.get(identity)
+        if role is None:
+            return Admission(False, reason="unknown_identity")
+        return Admission(True, role if self.acl else None)
+
+
 @dataclass(slots=True)
 class BrokerRuntime:
     """State shared by one broker's plugins; handed to them through their ``Config``."""
@@ -295,6 +337,7 @@ class BrokerRuntime:
     max_payload_bytes: int
     log: Logger
     limiter: LogLimiter
+    identities: CertificateIdentities | None = None  # client certificates required
 
     def denied(self, session: Session, op: Operation, topic: str) -> None:
         if op is Operation.RECEIVE:  # expected for broad filters; not worth a warning
@@ -379,7 +422,15 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
     async def authenticate(self, *, session: Session) -> bool:
         rt = self._rt
         _limit_payloads(session, rt)
-        admission = rt.policy.admit(session.username, session.password)
+        if rt.identities is not None:
+            ssl_object = session.ssl_object
+            identity = peer_common_name(ssl_object.getpeercert() if ssl_object else None)
+            # Like use_identity_as_username: the certificate names the account, not CONNECT.
+            session.username = identity
+            session.password = None
+            admission = rt.identities.admit(identity)
+        else:
+            admission = rt.policy.admit(session.username, session.password)
         if not admission.admitted:
             rt.log.warning(
                 "auth_refused",
@@ -467,7 +518,22 @@ def amqtt_config(runtime: BrokerRuntime) -> dict[str, Any]:
 
 
 class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
-    """amqtt's Broker, replaying retained messages only for the client's own subscriptions."""
+    """amqtt's Broker, replaying retained messages only for the client's own subscriptions,
+    and judging a resumed session by the connection that resumes it."""
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[Any, Session]:
+        handler, session = await super()._initialize_client_session(
+            reader, writer, remote_address, remote_port
+        )
+        # amqtt 0.12 resumes a persistent session (clean_session false) with the new CONNECT's
+        # credentials but the old connection's TLS object and address: the certificate that
+        # names the client must be this connection's, not the one that opened the session.
+        session.ssl_object = writer.get_ssl_info()
+        session.remote_address = remote_address
+        session.remote_port = remote_port
+        return handler, session
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

@@ -8,10 +8,14 @@ What it adds to amqtt 0.12 (details and reasons in :mod:`broker._amqtt_hooks`):
 - password accounts and the per-role topic ACL of ``faillite.topics.role_acl`` (the policy table
   is in :mod:`broker._acl`); denied publishes are dropped and logged;
 - a payload limit (``max_payload_bytes``): bigger publishes are dropped and logged;
-- retained messages go only to clients that subscribed to them.
+- retained messages go only to clients that subscribed to them;
+- TLS (``broker.tls.server``): TLS 1.2+ with the broker's certificate from the mesh CA
+  (``faillite pki``); with ``require_client_certificate`` only clients holding a certificate of
+  the mesh CA get in, and the certificate's common name is their account, as with Mosquitto's
+  ``use_identity_as_username`` (:class:`broker._amqtt_hooks.CertificateIdentities`).
 
-Limits that remain: MQTT 3.1.1 only, no TLS (use Mosquitto), no persistence across restarts
-(clients republish their retained state on reconnect), no shared subscriptions.
+Limits that remain: MQTT 3.1.1 only, one listener (TLS or plain, not both), no persistence
+across restarts (clients republish their retained state on reconnect), no shared subscriptions.
 """
 
 from __future__ import annotations
@@ -20,18 +24,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable, Iterator
 
 from broker._acl import AccessPolicy
 from broker._amqtt_hooks import (
+    CONNECT_TIMEOUT_S,
     BrokerRuntime,
+    CertificateIdentities,
     LogLimiter,
     MeshBroker,
     MeshListener,
     amqtt_config,
 )
-from faillite.config import BrokerConfig
+from faillite.config import BrokerConfig, ConfigError
 from faillite.log import get_logger
+from faillite.tls import server_context
 from faillite.topics import check_id
 
 log = get_logger("broker")
@@ -42,7 +50,7 @@ _BENIGN_PREFIXES = ("No data from ", "Failed to initialize client session: No da
 
 
 class BrokerSetupError(RuntimeError):
-    """The broker cannot start with this configuration (port taken, TLS asked for, ...)."""
+    """The broker cannot start with this configuration (port taken, TLS files missing, ...)."""
 
 
 class _AmqttLogBridge(logging.Handler):
@@ -98,17 +106,19 @@ async def serve(
     exposure = cfg.exposure_problem()
     if exposure is not None:
         raise BrokerSetupError(exposure)
+    tls: ssl.SSLContext | None = None
     if cfg.tls is not None:
-        raise BrokerSetupError(
-            "the embedded broker does not terminate TLS; run Mosquitto for TLS "
-            "(python -m broker.mosquitto writes its configuration)"
-        )
+        try:
+            tls = server_context(cfg.tls)
+        except ConfigError as exc:
+            raise BrokerSetupError(str(exc)) from exc
     policy = AccessPolicy(cfg, mesh)
-    if not cfg.allow_anonymous and not policy.auth_enabled:
+    identities = CertificateIdentities.of(cfg, policy)
+    if not cfg.allow_anonymous and not policy.auth_enabled and identities is None:
         log.warning("broker_refuses_everyone", reason="allow_anonymous is false and no users")
-    runtime = BrokerRuntime(policy, cfg.max_payload_bytes, log, LogLimiter())
+    runtime = BrokerRuntime(policy, cfg.max_payload_bytes, log, LogLimiter(), identities)
     with _amqtt_logs_as_events():
-        await _run(cfg, mesh, policy, runtime, ready)
+        await _run(cfg, mesh, policy, runtime, ready, tls)
 
 
 async def _run(
@@ -117,6 +127,7 @@ async def _run(
     policy: AccessPolicy,
     runtime: BrokerRuntime,
     ready: Callable[[int], None] | None,
+    tls: ssl.SSLContext | None,
 ) -> None:
     broker = MeshBroker(amqtt_config(runtime))
     listener = MeshListener(broker, log)
@@ -125,7 +136,14 @@ async def _run(
     try:
         try:
             server = await asyncio.get_running_loop().create_server(
-                listener.protocol_factory, cfg.host, cfg.port, reuse_address=True
+                listener.protocol_factory,
+                cfg.host,
+                cfg.port,
+                reuse_address=True,
+                ssl=tls,
+                # A handshake that never finishes is dropped like a socket that never sends
+                # CONNECT (the watchdog starts once the handshake is done).
+                ssl_handshake_timeout=CONNECT_TIMEOUT_S if tls is not None else None,
             )
         except OSError as exc:
             raise BrokerSetupError(
@@ -142,6 +160,8 @@ async def _run(
             acl=policy.acl_enabled,
             allow_anonymous=cfg.allow_anonymous,
             max_payload_bytes=cfg.max_payload_bytes,
+            tls=tls is not None,
+            client_certificates=runtime.identities is not None,
         )
         if ready is not None:
             ready(ports[0])

@@ -2,7 +2,10 @@
 
 ``write_mosquitto_config(cfg, mesh, out_dir)`` writes, in ``out_dir``:
 
-- ``mosquitto.conf``: one listener, persistence, anonymous access per config, limits, logging;
+- ``mosquitto.conf``: one listener (TLS with ``broker.tls.server``: the mesh CA, the broker's
+  certificate, TLS 1.2+, and with ``require_client_certificate`` Mosquitto's
+  ``require_certificate`` and ``use_identity_as_username``), persistence, anonymous access per
+  config, limits, logging;
 - ``acl``: the per-role topic rules of ``faillite.topics.role_acl`` as one ``user`` block per
   account (only when accounts exist and ``acl`` is on);
 - ``passwd``: the accounts in Mosquitto's own ``$7$`` PBKDF2-SHA512 format, mode 0600 (only
@@ -126,6 +129,34 @@ def render_acl(cfg: BrokerConfig, mesh: str) -> str:
     return "\n".join(lines)
 
 
+def _tls_lines(cfg: BrokerConfig) -> list[str]:
+    """The listener's TLS settings (they follow its ``listener`` line), or none."""
+    if cfg.tls is None:
+        return []
+    server = cfg.tls.server
+    if server is None:
+        raise MosquittoConfigError(
+            "broker.tls is set but broker.tls.server is not: Mosquitto needs its own "
+            "certificate and key (broker.tls.server.certfile, keyfile; faillite pki server)"
+        )
+    lines = [
+        "",
+        "# TLS with the mesh's own CA (faillite pki): clients verify this certificate.",
+        f"cafile {cfg.tls.ca_certs.absolute()}",
+        f"certfile {server.certfile.absolute()}",
+        f"keyfile {server.keyfile.absolute()}",
+        "tls_version tlsv1.2",
+    ]
+    if server.require_client_certificate:
+        lines += [
+            "# Only clients with a certificate of the mesh CA; its common name is the account",
+            "# (the password file is not consulted for them, the ACL is).",
+            "require_certificate true",
+            "use_identity_as_username true",
+        ]
+    return lines
+
+
 def render_conf(
     cfg: BrokerConfig,
     mesh: str,
@@ -164,11 +195,7 @@ def render_conf(
         lines.append(f"password_file {password_file}")
     if acl_file is not None:
         lines.append(f"acl_file {acl_file}")
-    if cfg.tls is not None:
-        lines += [
-            "# TLS: the mesh config names client-side TLS files; give this listener its server",
-            "# certificate with cafile / certfile / keyfile (field kit provisioning does).",
-        ]
+    lines += _tls_lines(cfg)
     lines += [
         "",
         "# Retained births, assignments and routes must survive a broker restart.",

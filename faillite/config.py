@@ -61,10 +61,41 @@ class BrokerUser(StrictModel):
         return self.password
 
 
+class TlsServerConfig(StrictModel):
+    """The broker's side of TLS, read by the broker only (the embedded broker and the generated
+    Mosquitto config): its certificate and key (``faillite pki server``).
+
+    ``require_client_certificate``: only clients with a certificate of the mesh CA get in, and
+    the certificate's common name is the client's account (Mosquitto's ``require_certificate``
+    and ``use_identity_as_username``): its role and ACL come from ``broker.users`` by that name,
+    and the username and password in CONNECT are not used."""
+
+    certfile: Path
+    keyfile: Path
+    require_client_certificate: bool = False
+
+
 class TlsConfig(StrictModel):
+    """TLS on every broker connection, with the mesh's own CA (``faillite pki init``).
+
+    Every role verifies the broker's certificate against ``ca_certs`` (the chain, and the host
+    it connects to against the certificate's subjectAltName). ``certfile`` / ``keyfile``: this
+    node's client certificate (``faillite pki client``), needed where the broker requires one.
+    ``server``: the broker's own certificate; nodes other than the broker leave it out. Paths
+    are opened as given (relative ones from the working directory): use absolute paths. Each
+    node holds only its own files: ``ca.crt`` and its certificate and key, never the CA key.
+    """
+
     ca_certs: Path
     certfile: Path | None = None
     keyfile: Path | None = None
+    server: TlsServerConfig | None = None
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> TlsConfig:
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("tls.keyfile is set without tls.certfile")
+        return self
 
 
 class BrokerConfig(StrictModel):

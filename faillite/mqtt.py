@@ -13,7 +13,9 @@
   by reason and logged (rate-limited) here, in :attr:`MeshClient.bad`, and never reaches the
   role. Binary payloads (frames) come as :class:`Raw`.
 - Handlers run on the network thread and must be quick: enqueue, never infer or load models.
-  A handler that raises is logged and counted; it never kills the network thread.
+  A handler that raises is counted (:attr:`MeshClient.handler_errors`, every one) and logged,
+  rate-limited (:class:`HandlerErrorLog`): a flood of messages that make a handler raise must
+  not flood the log; it never kills the network thread.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from faillite import messages
 from faillite.badinput import BadInput
 from faillite.config import BrokerConfig
 from faillite.log import get_logger
+from faillite.tls import client_context
 from faillite.topics import Role
 
 log = get_logger("mqtt")
 
 M = TypeVar("M")
 UNREACHABLE_LOG_EVERY_S = 30.0
+HANDLER_ERROR_LOG_EVERY_S = 1.0
 
 
 class ConnectError(ConnectionError):
@@ -104,6 +108,71 @@ class Backoff:
         return cls(broker.reconnect_min_s, max(broker.reconnect_min_s, broker.reconnect_max_s))
 
 
+class HandlerErrorLog:
+    """Rate-limited log of handler exceptions, per subscription filter.
+
+    The first exception of each type under a filter is logged with its traceback; after that,
+    at most one line (no traceback) per ``every_s`` per filter, with how many errors went
+    unlogged since the last line. :meth:`flush` reports what is still unlogged (at stop).
+    Counting every error is the caller's (:attr:`MeshClient.handler_errors`)."""
+
+    MAX_KINDS = 1024  # (filter, exception type) pairs remembered; bounded memory
+
+    def __init__(
+        self,
+        every_s: float = HANDLER_ERROR_LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._kinds: set[tuple[str, str]] = set()
+        self._last_line: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def report(self, topic_filter: str, topic: str, exc: BaseException) -> None:
+        """Log (or count as suppressed) ``exc``, raised by the handler of ``topic_filter``;
+        call from the ``except`` block (the traceback is the one being handled)."""
+        kind = (topic_filter, f"{type(exc).__module__}.{type(exc).__qualname__}")
+        now = self._clock()
+        with self._lock:
+            first = kind not in self._kinds
+            if first:
+                if len(self._kinds) >= self.MAX_KINDS:
+                    self._kinds.clear()
+                self._kinds.add(kind)
+            elif now - self._last_line.get(topic_filter, -1e18) < self._every_s:
+                self._suppressed[topic_filter] = self._suppressed.get(topic_filter, 0) + 1
+                return
+            self._last_line[topic_filter] = now
+            suppressed = self._suppressed.pop(topic_filter, 0)
+        if first:
+            log.exception(
+                "handler_error",
+                topic=topic,
+                filter=topic_filter,
+                error=kind[1],
+                suppressed_since_last=suppressed,
+            )
+        else:
+            log.error(
+                "handler_error",
+                topic=topic,
+                filter=topic_filter,
+                error=kind[1],
+                message=str(exc)[:200],
+                suppressed_since_last=suppressed,
+                note="traceback logged at its first occurrence",
+            )
+
+    def flush(self) -> None:
+        """One line per filter with errors not logged yet."""
+        with self._lock:
+            pending, self._suppressed = self._suppressed, {}
+        for topic_filter, n in pending.items():
+            log.error("handler_errors_suppressed", filter=topic_filter, suppressed=n)
+
+
 def _no_op(*_args: Any) -> None:
     pass
 
@@ -152,6 +221,7 @@ class MeshClient:
         self.bad = bad if bad is not None else BadInput()
         self.presence = presence
         self.handler_errors = 0
+        self.handler_error_log = HandlerErrorLog()
         self.unexpected_messages = 0
         self.connects = 0
         self.connect_failures = 0
@@ -166,12 +236,9 @@ class MeshClient:
         if creds is not None:
             c.username_pw_set(*creds)
         if broker.tls is not None:
-            c.tls_set(
-                ca_certs=str(broker.tls.ca_certs),
-                certfile=str(broker.tls.certfile) if broker.tls.certfile else None,
-                keyfile=str(broker.tls.keyfile) if broker.tls.keyfile else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            # TLS 1.2+, the broker's chain checked against the mesh CA and the host we connect
+            # to against its subjectAltName; our client certificate if we have one.
+            c.tls_set_context(client_context(broker.tls))
         if will is not None:
             c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         c.on_connect = self._handle_connect
@@ -199,9 +266,8 @@ class MeshClient:
         def wrapped(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
             try:
                 handler(Raw(msg.topic, bytes(msg.payload), bool(msg.retain)))
-            except Exception:
-                self.handler_errors += 1
-                log.exception("handler_error", topic=msg.topic, filter=topic_filter)
+            except Exception as exc:
+                self._handler_failed(topic_filter, msg.topic, exc)
 
         self._add(topic_filter, wrapped, qos)
 
@@ -231,11 +297,15 @@ class MeshClient:
                     self.bad.count(exc.reason, str(exc), topic=msg.topic)
                     return
                 handler(Inbound(msg.topic, decoded, bool(msg.retain)))
-            except Exception:
-                self.handler_errors += 1
-                log.exception("handler_error", topic=msg.topic, filter=topic_filter)
+            except Exception as exc:
+                self._handler_failed(topic_filter, msg.topic, exc)
 
         self._add(topic_filter, wrapped, qos)
+
+    def _handler_failed(self, topic_filter: str, topic: str, exc: Exception) -> None:
+        """A handler raised: count it always, log it rate-limited (from the except block)."""
+        self.handler_errors += 1
+        self.handler_error_log.report(topic_filter, topic, exc)
 
     def _add(self, topic_filter: str, callback: Callable[..., None], qos: int) -> None:
         with self._lock:
@@ -318,6 +388,7 @@ class MeshClient:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._thread = None
+        self.handler_error_log.flush()
 
     def _quiesce(self, timeout: float) -> None:
         """Let the broker go quiet before the socket closes.
@@ -398,11 +469,17 @@ class MeshClient:
             if self._stopping.is_set():
                 break
             self._connected.clear()
+            delay = self._backoff.delay(attempt)
             if self.connects > connects_before:
                 attempt = 0  # it was up: start the backoff over
                 self.connect_failures = 0
                 down_since = last_reminder = time.monotonic()
-            delay = self._backoff.delay(attempt)
+                delay = self._backoff.delay(attempt)
+            else:  # the broker closed it before accepting us (a refused certificate, TLS 1.3)
+                self._unreachable(
+                    ConnectionError("the broker closed the connection before accepting it"),
+                    delay,
+                )
             attempt += 1
             self._stopping.wait(delay)
 

@@ -201,6 +201,7 @@ def role_acl(mesh: str) -> dict[Role, tuple[tuple[Access, str], ...]]:
             (Access.READWRITE, f(SENSOR_FRAMES)),
             (Access.READWRITE, f(SENSOR_STATUS)),
             (Access.READ, f(APP_RESULTS)),
+            (Access.READ, f(APP_ROUTE)),  # results count only from the routed worker
             (Access.READWRITE, t.events),
         ),
         Role.WORKER: (

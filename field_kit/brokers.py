@@ -2,7 +2,9 @@
 
 Each broker runs from its own directory (config, log, persistence). Start-up waits, bounded,
 for the port to accept connections and fails with the broker's own output; stop is SIGTERM,
-wait, SIGKILL.
+wait, SIGKILL. A config with ``tls`` starts a TLS broker (its files made with
+``faillite.pki``, for 127.0.0.1): the readiness probe is still a plain TCP connect, which
+proves the port listens without a handshake.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import IO, Final
 import yaml
 
 from broker.mosquitto import write_mosquitto_config
-from faillite.config import BrokerConfig
+from faillite.config import BrokerConfig, TlsConfig
 from field_kit.procs import free_port
 
 BROKER_KINDS: Final = ("amqtt", "mosquitto")
@@ -90,6 +92,23 @@ class BrokerProcess:
                     self.proc.wait(STOP_TIMEOUT_S)
         finally:
             self._log.close()
+
+
+def _absolute_tls(tls: TlsConfig) -> TlsConfig:
+    """``tls`` with every file path absolute (relative ones from this process's directory)."""
+    server = tls.server
+    if server is not None:
+        server = server.model_copy(
+            update={"certfile": server.certfile.absolute(), "keyfile": server.keyfile.absolute()}
+        )
+    return tls.model_copy(
+        update={
+            "ca_certs": tls.ca_certs.absolute(),
+            "certfile": tls.certfile.absolute() if tls.certfile else None,
+            "keyfile": tls.keyfile.absolute() if tls.keyfile else None,
+            "server": server,
+        }
+    )
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -173,7 +192,10 @@ class BrokerLauncher:
             rundir = self.workdir / f"{kind}-{self._count}"
             rundir.mkdir(parents=True)
             port = fixed_port or free_port()
-            bcfg = cfg.model_copy(update={"host": HOST, "port": port})
+            update: dict[str, object] = {"host": HOST, "port": port}
+            if cfg.tls is not None:  # brokers run from rundir: their files by absolute path
+                update["tls"] = _absolute_tls(cfg.tls)
+            bcfg = cfg.model_copy(update=update)
             if kind == "amqtt":
                 cmd = self._amqtt_cmd(bcfg, mesh, rundir)
             else:

@@ -5,6 +5,11 @@ The summary says what failed over: for every ``failover`` event, when the worker
 why, where each of its apps went, and how long each app waited for its first result from its
 new worker (MTTR as the user sees it). It also says whether every app was still being served
 at the end of the run.
+
+Results are believed only from the worker that the app's retained route names
+(:class:`~faillite.routes.RouteFilter`): the observer follows the routes too, and the summary
+counts the refused results by reason (``refused_results``) and those accepted before the app
+had any route (``unverified_results``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from faillite import messages
 from faillite.badinput import BadInput
 from faillite.config import ConfigError, MeshConfig
 from faillite.mqtt import Inbound, MeshClient
+from faillite.routes import RouteFilter, Verdict, app_of
 from faillite.stats import RateMeter, Window, percentiles
-from faillite.topics import APP_RESULTS, WORKER_STATUS, Role, Topics, parse
+from faillite.topics import APP_RESULTS, APP_ROUTE, WORKER_STATUS, Role, Topics, parse
 
 # An app is still served at the end when its last result came at most this long before the end
 # (or three frame intervals of its sensor, if longer).
@@ -62,7 +68,8 @@ class AppView:
     variant: str = ""
     label: str = ""
     score: float = 0.0
-    generation: int = 0
+    generation: int = 0  # of the last result from its routed worker
+    unverified: int = 0  # results accepted before the app had a route
     rate: RateMeter = field(default_factory=RateMeter)
     e2e: Window = field(default_factory=lambda: Window(100_000))
     inference: Window = field(default_factory=lambda: Window(100_000))
@@ -86,6 +93,7 @@ class MeshObserver:
         self.apps: dict[str, AppView] = {a.id: AppView(a.id) for a in cfg.apps}
         self.workers: dict[str, messages.WorkerStatus] = {}
         self.bad = BadInput()  # what did not decode, counted by the client's subscriptions
+        self.routes = RouteFilter()  # whose results to believe; refusals counted by reason
         self._lock = threading.Lock()
         self.t0 = time.time()  # wall clock of the run's start (see mark_start)
         self.failovers: list[messages.Event] = []
@@ -96,6 +104,13 @@ class MeshObserver:
             f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER, bad=self.bad
         )
         c, t = self.client, self.topics
+        c.subscribe_json(
+            t.filter(APP_ROUTE),
+            messages.Route,
+            self._on_route,
+            qos=1,
+            on_cleared=self._on_route_cleared,
+        )
         c.subscribe_json(t.filter(APP_RESULTS), messages.Result, self._on_result, qos=0)
         c.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, self._on_status, qos=1)
         c.subscribe_json(t.placement, messages.Placement, self._on_placement, qos=1)
@@ -107,33 +122,61 @@ class MeshObserver:
 
     # -- network thread --------------------------------------------------------------------
 
+    def _on_route(self, inb: Inbound[messages.Route]) -> None:
+        with self._lock:
+            for rel in self.routes.on_route(inb.message, topic_app=app_of(inb.topic)):
+                self._take(rel.result, rel.received, rel.verdict)
+
+    def _on_route_cleared(self, topic: str) -> None:
+        app = app_of(topic)
+        if app is not None:
+            self.routes.forget(app)
+
     def _on_result(self, inb: Inbound[messages.Result]) -> None:
         r = inb.message
         now = time.time()
         with self._lock:
-            v = self.apps.get(r.app)
-            if v is None:
-                v = self.apps[r.app] = AppView(r.app)
-            if r.generation < v.generation:
-                return  # stale: from a worker that lost the app
-            v.generation = r.generation
-            v.results += 1
+            if r.app not in self.apps and self.routes.route(r.app) is None:
+                # Neither configured nor routed by the coordinator: made up (bounded memory).
+                self.routes.refused.count(
+                    "result_unknown_app", f"result of unknown app {r.app!r}", worker=r.worker
+                )
+                return
+            verdict = self.routes.check(r, topic_app=app_of(inb.topic), received=now)
+            if verdict.accepted:
+                self._take(r, now, verdict)
+
+    def _take(self, r: messages.Result, now: float, verdict: Verdict) -> None:
+        """Count an accepted result that arrived at ``now`` (wall clock). Call with the lock held.
+
+        Only results from the routed worker say who serves the app now; a handover result
+        (the previous route's worker, within the grace) and an unverified one are counted but
+        move nothing that later results are judged by."""
+        v = self.apps.get(r.app)
+        if v is None:
+            v = self.apps[r.app] = AppView(r.app)
+        v.results += 1
+        if verdict is Verdict.UNVERIFIED:
+            v.unverified += 1
+        if verdict is not Verdict.HANDOVER:
             v.worker, v.variant = r.worker, r.variant
-            if r.top:
-                v.label, v.score = r.top[0].label, r.top[0].score
-                v.labels[r.top[0].label] += 1
-            v.workers[r.worker] += 1
-            v.rate.tick(time.monotonic())
-            v.e2e.add((now - r.capture_ts) * 1000)
-            v.inference.add(r.latency.inference_ms)
-            v.first_ts = v.first_ts or now
-            v.last_ts = now
-            seg = v.segments[-1] if v.segments else None
-            if seg is not None and seg.worker == r.worker and seg.generation == r.generation:
-                seg.last_ts = now
-                seg.results += 1
-            else:
-                v.segments.append(Segment(r.worker, r.generation, r.variant, now, now))
+        if verdict is Verdict.ROUTED:
+            v.generation = r.generation
+        if r.top:
+            v.label, v.score = r.top[0].label, r.top[0].score
+            v.labels[r.top[0].label] += 1
+        v.workers[r.worker] += 1
+        v.rate.tick(time.monotonic())
+        v.e2e.add((now - r.capture_ts) * 1000)
+        v.inference.add(r.latency.inference_ms)
+        v.first_ts = min(v.first_ts, now) if v.first_ts else now
+        v.last_ts = max(v.last_ts, now)  # a released held result arrived a moment ago
+        seg = v.segments[-1] if v.segments else None
+        if seg is not None and seg.worker == r.worker and seg.generation == r.generation:
+            seg.last_ts = max(seg.last_ts, now)
+            seg.results += 1
+        else:
+            v.segments.append(Segment(r.worker, r.generation, r.variant, now, now))
 
     def _on_placement(self, inb: Inbound[messages.Placement]) -> None:
         p = inb.message
@@ -226,6 +269,9 @@ class MeshObserver:
                 f"({last.detail.get('cause', '?')}) at {last.ts - self.t0:.1f}s"
                 + (f": {moved}" if moved else "")
             )
+        refused = sum(self.routes.refused.snapshot().values())
+        if refused:
+            caption += f"; refused results (not from the routed worker): {refused}"
         t.caption = caption
         return t
 
@@ -238,7 +284,12 @@ class MeshObserver:
                 for v in self.apps.values()
             ]
             n = len(self.failovers)
-        return " | ".join(parts) + (f" | failovers: {n}" if n else "")
+        refused = sum(self.routes.refused.snapshot().values())
+        return (
+            " | ".join(parts)
+            + (f" | failovers: {n}" if n else "")
+            + (f" | refused results: {refused}" if refused else "")
+        )
 
     # -- summary ---------------------------------------------------------------------------
 
@@ -301,6 +352,7 @@ class MeshObserver:
 
     def summary(self, duration_s: float, end: float | None = None) -> dict[str, Any]:
         end = time.time() if end is None else end
+        self.routes.expire()  # held results whose route never came count as refused now
         with self._lock:
             failovers = [self._failover_summary(ev) for ev in self.failovers]
             apps: dict[str, dict[str, Any]] = {}
@@ -350,6 +402,7 @@ class MeshObserver:
                     "last_result_age_s": _r(end - v.last_ts, 3) if v.results else None,
                     "served_at_end": served,
                     "served_detail": why,
+                    "unverified_results": v.unverified,
                 }
             notable = [
                 {
@@ -372,4 +425,8 @@ class MeshObserver:
             "events": notable,
             "event_counts": counts,
             "bad_messages": self.bad.snapshot(),
+            # Results not believed (not from the worker the app's route names...), by reason,
+            # and those accepted before their app had a route (no coordinator route yet).
+            "refused_results": self.routes.refused.snapshot(),
+            "unverified_results": self.routes.unverified_total,
         }

@@ -213,6 +213,11 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             )
         for app, why in f["unrecoverable"].items():
             console.print(f"    [red]{app} unrecoverable[/]: {why}", highlight=False)
+    if summary.get("refused_results"):
+        console.print(
+            f"refused results (not from the routed worker): {summary['refused_results']}",
+            highlight=False,
+        )
     if summary["exited"]:
         console.print("exited during the run:")
     for e in summary["exited"]:

@@ -1,4 +1,10 @@
-"""The camera publisher: frames from a source, JPEG in an envelope, at a target rate."""
+"""The camera publisher: frames from a source, JPEG in an envelope, at a target rate.
+
+With ``--results`` it follows its apps' results for end-to-end latency, believing only those
+from the worker that the app's retained route names (:class:`~faillite.routes.RouteFilter`):
+it follows the routes too, and counts refused results by reason. A broker whose ACL does not
+let sensors read routes leaves every app without a route: its results count as unverified.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,9 @@ from faillite.config import BrokerConfig, SensorConfig
 from faillite.log import get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
+from faillite.routes import RouteFilter, Verdict, app_of
 from faillite.stats import RateMeter, Window
-from faillite.topics import APP_RESULTS, Role, Topics
+from faillite.topics import APP_RESULTS, APP_ROUTE, Role, Topics
 from sensors.sources import FrameSource, SourceError, open_source
 
 log = get_logger("sensor")
@@ -31,13 +38,18 @@ class SensorReport:
     e2e_ms: str
     connected: bool
     broker: str
+    refused: int = 0  # results not believed (not from the routed worker...)
+    unverified: int = 0  # results counted before their app had a route
 
     def line(self, sensor: str) -> str:
         link = "connected" if self.connected else f"NOT CONNECTED to {self.broker} (retrying)"
+        trust = (f" refused={self.refused}" if self.refused else "") + (
+            f" unverified={self.unverified}" if self.unverified else ""
+        )
         return (
             f"[{sensor}] {link} sent={self.sent} dropped={self.dropped} "
-            f"not_connected={self.not_connected} fps={self.fps:.1f} results={self.results} "
-            f"e2e {self.e2e_ms}"
+            f"not_connected={self.not_connected} fps={self.fps:.1f} results={self.results}"
+            f"{trust} e2e {self.e2e_ms}"
         )
 
 
@@ -76,10 +88,19 @@ class SensorPublisher:
         self.dropped = 0
         self.not_connected = 0
         self.results = 0
+        self.unverified = 0
+        self.routes = RouteFilter()  # whose results to believe (with --results)
         self.e2e = Window()
         self.rate = RateMeter()
         self._stop = threading.Event()
         if follow_results:
+            self.client.subscribe_json(
+                self.topics.filter(APP_ROUTE),
+                messages.Route,
+                self._on_route,
+                qos=1,
+                on_cleared=self._on_route_cleared,
+            )
             self.client.subscribe_json(
                 self.topics.filter(APP_RESULTS), messages.Result, self._on_result, qos=0
             )
@@ -96,12 +117,37 @@ class SensorPublisher:
             height=self.cfg.height,
         )
 
+    # -- network thread (with follow_results) ------------------------------------------------
+
+    def _on_route(self, inbound: Inbound[messages.Route]) -> None:
+        for rel in self.routes.on_route(inbound.message, topic_app=app_of(inbound.topic)):
+            if rel.result.sensor == self.cfg.id:
+                self._count(rel.result, rel.received)
+
+    def _on_route_cleared(self, topic: str) -> None:
+        app = app_of(topic)
+        if app is not None:
+            self.routes.forget(app)
+
     def _on_result(self, inbound: Inbound[messages.Result]) -> None:
         result = inbound.message
         if result.sensor != self.cfg.id:
-            return
+            return  # another sensor's app: not ours to judge or count
+        now = time.time()
+        verdict = self.routes.check(result, topic_app=app_of(inbound.topic), received=now)
+        if verdict is Verdict.UNVERIFIED:
+            self.unverified += 1
+        if verdict.accepted:
+            self._count(result, now)
+
+    def _count(self, result: messages.Result, received: float) -> None:
         self.results += 1
-        self.e2e.add((time.time() - result.capture_ts) * 1000.0)
+        self.e2e.add((received - result.capture_ts) * 1000.0)
+
+    def refused(self) -> dict[str, int]:
+        """Results not believed, by reason (see :class:`~faillite.routes.RouteFilter`)."""
+        self.routes.expire()
+        return self.routes.refused.snapshot()
 
     def report(self) -> SensorReport:
         return SensorReport(
@@ -113,6 +159,8 @@ class SensorPublisher:
             self.e2e.snapshot().fmt(),
             self.client.connected,
             f"{self.broker.host}:{self.broker.port}",
+            sum(self.refused().values()),
+            self.unverified,
         )
 
     def stop(self) -> None:
@@ -199,5 +247,7 @@ class SensorPublisher:
                 dropped=self.dropped,
                 not_connected=self.not_connected,
                 results=self.results,
+                refused=self.refused(),
+                unverified=self.unverified,
                 e2e_ms=self.e2e.snapshot().fmt(),
             )

@@ -1,0 +1,114 @@
+"""``faillite pki``: the mesh's own CA and its certificates (registered by entry point).
+
+::
+
+    faillite pki init   --out DIR                                  # ca.crt, ca.key
+    faillite pki server --ca DIR --name broker --host 127.0.0.1 --host kit-broker.local
+    faillite pki client --ca DIR --name w1                         # CN w1: the account w1
+
+Each prints the files it wrote. Nothing existing is overwritten without ``--force``. Give each
+node ``ca.crt`` and its own pair only; the CA key stays on the machine that issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CA_DAYS = 5 * 365  # faillite.pki's defaults; repeated so the help imports no cryptography
+LEAF_DAYS = 2 * 365
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("pki", help="make the mesh's CA, broker and node certificates (TLS)")
+    psub = p.add_subparsers(dest="pki_command", required=True)
+
+    init = psub.add_parser("init", help="create the mesh CA: DIR/ca.crt and DIR/ca.key")
+    init.add_argument("--out", required=True, help="folder to write into")
+    init.add_argument("--cn", default="FailLite Mesh CA", help="the CA's common name")
+    init.add_argument("--days", type=int, default=CA_DAYS, help=f"validity (default {CA_DAYS})")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA (every certificate it issued stops verifying)",
+    )
+    init.set_defaults(func=cmd_init)
+
+    server = psub.add_parser("server", help="issue a broker's certificate: DIR/NAME.crt, .key")
+    _leaf_args(server)
+    server.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="an address or DNS name clients reach the broker by (repeatable)",
+    )
+    server.set_defaults(func=cmd_server)
+
+    client = psub.add_parser(
+        "client", help="issue a node's client certificate; its common name is the account"
+    )
+    _leaf_args(client)
+    client.set_defaults(func=cmd_client)
+
+
+def _leaf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca", required=True, help="folder of the mesh CA (ca.crt, ca.key)")
+    p.add_argument("--name", required=True, help="file name and common name")
+    p.add_argument("--out", help="folder to write into (default: the CA's)")
+    p.add_argument("--days", type=int, default=LEAF_DAYS, help=f"validity (default {LEAF_DAYS})")
+    p.add_argument("--force", action="store_true", help="replace existing files of this name")
+
+
+def _done(*paths: Path) -> int:
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _failed(exc: Exception) -> int:
+    print(f"faillite pki: {exc}", file=sys.stderr)
+    return 2
+
+
+def _issue(make: Callable[[], Any]) -> int:
+    """Run one issuing step; its error is one line, its files are printed."""
+    from faillite.pki import PkiError
+
+    try:
+        issued = make()
+    except (PkiError, OSError) as exc:
+        return _failed(exc)
+    return _done(issued.cert, issued.key)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from faillite.pki import init_ca
+
+    return _issue(
+        lambda: init_ca(Path(args.out), common_name=args.cn, days=args.days, overwrite=args.force)
+    )
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from faillite.pki import issue_server
+
+    out = Path(args.out) if args.out else None
+    return _issue(
+        lambda: issue_server(
+            Path(args.ca), args.name, args.host, out_dir=out, days=args.days, overwrite=args.force
+        )
+    )
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from faillite.pki import issue_client
+
+    out = Path(args.out) if args.out else None
+    return _issue(
+        lambda: issue_client(
+            Path(args.ca), args.name, out_dir=out, days=args.days, overwrite=args.force
+        )
+    )

@@ -1,0 +1,372 @@
+"""TLS on both real brokers, with the mesh's own CA (``faillite.pki``), on loopback.
+
+Per broker kind (amqtt: the embedded broker, in its own process; Mosquitto): a MeshClient
+trusting the mesh CA connects and a message round-trips; a client trusting another CA, and a
+broker whose certificate another CA signed, get no connection; the host name check is against
+the server certificate's subjectAltName. With client certificates required: no certificate, no
+connection; a certificate of the mesh CA gets in, and its common name is the account whatever
+the CONNECT says (the ACL of that account applies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from faillite import pki
+from faillite.config import BrokerConfig, BrokerUser, TlsConfig, TlsServerConfig
+from faillite.mqtt import ConnectError, MeshClient, Raw
+from faillite.tls import client_context
+from faillite.topics import Role, Topics
+from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, BrokerUnavailableError
+
+MESH = "tlsmesh"
+T = Topics(MESH)
+REFUSED_WITHIN_S = 2.0  # a refused client gets no connection within this long
+PASSWORDS = {"cam1": "s3nsor", "w1": "w0rker", "coord": "c00rd"}
+
+
+@dataclass(frozen=True)
+class Pki:
+    mesh: Path  # the mesh CA's folder: ca.crt, broker.crt (127.0.0.1, localhost), clients
+    foreign: Path  # another CA: its own ca.crt and a broker.crt for the same hosts
+    elsewhere: Path  # broker certificate of the mesh CA for another host only
+
+    def tls(self, *, client: str | None = None, ca: Path | None = None) -> TlsConfig:
+        """A node's TLS settings: trusts ``ca`` (default the mesh CA), presents ``client``."""
+        ca_dir = ca or self.mesh
+        return TlsConfig(
+            ca_certs=ca_dir / pki.CA_CERT,
+            certfile=self.mesh / f"{client}.crt" if client else None,
+            keyfile=self.mesh / f"{client}.key" if client else None,
+        )
+
+    def server(self, *, folder: Path | None = None, require_client: bool = False) -> TlsConfig:
+        """The broker's TLS settings with the certificate in ``folder`` (default: the mesh's)."""
+        d = folder or self.mesh
+        return TlsConfig(
+            ca_certs=self.mesh / pki.CA_CERT,
+            server=TlsServerConfig(
+                certfile=d / "broker.crt",
+                keyfile=d / "broker.key",
+                require_client_certificate=require_client,
+            ),
+        )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    mesh, foreign, elsewhere = root / "mesh", root / "foreign", root / "elsewhere"
+    pki.init_ca(mesh)
+    pki.issue_server(mesh, "broker", ["127.0.0.1", "localhost"])
+    for name in ("cam1", "w1", "coord", "stranger"):
+        pki.issue_client(mesh, name)
+    pki.init_ca(foreign, common_name="Somebody Else's CA")
+    pki.issue_server(foreign, "broker", ["127.0.0.1", "localhost"])
+    pki.issue_client(foreign, "cam1")
+    pki.issue_server(mesh, "broker", ["kit-broker.local"], out_dir=elsewhere)
+    return Pki(mesh, foreign, elsewhere)
+
+
+def _start(launcher: BrokerLauncher, kind: str, cfg: BrokerConfig) -> BrokerEndpoint:
+    try:
+        return launcher.start(kind, cfg, mesh=MESH)
+    except BrokerUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=BROKER_KINDS, ids=BROKER_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerLauncher]:
+    with BrokerLauncher(tmp_path_factory.mktemp("tls-brokers")) as launcher:
+        yield launcher
+
+
+@pytest.fixture(scope="module")
+def tls_broker(launcher: BrokerLauncher, kind: str, certs: Pki) -> BrokerEndpoint:
+    """TLS with the mesh CA's certificate; no accounts (loopback), no client certificates."""
+    return _start(launcher, kind, BrokerConfig(tls=certs.server()))
+
+
+def accounts(*, with_passwords: bool = True) -> tuple[BrokerUser, ...]:
+    roles = {"cam1": Role.SENSOR, "w1": Role.WORKER, "coord": Role.COORDINATOR}
+    return tuple(
+        BrokerUser(username=n, role=r, password=PASSWORDS[n] if with_passwords else None)
+        for n, r in roles.items()
+    )
+
+
+@pytest.fixture(scope="module")
+def mtls_broker(launcher: BrokerLauncher, kind: str, certs: Pki) -> BrokerEndpoint:
+    """Client certificates required; accounts with the per-role ACL, no anonymous access."""
+    cfg = BrokerConfig(
+        tls=certs.server(require_client=True),
+        users=accounts(),
+        allow_anonymous=False,
+        acl=True,
+    )
+    return _start(launcher, kind, cfg)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def node_config(
+    ep: BrokerEndpoint, tls: TlsConfig, *, host: str | None = None, login: str | None = None
+) -> BrokerConfig:
+    """What a node's config says: the broker, its TLS files, the account it logs in with."""
+    users = () if login is None else tuple(u for u in accounts() if u.username == login)
+    return BrokerConfig(host=host or ep.host, port=ep.port, tls=tls, users=users)
+
+
+@contextlib.contextmanager
+def connected(cfg: BrokerConfig, role: Role = Role.ADMIN, name: str = "c") -> Iterator[MeshClient]:
+    client = MeshClient(f"{name}-{uid()}", cfg, role=role, quiet=True)
+    client.start(connect_timeout=10)
+    try:
+        yield client
+    finally:
+        client.stop()
+
+
+def refused(cfg: BrokerConfig, role: Role = Role.ADMIN) -> bool:
+    """True if a MeshClient with ``cfg`` gets no connection (it keeps retrying meanwhile)."""
+    client = MeshClient(f"refused-{uid()}", cfg, role=role, quiet=True)
+    try:
+        client.start(connect_timeout=REFUSED_WITHIN_S)
+    except ConnectError:
+        return client.connects == 0
+    client.stop()
+    return False
+
+
+def handshake_error(ep: BrokerEndpoint, tls: TlsConfig, host: str) -> ssl.SSLError | None:
+    """The client-side TLS handshake with ``tls`` to the broker reached as ``host``."""
+    ctx = client_context(tls)
+    with socket.create_connection((ep.host, ep.port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=host):
+                return None
+        except ssl.SSLError as exc:
+            return exc
+
+
+MARKER = b"marker"
+
+
+class Inbox:
+    """What a subscription received, markers (see :func:`listening`) left out."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[Raw] = queue.Queue()
+        self.marked = False
+
+    def __call__(self, msg: Raw) -> None:
+        if msg.payload == MARKER:
+            self.marked = True
+        else:
+            self.q.put(msg)
+
+    def get(self, timeout: float = 5.0) -> Raw:
+        return self.q.get(timeout=timeout)
+
+    def drained(self, quiet_s: float = 0.4) -> list[Raw]:
+        time.sleep(quiet_s)
+        out = []
+        while not self.q.empty():
+            out.append(self.q.get_nowait())
+        return out
+
+
+def listening(client: MeshClient, topic_filter: str, marker_topic: str) -> Inbox:
+    """Subscribe ``client`` and return once the subscription is live: a marker it publishes
+    on ``marker_topic`` (matched by the filter) has come back."""
+    inbox = Inbox()
+    client.subscribe(topic_filter, inbox)
+    deadline = time.monotonic() + 10
+    while not inbox.marked:
+        assert time.monotonic() < deadline, f"subscription to {topic_filter} never became live"
+        client.publish(marker_topic, MARKER, qos=1)
+        time.sleep(0.1)
+    return inbox
+
+
+def round_trip(pub: MeshClient, sub: MeshClient, topic: str) -> bytes:
+    """Publish on ``topic`` once ``sub``'s subscription is live; what ``sub`` receives."""
+    inbox = listening(sub, topic, topic)
+    pub.publish(topic, b"over-tls", qos=1)
+    return inbox.get().payload
+
+
+# -- TLS with the mesh CA -----------------------------------------------------------------------
+
+
+def test_a_client_with_the_mesh_ca_connects_and_a_message_round_trips(
+    tls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    cfg = node_config(tls_broker, certs.tls())
+    topic = f"faillite/{MESH}/events/{uid()}"
+    with connected(cfg, name="pub") as pub, connected(cfg, name="sub") as sub:
+        assert round_trip(pub, sub, topic) == b"over-tls"
+
+
+def test_the_host_name_is_checked_against_the_subject_alt_names(
+    tls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    # The certificate names IP 127.0.0.1 and DNS localhost: both verify.
+    assert handshake_error(tls_broker, certs.tls(), "127.0.0.1") is None
+    assert handshake_error(tls_broker, certs.tls(), "localhost") is None
+    with connected(node_config(tls_broker, certs.tls(), host="localhost")) as client:
+        assert client.connected
+    # An address it does not name is refused, although the chain is the mesh CA's.
+    err = handshake_error(tls_broker, certs.tls(), "127.0.0.2")
+    assert isinstance(err, ssl.SSLCertVerificationError), err
+    assert "mismatch" in str(err)
+
+
+def test_a_client_trusting_another_ca_gets_no_connection(
+    tls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    foreign = certs.tls(ca=certs.foreign)
+    err = handshake_error(tls_broker, foreign, "127.0.0.1")
+    assert isinstance(err, ssl.SSLCertVerificationError), err
+    assert refused(node_config(tls_broker, foreign))
+
+
+def test_a_plain_client_gets_no_connection_to_a_tls_broker(tls_broker: BrokerEndpoint) -> None:
+    assert refused(BrokerConfig(host=tls_broker.host, port=tls_broker.port))
+
+
+def test_a_broker_whose_certificate_another_ca_signed_is_refused(
+    launcher: BrokerLauncher, kind: str, certs: Pki
+) -> None:
+    impostor = _start(launcher, kind, BrokerConfig(tls=certs.server(folder=certs.foreign)))
+    err = handshake_error(impostor, certs.tls(), "127.0.0.1")
+    assert isinstance(err, ssl.SSLCertVerificationError), err
+    assert "unable to get local issuer certificate" in str(err)
+    assert refused(node_config(impostor, certs.tls()))
+
+
+def test_a_broker_certificate_for_another_host_is_refused(
+    launcher: BrokerLauncher, kind: str, certs: Pki
+) -> None:
+    other = _start(launcher, kind, BrokerConfig(tls=certs.server(folder=certs.elsewhere)))
+    err = handshake_error(other, certs.tls(), "127.0.0.1")
+    assert isinstance(err, ssl.SSLCertVerificationError), err
+    assert refused(node_config(other, certs.tls()))
+
+
+# -- client certificates required ---------------------------------------------------------------
+
+
+def test_without_a_client_certificate_there_is_no_connection(
+    mtls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    # Even with a valid account and password.
+    assert refused(node_config(mtls_broker, certs.tls(), login="coord"), Role.COORDINATOR)
+
+
+def test_a_client_certificate_of_another_ca_gets_no_connection(
+    mtls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    tls = TlsConfig(
+        ca_certs=certs.mesh / pki.CA_CERT,
+        certfile=certs.foreign / "cam1.crt",
+        keyfile=certs.foreign / "cam1.key",
+    )
+    assert refused(node_config(mtls_broker, tls))
+
+
+def test_the_certificate_common_name_is_the_account(
+    mtls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    """cam1's certificate, no password: in as cam1 (sensor). cam1's certificate with the
+    coordinator's username and password in CONNECT: still cam1, so an assignment it publishes
+    is dropped by the ACL, while its sensor status goes through."""
+    status = T.sensor_status("cam1")
+    assignment = T.worker_assignment(f"w{uid()}")
+    watcher_cfg = node_config(mtls_broker, certs.tls(client="coord"))  # no password at all
+    cam_cfg = node_config(mtls_broker, certs.tls(client="cam1"))
+    claims_coord = node_config(mtls_broker, certs.tls(client="cam1"), login="coord")
+    with connected(watcher_cfg, Role.COORDINATOR, "coord") as watcher:
+        inbox = listening(watcher, T.everything, T.events)
+        for cfg, role in ((cam_cfg, Role.SENSOR), (claims_coord, Role.COORDINATOR)):
+            with connected(cfg, role, "cam") as cam:
+                cam.publish(assignment, b"from-cam1", qos=1)
+                cam.publish(status, b"online", qos=1)
+                msg = inbox.get()
+                assert (msg.topic, msg.payload) == (status, b"online")
+                assert [m.topic for m in inbox.drained()] == []
+        # The coordinator's own certificate may publish the assignment.
+        watcher.publish(assignment, b"from-coord", qos=1)
+        assert inbox.get().payload == b"from-coord"
+
+
+def test_a_resumed_session_is_judged_by_the_new_connections_certificate(
+    mtls_broker: BrokerEndpoint, certs: Pki
+) -> None:
+    """clean_session false: the session cam1 opened is resumed by w1's connection; w1 is who
+    speaks (amqtt 0.12 alone would keep the first connection's certificate)."""
+    client_id = f"persist-{uid()}"
+    heartbeat = T.worker_heartbeat("w1")
+    status = T.sensor_status("cam1")
+    with connected(
+        node_config(mtls_broker, certs.tls(client="coord")), Role.COORDINATOR, "coord"
+    ) as watcher:
+        inbox = listening(watcher, T.everything, T.events)
+        for name in ("cam1", "w1"):
+            c = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=False,
+                protocol=paho.MQTTv311,
+            )
+            c.tls_set_context(client_context(certs.tls(client=name)))
+            c.connect(mtls_broker.host, mtls_broker.port, keepalive=5)
+            c.loop_start()
+            try:
+                (c.publish(status, name.encode(), qos=1)).wait_for_publish(5)
+                (c.publish(heartbeat, name.encode(), qos=1)).wait_for_publish(5)
+                time.sleep(0.2)
+            finally:
+                c.disconnect()
+                c.loop_stop()
+        got = [(m.topic, m.payload) for m in inbox.drained(0.5)]
+        assert got == [(status, b"cam1"), (heartbeat, b"w1")]
+
+
+def test_a_certificate_without_an_account(mtls_broker: BrokerEndpoint, certs: Pki) -> None:
+    """The CA signed it but no account has its name. The embedded broker refuses it; Mosquitto
+    (use_identity_as_username) admits it with no ACL rules: it can do nothing."""
+    cfg = node_config(mtls_broker, certs.tls(client="stranger"))
+    if mtls_broker.kind == "amqtt":
+        assert refused(cfg)
+        return
+    with connected(
+        node_config(mtls_broker, certs.tls(client="coord")), Role.COORDINATOR, "coord"
+    ) as watcher:
+        inbox = listening(watcher, T.everything, T.events)
+        with connected(cfg, name="stranger") as stranger:
+            stranger.publish(T.events, b"from-stranger", qos=1)
+            stranger.publish(T.sensor_status("cam1"), b"from-stranger", qos=1)
+            assert inbox.drained(0.5) == []
