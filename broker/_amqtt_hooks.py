@@ -10,13 +10,15 @@ amqtt 0.12 has gaps that matter to the mesh; each is closed with the smallest ho
    wire (MQTT 3.1.1 §3.1.2.10, not amqtt internals). A timer per connection aborts the TCP
    connection once the client has been silent for 1.5 × keepalive. amqtt then sees an ordinary
    lost connection: it publishes (and retains, if asked) the will and ends the session.
-2. **No connect timeout**: a socket that never sends CONNECT is kept forever. Same timer, with
-   ``CONNECT_TIMEOUT_S`` until the CONNECT arrives.
-3. **No payload limit.** At admission (the auth plugin call: the last plugin call before the
-   session's message loop starts) the session's inbound queue is replaced by one that drops
-   oversized publishes. QoS 1/2 flows still complete, as with Mosquitto's message_size_limit.
-   amqtt still reads the whole packet into memory first: this limits what is forwarded, not
-   what a client can make the broker buffer.
+2. **No connect timeout**: a socket that never completes its CONNECT is kept forever. Same
+   timer: ``connect_timeout_s`` from the TCP accept, however slowly the client trickles bytes.
+3. **No packet or payload limit.** Our stream protocol reads each packet's fixed header as the
+   bytes arrive (MQTT 3.1.1 §2.2.3: type, then the remaining length) and aborts the connection
+   when a packet declares more than ``max_packet_bytes``, before amqtt buffers any of it. Below
+   that, at admission (the auth plugin call: the last plugin call before the session's message
+   loop starts) the session's inbound queue is replaced by one that drops publishes over
+   ``max_payload_bytes``; QoS 1/2 flows still complete, as with Mosquitto's
+   message_size_limit.
 4. **Retained messages replayed to clients that never subscribed**: on every CONNECT amqtt 0.12
    replays the retained messages matching *every* client's filters to the new client, which
    bypasses the ACL. :class:`MeshBroker` overrides the one private method that does it.
@@ -107,19 +109,69 @@ def parse_connect_head(buf: bytes, *, final: bool = False) -> ConnectHead | None
     return ConnectHead(keepalive, None) if final else None
 
 
+class PacketLengths:
+    """The remaining length of every packet on one connection, read from the stream as it
+    arrives (MQTT 3.1.1 §2.2.3): a type byte, a variable-length integer of 1 to 4 bytes, then
+    that many bytes, which are only counted, never looked at."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._skip = 0  # body bytes of the current packet still to come
+        self._in_header = False  # the type byte is read, the length is being read
+        self._length = 0
+        self._shift = 0
+
+    def feed(self, data: bytes) -> str | None:
+        """None while every packet so far is within the limit, else why not."""
+        i, n = 0, len(data)
+        while i < n:
+            if self._skip:
+                take = min(self._skip, n - i)
+                self._skip -= take
+                i += take
+                continue
+            b = data[i]
+            i += 1
+            if not self._in_header:
+                self._in_header, self._length, self._shift = True, 0, 0
+                continue
+            self._length |= (b & 0x7F) << self._shift
+            self._shift += 7
+            if b & 0x80:
+                if self._shift >= 28:
+                    return "malformed remaining length"
+                continue
+            self._in_header = False
+            if self._length > self.limit:
+                return f"a packet of {self._length} bytes (limit {self.limit})"
+            self._skip = self._length
+        return None
+
+
 class ConnectionWatch:
     """Liveness of one TCP connection: silent for longer than its limit, it is aborted.
 
-    The limit is ``CONNECT_TIMEOUT_S`` until the CONNECT head is read, then 1.5 × keepalive
-    (none for keepalive 0). One timer per connection, re-armed lazily: receiving data only
-    stamps a time, so the per-byte cost is one clock read.
+    The limit is ``connect_timeout_s`` from the accept until the CONNECT head is read (bytes
+    trickled meanwhile do not extend it), then 1.5 × keepalive of silence (none for keepalive
+    0). One timer per connection, re-armed lazily: receiving data only stamps a time, so the
+    per-byte cost is one clock read. Every packet's length header is checked as it arrives
+    (:class:`PacketLengths`).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, log: Logger) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        log: Logger,
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_packet_bytes: int | None = None,
+    ) -> None:
         self._loop = loop
         self._log = log
         self.last_rx = loop.time()
-        self.limit_s: float | None = CONNECT_TIMEOUT_S
+        self.accepted_at = self.last_rx
+        self.limit_s: float | None = connect_timeout_s
+        self._lengths = PacketLengths(max_packet_bytes) if max_packet_bytes else None
         self.head: ConnectHead | None = None
         self.expired = False
         self.peer = "?"
@@ -141,10 +193,24 @@ class ConnectionWatch:
             self._timer = None
         self._transport = None
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes) -> bool:
+        """Note ``data``; False: the connection is aborted, the data must go no further."""
         self.last_rx = self._loop.time()
+        if self._lengths is not None:
+            why = self._lengths.feed(data)
+            if why is not None:
+                self._abort("packet_too_large", detail=why)
+                return False
         if self._parsing:
             self._read_connect_head(data)
+        return True
+
+    def _abort(self, event: str, **fields: Any) -> None:
+        self.expired = True
+        client = self.head.client_id if self.head is not None else None
+        self._log.warning(event, peer=self.peer, client_id=client, **fields)
+        if self._transport is not None:
+            self._transport.abort()
 
     def _read_connect_head(self, data: bytes) -> None:
         self._prefix += data[: _CONNECT_PREFIX_MAX - len(self._prefix)]
@@ -170,13 +236,23 @@ class ConnectionWatch:
             self._timer.cancel()
             self._timer = None
         if self.limit_s is not None and self._transport is not None:
-            delay = max(0.0, self.last_rx + self.limit_s - self._loop.time())
+            since = self.accepted_at if self.head is None else self.last_rx
+            delay = max(0.0, since + self.limit_s - self._loop.time())
             self._timer = self._loop.call_later(delay, self._check)
 
     def _check(self) -> None:
         self._timer = None
         transport = self._transport
         if transport is None or transport.is_closing() or self.limit_s is None:
+            return
+        if self.head is None:  # the CONNECT deadline counts from the accept, trickle or not
+            waited = self._loop.time() - self.accepted_at
+            if waited < self.limit_s:
+                self._timer = self._loop.call_later(self.limit_s - waited, self._check)
+                return
+            self.expired = True
+            self._log.warning("connect_timeout", peer=self.peer, waited_s=round(waited, 3))
+            transport.abort()
             return
         if not transport.is_reading():
             # Paused by flow control: the peer filled our buffer faster than amqtt reads it.
@@ -187,16 +263,13 @@ class ConnectionWatch:
             self._timer = self._loop.call_later(self.limit_s - silent, self._check)
             return
         self.expired = True
-        if self.head is None:
-            self._log.warning("connect_timeout", peer=self.peer, silent_s=round(silent, 3))
-        else:
-            self._log.warning(
-                "keepalive_expired",
-                client_id=self.head.client_id,
-                peer=self.peer,
-                keepalive_s=self.head.keepalive_s,
-                silent_s=round(silent, 3),
-            )
+        self._log.warning(
+            "keepalive_expired",
+            client_id=self.head.client_id,
+            peer=self.peer,
+            keepalive_s=self.head.keepalive_s,
+            silent_s=round(silent, 3),
+        )
         # A TCP abort is exactly what a dead peer looks like to amqtt: EOF on the reader, then
         # its lost-connection path publishes the will and ends the session.
         transport.abort()
@@ -220,8 +293,8 @@ class _WatchedProtocol(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._watch.on_data(data)
-        super().data_received(data)
+        if self._watch.on_data(data):
+            super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._watch.stop()
@@ -231,16 +304,29 @@ class _WatchedProtocol(asyncio.StreamReaderProtocol):
 class MeshListener:
     """Our TCP listener: accepts connections and hands them to amqtt's external listener."""
 
-    def __init__(self, broker: Broker, log: Logger) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        log: Logger,
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_packet_bytes: int | None = None,
+    ) -> None:
         self._broker = broker
         self._log = log
+        self._connect_timeout_s = connect_timeout_s
+        self._max_packet_bytes = max_packet_bytes
         self._tasks: set[asyncio.Task[None]] = set()
 
     def protocol_factory(self) -> asyncio.Protocol:
         loop = asyncio.get_running_loop()
-        return _WatchedProtocol(
-            asyncio.StreamReader(loop=loop), self._serve, ConnectionWatch(loop, self._log), loop
+        watch = ConnectionWatch(
+            loop,
+            self._log,
+            connect_timeout_s=self._connect_timeout_s,
+            max_packet_bytes=self._max_packet_bytes,
         )
+        return _WatchedProtocol(asyncio.StreamReader(loop=loop), self._serve, watch, loop)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

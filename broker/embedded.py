@@ -4,10 +4,13 @@ What it adds to amqtt 0.12 (details and reasons in :mod:`broker._amqtt_hooks`):
 
 - keepalive enforcement: a client silent for 1.5 × its keepalive is dropped and its last-will
   published, as MQTT 3.1.1 §3.1.2.10 requires (amqtt alone never drops it);
-- a connect timeout for sockets that never send CONNECT;
+- a CONNECT deadline (``connect_timeout_s``, 10 s) from the TCP accept: a client trickling
+  its CONNECT a byte at a time is closed on time;
 - password accounts and the per-role topic ACL of ``faillite.topics.role_acl`` (the policy table
   is in :mod:`broker._acl`); denied publishes are dropped and logged;
-- a payload limit (``max_payload_bytes``): bigger publishes are dropped and logged;
+- a payload limit (``max_payload_bytes``): bigger publishes are dropped and logged; a packet
+  whose length header declares more than twice that (``max_packet_bytes``) ends the
+  connection before any of it is buffered;
 - retained messages go only to clients that subscribed to them;
 - TLS (``broker.tls.server``): TLS 1.2+ with the broker's certificate from the mesh CA
   (``faillite pki``); with ``require_client_certificate`` only clients holding a certificate of
@@ -130,7 +133,12 @@ async def _run(
     tls: ssl.SSLContext | None,
 ) -> None:
     broker = MeshBroker(amqtt_config(runtime))
-    listener = MeshListener(broker, log)
+    listener = MeshListener(
+        broker,
+        log,
+        connect_timeout_s=cfg.connect_timeout_s,
+        max_packet_bytes=cfg.max_packet_bytes,
+    )
     await broker.start()
     server: asyncio.Server | None = None
     try:

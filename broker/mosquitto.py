@@ -45,7 +45,6 @@ from faillite.topics import ROOT, Access, InvalidIdError, check_id, role_acl
 PBKDF2_ITERATIONS: Final = 101  # what mosquitto_passwd 2.0 writes
 SALT_BYTES: Final = 12  # likewise
 MAX_QUEUED_MESSAGES: Final = 1000
-PACKET_HEADROOM: Final = 65536  # topic and headers on top of the payload
 LOG_TYPES: Final = ("error", "warning", "notice", "information")
 # Where the committed example (configs/mosquitto/) expects to live on a Debian broker host.
 DEMO_INSTALL_DIR: Final = "/etc/mosquitto/faillite"
@@ -208,7 +207,7 @@ def render_conf(
         "# Payloads over the mesh limit are dropped (client stays connected); far bigger packets",
         "# disconnect the client (memory guard).",
         f"message_size_limit {cfg.max_payload_bytes}",
-        f"max_packet_size {2 * cfg.max_payload_bytes + PACKET_HEADROOM}",
+        f"max_packet_size {cfg.max_packet_bytes}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         "",
         "log_dest stderr",

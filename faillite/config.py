@@ -112,7 +112,16 @@ class BrokerConfig(StrictModel):
     users: tuple[BrokerUser, ...] = ()
     acl: bool = True
     max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # From TCP accept to a complete CONNECT: a client trickling bytes does not extend it.
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     tls: TlsConfig | None = None
+
+    @property
+    def max_packet_bytes(self) -> int:
+        """The largest MQTT packet a broker reads at all: a payload over ``max_payload_bytes``
+        is dropped, a packet over this (twice that, plus room for topic and headers) ends the
+        connection, judged from its length header before the packet is buffered."""
+        return 2 * self.max_payload_bytes + PACKET_HEADROOM
 
     @property
     def open_to_anyone(self) -> bool:
@@ -143,6 +152,9 @@ class BrokerConfig(StrictModel):
             if user.role == role:
                 return user.username, user.resolve_password()
         return None
+
+
+PACKET_HEADROOM = 65536  # topic and headers on top of the largest payload
 
 
 def is_loopback(host: str) -> bool:

@@ -27,7 +27,6 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import _amqtt_hooks as hooks
 from broker import mosquitto as mq
 from broker._acl import AccessPolicy, Operation, filter_covers, topic_matches
 from broker._amqtt_hooks import LogLimiter, parse_connect_head
@@ -527,9 +526,21 @@ def test_serve_setup_errors() -> None:
         pass
 
 
-def test_socket_that_never_sends_connect_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hooks, "CONNECT_TIMEOUT_S", 0.5)
-    with embedded(BrokerConfig(port=0)) as ep:
+def _closed_within(sock: socket.socket, timeout: float) -> bool:
+    """The broker closed (or reset) the connection within ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_socket_that_never_sends_connect_is_closed() -> None:
+    with embedded(BrokerConfig(port=0, connect_timeout_s=0.5)) as ep:
         sock = socket.create_connection((ep.host, ep.port), timeout=5)
         opened = time.monotonic()
         try:
@@ -540,6 +551,53 @@ def test_socket_that_never_sends_connect_is_closed(monkeypatch: pytest.MonkeyPat
             sock.close()
         assert data == b""
         assert 0.4 < time.monotonic() - opened < 2.0
+
+
+def test_a_trickled_connect_does_not_extend_the_deadline() -> None:
+    """A CONNECT sent a byte at a time kept a connection open forever; the deadline counts
+    from the accept, whatever arrives."""
+    packet = connect_packet("trickler", 60)
+    with embedded(BrokerConfig(port=0, connect_timeout_s=1.0)) as ep:
+        sock = socket.create_connection((ep.host, ep.port), timeout=5)
+        opened = time.monotonic()
+        closed = False
+        try:
+            for b in packet[:-1]:  # never the last byte
+                try:
+                    sock.sendall(bytes([b]))
+                except OSError:
+                    closed = True
+                    break
+                if _closed_within(sock, 0.2):
+                    closed = True
+                    break
+            closed = closed or _closed_within(sock, 3.0)
+        finally:
+            sock.close()
+        assert closed
+        assert time.monotonic() - opened < 3.0
+
+
+def test_a_packet_over_the_limit_is_refused_from_its_length_header() -> None:
+    """A PUBLISH declaring 24 MiB (the payload limit is 1 MiB) ends the connection when its
+    length header arrives, before the broker buffers it; the broker serves on."""
+    cfg = BrokerConfig(port=0, max_payload_bytes=1024 * 1024)
+    with embedded(cfg) as ep, recorder(ep, "big/#") as rec:
+        sock = socket.create_connection((ep.host, ep.port), timeout=5)
+        try:
+            sock.sendall(connect_packet("bomber", 60))
+            assert sock.recv(4)[:1] == b"\x20"  # CONNACK
+            declared = 24 * 1024 * 1024
+            sock.sendall(bytes([0x30]) + _remaining_length(declared) + _mqtt_str("big/x"))
+            t0 = time.monotonic()
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\0" * 65536)  # the start of the body: not read any more
+            assert _closed_within(sock, 3.0)
+            assert time.monotonic() - t0 < 3.0
+        finally:
+            sock.close()
+        rec.publish("big/ok", b"still serving")
+        assert rec.wait_for(lambda m: m.payload == b"still serving", timeout=5)
 
 
 def test_keepalive_zero_is_never_dropped(amqtt_broker: BrokerEndpoint) -> None:
