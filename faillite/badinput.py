@@ -8,21 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from faillite import messages
 from faillite.log import get_logger
 
-M = TypeVar("M")
-
 log = get_logger("badinput")
-
-
-class _Payload(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def payload(self) -> bytes: ...
 
 
 class BadInput:
@@ -51,14 +41,6 @@ class BadInput:
             suppressed_since_last=suppressed,
             **fields,
         )
-
-    def decode(self, cls: type[M], msg: _Payload) -> M | None:
-        """Decode an MQTT message's payload as ``cls``; count and log it and return None if bad."""
-        try:
-            return messages.decode(cls, msg.payload)
-        except messages.MessageError as exc:
-            self.count(exc.reason, str(exc), topic=msg.topic)
-            return None
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

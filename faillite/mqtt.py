@@ -224,7 +224,8 @@ class MeshClient:
         self.handler_error_log = HandlerErrorLog()
         self.unexpected_messages = 0
         self.connects = 0
-        self.connect_failures = 0
+        self.connect_failures = 0  # in a row, since the last connection that came up
+        self._down_since = self._last_reminder = 0.0
 
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -416,24 +417,37 @@ class MeshClient:
         while self._client.want_write() and time.monotonic() < deadline:
             time.sleep(0.005)
 
-    def _unreachable(self, exc: BaseException, delay: float) -> None:
-        """One clear line when the broker cannot be reached (``_run`` adds reminders)."""
+    def _back_off(self, attempt: int, exc: BaseException) -> int:
+        """A connection that did not come up: say so (one clear line, then a reminder every
+        ``UNREACHABLE_LOG_EVERY_S``), wait the backoff; returns the next attempt number."""
+        delay = self._backoff.delay(attempt)
+        now = time.monotonic()
         self.connect_failures += 1
         where = f"{self._broker.host}:{self._broker.port}"
-        if self.connect_failures == 1 and not self._quiet:
+        if self.connect_failures == 1:
+            self._down_since = self._last_reminder = now
+            if not self._quiet:
+                log.warning(
+                    "broker_unreachable",
+                    broker=where,
+                    error=str(exc) or type(exc).__name__,
+                    retrying_every_s=f"<={self._backoff.cap_s:g}",
+                )
+        elif now - self._last_reminder >= UNREACHABLE_LOG_EVERY_S and not self._quiet:
+            self._last_reminder = now
             log.warning(
-                "broker_unreachable",
+                "broker_still_unreachable",
                 broker=where,
-                error=str(exc) or type(exc).__name__,
-                retrying_every_s=f"<={self._backoff.cap_s:g}",
+                down_s=round(now - self._down_since, 1),
+                attempts=self.connect_failures,
             )
         log.debug("connect_failed", broker=where, error=str(exc), retry_in_s=round(delay, 3))
+        self._stopping.wait(delay)
+        return attempt + 1
 
     def _run(self) -> None:
         attempt = 0
         first = True
-        down_since = time.monotonic()
-        last_reminder = down_since
         while not self._stopping.is_set():
             if self.presence is not None:
                 will = self.presence.prepare()
@@ -445,19 +459,7 @@ class MeshClient:
                 else:
                     self._client.reconnect()
             except (OSError, ssl.SSLError) as exc:
-                delay = self._backoff.delay(attempt)
-                attempt += 1
-                self._unreachable(exc, delay)
-                now = time.monotonic()
-                if now - last_reminder >= UNREACHABLE_LOG_EVERY_S:
-                    last_reminder = now
-                    log.warning(
-                        "broker_still_unreachable",
-                        broker=f"{self._broker.host}:{self._broker.port}",
-                        down_s=round(now - down_since, 1),
-                        attempts=attempt,
-                    )
-                self._stopping.wait(delay)
+                attempt = self._back_off(attempt, exc)
                 continue
             connects_before = self.connects
             while True:
@@ -469,19 +471,13 @@ class MeshClient:
             if self._stopping.is_set():
                 break
             self._connected.clear()
-            delay = self._backoff.delay(attempt)
-            if self.connects > connects_before:
-                attempt = 0  # it was up: start the backoff over
-                self.connect_failures = 0
-                down_since = last_reminder = time.monotonic()
-                delay = self._backoff.delay(attempt)
-            else:  # the broker closed it before accepting us (a refused certificate, TLS 1.3)
-                self._unreachable(
-                    ConnectionError("the broker closed the connection before accepting it"),
-                    delay,
-                )
-            attempt += 1
-            self._stopping.wait(delay)
+            if self.connects > connects_before:  # it was up: start the backoff over
+                attempt, self.connect_failures = 0, 0
+                self._stopping.wait(self._backoff.delay(0))
+                continue
+            # The broker closed it before accepting us (a refused certificate under TLS 1.3).
+            closed = ConnectionError("the broker closed the connection before accepting it")
+            attempt = self._back_off(attempt, closed)
 
     # -- paho callbacks (network thread) ---------------------------------------------------
 

@@ -5,7 +5,8 @@ What the counters mean (the heartbeat carries them; the coordinator's progress d
 
 - ``frames_received``: frames put into this worker's frame queues for apps it serves, one per
   app a frame is for. A warm backup's held frame counts when a promotion queues it (it was only
-  held before). Frames refused before queueing (oversized) are not counted: ``errors`` has them.
+  held before). Frames refused before queueing (oversized, malformed, image bombs) are not
+  counted: ``errors`` has them.
 - ``frames_processed``: frames that went through inference and gave a result (published or
   not). Never more than ``frames_received``.
 - ``frames_dropped``: frames the drop-oldest queues threw away for newer ones.
@@ -119,8 +120,3 @@ class Counters:
             errors=errors,
             apps=stats,
         )
-
-
-def encode(hb: messages.Heartbeat) -> bytes:
-    """The heartbeat's payload (``last_progress_ts`` is null while no frame was processed)."""
-    return messages.encode(hb)

@@ -59,7 +59,6 @@ from faillite.models.labels import imagenet_labels
 from faillite.mqtt import Inbound, MeshClient, Raw
 from faillite.presence import Presence
 from faillite.topics import Role, Topics
-from workers import counters as hb
 from workers.backends import BackendError, create_backend
 from workers.counters import Counters
 from workers.frame_queue import FrameQueues, QueuedFrame
@@ -326,7 +325,7 @@ class Worker:
         next_t = time.monotonic()
         while not self._stop.is_set():
             if self.client.connected:
-                self.client.publish(topic, hb.encode(self.heartbeat()), qos=0)
+                self.client.publish(topic, messages.encode(self.heartbeat()), qos=0)
             next_t += interval
             delay = next_t - time.monotonic()
             if delay < 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 
 from faillite import messages
-from workers import counters as hb
 from workers.counters import Counters
 
 
@@ -30,7 +29,7 @@ def test_an_idle_worker_has_no_last_progress() -> None:
     c = Counters()
     beat = _heartbeat(c)
     assert (beat.frames_received, beat.frames_processed, beat.results_published) == (0, 0, 0)
-    payload = hb.encode(beat)
+    payload = messages.encode(beat)
     assert orjson.loads(payload)["last_progress_ts"] is None  # not a fake 1970 time
     back = messages.decode(messages.Heartbeat, payload)  # still decodes (the coordinator's view)
     assert back.frames_processed == 0 and back.apps["a1"] == messages.AppStats()
@@ -51,9 +50,9 @@ def test_progress_is_the_time_of_the_last_processed_frame() -> None:
     assert beat.last_progress_ts == 1001.25
     assert beat.apps["a1"] == messages.AppStats(received=3, processed=2, dropped=1, latency_ms=20.0)
     assert beat.apps["a2"] == messages.AppStats(received=1)
-    wire = orjson.loads(hb.encode(beat))
+    wire = orjson.loads(messages.encode(beat))
     assert wire["last_progress_ts"] == 1001.25
-    assert messages.decode(messages.Heartbeat, hb.encode(beat)) == beat
+    assert messages.decode(messages.Heartbeat, messages.encode(beat)) == beat
 
 
 def test_heartbeat_lists_only_the_apps_served_now() -> None:
