@@ -1,4 +1,5 @@
-"""Everything the embedded broker does to amqtt 0.12.1 lives in this module.
+"""What the embedded broker does to amqtt 0.12.1 around the ``Broker`` class (the subclass
+itself is :mod:`broker._amqtt_session`).
 
 amqtt 0.12 has gaps that matter to the mesh; each is closed with the smallest hook we found:
 
@@ -21,12 +22,17 @@ amqtt 0.12 has gaps that matter to the mesh; each is closed with the smallest ho
    message_size_limit.
 4. **Retained messages replayed to clients that never subscribed**: on every CONNECT amqtt 0.12
    replays the retained messages matching *every* client's filters to the new client, which
-   bypasses the ACL. :class:`MeshBroker` overrides the one private method that does it.
+   bypasses the ACL. :class:`broker._amqtt_session.MeshBroker` overrides the one private
+   method that does it.
+
+Sessions, takeovers, wills' QoS and the connection and retained caps are in
+:mod:`broker._amqtt_session` (the ``Broker`` subclass).
 
 TLS is terminated by our listening socket (an ``ssl.SSLContext`` given to ``create_server``);
 amqtt sees the decrypted stream and records the connection's ``SSLObject`` on the session. With
-client certificates required, :class:`CertificateIdentities` admits a client by its verified
-certificate's common name, the way Mosquitto's ``use_identity_as_username`` does.
+client certificates required, the auth plugin admits a client by its verified certificate's
+common name (an identity, ``demo.worker.w1``), the way Mosquitto's ``use_identity_as_username``
+does.
 
 ``tests/test_broker.py`` pins the upstream behaviour these hooks rely on or work around.
 """
@@ -35,8 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 import structlog
@@ -47,14 +53,15 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker._acl import AccessPolicy, Admission, Operation
-from faillite.config import BrokerConfig
+from faillite.identity import Identity
 from faillite.tls import peer_common_name
-from faillite.topics import Role
 
 KEEPALIVE_FACTOR: Final = 1.5  # MQTT 3.1.1 §3.1.2.10
 CONNECT_TIMEOUT_S: Final = 10.0  # from TCP accept to the CONNECT packet
 LISTENER: Final = "default"
-ROLE_KEY: Final = "faillite.role"  # Session.attributes key: Role, or None for unrestricted
+# Session.attributes key: the client's Identity, or None for unrestricted (an open mesh).
+IDENTITY_KEY: Final = "faillite.identity"
+MAX_SOURCE_LOCKS: Final = 4096
 _CONNECT_PREFIX_MAX: Final = 512  # bytes kept to read the CONNECT head; client ids are short
 _NOT_ADMITTED: Final = object()
 
@@ -380,41 +387,6 @@ class LogLimiter:
         return 0 if last is None else last[1]
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateIdentities:
-    """Admission by client certificate (``broker.tls.server.require_client_certificate``).
-
-    The TLS layer has already refused every client without a certificate of the mesh CA; the
-    certificate's common name is the client's account, whatever username and password its
-    CONNECT carries (Mosquitto: ``use_identity_as_username``). Its role comes from
-    ``broker.users`` by that name. Without accounts every holder of a mesh certificate is
-    unrestricted, as on Mosquitto without a password file. One difference: a name that is not
-    an account is refused here, while Mosquitto admits it with no ACL rules of its own (so it
-    can do nothing while the ACL is on, and anything while it is off).
-    """
-
-    roles: Mapping[str, Role]
-    acl: bool
-
-    @classmethod
-    def of(cls, cfg: BrokerConfig, policy: AccessPolicy) -> CertificateIdentities | None:
-        """The identities of ``cfg``, or None where client certificates are not required."""
-        server = cfg.tls.server if cfg.tls is not None else None
-        if server is None or not server.require_client_certificate:
-            return None
-        return cls({u.username: u.role for u in cfg.users}, policy.acl_enabled)
-
-    def admit(self, identity: str | None) -> Admission:
-        if not identity:
-            return Admission(False, reason="no_certificate_identity")
-        if not self.roles:
-            return Admission(True, None)
-        role = self.roles.get(identity)
-        if role is None:
-            return Admission(False, reason="unknown_identity")
-        return Admission(True, role if self.acl else None)
-
-
 @dataclass(slots=True)
 class BrokerRuntime:
     """State shared by one broker's plugins; handed to them through their ``Config``."""
@@ -423,7 +395,18 @@ class BrokerRuntime:
     max_payload_bytes: int
     log: Logger
     limiter: LogLimiter
-    identities: CertificateIdentities | None = None  # client certificates required
+    certificates: bool = False  # client certificates name the identity
+    _source_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def source_lock(self, source: str) -> asyncio.Lock:
+        """One login judged at a time per source address (bounded: idle locks are dropped)."""
+        lock = self._source_locks.get(source)
+        if lock is None:
+            if len(self._source_locks) >= MAX_SOURCE_LOCKS:
+                for key in [k for k, v in self._source_locks.items() if not v.locked()]:
+                    del self._source_locks[key]
+            lock = self._source_locks[source] = asyncio.Lock()
+        return lock
 
     def denied(self, session: Session, op: Operation, topic: str) -> None:
         if op is Operation.RECEIVE:  # expected for broad filters; not worth a warning
@@ -435,7 +418,7 @@ class BrokerRuntime:
                 "acl_denied",
                 client_id=session.client_id,
                 username=session.username,
-                client_role=_role_name(session),
+                identity=_identity_name(session),
                 action=op,
                 topic=topic,
                 suppressed=skipped,
@@ -455,9 +438,9 @@ class BrokerRuntime:
             )
 
 
-def _role_name(session: Session) -> str | None:
-    role = session.attributes.get(ROLE_KEY)
-    return role.value if isinstance(role, Role) else None
+def _identity_name(session: Session) -> str | None:
+    identity = session.attributes.get(IDENTITY_KEY)
+    return identity.name if isinstance(identity, Identity) else None
 
 
 class _PayloadLimitQueue(asyncio.Queue[Any]):
@@ -508,48 +491,70 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
     async def authenticate(self, *, session: Session) -> bool:
         rt = self._rt
         _limit_payloads(session, rt)
-        if rt.identities is not None:
-            ssl_object = session.ssl_object
-            identity = peer_common_name(ssl_object.getpeercert() if ssl_object else None)
-            # Like use_identity_as_username: the certificate names the account, not CONNECT.
-            session.username = identity
-            session.password = None
-            admission = rt.identities.admit(identity)
-        else:
-            admission = rt.policy.admit(session.username, session.password)
-        if not admission.admitted:
-            rt.log.warning(
-                "auth_refused",
-                client_id=session.client_id,
-                username=session.username,
-                reason=admission.reason,
-                peer=f"{session.remote_address}:{session.remote_port}",
-            )
-            return False
-        session.attributes[ROLE_KEY] = admission.role
+        source = str(session.remote_address)
+        # Attempts from one address are judged one at a time, and a refusal is held back
+        # (doubling per failure): a brute force gets a few guesses a second, whatever its
+        # parallelism, and costs the broker one hash per guess.
+        async with rt.source_lock(source):
+            problem = rt.policy.try_reload()
+            if problem is not None:
+                rt.log.error("password_file_unreadable", error=problem)
+            admission = await self._admit(session)
+            if not admission.admitted:
+                delay = rt.policy.throttle.failed(source, time.monotonic())
+                rt.log.warning(
+                    "auth_refused",
+                    client_id=session.client_id,
+                    username=session.username,
+                    reason=admission.reason,
+                    peer=f"{session.remote_address}:{session.remote_port}",
+                    delay_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+                return False
+            rt.policy.throttle.succeeded(source)
+        session.attributes[IDENTITY_KEY] = admission.identity
         will_topic = session.will_topic
         if (
             session.will_flag
             and will_topic is not None
-            and not rt.policy.allowed(admission.role, Operation.PUBLISH, will_topic)
+            and not rt.policy.allowed(admission.identity, Operation.PUBLISH, will_topic)
         ):
             # Mosquitto accepts such a client and silently drops its will; so do we, loudly.
             rt.log.warning(
                 "will_denied",
                 client_id=session.client_id,
                 username=session.username,
-                client_role=_role_name(session),
+                identity=_identity_name(session),
                 topic=will_topic,
             )
             session.will_flag = False
         return True
+
+    async def _admit(self, session: Session) -> Admission:
+        rt = self._rt
+        client_id = str(session.client_id)
+        if rt.certificates:
+            ssl_object = session.ssl_object
+            identity = peer_common_name(ssl_object.getpeercert() if ssl_object else None)
+            # Like use_identity_as_username: the certificate names the account, not CONNECT.
+            session.username = identity
+            session.password = None
+            return rt.policy.admit_certificate(identity, client_id=client_id)
+        username, password = session.username, session.password
+        if not rt.policy.accounts_enabled or not rt.policy.has_account(str(username)):
+            return rt.policy.admit(username, password, client_id=client_id)  # no hash to compute
+        # The hash costs about a millisecond: off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: rt.policy.admit(username, password, client_id=client_id)
+        )
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
         self._rt.log.info(
             "client_connected",
             client_id=client_id,
             username=client_session.username,
-            client_role=_role_name(client_session),
+            identity=_identity_name(client_session),
             keepalive_s=client_session.keep_alive,
             clean_session=client_session.clean_session,
             will=client_session.will_topic if client_session.will_flag else None,
@@ -582,11 +587,11 @@ class MeshAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no ty
     ) -> bool:
         if session is None or topic is None or action is None:
             return False
-        role = session.attributes.get(ROLE_KEY, _NOT_ADMITTED)
-        if role is _NOT_ADMITTED:
+        identity = session.attributes.get(IDENTITY_KEY, _NOT_ADMITTED)
+        if identity is _NOT_ADMITTED:
             return False
         op = Operation(str(action))
-        if self._rt.policy.allowed(cast(Role | None, role), op, topic):
+        if self._rt.policy.allowed(cast(Identity | None, identity), op, topic):
             return True
         self._rt.denied(session, op, topic)
         return False
@@ -598,35 +603,3 @@ def amqtt_config(runtime: BrokerRuntime) -> dict[str, Any]:
     if runtime.policy.acl_enabled:
         plugins[f"{__name__}.MeshAclPlugin"] = {"runtime": runtime}
     return {"listeners": {LISTENER: {"type": "external"}}, "plugins": plugins}
-
-
-# -- retained replay ----------------------------------------------------------------------------
-
-
-class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
-    """amqtt's Broker, replaying retained messages only for the client's own subscriptions,
-    and judging a resumed session by the connection that resumes it."""
-
-    async def _initialize_client_session(
-        self, reader: Any, writer: Any, remote_address: str, remote_port: int
-    ) -> tuple[Any, Session]:
-        handler, session = await super()._initialize_client_session(
-            reader, writer, remote_address, remote_port
-        )
-        # amqtt 0.12 resumes a persistent session (clean_session false) with the new CONNECT's
-        # credentials but the old connection's TLS object and address: the certificate that
-        # names the client must be this connection's, not the one that opened the session.
-        session.ssl_object = writer.get_ssl_info()
-        session.remote_address = remote_address
-        session.remote_port = remote_port
-        return handler, session
-
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
-    ) -> None:
-        # amqtt 0.12 calls this on every CONNECT for every filter any client holds; the retained
-        # messages of other clients' filters would reach this client unasked and unchecked.
-        subscribers = self.subscriptions.get(subscription[0], ())
-        if not any(s.client_id == session.client_id for s, _qos in subscribers):
-            return
-        await super()._publish_retained_messages_for_subscription(subscription, session)

@@ -8,6 +8,7 @@ from typing import Any
 
 from faillite import log as flog
 from faillite.cli import add_common, load_config, role_imports
+from faillite.identity import acl_scope
 
 
 def register(sub: Any) -> None:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     try:
-        run_broker(broker, cfg.mesh)
+        run_broker(broker, cfg.mesh, acl_scope(cfg))
     except BrokerSetupError as exc:
         print(f"faillite broker: {exc}", file=sys.stderr)
         return 1

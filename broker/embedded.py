@@ -12,6 +12,15 @@ What it adds to amqtt 0.12 (details and reasons in :mod:`broker._amqtt_hooks`):
   whose length header declares more than twice that (``max_packet_bytes``) ends the
   connection before any of it is buffered;
 - retained messages go only to clients that subscribed to them;
+- MQTT 3.1.1 sessions where the mesh's safety depends on them (:mod:`broker._amqtt_session`):
+  nothing of a live client is touched before a newcomer with its client id is authenticated;
+  a takeover closes the old connection, without its will, and only for the same account;
+  wills reach each subscriber at no more than its subscription's QoS; persistent sessions
+  (clean session 0) are refused, as amqtt would not redeliver their messages;
+- caps on connections and retained messages (count and bytes), in total and per account
+  (``max_connections``, ``max_retained_*``): a connection over a cap is refused (server
+  unavailable), a retained message over a cap is delivered but not retained (and the
+  retained message it replaces is dropped);
 - TLS (``broker.tls.server``): TLS 1.2+ with the broker's certificate from the mesh CA
   (``faillite pki``); with ``require_client_certificate`` only clients holding a certificate of
   the mesh CA get in, and the certificate's common name is their account, as with Mosquitto's
@@ -34,13 +43,14 @@ from broker._acl import AccessPolicy
 from broker._amqtt_hooks import (
     CONNECT_TIMEOUT_S,
     BrokerRuntime,
-    CertificateIdentities,
     LogLimiter,
-    MeshBroker,
     MeshListener,
     amqtt_config,
 )
+from broker._amqtt_session import MeshBroker, SessionLimits
+from faillite.accounts import AccountsError
 from faillite.config import BrokerConfig, ConfigError
+from faillite.identity import AclScope
 from faillite.log import get_logger
 from faillite.tls import server_context
 from faillite.topics import check_id
@@ -99,6 +109,7 @@ async def serve(
     mesh: str,
     *,
     ready: Callable[[int], None] | None = None,
+    scope: AclScope | None = None,
 ) -> None:
     """Run the broker on ``cfg.host:cfg.port`` until cancelled, then stop cleanly.
 
@@ -115,11 +126,13 @@ async def serve(
             tls = server_context(cfg.tls)
         except ConfigError as exc:
             raise BrokerSetupError(str(exc)) from exc
-    policy = AccessPolicy(cfg, mesh)
-    identities = CertificateIdentities.of(cfg, policy)
-    if not cfg.allow_anonymous and not policy.auth_enabled and identities is None:
-        log.warning("broker_refuses_everyone", reason="allow_anonymous is false and no users")
-    runtime = BrokerRuntime(policy, cfg.max_payload_bytes, log, LogLimiter(), identities)
+    try:
+        policy = AccessPolicy(cfg, mesh, scope)
+    except (OSError, AccountsError) as exc:
+        raise BrokerSetupError(f"broker.password_file: {exc}") from exc
+    runtime = BrokerRuntime(
+        policy, cfg.max_payload_bytes, log, LogLimiter(), certificates=cfg.client_certificates
+    )
     with _amqtt_logs_as_events():
         await _run(cfg, mesh, policy, runtime, ready, tls)
 
@@ -132,7 +145,8 @@ async def _run(
     ready: Callable[[int], None] | None,
     tls: ssl.SSLContext | None,
 ) -> None:
-    broker = MeshBroker(amqtt_config(runtime))
+    limits = SessionLimits.of(cfg, has_accounts=policy.accounts_enabled)
+    broker = MeshBroker(amqtt_config(runtime), runtime, limits)
     listener = MeshListener(
         broker,
         log,
@@ -164,12 +178,11 @@ async def _run(
             port=ports[0],
             ports=ports,
             mesh=mesh,
-            auth=policy.auth_enabled,
+            accounts=policy.accounts_enabled,
             acl=policy.acl_enabled,
-            allow_anonymous=cfg.allow_anonymous,
             max_payload_bytes=cfg.max_payload_bytes,
             tls=tls is not None,
-            client_certificates=runtime.identities is not None,
+            client_certificates=runtime.certificates,
         )
         if ready is not None:
             ready(ports[0])
@@ -185,7 +198,7 @@ async def _run(
         log.info("broker_stopped", mesh=mesh)
 
 
-async def _serve_until_signal(cfg: BrokerConfig, mesh: str) -> None:
+async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -195,7 +208,7 @@ async def _serve_until_signal(cfg: BrokerConfig, mesh: str) -> None:
             installed.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # not the main thread: the caller stops us by cancelling instead
-    server = asyncio.create_task(serve(cfg, mesh))
+    server = asyncio.create_task(serve(cfg, mesh, scope=scope))
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -212,6 +225,6 @@ async def _serve_until_signal(cfg: BrokerConfig, mesh: str) -> None:
             loop.remove_signal_handler(sig)
 
 
-def run_broker(cfg: BrokerConfig, mesh: str) -> None:
+def run_broker(cfg: BrokerConfig, mesh: str, scope: AclScope | None = None) -> None:
     """Run the embedded broker until SIGINT or SIGTERM, then stop cleanly."""
-    asyncio.run(_serve_until_signal(cfg, mesh))
+    asyncio.run(_serve_until_signal(cfg, mesh, scope))

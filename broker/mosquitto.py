@@ -1,26 +1,32 @@
-"""Mosquitto configuration for a mesh, generated from its ``BrokerConfig``.
+"""Mosquitto configuration for a mesh, generated from its config.
 
 ``write_mosquitto_config(cfg, mesh, out_dir)`` writes, in ``out_dir``:
 
 - ``mosquitto.conf``: one listener (TLS with ``broker.tls.server``: the mesh CA, the broker's
   certificate, TLS 1.2+, and with ``require_client_certificate`` Mosquitto's
-  ``require_certificate`` and ``use_identity_as_username``), persistence, anonymous access per
-  config, limits, logging;
-- ``acl``: the per-role topic rules of ``faillite.topics.role_acl`` as one ``user`` block per
-  account (only when accounts exist and ``acl`` is on);
-- ``passwd``: the accounts in Mosquitto's own ``$7$`` PBKDF2-SHA512 format, mode 0600 (only
-  when accounts exist). Passwords come from the config or its ``password_env`` variables, so
-  the file is written at provisioning time on the broker host and never committed.
+  ``require_certificate`` and ``use_identity_as_username``), persistence, limits, logging. With
+  accounts (``broker.password_file``, written by ``faillite accounts``): no anonymous access, the
+  password file, ``use_username_as_clientid`` (a client connects only as its own identity, so it
+  can take nobody else's session), and the ACL;
+- ``acl``: one ``user`` block per identity with its rules from
+  :func:`faillite.identity.identity_acl`, the ones the embedded broker enforces.
 
-Provisioning a broker host (passwords in the environment)::
+Provisioning a broker host::
 
+    faillite accounts init -c mesh.yaml                 # hashes in broker.password_file
     python -m broker.mosquitto --config mesh.yaml --out /etc/mosquitto/faillite
     mosquitto -c /etc/mosquitto/faillite/mosquitto.conf
 
-The access policy is the embedded broker's (:mod:`broker._acl`): with accounts and
-``allow_anonymous``, anonymous clients may only read the mesh. One difference: Mosquitto grants
-every SUBSCRIBE and checks read access per delivered message, while the embedded broker refuses
-a subscription whose filter is not entirely readable. Either way nothing unreadable is delivered.
+An account added or revoked later: ``faillite accounts``, regenerate, then SIGHUP Mosquitto (it
+re-reads the password file and the ACL).
+
+Differences from the embedded broker: Mosquitto grants every SUBSCRIBE and checks read access
+per delivered message, while the embedded broker refuses a subscription whose filter is not
+entirely readable (either way nothing unreadable is delivered); Mosquitto 2.0 cannot slow down
+repeated failed logins, nor refuse a retained publish on a topic the account may write (the ACL
+names each worker and app of the mesh, so an account can retain on a few topics only). With
+client certificates only (no password file), Mosquitto cannot bind the client id to the
+certificate: use accounts, with certificates as a second factor, where that matters.
 
 Payloads over ``max_payload_bytes`` are dropped (``message_size_limit``; QoS flows complete, the
 client stays connected). Packets over ``max_packet_size`` (twice that, plus headroom for the
@@ -30,65 +36,26 @@ topic) get the client disconnected: a memory guard, and with MQTT 3.1.1 its will
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import os
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from faillite.config import BrokerConfig, ConfigError, load_mesh_config
-from faillite.topics import ROOT, Access, InvalidIdError, check_id, role_acl
+from faillite.accounts import AccountsError, list_accounts, mesh_identities
+from faillite.config import BrokerConfig, ConfigError, MeshConfig, load_mesh_config
+from faillite.identity import AclScope, Identity, acl_scope, identity_acl
+from faillite.topics import Access, InvalidIdError, check_id
 
-PBKDF2_ITERATIONS: Final = 101  # what mosquitto_passwd 2.0 writes
-SALT_BYTES: Final = 12  # likewise
 MAX_QUEUED_MESSAGES: Final = 1000
 LOG_TYPES: Final = ("error", "warning", "notice", "information")
 # Where the committed example (configs/mosquitto/) expects to live on a Debian broker host.
 DEMO_INSTALL_DIR: Final = "/etc/mosquitto/faillite"
 DEMO_PERSISTENCE_DIR: Final = "/var/lib/mosquitto"
-_USERNAME_RE: Final = re.compile(r"^[^\s:#]+$")
 _ACCESS_WORD: Final = {Access.READ: "read", Access.WRITE: "write", Access.READWRITE: "readwrite"}
 
 
 class MosquittoConfigError(ValueError):
     """A BrokerConfig that cannot be expressed as a Mosquitto configuration."""
-
-
-def hash_password(
-    password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS
-) -> str:
-    """Mosquitto's ``$7$`` hash: PBKDF2-HMAC-SHA512, base64 salt and 64-byte derived key."""
-    salt = os.urandom(SALT_BYTES) if salt is None else salt
-    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Check ``password`` against a ``$7$`` hash (ours or mosquitto_passwd's)."""
-    parts = encoded.split("$")
-    if len(parts) != 5 or parts[1] != "7":
-        raise MosquittoConfigError(f"not a Mosquitto $7$ hash: {encoded[:12]!r}...")
-    salt = base64.b64decode(parts[3])
-    return hash_password(password, salt=salt, iterations=int(parts[2])) == encoded
-
-
-def _check_username(name: str) -> str:
-    if not _USERNAME_RE.match(name):
-        raise MosquittoConfigError(
-            f"broker username {name!r} cannot be used with Mosquitto: "
-            "no whitespace, ':' or '#' allowed"
-        )
-    return name
-
-
-def render_password_file(cfg: BrokerConfig) -> str:
-    """One ``user:$7$...`` line per account; passwords resolved now (may raise ConfigError)."""
-    return "".join(
-        f"{_check_username(u.username)}:{hash_password(u.resolve_password())}\n" for u in cfg.users
-    )
 
 
 def _header(kind: str, mesh: str, extra: Iterable[str] = ()) -> list[str]:
@@ -102,29 +69,20 @@ def _header(kind: str, mesh: str, extra: Iterable[str] = ()) -> list[str]:
     return [*lines, ""]
 
 
-def render_acl(cfg: BrokerConfig, mesh: str) -> str:
-    """Mosquitto ACL: anonymous rules first (observer), then one ``user`` block per account."""
+def render_acl(mesh: str, identities: Iterable[Identity], scope: AclScope | None) -> str:
+    """Mosquitto ACL: one ``user`` block per identity (and its probe name), nothing else."""
     check_id("mesh", mesh)
-    rules = role_acl(mesh)
     lines = _header(
         "ACL",
         mesh,
-        (
-            "# Rules come from faillite.topics.role_acl (the embedded broker enforces the same).",
-            "# Lines before the first 'user' apply to anonymous clients.",
-        ),
+        ("# Rules come from faillite.identity.identity_acl (the embedded broker enforces them).",),
     )
-    if cfg.allow_anonymous:
-        lines += [
-            "# anonymous clients: read-only observers of the mesh",
-            f"topic read {ROOT}/{mesh}/#",
-            "",
-        ]
-    for user in cfg.users:
-        lines.append(f"# {user.username}: role {user.role.value}")
-        lines.append(f"user {_check_username(user.username)}")
-        lines += [f"topic {_ACCESS_WORD[access]} {flt}" for access, flt in rules[user.role]]
-        lines.append("")
+    for identity in sorted(set(identities), key=lambda i: i.name):
+        rules = identity_acl(identity, scope)
+        for user in identity.usernames:
+            lines.append(f"user {user}")
+            lines += [f"topic {_ACCESS_WORD[access]} {flt}" for access, flt in rules]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -148,12 +106,19 @@ def _tls_lines(cfg: BrokerConfig) -> list[str]:
     ]
     if server.require_client_certificate:
         lines += [
-            "# Only clients with a certificate of the mesh CA; its common name is the account",
+            "# Only clients with a certificate of the mesh CA; its common name is the identity",
             "# (the password file is not consulted for them, the ACL is).",
             "require_certificate true",
             "use_identity_as_username true",
         ]
     return lines
+
+
+def memory_limit(cfg: BrokerConfig) -> int:
+    """Mosquitto's heap cap: the retained store's cap, plus a queue of the largest payload per
+    allowed connection (at most 256 MiB of them)."""
+    queues = min(cfg.max_connections * cfg.max_payload_bytes, 256 * 1024 * 1024)
+    return cfg.max_retained_bytes + queues + 64 * 1024 * 1024
 
 
 def render_conf(
@@ -177,8 +142,8 @@ def render_conf(
         "configuration",
         mesh,
         (
-            "# The password file is written at provisioning (passwords from the environment) and",
-            "# never committed; the ACL is generated from faillite.topics.role_acl.",
+            "# The password file holds hashes only (faillite accounts); never committed. The ACL",
+            "# is generated from faillite.identity.identity_acl.",
         ),
     )
     if run_as:
@@ -188,10 +153,14 @@ def render_conf(
         f"listener {cfg.port} {cfg.host}",
         "set_tcp_nodelay true",
         "",
-        f"allow_anonymous {'true' if cfg.allow_anonymous else 'false'}",
+        f"allow_anonymous {'false' if cfg.accounts else 'true'}",
     ]
     if password_file is not None:
-        lines.append(f"password_file {password_file}")
+        lines += [
+            f"password_file {password_file}",
+            "# A client connects only as its own identity: no account can take another's session.",
+            "use_username_as_clientid true",
+        ]
     if acl_file is not None:
         lines.append(f"acl_file {acl_file}")
     lines += _tls_lines(cfg)
@@ -209,6 +178,10 @@ def render_conf(
         f"message_size_limit {cfg.max_payload_bytes}",
         f"max_packet_size {cfg.max_packet_bytes}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "# Caps: connections, and the broker's heap (retained store and queues): past it, new",
+        "# messages are refused rather than the broker dying of memory.",
+        f"max_connections {cfg.max_connections}",
+        f"memory_limit {memory_limit(cfg)}",
         "",
         "log_dest stderr",
         *(f"log_type {t}" for t in LOG_TYPES),
@@ -227,13 +200,14 @@ def write_mosquitto_config(
     install_dir: Path | None = None,
     persistence_dir: Path | None = None,
     run_as: str | None = None,
-    write_passwords: bool = True,
+    scope: AclScope | None = None,
+    identities: Iterable[Identity] | None = None,
 ) -> Path:
-    """Write mosquitto.conf (+ acl, passwd as needed) into ``out_dir``; return the conf path.
+    """Write mosquitto.conf (and the acl, with accounts) into ``out_dir``; return the conf path.
 
     ``install_dir``: where the files will live on the broker host (default: ``out_dir``), used
     for the paths inside mosquitto.conf. ``persistence_dir`` defaults to ``<install_dir>/data``.
-    ``write_passwords=False`` skips the password file (for committed example configs).
+    The ACL covers ``identities`` (default: the accounts in ``cfg.password_file``).
     """
     try:
         check_id("mesh", mesh)
@@ -244,25 +218,25 @@ def write_mosquitto_config(
     data_dir = persistence_dir or where / "data"
     if persistence_dir is None:
         (out_dir / "data").mkdir(exist_ok=True)
-    accounts = bool(cfg.users)
-    acl_path = where / "acl" if accounts and cfg.acl else None
-    pw_path = where / "passwd" if accounts else None
-    if pw_path is not None and write_passwords:
-        text = render_password_file(cfg)
-        target = out_dir / "passwd"
-        # Create with 0600 from the start: no window where the hashes are world-readable.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        target.chmod(0o600)
+    acl_path = where / "acl" if cfg.accounts and cfg.acl else None
     if acl_path is not None:
-        (out_dir / "acl").write_text(render_acl(cfg, mesh))
+        if identities is None:
+            if cfg.password_file is None:
+                raise MosquittoConfigError(
+                    "client certificates without broker.password_file: name the identities "
+                    "the ACL must cover"
+                )
+            try:
+                identities = list_accounts(cfg.password_file)
+            except AccountsError as exc:
+                raise MosquittoConfigError(str(exc)) from exc
+        (out_dir / "acl").write_text(render_acl(mesh, identities, scope))
     conf = out_dir / "mosquitto.conf"
     conf.write_text(
         render_conf(
             cfg,
             mesh,
-            password_file=pw_path,
+            password_file=cfg.password_file.absolute() if cfg.password_file else None,
             acl_file=acl_path,
             persistence_dir=data_dir,
             run_as=run_as,
@@ -271,10 +245,35 @@ def write_mosquitto_config(
     return conf
 
 
+def write_for_mesh(
+    cfg: MeshConfig,
+    out_dir: Path,
+    *,
+    install_dir: Path | None = None,
+    persistence_dir: Path | None = None,
+    run_as: str | None = None,
+) -> Path:
+    """:func:`write_mosquitto_config` for a whole mesh config: the ACL names its workers and
+    apps, and covers the accounts of the password file, or where there is none (yet), the
+    config's devices and coordinator ``main``."""
+    pw = cfg.broker.password_file
+    identities = None if pw is not None and pw.exists() else mesh_identities(cfg)
+    return write_mosquitto_config(
+        cfg.broker,
+        cfg.mesh,
+        out_dir,
+        scope=acl_scope(cfg),
+        identities=identities,
+        install_dir=install_dir,
+        persistence_dir=persistence_dir,
+        run_as=run_as,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m broker.mosquitto",
-        description="Write mosquitto.conf, acl and passwd for a mesh config.",
+        description="Write mosquitto.conf and the acl for a mesh config.",
     )
     p.add_argument("--config", "-c", required=True, help="mesh config (YAML)")
     p.add_argument("--out", required=True, help="directory to write into")
@@ -282,20 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--install-dir", help="where the files will live (paths in mosquitto.conf)")
     p.add_argument("--persistence-dir", help="Mosquitto's persistence_location")
     p.add_argument("--user", help="user Mosquitto switches to when started as root")
-    p.add_argument("--no-passwords", action="store_true", help="do not write the passwd file")
     args = p.parse_args(argv)
     try:
         cfg = load_mesh_config(args.config)
-        conf = write_mosquitto_config(
-            cfg.broker,
-            args.mesh or cfg.mesh,
+        if args.mesh:
+            cfg = cfg.model_copy(update={"mesh": check_id("mesh", args.mesh)})
+        conf = write_for_mesh(
+            cfg,
             Path(args.out),
             install_dir=Path(args.install_dir) if args.install_dir else None,
             persistence_dir=Path(args.persistence_dir) if args.persistence_dir else None,
             run_as=args.user,
-            write_passwords=not args.no_passwords,
         )
-    except (ConfigError, MosquittoConfigError, OSError) as exc:
+    except (ConfigError, MosquittoConfigError, InvalidIdError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(conf)

@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from faillite.topics import Role, check_id
+from faillite.identity import base_name
+from faillite.topics import check_id
 
 
 class ConfigError(ValueError):
@@ -37,37 +38,13 @@ class StrictModel(BaseModel):
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class BrokerUser(StrictModel):
-    """A broker account. The password is given inline (demo kits) or by environment variable."""
-
-    username: str
-    role: Role
-    password: str | None = None
-    password_env: str | None = None
-
-    def resolve_password(self) -> str:
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"broker user {self.username!r}: environment variable "
-                    f"{self.password_env!r} is not set"
-                )
-            return value
-        if self.password is None:
-            raise ConfigError(
-                f"broker user {self.username!r} has neither password nor password_env"
-            )
-        return self.password
-
-
 class TlsServerConfig(StrictModel):
     """The broker's side of TLS, read by the broker only (the embedded broker and the generated
     Mosquitto config): its certificate and key (``faillite pki server``).
 
     ``require_client_certificate``: only clients with a certificate of the mesh CA get in, and
-    the certificate's common name is the client's account (Mosquitto's ``require_certificate``
-    and ``use_identity_as_username``): its role and ACL come from ``broker.users`` by that name,
+    the certificate's common name is the client's identity (``demo.worker.w1``; Mosquitto's
+    ``require_certificate`` and ``use_identity_as_username``): its ACL follows from that name,
     and the username and password in CONNECT are not used."""
 
     certfile: Path
@@ -81,8 +58,8 @@ class TlsConfig(StrictModel):
     Every role verifies the broker's certificate against ``ca_certs`` (the chain, and the host
     it connects to against the certificate's subjectAltName). ``certfile`` / ``keyfile``: this
     node's client certificate (``faillite pki client``), needed where the broker requires one.
-    ``server``: the broker's own certificate; nodes other than the broker leave it out. Paths
-    are opened as given (relative ones from the working directory): use absolute paths. Each
+    ``server``: the broker's own certificate; nodes other than the broker leave it out. Relative
+    paths are relative to the config file. Each
     node holds only its own files: ``ca.crt`` and its certificate and key, never the CA key.
     """
 
@@ -108,12 +85,27 @@ class BrokerConfig(StrictModel):
     # second of its broker (a LAN or WiFi kit, not a WAN client of a cloud broker).
     reconnect_min_s: float = Field(default=0.05, gt=0, le=60)
     reconnect_max_s: float = Field(default=1.0, gt=0, le=300)
-    allow_anonymous: bool = True
-    users: tuple[BrokerUser, ...] = ()
+    # Accounts, one per device (faillite accounts): the broker reads the password hashes, each
+    # node its own secret, ``{secrets_dir}/{mesh}.{role}.{id}.secret``. Neither is set in an
+    # open mesh (loopback only); each path is read only by the nodes that need it.
+    password_file: Path | None = None
+    secrets_dir: Path | None = None
     acl: bool = True
+    # Failed logins from one address: each waits this long, doubling up to the cap, before
+    # its refusal; attempts from that address wait their turn (the embedded broker).
+    login_delay_s: float = Field(default=0.2, ge=0, le=60)
+    login_delay_max_s: float = Field(default=5.0, ge=0, le=600)
     max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # From TCP accept to a complete CONNECT: a client trickling bytes does not extend it.
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Embedded broker caps; an account is a username. Clients without one share an account,
+    # capped per account only where the broker has accounts (otherwise it is everyone).
+    max_connections: int = Field(default=1024, ge=1)
+    max_connections_per_account: int = Field(default=16, ge=1)
+    max_retained_messages: int = Field(default=10_000, ge=1)
+    max_retained_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # payloads and topics
+    max_retained_per_account: int = Field(default=1024, ge=1)
+    max_retained_bytes_per_account: int = Field(default=16 * 1024 * 1024, ge=1)
     tls: TlsConfig | None = None
 
     @property
@@ -124,9 +116,20 @@ class BrokerConfig(StrictModel):
         return 2 * self.max_payload_bytes + PACKET_HEADROOM
 
     @property
+    def client_certificates(self) -> bool:
+        """The broker admits clients by their certificate's identity."""
+        server = self.tls.server if self.tls is not None else None
+        return server is not None and server.require_client_certificate
+
+    @property
+    def accounts(self) -> bool:
+        """Only a device with its own account gets in (a password or a client certificate)."""
+        return self.password_file is not None or self.client_certificates
+
+    @property
     def open_to_anyone(self) -> bool:
-        """Clients without credentials get in: no accounts, or anonymous clients admitted."""
-        return not self.users or self.allow_anonymous
+        """Clients without credentials get in."""
+        return not self.accounts
 
     def exposure_problem(self) -> str | None:
         """Why a broker with this config must not listen where it says, or None.
@@ -136,24 +139,36 @@ class BrokerConfig(StrictModel):
         strangers in."""
         if not self.open_to_anyone or is_loopback(self.host):
             return None
-        why = "has no accounts" if not self.users else "admits anonymous clients"
         return (
             f"refusing to listen on {self.host or 'every address'}:{self.port}: the broker "
-            f"{why}, so anyone who can reach that address could use it. Give it accounts "
-            "(broker.users) and set broker.allow_anonymous: false, or listen on 127.0.0.1"
+            "has no accounts, so anyone who can reach that address could use it. Give each "
+            "device an account (faillite accounts init; broker.password_file) or require "
+            "client certificates (broker.tls.server), or listen on 127.0.0.1"
         )
 
-    def credentials_for(self, role: Role) -> tuple[str, str] | None:
-        """(username, password) of the first user with ``role``, from the environment first."""
-        env_user = os.environ.get("FAILLITE_MQTT_USERNAME")
-        if env_user:
-            return env_user, os.environ.get("FAILLITE_MQTT_PASSWORD", "")
-        for user in self.users:
-            if user.role == role:
-                return user.username, user.resolve_password()
-        return None
+    def credentials(self, client_id: str) -> tuple[str, str | None]:
+        """(username, password) of the identity behind ``client_id`` (its name is the username).
+
+        The password is ``$FAILLITE_MQTT_PASSWORD`` if set, else this node's secret file in
+        ``secrets_dir``, else None (an open mesh)."""
+        username = base_name(client_id)
+        env = os.environ.get("FAILLITE_MQTT_PASSWORD")
+        if env:
+            return client_id, env
+        if self.secrets_dir is None:
+            return client_id, None
+        path = self.secrets_dir / f"{username}{SECRET_SUFFIX}"
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"no secret for {username} at {path} ({exc.strerror}): each node holds its own "
+                "identities' secrets (faillite accounts add)"
+            ) from exc
+        return client_id, secret
 
 
+SECRET_SUFFIX = ".secret"
 PACKET_HEADROOM = 65536  # topic and headers on top of the largest payload
 
 
@@ -257,6 +272,17 @@ class StaticServe(StrictModel):
     variant: str
 
 
+class SigningConfig(StrictModel):
+    """Ed25519 signatures on assignments and the coordinator status (``faillite/signing.py``,
+    keys from ``faillite pki signing-key``): workers and coordinators refuse what is unsigned
+    or badly signed, so even a client the broker wrongly lets write those topics cannot steer
+    a worker or depose a leader. ``public_key`` on every worker and coordinator;
+    ``private_key`` on coordinators only. Paths are opened as given: use absolute paths."""
+
+    public_key: Path
+    private_key: Path | None = None
+
+
 class CoordinatorConfig(StrictModel):
     """``static``: serve what ``assignments`` says. ``planner``: place with the CVXPY planner,
     detect failures, fail over to warm / cold backups, upgrade, re-plan and fail back."""
@@ -284,6 +310,15 @@ class CoordinatorConfig(StrictModel):
     reconnect_grace_s: float = Field(default=5.0, ge=0)  # the reconnect backoff's cap
     # Standby coordinators: take over once the leader has been gone this long (x rank).
     takeover_delay_s: float = Field(default=0.5, ge=0)
+    # The coordinator ids of this mesh (leader and standbys): a status of another id deposes
+    # no leader and names none for workers. Empty: any id.
+    ids: tuple[Id, ...] = ()
+    signing: SigningConfig | None = None  # None: assignments and status travel unsigned
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_id("coordinator", i) for i in v)
 
 
 class MeshConfig(StrictModel):
@@ -401,7 +436,44 @@ def load_mesh_config(path: str | Path, overrides: dict[str, Any] | None = None) 
         models_dir = _resolve(base, cfg.models_dir)
     else:
         models_dir = default_models_dir()
-    return cfg.model_copy(update={"models_dir": models_dir, "catalog": _resolve(base, cfg.catalog)})
+    return cfg.model_copy(
+        update={
+            "models_dir": models_dir,
+            "catalog": _resolve(base, cfg.catalog),
+            "broker": _resolve_broker(base, cfg.broker),
+        }
+    )
+
+
+def _resolve_broker(base: Path, broker: BrokerConfig) -> BrokerConfig:
+    """``broker`` with its file paths (accounts, TLS) made relative to the config file."""
+
+    def opt(p: Path | None) -> Path | None:
+        return None if p is None else _resolve(base, p)
+
+    update: dict[str, Any] = {
+        "password_file": opt(broker.password_file),
+        "secrets_dir": opt(broker.secrets_dir),
+    }
+    tls = broker.tls
+    if tls is not None:
+        server = tls.server
+        update["tls"] = tls.model_copy(
+            update={
+                "ca_certs": _resolve(base, tls.ca_certs),
+                "certfile": opt(tls.certfile),
+                "keyfile": opt(tls.keyfile),
+                "server": None
+                if server is None
+                else server.model_copy(
+                    update={
+                        "certfile": _resolve(base, server.certfile),
+                        "keyfile": _resolve(base, server.keyfile),
+                    }
+                ),
+            }
+        )
+    return broker.model_copy(update=update)
 
 
 def default_models_dir() -> Path:

@@ -24,7 +24,6 @@ import random
 import ssl
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -36,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from faillite import messages
 from faillite.badinput import BadInput
 from faillite.config import BrokerConfig
+from faillite.identity import PROBE_SUFFIX
 from faillite.log import get_logger
 from faillite.tls import client_context
 from faillite.topics import Role
@@ -233,9 +233,8 @@ class MeshClient:
             clean_session=True,
             protocol=paho.MQTTv311,
         )
-        creds = broker.credentials_for(role)
-        if creds is not None:
-            c.username_pw_set(*creds)
+        # The client id is the identity's name, and so the username (faillite.identity).
+        c.username_pw_set(*broker.credentials(client_id))
         if broker.tls is not None:
             # TLS 1.2+, the broker's chain checked against the mesh CA and the host we connect
             # to against its subjectAltName; our client certificate if we have one.
@@ -546,6 +545,7 @@ class MeshClient:
 
 
 def probe_id(client_id: str) -> str:
-    """A client id of its own for a short look at the broker that must not take ``client_id``'s
-    session over (MQTT disconnects a client when another connects with its id)."""
-    return f"{client_id}-probe-{uuid.uuid4().hex[:6]}"
+    """The identity's second client id, for a short look at the broker that must not take
+    ``client_id``'s session over (MQTT disconnects a client when another connects with its
+    id); with accounts it is a username of the same secret (:mod:`faillite.identity`)."""
+    return f"{client_id}{PROBE_SUFFIX}"

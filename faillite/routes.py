@@ -1,7 +1,9 @@
 """Which results to believe: those of the worker that an app's retained route names.
 
-Any process with a worker credential may publish on ``apps/{app}/results`` and write any
-``worker`` and ``generation`` into the payload. Consumers and observers therefore judge every
+A worker publishes on ``apps/{app}/results/{worker}``, and with per-device accounts the broker
+lets only that worker write there, so the topic says who published a result; the payload's
+``worker`` must agree with it. A worker can still write any ``generation``, and a worker the
+coordinator no longer routes may keep publishing. Consumers and observers therefore judge every
 :class:`~faillite.messages.Result` against the app's newest :class:`~faillite.messages.Route`
 (retained, QoS 1, published only by the coordinator) with a :class:`RouteFilter`:
 
@@ -33,14 +35,12 @@ Any process with a worker credential may publish on ``apps/{app}/results`` and w
   unverified result move any state that later results are judged by (a generation mark).
   Once an app has a route, it is judged strictly; a cleared (empty) retained route makes it
   unknown again.
-- A result published on another app's topic is refused (``result_wrong_topic``).
+- A result whose payload names another app or worker than its topic is refused
+  (``result_wrong_topic``).
 
 Refusals are counted by reason with :class:`~faillite.badinput.BadInput` (rate-limited log).
 
-The worker name in a result is the publisher's word: with one credential for every worker
-the broker cannot tell workers apart, so a filter stops results from workers the coordinator
-did not route and generations it did not publish, not a publisher that impersonates the routed
-worker at a routed generation (that needs per-worker broker accounts).
+In an open mesh (no accounts, loopback only) the topic is the publisher's word too.
 """
 
 from __future__ import annotations
@@ -113,6 +113,15 @@ def app_of(topic: str) -> str | None:
     if parsed is None:
         return None
     return parsed[1].ids.get("app")
+
+
+def _publisher_of(topic: str) -> tuple[str | None, str | None]:
+    """(app, worker) of a results topic (None where the topic does not say)."""
+    parsed = parse(topic)
+    if parsed is None:
+        return None, None
+    ids = parsed[1].ids
+    return ids.get("app"), ids.get("worker")
 
 
 def served(route: messages.Route) -> bool:
@@ -210,15 +219,17 @@ class RouteFilter:
         self,
         result: messages.Result,
         *,
-        topic_app: str | None = None,
+        topic: str | None = None,
         received: float | None = None,
     ) -> Verdict:
-        """Judge one result. ``topic_app``: the app of the topic it came on (checked against the
-        payload's); ``received``: the caller's arrival stamp, given back if the result is
-        held and released later (wall clock by default)."""
-        if topic_app is not None and result.app != topic_app:
-            self._count(Verdict.WRONG_TOPIC, result, None, topic_app=topic_app)
-            return Verdict.WRONG_TOPIC
+        """Judge one result. ``topic``: the topic it came on (its app and worker levels are
+        checked against the payload's); ``received``: the caller's arrival stamp, given back if
+        the result is held and released later (wall clock by default)."""
+        if topic is not None:
+            topic_app, topic_worker = _publisher_of(topic)
+            if result.app != topic_app or result.worker != topic_worker:
+                self._count(Verdict.WRONG_TOPIC, result, None, topic=topic)
+                return Verdict.WRONG_TOPIC
         now = self._clock()
         expired: list[_Held] = []
         with self._lock:

@@ -84,7 +84,7 @@ WORKER_ASSIGNMENT = TopicSpec(
     "Assignment",
 )
 APP_RESULTS = TopicSpec(
-    "app_results", "apps/{app}/results", Role.WORKER, False, 0, "json", "Result"
+    "app_results", "apps/{app}/results/{worker}", Role.WORKER, False, 0, "json", "Result"
 )
 APP_ROUTE = TopicSpec("app_route", "apps/{app}/route", Role.COORDINATOR, True, 1, "json", "Route")
 COORDINATOR_STATUS = TopicSpec(
@@ -137,8 +137,14 @@ class Topics:
     def worker_assignment(self, worker: str) -> str:
         return f"{self.prefix}/workers/{check_id('worker', worker)}/assignment"
 
-    def app_results(self, app: str) -> str:
-        return f"{self.prefix}/apps/{check_id('app', app)}/results"
+    def app_results(self, app: str, worker: str) -> str:
+        """Where ``worker`` publishes ``app``'s results: the worker is a topic level, so the
+        broker's per-identity ACL, not the payload, says who published a result."""
+        return f"{self.prefix}/apps/{check_id('app', app)}/results/{check_id('worker', worker)}"
+
+    def app_results_filter(self, app: str | None = None) -> str:
+        """Every worker's results of ``app`` (of every app: None)."""
+        return f"{self.prefix}/apps/{'+' if app is None else check_id('app', app)}/results/+"
 
     def app_route(self, app: str) -> str:
         return f"{self.prefix}/apps/{check_id('app', app)}/route"
@@ -161,6 +167,20 @@ class Topics:
     @property
     def everything(self) -> str:
         return f"{self.prefix}/#"
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1 §4.7 matching of a concrete ``topic`` against ``topic_filter``."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False  # §4.7.2: wildcards at the first level never match $-topics
+    f_levels = topic_filter.split("/")
+    t_levels = topic.split("/")
+    for i, level in enumerate(f_levels):
+        if level == "#":
+            return True
+        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
+            return False
+    return len(f_levels) == len(t_levels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,39 +208,3 @@ def parse(topic: str) -> tuple[str, ParsedTopic] | None:
         else:
             return mesh, ParsedTopic(spec, ids)
     return None
-
-
-def role_acl(mesh: str) -> dict[Role, tuple[tuple[Access, str], ...]]:
-    """Per-role topic ACL, shared by the embedded broker and the Mosquitto ACL file."""
-    t = Topics(mesh)
-    f = t.filter
-    return {
-        # Roles read their own kind's status and liveness topics: a process looks, before it
-        # connects under its id, whether that id is already live (faillite.presence).
-        Role.SENSOR: (
-            (Access.READWRITE, f(SENSOR_FRAMES)),
-            (Access.READWRITE, f(SENSOR_STATUS)),
-            (Access.READ, f(APP_RESULTS)),
-            (Access.READ, f(APP_ROUTE)),  # results count only from the routed worker
-            (Access.READWRITE, t.events),
-        ),
-        Role.WORKER: (
-            (Access.READ, f(SENSOR_FRAMES)),
-            (Access.READ, f(WORKER_ASSIGNMENT)),
-            (Access.READ, t.coordinator_status),
-            (Access.READWRITE, f(WORKER_STATUS)),
-            (Access.READWRITE, f(WORKER_HEARTBEAT)),
-            (Access.WRITE, f(APP_RESULTS)),
-            (Access.READWRITE, t.events),
-        ),
-        Role.COORDINATOR: (
-            (Access.READ, t.everything),
-            (Access.WRITE, f(WORKER_ASSIGNMENT)),
-            (Access.WRITE, f(APP_ROUTE)),
-            (Access.WRITE, t.coordinator_status),
-            (Access.WRITE, t.placement),
-            (Access.WRITE, t.events),
-        ),
-        Role.OBSERVER: ((Access.READ, t.everything),),
-        Role.ADMIN: ((Access.READWRITE, "#"),),
-    }

@@ -164,6 +164,12 @@ class BrokerLauncher:
                 return proc
         raise KeyError(endpoint)
 
+    def reload(self, endpoint: BrokerEndpoint) -> None:
+        """Make a Mosquitto broker re-read its password file and ACL (SIGHUP); the embedded
+        broker re-reads its password file by itself when it changes."""
+        if endpoint.kind == "mosquitto":
+            self.process(endpoint).proc.send_signal(signal.SIGHUP)
+
     def stop_all(self) -> None:
         errors: list[BaseException] = []
         while self.processes:

@@ -25,6 +25,7 @@ from rich.table import Table
 from faillite import messages
 from faillite.badinput import BadInput
 from faillite.config import ConfigError, MeshConfig
+from faillite.identity import Identity
 from faillite.mqtt import Inbound, MeshClient
 from faillite.routes import RouteFilter, Verdict, app_of
 from faillite.stats import RateMeter, Window, percentiles
@@ -101,7 +102,10 @@ class MeshObserver:
         self.event_counts: Counter[str] = Counter()
         self.backups: dict[str, str] = {}
         self.client = MeshClient(
-            f"faillite-{cfg.mesh}-{client_id}", cfg.broker, role=Role.OBSERVER, bad=self.bad
+            Identity(cfg.mesh, Role.OBSERVER, client_id).name,
+            cfg.broker,
+            role=Role.OBSERVER,
+            bad=self.bad,
         )
         c, t = self.client, self.topics
         c.subscribe_json(
@@ -142,7 +146,7 @@ class MeshObserver:
                     "result_unknown_app", f"result of unknown app {r.app!r}", worker=r.worker
                 )
                 return
-            verdict = self.routes.check(r, topic_app=app_of(inb.topic), received=now)
+            verdict = self.routes.check(r, topic=inb.topic, received=now)
             if verdict.accepted:
                 self._take(r, now, verdict)
 

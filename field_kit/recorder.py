@@ -12,8 +12,9 @@ from typing import TypeVar
 
 from faillite import messages
 from faillite.config import MeshConfig
+from faillite.identity import Identity
 from faillite.mqtt import MeshClient, Raw
-from faillite.topics import Role, Topics
+from faillite.topics import Role, Topics, matches
 
 T = TypeVar("T")
 
@@ -23,7 +24,9 @@ class Recorder:
 
     def __init__(self, cfg: MeshConfig, name: str = "recorder") -> None:
         self.topics = Topics(cfg.mesh)
-        self.client = MeshClient(f"faillite-{cfg.mesh}-{name}", cfg.broker, role=Role.ADMIN)
+        self.client = MeshClient(
+            Identity(cfg.mesh, Role.ADMIN, name).name, cfg.broker, role=Role.ADMIN
+        )
         self._msgs: list[tuple[float, str, bytes]] = []
         self._cond = threading.Condition()
 
@@ -48,9 +51,10 @@ class Recorder:
             return [m for m in self._msgs if m[0] >= since]
 
     def messages(self, topic: str, cls: type[T], since: float = 0.0) -> list[T]:
-        """Decoded messages on one exact topic (undecodable ones skipped)."""
+        """Decoded messages on one topic, or on every topic a filter matches (undecodable ones
+        skipped)."""
         with self._cond:
-            raw = [(t, p) for t, tp, p in self._msgs if tp == topic and t >= since and p]
+            raw = [(t, p) for t, tp, p in self._msgs if matches(topic, tp) and t >= since and p]
         out = []
         for _t, p in raw:
             try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from faillite import envelope, messages
 from faillite.config import BrokerConfig, SensorConfig
+from faillite.identity import Identity
 from faillite.log import get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
@@ -81,7 +82,7 @@ class SensorPublisher:
             self._birth,
             on_replaced=lambda _st: self.stop(),
         )
-        self.client_id = f"faillite-{mesh}-sensor-{cfg.id}"
+        self.client_id = Identity(mesh, Role.SENSOR, cfg.id).name
         self.client = MeshClient(self.client_id, broker, role=Role.SENSOR, presence=self.presence)
         self.frames_topic = self.topics.sensor_frames(cfg.id)
         self.sent = 0
@@ -134,7 +135,7 @@ class SensorPublisher:
         if result.sensor != self.cfg.id:
             return  # another sensor's app: not ours to judge or count
         now = time.time()
-        verdict = self.routes.check(result, topic_app=app_of(inbound.topic), received=now)
+        verdict = self.routes.check(result, topic=inbound.topic, received=now)
         if verdict is Verdict.UNVERIFIED:
             self.unverified += 1
         if verdict.accepted:

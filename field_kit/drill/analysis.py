@@ -16,6 +16,7 @@ from typing import Any
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
+from faillite.identity import Identity
 from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics, parse
 from field_kit.recorder import Recorder
@@ -272,7 +273,9 @@ def retained_snapshot(cfg: MeshConfig, wait_s: float = 1.0) -> dict[str, bytes]:
             with lock:
                 got[msg.topic] = msg.payload
 
-    client = MeshClient(f"faillite-{cfg.mesh}-snapshot", cfg.broker, role=Role.ADMIN)
+    client = MeshClient(
+        Identity(cfg.mesh, Role.ADMIN, "snapshot").name, cfg.broker, role=Role.ADMIN
+    )
     for f in (
         "workers/+/status",
         "workers/+/assignment",

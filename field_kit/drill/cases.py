@@ -58,7 +58,7 @@ class DrillContext:
         for app in apps if apps is not None else self.affected:
 
             def moved(app: str = app) -> bool:
-                rs = m.rec.messages(m.topics.app_results(app), messages.Result, since=since)
+                rs = m.rec.messages(m.topics.app_results_filter(app), messages.Result, since=since)
                 return any(r.worker not in targets for r in rs)
 
             m.rec.wait_for(moved, self.opts.effect_timeout_s, f"{app} served by a survivor")

@@ -36,7 +36,7 @@ APPS = ("a1", "a2")
 WORKERS = ("w1", "w2", "w3")
 # What the recorder keeps: everything but frames (heavy, and results say what was served).
 FOLLOW = (
-    "apps/+/results",
+    "apps/+/results/+",
     "apps/+/route",
     "events",
     "workers/+/status",
@@ -280,7 +280,9 @@ class DrillMesh:
         since = time.monotonic() - within_s
         return {
             r.worker
-            for r in self.rec.messages(self.topics.app_results(app), messages.Result, since=since)
+            for r in self.rec.messages(
+                self.topics.app_results_filter(app), messages.Result, since=since
+            )
         }
 
     def _latest(self, topics: set[str], since: float) -> dict[str, tuple[float, bytes]]:

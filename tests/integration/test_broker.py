@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import importlib.metadata
 import inspect
-import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -28,11 +26,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import mosquitto as mq
-from broker._acl import AccessPolicy, Operation, filter_covers, topic_matches
+from broker._acl import filter_covers
 from broker._amqtt_hooks import LogLimiter, parse_connect_head
 from broker.embedded import BrokerSetupError, serve
-from faillite.config import BrokerConfig, BrokerUser, ConfigError, TlsConfig, load_mesh_config
+from faillite.accounts import add_account, revoke_account
+from faillite.config import BrokerConfig, TlsConfig, load_mesh_config
+from faillite.identity import Identity
 from faillite.topics import Role, Topics
+from faillite.topics import matches as topic_matches
 from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, mosquitto_binary
 from field_kit.procs import free_port
 
@@ -159,7 +160,8 @@ class Recorder:
         self.granted: list[int] = []
         self._cond = threading.Condition()
         self._connack: int | None = None
-        c = _client(f"rec-{uid()}")
+        # With accounts a client connects only as itself: its client id is its username.
+        c = _client(username or f"rec-{uid()}")
         if username is not None:
             c.username_pw_set(username, password)
         if will is not None:
@@ -233,8 +235,11 @@ def recorder(ep: BrokerEndpoint, *filters: str, **kw: Any) -> Iterator[Recorder]
         rec.close()
 
 
-def connack_code(ep: BrokerEndpoint, username: str | None, password: str | None) -> int:
-    sc = SilentClient(ep, f"auth-{uid()}", 10, username=username, password=password)
+def connack_code(
+    ep: BrokerEndpoint, username: str | None, password: str | None, client_id: str | None = None
+) -> int:
+    cid = client_id or username or f"auth-{uid()}"
+    sc = SilentClient(ep, cid, 10, username=username, password=password)
     sc.close()
     return sc.return_code
 
@@ -329,106 +334,140 @@ def test_retained_messages_go_only_to_their_subscribers(broker: BrokerEndpoint) 
 # -- accounts, ACL, payload limit: both brokers, a secured config -------------------------------
 
 SECURE_MESH = "sec"
-COORD_PW_ENV = "FAILLITE_TEST_BROKER_COORD_PW"
-COORD_PW = "c0ord-Pa55"
 SECURE_LIMIT = 2048
+CAM1 = Identity(SECURE_MESH, Role.SENSOR, "cam1")
+W1 = Identity(SECURE_MESH, Role.WORKER, "w1")
+COORD = Identity(SECURE_MESH, Role.COORDINATOR, "main")
+OPS = Identity(SECURE_MESH, Role.OBSERVER, "ops")
 
 
-def secure_config() -> BrokerConfig:
-    return BrokerConfig(
-        allow_anonymous=True,
-        acl=True,
-        max_payload_bytes=SECURE_LIMIT,
-        users=(
-            BrokerUser(username="cam1", role=Role.SENSOR, password="s3nsor"),
-            BrokerUser(username="w1", role=Role.WORKER, password="w0rker"),
-            BrokerUser(username="coord", role=Role.COORDINATOR, password_env=COORD_PW_ENV),
-        ),
+@dataclass(frozen=True)
+class Secure:
+    """A broker with one account per device, and each device's secret."""
+
+    ep: BrokerEndpoint
+    secrets: dict[Identity, str]
+
+    def secret(self, identity: Identity) -> str:
+        return self.secrets[identity]
+
+
+def secure_config(d: Path) -> tuple[BrokerConfig, dict[Identity, str]]:
+    pw = d / "passwd"
+    secrets = {
+        i: add_account(pw, d / "secrets", i).read_text().strip() for i in (CAM1, W1, COORD, OPS)
+    }
+    cfg = BrokerConfig(
+        acl=True, max_payload_bytes=SECURE_LIMIT, password_file=pw, login_delay_s=0.0
     )
+    return cfg, secrets
 
 
 @pytest.fixture(scope="module", params=("amqtt", "mosquitto"), ids=("amqtt", "mosquitto"))
 def secure_broker(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BrokerEndpoint]:
-    launcher = BrokerLauncher(tmp_path_factory.mktemp("secure"))
+) -> Iterator[Secure]:
+    d = tmp_path_factory.mktemp("secure")
+    launcher = BrokerLauncher(d)
+    cfg, secrets = secure_config(d)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(COORD_PW_ENV, COORD_PW)  # the broker resolves password_env at start
-            ep = launcher.start(str(request.param), secure_config(), mesh=SECURE_MESH)
-        yield ep
+        yield Secure(launcher.start(str(request.param), cfg, mesh=SECURE_MESH), secrets)
     finally:
         launcher.stop_all()
 
 
-def coordinator(ep: BrokerEndpoint, *filters: str) -> contextlib.AbstractContextManager[Recorder]:
-    return recorder(ep, *filters, username="coord", password=COORD_PW)
+def as_(
+    sec: Secure, who: Identity, *filters: str, **kw: Any
+) -> contextlib.AbstractContextManager[Recorder]:
+    return recorder(sec.ep, *filters, username=who.name, password=sec.secret(who), **kw)
 
 
-def test_credentials_are_checked(secure_broker: BrokerEndpoint) -> None:
-    assert connack_code(secure_broker, "coord", COORD_PW) == 0
-    assert connack_code(secure_broker, "cam1", "s3nsor") == 0
-    assert connack_code(secure_broker, "coord", "wrong") == 5  # not authorized
-    assert connack_code(secure_broker, "nobody", "x") == 5
-    assert connack_code(secure_broker, "cam1", None) != 0
+def test_credentials_are_checked(secure_broker: Secure) -> None:
+    sec, ep = secure_broker, secure_broker.ep
+    assert connack_code(ep, COORD.name, sec.secret(COORD)) == 0
+    assert connack_code(ep, CAM1.name, sec.secret(CAM1)) == 0
+    assert connack_code(ep, COORD.name, "wrong") == 5  # not authorized
+    assert connack_code(ep, "sec.worker.nobody", "x") == 5
+    assert connack_code(ep, CAM1.name, None) != 0
+    assert connack_code(ep, None, None) == 5  # no anonymous access at all
 
 
-def test_sensor_cannot_publish_an_assignment_but_the_coordinator_can(
-    secure_broker: BrokerEndpoint,
-) -> None:
+def test_a_client_connects_only_as_itself(secure_broker: Secure) -> None:
+    sec, ep = secure_broker, secure_broker.ep
+    # The right secret, under another device's client id: refused (embedded broker) or
+    # renamed to its own (Mosquitto's use_username_as_clientid). Either way the coordinator's
+    # session is untouched: it still gets what is published to it.
     t = Topics(SECURE_MESH)
-    topic = t.worker_assignment(f"w{uid()}")
+    with as_(sec, COORD, t.events) as coord, as_(sec, W1) as worker:
+        code = connack_code(ep, CAM1.name, sec.secret(CAM1), client_id=COORD.name)
+        assert code == (5 if ep.kind == "amqtt" else 0)
+        worker.publish(t.events, b"still-here")
+        assert coord.wait_for(lambda m: m.payload == b"still-here", timeout=5)
+        assert coord.connected
+
+
+def test_sensor_cannot_publish_an_assignment_but_the_coordinator_can(secure_broker: Secure) -> None:
+    t = Topics(SECURE_MESH)
+    topic = t.worker_assignment("w1")
     status = t.sensor_status("cam1")
-    with (
-        coordinator(secure_broker, topic, status) as coord,
-        recorder(secure_broker, username="cam1", password="s3nsor") as sensor,
-    ):
+    with as_(secure_broker, COORD, topic, status) as coord, as_(secure_broker, CAM1) as sensor:
         sensor.publish(topic, b"from-sensor")
-        sensor.publish(status, b"online")  # its own kind of topic: allowed
+        sensor.publish(status, b"online")  # its own status: allowed
         coord.publish(topic, b"from-coordinator")
         assert coord.wait_for(lambda m: m.payload == b"from-coordinator", timeout=5)
         assert coord.wait_for(lambda m: m.topic == status, timeout=5)
         time.sleep(0.3)
         assert [m.payload for m in coord.on(topic)] == [b"from-coordinator"]
         assert sensor.connected  # a denied publish is dropped, the client stays
+        coord.publish(topic, b"", retain=True)
 
 
-def test_sensor_cannot_read_assignments(secure_broker: BrokerEndpoint) -> None:
-    topic = Topics(SECURE_MESH).worker_assignment(f"w{uid()}")
-    with (
-        recorder(secure_broker, username="cam1", password="s3nsor") as sensor,
-        coordinator(secure_broker) as coord,
-    ):
+def test_a_worker_writes_only_its_own_topics(secure_broker: Secure) -> None:
+    t = Topics(SECURE_MESH)
+    mine, theirs = t.worker_status("w1"), t.worker_status("w2")
+    results_mine, results_theirs = t.app_results("a1", "w1"), t.app_results("a1", "w2")
+    with as_(secure_broker, OPS, t.everything) as obs, as_(secure_broker, W1) as worker:
+        for topic in (theirs, results_theirs, mine, results_mine):
+            worker.publish(topic, b"w1")
+        assert obs.wait_for(lambda m: m.topic == results_mine, timeout=5)
+        time.sleep(0.3)
+        assert {m.topic for m in obs.messages} == {mine, results_mine}
+        worker.publish(mine, b"", retain=True)
+
+
+def test_sensor_cannot_read_assignments(secure_broker: Secure) -> None:
+    topic = Topics(SECURE_MESH).worker_assignment("w1")
+    with as_(secure_broker, CAM1) as sensor, as_(secure_broker, COORD) as coord:
         code = sensor.subscribe(topic)
         # The embedded broker refuses the subscription; Mosquitto grants it and filters delivery.
-        assert code == (0x80 if secure_broker.kind == "amqtt" else 1)
+        assert code == (0x80 if secure_broker.ep.kind == "amqtt" else 1)
         coord.publish(topic, b"secret", retain=True)
         time.sleep(0.5)
         assert sensor.messages == []
         coord.publish(topic, b"", retain=True)
 
 
-def test_anonymous_clients_are_read_only_observers(secure_broker: BrokerEndpoint) -> None:
+def test_observers_only_read(secure_broker: Secure) -> None:
     t = Topics(SECURE_MESH)
-    with coordinator(secure_broker, t.events) as coord, recorder(secure_broker) as anon:
-        assert anon.return_code == 0
-        assert anon.subscribe(t.everything) == 1
-        anon.publish(t.events, b"from-anonymous")
+    with as_(secure_broker, COORD, t.events) as coord, as_(secure_broker, OPS) as obs:
+        assert obs.subscribe(t.everything) == 1
+        obs.publish(t.events, b"from-observer")
         coord.publish(t.placement, b"plan")
-        assert anon.wait_for(lambda m: m.payload == b"plan", timeout=5)
+        assert obs.wait_for(lambda m: m.payload == b"plan", timeout=5)
         time.sleep(0.3)
         assert coord.on(t.events) == []
+        coord.publish(t.placement, b"", retain=True)
 
 
-def test_will_on_a_forbidden_topic_is_dropped(secure_broker: BrokerEndpoint) -> None:
+def test_will_on_a_forbidden_topic_is_dropped(secure_broker: Secure) -> None:
     t = Topics(SECURE_MESH)
-    forbidden = t.worker_assignment(f"w{uid()}")
-    allowed = t.sensor_status(f"s{uid()}")
-    with coordinator(secure_broker, forbidden, allowed) as coord:
+    forbidden = t.worker_assignment("w1")
+    allowed = t.sensor_status("cam1")
+    with as_(secure_broker, COORD, forbidden, allowed) as coord:
         for topic in (forbidden, allowed):
             c = SilentClient(
-                secure_broker, f"cam-{uid()}", 60, will=(topic, b"dead"),
-                username="cam1", password="s3nsor",
+                secure_broker.ep, CAM1.name, 60, will=(topic, b"dead"),
+                username=CAM1.name, password=secure_broker.secret(CAM1),
             )  # fmt: skip
             assert c.return_code == 0
             c.close()
@@ -437,9 +476,9 @@ def test_will_on_a_forbidden_topic_is_dropped(secure_broker: BrokerEndpoint) -> 
         assert coord.on(forbidden) == []
 
 
-def test_oversized_payload_is_dropped(secure_broker: BrokerEndpoint) -> None:
+def test_oversized_payload_is_dropped(secure_broker: Secure) -> None:
     topic = Topics(SECURE_MESH).events
-    with coordinator(secure_broker, topic) as coord:
+    with as_(secure_broker, COORD, topic) as coord:
         coord.publish(topic, b"x" * (SECURE_LIMIT + 1))
         coord.publish(topic, b"y" * (SECURE_LIMIT - 100))
         assert coord.wait_for(lambda m: m.payload[:1] == b"y", timeout=5)
@@ -449,12 +488,20 @@ def test_oversized_payload_is_dropped(secure_broker: BrokerEndpoint) -> None:
 
 
 @pytest.mark.parametrize("kind", BROKER_KINDS)
-def test_refuses_everyone_without_accounts_when_anonymous_is_off(
-    kind: str, broker_launcher: BrokerLauncher
+def test_a_revoked_account_is_refused_and_the_others_are_not(
+    kind: str, broker_launcher: BrokerLauncher, tmp_path: Path
 ) -> None:
-    ep = broker_launcher.start(kind, BrokerConfig(allow_anonymous=False))
-    assert connack_code(ep, None, None) == 5
-    assert connack_code(ep, "someone", "pw") == 5
+    cfg, secrets = secure_config(tmp_path)
+    ep = broker_launcher.start(kind, cfg, mesh=SECURE_MESH)
+    assert connack_code(ep, W1.name, secrets[W1]) == 0
+    assert revoke_account(tmp_path / "passwd", W1.name)
+    if kind == "mosquitto":
+        broker_launcher.reload(ep)  # SIGHUP: Mosquitto re-reads the password file
+    deadline = time.monotonic() + 5
+    while connack_code(ep, W1.name, secrets[W1]) == 0:
+        assert time.monotonic() < deadline, "revoked account still admitted"
+        time.sleep(0.2)
+    assert connack_code(ep, CAM1.name, secrets[CAM1]) == 0
 
 
 def test_broker_stops_cleanly_on_sigterm(broker_launcher: BrokerLauncher) -> None:
@@ -616,36 +663,6 @@ def test_keepalive_zero_is_never_dropped(amqtt_broker: BrokerEndpoint) -> None:
 # -- Mosquitto configuration ---------------------------------------------------------------------
 
 
-def test_password_hash_interoperates_with_mosquitto_passwd(tmp_path: Path) -> None:
-    ours = mq.hash_password("pa:ss w0rd")
-    assert mq.verify_password("pa:ss w0rd", ours)
-    assert not mq.verify_password("pa:ss w0rd!", ours)
-    passwd_tool = shutil.which("mosquitto_passwd", path=f"{os.environ.get('PATH', '')}:/usr/bin")
-    if passwd_tool is None:
-        pytest.skip("mosquitto_passwd not installed (apt-get install mosquitto)")
-    pwfile = tmp_path / "passwd"
-    pwfile.touch()
-    subprocess.run([str(passwd_tool), "-b", str(pwfile), "alice", "pa:ss w0rd"], check=True)
-    theirs = pwfile.read_text().strip().split(":", 1)[1]
-    assert theirs.startswith("$7$101$")
-    assert mq.verify_password("pa:ss w0rd", theirs)
-    assert not mq.verify_password("other", theirs)
-    # The other direction (Mosquitto accepting our hashes) is test_credentials_are_checked.
-
-
-def test_generated_acl_has_a_block_per_account() -> None:
-    acl = mq.render_acl(secure_config(), "demo")
-    blocks = acl.split("\nuser ")
-    anonymous, users = blocks[0], blocks[1:]
-    assert "topic read faillite/demo/#" in anonymous
-    assert [b.split("\n", 1)[0] for b in users] == ["cam1", "w1", "coord"]
-    assert "topic readwrite faillite/demo/sensors/+/frames" in users[0]
-    assert "topic write faillite/demo/workers/+/assignment" not in users[0]
-    assert "topic write faillite/demo/workers/+/assignment" in users[2]
-    closed = secure_config().model_copy(update={"allow_anonymous": False})
-    assert "topic read" not in mq.render_acl(closed, "demo").split("\nuser ")[0]
-
-
 def test_generated_files_follow_the_config(tmp_path: Path) -> None:
     anon = mq.write_mosquitto_config(BrokerConfig(port=1884), "demo", tmp_path / "a")
     text = anon.read_text()
@@ -653,45 +670,26 @@ def test_generated_files_follow_the_config(tmp_path: Path) -> None:
     assert "allow_anonymous true" in text
     assert "password_file" not in text
     assert "acl_file" not in text
-    assert not (tmp_path / "a" / "passwd").exists()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(COORD_PW_ENV, COORD_PW)
-        conf = mq.write_mosquitto_config(secure_config(), "demo", tmp_path / "s")
+    cfg, _secrets = secure_config(tmp_path)
+    conf = mq.write_mosquitto_config(cfg, SECURE_MESH, tmp_path / "s")
     text = conf.read_text()
-    assert f"password_file {tmp_path / 's' / 'passwd'}" in text
+    assert f"password_file {tmp_path / 'passwd'}" in text
     assert f"acl_file {tmp_path / 's' / 'acl'}" in text
     assert f"message_size_limit {SECURE_LIMIT}" in text
-    passwd = tmp_path / "s" / "passwd"
-    assert passwd.stat().st_mode & 0o777 == 0o600
-    lines = dict(line.split(":", 1) for line in passwd.read_text().splitlines())
-    assert mq.verify_password(COORD_PW, lines["coord"])
+    assert "allow_anonymous false" in text
+    assert (tmp_path / "s" / "acl").read_text().count("\nuser ") + 1 >= 8
     with pytest.raises(mq.MosquittoConfigError):
         mq.write_mosquitto_config(BrokerConfig(port=0), "demo", tmp_path / "z")
-    bad = BrokerConfig(users=(BrokerUser(username="a:b", role=Role.SENSOR, password="x"),))
-    with pytest.raises(mq.MosquittoConfigError):
-        mq.render_acl(bad, "demo")
-
-
-def test_missing_password_env_is_a_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(COORD_PW_ENV, raising=False)
-    with pytest.raises(ConfigError):
-        mq.write_mosquitto_config(secure_config(), "demo", tmp_path)
-    with pytest.raises(ConfigError):
-        AccessPolicy(secure_config(), "demo")
 
 
 def test_committed_demo_files_match_the_generator(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parents[2] / "configs" / "mosquitto"
     cfg = load_mesh_config(shipped / "demo-broker.yaml")
-    mq.write_mosquitto_config(
-        cfg.broker,
-        cfg.mesh,
+    mq.write_for_mesh(
+        cfg,
         tmp_path,
         install_dir=Path(mq.DEMO_INSTALL_DIR),
         persistence_dir=Path(mq.DEMO_PERSISTENCE_DIR),
-        write_passwords=False,
     )
     for name in ("mosquitto.conf", "acl"):
         assert (shipped / name).read_text() == (tmp_path / name).read_text(), (
@@ -716,36 +714,6 @@ def test_topic_matching_and_filter_coverage() -> None:
     assert not filter_covers("a/b/c", "a/+/c")
     assert not filter_covers("a/+", "a/b/c")
     assert filter_covers("#", "#")
-
-
-def test_access_policy_by_role() -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(COORD_PW_ENV, COORD_PW)
-        policy = AccessPolicy(secure_config(), "m")
-    t = Topics("m")
-    sensor = policy.admit("cam1", "s3nsor")
-    assert sensor.admitted and sensor.role is Role.SENSOR
-    assert policy.allowed(Role.SENSOR, Operation.PUBLISH, t.sensor_frames("cam1"))
-    assert not policy.allowed(Role.SENSOR, Operation.PUBLISH, t.worker_assignment("w1"))
-    assert not policy.allowed(Role.SENSOR, Operation.SUBSCRIBE, t.everything)
-    assert policy.allowed(Role.WORKER, Operation.SUBSCRIBE, "faillite/m/workers/+/assignment")
-    assert not policy.allowed(Role.WORKER, Operation.PUBLISH, t.placement)
-    assert policy.allowed(Role.COORDINATOR, Operation.RECEIVE, t.worker_heartbeat("w1"))
-    assert not policy.allowed(Role.OBSERVER, Operation.PUBLISH, t.events)
-    assert policy.allowed(None, Operation.PUBLISH, "anything/at/all")
-    assert policy.admit(None, None).role is Role.OBSERVER
-    assert policy.admit("cam1", "nope").reason == "bad_password"
-    assert policy.admit("ghost", "x").reason == "unknown_user"
-    open_policy = AccessPolicy(BrokerConfig(), "m")
-    assert open_policy.admit(None, None).role is None and not open_policy.acl_enabled
-    closed = AccessPolicy(BrokerConfig(allow_anonymous=False), "m")
-    assert closed.admit(None, None).reason == "anonymous_not_allowed"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(COORD_PW_ENV, COORD_PW)
-        no_acl = AccessPolicy(secure_config().model_copy(update={"acl": False}), "m")
-    assert no_acl.auth_enabled and not no_acl.acl_enabled
-    assert no_acl.admit("cam1", "s3nsor").role is None  # authenticated, unrestricted
-    assert no_acl.admit("cam1", "bad").reason == "bad_password"
 
 
 def test_connect_head_parsing() -> None:

@@ -116,7 +116,7 @@ def _serving(
 
 
 def _results(col: Collector, t: Topics, app: str, since: float = 0.0) -> list[messages.Result]:
-    return col.messages(t.app_results(app), messages.Result, since=since)
+    return col.messages(t.app_results_filter(app), messages.Result, since=since)
 
 
 def _events(col: Collector, t: Topics, kind: str) -> list[messages.Event]:

@@ -4,8 +4,8 @@ Per broker kind (amqtt: the embedded broker, in its own process; Mosquitto): a M
 trusting the mesh CA connects and a message round-trips; a client trusting another CA, and a
 broker whose certificate another CA signed, get no connection; the host name check is against
 the server certificate's subjectAltName. With client certificates required: no certificate, no
-connection; a certificate of the mesh CA gets in, and its common name is the account whatever
-the CONNECT says (the ACL of that account applies).
+connection; a certificate of the mesh CA gets in, and its common name is the identity whatever
+the CONNECT says (the ACL of that identity applies).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from faillite import pki
-from faillite.config import BrokerConfig, BrokerUser, TlsConfig, TlsServerConfig
+from faillite.accounts import add_account
+from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig
+from faillite.identity import Identity
 from faillite.mqtt import ConnectError, MeshClient, Raw
 from faillite.tls import client_context
 from faillite.topics import Role, Topics
@@ -34,22 +34,26 @@ from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, Brok
 MESH = "tlsmesh"
 T = Topics(MESH)
 REFUSED_WITHIN_S = 2.0  # a refused client gets no connection within this long
-PASSWORDS = {"cam1": "s3nsor", "w1": "w0rker", "coord": "c00rd"}
+CAM1 = Identity(MESH, Role.SENSOR, "cam1")
+W1 = Identity(MESH, Role.WORKER, "w1")
+COORD = Identity(MESH, Role.COORDINATOR, "main")
+STRANGER = Identity(MESH, Role.WORKER, "stranger")  # a certificate, but no account
 
 
 @dataclass(frozen=True)
 class Pki:
     mesh: Path  # the mesh CA's folder: ca.crt, broker.crt (127.0.0.1, localhost), clients
+    accounts: Path  # passwd, and secrets/ with each identity's secret
     foreign: Path  # another CA: its own ca.crt and a broker.crt for the same hosts
     elsewhere: Path  # broker certificate of the mesh CA for another host only
 
-    def tls(self, *, client: str | None = None, ca: Path | None = None) -> TlsConfig:
+    def tls(self, *, client: Identity | None = None, ca: Path | None = None) -> TlsConfig:
         """A node's TLS settings: trusts ``ca`` (default the mesh CA), presents ``client``."""
         ca_dir = ca or self.mesh
         return TlsConfig(
             ca_certs=ca_dir / pki.CA_CERT,
-            certfile=self.mesh / f"{client}.crt" if client else None,
-            keyfile=self.mesh / f"{client}.key" if client else None,
+            certfile=self.mesh / f"{client.name}.crt" if client else None,
+            keyfile=self.mesh / f"{client.name}.key" if client else None,
         )
 
     def server(self, *, folder: Path | None = None, require_client: bool = False) -> TlsConfig:
@@ -71,13 +75,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     mesh, foreign, elsewhere = root / "mesh", root / "foreign", root / "elsewhere"
     pki.init_ca(mesh)
     pki.issue_server(mesh, "broker", ["127.0.0.1", "localhost"])
-    for name in ("cam1", "w1", "coord", "stranger"):
-        pki.issue_client(mesh, name)
+    for identity in (CAM1, W1, COORD, STRANGER):
+        pki.issue_client(mesh, identity.name)
     pki.init_ca(foreign, common_name="Somebody Else's CA")
     pki.issue_server(foreign, "broker", ["127.0.0.1", "localhost"])
-    pki.issue_client(foreign, "cam1")
+    pki.issue_client(foreign, CAM1.name)
     pki.issue_server(mesh, "broker", ["kit-broker.local"], out_dir=elsewhere)
-    return Pki(mesh, foreign, elsewhere)
+    accounts = root / "accounts"
+    for identity in (CAM1, W1, COORD):
+        add_account(accounts / "passwd", accounts / "secrets", identity)
+    return Pki(mesh, accounts, foreign, elsewhere)
 
 
 def _start(launcher: BrokerLauncher, kind: str, cfg: BrokerConfig) -> BrokerEndpoint:
@@ -104,22 +111,14 @@ def tls_broker(launcher: BrokerLauncher, kind: str, certs: Pki) -> BrokerEndpoin
     return _start(launcher, kind, BrokerConfig(tls=certs.server()))
 
 
-def accounts(*, with_passwords: bool = True) -> tuple[BrokerUser, ...]:
-    roles = {"cam1": Role.SENSOR, "w1": Role.WORKER, "coord": Role.COORDINATOR}
-    return tuple(
-        BrokerUser(username=n, role=r, password=PASSWORDS[n] if with_passwords else None)
-        for n, r in roles.items()
-    )
-
-
 @pytest.fixture(scope="module")
 def mtls_broker(launcher: BrokerLauncher, kind: str, certs: Pki) -> BrokerEndpoint:
-    """Client certificates required; accounts with the per-role ACL, no anonymous access."""
+    """Client certificates required, accounts with the per-identity ACL."""
     cfg = BrokerConfig(
         tls=certs.server(require_client=True),
-        users=accounts(),
-        allow_anonymous=False,
+        password_file=certs.accounts / "passwd",
         acl=True,
+        login_delay_s=0.0,
     )
     return _start(launcher, kind, cfg)
 
@@ -132,16 +131,18 @@ def uid() -> str:
 
 
 def node_config(
-    ep: BrokerEndpoint, tls: TlsConfig, *, host: str | None = None, login: str | None = None
+    ep: BrokerEndpoint, tls: TlsConfig, *, host: str | None = None, secrets: Path | None = None
 ) -> BrokerConfig:
-    """What a node's config says: the broker, its TLS files, the account it logs in with."""
-    users = () if login is None else tuple(u for u in accounts() if u.username == login)
-    return BrokerConfig(host=host or ep.host, port=ep.port, tls=tls, users=users)
+    """What a node's config says: the broker, its TLS files, where its secret is."""
+    return BrokerConfig(host=host or ep.host, port=ep.port, tls=tls, secrets_dir=secrets)
 
 
 @contextlib.contextmanager
-def connected(cfg: BrokerConfig, role: Role = Role.ADMIN, name: str = "c") -> Iterator[MeshClient]:
-    client = MeshClient(f"{name}-{uid()}", cfg, role=role, quiet=True)
+def connected(
+    cfg: BrokerConfig, role: Role = Role.ADMIN, name: str | Identity = "c"
+) -> Iterator[MeshClient]:
+    client_id = name.name if isinstance(name, Identity) else f"{name}-{uid()}"
+    client = MeshClient(client_id, cfg, role=role, quiet=True)
     client.start(connect_timeout=10)
     try:
         yield client
@@ -149,9 +150,10 @@ def connected(cfg: BrokerConfig, role: Role = Role.ADMIN, name: str = "c") -> It
         client.stop()
 
 
-def refused(cfg: BrokerConfig, role: Role = Role.ADMIN) -> bool:
+def refused(cfg: BrokerConfig, role: Role = Role.ADMIN, identity: Identity | None = None) -> bool:
     """True if a MeshClient with ``cfg`` gets no connection (it keeps retrying meanwhile)."""
-    client = MeshClient(f"refused-{uid()}", cfg, role=role, quiet=True)
+    client_id = identity.name if identity is not None else f"refused-{uid()}"
+    client = MeshClient(client_id, cfg, role=role, quiet=True)
     try:
         client.start(connect_timeout=REFUSED_WITHIN_S)
     except ConnectError:
@@ -282,8 +284,9 @@ def test_a_broker_certificate_for_another_host_is_refused(
 def test_without_a_client_certificate_there_is_no_connection(
     mtls_broker: BrokerEndpoint, certs: Pki
 ) -> None:
-    # Even with a valid account and password.
-    assert refused(node_config(mtls_broker, certs.tls(), login="coord"), Role.COORDINATOR)
+    # Even with a valid account and its secret.
+    cfg = node_config(mtls_broker, certs.tls(), secrets=certs.accounts / "secrets")
+    assert refused(cfg, Role.COORDINATOR, COORD)
 
 
 def test_a_client_certificate_of_another_ca_gets_no_connection(
@@ -291,27 +294,29 @@ def test_a_client_certificate_of_another_ca_gets_no_connection(
 ) -> None:
     tls = TlsConfig(
         ca_certs=certs.mesh / pki.CA_CERT,
-        certfile=certs.foreign / "cam1.crt",
-        keyfile=certs.foreign / "cam1.key",
+        certfile=certs.foreign / f"{CAM1.name}.crt",
+        keyfile=certs.foreign / f"{CAM1.name}.key",
     )
-    assert refused(node_config(mtls_broker, tls))
+    assert refused(node_config(mtls_broker, tls), identity=CAM1)
 
 
-def test_the_certificate_common_name_is_the_account(
+def test_the_certificate_common_name_is_the_identity(
     mtls_broker: BrokerEndpoint, certs: Pki
 ) -> None:
     """cam1's certificate, no password: in as cam1 (sensor). cam1's certificate with the
-    coordinator's username and password in CONNECT: still cam1, so an assignment it publishes
-    is dropped by the ACL, while its sensor status goes through."""
+    coordinator's secret in CONNECT: still cam1, so an assignment it publishes is dropped by
+    the ACL, while its sensor status goes through."""
     status = T.sensor_status("cam1")
-    assignment = T.worker_assignment(f"w{uid()}")
-    watcher_cfg = node_config(mtls_broker, certs.tls(client="coord"))  # no password at all
-    cam_cfg = node_config(mtls_broker, certs.tls(client="cam1"))
-    claims_coord = node_config(mtls_broker, certs.tls(client="cam1"), login="coord")
-    with connected(watcher_cfg, Role.COORDINATOR, "coord") as watcher:
+    assignment = T.worker_assignment("w1")
+    watcher_cfg = node_config(mtls_broker, certs.tls(client=COORD))  # no password at all
+    cam_cfg = node_config(mtls_broker, certs.tls(client=CAM1))
+    claims_coord = node_config(
+        mtls_broker, certs.tls(client=CAM1), secrets=certs.accounts / "secrets"
+    )
+    with connected(watcher_cfg, Role.COORDINATOR, COORD) as watcher:
         inbox = listening(watcher, T.everything, T.events)
-        for cfg, role in ((cam_cfg, Role.SENSOR), (claims_coord, Role.COORDINATOR)):
-            with connected(cfg, role, "cam") as cam:
+        for cfg in (cam_cfg, claims_coord):
+            with connected(cfg, Role.SENSOR, CAM1) as cam:
                 cam.publish(assignment, b"from-cam1", qos=1)
                 cam.publish(status, b"online", qos=1)
                 msg = inbox.get()
@@ -320,53 +325,35 @@ def test_the_certificate_common_name_is_the_account(
         # The coordinator's own certificate may publish the assignment.
         watcher.publish(assignment, b"from-coord", qos=1)
         assert inbox.get().payload == b"from-coord"
+        watcher.publish(assignment, b"", qos=1, retain=True)
 
 
-def test_a_resumed_session_is_judged_by_the_new_connections_certificate(
+def test_a_certificate_with_another_identitys_client_id(
     mtls_broker: BrokerEndpoint, certs: Pki
 ) -> None:
-    """clean_session false: the session cam1 opened is resumed by w1's connection; w1 is who
-    speaks (amqtt 0.12 alone would keep the first connection's certificate)."""
-    client_id = f"persist-{uid()}"
-    heartbeat = T.worker_heartbeat("w1")
-    status = T.sensor_status("cam1")
-    with connected(
-        node_config(mtls_broker, certs.tls(client="coord")), Role.COORDINATOR, "coord"
-    ) as watcher:
-        inbox = listening(watcher, T.everything, T.events)
-        for name in ("cam1", "w1"):
-            c = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                clean_session=False,
-                protocol=paho.MQTTv311,
-            )
-            c.tls_set_context(client_context(certs.tls(client=name)))
-            c.connect(mtls_broker.host, mtls_broker.port, keepalive=5)
-            c.loop_start()
-            try:
-                (c.publish(status, name.encode(), qos=1)).wait_for_publish(5)
-                (c.publish(heartbeat, name.encode(), qos=1)).wait_for_publish(5)
-                time.sleep(0.2)
-            finally:
-                c.disconnect()
-                c.loop_stop()
-        got = [(m.topic, m.payload) for m in inbox.drained(0.5)]
-        assert got == [(status, b"cam1"), (heartbeat, b"w1")]
+    """cam1's certificate under the coordinator's client id: the embedded broker refuses it
+    (a client connects only as itself). Mosquitto cannot bind a client id to a certificate
+    (topics.md): it admits it, as cam1, with cam1's rules."""
+    cfg = node_config(mtls_broker, certs.tls(client=CAM1))
+    if mtls_broker.kind == "amqtt":
+        assert refused(cfg, identity=COORD)
+    else:
+        assert not refused(cfg, identity=COORD)
 
 
 def test_a_certificate_without_an_account(mtls_broker: BrokerEndpoint, certs: Pki) -> None:
-    """The CA signed it but no account has its name. The embedded broker refuses it; Mosquitto
-    (use_identity_as_username) admits it with no ACL rules: it can do nothing."""
-    cfg = node_config(mtls_broker, certs.tls(client="stranger"))
+    """The CA signed it but no account has its name (never made, or revoked). The embedded
+    broker refuses it; Mosquitto (use_identity_as_username) admits it with no ACL rules: it
+    can do nothing."""
+    cfg = node_config(mtls_broker, certs.tls(client=STRANGER))
     if mtls_broker.kind == "amqtt":
-        assert refused(cfg)
+        assert refused(cfg, identity=STRANGER)
         return
     with connected(
-        node_config(mtls_broker, certs.tls(client="coord")), Role.COORDINATOR, "coord"
+        node_config(mtls_broker, certs.tls(client=COORD)), Role.COORDINATOR, COORD
     ) as watcher:
         inbox = listening(watcher, T.everything, T.events)
-        with connected(cfg, name="stranger") as stranger:
+        with connected(cfg, name=STRANGER) as stranger:
             stranger.publish(T.events, b"from-stranger", qos=1)
             stranger.publish(T.sensor_status("cam1"), b"from-stranger", qos=1)
             assert inbox.drained(0.5) == []

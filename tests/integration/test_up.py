@@ -269,7 +269,7 @@ def _result(t: Topics, app: str, worker: str, generation: int) -> Inbound[messag
         latency=messages.Latency(1.0, 1.0, 1.0, 20.0, 50.0),
         top=(messages.Label(285, "Egyptian cat", 0.6),),
     )
-    return Inbound(t.app_results(app), r, False)
+    return Inbound(t.app_results(app, worker), r, False)
 
 
 def test_summary_judges_served_at_the_end_from_results_and_failovers() -> None:

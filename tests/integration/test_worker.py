@@ -125,7 +125,7 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
         results = col.wait_for(
             lambda: [
                 r
-                for r in col.messages(t.app_results("a1"), messages.Result)
+                for r in col.messages(t.app_results_filter("a1"), messages.Result)
                 if r.variant == "efficientnet_lite0"
             ][5:],
             60,
@@ -151,7 +151,7 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
         assert hbs[-1].loaded == ("efficientnet_lite0",)
         assert hbs[-1].apps["a1"].processed > 0
         # last_progress_ts: the time of the last processed frame (its result's ts).
-        result_ts = {r.ts for r in col.messages(t.app_results("a1"), messages.Result)}
+        result_ts = {r.ts for r in col.messages(t.app_results_filter("a1"), messages.Result)}
         assert hbs[-1].last_progress_ts in result_ts
         assert all(h.frames_processed <= h.frames_received for h in _heartbeats(col, t))
 
@@ -160,7 +160,7 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
         col.wait_for(
             lambda: [
                 r
-                for r in col.messages(t.app_results("a1"), messages.Result)
+                for r in col.messages(t.app_results_filter("a1"), messages.Result)
                 if r.variant == "efficientnet_lite1" and r.generation == 2
             ][3:],
             60,
@@ -208,7 +208,7 @@ def test_birth_heartbeat_results_and_live_reassignment(mesh: dict[str, Any]) -> 
 
         since = time.monotonic() + 0.5
         time.sleep(1.5)
-        assert col.messages(t.app_results("a1"), messages.Result, since=since) == []
+        assert col.messages(t.app_results_filter("a1"), messages.Result, since=since) == []
     # Clear the retained assignment (a retained message outlives the test on this broker).
     col.publish(t.worker_assignment("w1"), b"", retain=True)
 
@@ -221,7 +221,9 @@ def test_bad_input_is_counted_and_serving_goes_on(
     _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
     frames = t.sensor_frames("cam1")
     with FramePump(col, frames, fps=5):
-        col.wait_for(lambda: col.messages(t.app_results("a1"), messages.Result), 60, "first result")
+        col.wait_for(
+            lambda: col.messages(t.app_results_filter("a1"), messages.Result), 60, "first result"
+        )
         # Frame-level garbage.
         good = envelope.pack(b"\xff\xd8garbage", seq=1, capture_ns=0, width=640, height=480)
         col.publish(frames, b"not an envelope at all", qos=0)
@@ -260,9 +262,9 @@ def test_bad_input_is_counted_and_serving_goes_on(
             f"error counters {expected}",
         )[-1]
         assert all(hb.errors[k] >= 1 for k in expected)
-        n = len(col.messages(t.app_results("a1"), messages.Result))
+        n = len(col.messages(t.app_results_filter("a1"), messages.Result))
         col.wait_for(
-            lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
+            lambda: len(col.messages(t.app_results_filter("a1"), messages.Result)) > n + 3,
             30,
             "results after bad input",
         )
@@ -298,14 +300,16 @@ def test_image_bombs_are_refused_before_queueing_and_serving_goes_on(
         "empty_image": (envelope.pack(sof_says(0, 0), seq=3, capture_ns=0, width=0, height=0), 3),
     }
     with FramePump(col, frames, fps=5) as pump:
-        col.wait_for(lambda: col.messages(t.app_results("a1"), messages.Result), 60, "first result")
+        col.wait_for(
+            lambda: col.messages(t.app_results_filter("a1"), messages.Result), 60, "first result"
+        )
         start = time.monotonic()
         for i in range(12):  # 3 s at 4 bombs a second
             for payload, n in bombs.values():
                 if i < n:
                     col.publish(frames, payload, qos=0)
             time.sleep(0.25)
-        during = col.messages(t.app_results("a1"), messages.Result, since=start)
+        during = col.messages(t.app_results_filter("a1"), messages.Result, since=start)
         assert len(during) >= 5, f"{len(during)} results while bombs came, of {pump.sent} sent"
 
         want = {reason: n for reason, (_p, n) in bombs.items()}
@@ -326,9 +330,9 @@ def test_image_bombs_are_refused_before_queueing_and_serving_goes_on(
             in_limbo = h.frames_received - h.frames_processed - h.frames_dropped - h.queue_depth
             assert -2 <= in_limbo <= 2, h
             assert h.apps["a1"].received == h.frames_received <= pump.sent
-        n = len(col.messages(t.app_results("a1"), messages.Result))
+        n = len(col.messages(t.app_results_filter("a1"), messages.Result))
         col.wait_for(
-            lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
+            lambda: len(col.messages(t.app_results_filter("a1"), messages.Result)) > n + 3,
             30,
             "results after the bombs",
         )
@@ -376,7 +380,9 @@ def test_missing_model_file_is_reported_not_fatal(
             )
             assert ev[0].detail["variant"] == "efficientnet_lite1"
             col.wait_for(
-                lambda: col.messages(t.app_results("a2"), messages.Result), 30, "a2 still served"
+                lambda: col.messages(t.app_results_filter("a2"), messages.Result),
+                30,
+                "a2 still served",
             )
             hb = col.wait_for(
                 lambda: [
@@ -534,21 +540,23 @@ def test_fault_plugin_hangs_inference_while_heartbeats_flow(
         col.wait_for(lambda: _statuses(col, t, state="online"), 30, "birth")
         _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
         with FramePump(col, t.sensor_frames("cam1"), fps=10):
-            col.wait_for(lambda: col.messages(t.app_results("a1"), messages.Result), 60, "results")
+            col.wait_for(
+                lambda: col.messages(t.app_results_filter("a1"), messages.Result), 60, "results"
+            )
             w.proc.send_signal(signal.SIGUSR1)  # hang
             time.sleep(0.5)
             since = time.monotonic()
             time.sleep(1.5)
-            assert col.messages(t.app_results("a1"), messages.Result, since=since) == []
+            assert col.messages(t.app_results_filter("a1"), messages.Result, since=since) == []
             hbs = col.messages(t.worker_heartbeat("w1"), messages.Heartbeat, since=since)
             assert len(hbs) > 5  # heartbeats go on: a gray failure
             assert hbs[-1].frames_received > hbs[0].frames_received
             assert hbs[-1].frames_processed == hbs[0].frames_processed
             assert hbs[-1].busy and hbs[-1].queue_depth > 0
             w.proc.send_signal(signal.SIGUSR1)  # thaw
-            n = len(col.messages(t.app_results("a1"), messages.Result))
+            n = len(col.messages(t.app_results_filter("a1"), messages.Result))
             col.wait_for(
-                lambda: len(col.messages(t.app_results("a1"), messages.Result)) > n + 3,
+                lambda: len(col.messages(t.app_results_filter("a1"), messages.Result)) > n + 3,
                 20,
                 "results again",
             )

@@ -66,13 +66,32 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     assert cfg.models_path == tmp_path / "m"
 
 
-def test_password_env_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credentials_come_from_this_nodes_secret_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from faillite.config import BrokerConfig
-    from faillite.topics import Role
 
-    monkeypatch.delenv("FAILLITE_MQTT_USERNAME", raising=False)
-    cfg = BrokerConfig(users=({"username": "w", "role": "worker", "password_env": "NOPE_X"},))  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="NOPE_X"):
-        cfg.credentials_for(Role.WORKER)
-    monkeypatch.setenv("NOPE_X", "s3cret")
-    assert cfg.credentials_for(Role.WORKER) == ("w", "s3cret")
+    monkeypatch.delenv("FAILLITE_MQTT_PASSWORD", raising=False)
+    assert BrokerConfig().credentials("demo.worker.w1") == ("demo.worker.w1", None)
+    cfg = BrokerConfig(secrets_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"no secret for demo.worker.w1 .*faillite accounts"):
+        cfg.credentials("demo.worker.w1")
+    (tmp_path / "demo.worker.w1.secret").write_text("s3cret\n")
+    assert cfg.credentials("demo.worker.w1") == ("demo.worker.w1", "s3cret")
+    # The look before connecting uses the identity's second name, with the same secret.
+    assert cfg.credentials("demo.worker.w1.probe") == ("demo.worker.w1.probe", "s3cret")
+    monkeypatch.setenv("FAILLITE_MQTT_PASSWORD", "from-env")
+    assert cfg.credentials("demo.worker.w1") == ("demo.worker.w1", "from-env")
+
+
+def test_broker_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        "broker:\n  password_file: b/passwd\n  secrets_dir: s\n"
+        "  tls: {ca_certs: pki/ca.crt, server: {certfile: pki/b.crt, keyfile: pki/b.key}}\n",
+    )
+    b = load_mesh_config(p).broker
+    assert b.password_file == tmp_path / "b" / "passwd" and b.secrets_dir == tmp_path / "s"
+    assert b.tls is not None and b.tls.ca_certs == tmp_path / "pki" / "ca.crt"
+    assert b.tls.server is not None and b.tls.server.keyfile == tmp_path / "pki" / "b.key"
+    assert b.accounts and not b.open_to_anyone

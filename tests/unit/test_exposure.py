@@ -13,10 +13,9 @@ import pytest
 
 from broker import mosquitto as mq
 from broker.embedded import BrokerSetupError, serve
-from faillite.config import BrokerConfig, BrokerUser, is_loopback
-from faillite.topics import Role
+from faillite.config import BrokerConfig, is_loopback
 
-ACCOUNTS = (BrokerUser(username="w1", role=Role.WORKER, password="pw"),)
+PASSWD = Path("/nonexistent/passwd")  # only its presence in the config matters here
 
 
 @pytest.mark.parametrize(
@@ -31,17 +30,17 @@ def test_loopback_is_always_allowed(host: str) -> None:
 def test_an_open_broker_may_not_listen_beyond_loopback(host: str) -> None:
     problem = BrokerConfig(host=host).exposure_problem()
     assert problem is not None and "has no accounts" in problem and "127.0.0.1" in problem
-    anonymous = BrokerConfig(host=host, users=ACCOUNTS, allow_anonymous=True)
-    assert "admits anonymous clients" in (anonymous.exposure_problem() or "")
+    assert "faillite accounts init" in problem
 
 
-def test_accounts_without_anonymous_may_listen_anywhere() -> None:
-    cfg = BrokerConfig(host="0.0.0.0", users=ACCOUNTS, allow_anonymous=False)
+def test_accounts_may_listen_anywhere() -> None:
+    cfg = BrokerConfig(host="0.0.0.0", password_file=PASSWD)
     assert cfg.exposure_problem() is None
     conf = mq.render_conf(
-        cfg, "demo", password_file=None, acl_file=None, persistence_dir=Path("/tmp/p")
+        cfg, "demo", password_file=PASSWD, acl_file=None, persistence_dir=Path("/tmp/p")
     )
     assert "listener 1883 0.0.0.0" in conf and "allow_anonymous false" in conf
+    assert "use_username_as_clientid true" in conf
 
 
 def test_the_embedded_broker_refuses_before_listening() -> None:

@@ -59,7 +59,7 @@ def test_a_flood_of_raising_messages_does_not_flood_the_log() -> None:
         raise ValueError(f"bad result {calls}")
 
     client.subscribe_json(T.filter(APP_RESULTS), messages.Result, boom, qos=0)
-    topic = T.app_results("gate-watch")
+    topic = T.app_results("gate-watch", "w1")
     with capture_logs() as logs:
         for i in range(1000):
             _deliver(client, topic, _result(i))
@@ -69,7 +69,7 @@ def test_a_flood_of_raising_messages_does_not_flood_the_log() -> None:
     first = errors[0]
     assert first["event"] == "handler_error" and first["log_level"] == "error"
     assert first["exc_info"] is True  # log.exception: the traceback is rendered
-    assert first["filter"] == "faillite/demo/apps/+/results" and first["topic"] == topic
+    assert first["filter"] == "faillite/demo/apps/+/results/+" and first["topic"] == topic
     assert first["error"] == "builtins.ValueError"
 
     # At stop, what went unlogged is said once, with its count.

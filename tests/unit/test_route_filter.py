@@ -228,12 +228,17 @@ def test_cleared_route_makes_the_app_unknown_again(flt: RouteFilter) -> None:
 
 def test_topics_must_match_the_payload(flt: RouteFilter) -> None:
     flt.on_route(route("w1", 7))
-    assert flt.check(result("w1", 7), topic_app="kitchen-watch") is Verdict.WRONG_TOPIC
+    wrong_app = T.app_results("kitchen-watch", "w1")
+    assert flt.check(result("w1", 7), topic=wrong_app) is Verdict.WRONG_TOPIC
+    # The payload claims the routed worker, the topic (which the broker binds to the
+    # publisher's account) says w2 published it.
+    assert flt.check(result("w1", 7), topic=T.app_results(APP, "w2")) is Verdict.WRONG_TOPIC
+    assert flt.check(result("w1", 7), topic=T.app_results(APP, "w1")) is Verdict.ROUTED
     assert flt.on_route(route("evil", 9), topic_app="kitchen-watch") == []
     cur = flt.route(APP)
     assert cur is not None and cur.worker == "w1" and flt.route("kitchen-watch") is None
-    assert flt.refused.snapshot() == {"result_wrong_topic": 1, "route_wrong_topic": 1}
-    assert app_of(T.app_results(APP)) == APP and app_of(T.app_route(APP)) == APP
+    assert flt.refused.snapshot() == {"result_wrong_topic": 2, "route_wrong_topic": 1}
+    assert app_of(T.app_results(APP, "w1")) == APP and app_of(T.app_route(APP)) == APP
     assert app_of(T.placement) is None and app_of("elsewhere/x") is None
 
 
@@ -257,7 +262,7 @@ def test_observer_counts_only_routed_results_and_reports_refusals() -> None:
     obs.mark_start()
 
     def send(r: messages.Result) -> None:
-        obs._on_result(Inbound(t.app_results(r.app), r, False))
+        obs._on_result(Inbound(t.app_results(r.app, r.worker), r, False))
 
     obs._on_route(Inbound(t.app_route(APP), route("w1", 7), True))
     send(result("w1", 7))

@@ -12,24 +12,19 @@ import yaml
 
 from broker import mosquitto as mq
 from broker._acl import AccessPolicy
-from broker._amqtt_hooks import CertificateIdentities
 from broker.embedded import BrokerSetupError, serve
 from faillite import pki
+from faillite.accounts import add_account
 from faillite.config import (
     BrokerConfig,
-    BrokerUser,
     ConfigError,
     TlsConfig,
     TlsServerConfig,
     load_mesh_config,
 )
+from faillite.identity import Identity
 from faillite.tls import client_context, peer_common_name, server_context
 from faillite.topics import Role
-
-ACCOUNTS = (
-    BrokerUser(username="cam1", role=Role.SENSOR, password="s"),
-    BrokerUser(username="coord", role=Role.COORDINATOR, password="c"),
-)
 
 
 def _tls(d: Path, *, require: bool = False, server: bool = True) -> TlsConfig:
@@ -148,40 +143,44 @@ def test_the_embedded_broker_refuses_tls_without_its_certificate(tmp_path: Path)
 # -- identities on the embedded broker ----------------------------------------------------------
 
 
-def _identities(cfg: BrokerConfig) -> CertificateIdentities | None:
-    return CertificateIdentities.of(cfg, AccessPolicy(cfg, "m"))
+CAM1 = Identity("m", Role.SENSOR, "cam1")
+COORD = Identity("m", Role.COORDINATOR, "main")
 
 
-def test_identities_only_where_client_certificates_are_required(tmp_path: Path) -> None:
-    assert _identities(BrokerConfig()) is None
-    assert _identities(BrokerConfig(tls=_tls(tmp_path))) is None
-    assert _identities(BrokerConfig(tls=_tls(tmp_path, require=True))) is not None
+def test_the_common_name_is_the_identity(tmp_path: Path) -> None:
+    policy = AccessPolicy(BrokerConfig(tls=_tls(tmp_path, require=True)), "m")
+    cam = policy.admit_certificate(CAM1.name, client_id=CAM1.name)
+    assert cam.admitted and cam.identity == CAM1
+    # Its look before connecting uses the same certificate under the probe id.
+    assert policy.admit_certificate(CAM1.name, client_id=CAM1.probe_name).admitted
+    assert policy.admit_certificate(CAM1.name, client_id=COORD.name).reason == (
+        "client_id_not_account"
+    )
+    assert policy.admit_certificate("stranger", client_id="stranger").reason == "not_an_identity"
+    other = Identity("n", Role.SENSOR, "cam1").name
+    assert policy.admit_certificate(other, client_id=other).reason == "other_mesh"
+    assert policy.admit_certificate(None, client_id="x").reason == "no_certificate_identity"
+    no_acl = AccessPolicy(BrokerConfig(tls=_tls(tmp_path, require=True), acl=False), "m")
+    admission = no_acl.admit_certificate(CAM1.name, client_id=CAM1.name)
+    assert admission.admitted and admission.identity is None
 
 
-def test_the_common_name_is_the_account(tmp_path: Path) -> None:
-    ids = _identities(BrokerConfig(tls=_tls(tmp_path, require=True), users=ACCOUNTS))
-    assert ids is not None
-    assert ids.admit("cam1").role is Role.SENSOR
-    assert ids.admit("coord").role is Role.COORDINATOR
-    assert ids.admit("stranger").reason == "unknown_identity"
-    assert ids.admit(None).reason == "no_certificate_identity"
-    no_acl = _identities(BrokerConfig(tls=_tls(tmp_path, require=True), users=ACCOUNTS, acl=False))
-    assert no_acl is not None and no_acl.admit("cam1").admitted
-    assert no_acl.admit("cam1").role is None
-
-
-def test_without_accounts_every_mesh_certificate_is_unrestricted(tmp_path: Path) -> None:
-    ids = _identities(BrokerConfig(tls=_tls(tmp_path, require=True), allow_anonymous=False))
-    assert ids is not None
-    admission = ids.admit("anyone")
-    assert admission.admitted and admission.role is None
+def test_a_certificate_is_revoked_with_its_account(tmp_path: Path) -> None:
+    pw = tmp_path / "passwd"
+    add_account(pw, tmp_path / "secrets", CAM1)
+    cfg = BrokerConfig(tls=_tls(tmp_path, require=True), password_file=pw)
+    policy = AccessPolicy(cfg, "m")
+    assert policy.admit_certificate(CAM1.name, client_id=CAM1.name).admitted
+    assert policy.admit_certificate(COORD.name, client_id=COORD.name).reason == "revoked"
 
 
 # -- Mosquitto ---------------------------------------------------------------------------------
 
 
 def _conf(cfg: BrokerConfig, tmp_path: Path) -> str:
-    return mq.write_mosquitto_config(cfg, "m", tmp_path / "out", write_passwords=False).read_text()
+    return mq.write_mosquitto_config(
+        cfg, "m", tmp_path / "out", identities=[CAM1, COORD]
+    ).read_text()
 
 
 def test_mosquitto_tls_listener(tmp_path: Path) -> None:
@@ -200,9 +199,7 @@ def test_mosquitto_tls_listener(tmp_path: Path) -> None:
 
 
 def test_mosquitto_with_client_certificates(tmp_path: Path) -> None:
-    cfg = BrokerConfig(
-        port=8883, tls=_tls(tmp_path, require=True), users=ACCOUNTS, allow_anonymous=False
-    )
+    cfg = BrokerConfig(port=8883, tls=_tls(tmp_path, require=True))
     lines = _conf(cfg, tmp_path).splitlines()
     assert "require_certificate true" in lines
     assert "use_identity_as_username true" in lines

@@ -71,7 +71,7 @@ def test_builders_and_parse_agree() -> None:
         t.worker_status("jetson-02"): ("worker_status", {"worker": "jetson-02"}),
         t.worker_heartbeat("w1"): ("worker_heartbeat", {"worker": "w1"}),
         t.worker_assignment("w1"): ("worker_assignment", {"worker": "w1"}),
-        t.app_results("det"): ("app_results", {"app": "det"}),
+        t.app_results("det", "w1"): ("app_results", {"app": "det", "worker": "w1"}),
         t.app_route("det"): ("app_route", {"app": "det"}),
         t.coordinator_status: ("coordinator_status", {}),
         t.placement: ("placement", {}),
@@ -87,7 +87,7 @@ def test_builders_and_parse_agree() -> None:
 
 
 def test_filters_use_single_level_wildcards() -> None:
-    assert topics.APP_RESULTS.filter("demo") == "faillite/demo/apps/+/results"
+    assert topics.APP_RESULTS.filter("demo") == "faillite/demo/apps/+/results/+"
     assert topics.PLACEMENT.filter("demo") == "faillite/demo/placement"
 
 
@@ -100,15 +100,18 @@ def test_invalid_ids_rejected(bad: str) -> None:
 def test_parse_rejects_foreign_topics() -> None:
     assert topics.parse("other/demo/placement") is None
     assert topics.parse("faillite/demo/unknown/x") is None
-    assert topics.parse("faillite/demo/apps/a/results/extra") is None
+    assert topics.parse("faillite/demo/apps/a/results/w1/extra") is None
 
 
-def test_role_acl_covers_every_publisher() -> None:
-    acl = topics.role_acl("demo")
+def test_identity_acl_covers_every_publisher() -> None:
+    from faillite.identity import Identity, identity_acl
+
     for spec in topics.ALL_TOPICS:
         if spec.publisher is None:
             continue
-        writes = [
-            p for a, p in acl[spec.publisher] if a in (topics.Access.WRITE, topics.Access.READWRITE)
-        ]
-        assert spec.filter("demo") in writes or any(p.endswith("#") for p in writes), spec.name
+        ids = {k: "x1" for k in ("sensor", "worker", "app")}
+        me = ids.get(spec.publisher.value, "x1")
+        topic = f"faillite/demo/{spec.pattern.format(**ids)}"
+        rules = identity_acl(Identity("demo", spec.publisher, me))
+        writes = [p for a, p in rules if a in (topics.Access.WRITE, topics.Access.READWRITE)]
+        assert any(topics.matches(p, topic) for p in writes), spec.name

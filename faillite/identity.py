@@ -1,0 +1,179 @@
+"""Identities: one account per device, its client ids, and what it may do on the broker.
+
+An identity is ``(mesh, role, id)``, named ``{mesh}.{role}.{id}`` (``demo.worker.w1``). The name
+is the account's username *and* its client id: a client may connect only as itself (the embedded
+broker refuses any other client id; Mosquitto gets ``use_username_as_clientid``), so no account
+can take over another's session or fire its last-will. A process looks at the broker before it
+connects under its id (:mod:`faillite.presence`); that short look uses the identity's second
+client id, ``{name}.probe``, a second username with the same secret and the same rights, so it
+never takes the live client's session.
+
+The ACL is per identity, generated here for both brokers (the embedded broker's plugin and the
+Mosquitto ``acl`` file): a worker writes only its own status, heartbeat and results, a sensor only
+its own frames and status, coordinators the control topics of the mesh's own workers and apps.
+Where the mesh's workers and apps are known (:class:`AclScope`), the rules name each of them, so
+an account can hold retained messages on a few topics only: a stolen credential cannot flood the
+broker's retained store under made-up ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from faillite.topics import (
+    ROOT,
+    Access,
+    InvalidIdError,
+    Role,
+    Topics,
+    check_id,
+)
+
+if TYPE_CHECKING:
+    from faillite.config import MeshConfig
+
+PROBE_SUFFIX: Final = ".probe"
+_SEP: Final = "."
+
+
+class InvalidIdentityError(ValueError):
+    """A name that is not ``{mesh}.{role}.{id}`` (optionally ``.probe``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One device's account: a worker, sensor, coordinator, observer or admin of one mesh."""
+
+    mesh: str
+    role: Role
+    id: str
+
+    def __post_init__(self) -> None:
+        check_id("mesh", self.mesh)
+        check_id(self.role.value, self.id)
+
+    @property
+    def name(self) -> str:
+        """The username and client id."""
+        return f"{self.mesh}{_SEP}{self.role.value}{_SEP}{self.id}"
+
+    @property
+    def probe_name(self) -> str:
+        """The client id (and username) of this identity's look before it connects."""
+        return self.name + PROBE_SUFFIX
+
+    @property
+    def usernames(self) -> tuple[str, str]:
+        return self.name, self.probe_name
+
+    @classmethod
+    def parse(cls, name: str) -> Identity:
+        """The identity a username or client id names (its probe name included)."""
+        base = name.removesuffix(PROBE_SUFFIX)
+        parts = base.split(_SEP)
+        if len(parts) != 3:
+            raise InvalidIdentityError(
+                f"{name!r} is not an identity: expected mesh.role.id, e.g. demo.worker.w1"
+            )
+        mesh, role, ident = parts
+        try:
+            return cls(mesh, Role(role), ident)
+        except ValueError as exc:  # InvalidIdError, or an unknown role
+            raise InvalidIdentityError(f"{name!r} is not an identity: {exc}") from exc
+
+
+def base_name(client_id: str) -> str:
+    """The identity name behind a client id (its probe id maps to the identity itself)."""
+    return client_id.removesuffix(PROBE_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class AclScope:
+    """The mesh's workers and apps, when known: rules then name each one instead of ``+``."""
+
+    workers: tuple[str, ...]
+    apps: tuple[str, ...]
+
+    @classmethod
+    def of(cls, workers: Iterable[str], apps: Iterable[str]) -> AclScope:
+        return cls(tuple(sorted(set(workers))), tuple(sorted(set(apps))))
+
+
+def acl_scope(cfg: MeshConfig) -> AclScope:
+    """The workers and apps a mesh config names."""
+    return AclScope.of((w.id for w in cfg.workers), (a.id for a in cfg.apps))
+
+
+Rule = tuple[Access, str]
+
+
+def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rule, ...]:
+    """The topic rules of one identity. ``scope`` None: ``+`` for other workers' and apps' ids."""
+    t = Topics(identity.mesh)
+    me = identity.id
+    apps = scope.apps if scope is not None else ("+",)
+    workers = scope.workers if scope is not None else ("+",)
+    match identity.role:
+        case Role.SENSOR:
+            # Its own frames and status, read too: the look before connecting checks whether
+            # its id is live. Results and routes: ``faillite sensor --results``.
+            return (
+                (Access.READWRITE, t.sensor_frames(me)),
+                (Access.READWRITE, t.sensor_status(me)),
+                (Access.READ, t.app_results_filter()),
+                (Access.READ, _any_app(t, "route")),
+                (Access.READWRITE, t.events),
+            )
+        case Role.WORKER:
+            return (
+                (Access.READ, _any_sensor_frames(t)),
+                (Access.READ, t.worker_assignment(me)),
+                (Access.READ, t.coordinator_status),
+                (Access.READWRITE, t.worker_status(me)),
+                (Access.READWRITE, t.worker_heartbeat(me)),
+                *((Access.WRITE, _results(t, app, me)) for app in apps),
+                (Access.READWRITE, t.events),
+            )
+        case Role.COORDINATOR:
+            return (
+                (Access.READ, t.everything),
+                *((Access.WRITE, _assignment(t, w)) for w in workers),
+                *((Access.WRITE, _route(t, app)) for app in apps),
+                (Access.WRITE, t.coordinator_status),
+                (Access.WRITE, t.placement),
+                (Access.WRITE, t.events),
+            )
+        case Role.OBSERVER:
+            return ((Access.READ, t.everything),)
+        case Role.ADMIN:
+            return ((Access.READWRITE, f"{ROOT}/{identity.mesh}/#"),)
+
+
+def _results(t: Topics, app: str, worker: str) -> str:
+    return t.app_results(app, worker) if app != "+" else f"{t.prefix}/apps/+/results/{worker}"
+
+
+def _assignment(t: Topics, worker: str) -> str:
+    return t.worker_assignment(worker) if worker != "+" else f"{t.prefix}/workers/+/assignment"
+
+
+def _route(t: Topics, app: str) -> str:
+    return t.app_route(app) if app != "+" else _any_app(t, "route")
+
+
+def _any_app(t: Topics, leaf: str) -> str:
+    return f"{t.prefix}/apps/+/{leaf}"
+
+
+def _any_sensor_frames(t: Topics) -> str:
+    return f"{t.prefix}/sensors/+/frames"
+
+
+def is_identity(name: str) -> bool:
+    try:
+        Identity.parse(name)
+    except (InvalidIdentityError, InvalidIdError):
+        return False
+    return True
