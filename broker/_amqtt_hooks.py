@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -62,6 +63,7 @@ LISTENER: Final = "default"
 # Session.attributes key: the client's Identity, or None for unrestricted (an open mesh).
 IDENTITY_KEY: Final = "faillite.identity"
 MAX_SOURCE_LOCKS: Final = 4096
+MAX_PENDING_PER_SOURCE: Final = 8
 _CONNECT_PREFIX_MAX: Final = 512  # bytes kept to read the CONNECT head; client ids are short
 _NOT_ADMITTED: Final = object()
 
@@ -397,6 +399,7 @@ class BrokerRuntime:
     limiter: LogLimiter
     certificates: bool = False  # client certificates name the identity
     _source_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    pending: Counter[str] = field(default_factory=Counter)  # logins waiting, per address
 
     def source_lock(self, source: str) -> asyncio.Lock:
         """One login judged at a time per source address (bounded: idle locks are dropped)."""
@@ -494,8 +497,26 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
         source = str(session.remote_address)
         # Attempts from one address are judged one at a time, and a refusal is held back
         # (doubling per failure): a brute force gets a few guesses a second, whatever its
-        # parallelism, and costs the broker one hash per guess.
-        async with rt.source_lock(source):
+        # parallelism, and costs the broker one hash per guess. Past a few waiting, more from
+        # that address are refused at once: waiting sockets cost memory too.
+        lock = rt.source_lock(source)
+        if rt.pending[source] >= MAX_PENDING_PER_SOURCE:
+            rt.log.warning(
+                "auth_refused",
+                client_id=session.client_id,
+                username=session.username,
+                reason="too_many_pending_logins",
+                peer=f"{session.remote_address}:{session.remote_port}",
+            )
+            return False
+        rt.pending[source] += 1
+        try:
+            await lock.acquire()
+        finally:
+            rt.pending[source] -= 1
+            if not rt.pending[source]:
+                del rt.pending[source]
+        try:
             problem = rt.policy.try_reload()
             if problem is not None:
                 rt.log.error("password_file_unreadable", error=problem)
@@ -513,6 +534,8 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
                 await asyncio.sleep(delay)
                 return False
             rt.policy.throttle.succeeded(source)
+        finally:
+            lock.release()
         session.attributes[IDENTITY_KEY] = admission.identity
         will_topic = session.will_topic
         if (

@@ -53,6 +53,7 @@ from amqtt.utils import gen_client_id
 from broker._amqtt_hooks import BrokerRuntime
 from faillite.config import BrokerConfig
 from faillite.identity import base_name
+from faillite.topics import parse
 
 _AUTHENTICATED: Final = "faillite.authenticated"  # Session.attributes: the auth result
 _CONNECTED: Final = "connected"  # amqtt's session state of a live connection
@@ -405,6 +406,11 @@ class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             return
         account = account_of(source_session)
         size = len(data) + len(topic_name.encode())
+        if not retainable(topic_name):
+            # Frames, heartbeats, results, events: a retained one would be replayed to every
+            # late subscriber as if it were current. Delivered live, never kept.
+            self._retained_refused(source_session, account, topic_name, size, "not_retained_topic")
+            return
         cap = self._retained_quota.admit(topic_name, account, size)
         if cap is None:
             await super().retain_message(source_session, topic_name, data, qos)
@@ -429,10 +435,17 @@ class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
                 topic=topic,
                 size=size,
                 cap=cap,
-                limit=getattr(self._limits, cap),
+                limit=getattr(self._limits, cap, None),
                 refused_total=self.refusals[cap],
                 suppressed=skipped,
             )
+
+
+def retainable(topic: str) -> bool:
+    """Whether a retained publish on ``topic`` may be kept: any topic outside the mesh's scheme
+    (the broker is the mesh's, but not only its), a mesh topic only if the scheme retains it."""
+    parsed = parse(topic)
+    return parsed is None or parsed[1].spec.retained
 
 
 async def _refuse(writer: Any, return_code: int) -> None:

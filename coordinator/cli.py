@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from typing import Any
 
@@ -30,6 +31,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from faillite.catalog import load_catalog
+    from faillite.signing import SigningError
 
     with role_imports("coordinator", "coordinator"):
         from coordinator.planning import planner_for
@@ -38,20 +40,33 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
     catalog = load_catalog(cfg.catalog)
+    if cfg.coordinator.ids and args.id not in cfg.coordinator.ids:
+        # Workers and the other coordinators would ignore everything it says.
+        print(
+            f"faillite coordinator: --id {args.id!r} is not in coordinator.ids "
+            f"({', '.join(cfg.coordinator.ids)})",
+            file=sys.stderr,
+        )
+        return 2
     term_floor = 0
-    if args.standby:
-        stop = threading.Event()
-        until_signal(stop.set)
-        watch = StandbyWatch(cfg, args.id, args.rank)
-        # Load the solver while waiting: the first plan after a takeover must not pay for it.
-        warm = planner_for(cfg, catalog).warm_up
-        threading.Thread(target=warm, name="planner-warm-up", daemon=True).start()
-        if watch.wait_for_vacancy(stop) is None:
-            return 0
-        term_floor = watch.highest_term  # a successor's term is above the newest leader seen
-    coord = CoordinatorService.from_config(cfg, catalog, args.id, term_floor=term_floor)
+    try:  # a signing mesh: the coordinator's key must load (a standby's too, before it waits)
+        if args.standby:
+            stop = threading.Event()
+            until_signal(stop.set)
+            watch = StandbyWatch(cfg, args.id, args.rank)
+            # Load the solver while waiting: the first plan after a takeover must not pay for it.
+            warm = planner_for(cfg, catalog).warm_up
+            threading.Thread(target=warm, name="planner-warm-up", daemon=True).start()
+            if watch.wait_for_vacancy(stop) is None:
+                return 0
+            term_floor = watch.highest_term  # a successor's term is above the newest leader seen
+        coord = CoordinatorService.from_config(cfg, catalog, args.id, term_floor=term_floor)
+    except SigningError as exc:
+        print(f"faillite coordinator: {exc}", file=sys.stderr)
+        return 2
     until_signal(coord.request_stop)
-    coord.start()
-    coord.wait()
+    led = coord.start()
+    if led:
+        coord.wait()
     coord.stop()
-    return 0
+    return 0 if led else 2  # refused to lead: term_exhausted in the log says why

@@ -7,8 +7,17 @@ reads (and, for a standby, the times it reads them); :mod:`coordinator.service` 
 - its term is the next one after everything retained (statuses and assignments carry terms;
   the leader's own status may have been replaced by its last-will) and after a standby's
   ``term_floor`` (the newest leader it saw, whatever the broker still retains);
-- a leader status of a higher term from another incarnation: a successor took over (we were
-  frozen or cut off): step down quietly, workers already fence our assignments by term;
+- terms are bounded (``MAX_COUNT``, 2^53 - 1, what decoders accept): a coordinator that would
+  need a term above the bound refuses to lead (:class:`TermExhaustedError`) instead;
+- a term more than ``MAX_TERM_JUMP`` above the newest one known from live coordinators (ours
+  while we lead, the leader a standby watched, a leader status that arrived live) is forged:
+  it is not adopted, deposes nobody, and a leader puts its own status or state back;
+- with ``coordinators`` configured (``coordinator.ids``), a status of another id is foreign:
+  not adopted, deposes nobody (the broker's ACL already lets only coordinator accounts write
+  the status; this holds even for a coordinator account that claims to be someone else);
+- a leader status of a higher term from another configured coordinator: a successor took over
+  (we were frozen or cut off): step down quietly, workers already fence our assignments by
+  term;
 - a non-leader status of our term or older from another incarnation (a predecessor's late
   last-will) replaced our retained status: put ours back;
 - a retained placement of another term is what a predecessor left: inherit it.
@@ -27,23 +36,48 @@ from __future__ import annotations
 from typing import Literal
 
 from faillite import messages
+from faillite.messages import MAX_COUNT, MAX_TERM_JUMP
 
 STARTUP_GRACE_S = 2.0  # a leader's term acquisition waits up to 1.2 s for retained state
 
-Verdict = Literal["step_down", "restore"]
-Reading = Literal["leader", "gone", "still_gone", "stale", "older_leader"]
+# step_down: a successor leads; restore: put our status back; forged: a term too far above
+# the newest live one; foreign: a status of an id that is no coordinator of the mesh.
+Verdict = Literal["step_down", "restore", "forged", "foreign"]
+Reading = Literal["leader", "gone", "still_gone", "stale", "older_leader", "forged", "foreign"]
+
+
+class TermExhaustedError(RuntimeError):
+    """No term is left above the highest one seen: the coordinator must not lead."""
+
+    def __init__(self, highest: int) -> None:
+        super().__init__(
+            f"the highest term seen is {highest}; the next would pass the bound {MAX_COUNT}. "
+            "A forged or corrupt term is retained on the broker: clear the retained "
+            "coordinator status and assignments (an empty retained message), then start again"
+        )
+        self.highest = highest
 
 
 class Leadership:
     def __init__(
-        self, coordinator_id: str, incarnation: str, kind: str, *, term_floor: int = 0
+        self,
+        coordinator_id: str,
+        incarnation: str,
+        kind: str,
+        *,
+        term_floor: int = 0,
+        coordinators: frozenset[str] = frozenset(),
+        max_jump: int = MAX_TERM_JUMP,
     ) -> None:
         self.id = coordinator_id
         self.incarnation = incarnation
         self.kind = kind  # what our status says we run: "planner", "static"
         self.term = 0  # 0: not leading (yet)
         self.term_floor = term_floor
-        self.seen_term = 0  # the highest term read on the broker
+        self.coordinators = coordinators  # empty: any id
+        self.max_jump = max_jump
+        self.seen_term = 0  # the highest term read on the broker (not forged)
+        self.live_term = 0  # the highest leader term that arrived live (not retained)
         self.deposed = False
 
     def status(self, state: Literal["leader", "offline"], ts: float) -> messages.CoordinatorStatus:
@@ -56,15 +90,38 @@ class Leadership:
             kind=self.kind,
         )
 
+    @property
+    def reference(self) -> int:
+        """The newest term known from live coordinators (0: none): ours while we lead, the
+        leader a standby watched (``term_floor``), a leader status that arrived live."""
+        return max(self.term, self.term_floor, self.live_term)
+
+    def forged(self, term: int) -> bool:
+        """A term no successor of a live coordinator could have taken yet."""
+        ref = self.reference
+        return ref > 0 and term > ref + self.max_jump
+
     def acquire(self) -> int:
-        """Take the next term after the highest one seen (a restart moves it on)."""
-        self.term = max(self.seen_term, self.term_floor) + 1
+        """Take the next term after the highest one seen (a restart moves it on); raise
+        :class:`TermExhaustedError` rather than take one beyond the bound."""
+        highest = max(self.seen_term, self.term_floor)
+        if highest >= MAX_COUNT:
+            raise TermExhaustedError(highest)
+        self.term = highest + 1
         return self.term
 
-    def on_status(self, st: messages.CoordinatorStatus) -> Verdict | None:
+    def on_status(self, st: messages.CoordinatorStatus, *, live: bool = False) -> Verdict | None:
+        """``live``: the status arrived as it was written, not replayed from the retained
+        store."""
         if st.incarnation == self.incarnation:
             return None
+        if self.coordinators and st.coordinator not in self.coordinators:
+            return "foreign"
+        if self.forged(st.term):
+            return "forged"
         self.seen_term = max(self.seen_term, st.term)
+        if live and st.state == "leader":
+            self.live_term = max(self.live_term, st.term)
         if self.term and st.state == "leader" and st.term > self.term:
             self.deposed = True
             return "step_down"
@@ -72,8 +129,12 @@ class Leadership:
             return "restore"
         return None
 
-    def on_assignment(self, a: messages.Assignment) -> None:
+    def on_assignment(self, a: messages.Assignment) -> Verdict | None:
+        """A retained or live assignment: its term is taken into account, unless forged."""
+        if self.forged(a.term):
+            return "forged"
         self.seen_term = max(self.seen_term, a.term)
+        return None
 
     def inherits(self, p: messages.Placement) -> bool:
         """Whether a retained placement is another term's (ours come back to us too)."""
@@ -83,9 +144,18 @@ class Leadership:
 class Vacancy:
     """A standby's view of the leadership: since when it is vacant, and the newest leader."""
 
-    def __init__(self, delay_s: float, grace_s: float) -> None:
+    def __init__(
+        self,
+        delay_s: float,
+        grace_s: float,
+        *,
+        coordinators: frozenset[str] = frozenset(),
+        max_jump: int = MAX_TERM_JUMP,
+    ) -> None:
         self.delay_s = delay_s
         self.grace_s = grace_s
+        self.coordinators = coordinators  # empty: any id
+        self.max_jump = max_jump
         self.leader: messages.CoordinatorStatus | None = None  # newest leader seen
         self.vacant_since: float | None = None  # None: led, or we cannot tell
 
@@ -108,6 +178,10 @@ class Vacancy:
 
     def on_status(self, st: messages.CoordinatorStatus, now: float) -> Reading:
         newest = self.leader
+        if self.coordinators and st.coordinator not in self.coordinators:
+            return "foreign"  # neither a leader nor a vacancy
+        if newest is not None and st.term > newest.term + self.max_jump:
+            return "forged"  # no successor of the leader we watched could be that far above
         if st.state == "leader":
             if newest is None or st.term >= newest.term:
                 self.leader = st

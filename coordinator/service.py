@@ -12,7 +12,11 @@ Threads of :class:`CoordinatorService`:
 
 Retained state (the leader's status, assignments, routes, placement) is published again after
 every reconnect (brokers can lose it) and after a predecessor's late last-will replaced our
-status. A leader that sees a higher term steps down without publishing anything more.
+status. A leader that sees a higher term steps down without publishing anything more, unless
+that term is forged (far above ours) or from an id that is no coordinator of the mesh: then it
+logs ``forged_term`` (or ``unknown_coordinator``) and puts its own state back. Where the mesh
+signs (``coordinator.signing``), every assignment and status it writes is signed, and statuses
+and assignments that are unsigned or badly signed are ignored (counted ``bad_signature``).
 
 :class:`StandbyWatch`: a standby's MQTT side, around :class:`~coordinator.leadership.Vacancy`.
 """
@@ -25,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from coordinator.core import CoordinatorCore
 from coordinator.decisions import (
@@ -49,15 +54,22 @@ from coordinator.events import (
     WorkerBirth,
     WorkerOffline,
 )
-from coordinator.leadership import STARTUP_GRACE_S, Leadership, Vacancy
+from coordinator.leadership import (
+    STARTUP_GRACE_S,
+    Leadership,
+    TermExhaustedError,
+    Vacancy,
+)
 from coordinator.planner import ProblemError
 from coordinator.planning import Planner, planner_for
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
+from faillite.identity import Identity
 from faillite.log import bind, get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
+from faillite.signing import SignatureError, Signer, Verifier, load_signer
 from faillite.topics import (
     WORKER_ASSIGNMENT,
     WORKER_HEARTBEAT,
@@ -73,9 +85,48 @@ TICK_S = 0.01
 TERM_WAIT_S = 1.0  # for the first retained status or assignment before taking a term
 TERM_BURST_S = 0.2  # then for the rest of the retained burst
 
+SignedT = TypeVar("SignedT", messages.Assignment, messages.CoordinatorStatus)
+
+
+def _check_signature(
+    verifier: Verifier | None,
+    client: MeshClient,
+    topic: str,
+    msg: messages.Assignment | messages.CoordinatorStatus,
+) -> bool:
+    """Whether ``msg`` may be believed: always where the mesh does not sign; else only with a
+    good signature (a refusal is counted ``bad_signature`` and logged rate-limited)."""
+    if verifier is None:
+        return True
+    try:
+        verifier.verify(topic, msg)
+    except SignatureError as exc:
+        client.bad.count(exc.reason, str(exc), topic=topic, term=msg.term)
+        return False
+    return True
+
 
 def _clock() -> tuple[float, float]:
     return time.monotonic(), time.time()
+
+
+class _Quiet:
+    """At most one log line per key a second: forged input must not flood the log. ``allow``
+    returns how many were kept quiet since the last line, or None (keep this one quiet)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e9) < 1.0:
+                self._quiet[key] = self._quiet.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._quiet.pop(key, 0)
 
 
 class CoordinatorService:
@@ -95,8 +146,20 @@ class CoordinatorService:
         self.incarnation = uuid.uuid4().hex[:12]
         bind(coordinator=coordinator_id, incarnation=self.incarnation)
         self.leadership = Leadership(
-            coordinator_id, self.incarnation, planner.kind, term_floor=term_floor
+            coordinator_id,
+            self.incarnation,
+            planner.kind,
+            term_floor=term_floor,
+            coordinators=frozenset(mesh.coordinator.ids),
         )
+        signing = mesh.coordinator.signing
+        # Raises SigningError (the CLI says why) without a usable private key.
+        self.signer: Signer | None = (
+            load_signer(signing, mesh.mesh) if signing is not None else None
+        )
+        self._quiet = _Quiet()
+        self._resend_lock = threading.Lock()
+        self._resend_queued = False
         self.core = CoordinatorCore(mesh, catalog, adaptive=planner.adaptive)
         self._known = {w.id for w in mesh.workers}
         self._inbox: queue.Queue[Event] = queue.Queue()
@@ -111,13 +174,18 @@ class CoordinatorService:
         self.presence = Presence(
             self.topics.coordinator_status,
             messages.CoordinatorStatus,
-            lambda ts: self.leadership.status("leader", ts),
-            offline=lambda st, _reason, ts: replace(st, state="offline", ts=ts),
+            lambda ts: self._sign(
+                self.topics.coordinator_status, self.leadership.status("leader", ts)
+            ),
+            # The last-will and the clean offline are signed too: a standby must believe them.
+            offline=lambda st, _reason, ts: self._sign(
+                self.topics.coordinator_status, replace(st, state="offline", ts=ts)
+            ),
             watch=False,
             announce_on_connect=lambda: self.leadership.term > 0,
         )
         self.client = MeshClient(
-            f"faillite-{mesh.mesh}-coordinator-{coordinator_id}",
+            Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).name,
             mesh.broker,
             role=Role.COORDINATOR,
             presence=self.presence,
@@ -155,14 +223,49 @@ class CoordinatorService:
         """The coordinator the config asks for (``coordinator.type``, ``method``)."""
         return cls(mesh, catalog, planner_for(mesh, catalog), coordinator_id, term_floor=term_floor)
 
+    # -- signatures --------------------------------------------------------------------------
+
+    def _sign(self, topic: str, msg: SignedT) -> SignedT:
+        return self.signer.sign(topic, msg) if self.signer is not None else msg
+
+    def _signed(self, topic: str, msg: messages.Assignment | messages.CoordinatorStatus) -> bool:
+        """Whether ``msg`` may be believed: always where the mesh does not sign."""
+        return _check_signature(
+            self.signer.verifier if self.signer else None, self.client, topic, msg
+        )
+
+    def _suspect(self, event: str, msg: messages.Assignment | messages.CoordinatorStatus) -> None:
+        """A forged term or a foreign coordinator: log it (rate-limited) and, while we lead,
+        put our own state back over it (it may have replaced our retained status)."""
+        if (quiet := self._quiet.allow(event)) is not None:
+            log.warning(
+                event,
+                message=type(msg).__name__,
+                quiet_since_last=quiet,
+                term=msg.term,
+                our_term=self.leadership.term,
+                reference=self.leadership.reference,
+                max_jump=self.leadership.max_jump,
+                coordinator=getattr(msg, "coordinator", None),
+                worker=getattr(msg, "worker", None),
+            )
+        if self.leadership.term and not self.leadership.deposed:
+            self._republish()
+
     # -- network thread ----------------------------------------------------------------------
 
     def _on_coordinator_status(self, inb: Inbound[messages.CoordinatorStatus]) -> None:
         st = inb.message
+        if not self._signed(self.topics.coordinator_status, st):
+            return
         with self._leading:
-            verdict = self.leadership.on_status(st)
+            verdict = self.leadership.on_status(st, live=not inb.retain)
             term = self.leadership.term
-        if verdict == "step_down":
+        if verdict == "forged":
+            self._suspect("forged_term", st)
+        elif verdict == "foreign":
+            self._suspect("unknown_coordinator", st)
+        elif verdict == "step_down":
             log.warning(
                 "coordinator_deposed", term=term, successor=st.coordinator, successor_term=st.term
             )
@@ -174,8 +277,14 @@ class CoordinatorService:
         self._heard.set()
 
     def _on_assignment(self, inb: Inbound[messages.Assignment]) -> None:
+        a = inb.message
+        if not self._signed(inb.topic, a):
+            return
         with self._leading:
-            self.leadership.on_assignment(inb.message)
+            verdict = self.leadership.on_assignment(a)
+        if verdict == "forged":
+            self._suspect("forged_term", a)  # and our own assignment goes back over it
+            return
         self._heard.set()
 
     def _on_placement(self, inb: Inbound[messages.Placement]) -> None:
@@ -287,6 +396,7 @@ class CoordinatorService:
             return
         now, t, c = messages.now(), self.topics, self.client
         for worker, wp in st.workers:
+            topic = t.worker_assignment(worker)
             a = messages.Assignment(
                 worker=worker,
                 term=st.term,
@@ -297,7 +407,7 @@ class CoordinatorService:
                 disk=wp.disk,
                 standby=wp.standby,
             )
-            c.publish(t.worker_assignment(worker), messages.encode(a), qos=1, retain=True)
+            c.publish(topic, messages.encode(self._sign(topic, a)), qos=1, retain=True)
 
         routes = [
             messages.Route(r.app, r.worker, r.variant, st.term, st.generation, now, r.state)
@@ -323,11 +433,19 @@ class CoordinatorService:
 
     def _republish(self) -> None:
         # Brokers can lose retained state on restart: after every reconnect, publish it again.
-        if self.leadership.term:
-            threading.Thread(target=self._resend, name="republish", daemon=True).start()
+        # Requests coalesce: one resend waiting is enough (forged input may come in floods).
+        if not self.leadership.term:
+            return
+        with self._resend_lock:
+            if self._resend_queued:
+                return
+            self._resend_queued = True
+        threading.Thread(target=self._resend, name="republish", daemon=True).start()
 
     def _resend(self) -> None:
         with self._publishing:
+            with self._resend_lock:
+                self._resend_queued = False
             self._send(self._retained)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -336,30 +454,48 @@ class CoordinatorService:
     def _spawn(name: str, target: Callable[[], None]) -> None:
         threading.Thread(target=target, name=name, daemon=True).start()
 
-    def _acquire_term(self) -> int:
+    def _acquire_term(self) -> int | None:
         """Next term after the highest one retained on the broker, claimed at once: standbys
-        must not read the planning time as a vacancy."""
+        must not read the planning time as a vacancy. None: no term is left (refused)."""
         if self._heard.wait(TERM_WAIT_S):
             self._stop.wait(TERM_BURST_S)  # the rest of the retained burst
+        refused: TermExhaustedError | None = None
         with self._leading:
-            term = self.leadership.acquire()
+            try:
+                term = self.leadership.acquire()
+            except TermExhaustedError as exc:
+                refused = exc
+        if refused is not None:
+            self.presence.silence()  # we never led: the status topic is not ours to touch
+            log.error(
+                "term_exhausted",
+                highest_term=refused.highest,
+                max_term=messages.MAX_COUNT,
+                error=str(refused),
+            )
+            return None
         log.info("term_acquired", term=term, previous=term - 1)
         self.presence.announce()
         return term
 
-    def start(self) -> None:
+    def start(self) -> bool:
         """Connect (a broker that is not there yet is retried: the transport says so once),
-        take the term and start judging; returns early if asked to stop meanwhile."""
+        take the term and start judging; returns early if asked to stop meanwhile. False: it
+        refused to lead (no term left: ``term_exhausted`` says why) and has stopped."""
         self._spawn("control", self._control_loop)
         self._spawn("planner-warm-up", self.planner.warm_up)
         self.client.start(connect_timeout=None)
         while not self.client.wait_connected(0.25):
             if self._stop.is_set():
-                return
+                return True
         term = self._acquire_term()
+        if term is None:
+            self._stop.set()
+            return False
         self._inbox.put(TermAcquired(*_clock(), term))
         if self.planner.adaptive:
             self._spawn("monitor", self._monitor_loop)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -386,15 +522,23 @@ class StandbyWatch:
         self.rank = max(1, rank)
         delay_s = mesh.coordinator.takeover_delay_s * self.rank
         grace_s = max(STARTUP_GRACE_S, mesh.coordinator.reconnect_grace_s) + delay_s
-        self.vacancy = Vacancy(delay_s, grace_s)
+        self.vacancy = Vacancy(delay_s, grace_s, coordinators=frozenset(mesh.coordinator.ids))
+        signing = mesh.coordinator.signing
+        # A standby must hold the private key too (it will lead): fail now, not at takeover.
+        self.verifier: Verifier | None = (
+            load_signer(signing, mesh.mesh).verifier if signing is not None else None
+        )
+        self._topic = Topics(mesh.mesh).coordinator_status
+        self._quiet = _Quiet()
         self._cond = threading.Condition()
         self.client = MeshClient(
-            f"faillite-{mesh.mesh}-standby-{coordinator_id}-{uuid.uuid4().hex[:6]}",
+            # A standby watches under its identity's second client id (faillite.identity).
+            Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).probe_name,
             mesh.broker,
             role=Role.COORDINATOR,
         )
         self.client.subscribe_json(
-            Topics(mesh.mesh).coordinator_status,
+            self._topic,
             messages.CoordinatorStatus,
             self._on_status,
             on_cleared=self._on_cleared,
@@ -421,10 +565,23 @@ class StandbyWatch:
 
     def _on_status(self, inb: Inbound[messages.CoordinatorStatus]) -> None:
         st = inb.message
+        if not _check_signature(self.verifier, self.client, self._topic, st):
+            return
         with self._cond:
             reading = self.vacancy.on_status(st, time.monotonic())
             self._cond.notify_all()
-        if reading == "gone":
+        if reading in ("forged", "foreign"):
+            event = "forged_term" if reading == "forged" else "unknown_coordinator"
+            if (quiet := self._quiet.allow(event)) is not None:
+                standby_log.warning(
+                    event,
+                    quiet_since_last=quiet,
+                    coordinator=st.coordinator,
+                    term=st.term,
+                    state=st.state,
+                    leader_term=self.vacancy.highest_term,
+                )
+        elif reading == "gone":
             standby_log.warning(
                 "leader_gone",
                 leader=st.coordinator,

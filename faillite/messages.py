@@ -27,6 +27,11 @@ Name = Annotated[str, Field(max_length=128)]
 Text = Annotated[str, Field(max_length=1024)]
 Names = Annotated[tuple[Name, ...], Field(max_length=MAX_ITEMS)]
 Counts = Annotated[dict[Name, Count], Field(max_length=MAX_ITEMS)]
+# A term more than this above the newest one a reader knows is forged, not a successor's: real
+# terms grow by one per takeover, and one forged near MAX_COUNT would leave no term to succeed.
+MAX_TERM_JUMP = 1000
+# An Ed25519 signature in base64 (88 characters), when the mesh signs (faillite/signing.py).
+Signature = Annotated[str, Field(max_length=128)]
 
 
 class MessageError(ValueError):
@@ -147,6 +152,7 @@ class Assignment:
     # Apps this worker is the warm backup of: it follows their frames (keeping only the
     # latest), so a promotion serves at once instead of subscribing and waiting for a frame.
     standby: Annotated[tuple[Serve, ...], Field(max_length=MAX_ITEMS)] = ()
+    sig: Signature | None = None  # over every other field, the mesh and the topic
     v: int = SCHEMA_VERSION
 
     def version(self) -> tuple[int, int]:
@@ -208,6 +214,7 @@ class CoordinatorStatus:
     term: Count
     ts: float
     kind: Text = "static"
+    sig: Signature | None = None  # over every other field, the mesh and the topic
     v: int = SCHEMA_VERSION
 
 

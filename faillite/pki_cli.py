@@ -5,9 +5,12 @@
     faillite pki init   --out DIR                                  # ca.crt, ca.key
     faillite pki server --ca DIR --name broker --host 127.0.0.1 --host kit-broker.local
     faillite pki client --ca DIR --name w1                         # CN w1: the account w1
+    faillite pki signing-key --out DIR                             # signing.key, signing.pub
 
 Each prints the files it wrote. Nothing existing is overwritten without ``--force``. Give each
-node ``ca.crt`` and its own pair only; the CA key stays on the machine that issues.
+node ``ca.crt`` and its own pair only; the CA key stays on the machine that issues. The
+signing key (``coordinator.signing``) goes to coordinators only, its ``.pub`` to every worker
+and coordinator.
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ def register(sub: Any) -> None:
     )
     _leaf_args(client)
     client.set_defaults(func=cmd_client)
+
+    sig = psub.add_parser(
+        "signing-key",
+        help="make the coordinators' Ed25519 signing key: DIR/NAME.key (0600), DIR/NAME.pub",
+    )
+    sig.add_argument("--out", required=True, help="folder to write into")
+    sig.add_argument("--name", default="signing", help="file name (default: signing)")
+    sig.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing key (workers must get the new .pub)",
+    )
+    sig.set_defaults(func=cmd_signing_key)
 
 
 def _leaf_args(p: argparse.ArgumentParser) -> None:
@@ -112,3 +128,13 @@ def cmd_client(args: argparse.Namespace) -> int:
             Path(args.ca), args.name, out_dir=out, days=args.days, overwrite=args.force
         )
     )
+
+
+def cmd_signing_key(args: argparse.Namespace) -> int:
+    from faillite.signing import SigningError, generate_key
+
+    try:
+        private, public = generate_key(Path(args.out), args.name, overwrite=args.force)
+    except (SigningError, OSError) as exc:
+        return _failed(exc)
+    return _done(private, public)

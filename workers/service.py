@@ -8,8 +8,10 @@ Threads, and why each exists:
   ``errors``, a frame that is malformed or declares an image other than its sensor's
   (:func:`faillite.envelope.check_image`): an image bomb is never queued, never counted as
   received, never decoded, so it can neither stall serving nor look like a stall.
-- control: applies assignments in (term, generation) order (:mod:`workers.serving`); loads
-  models here, so a slow load never stalls serving of the apps already running.
+- control: applies the assignments the fence let through (:mod:`workers.fencing`: only the
+  term of the leader the coordinator status names, in (term, generation) order, signed where
+  the mesh signs) in :mod:`workers.serving`; loads models here, so a slow load never stalls
+  serving of the apps already running.
 - inference: takes frames round-robin from the drop-oldest queues, runs the plug-ins' frame
   interceptors (none in production), then the model (:mod:`workers.inference`), publishes.
 - heartbeat: liveness plus progress counters (:mod:`workers.counters`) every
@@ -54,13 +56,16 @@ from faillite import envelope, messages
 from faillite.badinput import BadInput
 from faillite.catalog import Catalog
 from faillite.config import ConfigError, MeshConfig, WorkerConfig
+from faillite.identity import Identity
 from faillite.log import bind, get_logger
 from faillite.models.labels import imagenet_labels
 from faillite.mqtt import Inbound, MeshClient, Raw
 from faillite.presence import Presence
+from faillite.signing import SignatureError, SigningError, Verifier, load_verifier
 from faillite.topics import Role, Topics
 from workers.backends import BackendError, create_backend
 from workers.counters import Counters
+from workers.fencing import Fence, LogLimit
 from workers.frame_queue import FrameQueues, QueuedFrame
 from workers.inference import FrameRunner
 from workers.model_cache import ModelCache
@@ -123,12 +128,30 @@ class Worker:
             self._birth,
             on_replaced=self._replaced,
         )
-        self.client_id = f"faillite-{mesh.mesh}-worker-{cfg.id}"
+        self.client_id = Identity(mesh.mesh, Role.WORKER, cfg.id).name
         self.client = MeshClient(
             self.client_id, mesh.broker, role=Role.WORKER, presence=self.presence, bad=self.bad
         )
+        # Fencing: assignments are obeyed under the term of the leader the coordinator status
+        # names (and, where the mesh signs, only signed ones). Decided on the network thread.
+        self.fence = Fence(frozenset(mesh.coordinator.ids))
+        self.verifier: Verifier | None = None
+        if mesh.coordinator.signing is not None:
+            try:
+                self.verifier = load_verifier(mesh.coordinator.signing, mesh.mesh)
+            except SigningError as exc:
+                raise ConfigError(f"coordinator.signing: {exc}") from exc
+        self._quiet = LogLimit()
+        # The assignment first: its retained term is then known when a retained status comes,
+        # so a forged status far above it is refused even by a worker that just started.
         self.client.subscribe_json(
             self.topics.worker_assignment(cfg.id), messages.Assignment, self._on_assignment, qos=1
+        )
+        self.client.subscribe_json(
+            self.topics.coordinator_status,
+            messages.CoordinatorStatus,
+            self._on_coordinator_status,
+            qos=1,
         )
 
     # -- identity --------------------------------------------------------------------------
@@ -195,12 +218,78 @@ class Worker:
 
     # -- network thread --------------------------------------------------------------------
 
+    def _signed(self, topic: str, msg: messages.Assignment | messages.CoordinatorStatus) -> bool:
+        if self.verifier is None:
+            return True
+        try:
+            self.verifier.verify(topic, msg)
+        except SignatureError as exc:
+            self.bad.count(exc.reason, str(exc), topic=topic, term=msg.term)
+            return False
+        return True
+
     def _on_assignment(self, inbound: Inbound[messages.Assignment]) -> None:
         a = inbound.message
         if a.worker != self.cfg.id:
             self.bad.count("wrong_worker", f"assignment for {a.worker!r}", topic=inbound.topic)
             return
-        self._pending.put(a)
+        if not self._signed(self.topics.worker_assignment(self.cfg.id), a):
+            return
+        verdict = self.fence.assignment(a)
+        fields = {"term": a.term, "generation": a.generation, "leader_term": self.fence.leader}
+        if verdict == "apply":
+            self._pending.put(a)
+        elif verdict == "out_of_range":
+            self.bad.count(
+                "term_out_of_range",
+                f"assignment term {a.term} is more than {self.fence.max_jump} above "
+                f"{self.fence.reference()}",
+                **fields,
+            )
+        elif verdict == "stale":
+            self.bad.count(
+                "stale_term", f"assignment of term {a.term}, older than the leader's", **fields
+            )
+        elif (quiet := self._quiet.allow(verdict)) is not None:
+            # held (a successor's, its status not read yet) or old (a repeat): normal, quieter
+            event = "assignment_held" if verdict == "hold" else "assignment_ignored"
+            log.info(event, applied=self.fence.approved, quiet_since_last=quiet, **fields)
+
+    def _on_coordinator_status(self, inbound: Inbound[messages.CoordinatorStatus]) -> None:
+        st = inbound.message
+        if not self._signed(self.topics.coordinator_status, st):
+            return
+        out = self.fence.status(st)
+        fields = {"coordinator": st.coordinator, "term": st.term, "state": st.state}
+        if out.action == "leader":
+            log.info("leader_seen", **fields)
+            if out.release is not None:
+                log.info(
+                    "held_assignment_released",
+                    term=out.release.term,
+                    generation=out.release.generation,
+                )
+                self._pending.put(out.release)
+            if out.dropped is not None:
+                log.info(
+                    "held_assignment_dropped",
+                    term=out.dropped.term,
+                    generation=out.dropped.generation,
+                    leader_term=st.term,
+                )
+        elif out.action == "out_of_range":
+            self.bad.count(
+                "term_out_of_range",
+                f"leader status term {st.term} is more than {self.fence.max_jump} above "
+                f"{self.fence.reference()}",
+                **fields,
+            )
+        elif out.action == "unknown_coordinator":
+            self.bad.count(
+                "unknown_coordinator",
+                f"status of {st.coordinator!r}, not in coordinator.ids",
+                **fields,
+            )
 
     def _frame_handler(self, sensor: str) -> Callable[[Raw], None]:
         max_bytes = self.mesh.max_frame_bytes
@@ -238,18 +327,18 @@ class Worker:
                 a = self._pending.get(timeout=0.2)
             except queue.Empty:
                 continue
-            # Only the newest pending assignment matters.
+            # Only the newest pending assignment matters: the fence let them through in order,
+            # so the last one (it may be a new leader's, of a lower version than a forged one
+            # applied before that leader was known).
             while True:
                 try:
-                    nxt = self._pending.get_nowait()
+                    a = self._pending.get_nowait()
                 except queue.Empty:
                     break
-                if nxt.version() > a.version():
-                    a = nxt
             if self._stop.is_set():
                 break
             try:
-                self.table.apply(a)
+                self.table.apply(a, force=True)
             except Exception:
                 log.exception("assignment_apply_failed", term=a.term, generation=a.generation)
 
@@ -291,7 +380,7 @@ class Worker:
                 if result is None:
                     return
                 published = self.client.publish(
-                    self.topics.app_results(st.app), messages.encode(result)
+                    self.topics.app_results(st.app, self.cfg.id), messages.encode(result)
                 )
                 self.counters.processed(
                     st.app, total_ms=result.latency.total_ms, ts=result.ts, published=published

@@ -1,6 +1,7 @@
 """The serving table: which apps this worker serves now, with which loaded model.
 
-- Assignments apply in ``(term, generation)`` order; an older or equal one is ignored.
+- Assignments apply in ``(term, generation)`` order; an older or equal one is ignored (the
+  worker's fence, :mod:`workers.fencing`, decides first and may force a new leader's).
 - Fencing: an app the new assignment takes away stops at once, before any (slow) model load.
 - Load, then switch: an app changes variant when the new model is ready (an upgrade keeps
   serving the old variant meanwhile); warm variants load only after serving is switched, so a
@@ -100,11 +101,12 @@ class ServingTable:
 
     # -- control thread --------------------------------------------------------------------
 
-    def apply(self, a: messages.Assignment) -> bool:
+    def apply(self, a: messages.Assignment, *, force: bool = False) -> bool:
         """Apply ``a`` if newer than the current assignment: fence revoked apps at once, load,
-        switch, then load warm variants and release the rest. False if ``a`` is stale."""
+        switch, then load warm variants and release the rest. False if ``a`` is stale.
+        ``force``: apply it whatever the current one's version (the fence decided)."""
         cur = self.assignment
-        if cur is not None and a.version() <= cur.version():
+        if not force and cur is not None and a.version() <= cur.version():
             log.info(
                 "assignment_ignored",
                 term=a.term,

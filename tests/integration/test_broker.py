@@ -114,8 +114,19 @@ def connect_packet(
 class SilentClient:
     """A raw-socket client: CONNECT, CONNACK, then nothing at all, socket left open."""
 
-    def __init__(self, ep: BrokerEndpoint, client_id: str, keepalive_s: int, **kw: Any) -> None:
-        self.sock = socket.create_connection((ep.host, ep.port), timeout=5)
+    def __init__(
+        self,
+        ep: BrokerEndpoint,
+        client_id: str,
+        keepalive_s: int,
+        *,
+        source: str | None = None,
+        timeout: float = 5,
+        **kw: Any,
+    ) -> None:
+        self.sock = socket.create_connection(
+            (ep.host, ep.port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.sock.sendall(connect_packet(client_id, keepalive_s, **kw))
         self.sent_at = time.monotonic()  # the broker heard nothing from us after this
         connack = b""
@@ -485,6 +496,45 @@ def test_oversized_payload_is_dropped(secure_broker: Secure) -> None:
         time.sleep(0.3)
         assert [len(m.payload) for m in coord.on(topic)] == [SECURE_LIMIT - 100]
         assert coord.connected
+
+
+def test_failed_logins_from_one_address_are_slowed_down_and_no_other(
+    broker_launcher: BrokerLauncher, tmp_path: Path
+) -> None:
+    """The embedded broker: each refusal from one address is held back, doubling (0.1, 0.2,
+    0.4, ...); attempts from there wait their turn however many run in parallel; a device on
+    another address logs in at once meanwhile. (Mosquitto 2.0 has no such setting.)"""
+    cfg, secrets = secure_config(tmp_path)
+    cfg = cfg.model_copy(update={"login_delay_s": 0.1, "login_delay_max_s": 0.8})
+    ep = broker_launcher.start("amqtt", cfg, mesh=SECURE_MESH)
+    results: list[tuple[float, int]] = []
+
+    def guess() -> None:
+        t0 = time.monotonic()
+        sc = SilentClient(
+            ep, W1.name, 10, source="127.0.0.3", timeout=30, username=W1.name, password="guess"
+        )
+        sc.close()
+        results.append((time.monotonic() - t0, sc.return_code))
+
+    start = time.monotonic()
+    guessers = [threading.Thread(target=guess) for _ in range(6)]
+    for th in guessers:
+        th.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    ok = SilentClient(
+        ep, CAM1.name, 10, source="127.0.0.4", username=CAM1.name, password=secrets[CAM1]
+    )
+    other_address_s = time.monotonic() - t0
+    ok.close()
+    for th in guessers:
+        th.join(30)
+    elapsed = time.monotonic() - start
+    assert ok.return_code == 0 and other_address_s < 0.5
+    assert [rc for _s, rc in results] == [5] * 6
+    # One at a time, each held back: 0.1 + 0.2 + 0.4 + 0.8 + 0.8 + 0.8 = 3.1 s at least.
+    assert elapsed >= 3.0, elapsed
 
 
 @pytest.mark.parametrize("kind", BROKER_KINDS)

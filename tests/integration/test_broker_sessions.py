@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from faillite.accounts import add_account
 from faillite.config import BrokerConfig
 from faillite.identity import Identity
-from faillite.topics import Role
+from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerEndpoint, BrokerLauncher
 
 MESH = "sess"
@@ -527,3 +527,30 @@ def test_a_qos1_will_reaches_a_qos0_subscriber_at_qos0(
         got1 = qos1.wait_for(lambda m: m.topic == will_topic)
         assert got0 is not None and (got0.payload, got0.qos) == (b"lost", 0)
         assert got1 is not None and (got1.payload, got1.qos) == (b"lost", 1)
+
+
+def test_nothing_is_retained_outside_the_retained_topics(
+    broker_launcher: BrokerLauncher, tmp_path: Path
+) -> None:
+    """A retained heartbeat, result, frame or event would be replayed to every late subscriber
+    as if current: delivered live, never kept. Statuses are retained as usual."""
+    mesh = broker_config(tmp_path, ("w1", "obs"))
+    ep = start(broker_launcher, mesh)
+    obs = mesh.login(device("obs"))
+    t = Topics(MESH)
+    transient = (
+        t.worker_heartbeat("w1"),
+        t.app_results("a1", "w1"),
+        t.sensor_frames("cam1"),
+        t.events,
+    )
+    with client(ep, t.everything, **obs) as live, client(ep, **mesh.login(device("w1"))) as w1:
+        for topic in transient:
+            w1.publish(topic, b"retain-me", retain=True)
+        w1.publish(t.worker_status("w1"), b"birth", retain=True)
+        assert live.wait_for(lambda m: m.topic == t.worker_status("w1"))
+        assert {m.topic for m in live.messages} >= set(transient)  # delivered live
+        assert retained(ep, t.everything, **obs) == {t.worker_status("w1"): b"birth"}
+        w1.publish(t.worker_status("w1"), b"", retain=True)
+    refused = [e for e in events(broker_launcher, ep, "retained_cap")]
+    assert {e["cap"] for e in refused} == {"not_retained_topic"}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from coordinator.leadership import Leadership, Vacancy
+import pytest
+
+from coordinator.leadership import Leadership, TermExhaustedError, Vacancy
 from faillite import messages
+from faillite.messages import MAX_COUNT, MAX_TERM_JUMP
 
 
 def _status(
@@ -83,3 +86,63 @@ def test_stale_last_will_and_older_leaders_are_no_vacancy() -> None:
     assert v.due(100.0) is None and v.highest_term == 4
     v.cleared(5.0)  # the retained status removed
     assert v.due(5.5) == 0.5
+
+
+def test_a_retained_term_at_the_bound_is_refused_not_overflowed() -> None:
+    ld = Leadership("c1", "me", "planner")
+    ld.on_status(_status("c0", "old", "leader", MAX_COUNT))  # a forged or corrupt retained term
+    with pytest.raises(TermExhaustedError, match="clear the retained") as info:
+        ld.acquire()
+    assert info.value.highest == MAX_COUNT and ld.term == 0  # never leads
+    ld = Leadership("c1", "me", "planner")
+    ld.on_assignment(_assignment(MAX_COUNT - 1))
+    assert ld.acquire() == MAX_COUNT  # the last term there is, and no further
+    ld = Leadership("c2", "me", "planner", term_floor=MAX_COUNT)
+    with pytest.raises(TermExhaustedError):
+        ld.acquire()
+
+
+def test_a_term_far_above_the_live_leader_a_standby_saw_is_forged() -> None:
+    ld = Leadership("c2", "me", "planner", term_floor=8)  # the live leader was at 8
+    assert ld.on_status(_status("c0", "x", "leader", MAX_COUNT)) == "forged"
+    assert ld.on_assignment(_assignment(8 + MAX_TERM_JUMP + 1)) == "forged"
+    assert ld.on_assignment(_assignment(8 + MAX_TERM_JUMP)) is None  # within the bound
+    assert ld.acquire() == 8 + MAX_TERM_JUMP + 1  # forged terms were not adopted
+
+
+def test_a_live_leader_status_is_a_reference_too() -> None:
+    ld = Leadership("c1", "me", "planner")
+    assert ld.on_status(_status("c0", "a", "leader", 2**40)) is None  # retained: no reference
+    ld = Leadership("c1", "me", "planner")
+    assert ld.on_status(_status("c0", "a", "leader", 5), live=True) is None
+    assert ld.on_status(_status("c0", "b", "leader", 2**40)) == "forged"
+    assert ld.acquire() == 6
+
+
+def test_a_forged_status_one_term_or_far_up_deposes_nobody() -> None:
+    ld = Leadership("c1", "me", "planner", coordinators=frozenset({"c1", "c2"}))
+    ld.acquire()
+    # Far above our term: forged, whoever it claims to be.
+    assert ld.on_status(_status("c2", "x", "leader", 1 + MAX_TERM_JUMP + 1)) == "forged"
+    # One term up from an id that is no coordinator of the mesh: foreign.
+    assert ld.on_status(_status("mallory", "x", "leader", 2)) == "foreign"
+    assert ld.on_status(_status("mallory", "x", "offline", 0)) == "foreign"
+    assert not ld.deposed and ld.seen_term == 0
+    # A configured coordinator one term up is a successor: step down.
+    assert ld.on_status(_status("c2", "y", "leader", 2)) == "step_down"
+
+
+def test_any_id_may_succeed_when_none_are_configured() -> None:
+    ld = Leadership("c1", "me", "planner")
+    ld.acquire()
+    assert ld.on_status(_status("whoever", "y", "leader", 1 + MAX_TERM_JUMP)) == "step_down"
+
+
+def test_standby_ignores_forged_and_foreign_statuses() -> None:
+    v = Vacancy(delay_s=0.5, grace_s=2.5, coordinators=frozenset({"c1", "c2"}))
+    v.on_status(_status("c1", "a", "leader", 4), 1.0)
+    assert v.on_status(_status("c1", "z", "leader", 4 + MAX_TERM_JUMP + 1), 2.0) == "forged"
+    assert v.on_status(_status("c1", "z", "offline", 4 + MAX_TERM_JUMP + 1), 2.0) == "forged"
+    assert v.on_status(_status("eve", "e", "offline", 5), 2.0) == "foreign"
+    assert v.highest_term == 4 and v.due(100.0) is None  # still led by c1 at 4
+    assert v.on_status(_status("c2", "b", "leader", 5), 3.0) == "leader"
