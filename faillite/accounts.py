@@ -170,12 +170,15 @@ def list_accounts(password_file: Path) -> list[Identity]:
 def mesh_identities(
     cfg: MeshConfig,
     *,
-    coordinators: Iterable[str] = ("main",),
+    coordinators: Iterable[str] | None = None,
     observers: Iterable[str] = (),
     admins: Iterable[str] = (),
 ) -> list[Identity]:
-    """Every device of a mesh config, plus the coordinators, observers and admins named."""
+    """Every device of a mesh config, plus the coordinators (default: ``coordinator.ids``, or
+    ``main``), observers and admins named."""
     m = cfg.mesh
+    if coordinators is None:
+        coordinators = cfg.coordinator.ids or ("main",)
     groups: Mapping[Role, Iterable[str]] = {
         Role.SENSOR: (s.id for s in cfg.sensors),
         Role.WORKER: (w.id for w in cfg.workers),

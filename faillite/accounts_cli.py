@@ -34,9 +34,9 @@ def register(sub: Any) -> None:
         init.add_argument(
             f"--{role}",
             action="append",
-            default=["main"] if role == "coordinator" else [],
+            default=[],
             help=f"a {role} id to give an account too (repeatable)"
-            + (" (default: main)" if role == "coordinator" else ""),
+            + (" (default: coordinator.ids, or main)" if role == "coordinator" else ""),
         )
     init.add_argument("--replace", action="store_true", help="new secrets for existing accounts")
     init.set_defaults(func=cmd_init)
@@ -77,10 +77,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         cfg = load_config(args)
         _mesh, broker, pw = _paths(args)
         assert broker.secrets_dir is not None
-        # A coordinator id given again replaces the default rather than adding to it.
-        coordinators = args.coordinator[1:] or args.coordinator
         identities = accounts.mesh_identities(
-            cfg, coordinators=coordinators, observers=args.observer, admins=args.admin
+            cfg, coordinators=args.coordinator or None, observers=args.observer, admins=args.admin
         )
         for path in accounts.provision(pw, broker.secrets_dir, identities, replace=args.replace):
             print(path)

@@ -22,6 +22,11 @@ def register_up(sub: Any) -> None:
     p.add_argument("--no-view", action="store_true", help="plain periodic lines, no live table")
     p.add_argument("--logs-dir", help="where each process's log goes (default ./runs/up-*)")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="one account per device, TLS with a CA made for the run, signed assignments",
+    )
     p.set_defaults(func=run_up)
 
 
@@ -45,5 +50,6 @@ def run_up(args: argparse.Namespace) -> int:
         logs_dir=Path(args.logs_dir) if args.logs_dir else None,
         summary_json=Path(args.summary_json) if args.summary_json else None,
         models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
+        secure=args.secure,
     )
     return up(cfg, opts)

@@ -32,8 +32,10 @@ from faillite.log import get_logger
 from faillite.models.build import build_models, missing_models
 from field_kit.observe import MeshObserver
 from field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
+from field_kit.secure import secure_twin, write_config
 
 log = get_logger("up")
+VIEW_ID = "up-view"  # the live view's observer id
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class UpOptions:
     logs_dir: Path | None = None
     summary_json: Path | None = None
     models_dir: Path | None = None
+    secure: bool = False  # accounts, TLS and signing made for the run (field_kit.secure)
 
 
 def _needed_variants(cfg: MeshConfig, catalog: Catalog) -> list[str]:
@@ -73,10 +76,15 @@ def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
         )
     cfg = cfg.model_copy(update={"broker": cfg.broker.model_copy(update={"port": port})})
     logs_dir = opts.logs_dir or Path("runs") / time.strftime("up-%Y%m%d-%H%M%S")
-    common = ["--config", str(opts.config_path), "--broker", f"{cfg.broker.host}:{port}"]
+    config_path = opts.config_path
+    if opts.secure:
+        cfg = secure_twin(cfg, logs_dir / "secure", observers=(VIEW_ID,))
+        config_path = write_config(cfg, logs_dir / "secure" / "mesh.yaml")
+    common = ["--config", str(config_path), "--broker", f"{cfg.broker.host}:{port}"]
     if opts.models_dir is not None:
         common += ["--models-dir", str(opts.models_dir)]
-    console.print(f"mesh [bold]{cfg.mesh}[/] on {cfg.broker.host}:{port}, logs in {logs_dir}")
+    how = " with accounts, TLS and signing" if opts.secure else ""
+    console.print(f"mesh [bold]{cfg.mesh}[/] on {cfg.broker.host}:{port}{how}, logs in {logs_dir}")
 
     stop = threading.Event()
 
@@ -96,7 +104,7 @@ def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
         group.start("coordinator", "coordinator", faillite_cmd("coordinator", *common))
         for w in cfg.workers:
             group.start(f"worker-{w.id}", "worker", faillite_cmd("worker", "--id", w.id, *common))
-        observer = MeshObserver(cfg, client_id="up-view")
+        observer = MeshObserver(cfg, client_id=VIEW_ID)
         observer.start()
         for s in cfg.sensors:
             group.start(f"sensor-{s.id}", "sensor", faillite_cmd("sensor", "--id", s.id, *common))

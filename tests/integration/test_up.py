@@ -86,6 +86,42 @@ def test_up_runs_the_demo_and_summarizes(tmp_path: Path, models_dir: Path) -> No
         assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
 
 
+def test_up_secure_serves_with_accounts_tls_and_signing(tmp_path: Path, models_dir: Path) -> None:
+    """The whole mesh as a kit on a hostile network runs it: every process under its own
+    account, over TLS with the run's CA, the leader's assignments signed and verified."""
+    cfg = _demo_config(tmp_path, models_dir)
+    summary = tmp_path / "summary.json"
+    logs = tmp_path / "logs"
+    proc = subprocess.run(
+        faillite_cmd(
+            "up", "--config", str(cfg), "--duration", "15", "--port", "0", "--no-view",
+            "--logs-dir", str(logs), "--summary-json", str(summary), "--secure",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads(summary.read_text())
+    assert s["ok"] and not s["exited"] and not s["failovers"]
+    for app, stats in s["apps"].items():
+        assert stats["results"] > 5 and stats["served_at_end"], (app, stats)
+    assert not s["refused_results"]
+    secure = yaml.safe_load((logs / "secure" / "mesh.yaml").read_text())
+    assert secure["broker"]["tls"]["ca_certs"] and secure["coordinator"]["signing"]
+    broker_log = (logs / "broker.log").read_text()
+    connected = {
+        json.loads(line)["client_id"]
+        for line in broker_log.splitlines()
+        if '"client_connected"' in line
+    }
+    assert {"demo.worker.w1", "demo.worker.w2", "demo.coordinator.main"} <= connected
+    assert {"demo.sensor.cam-gate", "demo.observer.up-view"} <= connected
+    assert '"auth_refused"' not in broker_log
+    worker_log = (logs / "worker-w1.log").read_text()
+    assert '"bad_signature"' not in worker_log and '"assignment_applied"' in worker_log
+
+
 def test_ctrl_c_stops_every_process(tmp_path: Path, models_dir: Path) -> None:
     cfg = _demo_config(tmp_path, models_dir)
     port = free_port()
