@@ -111,6 +111,11 @@ def _tls_lines(cfg: BrokerConfig) -> list[str]:
             "require_certificate true",
             "use_identity_as_username true",
         ]
+        if server.crlfile is not None:
+            lines += [
+                "# Revoked client certificates (faillite pki revoke) are refused.",
+                f"crlfile {server.crlfile.absolute()}",
+            ]
     return lines
 
 

@@ -50,6 +50,8 @@ class TlsServerConfig(StrictModel):
     certfile: Path
     keyfile: Path
     require_client_certificate: bool = False
+    # The CA's revocation list (faillite pki revoke): a client certificate on it is refused.
+    crlfile: Path | None = None
 
 
 class TlsConfig(StrictModel):
@@ -469,6 +471,7 @@ def _resolve_broker(base: Path, broker: BrokerConfig) -> BrokerConfig:
                     update={
                         "certfile": _resolve(base, server.certfile),
                         "keyfile": _resolve(base, server.keyfile),
+                        "crlfile": opt(server.crlfile),
                     }
                 ),
             }

@@ -5,6 +5,7 @@ fixed names, so a kit's provisioning is a few commands (``faillite pki``)::
 
     ca.crt  ca.key           the mesh CA (EC P-256, CA:true, path length 0)
     <name>.crt  <name>.key   a broker's server certificate, or a node's client certificate
+    crl.pem                  the revoked certificates (``faillite pki revoke``), for brokers
 
 Private keys are written mode 0600 from the start (no window where they are readable by others)
 and unencrypted: a broker or a node must load its key unattended. The CA key never leaves the
@@ -36,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CERT: Final = "ca.crt"
 CA_KEY: Final = "ca.key"
+CRL: Final = "crl.pem"  # the certificates revoked so far, signed by the CA
 CA_COMMON_NAME: Final = "FailLite Mesh CA"
 CA_DAYS: Final = 5 * 365
 LEAF_DAYS: Final = 2 * 365
@@ -393,3 +395,48 @@ def common_name(cert: x509.Certificate) -> str | None:
         return None
     value = attrs[0].value
     return value if isinstance(value, str) else value.decode()
+
+
+def revoke(ca_dir: Path, cert_path: Path, *, now: dt.datetime | None = None) -> Path:
+    """Add ``cert_path``'s certificate to the CA's revocation list (``crl.pem``, re-signed with
+    every earlier entry); return its path. The list is valid as long as the CA: a broker that
+    checks it must never refuse everyone because a list went stale in the field."""
+    ca = load_ca(ca_dir)
+    cert = load_certificate(cert_path)
+    if cert.issuer != ca.cert.subject:
+        raise PkiError(f"{cert_path} was not issued by the CA in {ca_dir}")
+    now = now or dt.datetime.now(dt.UTC)
+    crl_path = ca_dir / CRL
+    revoked = list(_revoked(crl_path))
+    if any(r.serial_number == cert.serial_number for r in revoked):
+        return crl_path
+    revoked.append(
+        x509.RevokedCertificateBuilder()
+        .serial_number(cert.serial_number)
+        .revocation_date(now)
+        .build()
+    )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(ca.cert.not_valid_after_utc)
+    )
+    for r in revoked:
+        builder = builder.add_revoked_certificate(r)
+    crl = builder.sign(ca.key, hashes.SHA256())
+    _write(crl_path, crl.public_bytes(serialization.Encoding.PEM), CERT_MODE, overwrite=True)
+    return crl_path
+
+
+def _revoked(crl_path: Path) -> list[x509.RevokedCertificate]:
+    if not crl_path.exists():
+        return []
+    try:
+        return list(x509.load_pem_x509_crl(crl_path.read_bytes()))
+    except ValueError as exc:
+        raise PkiError(f"{crl_path} is not a certificate revocation list: {exc}") from exc
+
+
+def revoked_serials(crl_path: Path) -> set[int]:
+    return {r.serial_number for r in _revoked(crl_path)}

@@ -4,8 +4,9 @@
 
     faillite pki init   --out DIR                                  # ca.crt, ca.key
     faillite pki server --ca DIR --name broker --host 127.0.0.1 --host kit-broker.local
-    faillite pki client --ca DIR --name w1                         # CN w1: the account w1
+    faillite pki client --ca DIR --name demo.worker.w1             # CN: the identity
     faillite pki signing-key --out DIR                             # signing.key, signing.pub
+    faillite pki revoke --ca DIR DIR/demo.worker.w2.crt            # DIR/crl.pem
 
 Each prints the files it wrote. Nothing existing is overwritten without ``--force``. Give each
 node ``ca.crt`` and its own pair only; the CA key stays on the machine that issues. The
@@ -69,6 +70,13 @@ def register(sub: Any) -> None:
     )
     sig.set_defaults(func=cmd_signing_key)
 
+    rev = psub.add_parser(
+        "revoke", help="add a client certificate to DIR/crl.pem (broker.tls.server.crlfile)"
+    )
+    rev.add_argument("--ca", required=True, help="folder of the mesh CA (ca.crt, ca.key)")
+    rev.add_argument("cert", help="the certificate to revoke (NAME.crt)")
+    rev.set_defaults(func=cmd_revoke)
+
 
 def _leaf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca", required=True, help="folder of the mesh CA (ca.crt, ca.key)")
@@ -128,6 +136,17 @@ def cmd_client(args: argparse.Namespace) -> int:
             Path(args.ca), args.name, out_dir=out, days=args.days, overwrite=args.force
         )
     )
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from faillite.pki import PkiError, revoke
+
+    try:
+        crl = revoke(Path(args.ca), Path(args.cert))
+    except (PkiError, OSError) as exc:
+        return _failed(exc)
+    print(f"revoked {args.cert}; give brokers the new list and reload them", file=sys.stderr)
+    return _done(crl)
 
 
 def cmd_signing_key(args: argparse.Namespace) -> int:

@@ -74,6 +74,14 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     if server.require_client_certificate:
         ctx.verify_mode = ssl.CERT_REQUIRED
         _load_ca(ctx, tls.ca_certs, "broker.tls.ca_certs")
+        if server.crlfile is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(server.crlfile))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"broker.tls.server.crlfile: cannot load {server.crlfile}: {_why(exc)}"
+                ) from exc
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
 
 

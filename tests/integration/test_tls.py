@@ -357,3 +357,24 @@ def test_a_certificate_without_an_account(mtls_broker: BrokerEndpoint, certs: Pk
             stranger.publish(T.events, b"from-stranger", qos=1)
             stranger.publish(T.sensor_status("cam1"), b"from-stranger", qos=1)
             assert inbox.drained(0.5) == []
+
+
+def test_a_revoked_certificate_gets_no_connection(
+    launcher: BrokerLauncher, kind: str, certs: Pki, tmp_path: Path
+) -> None:
+    """``faillite pki revoke``: the CA's list names w1's certificate; a broker given the list
+    refuses it at the handshake, and every other device's certificate still gets in."""
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    for name in (pki.CA_CERT, pki.CA_KEY, "broker.crt", "broker.key"):
+        (ca / name).write_bytes((certs.mesh / name).read_bytes())
+    crl = pki.revoke(ca, certs.mesh / f"{W1.name}.crt")
+    assert pki.revoke(ca, certs.mesh / f"{W1.name}.crt") == crl  # twice: one entry
+    assert len(pki.revoked_serials(crl)) == 1
+    server = certs.server(require_client=True)
+    assert server.server is not None
+    tls = server.model_copy(update={"server": server.server.model_copy(update={"crlfile": crl})})
+    ep = _start(launcher, kind, BrokerConfig(tls=tls, password_file=certs.accounts / "passwd"))
+    assert refused(node_config(ep, certs.tls(client=W1)), identity=W1)
+    with connected(node_config(ep, certs.tls(client=CAM1)), Role.SENSOR, CAM1) as cam:
+        assert cam.connected
