@@ -129,6 +129,7 @@ class AccessPolicy:
         self.password_file: Path | None = cfg.password_file
         self._hashes: dict[str, PasswordHash] = {}
         self._stamp: tuple[int, int] | None = None
+        self.generation = 0  # of the accounts read: one more per reload that changed them
         # Read once at start: an unreadable file fails the broker start, not a CONNECT.
         self.reload()
         # Per-instance cache: topics repeat (one per sensor / worker / app), checks are per message.
@@ -146,6 +147,7 @@ class AccessPolicy:
             return False
         hashes = read_password_file(self.password_file)
         self._hashes, self._stamp = hashes, stamp
+        self.generation += 1
         return True
 
     def try_reload(self) -> str | None:
@@ -158,6 +160,15 @@ class AccessPolicy:
 
     def has_account(self, username: str) -> bool:
         return username in self._hashes
+
+    def revoked(self, username: str | None) -> bool:
+        """A client admitted under ``username`` whose account is gone from the password file
+        (a client of an open mesh, or one admitted by certificate alone, never is)."""
+        return (
+            self.password_file is not None
+            and bool(username)
+            and not self.has_account(str(username))
+        )
 
     def _identity(self, name: str) -> Identity | str:
         try:

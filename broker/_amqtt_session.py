@@ -261,6 +261,29 @@ class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
                 # a live-looking session holding a connection slot.
                 session.transitions.disconnect()
 
+    async def watch_accounts(self, interval_s: float = 1.0) -> None:
+        """Until cancelled: when the password file changes, re-read it and end the connection
+        of every client whose account is gone (its will fires, as for any lost client), so a
+        revoked device is out within about ``interval_s``, not at its next reconnect."""
+        policy = self._rt.policy
+        seen = policy.generation
+        while True:
+            await asyncio.sleep(interval_s)
+            problem = policy.try_reload()
+            if problem is not None:
+                self._rt.log.error("password_file_unreadable", error=problem)
+            if policy.generation == seen:
+                continue
+            seen = policy.generation
+            for client_id, (session, handler) in list(self._sessions.items()):
+                if session.transitions.state != _CONNECTED or not policy.revoked(session.username):
+                    continue
+                self._rt.log.warning(
+                    "revoked_client_disconnected", client_id=client_id, peer=_peer(session)
+                )
+                with contextlib.suppress(Exception):  # gone already, whatever amqtt says
+                    await handler.writer.close()
+
     def _connection_cap(self, client_id: str, account: Account) -> tuple[str, int] | None:
         """The cap a new connection for ``client_id`` would exceed (a takeover replaces the
         connection it takes over, so that one is not counted)."""

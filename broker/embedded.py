@@ -155,6 +155,7 @@ async def _run(
     )
     await broker.start()
     server: asyncio.Server | None = None
+    watch = asyncio.create_task(broker.watch_accounts()) if policy.accounts_enabled else None
     try:
         try:
             server = await asyncio.get_running_loop().create_server(
@@ -189,6 +190,8 @@ async def _run(
         await asyncio.Event().wait()  # until cancelled
     finally:
         log.info("broker_stopping", mesh=mesh)
+        if watch is not None:
+            watch.cancel()
         if server is not None:
             server.close()
         await broker.shutdown()
