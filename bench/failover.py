@@ -17,7 +17,10 @@ own lookup-and-publish time; loading = the backup's model load (0 for warm);
 reconfiguration = backup's assignment applied - failover decided; MTTR = first result of the
 app from the backup, received here - failure injection.
 
-Run: ``python bench/failover.py [--reps 20] [--brokers mosquitto,amqtt] [--json F] [--png F]``.
+Run: ``python bench/failover.py [--reps 20] [--brokers mosquitto,amqtt] [--json F] [--png F]``;
+``--tls`` runs each case a second time right after, on the same mesh over TLS (the mesh's own
+CA, made in a temporary folder; every node verifies the broker), and prints MTTR and detection
+of the two side by side.
 Goals (issue 3): warm crash MTTR p50 <= 100 ms and p99 <= 250 ms; silent failure detected
 within 500 ms with 100 ms heartbeats; decision <= 5 ms.
 """
@@ -41,49 +44,61 @@ from faillite.config import MeshConfig, default_models_dir, load_mesh_config, pa
 from faillite.models.build import build_models
 from faillite.stats import percentiles
 from faillite.topics import Topics
+from field_kit import tlsmesh
 from field_kit.brokers import BrokerLauncher
 from field_kit.procs import ProcessGroup, faillite_cmd
 from field_kit.pump import FramePump
 from field_kit.recorder import Recorder as Collector
+from field_kit.tlsmesh import LoopbackPki
 
 SCENARIOS = ("warm-crash", "warm-silent", "cold-crash")
 METRICS = ("detection_ms", "decision_ms", "loading_ms", "reconfiguration_ms", "mttr_ms")
 
 
-def _config(path: Path, endpoint: Any, models_dir: Path, critical: bool, mesh: str) -> Path:
+def _config(
+    path: Path,
+    endpoint: Any,
+    models_dir: Path,
+    critical: bool,
+    mesh: str,
+    tls: LoopbackPki | None = None,
+) -> Path:
     path.write_text(
         yaml.safe_dump(
-            {
-                "mesh": mesh,
-                "catalog": str(packaged_config("catalog.yaml")),
-                "models_dir": str(models_dir),
-                "broker": {"host": endpoint.host, "port": endpoint.port, "keepalive_s": 2},
-                # a2 (no frames sent) shares the spare with a1, so a non-critical a1 gets a cold
-                # backup there: one spare cannot hold two warm models.
-                "sensors": [{"id": "cam1", "fps": 30}, {"id": "cam2", "fps": 5}],
-                "apps": [
-                    {
-                        "id": "a1",
-                        "sensor": "cam1",
-                        "family": "efficientnet_lite",
-                        "critical": critical,
-                        "slo_ms": 500,
-                    },
-                    {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"},
-                ],
-                "workers": [
-                    {
-                        "id": w,
-                        "memory_mb": 100,
-                        "failure_domain": f"rack-{w}",
-                        "heartbeat_interval_s": 0.1,
-                        "queue_size": 1,
-                        "backend": {"type": "onnxruntime", "intra_op_threads": 1},
-                    }
-                    for w in ("w1", "w2", "w3")
-                ],
-                "coordinator": {"type": "planner", "startup_wait_s": 10},
-            }
+            tlsmesh.mesh_document(
+                tls,
+                {
+                    "mesh": mesh,
+                    "catalog": str(packaged_config("catalog.yaml")),
+                    "models_dir": str(models_dir),
+                    "broker": {"host": endpoint.host, "port": endpoint.port, "keepalive_s": 2},
+                    # a2 (no frames sent) shares the spare with a1, so a non-critical a1 gets a cold
+                    # backup there: one spare cannot hold two warm models.
+                    "sensors": [{"id": "cam1", "fps": 30}, {"id": "cam2", "fps": 5}],
+                    "apps": [
+                        {
+                            "id": "a1",
+                            "sensor": "cam1",
+                            "family": "efficientnet_lite",
+                            "critical": critical,
+                            "slo_ms": 500,
+                        },
+                        {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"},
+                    ],
+                    "workers": [
+                        {
+                            "id": w,
+                            "memory_mb": 100,
+                            "failure_domain": f"rack-{w}",
+                            "heartbeat_interval_s": 0.1,
+                            "queue_size": 1,
+                            "backend": {"type": "onnxruntime", "intra_op_threads": 1},
+                        }
+                        for w in ("w1", "w2", "w3")
+                    ],
+                    "coordinator": {"type": "planner", "startup_wait_s": 10},
+                },
+            )
         )
     )
     return path
@@ -142,9 +157,9 @@ class Mesh:
             if kind == "warm" and not (hbs and back[0].variant in hbs[-1].loaded):
                 return None
             recent = col.messages(
-                t.app_results("a1"), messages.Result, since=time.monotonic() - 0.5
+                t.app_results("a1", prim[0].worker), messages.Result, since=time.monotonic() - 0.5
             )
-            if not any(r.worker == prim[0].worker for r in recent):
+            if not recent:
                 return None
             return prim[0], back[0]
 
@@ -161,15 +176,11 @@ def run_rep(mesh: Mesh, scenario: str) -> dict[str, float]:
     child.proc.send_signal(signal.SIGSTOP if scenario.endswith("silent") else signal.SIGKILL)
     col, t = mesh.col, mesh.topics
 
+    results = t.app_results("a1", backup.worker)
+
     def first_from_backup() -> list[tuple[float, messages.Result]]:
-        with col._cond:
-            raw = [(ts, p) for ts, tp, p in col._msgs if tp == t.app_results("a1") and ts >= since]
-        out = []
-        for ts, p in raw:
-            r = messages.decode(messages.Result, p)
-            if r.worker == backup.worker:
-                out.append((ts, r))
-        return out
+        raw = [(ts, p) for ts, tp, p in col.raw(since) if tp == results]
+        return [(ts, messages.decode(messages.Result, p)) for ts, p in raw]
 
     got = col.wait_for(first_from_backup, 30, "first result from the backup")
     recv_mono = got[0][0]
@@ -225,11 +236,86 @@ def run_rep(mesh: Mesh, scenario: str) -> dict[str, float]:
     return out
 
 
+def run_case(
+    work: Path,
+    models_dir: Path,
+    kind: str,
+    scenario: str,
+    reps: int,
+    tls: LoopbackPki | None = None,
+) -> dict[str, Any]:
+    """``reps`` failovers of ``scenario`` on a fresh mesh over a ``kind`` broker (TLS with
+    ``tls``): the summary (p50, p99, mean of each metric) and every repetition."""
+    key = f"{kind}{'+tls' if tls else ''}/{scenario}"
+    with BrokerLauncher(work / key.replace("/", "-")) as launcher:
+        endpoint = launcher.start(kind, tlsmesh.broker_config(tls), mesh="bench")
+        mesh_id = f"fo{kind[:3]}{'tls' if tls else ''}{scenario.replace('-', '')}"[:32]
+        path = _config(
+            work / f"{mesh_id}.yaml",
+            endpoint,
+            models_dir,
+            critical=scenario.startswith("warm"),
+            mesh=mesh_id,
+            tls=tls,
+        )
+        mesh = Mesh(load_mesh_config(path), path, work / f"{mesh_id}-logs")
+        out: list[dict[str, float]] = []
+        try:
+            for i in range(reps):
+                out.append(run_rep(mesh, scenario))
+                r = out[-1]
+                print(
+                    f"  {key} rep {i + 1}/{reps}: detection "
+                    f"{r['detection_ms']:.0f} ms, MTTR {r['mttr_ms']:.0f} ms "
+                    f"({r['cause']})",
+                    flush=True,
+                )
+        finally:
+            mesh.close()
+    summary = {}
+    for m in METRICS:
+        p = percentiles([r[m] for r in out])
+        summary[m] = {
+            "p50": round(p.p50, 2),
+            "p99": round(p.p99, 2),
+            "mean": round(p.mean, 2),
+        }
+    return {"summary": summary, "reps": out}
+
+
+def _pair(summary: dict[str, dict[str, float]], metric: str) -> str:
+    return f"{summary[metric]['p50']:9.1f} / {summary[metric]['p99']:<6.1f}"
+
+
+def _tls_table(results: dict[str, dict[str, Any]], kinds: list[str], scenarios: list[str]) -> None:
+    print(
+        "\nTLS against plain MQTT, side by side (each case: the plain mesh, then the TLS mesh)"
+        f"\n{'broker/scenario':<24}{'MTTR plain':>18}{'MTTR TLS':>18}{'TLS - plain':>18}"
+        f"{'detection plain':>18}{'detection TLS':>18}"
+        f"\n{'':<24}" + f"{'p50 / p99 ms':>18}" * 5
+    )
+    for kind in kinds:
+        for scenario in scenarios:
+            plain = results[f"{kind}/{scenario}"]["summary"]
+            tls = results[f"{kind}+tls/{scenario}"]["summary"]
+            d = {q: tls["mttr_ms"][q] - plain["mttr_ms"][q] for q in ("p50", "p99")}
+            print(
+                f"{kind + '/' + scenario:<24}{_pair(plain, 'mttr_ms')}{_pair(tls, 'mttr_ms')}"
+                f"{d['p50']:+9.1f} / {d['p99']:<+6.1f}"
+                f"{_pair(plain, 'detection_ms')}{_pair(tls, 'detection_ms')}"
+            )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--brokers", default="mosquitto,amqtt")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="each case also on a TLS mesh (its own CA, made here), right after the plain one",
+    )
     ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
@@ -239,43 +325,16 @@ def main() -> int:
     lite = [v.name for v in catalog.family("efficientnet_lite").variants]
     build_models(catalog, models_dir, lite, progress=True)
     work = Path(tempfile.mkdtemp(prefix="faillite-failover-"))
+    tls = LoopbackPki.create(work / "pki") if args.tls else None
+    kinds, scenarios = args.brokers.split(","), args.scenarios.split(",")
     results: dict[str, dict[str, Any]] = {}
-    for kind in args.brokers.split(","):
-        for scenario in args.scenarios.split(","):
-            key = f"{kind}/{scenario}"
-            with BrokerLauncher(work / key.replace("/", "-")) as launcher:
-                endpoint = launcher.start(kind, mesh="bench")
-                mesh_id = f"fo{kind[:3]}{scenario.replace('-', '')}"[:32]
-                path = _config(
-                    work / f"{mesh_id}.yaml",
-                    endpoint,
-                    models_dir,
-                    critical=scenario.startswith("warm"),
-                    mesh=mesh_id,
+    for kind in kinds:
+        for scenario in scenarios:
+            results[f"{kind}/{scenario}"] = run_case(work, models_dir, kind, scenario, args.reps)
+            if tls:
+                results[f"{kind}+tls/{scenario}"] = run_case(
+                    work, models_dir, kind, scenario, args.reps, tls
                 )
-                mesh = Mesh(load_mesh_config(path), path, work / f"{mesh_id}-logs")
-                reps: list[dict[str, float]] = []
-                try:
-                    for i in range(args.reps):
-                        reps.append(run_rep(mesh, scenario))
-                        r = reps[-1]
-                        print(
-                            f"  {key} rep {i + 1}/{args.reps}: detection "
-                            f"{r['detection_ms']:.0f} ms, MTTR {r['mttr_ms']:.0f} ms "
-                            f"({r['cause']})",
-                            flush=True,
-                        )
-                finally:
-                    mesh.close()
-            summary = {}
-            for m in METRICS:
-                p = percentiles([r[m] for r in reps])
-                summary[m] = {
-                    "p50": round(p.p50, 2),
-                    "p99": round(p.p99, 2),
-                    "mean": round(p.mean, 2),
-                }
-            results[key] = {"summary": summary, "reps": reps}
     print(f"\n{'broker/scenario':<24}" + "".join(f"{m[:-3]:>22}" for m in METRICS))
     print(" " * 24 + "".join(f"{'p50 / p99 ms':>22}" for _ in METRICS))
     for key, r in results.items():
@@ -285,6 +344,8 @@ def main() -> int:
                 f"{r['summary'][m]['p50']:>12.1f} / {r['summary'][m]['p99']:<7.1f}" for m in METRICS
             )
         )
+    if tls:
+        _tls_table(results, kinds, scenarios)
     checks = []
     for key, r in results.items():
         s = r["summary"]

@@ -13,6 +13,11 @@ Measures side by side, in one run:
     decode + preprocess + inference time of that frame (transport, queueing, publishing);
   * the worker's resident memory with the model loaded and serving.
 
+``--tls``: each broker also over TLS (the mesh's own CA, made in a temporary folder; every
+client verifies the broker), both meshes up together and taking ``--rounds`` turns, then a
+table of TLS against plain: throughput ratio, added latency, round trip and queue wait
+differences, CPU time per frame of the worker, the broker and this process.
+
 Goals (issue 2): >= 90 % of in-process throughput on Mosquitto, <= 3 ms added p50 latency,
 <= 300 MB resident per worker. Run: ``python bench/worker_throughput.py`` (``--help``).
 """
@@ -20,6 +25,7 @@ Goals (issue 2): >= 90 % of in-process throughput on Mosquitto, <= 3 ms added p5
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -46,8 +52,10 @@ from faillite.models.preprocess import preprocess
 from faillite.mqtt import MeshClient
 from faillite.stats import percentiles
 from faillite.topics import Role, Topics
+from field_kit import tlsmesh
 from field_kit.brokers import BrokerLauncher
 from field_kit.procs import ProcessGroup, faillite_cmd
+from field_kit.tlsmesh import LoopbackPki
 from sensors.sources import SceneSource
 from workers.backends.ort import OnnxRuntimeBackend, OnnxRuntimeBackendConfig
 
@@ -71,8 +79,8 @@ def in_process(
     frames = [
         envelope.pack(j, seq=i, capture_ns=0, width=640, height=480) for i, j in enumerate(jpegs)
     ]
-    for p in frames[:10]:  # warm-up
-        model.infer(preprocess(envelope.decode_image(envelope.unpack(p, max_bytes=1 << 22)), spec))
+    for f in frames[:10]:  # warm-up
+        model.infer(preprocess(envelope.decode_image(envelope.unpack(f, max_bytes=1 << 22)), spec))
     per_frame, parts = [], []
     t_start = time.perf_counter()
     for i in range(n):
@@ -116,141 +124,258 @@ class ResultWaiter:
             return self.results[seq]
 
 
-def over_mqtt(
-    kind: str,
-    models_dir: Path,
-    variant: str,
-    jpegs: list[bytes],
-    n: int,
-    n_latency: int,
-    threads: int,
-    workdir: Path,
-    in_flight: int,
-) -> dict[str, Any]:
-    mesh = "bench"
-    with BrokerLauncher(workdir / kind) as launcher:
-        endpoint = launcher.start(kind, mesh=mesh)
-        cfg_path = workdir / f"{kind}.yaml"
-        cfg_path.write_text(
-            yaml.safe_dump(
+class MqttRig:
+    """One broker (plain or TLS), one worker subprocess serving app a1 from cam1 through it,
+    and this process's client publishing frames and reading results back.
+
+    :meth:`measure` may run several times (turns taken with another rig); the figures add up
+    over the turns."""
+
+    def __init__(
+        self,
+        kind: str,
+        models_dir: Path,
+        variant: str,
+        jpegs: list[bytes],
+        threads: int,
+        workdir: Path,
+        in_flight: int,
+        tls: LoopbackPki | None = None,
+    ) -> None:
+        self.kind, self.models_dir, self.variant = kind, models_dir, variant
+        self.jpegs, self.threads, self.in_flight, self.tls = jpegs, threads, in_flight, tls
+        self.name = f"{kind}-tls" if tls else kind
+        self.workdir = workdir
+        self.seq = 0
+        self.added: list[float] = []
+        self.rtts: list[float] = []
+        self.served: list[messages.Latency] = []
+        self.elapsed = 0.0
+        self.cpu_s = {"worker": 0.0, "broker": 0.0, "client": 0.0}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> MqttRig:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        mesh, kind, workdir = "bench", self.kind, self.workdir
+        launcher = self._stack.enter_context(BrokerLauncher(workdir / self.name))
+        endpoint = launcher.start(kind, tlsmesh.broker_config(self.tls), mesh=mesh)
+        self.broker_pid = launcher.process(endpoint).proc.pid
+        cfg_path = workdir / f"{self.name}.yaml"
+        doc = {
+            "mesh": mesh,
+            "catalog": str(packaged_config("catalog.yaml")),
+            "models_dir": str(self.models_dir),
+            "broker": {"host": endpoint.host, "port": endpoint.port},
+            "workers": [
                 {
-                    "mesh": mesh,
-                    "catalog": str(packaged_config("catalog.yaml")),
-                    "models_dir": str(models_dir),
-                    "broker": {"host": endpoint.host, "port": endpoint.port},
-                    "workers": [
-                        {
-                            "id": "w1",
-                            "queue_size": in_flight,
-                            "heartbeat_interval_s": 0.1,
-                            "backend": {"type": "onnxruntime", "intra_op_threads": threads},
-                        }
-                    ],
+                    "id": "w1",
+                    "queue_size": self.in_flight,
+                    "heartbeat_interval_s": 0.1,
+                    "backend": {"type": "onnxruntime", "intra_op_threads": self.threads},
                 }
-            )
-        )
-        cfg = MeshConfig(mesh=mesh, broker=BrokerConfig(host=endpoint.host, port=endpoint.port))
-        t = Topics(mesh)
-        client = MeshClient(f"bench-{kind}", cfg.broker, role=Role.ADMIN)
-        waiter = ResultWaiter(client, t.app_results("a1"))
-        births: list[messages.WorkerStatus] = []
-        client.subscribe(
-            t.worker_status("w1"),
-            lambda m: (
-                births.append(messages.decode(messages.WorkerStatus, m.payload))
-                if m.payload
-                else None
-            ),
-        )
+            ],
+        }
+        cfg_path.write_text(yaml.safe_dump(tlsmesh.mesh_document(self.tls, doc)))
+        broker = BrokerConfig(host=endpoint.host, port=endpoint.port)
+        cfg = MeshConfig(mesh=mesh, broker=tlsmesh.node_broker(self.tls, broker))
+        t = self.topics = Topics(mesh)
+        self.client = client = MeshClient(f"bench-{self.name}", cfg.broker, role=Role.ADMIN)
+        self.waiter = ResultWaiter(client, t.app_results("a1", "w1"))
         client.start()
-        with ProcessGroup(workdir / f"{kind}-logs") as group:
-            worker = group.start(
-                "w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(cfg_path))
-            )
-            a = messages.Assignment(
-                worker="w1",
-                term=1,
-                generation=1,
-                ts=messages.now(),
-                serve=(messages.Serve("a1", "cam1", variant),),
-            )
-            client.publish(t.worker_assignment("w1"), messages.encode(a), qos=1, retain=True)
-            topic = t.sensor_frames("cam1")
+        self._stack.callback(client.stop)
+        group = self._stack.enter_context(ProcessGroup(workdir / f"{self.name}-logs"))
+        self.worker = worker = group.start(
+            "w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(cfg_path))
+        )
+        a = messages.Assignment(
+            worker="w1",
+            term=1,
+            generation=1,
+            ts=messages.now(),
+            serve=(messages.Serve("a1", "cam1", self.variant),),
+        )
+        client.publish(t.worker_assignment("w1"), messages.encode(a), qos=1, retain=True)
+        self._stack.callback(client.publish, t.worker_assignment("w1"), b"", qos=1, retain=True)
+        self.topic = t.sensor_frames("cam1")
 
-            def send(seq: int) -> float:
-                payload = envelope.pack(
-                    jpegs[seq % len(jpegs)],
-                    seq=seq,
-                    capture_ns=time.time_ns(),
-                    width=640,
-                    height=480,
-                )
-                t0 = time.perf_counter()
-                client.publish(topic, payload, qos=0)
-                return t0
+        # Warm-up until the model is loaded and serving.
+        deadline = time.monotonic() + 120
+        while True:
+            self.send(self.seq)
+            try:
+                self.waiter.wait(self.seq, 1.0)
+                break
+            except TimeoutError as exc:
+                if time.monotonic() > deadline or not worker.alive():
+                    raise RuntimeError(
+                        f"worker never served on {self.name}:\n{worker.tail()}"
+                    ) from exc
+            self.seq += 1
+        self.warm_up(10)
 
-            # Warm-up until the model is loaded and serving.
-            seq = 0
-            deadline = time.monotonic() + 120
-            while True:
-                send(seq)
-                try:
-                    waiter.wait(seq, 1.0)
-                    break
-                except TimeoutError as exc:
-                    if time.monotonic() > deadline or not worker.alive():
-                        raise RuntimeError(
-                            f"worker never served on {kind}:\n{worker.tail()}"
-                        ) from exc
-                seq += 1
-            for _ in range(10):
-                seq += 1
-                send(seq)
-                waiter.wait(seq, 10)
+    def send(self, seq: int) -> float:
+        payload = envelope.pack(
+            self.jpegs[seq % len(self.jpegs)],
+            seq=seq,
+            capture_ns=time.time_ns(),
+            width=640,
+            height=480,
+        )
+        t0 = time.perf_counter()
+        self.client.publish(self.topic, payload, qos=0)
+        return t0
 
-            # Added latency: one frame in flight.
-            added, rtts = [], []
-            for _ in range(n_latency):
-                seq += 1
-                t0 = send(seq)
-                t1, r = waiter.wait(seq, 10)
-                rtt = (t1 - t0) * 1000
-                own = r.latency.decode_ms + r.latency.preprocess_ms + r.latency.inference_ms
-                rtts.append(rtt)
-                added.append(rtt - own)
+    def warm_up(self, n: int) -> None:
+        """``n`` frames one at a time, not counted."""
+        for _ in range(n):
+            self.seq += 1
+            self.send(self.seq)
+            self.waiter.wait(self.seq, 10)
 
-            # Throughput: in_flight frames outstanding.
-            first = seq + 1
-            t_start = time.perf_counter()
-            for k in range(in_flight):
-                send(first + k)
-            for s in range(first, first + n):
-                waiter.wait(s, 10)
-                if s + in_flight < first + n:
-                    send(s + in_flight)
-            elapsed = time.perf_counter() - t_start
-            served = [waiter.results[s][1].latency for s in range(first, first + n)]
-            breakdown = {
-                k: float(np.median([getattr(lat, k) for lat in served]))
-                for k in ("queue_ms", "decode_ms", "preprocess_ms", "inference_ms")
-            }
-            rss_mb = psutil.Process(worker.pid).memory_info().rss / 2**20
-            client.publish(t.worker_assignment("w1"), b"", qos=1, retain=True)
-        client.stop()
-    pa, pr = percentiles(added), percentiles(rtts)
-    return {
-        "fps": n / elapsed,
-        "added_ms_p50": pa.p50,
-        "added_ms_p99": pa.p99,
-        "rtt_ms_p50": pr.p50,
-        "rtt_ms_p99": pr.p99,
-        "worker_rss_mb": rss_mb,
-        "worker_ms_p50": breakdown,
-    }
+    def _cpu(self) -> dict[str, float]:
+        pids = {"worker": self.worker.pid, "broker": self.broker_pid, "client": None}
+        out = {}
+        for who, pid in pids.items():
+            ct = psutil.Process(pid).cpu_times()
+            out[who] = ct.user + ct.system
+        return out
+
+    def measure(self, n_latency: int, n: int) -> None:
+        """Added latency over ``n_latency`` frames (one in flight), then throughput over ``n``
+        frames (``in_flight`` outstanding) and the CPU time each process spent on them."""
+        waiter, in_flight = self.waiter, self.in_flight
+        for _ in range(n_latency):
+            self.seq += 1
+            t0 = self.send(self.seq)
+            t1, r = waiter.wait(self.seq, 10)
+            rtt = (t1 - t0) * 1000
+            own = r.latency.decode_ms + r.latency.preprocess_ms + r.latency.inference_ms
+            self.rtts.append(rtt)
+            self.added.append(rtt - own)
+
+        first = self.seq + 1
+        cpu0 = self._cpu()
+        t_start = time.perf_counter()
+        for k in range(in_flight):
+            self.send(first + k)
+        for s in range(first, first + n):
+            waiter.wait(s, 10)
+            if s + in_flight < first + n:
+                self.send(s + in_flight)
+        self.elapsed += time.perf_counter() - t_start
+        cpu1 = self._cpu()
+        for who in self.cpu_s:
+            self.cpu_s[who] += cpu1[who] - cpu0[who]
+        self.served += [waiter.results[s][1].latency for s in range(first, first + n)]
+        self.seq = first + n - 1
+
+    def figures(self) -> dict[str, Any]:
+        breakdown = {
+            k: float(np.median([getattr(lat, k) for lat in self.served]))
+            for k in ("queue_ms", "decode_ms", "preprocess_ms", "inference_ms")
+        }
+        pa, pr = percentiles(self.added), percentiles(self.rtts)
+        n = len(self.served)
+        return {
+            "fps": n / self.elapsed,
+            "added_ms_p50": pa.p50,
+            "added_ms_p99": pa.p99,
+            "rtt_ms_p50": pr.p50,
+            "rtt_ms_p99": pr.p99,
+            "worker_rss_mb": psutil.Process(self.worker.pid).memory_info().rss / 2**20,
+            "worker_ms_p50": breakdown,
+            "cpu_ms_per_frame": {k: v * 1000 / n for k, v in self.cpu_s.items()},
+        }
 
 
 def _fmt(parts: dict[str, float]) -> str:
     return " ".join(f"{k.removesuffix('_ms')} {v:.2f}" for k, v in parts.items())
+
+
+def _plain(
+    args: argparse.Namespace, kind: str, jpegs: list[bytes], workdir: Path
+) -> dict[str, Any]:
+    with MqttRig(
+        kind, args.models_dir, args.variant, jpegs, args.threads, workdir, args.in_flight
+    ) as rig:
+        rig.measure(args.latency_frames, args.frames)
+        return rig.figures()
+
+
+def _side_by_side(
+    args: argparse.Namespace, kind: str, jpegs: list[bytes], workdir: Path, tls: LoopbackPki
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plain and the TLS mesh up together, taking turns: ``--rounds`` turns each, in
+    alternating order, so a busy moment of this shared machine falls on both."""
+    common = (args.models_dir, args.variant, jpegs, args.threads, workdir, args.in_flight)
+    rigs = [MqttRig(kind, *common), MqttRig(kind, *common, tls)]
+    rounds = max(1, args.rounds)
+    n_lat, n = max(1, args.latency_frames // rounds), max(1, args.frames // rounds)
+    with rigs[0], rigs[1]:
+        for r in range(rounds):
+            for rig in rigs if r % 2 == 0 else rigs[::-1]:
+                if r:
+                    rig.warm_up(3)  # its worker sat idle during the other's turn
+                rig.measure(n_lat, n)
+        return rigs[0].figures(), rigs[1].figures()
+
+
+def _compare(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, Any]:
+    """TLS against plain: throughput ratio, latency and queue-wait differences, CPU."""
+    q = "queue_ms"
+    return {
+        "throughput_ratio": tls["fps"] / plain["fps"],
+        "added_ms_p50_diff": tls["added_ms_p50"] - plain["added_ms_p50"],
+        "added_ms_p99_diff": tls["added_ms_p99"] - plain["added_ms_p99"],
+        "rtt_ms_p50_diff": tls["rtt_ms_p50"] - plain["rtt_ms_p50"],
+        "queue_ms_p50_diff": tls["worker_ms_p50"][q] - plain["worker_ms_p50"][q],
+        "cpu_ms_per_frame_diff": {
+            k: v - plain["cpu_ms_per_frame"][k] for k, v in tls["cpu_ms_per_frame"].items()
+        },
+    }
+
+
+def _tls_table(figures: dict[str, Any], kinds: list[str]) -> None:
+    cols = (
+        f"{'':<20}{'fps':>8}{'added p50':>11}{'added p99':>11}{'rtt p50':>9}"
+        f"{'queue p50':>11}   CPU ms/frame: worker broker client"
+    )
+    print(f"\nTLS against plain MQTT, side by side (ms; TLS - plain on the third line)\n{cols}")
+    for kind in kinds:
+        for label, m in ((kind, figures[kind]), (f"{kind} + TLS", figures["tls"][kind])):
+            cpu = m["cpu_ms_per_frame"]
+            print(
+                f"{label:<20}{m['fps']:8.1f}{m['added_ms_p50']:11.2f}{m['added_ms_p99']:11.2f}"
+                f"{m['rtt_ms_p50']:9.2f}{m['worker_ms_p50']['queue_ms']:11.2f}"
+                f"{'':>17}{cpu['worker']:6.2f} {cpu['broker']:6.2f} {cpu['client']:6.2f}"
+            )
+        c = figures["tls"][kind]["vs_plain"]
+        cpu = c["cpu_ms_per_frame_diff"]
+        print(
+            f"{'  TLS/plain, diff':<20}{c['throughput_ratio']:7.1%} "
+            f"{c['added_ms_p50_diff']:+11.2f}{c['added_ms_p99_diff']:+11.2f}"
+            f"{c['rtt_ms_p50_diff']:+9.2f}{c['queue_ms_p50_diff']:+11.2f}"
+            f"{'':>17}{cpu['worker']:+6.2f} {cpu['broker']:+6.2f} {cpu['client']:+6.2f}"
+        )
+
+
+def _print_mqtt(label: str, m: dict[str, Any]) -> None:
+    print(
+        f"{label:<17} {m['fps']:7.1f} fps ({m['throughput_ratio']:.1%} of in-process)"
+        f"   added p50 {m['added_ms_p50']:.2f} ms p99 {m['added_ms_p99']:.2f} ms"
+        f"   rtt p50 {m['rtt_ms_p50']:.2f} ms   worker RSS {m['worker_rss_mb']:.0f} MB"
+        f"\n{'':<17} worker p50: {_fmt(m['worker_ms_p50'])}"
+    )
 
 
 def main() -> int:
@@ -261,6 +386,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--in-flight", type=int, default=4, help="frames outstanding, throughput")
     ap.add_argument("--brokers", default="mosquitto,amqtt")
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="also a TLS mesh per broker (its own CA, made here), measured beside the plain one",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="with --tls: turns the plain and TLS meshes take, the frames split among them",
+    )
     ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -274,6 +410,7 @@ def main() -> int:
         f"{args.variant}, 640x480 JPEG frames, {args.threads} intra-op thread(s), "
         f"{args.frames} frames per throughput run ({args.in_flight} in flight), "
         f"{args.latency_frames} for latency (1 in flight)"
+        + (f"; plain and TLS take {args.rounds} turns each" if args.tls else "")
     )
     figures: dict[str, Any] = {"variant": args.variant, "threads": args.threads}
     figures["in_process"] = ip = in_process(
@@ -283,30 +420,29 @@ def main() -> int:
         f"in-process        {ip['fps']:7.1f} fps   frame p50 {ip['frame_ms_p50']:.2f} ms "
         f"p99 {ip['frame_ms_p99']:.2f} ms"
     )
+    kinds = args.brokers.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="faillite-bench-"))
     try:
-        for kind in args.brokers.split(","):
-            m = over_mqtt(
-                kind,
-                args.models_dir,
-                args.variant,
-                jpegs,
-                args.frames,
-                args.latency_frames,
-                args.threads,
-                workdir,
-                args.in_flight,
-            )
+        tls = LoopbackPki.create(workdir / "pki") if args.tls else None
+        if tls:
+            figures["tls"] = {}
+        for kind in kinds:
+            if tls:
+                m, mt = _side_by_side(args, kind, jpegs, workdir, tls)
+                mt["throughput_ratio"] = mt["fps"] / ip["fps"]
+                mt["vs_plain"] = _compare(m, mt)
+                figures["tls"][kind] = mt
+            else:
+                m = _plain(args, kind, jpegs, workdir)
             m["throughput_ratio"] = m["fps"] / ip["fps"]
             figures[kind] = m
-            print(
-                f"{kind:<17} {m['fps']:7.1f} fps ({m['throughput_ratio']:.1%} of in-process)"
-                f"   added p50 {m['added_ms_p50']:.2f} ms p99 {m['added_ms_p99']:.2f} ms"
-                f"   rtt p50 {m['rtt_ms_p50']:.2f} ms   worker RSS {m['worker_rss_mb']:.0f} MB"
-                f"\n{'':<17} worker p50: {_fmt(m['worker_ms_p50'])}"
-            )
+            _print_mqtt(kind, m)
+            if tls:
+                _print_mqtt(f"{kind} + TLS", mt)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.tls:
+        _tls_table(figures, kinds)
     if "mosquitto" in figures:
         mq = figures["mosquitto"]
         checks = [

@@ -378,3 +378,12 @@ def test_a_revoked_certificate_gets_no_connection(
     assert refused(node_config(ep, certs.tls(client=W1)), identity=W1)
     with connected(node_config(ep, certs.tls(client=CAM1)), Role.SENSOR, CAM1) as cam:
         assert cam.connected
+
+
+def test_every_mesh_connection_sends_without_delay(tls_broker: BrokerEndpoint, certs: Pki) -> None:
+    """Nagle's algorithm off (TCP_NODELAY) on the transport's socket, TLS or not: otherwise a
+    frame written as several TLS records waits out the broker's delayed ACK (+40 ms)."""
+    with connected(node_config(tls_broker, certs.tls())) as client:
+        sock = client._client.socket()
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
