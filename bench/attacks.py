@@ -37,6 +37,7 @@ from faillite.config import BrokerConfig
 from faillite.identity import Identity
 from faillite.topics import Role
 from field_kit.brokers import BrokerEndpoint, BrokerLauncher
+from field_kit.mqttwire import connect_packet, read_connack
 
 MESH = "bench"
 GUESSER_ADDRESS = "127.0.0.5"
@@ -45,35 +46,13 @@ VICTIM = Identity(MESH, Role.WORKER, "w1")
 DEVICE = Identity(MESH, Role.SENSOR, "cam1")
 
 
-def _connect_packet(client_id: str, username: str, password: str) -> bytes:
-    def s(v: str) -> bytes:
-        raw = v.encode()
-        return struct.pack("!H", len(raw)) + raw
-
-    body = s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 10)
-    body += s(client_id) + s(username) + s(password)
-    n, rem = len(body), b""
-    while True:
-        digit, n = n % 128, n // 128
-        rem += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            break
-    return b"\x10" + rem + body
-
-
 def _login(ep: BrokerEndpoint, source: str, who: Identity, password: str) -> int:
     """One CONNECT from ``source``; the CONNACK's return code (-1: no CONNACK)."""
     with socket.create_connection(
         (ep.host, ep.port), timeout=60, source_address=(source, 0)
     ) as sock:
-        sock.sendall(_connect_packet(who.name, who.name, password))
-        ack = b""
-        while len(ack) < 4:
-            chunk = sock.recv(4 - len(ack))
-            if not chunk:
-                break
-            ack += chunk
-    return ack[3] if len(ack) == 4 and ack[0] == 0x20 else -1
+        sock.sendall(connect_packet(who.name, 10, username=who.name, password=password))
+        return read_connack(sock)
 
 
 def brute_force(

@@ -11,7 +11,6 @@ import contextlib
 import importlib.metadata
 import inspect
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -35,6 +34,13 @@ from faillite.identity import Identity
 from faillite.topics import Role, Topics
 from faillite.topics import matches as topic_matches
 from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, mosquitto_binary
+from field_kit.mqttwire import (
+    PUBLISH,
+    connect_packet,
+    mqtt_string,
+    read_connack,
+    remaining_length,
+)
 from field_kit.procs import free_port
 
 KEEPALIVE_S = 1
@@ -73,44 +79,6 @@ def uid() -> str:
 # -- MQTT helpers -------------------------------------------------------------------------------
 
 
-def _mqtt_str(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(
-    client_id: str,
-    keepalive_s: int,
-    *,
-    will: tuple[str, bytes] | None = None,
-    username: str | None = None,
-    password: str | None = None,
-) -> bytes:
-    """A hand-built MQTT 3.1.1 CONNECT (clean session, will QoS 1, not retained)."""
-    flags = 0x02
-    payload = _mqtt_str(client_id)
-    if will is not None:
-        flags |= 0x04 | 0x08
-        payload += _mqtt_str(will[0]) + _mqtt_str(will[1])
-    if username is not None:
-        flags |= 0x80
-        payload += _mqtt_str(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _mqtt_str(password)
-    body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive_s) + payload
-    return bytes([0x10]) + _remaining_length(len(body)) + body
-
-
 class SilentClient:
     """A raw-socket client: CONNECT, CONNACK, then nothing at all, socket left open."""
 
@@ -129,13 +97,7 @@ class SilentClient:
         )
         self.sock.sendall(connect_packet(client_id, keepalive_s, **kw))
         self.sent_at = time.monotonic()  # the broker heard nothing from us after this
-        connack = b""
-        while len(connack) < 4:
-            chunk = self.sock.recv(4 - len(connack))
-            if not chunk:
-                break
-            connack += chunk
-        self.return_code = connack[3] if len(connack) == 4 and connack[0] == 0x20 else -1
+        self.return_code = read_connack(self.sock)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -692,7 +654,7 @@ def test_a_packet_over_the_limit_is_refused_from_its_length_header() -> None:
             sock.sendall(connect_packet("bomber", 60))
             assert sock.recv(4)[:1] == b"\x20"  # CONNACK
             declared = 24 * 1024 * 1024
-            sock.sendall(bytes([0x30]) + _remaining_length(declared) + _mqtt_str("big/x"))
+            sock.sendall(bytes([PUBLISH]) + remaining_length(declared) + mqtt_string("big/x"))
             t0 = time.monotonic()
             with contextlib.suppress(OSError):
                 sock.sendall(b"\0" * 65536)  # the start of the body: not read any more

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ from faillite.config import BrokerConfig
 from faillite.identity import Identity
 from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerEndpoint, BrokerLauncher
+from field_kit.mqttwire import connect_packet, read_connack
 
 MESH = "sess"
 ACCEPTED, IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 0, 2, 3, 5
@@ -100,20 +100,6 @@ def _json(line: str) -> dict[str, Any]:
 # -- clients ------------------------------------------------------------------------------------
 
 
-def _mqtt_str(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    out, n = bytearray([kind]), len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out) + body
-
-
 class RawClient:
     """A client on a bare socket: CONNECT, read the CONNACK, then silence (keepalive 60 s). It
     never reconnects, so a broker closing it stays closed."""
@@ -128,28 +114,13 @@ class RawClient:
         clean: bool = True,
         will: tuple[str, bytes] | None = None,
     ) -> None:
-        flags = 0x02 if clean else 0
-        payload = _mqtt_str(client_id)
-        if will is not None:
-            flags |= 0x04 | 0x08  # will, QoS 1
-            payload += _mqtt_str(will[0]) + _mqtt_str(will[1])
-        if username is not None:
-            flags |= 0x80
-            payload += _mqtt_str(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _mqtt_str(password)
-        body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 60) + payload
         self.sock = socket.create_connection((ep.host, ep.port), timeout=5)
-        self.sock.sendall(_packet(0x10, body))
-        connack = b""
-        with contextlib.suppress(OSError):
-            while len(connack) < 4:
-                chunk = self.sock.recv(4 - len(connack))
-                if not chunk:
-                    break
-                connack += chunk
-        self.code = connack[3] if len(connack) == 4 and connack[0] == 0x20 else -1
+        self.sock.sendall(
+            connect_packet(
+                client_id, 60, clean=clean, will=will, username=username, password=password
+            )
+        )
+        self.code = read_connack(self.sock)
 
     def closed_by_broker(self, timeout: float) -> bool:
         self.sock.settimeout(timeout)
