@@ -1,6 +1,7 @@
 """``python -m broker``: run the embedded broker until SIGINT / SIGTERM.
 
     python -m broker [--config mesh.yaml] [--mesh ID] [--host H] [--port P]
+                     [--worker ID ...] [--app ID ...]
 
 Without ``--config`` the broker runs with defaults (anonymous, no ACL) for mesh ``demo``.
 ``--host`` / ``--port`` / ``--mesh`` override the config. Port 0 picks a free port; the
@@ -15,6 +16,7 @@ import sys
 from broker.embedded import BrokerSetupError, run_broker
 from faillite import log as flog
 from faillite.config import BrokerConfig, ConfigError, MeshConfig, load_mesh_config
+from faillite.identity import AclScope, acl_scope
 from faillite.topics import InvalidIdError, check_id
 
 
@@ -32,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default: the config's)")
     p.add_argument("--port", type=_port, help="listen port, 0 for a free one")
     p.add_argument("--log-level", help="debug, info, warning, error (default: info)")
+    p.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        help="a worker id the ACL names (repeatable; default: the config's workers)",
+    )
+    p.add_argument("--app", action="append", default=[], help="an app id the ACL names (likewise)")
     return p
 
 
@@ -53,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         broker = broker.model_copy(update=updates)
     flog.configure(level=args.log_level, mesh=mesh, role="broker")
     try:
-        run_broker(broker, mesh)
+        scope = AclScope.of(args.worker, args.app) if args.worker or args.app else acl_scope(cfg)
+        run_broker(broker, mesh, scope)
     except (BrokerSetupError, ConfigError) as exc:
         flog.get_logger("broker").error("broker_failed", error=str(exc))
         return 1

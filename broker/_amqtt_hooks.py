@@ -400,6 +400,8 @@ class BrokerRuntime:
     certificates: bool = False  # client certificates name the identity
     _source_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     pending: Counter[str] = field(default_factory=Counter)  # logins waiting, per address
+    # Everything refused since start, by kind (the log lines are rate-limited, these are not).
+    refused: Counter[str] = field(default_factory=Counter)
 
     def source_lock(self, source: str) -> asyncio.Lock:
         """One login judged at a time per source address (bounded: idle locks are dropped)."""
@@ -412,6 +414,7 @@ class BrokerRuntime:
         return lock
 
     def denied(self, session: Session, op: Operation, topic: str) -> None:
+        self.refused[f"acl_{op.value}"] += 1
         if op is Operation.RECEIVE:  # expected for broad filters; not worth a warning
             self.log.debug("acl_denied", client_id=session.client_id, action=op, topic=topic)
             return
@@ -428,6 +431,7 @@ class BrokerRuntime:
             )
 
     def payload_dropped(self, session: Session, topic: str, size: int) -> None:
+        self.refused["payload_too_large"] += 1
         skipped = self.limiter.admit(("payload", str(session.client_id), topic))
         if skipped is not None:
             self.log.warning(
@@ -501,6 +505,7 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
         # that address are refused at once: waiting sockets cost memory too.
         lock = rt.source_lock(source)
         if rt.pending[source] >= MAX_PENDING_PER_SOURCE:
+            rt.refused["auth_too_many_pending_logins"] += 1
             rt.log.warning(
                 "auth_refused",
                 client_id=session.client_id,
@@ -522,6 +527,7 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
                 rt.log.error("password_file_unreadable", error=problem)
             admission = await self._admit(session)
             if not admission.admitted:
+                rt.refused[f"auth_{admission.reason}"] += 1
                 delay = rt.policy.throttle.failed(source, time.monotonic())
                 rt.log.warning(
                     "auth_refused",

@@ -198,7 +198,8 @@ async def _run(
         await listener.drain(SHUTDOWN_GRACE_S)
         if server is not None:
             await server.wait_closed()
-        log.info("broker_stopped", mesh=mesh)
+        refused = runtime.refused + broker.refusals
+        log.info("broker_stopped", mesh=mesh, refused=dict(sorted(refused.items())))
 
 
 async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | None) -> None:

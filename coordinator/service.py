@@ -304,7 +304,13 @@ class CoordinatorService:
         self._inbox.put(kind(*_clock(), st))
 
     def _on_heartbeat(self, inb: Inbound[messages.Heartbeat]) -> None:
-        self._inbox.put(HeartbeatSeen(*_clock(), inb.message))
+        hb, parsed = inb.message, parse(inb.topic)
+        # The topic is what the broker's ACL binds to the publisher; a heartbeat naming another
+        # worker (a stolen credential pushing a victim's seq window ahead) is not believed.
+        if parsed is None or hb.worker != parsed[1].ids["worker"]:
+            self.client.bad.count("wrong_topic", f"heartbeat of {hb.worker!r}", topic=inb.topic)
+            return
+        self._inbox.put(HeartbeatSeen(*_clock(), hb))
 
     # -- control thread ----------------------------------------------------------------------
 

@@ -101,8 +101,11 @@ class AclScope:
         return cls(tuple(sorted(set(workers))), tuple(sorted(set(apps))))
 
 
-def acl_scope(cfg: MeshConfig) -> AclScope:
-    """The workers and apps a mesh config names."""
+def acl_scope(cfg: MeshConfig) -> AclScope | None:
+    """The workers and apps a mesh config names; None for a config that names neither (a
+    broker-only config: the rules then use ``+``)."""
+    if not cfg.workers and not cfg.apps:
+        return None
     return AclScope.of((w.id for w in cfg.workers), (a.id for a in cfg.apps))
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from broker.mosquitto import write_mosquitto_config
 from faillite.config import BrokerConfig, TlsConfig
+from faillite.identity import AclScope
 from field_kit.procs import free_port
 
 BROKER_KINDS: Final = ("amqtt", "mosquitto")
@@ -145,10 +146,12 @@ class BrokerLauncher:
         *,
         mesh: str = "test",
         port: int | None = None,
+        scope: AclScope | None = None,
     ) -> BrokerEndpoint:
         """Start a broker of ``kind`` with ``cfg`` on ``port`` (default: a free one); a given
-        port is how a test restarts "the same" broker."""
-        return self._start(kind, cfg or BrokerConfig(), mesh, port).endpoint
+        port is how a test restarts "the same" broker. ``scope``: the workers and apps its
+        ACL names (default: ``+`` in their place)."""
+        return self._start(kind, cfg or BrokerConfig(), mesh, port, scope).endpoint
 
     def shared(self, kind: str) -> BrokerEndpoint:
         """The default-config broker of ``kind`` for everyone; restarted if it died."""
@@ -183,7 +186,12 @@ class BrokerLauncher:
             raise BrokerStartError(f"could not stop every broker: {errors!r}")
 
     def _start(
-        self, kind: str, cfg: BrokerConfig, mesh: str, fixed_port: int | None = None
+        self,
+        kind: str,
+        cfg: BrokerConfig,
+        mesh: str,
+        fixed_port: int | None = None,
+        scope: AclScope | None = None,
     ) -> BrokerProcess:
         if kind not in BROKER_KINDS:
             raise ValueError(f"unknown broker kind {kind!r}; expected one of {BROKER_KINDS}")
@@ -203,10 +211,10 @@ class BrokerLauncher:
                 update["tls"] = _absolute_tls(cfg.tls)
             bcfg = cfg.model_copy(update=update)
             if kind == "amqtt":
-                cmd = self._amqtt_cmd(bcfg, mesh, rundir)
+                cmd = self._amqtt_cmd(bcfg, mesh, rundir, scope)
             else:
                 assert binary is not None
-                cmd = self._mosquitto_cmd(binary, bcfg, mesh, rundir)
+                cmd = self._mosquitto_cmd(binary, bcfg, mesh, rundir, scope)
             log_path = rundir / "broker.log"
             log = log_path.open("wb")
             popen = subprocess.Popen(
@@ -229,18 +237,28 @@ class BrokerLauncher:
         raise last
 
     @staticmethod
-    def _amqtt_cmd(cfg: BrokerConfig, mesh: str, rundir: Path) -> list[str]:
+    def _amqtt_cmd(cfg: BrokerConfig, mesh: str, rundir: Path, scope: AclScope | None) -> list[str]:
         conf = rundir / "mesh.yaml"
         broker = cfg.model_dump(mode="json", exclude_none=True)
         conf.write_text(yaml.safe_dump({"mesh": mesh, "broker": broker}))
+        names = (
+            []
+            if scope is None
+            else [
+                *(a for w in scope.workers for a in ("--worker", w)),
+                *(a for app in scope.apps for a in ("--app", app)),
+            ]
+        )
         return [sys.executable, "-P", "-m", "broker", "--config", str(conf),
-                "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
+                "--host", cfg.host, "--port", str(cfg.port), *names]  # fmt: skip
 
     @staticmethod
-    def _mosquitto_cmd(binary: str, cfg: BrokerConfig, mesh: str, rundir: Path) -> list[str]:
+    def _mosquitto_cmd(
+        binary: str, cfg: BrokerConfig, mesh: str, rundir: Path, scope: AclScope | None
+    ) -> list[str]:
         # As root, Mosquitto would switch to the 'mosquitto' user, which cannot read our files.
         run_as = getpass.getuser() if os.geteuid() == 0 else None
-        conf = write_mosquitto_config(cfg, mesh, rundir, run_as=run_as)
+        conf = write_mosquitto_config(cfg, mesh, rundir, run_as=run_as, scope=scope)
         return [binary, "-c", str(conf)]
 
     @staticmethod

@@ -48,6 +48,10 @@ class Recording:
     heartbeats: dict[str, list[messages.Heartbeat]] = field(default_factory=dict)
     # Heartbeat stamped by its worker -> arrival here: how far behind the broker runs.
     heartbeat_lag_s: list[tuple[float, float]] = field(default_factory=list)  # (ts, lag)
+    # Results and heartbeats whose payload names another worker or app than their topic: the
+    # broker lets only a worker's own account write its topics, so the topic says who wrote
+    # one; such a message is a forgery (an attack case's) and is believed by nobody.
+    wrong_topic: int = 0
 
     @classmethod
     def of(cls, rec: Recorder) -> Recording:
@@ -57,15 +61,21 @@ class Recording:
             parsed = parse(topic)
             if parsed is None or not payload:
                 continue
-            name = parsed[1].spec.name
+            name, ids = parsed[1].spec.name, parsed[1].ids
             try:
                 if name == "app_results":
                     r = messages.decode(messages.Result, payload)
+                    if (r.app, r.worker) != (ids.get("app"), ids.get("worker")):
+                        out.wrong_topic += 1
+                        continue
                     out.results.setdefault(r.app, []).append(r)
                 elif name == "events":
                     out.events.append(messages.decode(messages.Event, payload))
                 elif name == "worker_heartbeat":
                     hb = messages.decode(messages.Heartbeat, payload)
+                    if hb.worker != ids.get("worker"):
+                        out.wrong_topic += 1
+                        continue
                     out.heartbeats.setdefault(hb.worker, []).append(hb)
                     out.heartbeat_lag_s.append((hb.ts, t + wall - hb.ts))
             except messages.MessageError:
@@ -262,8 +272,21 @@ def check_no_crash(codes: dict[str, int | None], killed: set[str], alive: dict[s
     )
 
 
-def retained_snapshot(cfg: MeshConfig, wait_s: float = 1.0) -> dict[str, bytes]:
-    """Every retained message of the mesh, as a fresh subscriber (mosquitto_sub) sees it."""
+RETAINED_STATE = (
+    "workers/+/status",
+    "workers/+/assignment",
+    "apps/+/route",
+    "coordinator/status",
+    "placement",
+    "sensors/+/status",
+)
+
+
+def retained_snapshot(
+    cfg: MeshConfig, wait_s: float = 1.0, filters: Sequence[str] = RETAINED_STATE
+) -> dict[str, bytes]:
+    """The retained messages of the mesh under ``filters`` (relative to the mesh's prefix; by
+    default its retained state), as a fresh subscriber (mosquitto_sub) sees them."""
     topics = Topics(cfg.mesh)
     got: dict[str, bytes] = {}
     lock = threading.Lock()
@@ -276,14 +299,7 @@ def retained_snapshot(cfg: MeshConfig, wait_s: float = 1.0) -> dict[str, bytes]:
     client = MeshClient(
         Identity(cfg.mesh, Role.ADMIN, "snapshot").name, cfg.broker, role=Role.ADMIN
     )
-    for f in (
-        "workers/+/status",
-        "workers/+/assignment",
-        "apps/+/route",
-        "coordinator/status",
-        "placement",
-        "sensors/+/status",
-    ):
+    for f in filters:
         client.subscribe(f"{topics.prefix}/{f}", on)
     client.start(connect_timeout=15)
     time.sleep(wait_s)

@@ -7,6 +7,12 @@ backup of the other app, smaller, fit beside each other; any one worker holds bo
 Lite0, so every single and double worker failure is recoverable. Workers can run in their own
 network namespaces, reaching the broker through a forwarder on their veth link
 (:mod:`linkproxy`).
+
+With ``accounts`` the mesh runs as a mesh on a network does: one account per device
+(:mod:`faillite.accounts`), each process reading only its own secret from the mesh config's
+``broker.secrets_dir``, the broker only the password file and the per-identity ACL. The drill's
+own clients (the recorder, the retained-state snapshot, the attack cases' watcher) are admin
+accounts. The attack cases (:mod:`field_kit.drill.attacks`) steal secrets from that folder.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from typing import Any
 import yaml
 
 from faillite import messages
+from faillite.accounts import provision, secret_path
 from faillite.catalog import Catalog, load_catalog
 from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
+from faillite.identity import AclScope, Identity
 from faillite.log import get_logger
-from faillite.topics import Topics
+from faillite.mqtt import MeshClient
+from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerEndpoint, BrokerLauncher
 from field_kit.drill.linkproxy import LinkProxy
 from field_kit.drill.netns import Impairment, NetNamespace
@@ -34,6 +43,15 @@ log = get_logger("drill")
 
 APPS = ("a1", "a2")
 WORKERS = ("w1", "w2", "w3")
+SCOPE = AclScope.of(WORKERS, APPS)  # what the broker's ACL names, as a kit's would
+SENSORS = ("cam1", "cam2")
+COORDINATORS = ("c1", "c2")
+# The drill's own clients: the recorder, the retained-state snapshot (analysis.py) and the
+# attack cases' watcher, each an admin account of its own (one client id each).
+ADMINS = ("drill", "snapshot", "watch")
+# Failed logins from one address (all of the drill is 127.0.0.1) wait this long, doubling: the
+# attack cases' wrong passwords must not hold up the mesh's own reconnects for seconds.
+LOGIN_DELAY_S = 0.05
 # What the recorder keeps: everything but frames (heavy, and results say what was served).
 FOLLOW = (
     "apps/+/results/+",
@@ -63,6 +81,7 @@ class MeshSpec:
     standby: bool = True
     coordinator: dict[str, Any] = field(default_factory=dict)
     keepalive_s: int = 2
+    accounts: bool = False  # one account per device, per-identity ACL (the attack cases)
 
 
 class DrillMesh:
@@ -89,13 +108,51 @@ class DrillMesh:
         # restart loses retained state; what the recorder saw before it proves nothing).
         self.recorder_connected_at = 0.0
         self.unsteady = "not checked yet"  # why steady() last said no
+        accounts = (workdir / "accounts").resolve()
+        self.password_file: Path | None = accounts / "passwd" if spec.accounts else None
+        self.secrets_dir: Path | None = accounts / "secrets" if spec.accounts else None
+        self.clients: list[MeshClient] = []  # the cases' own clients, stopped by close()
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def identities(self) -> list[Identity]:
+        """Every account of the mesh: devices, coordinators and the drill's own clients."""
+        groups = (
+            (Role.WORKER, WORKERS),
+            (Role.SENSOR, SENSORS),
+            (Role.COORDINATOR, COORDINATORS),
+            (Role.ADMIN, ADMINS),
+        )
+        return [Identity(self.mesh_id, role, i) for role, ids in groups for i in ids]
+
+    def identity(self, role: Role, ident: str) -> Identity:
+        return Identity(self.mesh_id, role, ident)
+
+    def secret_file(self, identity: Identity) -> Path:
+        """Where the node of ``identity`` keeps its secret (what an attacker would steal)."""
+        if self.secrets_dir is None:
+            raise LookupError("this drill mesh has no accounts")
+        return secret_path(self.secrets_dir, identity)
+
+    def broker_config(self) -> BrokerConfig:
+        """The broker's own config: with accounts, the password file (hashes only)."""
+        if self.password_file is None:
+            return BrokerConfig(keepalive_s=self.spec.keepalive_s)
+        return BrokerConfig(
+            keepalive_s=self.spec.keepalive_s,
+            password_file=self.password_file,
+            login_delay_s=LOGIN_DELAY_S,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> DrillMesh:
         spec = self.spec
-        bcfg = BrokerConfig(keepalive_s=spec.keepalive_s)
-        self.endpoint = self.launcher.start(spec.broker, bcfg, mesh=self.mesh_id)
+        if self.password_file is not None and self.secrets_dir is not None:
+            provision(self.password_file, self.secrets_dir, self.identities())
+        self.endpoint = self.launcher.start(
+            spec.broker, self.broker_config(), mesh=self.mesh_id, scope=SCOPE
+        )
         self._write_config()
         self.cfg = load_mesh_config(self.path)
         self.recorder = Recorder(self.cfg, "drill")
@@ -112,7 +169,7 @@ class DrillMesh:
         self.start_coordinator("c1")
         if spec.standby:
             self.start_coordinator("c2", standby=True)
-        for cam in ("cam1", "cam2"):
+        for cam in SENSORS:
             self.group.start(
                 cam, "sensor", faillite_cmd("sensor", "--id", cam, "--config", str(self.path))
             )
@@ -156,6 +213,8 @@ class DrillMesh:
                 "host": self.endpoint.host,
                 "port": self.endpoint.port,
                 "keepalive_s": spec.keepalive_s,
+                # Each node reads its own secret here (nothing where the mesh has no accounts).
+                **({"secrets_dir": str(self.secrets_dir)} if self.secrets_dir else {}),
             },
             "sensors": [
                 {"id": "cam1", "source": "scene:chelsea", "fps": spec.fps},
@@ -189,6 +248,8 @@ class DrillMesh:
     def close(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
         try:
+            for client in self.clients:
+                client.stop()
             codes = self.group.stop_all()
         finally:
             if self.recorder is not None:
@@ -243,9 +304,12 @@ class DrillMesh:
         assert self.endpoint is not None
         self.launcher.process(self.endpoint).stop()
         time.sleep(down_s)
-        bcfg = BrokerConfig(keepalive_s=self.spec.keepalive_s)
         self.endpoint = self.launcher.start(
-            self.spec.broker, bcfg, mesh=self.mesh_id, port=self.endpoint.port
+            self.spec.broker,
+            self.broker_config(),
+            mesh=self.mesh_id,
+            port=self.endpoint.port,
+            scope=SCOPE,
         )
 
     # -- state from the recording ----------------------------------------------------------
@@ -276,14 +340,21 @@ class DrillMesh:
         return self.role_of(app, "warm") or self.role_of(app, "cold")
 
     def serving(self, app: str, within_s: float = 1.0) -> set[str]:
-        """Workers whose results for ``app`` arrived in the last ``within_s``."""
+        """Workers whose results for ``app`` arrived in the last ``within_s`` (on their own
+        results topic: a payload naming another worker than its topic is nobody's result)."""
         since = time.monotonic() - within_s
-        return {
-            r.worker
-            for r in self.rec.messages(
-                self.topics.app_results_filter(app), messages.Result, since=since
-            )
-        }
+        prefix = f"{self.topics.prefix}/apps/{app}/results/"
+        out = set()
+        for _t, topic, payload in self.rec.raw(since):
+            if not topic.startswith(prefix) or not payload:
+                continue
+            try:
+                r = messages.decode(messages.Result, payload)
+            except messages.MessageError:
+                continue
+            if r.worker == topic[len(prefix) :] and r.app == app:
+                out.add(r.worker)
+        return out
 
     def _latest(self, topics: set[str], since: float) -> dict[str, tuple[float, bytes]]:
         """The last message recorded since ``since`` on each of ``topics`` that has one

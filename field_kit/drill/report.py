@@ -51,6 +51,12 @@ def _accuracy(m: dict[str, Any]) -> str:
 def _notes(r: dict[str, Any]) -> str:
     m = r.get("metrics") or {}
     out = []
+    attack = m.get("attack")
+    if attack:
+        out.append(
+            f"attack: {attack['attempted']} forged, {attack['refused']} refused by the broker, "
+            f"{attack['ignored']} ignored by the mesh"
+        )
     for key in ("takeover_ms", "reprotect_ms", "broker_down_ms"):
         if m.get(key) is not None:
             out.append(f"{key.removesuffix('_ms')} {m[key]:.0f} ms")
@@ -98,6 +104,7 @@ def write_report(results: list[dict[str, Any]], out: Path, opts: DrillOptions) -
             + " | ".join(cells)
             + f" | {_accuracy(m)} | {_notes(r)} |"
         )
+    lines += _attack_lines(results)
     lines += ["", "## Checks", ""]
     for r in results:
         lines.append(f"### {r['case']}: {r['status']}")
@@ -112,6 +119,47 @@ def write_report(results: list[dict[str, Any]], out: Path, opts: DrillOptions) -
             lines += ["", f"![{r['case']} timeline]({png})"]
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _attack_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Per attack case: every kind of forged message, how many were attempted, refused by the
+    broker (never delivered to anyone), delivered, and ignored by the mesh (counted)."""
+    attacks = [r for r in results if (r.get("metrics") or {}).get("attack")]
+    if not attacks:
+        return []
+    lines = [
+        "",
+        "## Attacks",
+        "",
+        "A mesh with one account per device, attacked with a stolen device secret. "
+        "Refused: the broker delivered it to nobody (an admin watcher following the whole "
+        "mesh never saw it). Ignored: delivered, and the mesh did not act on it, as counted "
+        "by whoever refused it (a worker's heartbeat errors, the route filter, the leader's "
+        "log) or shown by the case's checks.",
+    ]
+    for r in attacks:
+        a = r["metrics"]["attack"]
+        thieves = ", ".join(f"{k} (as {v})" for k, v in a.get("thieves", {}).items())
+        lines += [
+            "",
+            f"### {r['case']} ({r['status']})",
+            "",
+            f"Stolen: {thieves or '–'}.",
+            "",
+            "| forged | attempted | refused by the broker | delivered | ignored by the mesh "
+            "| how |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t in a["attempts"]:
+            lines.append(
+                f"| {_cell(t['what'])} | {t['attempted']} | {t['refused']} | {t['delivered']} "
+                f"| {_fmt(t['ignored'])} | {_cell(t['how'])} |"
+            )
+    return lines
 
 
 def _plot(r: dict[str, Any], path: Path) -> None:

@@ -25,11 +25,16 @@ from field_kit.drill.analysis import (
     check_single_serving,
     retained_snapshot,
 )
-from field_kit.drill.cases import CASES, DrillContext, DrillOptions, FaultCase
+from field_kit.drill.attacks import ATTACKS
+from field_kit.drill.cases import CASES as FAULT_CASES
+from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
 from field_kit.drill.report import write_report
 
 log = get_logger("drill")
+# Every case `faillite drill` knows: the fault cases, then the attack cases (a mesh with one
+# account per device, attacked with a stolen credential).
+CASES: dict[str, type[FaultCase]] = {**FAULT_CASES, **ATTACKS}
 
 
 def _say(msg: str) -> None:
@@ -207,7 +212,8 @@ def register(sub: Any) -> None:
         description="Each case starts a fresh mesh (broker, leader + standby coordinator, "
         "three workers, two cameras), injects its fault, recovers, and checks: every "
         "recoverable app recovered, never two workers serving one app past fencing, no "
-        "process crashed, nothing retained left stale. Cases: " + ", ".join(CASES),
+        "process crashed, nothing retained left stale. The attack cases run a mesh with one "
+        "account per device and attack it with a stolen credential. Cases: " + ", ".join(CASES),
     )
     p.add_argument("cases", nargs="*", help="case names (default: all); see --list")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -224,8 +230,8 @@ def register(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.list:
         for name, cls in CASES.items():
-            root = " [root]" if cls.needs_root else ""
-            _say(f"{name:<20}{root:<8}{cls.summary}")
+            tag = " [root]" if cls.needs_root else " [attack]" if name in ATTACKS else ""
+            _say(f"{name:<20}{tag:<10}{cls.summary}")
         return 0
     names = [n.upper() for n in args.cases] or list(CASES)
     unknown = [n for n in names if n not in CASES]

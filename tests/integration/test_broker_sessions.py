@@ -525,3 +525,7 @@ def test_nothing_is_retained_outside_the_retained_topics(
         w1.publish(t.worker_status("w1"), b"", retain=True)
     refused = [e for e in events(broker_launcher, ep, "retained_cap")]
     assert {e["cap"] for e in refused} == {"not_retained_topic"}
+    # The log lines are rate-limited; the count at stop is not.
+    broker_launcher.process(ep).stop()
+    (stopped,) = events(broker_launcher, ep, "broker_stopped")
+    assert stopped["refused"]["not_retained_topic"] == len(transient)

@@ -1,0 +1,226 @@
+"""Attack drills: every attack case (``field_kit/drill/attacks.py``) in its short form on both
+brokers, on a mesh with one account per device, plus the pieces they are built of.
+
+Each case attacks with a stolen device secret and passes only if the broker refused, or the
+mesh ignored, every forged message: every app served throughout (no gap longer than one
+failover), nobody suspected or failed over, nothing forged left in the retained state, and the
+fault cases' invariants (recovered, single serving, no crash, nothing retained stale).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from faillite import envelope, messages
+from faillite.topics import Topics
+from field_kit.brokers import BROKER_KINDS, mosquitto_binary
+from field_kit.drill import attacks
+from field_kit.drill.analysis import Recording
+from field_kit.drill.attacks import (
+    ATTACKS,
+    FORGED_SEQ,
+    AttackLog,
+    image_bomb,
+)
+from field_kit.drill.cases import DrillOptions
+from field_kit.drill.report import write_report
+from field_kit.drill.runner import CASES, run_case
+
+INVARIANTS = {
+    "converged",
+    "recovered",
+    "single_serving",
+    "no_stale_retained",
+    "no_crash",
+    "served_throughout",
+    "no_failover",
+    "retained_state_intact",
+}
+OWN_CHECKS = {
+    "CLIENT_ID_HIJACK": {"session_kept", "no_forged_will", "served_by_its_worker"},
+    "IMPERSONATED_WORKER": {
+        "served_by_its_worker",
+        "victim_birth_retained",
+        "route_filter_refuses_forgeries",
+    },
+    "IMPERSONATED_CAMERA": {"results_keep_their_class"},
+    "IMAGE_BOMB": {"bombs_refused_unread"},
+    "FORGED_TERM": {
+        "served_by_its_worker",
+        "forged_term_refused",
+        "leader_kept",
+        "restarted_coordinator_leads",
+    },
+    "RETAINED_FLOOD": {"births_retained", "restarted_coordinator_sees_all", "retained_bounded"},
+}
+# What the per-identity ACL must refuse, whatever the broker: wills on another device's status,
+# the other camera's frames, the victim's topics written with another worker's secret, a
+# worker's writes on the coordinator's topics, other workers' statuses and made-up routes.
+REFUSED_AT_LEAST = {
+    "CLIENT_ID_HIJACK": 4,
+    "IMPERSONATED_WORKER": 22,
+    "IMPERSONATED_CAMERA": 24,
+    "IMAGE_BOMB": 0,
+    "FORGED_TERM": 2,
+    "RETAINED_FLOOD": 2000,
+}
+
+
+# -- the attacks, short form, on both brokers ----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("broker", BROKER_KINDS)
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_is_refused_or_ignored(
+    name: str, broker: str, tmp_path: Path, models_dir: Path
+) -> None:
+    if broker == "mosquitto" and mosquitto_binary() is None:
+        pytest.skip("mosquitto binary not found: apt-get install mosquitto (CI installs it)")
+    result = run_case(
+        ATTACKS[name](), DrillOptions(broker=broker, short=True), tmp_path, models_dir
+    )
+    failed = [f"{c['name']}: {c['detail']}" for c in result["checks"] if not c["ok"]]
+    assert result["status"] == "passed", "\n".join(failed) + "\n" + result.get("error", "")
+    names = {c["name"] for c in result["checks"]}
+    assert INVARIANTS | OWN_CHECKS[name] <= names
+    if name == "RETAINED_FLOOD" and broker == "amqtt":
+        assert "caps_counted" in names
+    attack = result["metrics"]["attack"]
+    assert attack["attempted"] > 0 and attack["thieves"]
+    assert attack["refused"] >= REFUSED_AT_LEAST[name]
+    for a in attack["attempts"]:
+        assert a["attempted"] == a["refused"] + a["delivered"], a
+        if a["delivered"]:  # whatever the broker let through, the mesh ignored, counted
+            assert a["ignored"] is not None and a["ignored"] >= a["delivered"], a
+    assert max(result["metrics"]["service_gap_ms"].values()) < 1000.0
+    # No process of the drill outlives it.
+    out = subprocess.run(["pgrep", "-f", result["logs"].rsplit("/", 2)[0]], capture_output=True)
+    assert out.stdout == b""
+
+
+def test_attack_cases_are_listed_as_such() -> None:
+    out = subprocess.run(
+        [sys.executable, "-P", "-m", "faillite", "drill", "--list"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+    for name in ATTACKS:
+        assert "[attack]" in lines[name]
+        assert CASES[name] is ATTACKS[name]
+        assert ATTACKS[name]().spec(DrillOptions()).accounts
+
+
+# -- the pieces ----------------------------------------------------------------------------
+
+
+def test_image_bomb_declares_a_huge_image_and_is_refused_unread() -> None:
+    bomb = image_bomb()
+    assert envelope.read_jpeg_header(bomb) == (32767, 32767, 3)
+    assert len(bomb) < 1000
+    frame = envelope.unpack(
+        envelope.pack(bomb, seq=FORGED_SEQ, capture_ns=0, width=640, height=480),
+        max_bytes=1 << 21,
+    )
+    with pytest.raises(envelope.FrameError) as info:
+        envelope.check_image(frame, max_pixels=640 * 480)
+    assert info.value.reason == "image_too_large"
+
+
+def _result(app: str, worker: str, ts: float) -> messages.Result:
+    return messages.Result(
+        app=app,
+        seq=1,
+        sensor="cam1",
+        capture_ts=ts - 0.03,
+        ts=ts,
+        worker=worker,
+        incarnation="i",
+        variant="efficientnet_lite0",
+        generation=1,
+        latency=messages.Latency(0.0, 0.0, 0.0, 0.0, 0.0),
+        top=(),
+    )
+
+
+def test_recording_believes_the_topic_not_the_payload() -> None:
+    """A result or heartbeat whose payload names another worker than its topic (a stolen
+    worker secret writing on its own topics) is nobody's: the analysis leaves it out."""
+    t = Topics("m")
+    hb = messages.Heartbeat(worker="w1", incarnation="i", seq=5, ts=1.0)
+    raw = [
+        (0.1, t.app_results("a1", "w1"), messages.encode(_result("a1", "w1", 1.0))),
+        (0.2, t.app_results("a1", "w3"), messages.encode(_result("a1", "w1", 1.1))),
+        (0.3, t.app_results("a2", "w3"), messages.encode(_result("a1", "w3", 1.2))),
+        (0.4, t.worker_heartbeat("w1"), messages.encode(hb)),
+        (0.5, t.worker_heartbeat("w3"), messages.encode(hb)),
+    ]
+    rec = Recording.of(SimpleNamespace(raw=lambda since=0.0: raw))  # type: ignore[arg-type]
+    assert [(r.app, r.worker) for r in rec.results["a1"]] == [("a1", "w1")]
+    assert list(rec.heartbeats) == ["w1"] and len(rec.heartbeats["w1"]) == 1
+    assert rec.wrong_topic == 3
+
+
+def test_attack_log_counts_what_the_watcher_saw() -> None:
+    log = AttackLog()
+    for i in range(3):
+        log.add("frames", "t/frames", b"f%d" % i)
+    log.add("status", "t/status", b"s")
+    seen = {("t/frames", attacks._digest(b"f1")), ("t/other", attacks._digest(b"s"))}
+    assert log.count_delivered(SimpleNamespace(seen=seen)) == 1  # type: ignore[arg-type]
+    log.attempt("frames").ignored = 1
+    d = log.as_dict()
+    assert (d["attempted"], d["refused"], d["ignored"]) == (4, 3, 1)
+    frames, status = d["attempts"]
+    assert (frames["attempted"], frames["refused"], frames["delivered"]) == (3, 2, 1)
+    assert status["delivered"] == 0 and status["ignored"] is None  # nothing to ignore
+
+
+def test_report_lists_each_attack(tmp_path: Path) -> None:
+    attack: dict[str, Any] = {
+        "thieves": {"m.worker.w3": "m.worker.w3.probe"},
+        "attempts": [
+            {
+                "what": "births of the other workers (retained)",
+                "attempted": 1000,
+                "refused": 1000,
+                "delivered": 0,
+                "ignored": None,
+                "how": "refused by the broker (ACL)",
+            },
+            {
+                "what": "results of made-up apps | under its own id",
+                "attempted": 1000,
+                "refused": 0,
+                "delivered": 1000,
+                "ignored": 1000,
+                "how": "delivered live",
+            },
+        ],
+        "attempted": 2000,
+        "refused": 1000,
+        "ignored": 1000,
+    }
+    result = {
+        "case": "RETAINED_FLOOD",
+        "summary": "a flood",
+        "status": "passed",
+        "checks": [{"name": "births_retained", "ok": True, "detail": "ok"}],
+        "metrics": {"attack": attack},
+    }
+    write_report([result], tmp_path, DrillOptions(broker="mosquitto"))
+    md = (tmp_path / "report.md").read_text()
+    assert "## Attacks" in md and "### RETAINED_FLOOD (passed)" in md
+    assert "| births of the other workers (retained) | 1000 | 1000 | 0 | – |" in md
+    assert "made-up apps \\| under its own id | 1000 | 0 | 1000 | 1000 |" in md
+    assert "attack: 2000 forged, 1000 refused by the broker, 1000 ignored by the mesh" in md
+    data = orjson.loads((tmp_path / "drills.json").read_bytes())
+    assert data["cases"][0]["metrics"]["attack"]["refused"] == 1000
