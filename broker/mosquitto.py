@@ -9,7 +9,9 @@
   password file, ``use_username_as_clientid`` (a client connects only as its own identity, so it
   can take nobody else's session), and the ACL;
 - ``acl``: one ``user`` block per identity with its rules from
-  :func:`faillite.identity.identity_acl`, the ones the embedded broker enforces.
+  :func:`faillite.identity.identity_acl`, the ones the embedded broker enforces;
+- ``nftables.conf`` (with accounts): the broker host's per-source connection rate, which is
+  how a Mosquitto host slows down password guessing (load it with ``nft -f``).
 
 Provisioning a broker host::
 
@@ -23,7 +25,8 @@ re-reads the password file and the ACL).
 Differences from the embedded broker: Mosquitto grants every SUBSCRIBE and checks read access
 per delivered message, while the embedded broker refuses a subscription whose filter is not
 entirely readable (either way nothing unreadable is delivered); Mosquitto 2.0 cannot slow down
-repeated failed logins, nor refuse a retained publish on a topic the account may write (the ACL
+repeated failed logins itself (the generated ``nftables.conf`` caps each source's new
+connections instead), nor refuse a retained publish on a topic the account may write (the ACL
 names each worker and app of the mesh, so an account can retain on a few topics only). With
 client certificates only (no password file), Mosquitto cannot bind the client id to the
 certificate: use accounts, with certificates as a second factor, where that matters.
@@ -197,6 +200,36 @@ def render_conf(
     return "\n".join(lines)
 
 
+def render_nftables(cfg: BrokerConfig, mesh: str) -> str:
+    """nftables rules for the broker host: past a burst, new connections to the broker's port
+    from one source address are dropped beyond ``connects_per_source_s`` (its SYN is retried
+    by the client a second later), IPv4 and IPv6 apart. Mosquitto 2.0 cannot slow down failed
+    logins by itself; this caps every source's guesses at that rate. Its own table: loading
+    it replaces only what it loaded before (``nft -f nftables.conf``)."""
+    check_id("mesh", mesh)
+    table = f"faillite_{mesh.replace('-', '_')}"
+    rate = f"{cfg.connects_per_source_s:g}/second burst {cfg.connect_burst_per_source} packets"
+    rule = (
+        "tcp dport {port} ct state new meter {name} {{ {addr} saddr limit rate over {rate} }} drop"
+    )
+    return "\n".join(
+        [
+            f"# FailLite Mesh: per-source connection rate for mesh '{mesh}' (broker.mosquitto).",
+            "# Load with: nft -f nftables.conf",
+            f"table inet {table}",
+            f"delete table inet {table}",
+            f"table inet {table} {{",
+            "  chain input {",
+            "    type filter hook input priority filter; policy accept;",
+            "    " + rule.format(port=cfg.port, name=f"{table}_v4", addr="ip", rate=rate),
+            "    " + rule.format(port=cfg.port, name=f"{table}_v6", addr="ip6", rate=rate),
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
 def write_mosquitto_config(
     cfg: BrokerConfig,
     mesh: str,
@@ -236,6 +269,8 @@ def write_mosquitto_config(
             except AccountsError as exc:
                 raise MosquittoConfigError(str(exc)) from exc
         (out_dir / "acl").write_text(render_acl(mesh, identities, scope))
+    if cfg.accounts:
+        (out_dir / "nftables.conf").write_text(render_nftables(cfg, mesh))
     conf = out_dir / "mosquitto.conf"
     conf.write_text(
         render_conf(

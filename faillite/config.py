@@ -97,6 +97,10 @@ class BrokerConfig(StrictModel):
     # its refusal; attempts from that address wait their turn (the embedded broker).
     login_delay_s: float = Field(default=0.2, ge=0, le=60)
     login_delay_max_s: float = Field(default=5.0, ge=0, le=600)
+    # New connections per source address, past a burst, on a broker host's firewall: the
+    # generated nftables rules (Mosquitto 2.0 cannot slow down failed logins itself).
+    connects_per_source_s: float = Field(default=5.0, gt=0, le=10_000)
+    connect_burst_per_source: int = Field(default=20, ge=1, le=100_000)
     max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # From TCP accept to a complete CONNECT: a client trickling bytes does not extend it.
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)

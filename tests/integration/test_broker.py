@@ -710,7 +710,7 @@ def test_committed_demo_files_match_the_generator(tmp_path: Path) -> None:
         install_dir=Path(mq.DEMO_INSTALL_DIR),
         persistence_dir=Path(mq.DEMO_PERSISTENCE_DIR),
     )
-    for name in ("mosquitto.conf", "acl"):
+    for name in ("mosquitto.conf", "acl", "nftables.conf"):
         assert (shipped / name).read_text() == (tmp_path / name).read_text(), (
             f"configs/mosquitto/{name} is stale: regenerate it (see configs/mosquitto/README.md)"
         )
