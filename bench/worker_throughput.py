@@ -51,7 +51,7 @@ from faillite.models.build import build_models
 from faillite.models.preprocess import preprocess
 from faillite.mqtt import MeshClient
 from faillite.stats import percentiles
-from faillite.topics import Role, Topics
+from faillite.topics import Topics
 from field_kit import tlsmesh
 from field_kit.brokers import BrokerLauncher
 from field_kit.procs import ProcessGroup, faillite_cmd
@@ -189,7 +189,7 @@ class MqttRig:
         broker = BrokerConfig(host=endpoint.host, port=endpoint.port)
         cfg = MeshConfig(mesh=mesh, broker=tlsmesh.node_broker(self.tls, broker))
         t = self.topics = Topics(mesh)
-        self.client = client = MeshClient(f"bench-{self.name}", cfg.broker, role=Role.ADMIN)
+        self.client = client = MeshClient(f"bench-{self.name}", cfg.broker)
         self.waiter = ResultWaiter(client, t.app_results("a1", "w1"))
         client.start()
         self._stack.callback(client.stop)

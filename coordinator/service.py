@@ -187,7 +187,6 @@ class CoordinatorService:
         self.client = MeshClient(
             Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).name,
             mesh.broker,
-            role=Role.COORDINATOR,
             presence=self.presence,
         )
         c, t = self.client, self.topics
@@ -541,7 +540,6 @@ class StandbyWatch:
             # A standby watches under its identity's second client id (faillite.identity).
             Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).probe_name,
             mesh.broker,
-            role=Role.COORDINATOR,
         )
         self.client.subscribe_json(
             self._topic,

@@ -40,7 +40,6 @@ from faillite.config import BrokerConfig
 from faillite.identity import PROBE_SUFFIX
 from faillite.log import get_logger
 from faillite.tls import client_context
-from faillite.topics import Role
 
 log = get_logger("mqtt")
 
@@ -196,7 +195,6 @@ class MeshClient:
         client_id: str,
         broker: BrokerConfig,
         *,
-        role: Role,
         will: Will | None = None,
         presence: PresenceHooks | None = None,
         backoff: Backoff | None = None,

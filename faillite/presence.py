@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from faillite import messages
 from faillite.log import get_logger
 from faillite.mqtt import Inbound, MeshClient, Raw, Will, probe_id
-from faillite.topics import Role
 
 if TYPE_CHECKING:
     from faillite.config import BrokerConfig
@@ -189,7 +188,6 @@ class Presence(Generic[S]):
     def claim(
         self,
         broker: BrokerConfig,
-        role: Role,
         client_id: str,
         *,
         life_topic: str,
@@ -205,7 +203,7 @@ class Presence(Generic[S]):
         is stale (a frozen or dead process whose last-will has not fired yet): we go ahead, and
         it steps down if it ever wakes. With ``replace`` a live one is told to step down, and this
         returns once it has gone quiet on ``life_topic``."""
-        probe = MeshClient(probe_id(client_id), broker, role=role, quiet=True)
+        probe = MeshClient(probe_id(client_id), broker, quiet=True)
         seen: list[S] = []
         life = threading.Event()
         last_life = [0.0]

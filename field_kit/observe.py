@@ -104,7 +104,6 @@ class MeshObserver:
         self.client = MeshClient(
             Identity(cfg.mesh, Role.OBSERVER, client_id).name,
             cfg.broker,
-            role=Role.OBSERVER,
             bad=self.bad,
         )
         c, t = self.client, self.topics

@@ -24,9 +24,7 @@ class Recorder:
 
     def __init__(self, cfg: MeshConfig, name: str = "recorder") -> None:
         self.topics = Topics(cfg.mesh)
-        self.client = MeshClient(
-            Identity(cfg.mesh, Role.ADMIN, name).name, cfg.broker, role=Role.ADMIN
-        )
+        self.client = MeshClient(Identity(cfg.mesh, Role.ADMIN, name).name, cfg.broker)
         self._msgs: list[tuple[float, str, bytes]] = []
         self._cond = threading.Condition()
 

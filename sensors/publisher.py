@@ -83,7 +83,7 @@ class SensorPublisher:
             on_replaced=lambda _st: self.stop(),
         )
         self.client_id = Identity(mesh, Role.SENSOR, cfg.id).name
-        self.client = MeshClient(self.client_id, broker, role=Role.SENSOR, presence=self.presence)
+        self.client = MeshClient(self.client_id, broker, presence=self.presence)
         self.frames_topic = self.topics.sensor_frames(cfg.id)
         self.sent = 0
         self.dropped = 0
@@ -175,7 +175,6 @@ class SensorPublisher:
         """Refuse to start if this sensor id is already live (see :class:`Presence`)."""
         self.presence.claim(
             self.broker,
-            Role.SENSOR,
             self.client_id,
             life_topic=self.frames_topic,
             liveness_s=max(1.0, 3.0 / self.cfg.fps),

@@ -129,9 +129,7 @@ class Worker:
             on_replaced=self._replaced,
         )
         self.client_id = Identity(mesh.mesh, Role.WORKER, cfg.id).name
-        self.client = MeshClient(
-            self.client_id, mesh.broker, role=Role.WORKER, presence=self.presence, bad=self.bad
-        )
+        self.client = MeshClient(self.client_id, mesh.broker, presence=self.presence, bad=self.bad)
         # Fencing: assignments are obeyed under the term of the leader the coordinator status
         # names (and, where the mesh signs, only signed ones). Decided on the network thread.
         self.fence = Fence(frozenset(mesh.coordinator.ids))
@@ -183,7 +181,6 @@ class Worker:
         reached is not a refusal."""
         self.presence.claim(
             self.mesh.broker,
-            Role.WORKER,
             self.client_id,
             life_topic=self.topics.worker_heartbeat(self.cfg.id),
             liveness_s=max(1.0, 3.0 * self.cfg.heartbeat_interval_s),

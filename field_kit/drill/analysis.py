@@ -296,9 +296,7 @@ def retained_snapshot(
             with lock:
                 got[msg.topic] = msg.payload
 
-    client = MeshClient(
-        Identity(cfg.mesh, Role.ADMIN, "snapshot").name, cfg.broker, role=Role.ADMIN
-    )
+    client = MeshClient(Identity(cfg.mesh, Role.ADMIN, "snapshot").name, cfg.broker)
     for f in filters:
         client.subscribe(f"{topics.prefix}/{f}", on)
     client.start(connect_timeout=15)

@@ -160,7 +160,7 @@ class Watch:
         self.frames: Counter[str] = Counter()
         self._lock = threading.Lock()
         name = mesh.identity(Role.ADMIN, "watch").name
-        self.client = MeshClient(name, mesh.cfg.broker, role=Role.ADMIN)
+        self.client = MeshClient(name, mesh.cfg.broker)
         self.client.subscribe(mesh.topics.everything, self._on, qos=1)
         mesh.clients.append(self.client)
 
@@ -192,7 +192,7 @@ class Attacker:
         loot.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(m.secret_file(stolen), loot / m.secret_file(stolen).name)
         broker = m.cfg.broker.model_copy(update={"secrets_dir": loot})
-        self.client = MeshClient(client_id, broker, role=stolen.role)
+        self.client = MeshClient(client_id, broker)
         self.log = log
         self.stolen = stolen
         log.thieves[stolen.name] = client_id

@@ -142,7 +142,7 @@ def connected(
     cfg: BrokerConfig, role: Role = Role.ADMIN, name: str | Identity = "c"
 ) -> Iterator[MeshClient]:
     client_id = name.name if isinstance(name, Identity) else f"{name}-{uid()}"
-    client = MeshClient(client_id, cfg, role=role, quiet=True)
+    client = MeshClient(client_id, cfg, quiet=True)
     client.start(connect_timeout=10)
     try:
         yield client
@@ -153,7 +153,7 @@ def connected(
 def refused(cfg: BrokerConfig, role: Role = Role.ADMIN, identity: Identity | None = None) -> bool:
     """True if a MeshClient with ``cfg`` gets no connection (it keeps retrying meanwhile)."""
     client_id = identity.name if identity is not None else f"refused-{uid()}"
-    client = MeshClient(client_id, cfg, role=role, quiet=True)
+    client = MeshClient(client_id, cfg, quiet=True)
     try:
         client.start(connect_timeout=REFUSED_WITHIN_S)
     except ConnectError:

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from faillite import messages
 from faillite.config import BrokerConfig
 from faillite.mqtt import HandlerErrorLog, Inbound, MeshClient, Raw
-from faillite.topics import APP_RESULTS, Role, Topics
+from faillite.topics import APP_RESULTS, Topics
 
 T = Topics("demo")
 
@@ -50,7 +50,7 @@ def _result(n: int) -> bytes:
 
 
 def test_a_flood_of_raising_messages_does_not_flood_the_log() -> None:
-    client = MeshClient("t", BrokerConfig(), role=Role.OBSERVER)
+    client = MeshClient("t", BrokerConfig())
     calls = 0
 
     def boom(_inb: Inbound[messages.Result]) -> None:
@@ -82,7 +82,7 @@ def test_a_flood_of_raising_messages_does_not_flood_the_log() -> None:
 
 
 def test_raw_handlers_too_and_each_filter_apart() -> None:
-    client = MeshClient("t", BrokerConfig(), role=Role.OBSERVER)
+    client = MeshClient("t", BrokerConfig())
 
     def raw_boom(_raw: Raw) -> None:
         raise RuntimeError("frame handler")
