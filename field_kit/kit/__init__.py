@@ -1,0 +1,1 @@
+"""A field kit described once (``kit.yaml``), rendered into one folder per node."""

@@ -1,0 +1,64 @@
+"""``faillite kit``: describe a field kit once, render every node's files from it.
+
+::
+
+    faillite kit init [--out kit.yaml]          # a commented example: five boards on WiFi
+    faillite kit render kit.yaml --out build/   # build/<node>/ per node, build/_provisioning/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("kit", help="describe a field kit once (kit.yaml), render each node's files")
+    ksub = p.add_subparsers(dest="kit_command", required=True)
+    init = ksub.add_parser("init", help="write a commented example kit.yaml (five boards, WiFi)")
+    init.add_argument("--out", default="kit.yaml", help="where to write it (default: kit.yaml)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.set_defaults(func=cmd_init)
+    render = ksub.add_parser("render", help="one folder per node: config, keys, units, README")
+    render.add_argument("kit", help="the kit description (kit.yaml)")
+    render.add_argument("--out", required=True, help="folder to render into")
+    render.add_argument("--rotate", action="store_true", help="new CA, keys and secrets")
+    render.set_defaults(func=cmd_render)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from field_kit.kit.model import EXAMPLE
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"faillite kit: {out} exists (--force replaces it)", file=sys.stderr)
+        return 2
+    out.write_text(EXAMPLE)
+    print(out)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from faillite.config import ConfigError
+    from faillite.pki import PkiError
+    from field_kit.kit.model import load_kit
+    from field_kit.kit.render import render
+
+    t0 = time.monotonic()
+    try:
+        kit = load_kit(Path(args.kit))
+        folders = render(kit, Path(args.out), rotate=args.rotate)
+    except (ConfigError, PkiError, OSError) as exc:
+        print(f"faillite kit: {exc}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(folder)
+    print(
+        f"rendered {len(folders)} nodes of kit {kit.kit} in {time.monotonic() - t0:.2f} s; "
+        f"keys and the CA in {Path(args.out) / '_provisioning'} (keep it off the nodes)",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,226 @@
+"""``kit.yaml``: one description of a field kit, validated like every config (an unknown key is
+rejected with its path), from which every node's files are rendered (:mod:`.render`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from faillite.config import ConfigError, StrictModel, format_validation_error, load_yaml
+from faillite.topics import check_id
+
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+Role = Literal["broker", "coordinator", "worker", "sensor"]
+
+
+class LinkSettings(StrictModel):
+    """Liveness settings for the nodes on one kind of link (a WiFi link needs more slack)."""
+
+    heartbeat_interval_s: float = Field(gt=0, le=60)
+    keepalive_s: int = Field(ge=1, le=3600)
+
+
+def _default_links() -> dict[str, LinkSettings]:
+    return {
+        "lan": LinkSettings(heartbeat_interval_s=0.1, keepalive_s=3),
+        "wifi": LinkSettings(heartbeat_interval_s=0.25, keepalive_s=5),
+    }
+
+
+class Node(StrictModel):
+    id: Id
+    host: str = Field(min_length=1, max_length=253)  # address or name the others reach it by
+    arch: Literal["x86_64", "aarch64"]
+    device_class: str = Field(min_length=1, max_length=64)  # a profile of the catalog
+    accelerator: Literal["none", "cuda", "tensorrt"] = "none"
+    memory_mb: float = Field(gt=0)
+    gpu_memory_mb: float = Field(default=0, ge=0)
+    disk_mb: float = Field(gt=0)  # the budget for model files
+    failure_domain: str = Field(min_length=1, max_length=64)
+    link: str = "wifi"
+    roles: tuple[Role, ...] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("node", v)
+
+
+class BrokerSpec(StrictModel):
+    node: Id
+    kind: Literal["mosquitto", "amqtt"] = "mosquitto"
+    port: int = Field(default=8883, ge=1, le=65535)
+
+
+class Camera(StrictModel):
+    id: Id
+    node: Id  # the node whose sensor process reads it
+    source: str = Field(min_length=1, max_length=1024)
+    fps: float = Field(default=10.0, gt=0, le=240)
+    width: int = Field(default=640, ge=16, le=7680)
+    height: int = Field(default=480, ge=16, le=4320)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("sensor", v)
+
+
+class App(StrictModel):
+    id: Id
+    camera: Id
+    family: str = Field(min_length=1, max_length=64)
+    critical: bool = False
+    slo_ms: float = Field(default=250.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("app", v)
+
+
+class Kit(StrictModel):
+    kit: Id  # the mesh id
+    links: dict[str, LinkSettings] = Field(default_factory=_default_links)
+    nodes: tuple[Node, ...] = Field(min_length=1)
+    broker: BrokerSpec
+    cameras: tuple[Camera, ...] = ()
+    apps: tuple[App, ...] = ()
+    observers: tuple[Id, ...] = ("ops",)  # operator accounts (faillite watch, MQTT Explorer)
+
+    @field_validator("kit")
+    @classmethod
+    def _kit(cls, v: str) -> str:
+        return check_id("kit", v)
+
+    @model_validator(mode="after")
+    def _references(self) -> Kit:
+        nodes = {n.id: n for n in self.nodes}
+        for kind, ids in (
+            ("node", [n.id for n in self.nodes]),
+            ("camera", [c.id for c in self.cameras]),
+            ("app", [a.id for a in self.apps]),
+        ):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} ids: {', '.join(dupes)}")
+        for n in self.nodes:
+            if n.link not in self.links:
+                raise ValueError(f"node {n.id!r}: link {n.link!r} is not one of links")
+        broker = nodes.get(self.broker.node)
+        if broker is None or "broker" not in broker.roles:
+            raise ValueError(f"broker.node {self.broker.node!r} must be a node with role broker")
+        if sum("broker" in n.roles for n in self.nodes) != 1:
+            raise ValueError("exactly one node has the broker role (more brokers: issue 11)")
+        if not any("coordinator" in n.roles for n in self.nodes):
+            raise ValueError("no node has the coordinator role")
+        cameras = {c.id for c in self.cameras}
+        for c in self.cameras:
+            node = nodes.get(c.node)
+            if node is None or "sensor" not in node.roles:
+                raise ValueError(f"camera {c.id!r}: node {c.node!r} must have role sensor")
+        for a in self.apps:
+            if a.camera not in cameras:
+                raise ValueError(f"app {a.id!r} names unknown camera {a.camera!r}")
+        return self
+
+    def with_role(self, role: Role) -> list[Node]:
+        return [n for n in self.nodes if role in n.roles]
+
+    def node(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.id == node_id)
+
+
+def load_kit(path: Path) -> Kit:
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, not {type(data).__name__}")
+    try:
+        return Kit.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+
+
+EXAMPLE = """\
+# A FailLite field kit: five Jetson Orin NX boards on the kit's WiFi, two cameras.
+# `faillite kit render kit.yaml --out build/` writes one folder per node from this file.
+kit: recon1                      # the mesh id: one per kit
+
+links:                           # liveness per kind of link (a WiFi link needs more slack)
+  wifi: {heartbeat_interval_s: 0.25, keepalive_s: 5}
+  lan: {heartbeat_interval_s: 0.1, keepalive_s: 3}
+
+broker:
+  node: orin1                    # the one node that runs the broker
+  kind: mosquitto                # or amqtt (the embedded broker)
+  port: 8883                     # TLS with the kit's own CA
+
+nodes:
+  - id: orin1
+    host: 10.42.0.11             # the address the other nodes reach it by
+    arch: aarch64
+    device_class: jetson-orin-nx # a device profile of the model catalog
+    accelerator: tensorrt        # none | cuda | tensorrt (engines built by faillite profile)
+    memory_mb: 16384
+    gpu_memory_mb: 16384         # Jetson: shared with the CPU
+    disk_mb: 20000               # budget for model files on this node
+    failure_domain: pack-a       # nodes that fail together (one battery, one backpack)
+    link: wifi
+    roles: [broker, coordinator, worker]
+  - id: orin2
+    host: 10.42.0.12
+    arch: aarch64
+    device_class: jetson-orin-nx
+    accelerator: tensorrt
+    memory_mb: 16384
+    gpu_memory_mb: 16384
+    disk_mb: 20000
+    failure_domain: pack-b
+    link: wifi
+    roles: [coordinator, worker, sensor]   # a standby coordinator
+  - id: orin3
+    host: 10.42.0.13
+    arch: aarch64
+    device_class: jetson-orin-nx
+    accelerator: tensorrt
+    memory_mb: 16384
+    gpu_memory_mb: 16384
+    disk_mb: 20000
+    failure_domain: pack-c
+    link: wifi
+    roles: [worker, sensor]
+  - id: orin4
+    host: 10.42.0.14
+    arch: aarch64
+    device_class: jetson-orin-nx
+    accelerator: tensorrt
+    memory_mb: 16384
+    gpu_memory_mb: 16384
+    disk_mb: 8000
+    failure_domain: pack-d
+    link: wifi
+    roles: [worker]
+  - id: orin5
+    host: 10.42.0.15
+    arch: aarch64
+    device_class: jetson-orin-nx
+    accelerator: tensorrt
+    memory_mb: 8192
+    gpu_memory_mb: 8192
+    disk_mb: 8000
+    failure_domain: pack-e
+    link: wifi
+    roles: [worker]
+
+cameras:
+  - {id: cam-north, node: orin2, source: "rtsp://10.42.0.21/stream1", fps: 10}
+  - {id: cam-south, node: orin3, source: "rtsp://10.42.0.22/stream1", fps: 10}
+
+apps:
+  - {id: north-watch, camera: cam-north, family: efficientnet_lite, critical: true, slo_ms: 250}
+  - {id: south-watch, camera: cam-south, family: efficientnet_lite, slo_ms: 400}
+
+observers: [ops]                 # operator accounts: faillite watch, MQTT Explorer
+"""

@@ -1,0 +1,347 @@
+"""``faillite kit render``: a kit description into one folder per node, laid out like the node's
+root file system (``cp -a build/orin1/etc /`` puts everything in place).
+
+Per node: ``etc/faillite/mesh.yaml`` (its own broker and liveness settings), the secrets of the
+identities it runs and nothing else, the kit CA's certificate, the coordinators' public signing
+key (the private one on coordinator nodes only), on the broker node the broker's certificate,
+the password hashes and the broker's own config (Mosquitto with TLS, per-identity ACL and the
+login firewall, or the embedded broker), systemd units for its roles, and a README for the
+person at that board.
+
+Keys, certificates and secrets are made once, in ``<out>/_provisioning/`` (the CA key and the
+operators' secrets stay there, never in a node folder), and reused by every later render:
+rendering is deterministic, the same kit giving the same bytes, keys included, until
+``--rotate`` makes new ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+import yaml
+
+from broker.mosquitto import write_mosquitto_config
+from faillite import pki
+from faillite.accounts import add_account, secret_path
+from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig, packaged_config
+from faillite.identity import AclScope, Identity
+from faillite.signing import generate_key
+from faillite.topics import Role
+from field_kit.kit.model import Kit, Node
+
+ETC: Final = PurePosixPath("/etc/faillite")
+VAR: Final = PurePosixPath("/var/lib/faillite")
+VENV: Final = PurePosixPath("/opt/faillite/venv")
+SERVICE_USER: Final = "faillite"
+SECRET_MODE: Final = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioning:
+    """The kit's keys, made once: CA, broker certificate, accounts, signing key."""
+
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def passwd(self) -> Path:
+        return self.root / "accounts" / "passwd"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "accounts" / "secrets"
+
+    @property
+    def signing(self) -> Path:
+        return self.root / "signing"
+
+
+def identities(kit: Kit, node: Node) -> list[Identity]:
+    """The identities whose processes run on ``node``."""
+    out: list[Identity] = []
+    if "coordinator" in node.roles:
+        out.append(Identity(kit.kit, Role.COORDINATOR, node.id))
+    if "worker" in node.roles:
+        out.append(Identity(kit.kit, Role.WORKER, node.id))
+    out += [Identity(kit.kit, Role.SENSOR, c.id) for c in kit.cameras if c.node == node.id]
+    return out
+
+
+def all_identities(kit: Kit) -> list[Identity]:
+    observers = [Identity(kit.kit, Role.OBSERVER, o) for o in kit.observers]
+    return [i for n in kit.nodes for i in identities(kit, n)] + observers
+
+
+def provision(kit: Kit, prov: Provisioning, *, rotate: bool = False) -> None:
+    """Make what is missing (everything with ``rotate``)."""
+    broker = kit.node(kit.broker.node)
+    if rotate or not (prov.ca / pki.CA_CERT).exists():
+        pki.init_ca(prov.ca, common_name=f"FailLite kit {kit.kit} CA", overwrite=True)
+        pki.issue_server(prov.ca, "broker", [broker.host], overwrite=True)
+    if rotate or not (prov.signing / "signing.key").exists():
+        prov.signing.mkdir(parents=True, exist_ok=True)
+        generate_key(prov.signing, overwrite=True)
+    for identity in all_identities(kit):
+        if rotate or not secret_path(prov.secrets, identity).exists():
+            add_account(prov.passwd, prov.secrets, identity, replace=True)
+
+
+def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    dst.chmod(mode)
+
+
+def _local(folder: Path, path: PurePosixPath) -> Path:
+    """Where the file that lives at ``path`` on the node goes in its folder."""
+    return folder / str(path).lstrip("/")
+
+
+def _worker(kit: Kit, node: Node) -> dict[str, Any]:
+    backend: dict[str, Any]
+    if node.accelerator == "tensorrt":
+        backend = {"type": "tensorrt", "engines_dir": str(VAR / "engines")}
+    elif node.accelerator == "cuda":
+        backend = {
+            "type": "onnxruntime",
+            "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        }
+    else:
+        backend = {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]}
+    return {
+        "id": node.id,
+        "device_class": node.device_class,
+        "memory_mb": node.gpu_memory_mb or node.memory_mb,
+        "disk_mb": node.disk_mb,
+        "failure_domain": node.failure_domain,
+        "heartbeat_interval_s": kit.links[node.link].heartbeat_interval_s,
+        "backend": backend,
+    }
+
+
+def mesh_document(kit: Kit, node: Node) -> dict[str, Any]:
+    """The mesh config ``node`` runs with (its link's liveness, its own keys' paths)."""
+    broker_node = kit.node(kit.broker.node)
+    tls: dict[str, Any] = {"ca_certs": str(ETC / "tls" / pki.CA_CERT)}
+    broker: dict[str, Any] = {
+        "host": broker_node.host,
+        "port": kit.broker.port,
+        "keepalive_s": kit.links[node.link].keepalive_s,
+        "secrets_dir": str(ETC / "secrets"),
+    }
+    if node.id == broker_node.id:
+        broker["host"] = "0.0.0.0"  # allowed: every client has its own account
+        broker["password_file"] = str(ETC / "broker" / "passwd")
+        tls["server"] = {
+            "certfile": str(ETC / "tls" / "broker.crt"),
+            "keyfile": str(ETC / "tls" / "broker.key"),
+        }
+    broker["tls"] = tls
+    signing: dict[str, Any] = {"public_key": str(ETC / "signing" / "signing.pub")}
+    if "coordinator" in node.roles:
+        signing["private_key"] = str(ETC / "signing" / "signing.key")
+    return {
+        "mesh": kit.kit,
+        "catalog": "catalog.yaml",
+        "models_dir": str(VAR / "models"),
+        "broker": broker,
+        "sensors": [
+            {"id": c.id, "source": c.source, "fps": c.fps, "width": c.width, "height": c.height}
+            for c in kit.cameras
+        ],
+        "apps": [
+            {
+                "id": a.id,
+                "sensor": a.camera,
+                "family": a.family,
+                "critical": a.critical,
+                "slo_ms": a.slo_ms,
+            }
+            for a in kit.apps
+        ],
+        "workers": [_worker(kit, n) for n in kit.with_role("worker")],
+        "coordinator": {
+            "type": "planner",
+            "ids": [n.id for n in kit.with_role("coordinator")],
+            "signing": signing,
+        },
+    }
+
+
+def _unit(description: str, exec_start: str, *, after: list[str], user: str | None) -> str:
+    lines = [
+        "[Unit]",
+        f"Description={description}",
+        "Wants=network-online.target",
+        f"After={' '.join(['network-online.target', *after])}",
+        "",
+        "[Service]",
+        *([f"User={user}"] if user else []),
+        "Environment=FAILLITE_LOG_FORMAT=json",
+        f"ExecStart={exec_start}",
+        "Restart=always",
+        "RestartSec=1",
+        # The mesh's own heartbeats and the coordinator judge liveness; systemd restarts.
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def units(kit: Kit, node: Node) -> dict[str, str]:
+    """systemd units of ``node``'s roles: file name -> text."""
+    cfg = ETC / "mesh.yaml"
+    fl = VENV / "bin" / "faillite"
+    local_broker = ["faillite-broker.service"] if "broker" in node.roles else []
+    out: dict[str, str] = {}
+    if "broker" in node.roles:
+        if kit.broker.kind == "mosquitto":
+            conf = ETC / "broker"
+            out["faillite-broker.service"] = _unit(
+                f"FailLite kit {kit.kit}: Mosquitto broker",
+                f"/usr/sbin/mosquitto -c {conf / 'mosquitto.conf'}",
+                after=[],
+                user=None,  # Mosquitto drops to its own user (mosquitto.conf)
+            ).replace(
+                "ExecStart=",
+                f"ExecStartPre=/usr/sbin/nft -f {conf / 'nftables.conf'}\nExecStart=",
+            )
+        else:
+            out["faillite-broker.service"] = _unit(
+                f"FailLite kit {kit.kit}: embedded broker",
+                f"{fl} broker --config {cfg}",
+                after=[],
+                user=SERVICE_USER,
+            )
+    coordinators = [n.id for n in kit.with_role("coordinator")]
+    if "coordinator" in node.roles:
+        rank = coordinators.index(node.id)
+        standby = f" --standby --rank {rank}" if rank else ""
+        out["faillite-coordinator.service"] = _unit(
+            f"FailLite kit {kit.kit}: coordinator {node.id}",
+            f"{fl} coordinator --config {cfg} --id {node.id}{standby}",
+            after=local_broker,
+            user=SERVICE_USER,
+        )
+    if "worker" in node.roles:
+        out["faillite-worker.service"] = _unit(
+            f"FailLite kit {kit.kit}: worker {node.id}",
+            f"{fl} worker --config {cfg} --id {node.id}",
+            after=local_broker,
+            user=SERVICE_USER,
+        )
+    for cam in (c for c in kit.cameras if c.node == node.id):
+        out[f"faillite-sensor-{cam.id}.service"] = _unit(
+            f"FailLite kit {kit.kit}: camera {cam.id}",
+            f"{fl} sensor --config {cfg} --id {cam.id}",
+            after=local_broker,
+            user=SERVICE_USER,
+        )
+    return out
+
+
+def _readme(kit: Kit, node: Node, unit_names: list[str], secrets: list[str]) -> str:
+    owned = "/etc/faillite/secrets /etc/faillite/signing /var/lib/faillite"
+    owners = [f"    chown -R faillite: {owned}"]
+    if "broker" in node.roles:
+        # Mosquitto 2 drops to its own user before it reads its password file and key.
+        who = "mosquitto" if kit.broker.kind == "mosquitto" else "faillite"
+        owners.append(f"    chown {who}: /etc/faillite/broker/passwd /etc/faillite/tls/broker.key")
+    return "\n".join(
+        [
+            f"# Node {node.id} of kit {kit.kit}",
+            "",
+            f"{node.device_class} ({node.arch}, accelerator {node.accelerator}) at {node.host};"
+            f" roles: {', '.join(node.roles)}.",
+            "",
+            "Install (as root):",
+            "",
+            "    cp -a etc /",
+            "    useradd --system --home /var/lib/faillite faillite || true",
+            "    mkdir -p /var/lib/faillite",
+            *owners,
+            "    systemctl daemon-reload",
+            f"    systemctl enable --now {' '.join(unit_names)}",
+            "",
+            "What is here: `etc/faillite/mesh.yaml` (this node's config), the kit CA's certificate,"
+            " the coordinators' public signing key, and the secrets of this node's own identities"
+            f" ({', '.join(secrets) or 'none'}); nothing of any other node.",
+            "Keep `etc/faillite/secrets/` and any `.key` readable by root and faillite only.",
+            "",
+        ]
+    )
+
+
+def render(kit: Kit, out: Path, *, rotate: bool = False) -> list[Path]:
+    """Render every node of ``kit`` into ``out/<node>/``; returns the node folders."""
+    prov = Provisioning(out / "_provisioning")
+    provision(kit, prov, rotate=rotate)
+    scope = AclScope.of((n.id for n in kit.with_role("worker")), (a.id for a in kit.apps))
+    folders: list[Path] = []
+    for node in kit.nodes:
+        folder = out / node.id
+        if folder.exists():
+            shutil.rmtree(folder)
+        etc = _local(folder, ETC)
+        etc.mkdir(parents=True)
+        doc = mesh_document(kit, node)
+        (etc / "mesh.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        _copy(packaged_config("catalog.yaml"), etc / "catalog.yaml")
+        _copy(prov.ca / pki.CA_CERT, etc / "tls" / pki.CA_CERT)
+        _copy(prov.signing / "signing.pub", etc / "signing" / "signing.pub")
+        if "coordinator" in node.roles:
+            _copy(prov.signing / "signing.key", etc / "signing" / "signing.key", SECRET_MODE)
+        mine = identities(kit, node)
+        for identity in mine:
+            src = secret_path(prov.secrets, identity)
+            _copy(src, etc / "secrets" / src.name, SECRET_MODE)
+        if "broker" in node.roles:
+            _copy(prov.ca / "broker.crt", etc / "tls" / "broker.crt")
+            _copy(prov.ca / "broker.key", etc / "tls" / "broker.key", SECRET_MODE)
+            _copy(prov.passwd, etc / "broker" / "passwd", SECRET_MODE)
+            if kit.broker.kind == "mosquitto":
+                _mosquitto(kit, doc, etc / "broker", scope)
+        names = units(kit, node)
+        for name, text in names.items():
+            unit = _local(folder, PurePosixPath("/etc/systemd/system") / name)
+            unit.parent.mkdir(parents=True, exist_ok=True)
+            unit.write_text(text)
+        secrets = [i.name for i in mine]
+        (folder / "README.md").write_text(_readme(kit, node, sorted(names), secrets))
+        folders.append(folder)
+    return folders
+
+
+def _mosquitto(kit: Kit, doc: dict[str, Any], where: Path, scope: AclScope) -> None:
+    b = doc["broker"]
+    server = b["tls"]["server"]
+    cfg = BrokerConfig(
+        host=b["host"],
+        port=b["port"],
+        keepalive_s=b["keepalive_s"],
+        password_file=Path(b["password_file"]),
+        tls=TlsConfig(
+            ca_certs=Path(b["tls"]["ca_certs"]),
+            server=TlsServerConfig(
+                certfile=Path(server["certfile"]), keyfile=Path(server["keyfile"])
+            ),
+        ),
+    )
+    write_mosquitto_config(
+        cfg,
+        kit.kit,
+        where,
+        install_dir=Path(str(ETC / "broker")),
+        persistence_dir=Path("/var/lib/mosquitto"),
+        run_as="mosquitto",
+        scope=scope,
+        identities=all_identities(kit),
+    )

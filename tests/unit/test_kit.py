@@ -1,0 +1,192 @@
+"""The kit description (kit.yaml) and what ``faillite kit render`` makes of it: validation with
+paths, one folder per node holding only its own secrets, deterministic output, configs every
+role and Mosquitto accept. Files only; nothing is installed or started."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from faillite.accounts import read_password_file
+from faillite.config import ConfigError, load_mesh_config
+from field_kit.kit.model import EXAMPLE, Kit, load_kit
+from field_kit.kit.render import render
+
+
+@pytest.fixture
+def kit_file(tmp_path: Path) -> Path:
+    path = tmp_path / "kit.yaml"
+    path.write_text(EXAMPLE)
+    return path
+
+
+def _edit(path: Path, change: dict[str, object]) -> Path:
+    data = yaml.safe_load(path.read_text())
+    data.update(change)
+    out = path.with_name("edited.yaml")
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_the_example_is_a_five_board_wifi_kit(kit_file: Path) -> None:
+    kit = load_kit(kit_file)
+    assert len(kit.nodes) == 5 and {n.link for n in kit.nodes} == {"wifi"}
+    assert {n.arch for n in kit.nodes} == {"aarch64"}
+    assert [n.id for n in kit.with_role("broker")] == [kit.broker.node]
+
+
+def test_unknown_keys_and_bad_references_are_refused_with_their_place(kit_file: Path) -> None:
+    data = yaml.safe_load(kit_file.read_text())
+    data["nodes"][2]["gpu_memroy_mb"] = 1
+    bad = kit_file.with_name("bad.yaml")
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"nodes\.2\.gpu_memroy_mb"):
+        load_kit(bad)
+    cases = {
+        "names unknown camera": {"apps": [{"id": "x", "camera": "nope", "family": "f"}]},
+        "must have role sensor": {"cameras": [{"id": "c", "node": "orin4", "source": "0"}]},
+        "must be a node with role broker": {"broker": {"node": "orin3"}},
+    }
+    for why, change in cases.items():
+        with pytest.raises(ConfigError, match=why):
+            load_kit(_edit(kit_file, change))
+
+
+def test_each_node_gets_its_own_secrets_and_nothing_of_another(
+    kit_file: Path, tmp_path: Path
+) -> None:
+    kit = load_kit(kit_file)
+    out = tmp_path / "build"
+    render(kit, out)
+    prov = out / "_provisioning"
+    hashes = read_password_file(prov / "accounts" / "passwd")
+    seen: dict[str, str] = {}
+    for node in kit.nodes:
+        folder = out / node.id
+        secrets = sorted((folder / "etc/faillite/secrets").iterdir())
+        expected = {f"recon1.worker.{node.id}"} if "worker" in node.roles else set()
+        expected |= {f"recon1.coordinator.{node.id}"} if "coordinator" in node.roles else set()
+        expected |= {f"recon1.sensor.{c.id}" for c in kit.cameras if c.node == node.id}
+        assert {p.name.removesuffix(".secret") for p in secrets} == expected
+        for p in secrets:
+            name = p.name.removesuffix(".secret")
+            assert hashes[name].verify(p.read_text().strip())  # the broker will admit it
+            assert name not in seen, f"{name} on {seen.get(name)} and {node.id}"
+            seen[name] = node.id
+            assert p.stat().st_mode & 0o777 == 0o600
+        names = {p.name for p in folder.rglob("*") if p.is_file()}
+        assert "ca.key" not in names and "recon1.observer.ops.secret" not in names
+        assert ("signing.key" in names) == ("coordinator" in node.roles)
+        assert ("passwd" in names) == ("broker" in node.roles)
+        assert ("broker.key" in names) == ("broker" in node.roles)
+
+
+def test_rendering_is_deterministic_keys_included_until_rotated(
+    kit_file: Path, tmp_path: Path
+) -> None:
+    kit = load_kit(kit_file)
+    out = tmp_path / "build"
+    render(kit, out)
+    first = {n.id: _files(out / n.id) for n in kit.nodes}
+    render(kit, out)
+    assert {n.id: _files(out / n.id) for n in kit.nodes} == first
+    render(kit, out, rotate=True)
+    rotated = _files(out / "orin1")
+    assert rotated["etc/faillite/mesh.yaml"] == first["orin1"]["etc/faillite/mesh.yaml"]
+    assert rotated["etc/faillite/tls/ca.crt"] != first["orin1"]["etc/faillite/tls/ca.crt"]
+    secret = "etc/faillite/secrets/recon1.worker.orin1.secret"
+    assert rotated[secret] != first["orin1"][secret]
+
+
+def test_rendered_configs_load_and_follow_each_nodes_link(kit_file: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(kit_file.read_text())
+    data["nodes"][4]["link"] = "lan"  # orin5 on a cable
+    kit = Kit.model_validate(data)
+    out = tmp_path / "build"
+    render(kit, out)
+    broker = load_mesh_config(out / "orin1/etc/faillite/mesh.yaml")
+    assert broker.broker.password_file is not None and broker.broker.tls is not None
+    assert broker.broker.tls.server is not None and not broker.broker.open_to_anyone
+    node5 = load_mesh_config(out / "orin5/etc/faillite/mesh.yaml")
+    assert node5.broker.host == "10.42.0.11" and node5.broker.password_file is None
+    assert node5.broker.keepalive_s == 3  # its link's
+    assert node5.coordinator.signing is not None and node5.coordinator.signing.private_key is None
+    workers = {w.id: w for w in node5.workers}
+    assert (
+        workers["orin5"].heartbeat_interval_s == 0.1
+        and workers["orin1"].heartbeat_interval_s == 0.25
+    )
+    assert workers["orin4"].backend.type == "tensorrt"
+    assert node5.coordinator.ids == ("orin1", "orin2")
+
+
+def test_broker_and_units(kit_file: Path, tmp_path: Path) -> None:
+    kit = load_kit(kit_file)
+    out = tmp_path / "build"
+    render(kit, out)
+    conf = (out / "orin1/etc/faillite/broker/mosquitto.conf").read_text()
+    for line in (
+        "listener 8883 0.0.0.0",
+        "allow_anonymous false",
+        "use_username_as_clientid true",
+        "password_file /etc/faillite/broker/passwd",
+        "cafile /etc/faillite/tls/ca.crt",
+        "user mosquitto",
+    ):
+        assert line in conf.splitlines(), line
+    acl = (out / "orin1/etc/faillite/broker/acl").read_text()
+    assert "user recon1.worker.orin5\n" in acl and "user recon1.observer.ops\n" in acl
+    assert "topic write faillite/recon1/apps/north-watch/results/orin3" in acl
+    units = out / "orin2/etc/systemd/system"
+    assert sorted(p.name for p in units.iterdir()) == [
+        "faillite-coordinator.service",
+        "faillite-sensor-cam-north.service",
+        "faillite-worker.service",
+    ]
+    coord = (units / "faillite-coordinator.service").read_text()
+    assert "--id orin2 --standby --rank 1" in coord and "Restart=always" in coord
+    leader = (out / "orin1/etc/systemd/system/faillite-coordinator.service").read_text()
+    assert "--standby" not in leader and "After=network-online.target faillite-broker" in leader
+    broker_unit = (out / "orin1/etc/systemd/system/faillite-broker.service").read_text()
+    assert "ExecStartPre=/usr/sbin/nft -f /etc/faillite/broker/nftables.conf" in broker_unit
+    embedded = Kit.model_validate(
+        {**yaml.safe_load(kit_file.read_text()), "broker": {"node": "orin1", "kind": "amqtt"}}
+    )
+    render(embedded, tmp_path / "embedded")
+    unit = (tmp_path / "embedded/orin1/etc/systemd/system/faillite-broker.service").read_text()
+    assert "faillite broker --config /etc/faillite/mesh.yaml" in unit
+    assert not (tmp_path / "embedded/orin1/etc/faillite/broker/mosquitto.conf").exists()
+
+
+def test_kit_cli_init_and_render(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-P", "-m", "faillite", "kit", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    assert run("init").returncode == 0 and (tmp_path / "kit.yaml").exists()
+    again = run("init")
+    assert again.returncode == 2 and "exists" in again.stderr
+    rendered = run("render", "kit.yaml", "--out", "build")
+    assert rendered.returncode == 0, rendered.stderr
+    assert len(rendered.stdout.split()) == 5 and "rendered 5 nodes" in rendered.stderr
+    (tmp_path / "bad.yaml").write_text("kit: x\nnodes: []\n")
+    bad = run("render", "bad.yaml", "--out", "b2")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
