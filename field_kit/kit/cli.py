@@ -4,6 +4,7 @@
 
     faillite kit init [--out kit.yaml]          # a commented example: five boards on WiFi
     faillite kit render kit.yaml --out build/   # build/<node>/ per node, build/_provisioning/
+    faillite kit stage kit.yaml --out build/ --models-dir DIR  # each node's model files
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def register(sub: Any) -> None:
     render.add_argument("--out", required=True, help="folder to render into")
     render.add_argument("--rotate", action="store_true", help="new CA, keys and secrets")
     render.set_defaults(func=cmd_render)
+    stage = ksub.add_parser(
+        "stage", help="copy and verify the model files each node must hold, under its budget"
+    )
+    stage.add_argument("kit", help="the kit description (kit.yaml)")
+    stage.add_argument("--out", required=True, help="the rendered kit's folder")
+    stage.add_argument("--models-dir", required=True, help="where the model files are")
+    stage.add_argument("--method", default="lp", choices=["lp", "milp", "greedy"])
+    stage.set_defaults(func=cmd_stage)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -59,6 +68,30 @@ def cmd_render(args: argparse.Namespace) -> int:
     print(
         f"rendered {len(folders)} nodes of kit {kit.kit} in {time.monotonic() - t0:.2f} s; "
         f"keys and the CA in {Path(args.out) / '_provisioning'} (keep it off the nodes)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from faillite.catalog import load_catalog
+    from faillite.config import ConfigError, packaged_config
+    from field_kit.kit.model import load_kit
+    from field_kit.kit.stage import StageError, report, stage
+
+    t0 = time.monotonic()
+    try:
+        kit = load_kit(Path(args.kit))
+        catalog = load_catalog(packaged_config("catalog.yaml"))
+        stages = stage(kit, catalog, Path(args.models_dir), Path(args.out), method=args.method)
+    except (ConfigError, StageError, OSError) as exc:
+        print(f"faillite kit: {exc}", file=sys.stderr)
+        return 2
+    print(report(stages))
+    lost = stages.apps_losing_protection
+    print(
+        f"staged in {time.monotonic() - t0:.1f} s"
+        + (f"; apps losing protection: {', '.join(lost)}" if lost else "; every file fits"),
         file=sys.stderr,
     )
     return 0

@@ -1,0 +1,202 @@
+"""``faillite kit stage``: which model files each node must hold, decided by the planner under
+each node's disk budget, copied into its folder and verified.
+
+What is not on a node's disk cannot serve there, so a node holds, in this order while its
+``disk_mb`` lasts: the variants of the primaries the plan puts on it, of its warm backups, of
+its cold backups (the smaller first rung too), then every variant its failover table may load
+or upgrade to on it. What does not fit is reported with the apps that lose protection because
+of it. A node never needs the network to fail over: whatever its table calls on is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Final, Literal
+
+from coordinator.planner import Method, ProblemError
+from coordinator.planning import PlanRequest, SolverPlanner
+from faillite.catalog import Catalog
+from faillite.config import MeshConfig
+from field_kit.kit.model import Kit
+from field_kit.kit.render import VAR, mesh_document
+
+Why = Literal["primary", "warm", "cold", "failover"]
+PRIORITY: Final[dict[Why, int]] = {"primary": 0, "warm": 1, "cold": 2, "failover": 3}
+MODELS: Final = VAR / "models"
+MANIFEST: Final = "stage.json"
+
+
+class StageError(RuntimeError):
+    """A kit that cannot be staged (no profile for a device class, a missing model file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    variant: str
+    file: str
+    size_mb: float
+    why: Why
+    apps: tuple[str, ...]
+    sha256: str = ""
+
+
+@dataclass
+class NodeStage:
+    node: str
+    budget_mb: float
+    files: list[StagedFile] = field(default_factory=list)
+    left_out: list[StagedFile] = field(default_factory=list)  # over the budget
+
+    @property
+    def used_mb(self) -> float:
+        return sum(f.size_mb for f in self.files)
+
+    @property
+    def unprotected(self) -> list[str]:
+        """Apps that lose a primary or a backup on this node because a file did not fit."""
+        return sorted({a for f in self.left_out for a in f.apps})
+
+
+@dataclass
+class KitStage:
+    nodes: list[NodeStage]
+    # Apps the plan itself could give no backup (or no primary): nothing fits anywhere.
+    unprotected: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def apps_losing_protection(self) -> list[str]:
+        return sorted(set(self.unprotected) | {a for st in self.nodes for a in st.unprotected})
+
+
+def _wanted(
+    kit: Kit, catalog: Catalog, method: Method
+) -> tuple[dict[str, list[StagedFile]], dict[str, str]]:
+    node = kit.with_role("worker")[0]
+    mesh = MeshConfig.model_validate(mesh_document(kit, node))
+    planner = SolverPlanner(mesh, catalog, method)
+    try:
+        result = planner.plan(
+            PlanRequest("stage", frozenset(w.id for w in mesh.workers), models_on_disk={})
+        )
+    except ProblemError as exc:
+        raise StageError(f"{exc} (faillite profile measures it on the device)") from exc
+    if result is None:
+        raise StageError("the kit has no worker to plan on")
+    wants: dict[str, dict[str, tuple[Why, set[str]]]] = {w.id: {} for w in mesh.workers}
+
+    def want(server: str, variant: str, why: Why, app: str) -> None:
+        cur = wants[server].get(variant)
+        if cur is None:
+            wants[server][variant] = (why, {app})
+            return
+        best = why if PRIORITY[why] < PRIORITY[cur[0]] else cur[0]
+        wants[server][variant] = (best, cur[1] | {app})
+
+    placement = result.placement
+    for app, a in placement.primary.items():
+        want(a.server, a.variant, "primary", app)
+    for app, b in placement.backups.items():
+        kind: Why = "warm" if b.kind == "warm" else "cold"
+        want(b.server, b.variant, kind, app)
+        if b.first is not None:
+            want(b.server, b.first, kind, app)
+    for plan in (result.table or {}).values():
+        for step in plan.steps():
+            if step.action in ("load", "upgrade"):
+                want(step.server, step.variant, "failover", step.app)
+    out: dict[str, list[StagedFile]] = {}
+    for server, variants in wants.items():
+        files = [
+            StagedFile(
+                v,
+                catalog.variant(v).file,
+                catalog.variant(v).file_size_mb,
+                why,
+                tuple(sorted(apps)),
+            )
+            for v, (why, apps) in variants.items()
+        ]
+        # Most needed first; among equals the smaller, so more fits.
+        out[server] = sorted(files, key=lambda f: (PRIORITY[f.why], f.size_mb, f.variant))
+    unprotected = {a: "no backup fits" for a in placement.unprotected()}
+    unprotected |= {a: f"not placed: {why}" for a, why in placement.unplaced.items()}
+    return out, unprotected
+
+
+def plan_stage(kit: Kit, catalog: Catalog, *, method: Method = "lp") -> KitStage:
+    """What each worker node holds under its budget, and what it had to leave out. The
+    planner already places within every node's disk budget; what its failover tables call on
+    beyond that is left out here, most needed files kept first."""
+    wants, unprotected = _wanted(kit, catalog, method)
+    stages: list[NodeStage] = []
+    for node in kit.with_role("worker"):
+        st = NodeStage(node.id, node.disk_mb)
+        for f in wants.get(node.id, []):
+            (st.files if st.used_mb + f.size_mb <= node.disk_mb else st.left_out).append(f)
+        stages.append(st)
+    return KitStage(stages, unprotected)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stage(
+    kit: Kit, catalog: Catalog, models_dir: Path, out: Path, *, method: Method = "lp"
+) -> KitStage:
+    """Copy each node's files from ``models_dir`` into ``out/<node>/var/lib/faillite/models``,
+    verify each copy (sha256), and write the manifest ``stage.json`` beside them."""
+    stages = plan_stage(kit, catalog, method=method)
+    for st in stages.nodes:
+        dest = out / st.node / str(MODELS).lstrip("/")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        verified: list[StagedFile] = []
+        for f in st.files:
+            src = models_dir / f.file
+            if not src.is_file():
+                raise StageError(f"{src}: missing (faillite models build makes it)")
+            want = _sha256(src)
+            shutil.copyfile(src, dest / f.file)
+            got = _sha256(dest / f.file)
+            if got != want:
+                raise StageError(f"{dest / f.file}: copy differs from {src} (sha256)")
+            verified.append(StagedFile(**{**asdict(f), "sha256": got}))
+        st.files = verified
+        (dest / MANIFEST).write_text(json.dumps(manifest(st), indent=2, sort_keys=True) + "\n")
+    return stages
+
+
+def manifest(st: NodeStage) -> dict[str, object]:
+    return {
+        "node": st.node,
+        "budget_mb": st.budget_mb,
+        "used_mb": round(st.used_mb, 2),
+        "files": [asdict(f) for f in st.files],
+        "left_out": [asdict(f) for f in st.left_out],
+        "unprotected_apps": st.unprotected,
+        "models_dir": str(PurePosixPath(MODELS)),
+    }
+
+
+def report(stages: KitStage) -> str:
+    lines = [
+        f"{'node':<10} {'files':>5} {'MB':>8} {'budget':>8}  left out (apps losing protection)"
+    ]
+    for st in stages.nodes:
+        left = ", ".join(f"{f.variant} ({', '.join(f.apps)})" for f in st.left_out) or "-"
+        lines.append(
+            f"{st.node:<10} {len(st.files):>5} {st.used_mb:>8.1f} {st.budget_mb:>8.0f}  {left}"
+        )
+    for app, why in sorted(stages.unprotected.items()):
+        lines.append(f"{app}: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""``faillite kit stage``: the planner decides each node's model files under its disk budget;
+they are copied and verified, and what does not fit is reported with the apps it costs. Real
+planner (CVXPY + HiGHS), real model files; a CPU kit, since the catalog profiles CPUs here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from faillite.catalog import Catalog
+from field_kit.kit.model import EXAMPLE, Kit
+from field_kit.kit.stage import StageError, plan_stage, stage
+
+
+def cpu_kit(disk_mb: dict[str, float], *, workers: int = 5, memory_mb: float = 1024) -> Kit:
+    data = yaml.safe_load(EXAMPLE)
+    for n in data["nodes"][workers:]:
+        n["roles"] = [r for r in n["roles"] if r != "worker"] or ["sensor"]
+    for n in data["nodes"]:
+        n.update(arch="x86_64", device_class="cpu", accelerator="none", disk_mb=disk_mb[n["id"]])
+        n["gpu_memory_mb"] = 0
+        n["memory_mb"] = memory_mb
+    return Kit.model_validate(data)
+
+
+ROOMY = {f"orin{i}": 10_000.0 for i in range(1, 6)}
+
+
+def test_every_node_holds_what_its_plan_and_failover_table_call_on(
+    catalog: Catalog, models_dir: Path, tmp_path: Path
+) -> None:
+    kit = cpu_kit(ROOMY)
+    kit_stage = stage(kit, catalog, models_dir, tmp_path)
+    stages = kit_stage.nodes
+    assert not kit_stage.apps_losing_protection
+    whys = {f.why for st in stages for f in st.files}
+    assert "primary" in whys and whys & {"warm", "cold"}
+    assert all(not st.left_out for st in stages)
+    apps = {a.id for a in kit.apps}
+    primaries = {a for st in stages for f in st.files if f.why == "primary" for a in f.apps}
+    assert primaries == apps
+    for st in stages:
+        folder = tmp_path / st.node / "var/lib/faillite/models"
+        manifest = json.loads((folder / "stage.json").read_text())
+        assert manifest["node"] == st.node and manifest["unprotected_apps"] == []
+        for f in manifest["files"]:
+            data = (folder / f["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == f["sha256"]
+            assert data == (models_dir / f["file"]).read_bytes()
+        assert sum(1 for p in folder.iterdir() if p.suffix == ".onnx") == len(st.files)
+
+
+def test_what_does_not_fit_is_left_out_with_the_apps_it_costs(catalog: Catalog) -> None:
+    # Two small workers: a primary and a smaller backup each (heterogeneous), and ladders.
+    roomy = plan_stage(cpu_kit(ROOMY, workers=2, memory_mb=150), catalog).nodes
+    busy = max(roomy, key=lambda st: len(st.files))
+    assert len(busy.files) >= 2, roomy
+    # Room for its most needed file and not the next: the rest is left out, with its apps.
+    tight = {**ROOMY, busy.node: busy.files[0].size_mb + 1.0}
+    tight_stage = plan_stage(cpu_kit(tight, workers=2, memory_mb=150), catalog)
+    for st in tight_stage.nodes:
+        assert st.used_mb <= tight[st.node], st
+    # The planner moves what it can elsewhere; what is lost anyway is named.
+    lost = tight_stage.apps_losing_protection
+    assert lost and set(lost) <= {a.id for a in cpu_kit(ROOMY).apps}, tight_stage
+
+
+def test_a_device_class_without_profiles_is_a_clear_error(catalog: Catalog) -> None:
+    with pytest.raises(StageError, match=r"jetson-orin-nx.*faillite profile"):
+        plan_stage(Kit.model_validate(yaml.safe_load(EXAMPLE)), catalog)
+
+
+def test_kit_stage_cli(models_dir: Path, tmp_path: Path) -> None:
+    kit = tmp_path / "kit.yaml"
+    kit.write_text(yaml.safe_dump(cpu_kit(ROOMY).model_dump(mode="json")))
+    out = subprocess.run(
+        [sys.executable, "-P", "-m", "faillite", "kit", "stage", str(kit),
+         "--out", str(tmp_path / "build"), "--models-dir", str(models_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "orin1" in out.stdout and "every file fits" in out.stderr
