@@ -5,6 +5,8 @@
     faillite kit init [--out kit.yaml]          # a commented example: five boards on WiFi
     faillite kit render kit.yaml --out build/   # build/<node>/ per node, build/_provisioning/
     faillite kit stage kit.yaml --out build/ --models-dir DIR  # each node's model files
+    faillite kit bundle kit.yaml --out build/ [--arch x86_64]  # offline archive per arch
+    faillite kit install build/faillite-kit-KIT-ARCH.tar --node ID   # on the node, offline
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ def register(sub: Any) -> None:
     stage.add_argument("--models-dir", required=True, help="where the model files are")
     stage.add_argument("--method", default="lp", choices=["lp", "milp", "greedy"])
     stage.set_defaults(func=cmd_stage)
+    bun = ksub.add_parser("bundle", help="one offline archive per architecture (with network)")
+    bun.add_argument("kit", help="the kit description (kit.yaml)")
+    bun.add_argument("--out", required=True, help="the rendered kit's folder; archives go here")
+    bun.add_argument("--arch", action="append", choices=["x86_64", "aarch64"], default=[])
+    bun.add_argument("--source", default=".", help="the FailLite checkout to build from")
+    bun.add_argument("--python", default="3.11", help="the nodes' Python (default 3.11)")
+    bun.set_defaults(func=cmd_bundle)
+    ins = ksub.add_parser("install", help="install a node from its bundle, with no network")
+    ins.add_argument("archive", help="faillite-kit-<kit>-<arch>.tar")
+    ins.add_argument("--node", required=True, help="this node's id")
+    ins.add_argument("--root", default="/", help="install under this root (default /)")
+    ins.add_argument("--no-systemd", action="store_true", help="do not enable the units")
+    ins.set_defaults(func=cmd_install)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -92,6 +107,47 @@ def cmd_stage(args: argparse.Namespace) -> int:
     print(
         f"staged in {time.monotonic() - t0:.1f} s"
         + (f"; apps losing protection: {', '.join(lost)}" if lost else "; every file fits"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from faillite.config import ConfigError
+    from field_kit.kit.bundle import BundleError, bundle
+    from field_kit.kit.model import load_kit
+
+    try:
+        kit = load_kit(Path(args.kit))
+        arches = args.arch or sorted({n.arch for n in kit.nodes})
+        for arch in arches:
+            t0 = time.monotonic()
+            archive = bundle(
+                kit, Path(args.out), Path(args.source), Path(args.out), arch, python=args.python
+            )
+            size = archive.stat().st_size / 1e6
+            print(archive)
+            print(f"{arch}: {size:.0f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    except (ConfigError, BundleError, OSError) as exc:
+        print(f"faillite kit: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from field_kit.kit.bundle import BundleError, install
+
+    t0 = time.monotonic()
+    try:
+        spec = install(
+            Path(args.archive), args.node, root=Path(args.root), systemd=not args.no_systemd
+        )
+    except (BundleError, OSError) as exc:
+        print(f"faillite kit: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"installed node {spec.node} ({', '.join(spec.extras) or 'base'}) in "
+        f"{time.monotonic() - t0:.0f} s; units: {', '.join(spec.units)}",
         file=sys.stderr,
     )
     return 0
