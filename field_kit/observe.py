@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ NOTABLE_EVENTS = (
     "slo_violation",
 )
 MAX_NOTABLE = 200
+MAX_RECENT = 500  # the latest events of every kind, for a live view (faillite watch)
 
 
 @dataclass
@@ -101,8 +102,12 @@ class MeshObserver:
         self.notable: list[messages.Event] = []
         self.event_counts: Counter[str] = Counter()
         self.backups: dict[str, str] = {}
+        self.recent: deque[messages.Event] = deque(maxlen=MAX_RECENT)
+        self.events_total = 0  # every event seen; the latest MAX_RECENT are in ``recent``
+        self.leader: messages.CoordinatorStatus | None = None
+        self.identity = Identity(cfg.mesh, Role.OBSERVER, client_id)
         self.client = MeshClient(
-            Identity(cfg.mesh, Role.OBSERVER, client_id).name,
+            self.identity.name,
             cfg.broker,
             bad=self.bad,
         )
@@ -117,6 +122,9 @@ class MeshObserver:
         c.subscribe_json(t.filter(APP_RESULTS), messages.Result, self._on_result, qos=0)
         c.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, self._on_status, qos=1)
         c.subscribe_json(t.placement, messages.Placement, self._on_placement, qos=1)
+        c.subscribe_json(
+            t.coordinator_status, messages.CoordinatorStatus, self._on_coordinator, qos=1
+        )
         c.subscribe_json(t.events, messages.Event, self._on_event, qos=0)
 
     def mark_start(self) -> None:
@@ -197,9 +205,15 @@ class MeshObserver:
         with self._lock:
             self.workers[parsed[1].ids["worker"]] = st
 
+    def _on_coordinator(self, inb: Inbound[messages.CoordinatorStatus]) -> None:
+        with self._lock:
+            self.leader = inb.message
+
     def _on_event(self, inb: Inbound[messages.Event]) -> None:
         ev = inb.message
         with self._lock:
+            self.recent.append(ev)
+            self.events_total += 1
             self.event_counts[ev.kind] += 1
             if ev.kind == "failover":
                 self.failovers.append(ev)
@@ -208,13 +222,25 @@ class MeshObserver:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float | None = 30.0) -> None:
+        """Connect; ``timeout`` None: keep trying in the background (see ``client.connected``)."""
         self.client.start(connect_timeout=timeout)
 
     def stop(self) -> None:
         self.client.stop()
 
     # -- views -----------------------------------------------------------------------------
+
+    def events_after(self, seen: int) -> tuple[int, list[messages.Event]]:
+        """The events after the first ``seen`` (those still kept), and the count seen now."""
+        with self._lock:
+            total = self.events_total
+            new = min(total - seen, len(self.recent))
+            return total, list(self.recent)[len(self.recent) - new :] if new > 0 else []
+
+    def latest_events(self, n: int) -> list[messages.Event]:
+        with self._lock:
+            return list(self.recent)[-n:] if n > 0 else []
 
     def all_served(self) -> bool:
         with self._lock:
@@ -261,7 +287,12 @@ class MeshObserver:
                 )
             online = sorted(w for w, s in self.workers.items() if s.state == "online")
             last = self.failovers[-1] if self.failovers else None
+            leader = self.leader
         caption = f"workers online: {', '.join(online) or 'none'}"
+        if leader is not None and leader.state == "leader":
+            caption += f"; leader: {leader.coordinator} (term {leader.term})"
+        elif leader is not None:
+            caption += f"; no leader ({leader.coordinator} {leader.state})"
         if last is not None:
             moved = ", ".join(
                 f"{app}->{r.get('server', '?')}"

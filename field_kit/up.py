@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.live import Live
 
 from faillite.catalog import Catalog, load_catalog
 from faillite.config import ConfigError, MeshConfig
@@ -33,6 +32,8 @@ from faillite.models.build import build_models, missing_models
 from field_kit.observe import MeshObserver
 from field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
 from field_kit.secure import secure_twin, write_config
+from field_kit.view import follow
+from field_kit.view import print_summary as _print_summary
 
 log = get_logger("up")
 VIEW_ID = "up-view"  # the live view's observer id
@@ -48,6 +49,7 @@ class UpOptions:
     summary_json: Path | None = None
     models_dir: Path | None = None
     secure: bool = False  # accounts, TLS and signing made for the run (field_kit.secure)
+    observers: tuple[str, ...] = ()  # observer accounts made besides the view's (--secure)
 
 
 def _needed_variants(cfg: MeshConfig, catalog: Catalog) -> list[str]:
@@ -78,7 +80,7 @@ def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
     logs_dir = opts.logs_dir or Path("runs") / time.strftime("up-%Y%m%d-%H%M%S")
     config_path = opts.config_path
     if opts.secure:
-        cfg = secure_twin(cfg, logs_dir / "secure", observers=(VIEW_ID,))
+        cfg = secure_twin(cfg, logs_dir / "secure", observers=(VIEW_ID, *opts.observers))
         config_path = write_config(cfg, logs_dir / "secure" / "mesh.yaml")
     common = ["--config", str(config_path), "--broker", f"{cfg.broker.host}:{port}"]
     if opts.models_dir is not None:
@@ -166,82 +168,12 @@ def _watch(
                 )
         return stop.is_set()
 
-    if opts.view and sys.stdout.isatty():
-        with Live(observer.table(), console=console, refresh_per_second=4) as live:
-            while not done():
-                stop.wait(0.25)
-                live.update(observer.table())
-    else:
-        last = 0.0
-        while not done():
-            stop.wait(0.25)
-            if time.monotonic() - last >= 2.0:
-                last = time.monotonic()
-                console.print(
-                    f"[{time.monotonic() - start:5.1f}s] {observer.line()}", highlight=False
-                )
+    follow(
+        observer,
+        console,
+        live=opts.view and sys.stdout.isatty(),
+        done=done,
+        stop=stop,
+        start=start,
+    )
     return exited
-
-
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f} ms"
-
-
-def _print_summary(console: Console, summary: dict[str, Any]) -> None:
-    console.print(f"\nsummary after {summary['duration_s']} s:")
-    for app, s in summary["apps"].items():
-        e2e, inf = s["e2e_ms"], s["inference_ms"]
-        console.print(
-            f"  {app:<14} results={s['results']:<6} fps={s['fps']:<6} via {s['workers']} "
-            f"top={s['top_labels']} e2e p50={e2e['p50']}ms p90={e2e['p90']}ms "
-            f"p99={e2e['p99']}ms infer p50={inf['p50']}ms",
-            highlight=False,
-        )
-        if not s["served_at_end"]:
-            console.print(f"  {'':<14} [red]NOT SERVED AT THE END[/]: {s['served_detail']}")
-    if summary["failovers"]:
-        console.print("failovers:")
-    for f in summary["failovers"]:
-        console.print(
-            f"  at {f['t_s']:.1f} s: {f['worker']} failed ({f['cause']}), detected at "
-            f"{f['detected_s']:.1f} s, decided in {_ms(f['decision_ms'])} ({f['source']})",
-            highlight=False,
-        )
-        for app, r in f["recoveries"].items():
-            final = f" (then {r['final']})" if r["final"] != r["variant"] else ""
-            first = (
-                f"first result {_ms(r['mttr_ms'])} after the failure "
-                f"(no result for {_ms(r['gap_ms'])})"
-                if r["first_result_s"] is not None
-                else "[red]no result from it yet[/]"
-            )
-            console.print(
-                f"    {app} -> {r['server']} {r['kind']} {r['variant']}{final}: {first}",
-                highlight=False,
-            )
-        for app, why in f["unrecoverable"].items():
-            console.print(f"    [red]{app} unrecoverable[/]: {why}", highlight=False)
-    if summary.get("refused_results"):
-        console.print(
-            f"refused results (not from the routed worker): {summary['refused_results']}",
-            highlight=False,
-        )
-    if summary["exited"]:
-        console.print("exited during the run:")
-    for e in summary["exited"]:
-        console.print(
-            f"  {e['name']} exit {e['exit_code']} at {e['t_s']:.1f} s (log: {e['log']})",
-            highlight=False,
-        )
-    if not summary["all_served"]:
-        verdict = "[red]SOME APPS GOT NO RESULTS[/]"
-    elif not summary["served_at_end"]:
-        verdict = "[red]SOME APPS WERE NOT SERVED AT THE END[/]"
-    else:
-        verdict = "every app got results and was still served at the end"
-    extra = []
-    if summary["failovers"]:
-        extra.append(f"{len(summary['failovers'])} failover(s)")
-    if summary["exited"]:
-        extra.append(f"{len(summary['exited'])} process(es) exited")
-    console.print(f"  {verdict}" + (f" ({', '.join(extra)})" if extra else ""))
