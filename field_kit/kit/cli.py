@@ -7,6 +7,7 @@
     faillite kit stage kit.yaml --out build/ --models-dir DIR  # each node's model files
     faillite kit bundle kit.yaml --out build/ [--arch x86_64]  # offline archive per arch
     faillite kit install build/faillite-kit-KIT-ARCH.tar --node ID   # on the node, offline
+    faillite kit check -c /etc/faillite/mesh.yaml [--as ops] [--staged-dir DIR]  # readiness
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from faillite.cli import add_common, load_config
 
 
 def register(sub: Any) -> None:
@@ -51,6 +54,14 @@ def register(sub: Any) -> None:
     ins.add_argument("--root", default="/", help="install under this root (default /)")
     ins.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     ins.set_defaults(func=cmd_install)
+    chk = ksub.add_parser("check", help="readiness of a deployed kit: one line per check, fixes")
+    add_common(chk)
+    chk.add_argument("--as", dest="observer", default="ops", help="observer id (default ops)")
+    chk.add_argument("--wait", type=float, default=3.0, help="seconds to listen (default 3)")
+    chk.add_argument("--clock-tolerance", type=float, default=0.5, help="seconds (default 0.5)")
+    chk.add_argument("--staged-dir", dest="staged", help="on a node: its staged models")
+    chk.add_argument("--engines-dir", help="on a TensorRT node: its engines")
+    chk.set_defaults(func=cmd_check)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -151,3 +162,22 @@ def cmd_install(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from field_kit.kit.check import run_checks
+
+    cfg = load_config(args)
+    checks = run_checks(
+        cfg,
+        args.observer,
+        wait_s=args.wait,
+        tolerance_s=args.clock_tolerance,
+        models_dir=Path(args.staged) if args.staged else None,
+        engines_dir=Path(args.engines_dir) if args.engines_dir else None,
+    )
+    for c in checks:
+        print(c.line())
+    failed = sum(not c.ok for c in checks)
+    print(f"{len(checks) - failed} passed, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,297 @@
+"""``faillite kit check``: is a deployed kit ready? One line per check, pass or fail, with the fix.
+
+Through the broker, from any machine holding a mesh config and an identity's secret (an
+operator's observer account, or a node's own config): the broker reachable with TLS and its
+certificate verified, certificates valid and not expiring within 30 days, the login accepted,
+every worker, camera and coordinator of the config up (a retained ``online`` birth whose
+incarnation the live heartbeats or frames carry, a leader of a configured coordinator id), and
+each worker's clock against this machine's (the offset of its heartbeats' time stamps; the
+spread between workers says more than this machine's own clock). On a node (``--staged-dir``):
+disk space, every staged model file present with its sha256, and with ``--engines-dir`` a
+TensorRT engine for every staged variant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import socket
+import ssl
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+
+from faillite import messages
+from faillite.config import ConfigError, MeshConfig
+from faillite.identity import Identity
+from faillite.mqtt import Inbound, MeshClient, Raw
+from faillite.tls import client_context
+from faillite.topics import COORDINATOR_STATUS, SENSOR_STATUS, WORKER_STATUS, Role, Topics
+
+EXPIRY_MARGIN: Final = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "PASS" if self.ok else "FAIL"
+        fix = f"\n       fix: {self.fix}" if (self.fix and not self.ok) else ""
+        return f"{mark} {self.name}: {self.detail}{fix}"
+
+
+def check_tls(cfg: MeshConfig) -> list[Check]:
+    """The broker answers a TLS handshake whose certificate chain and host the CA verifies,
+    and the certificates here are valid for another 30 days."""
+    b = cfg.broker
+    out: list[Check] = []
+    if b.tls is None:
+        return [Check("broker_tls", False, "the config has no broker.tls", "faillite kit render")]
+    try:
+        with (
+            socket.create_connection((b.host, b.port), timeout=5) as raw,
+            client_context(b.tls).wrap_socket(raw, server_hostname=b.host) as tls,
+        ):
+            peer = tls.getpeercert(binary_form=True)
+            version = tls.version()
+    except (OSError, ssl.SSLError) as exc:
+        return [
+            Check(
+                "broker_tls",
+                False,
+                f"{b.host}:{b.port}: {exc}",
+                "is the broker's unit running on its node, its port open, its certificate "
+                "issued for this address (faillite kit render)?",
+            )
+        ]
+    out.append(Check("broker_tls", True, f"{b.host}:{b.port}, {version}, certificate verified"))
+    now = dt.datetime.now(dt.UTC)
+    certs = [("broker certificate", x509.load_der_x509_certificate(peer))] if peer else []
+    certs.append(("kit CA", x509.load_pem_x509_certificate(b.tls.ca_certs.read_bytes())))
+    if b.tls.certfile is not None:
+        certs.append(
+            ("client certificate", x509.load_pem_x509_certificate(b.tls.certfile.read_bytes()))
+        )
+    for what, cert in certs:
+        left = cert.not_valid_after_utc - now
+        ok = cert.not_valid_before_utc <= now and left > EXPIRY_MARGIN
+        out.append(
+            Check(
+                "certificates",
+                ok,
+                f"{what} valid until {cert.not_valid_after_utc:%Y-%m-%d} ({left.days} days)",
+                "faillite kit render --rotate, then install the new files on every node",
+            )
+        )
+    return out
+
+
+@dataclass
+class _Seen:
+    births: dict[str, messages.WorkerStatus | messages.SensorStatus] = field(default_factory=dict)
+    heartbeats: dict[str, list[tuple[float, messages.Heartbeat]]] = field(default_factory=dict)
+    frames: dict[str, int] = field(default_factory=dict)
+    leader: messages.CoordinatorStatus | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def check_mesh(
+    cfg: MeshConfig, identity: Identity, *, wait_s: float, tolerance_s: float
+) -> list[Check]:
+    """Login, every role up with its live incarnation, the leader, the workers' clocks."""
+    t = Topics(cfg.mesh)
+    seen = _Seen()
+    try:
+        client = MeshClient(identity.name, cfg.broker, quiet=True)
+    except ConfigError as exc:
+        return [Check("login", False, str(exc), "copy this identity's secret to this machine")]
+
+    def on_worker(inb: Inbound[messages.WorkerStatus]) -> None:
+        with seen.lock:
+            seen.births[f"worker {inb.message.worker}"] = inb.message
+
+    def on_sensor(inb: Inbound[messages.SensorStatus]) -> None:
+        with seen.lock:
+            seen.births[f"camera {inb.message.sensor}"] = inb.message
+
+    def on_leader(inb: Inbound[messages.CoordinatorStatus]) -> None:
+        with seen.lock:
+            if inb.message.state == "leader":
+                seen.leader = inb.message
+
+    def on_heartbeat(inb: Inbound[messages.Heartbeat]) -> None:
+        with seen.lock:
+            seen.heartbeats.setdefault(inb.message.worker, []).append((time.time(), inb.message))
+
+    def on_frame(raw: Raw) -> None:
+        sensor = raw.topic.split("/")[-2]
+        with seen.lock:
+            seen.frames[sensor] = seen.frames.get(sensor, 0) + 1
+
+    client.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, on_worker)
+    client.subscribe_json(t.filter(SENSOR_STATUS), messages.SensorStatus, on_sensor)
+    client.subscribe_json(t.filter(COORDINATOR_STATUS), messages.CoordinatorStatus, on_leader)
+    client.subscribe_json(
+        f"{t.prefix}/workers/+/heartbeat", messages.Heartbeat, on_heartbeat, qos=0
+    )
+    client.subscribe(f"{t.prefix}/sensors/+/frames", on_frame, qos=0)
+    client.start(connect_timeout=None)
+    try:
+        deadline = time.monotonic() + 10
+        while not client.wait_connected(0.1):
+            if time.monotonic() > deadline:
+                return [
+                    Check(
+                        "login",
+                        False,
+                        f"{identity.name} was not let in",
+                        f"does the broker's password file hold {identity.name}, and this "
+                        "machine its secret (broker.secrets_dir)? faillite accounts list",
+                    )
+                ]
+        time.sleep(wait_s)
+    finally:
+        client.stop()
+    out = [Check("login", True, f"as {identity.name}")]
+    with seen.lock:
+        for w in cfg.workers:
+            out.append(
+                _role_up(f"worker {w.id}", seen, [hb for _t, hb in seen.heartbeats.get(w.id, [])])
+            )
+        for s in cfg.sensors:
+            out.append(_camera_up(s.id, seen))
+        ids = cfg.coordinator.ids
+        leader = seen.leader
+        ok = leader is not None and (not ids or leader.coordinator in ids)
+        out.append(
+            Check(
+                "coordinator",
+                ok,
+                f"leader {leader.coordinator}, term {leader.term}" if leader else "no leader",
+                "start faillite-coordinator.service on a coordinator node",
+            )
+        )
+        out.append(_clocks(seen, tolerance_s))
+    return out
+
+
+def _role_up(name: str, seen: _Seen, heartbeats: list[messages.Heartbeat]) -> Check:
+    birth = seen.births.get(name)
+    fix = f"start its unit on its node ({name.split()[0]} {name.split()[1]}) and read its log"
+    if birth is None or birth.state != "online":
+        return Check("roles", False, f"{name}: no online birth retained", fix)
+    live = {hb.incarnation for hb in heartbeats}
+    if birth.incarnation not in live:
+        return Check(
+            "roles", False, f"{name}: birth {birth.incarnation} but no heartbeat of it", fix
+        )
+    return Check("roles", True, f"{name} up, incarnation {birth.incarnation}")
+
+
+def _camera_up(sensor: str, seen: _Seen) -> Check:
+    name = f"camera {sensor}"
+    birth = seen.births.get(name)
+    if birth is None or birth.state != "online":
+        return Check("roles", False, f"{name}: no online birth retained", "start its sensor unit")
+    if not seen.frames.get(sensor):
+        return Check("roles", False, f"{name}: online but no frames", "check its source")
+    return Check("roles", True, f"{name} up, incarnation {birth.incarnation}")
+
+
+def _clocks(seen: _Seen, tolerance_s: float) -> Check:
+    offsets = {
+        w: statistics.median(hb.ts - at for at, hb in hbs)
+        for w, hbs in seen.heartbeats.items()
+        if hbs
+    }
+    if not offsets:
+        return Check("clocks", False, "no heartbeats to measure", "start the workers")
+    spread = max(offsets.values()) - min(offsets.values())
+    worst = max(offsets.items(), key=lambda kv: abs(kv[1]))
+    each = ", ".join(f"{w} {o:+.3f} s" for w, o in sorted(offsets.items()))
+    detail = f"workers' clocks against this machine: {each}; spread {spread:.3f} s"
+    ok = spread <= tolerance_s and abs(worst[1]) <= tolerance_s
+    return Check(
+        "clocks", ok, detail, f"run chrony or timesyncd on {worst[0]} (tolerance {tolerance_s} s)"
+    )
+
+
+def check_node(models_dir: Path, engines_dir: Path | None = None) -> list[Check]:
+    """On a node: disk space, staged files and their checksums, TensorRT engines."""
+    manifest_path = models_dir / "stage.json"
+    if not manifest_path.is_file():
+        return [
+            Check("models", False, f"{manifest_path}: none", "faillite kit stage, then install")
+        ]
+    manifest = json.loads(manifest_path.read_text())
+    out: list[Check] = []
+    free_mb = shutil.disk_usage(models_dir).free / 2**20
+    budget, used = float(manifest["budget_mb"]), float(manifest["used_mb"])
+    out.append(
+        Check(
+            "disk",
+            free_mb >= max(0.0, budget - used) * 0.1,
+            f"{free_mb:.0f} MB free beside {used:.0f} MB of models (budget {budget:.0f} MB)",
+            "free space on the models' file system",
+        )
+    )
+    bad = []
+    for f in manifest["files"]:
+        path = models_dir / f["file"]
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+            bad.append(f["file"])
+    out.append(
+        Check(
+            "models",
+            not bad,
+            f"{len(manifest['files']) - len(bad)} of {len(manifest['files'])} staged files intact"
+            + (f"; bad: {', '.join(bad)}" if bad else ""),
+            "install the node's bundle again (faillite kit install)",
+        )
+    )
+    if engines_dir is not None:
+        n = len(manifest["files"])
+        missing = [
+            f["variant"]
+            for f in manifest["files"]
+            if not (engines_dir / f"{f['variant']}.engine").is_file()
+        ]
+        out.append(
+            Check(
+                "engines",
+                not missing,
+                f"TensorRT engines for {n - len(missing)} of {n} staged variants"
+                + (f"; missing: {', '.join(missing)}" if missing else ""),
+                "faillite profile --backend tensorrt on this node builds them",
+            )
+        )
+    return out
+
+
+def run_checks(
+    cfg: MeshConfig,
+    observer: str,
+    *,
+    wait_s: float = 3.0,
+    tolerance_s: float = 0.5,
+    models_dir: Path | None = None,
+    engines_dir: Path | None = None,
+) -> list[Check]:
+    checks = check_tls(cfg)
+    if all(c.ok for c in checks if c.name == "broker_tls"):
+        identity = Identity(cfg.mesh, Role.OBSERVER, observer)
+        checks += check_mesh(cfg, identity, wait_s=wait_s, tolerance_s=tolerance_s)
+    if models_dir is not None:
+        checks += check_node(models_dir, engines_dir)
+    return checks
