@@ -146,22 +146,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from field_kit.kit.bundle import BundleError, install
+    from field_kit.kit import installer
 
-    t0 = time.monotonic()
-    try:
-        spec = install(
-            Path(args.archive), args.node, root=Path(args.root), systemd=not args.no_systemd
-        )
-    except (BundleError, OSError) as exc:
-        print(f"faillite kit: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"installed node {spec.node} ({', '.join(spec.extras) or 'base'}) in "
-        f"{time.monotonic() - t0:.0f} s; units: {', '.join(spec.units)}",
-        file=sys.stderr,
-    )
-    return 0
+    argv = ["--node", args.node, "--bundle", args.archive, "--root", args.root]
+    return installer.main([*argv, *(["--no-systemd"] if args.no_systemd else [])])
 
 
 def cmd_check(args: argparse.Namespace) -> int:

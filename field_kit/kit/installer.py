@@ -136,7 +136,9 @@ def install_folder(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--node", required=True, help="this node's id")
-    p.add_argument("--bundle", help="the bundle (default: the folder this script is in)")
+    p.add_argument(
+        "--bundle", help="the bundle, unpacked or its .tar (default: the folder of this script)"
+    )
     p.add_argument("--root", default="/", help="install under this root (default /)")
     p.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     args = p.parse_args(argv)
