@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     flog.configure(mesh=cfg.mesh, role="coordinator", coordinator=args.id)
-    catalog = load_catalog(cfg.catalog)
+    # Measured profiles of device classes (`faillite profile`) beside the models: plannable.
+    catalog = load_catalog(cfg.catalog, overlays=cfg.models_path)
     if cfg.coordinator.ids and args.id not in cfg.coordinator.ids:
         # Workers and the other coordinators would ignore everything it says.
         print(

@@ -7,6 +7,7 @@ the profiler fills ``profiles`` per device class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,14 @@ class DeviceProfile(StrictModel):
     load_ms: float = Field(default=0.0, ge=0)
     first_inference_ms: float = Field(default=0.0, ge=0)
     source: str = ""
+    # Further figures ``faillite profile`` measures; the planner reads only the four above.
+    p99_ms: float | None = Field(default=None, gt=0)  # batch-1 latency, 99th percentile
+    warm_load_ms: float | None = Field(default=None, ge=0)  # load into a process already serving
+    gpu_memory_mb: float | None = Field(default=None, ge=0)  # NVML, None where not measurable
+    throughput_fps: float | None = Field(default=None, gt=0)  # batch 1, back-to-back
+    best_batch: int | None = Field(default=None, ge=1)
+    best_batch_fps: float | None = Field(default=None, gt=0)  # images/s at best_batch
+    batching: str | None = None  # how batches were run, or why they were not
 
 
 class Variant(StrictModel):
@@ -112,11 +121,110 @@ class Catalog(StrictModel):
     def variants(self) -> list[Variant]:
         return [v for fam in self.families for v in fam.variants]
 
+    def with_profiles(self, device_class: str, profiles: Mapping[str, DeviceProfile]) -> Catalog:
+        """This catalog with ``profiles`` as the profiles of ``device_class``.
 
-def load_catalog(path: str | Path) -> Catalog:
+        Each named variant gets (or has replaced) its profile for that device class; every
+        other device class, and every variant not named, is left as it was. A name that is not
+        a variant of the catalog raises :class:`ConfigError` naming it."""
+        if not device_class:
+            raise ConfigError("a profile overlay needs a device class")
+        known = {v.name for v in self.variants()}
+        unknown = sorted(set(profiles) - known)
+        if unknown:
+            raise ConfigError(
+                f"profiles for device class {device_class!r} name variants not in the catalog: "
+                + ", ".join(unknown)
+            )
+        families = []
+        for fam in self.families:
+            variants = tuple(
+                v.model_copy(update={"profiles": {**v.profiles, device_class: profiles[v.name]}})
+                if v.name in profiles
+                else v
+                for v in fam.variants
+            )
+            families.append(fam.model_copy(update={"variants": variants}))
+        return self.model_copy(update={"families": tuple(families)})
+
+
+class ProfileOverlay(StrictModel):
+    """One device class's measured profiles: a file ``faillite profile`` writes.
+
+    It lives in ``<models_dir>/profiles/<device_class>.yaml``, beside the files it measured;
+    :func:`load_profile_overlays` merges every such file into the catalog."""
+
+    device_class: str = Field(min_length=1)
+    source: str = ""  # where and how it was measured: host, CPU / GPU, runtime versions, date
+    machine: dict[str, Any] = Field(default_factory=dict)
+    profiles: dict[str, DeviceProfile]
+
+
+PROFILES_SUBDIR = "profiles"
+
+
+def overlay_dir(models_dir: str | Path) -> Path:
+    return Path(models_dir) / PROFILES_SUBDIR
+
+
+def overlay_path(models_dir: str | Path, device_class: str) -> Path:
+    """Where ``faillite profile`` writes the overlay of ``device_class`` by default."""
+    return overlay_dir(models_dir) / f"{device_class}.yaml"
+
+
+def load_overlay(path: str | Path) -> ProfileOverlay:
     path = Path(path)
     data = load_yaml(path)
     try:
-        return Catalog.model_validate(data)
+        return ProfileOverlay.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from exc
+
+
+def merge_overlays(
+    catalog: Catalog, overlays: Mapping[str, ProfileOverlay] | list[ProfileOverlay]
+) -> Catalog:
+    """``catalog`` with every overlay applied (pure). ``overlays`` maps a source name (a path)
+    to its overlay, or is a list; two overlays of one device class are refused."""
+    named = (
+        overlays if isinstance(overlays, Mapping) else {str(i): o for i, o in enumerate(overlays)}
+    )
+    seen: dict[str, str] = {}
+    for name, ov in named.items():
+        if ov.device_class in seen:
+            raise ConfigError(
+                f"device class {ov.device_class!r} is profiled twice: {seen[ov.device_class]} "
+                f"and {name}"
+            )
+        seen[ov.device_class] = name
+        try:
+            catalog = catalog.with_profiles(ov.device_class, ov.profiles)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return catalog
+
+
+def load_profile_overlays(catalog: Catalog, models_dir: str | Path | None) -> Catalog:
+    """``catalog`` with the overlays in ``<models_dir>/profiles/*.yaml`` merged, in name order.
+
+    A device class profiled once with ``faillite profile`` becomes plannable this way (the
+    coordinator and ``faillite kit stage`` call it). No such folder: the catalog unchanged."""
+    if models_dir is None:
+        return catalog
+    folder = overlay_dir(models_dir)
+    if not folder.is_dir():
+        return catalog
+    paths = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return merge_overlays(catalog, {str(p): load_overlay(p) for p in paths})
+
+
+def load_catalog(path: str | Path, *, overlays: str | Path | None = None) -> Catalog:
+    """The catalog at ``path``; with ``overlays`` (a models dir), its measured device profiles
+    (``<overlays>/profiles/*.yaml``) merged in, see :func:`load_profile_overlays`."""
+    path = Path(path)
+    data = load_yaml(path)
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+    return load_profile_overlays(catalog, overlays)

@@ -100,7 +100,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from faillite.catalog import load_catalog
+    from faillite.catalog import load_catalog, load_profile_overlays
     from faillite.config import ConfigError, packaged_config
     from field_kit.kit.model import load_kit
     from field_kit.kit.stage import StageError, report, stage
@@ -108,7 +108,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         kit = load_kit(Path(args.kit))
-        catalog = load_catalog(packaged_config("catalog.yaml"))
+        # Device classes profiled on the devices (faillite profile) become plannable.
+        catalog = load_profile_overlays(
+            load_catalog(packaged_config("catalog.yaml")), Path(args.models_dir)
+        )
         stages = stage(kit, catalog, Path(args.models_dir), Path(args.out), method=args.method)
     except (ConfigError, StageError, OSError) as exc:
         print(f"faillite kit: {exc}", file=sys.stderr)
