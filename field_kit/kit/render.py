@@ -16,8 +16,9 @@ rendering is deterministic, the same kit giving the same bytes, keys included, u
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -35,6 +36,32 @@ from field_kit.kit.model import Kit, Node
 ETC: Final = PurePosixPath("/etc/faillite")
 VAR: Final = PurePosixPath("/var/lib/faillite")
 VENV: Final = PurePosixPath("/opt/faillite/venv")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a node's files live: under ``/`` on a deployed node, or under its own folder when
+    a kit runs in place on one machine (tests, rehearsals)."""
+
+    root: PurePosixPath = field(default_factory=lambda: PurePosixPath("/"))
+
+    def under(self, path: PurePosixPath) -> PurePosixPath:
+        return self.root / str(path).lstrip("/")
+
+    @property
+    def etc(self) -> PurePosixPath:
+        return self.under(ETC)
+
+    @property
+    def var(self) -> PurePosixPath:
+        return self.under(VAR)
+
+    @property
+    def venv(self) -> PurePosixPath:
+        return self.under(VENV)
+
+
+DEPLOYED: Final = Layout()
 SERVICE_USER: Final = "faillite"
 SECRET_MODE: Final = 0o600
 
@@ -103,10 +130,18 @@ def _local(folder: Path, path: PurePosixPath) -> Path:
     return folder / str(path).lstrip("/")
 
 
-def _worker(kit: Kit, node: Node) -> dict[str, Any]:
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _worker(kit: Kit, node: Node, lay: Layout) -> dict[str, Any]:
     backend: dict[str, Any]
     if node.accelerator == "tensorrt":
-        backend = {"type": "tensorrt", "engines_dir": str(VAR / "engines")}
+        backend = {"type": "tensorrt", "engines_dir": str(lay.var / "engines")}
     elif node.accelerator == "cuda":
         backend = {
             "type": "onnxruntime",
@@ -125,31 +160,33 @@ def _worker(kit: Kit, node: Node) -> dict[str, Any]:
     }
 
 
-def mesh_document(kit: Kit, node: Node) -> dict[str, Any]:
+def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any]:
     """The mesh config ``node`` runs with (its link's liveness, its own keys' paths)."""
     broker_node = kit.node(kit.broker.node)
-    tls: dict[str, Any] = {"ca_certs": str(ETC / "tls" / pki.CA_CERT)}
+    tls: dict[str, Any] = {"ca_certs": str(lay.etc / "tls" / pki.CA_CERT)}
     broker: dict[str, Any] = {
         "host": broker_node.host,
         "port": kit.broker.port,
         "keepalive_s": kit.links[node.link].keepalive_s,
-        "secrets_dir": str(ETC / "secrets"),
+        "secrets_dir": str(lay.etc / "secrets"),
     }
     if node.id == broker_node.id:
-        broker["host"] = "0.0.0.0"  # allowed: every client has its own account
-        broker["password_file"] = str(ETC / "broker" / "passwd")
+        # Its own address where the kit names one (allowed off loopback: every client has
+        # its own account), every address where the kit names it by a host name.
+        broker["host"] = node.host if _is_address(node.host) else "0.0.0.0"
+        broker["password_file"] = str(lay.etc / "broker" / "passwd")
         tls["server"] = {
-            "certfile": str(ETC / "tls" / "broker.crt"),
-            "keyfile": str(ETC / "tls" / "broker.key"),
+            "certfile": str(lay.etc / "tls" / "broker.crt"),
+            "keyfile": str(lay.etc / "tls" / "broker.key"),
         }
     broker["tls"] = tls
-    signing: dict[str, Any] = {"public_key": str(ETC / "signing" / "signing.pub")}
+    signing: dict[str, Any] = {"public_key": str(lay.etc / "signing" / "signing.pub")}
     if "coordinator" in node.roles:
-        signing["private_key"] = str(ETC / "signing" / "signing.key")
+        signing["private_key"] = str(lay.etc / "signing" / "signing.key")
     return {
         "mesh": kit.kit,
         "catalog": "catalog.yaml",
-        "models_dir": str(VAR / "models"),
+        "models_dir": str(lay.var / "models"),
         "broker": broker,
         "sensors": [
             {"id": c.id, "source": c.source, "fps": c.fps, "width": c.width, "height": c.height}
@@ -165,7 +202,7 @@ def mesh_document(kit: Kit, node: Node) -> dict[str, Any]:
             }
             for a in kit.apps
         ],
-        "workers": [_worker(kit, n) for n in kit.with_role("worker")],
+        "workers": [_worker(kit, n, lay) for n in kit.with_role("worker")],
         "coordinator": {
             "type": "planner",
             "ids": [n.id for n in kit.with_role("coordinator")],
@@ -196,15 +233,15 @@ def _unit(description: str, exec_start: str, *, after: list[str], user: str | No
     return "\n".join(lines)
 
 
-def units(kit: Kit, node: Node) -> dict[str, str]:
+def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
     """systemd units of ``node``'s roles: file name -> text."""
-    cfg = ETC / "mesh.yaml"
-    fl = VENV / "bin" / "faillite"
+    cfg = lay.etc / "mesh.yaml"
+    fl = lay.venv / "bin" / "faillite"
     local_broker = ["faillite-broker.service"] if "broker" in node.roles else []
     out: dict[str, str] = {}
     if "broker" in node.roles:
         if kit.broker.kind == "mosquitto":
-            conf = ETC / "broker"
+            conf = lay.etc / "broker"
             out["faillite-broker.service"] = _unit(
                 f"FailLite kit {kit.kit}: Mosquitto broker",
                 f"/usr/sbin/mosquitto -c {conf / 'mosquitto.conf'}",
@@ -280,8 +317,11 @@ def _readme(kit: Kit, node: Node, unit_names: list[str], secrets: list[str]) -> 
     )
 
 
-def render(kit: Kit, out: Path, *, rotate: bool = False) -> list[Path]:
-    """Render every node of ``kit`` into ``out/<node>/``; returns the node folders."""
+def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False) -> list[Path]:
+    """Render every node of ``kit`` into ``out/<node>/``; returns the node folders.
+
+    ``in_place``: each node's paths point into its own folder (``out/<node>/etc/faillite/...``),
+    so the kit runs from ``out`` on one machine as rendered (a rehearsal, the tests)."""
     prov = Provisioning(out / "_provisioning")
     provision(kit, prov, rotate=rotate)
     scope = AclScope.of((n.id for n in kit.with_role("worker")), (a.id for a in kit.apps))
@@ -290,9 +330,10 @@ def render(kit: Kit, out: Path, *, rotate: bool = False) -> list[Path]:
         folder = out / node.id
         if folder.exists():
             shutil.rmtree(folder)
+        lay = Layout(PurePosixPath(folder.resolve())) if in_place else DEPLOYED
         etc = _local(folder, ETC)
         etc.mkdir(parents=True)
-        doc = mesh_document(kit, node)
+        doc = mesh_document(kit, node, lay)
         (etc / "mesh.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         _copy(packaged_config("catalog.yaml"), etc / "catalog.yaml")
         _copy(prov.ca / pki.CA_CERT, etc / "tls" / pki.CA_CERT)
@@ -308,8 +349,8 @@ def render(kit: Kit, out: Path, *, rotate: bool = False) -> list[Path]:
             _copy(prov.ca / "broker.key", etc / "tls" / "broker.key", SECRET_MODE)
             _copy(prov.passwd, etc / "broker" / "passwd", SECRET_MODE)
             if kit.broker.kind == "mosquitto":
-                _mosquitto(kit, doc, etc / "broker", scope)
-        names = units(kit, node)
+                _mosquitto(kit, doc, etc / "broker", scope, lay)
+        names = units(kit, node, lay)
         for name, text in names.items():
             unit = _local(folder, PurePosixPath("/etc/systemd/system") / name)
             unit.parent.mkdir(parents=True, exist_ok=True)
@@ -320,7 +361,7 @@ def render(kit: Kit, out: Path, *, rotate: bool = False) -> list[Path]:
     return folders
 
 
-def _mosquitto(kit: Kit, doc: dict[str, Any], where: Path, scope: AclScope) -> None:
+def _mosquitto(kit: Kit, doc: dict[str, Any], where: Path, scope: AclScope, lay: Layout) -> None:
     b = doc["broker"]
     server = b["tls"]["server"]
     cfg = BrokerConfig(
@@ -339,8 +380,8 @@ def _mosquitto(kit: Kit, doc: dict[str, Any], where: Path, scope: AclScope) -> N
         cfg,
         kit.kit,
         where,
-        install_dir=Path(str(ETC / "broker")),
-        persistence_dir=Path("/var/lib/mosquitto"),
+        install_dir=Path(str(lay.etc / "broker")),
+        persistence_dir=Path(str(lay.under(PurePosixPath("/var/lib/mosquitto")))),
         run_as="mosquitto",
         scope=scope,
         identities=all_identities(kit),

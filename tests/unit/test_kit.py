@@ -139,7 +139,7 @@ def test_broker_and_units(kit_file: Path, tmp_path: Path) -> None:
     render(kit, out)
     conf = (out / "orin1/etc/faillite/broker/mosquitto.conf").read_text()
     for line in (
-        "listener 8883 0.0.0.0",
+        "listener 8883 10.42.0.11",
         "allow_anonymous false",
         "use_username_as_clientid true",
         "password_file /etc/faillite/broker/passwd",

@@ -1,0 +1,156 @@
+"""A kit rehearsed on this machine: described in kit.yaml, rendered in place (each node's paths
+point into its own folder), staged, its processes started exactly as its systemd units say
+(only the venv's path differs), checked ready with ``faillite kit check``, then its critical
+app's primary killed: the app is served again from the backup its staging put on disk.
+
+Two nodes on loopback (the embedded broker, accounts, TLS with the kit's CA, signed
+assignments, a standby coordinator). The five-node form in network namespaces is not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faillite.catalog import Catalog
+from field_kit.kit.model import Kit
+from field_kit.kit.render import VENV, render
+from field_kit.kit.stage import stage
+from field_kit.procs import free_port, wait_port
+
+
+def _kit(port: int) -> Kit:
+    node = {
+        "host": "127.0.0.1", "arch": "x86_64", "device_class": "cpu", "memory_mb": 1024,
+        "disk_mb": 1000, "link": "lan",
+    }  # fmt: skip
+    return Kit.model_validate(
+        {
+            "kit": "rehearsal",
+            "broker": {"node": "n1", "kind": "amqtt", "port": port},
+            "nodes": [
+                {
+                    **node,
+                    "id": "n1",
+                    "failure_domain": "a",
+                    "roles": ["broker", "coordinator", "worker"],
+                },
+                {
+                    **node,
+                    "id": "n2",
+                    "failure_domain": "b",
+                    "roles": ["coordinator", "worker", "sensor"],
+                },
+            ],
+            "cameras": [{"id": "cam1", "node": "n2", "source": "scene:chelsea", "fps": 5}],
+            "apps": [
+                {"id": "a1", "camera": "cam1", "family": "efficientnet_lite", "critical": True}
+            ],
+            "observers": ["ops"],
+        }
+    )
+
+
+def _exec_starts(folder: Path) -> dict[str, list[str]]:
+    """Each unit's command, with this test's venv in place of the node's."""
+    out = {}
+    for unit in sorted((folder / "etc/systemd/system").iterdir()):
+        line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecStart="))
+        argv = shlex.split(line.removeprefix("ExecStart="))
+        faillite = str(Path(str(folder.resolve())) / str(VENV).lstrip("/") / "bin" / "faillite")
+        assert argv[0] == faillite, argv
+        out[unit.stem] = [sys.executable, "-P", "-m", "faillite", *argv[1:]]
+    return out
+
+
+def _watch(cfg: Path, secret: str, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-P", "-m", "faillite", "watch", "-c", str(cfg), "--as", "ops",
+         "--duration", str(seconds), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
+    )  # fmt: skip
+
+
+def _watched(proc: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=seconds + 60)
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    summary = next((x["summary"] for x in lines if "summary" in x), None)
+    assert summary is not None, out[-2000:] + err[-2000:]
+    return {"summary": summary, "events": [x for x in lines if "summary" not in x]}
+
+
+def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
+    catalog: Catalog, models_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    kit = _kit(port)
+    build = tmp_path / "build"
+    render(kit, build, in_place=True)
+    staged = stage(kit, catalog, models_dir, build)
+    assert not staged.apps_losing_protection
+    ops = build / "_provisioning/accounts/secrets/rehearsal.observer.ops.secret"
+    secret = ops.read_text().strip()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    try:
+        starts = {n: _exec_starts(build / n) for n in ("n1", "n2")}
+        order = ["faillite-broker", "faillite-coordinator", "faillite-worker", "faillite-sensor"]
+        for prefix in order:
+            for node, units in starts.items():
+                for name, argv in units.items():
+                    if name.startswith(prefix):
+                        with (logs / f"{node}-{name}.log").open("wb") as log:
+                            procs[f"{node}/{name}"] = subprocess.Popen(
+                                argv, stdout=log, stderr=subprocess.STDOUT
+                            )
+            if prefix == "faillite-broker":
+                assert wait_port("127.0.0.1", port, timeout=30, proc=procs["n1/faillite-broker"])
+        client_cfg = build / "n2/etc/faillite/mesh.yaml"
+        deadline = time.monotonic() + 60
+        while True:
+            check = subprocess.run(
+                [sys.executable, "-P", "-m", "faillite", "kit", "check", "-c", str(client_cfg),
+                 "--as", "ops", "--wait", "2",
+                 "--staged-dir", str(build / "n1/var/lib/faillite/models")],
+                capture_output=True, text=True, timeout=60,
+                env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
+            )  # fmt: skip
+            if check.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "PASS roles: worker n2 up" in check.stdout and "PASS models" in check.stdout
+        before = _watched(_watch(client_cfg, secret, 6), 6)
+        served = before["summary"]["apps"]["a1"]
+        primary = served["worker"]
+        assert served["results"] > 0 and primary in ("n1", "n2")
+        watching = _watch(client_cfg, secret, 12)
+        time.sleep(3)  # connected and following before the kill
+        procs[f"{primary}/faillite-worker"].send_signal(signal.SIGKILL)
+        after = _watched(watching, 12)
+        a1 = after["summary"]["apps"]["a1"]
+        assert a1["served_at_end"] and a1["worker"] != primary, after["summary"]
+        assert "failover" in {e.get("kind") for e in after["events"]}, after["events"]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    staged_files = yaml.safe_load((build / "n1/etc/faillite/mesh.yaml").read_text())
+    assert staged_files["models_dir"].startswith(str(build.resolve()))
