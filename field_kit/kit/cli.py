@@ -32,6 +32,11 @@ def register(sub: Any) -> None:
     render.add_argument("kit", help="the kit description (kit.yaml)")
     render.add_argument("--out", required=True, help="folder to render into")
     render.add_argument("--rotate", action="store_true", help="new CA, keys and secrets")
+    render.add_argument(
+        "--in-place",
+        action="store_true",
+        help="each node's paths point into its own folder: a rehearsal on one machine",
+    )
     render.set_defaults(func=cmd_render)
     stage = ksub.add_parser(
         "stage", help="copy and verify the model files each node must hold, under its budget"
@@ -85,7 +90,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         kit = load_kit(Path(args.kit))
-        folders = render(kit, Path(args.out), rotate=args.rotate)
+        folders = render(kit, Path(args.out), rotate=args.rotate, in_place=args.in_place)
     except (ConfigError, PkiError, OSError) as exc:
         print(f"faillite kit: {exc}", file=sys.stderr)
         return 2

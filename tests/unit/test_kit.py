@@ -187,6 +187,10 @@ def test_kit_cli_init_and_render(tmp_path: Path) -> None:
     rendered = run("render", "kit.yaml", "--out", "build")
     assert rendered.returncode == 0, rendered.stderr
     assert len(rendered.stdout.split()) == 5 and "rendered 5 nodes" in rendered.stderr
+    rehearsal = run("render", "kit.yaml", "--out", "here", "--in-place")
+    assert rehearsal.returncode == 0, rehearsal.stderr
+    doc = yaml.safe_load((tmp_path / "here/orin3/etc/faillite/mesh.yaml").read_text())
+    assert doc["broker"]["secrets_dir"] == str(tmp_path / "here/orin3/etc/faillite/secrets")
     (tmp_path / "bad.yaml").write_text("kit: x\nnodes: []\n")
     bad = run("render", "bad.yaml", "--out", "b2")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
