@@ -84,6 +84,14 @@ def test_publishes_enveloped_jpegs_at_rate_with_status(broker: Any) -> None:
         .follow(f"faillite/{mesh}/sensors/#", qos=0)
         .start()
     )
+    # The collector's subscription must be live before the first frame: a marker it publishes
+    # under the same filter has come back (QoS 0 frames sent earlier would simply be missed).
+    marker = f"faillite/{mesh}/sensors/marker/status"
+    deadline = time.monotonic() + 10
+    while not any(tp == marker for _t, tp, _p in col.raw()):
+        assert time.monotonic() < deadline, "the collector's subscription never became live"
+        col.publish(marker, b"m", qos=0)
+        time.sleep(0.1)
     pub = SensorPublisher(mesh, cfg, broker_cfg(broker))
     pub.run(duration_s=1.5)
     col.wait_for(
