@@ -51,6 +51,7 @@ from field_kit.drill.analysis import (
 )
 from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh, MeshSpec
+from field_kit.mqttwire import connect_packet, read_connack
 
 MAX_COUNT: Final = messages.MAX_COUNT  # 2^53 - 1, the largest integer of the schema
 HUGE: Final = 2**52  # a term or generation that no real sequence reaches
@@ -220,20 +221,6 @@ class Attacker:
 # -- a bare MQTT CONNECT (client id, clean session and will of our choosing) -----------------
 
 
-def _mqtt_str(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    out, n = bytearray([kind]), len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out) + body
-
-
 def raw_connect(
     host: str,
     port: int,
@@ -248,23 +235,13 @@ def raw_connect(
     """One CONNECT on a bare socket; the CONNACK's return code (-1: closed without one). An
     admitted connection is held ``hold_s`` and then dropped without DISCONNECT (a reset), so
     that the broker fires its will if it kept one."""
-    flags = (0x02 if clean else 0) | 0x80 | 0x40
-    payload = _mqtt_str(client_id)
-    if will is not None:
-        flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
-        payload += _mqtt_str(will[0]) + _mqtt_str(will[1])
-    payload += _mqtt_str(username) + _mqtt_str(password)
-    body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 60) + payload
+    packet = connect_packet(
+        client_id, 60, clean=clean, will=will, will_retain=True, username=username,
+        password=password,
+    )  # fmt: skip
     with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(_packet(0x10, body))
-        connack = b""
-        with contextlib.suppress(OSError):
-            while len(connack) < 4:
-                chunk = sock.recv(4 - len(connack))
-                if not chunk:
-                    break
-                connack += chunk
-        code = connack[3] if len(connack) == 4 and connack[0] == 0x20 else -1
+        sock.sendall(packet)
+        code = read_connack(sock)
         if code == CONNACK_ACCEPTED:
             time.sleep(hold_s)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
