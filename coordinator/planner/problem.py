@@ -218,6 +218,10 @@ class Problem:
         worker's device class; without one, memory falls back to the variant's reference
         ``memory_mb`` and latency to ``default_latency_ms``; if that is None too, the variant
         cannot be costed and a :class:`ProblemError` says which variant and device class.
+
+        A worker listed in ``models_on_disk`` (it reported its files) can run only those: the
+        mesh moves no model files (``faillite kit stage`` pre-positions them), so it has no
+        disk to fetch into. Unlisted workers keep their ``disk_mb`` (planning ahead, staging).
         """
         disk = models_on_disk or {}
         servers = tuple(
@@ -227,7 +231,7 @@ class Problem:
                 compute_budget=w.compute_budget,
                 failure_domain=w.domain,
                 device_class=w.device_class,
-                disk_mb=w.disk_mb,
+                disk_mb=0.0 if w.id in disk else w.disk_mb,
                 models_on_disk=frozenset(disk.get(w.id, ())),
             )
             for w in mesh.workers
