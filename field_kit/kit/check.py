@@ -8,7 +8,9 @@ incarnation the live heartbeats or frames carry, a leader of a configured coordi
 each worker's clock against this machine's (the offset of its heartbeats' time stamps; the
 spread between workers says more than this machine's own clock). On a node (``--staged-dir``):
 disk space, every staged model file present with its sha256, and with ``--engines-dir`` a
-TensorRT engine for every staged variant.
+TensorRT engine for every staged variant. With ``--drill``, once every check passes,
+KILL_PRIMARY on the live kit (:mod:`field_kit.kit.livedrill`): an app's primary worker killed
+by the operator's command, another worker serving it within the bound, the leader unmoved.
 """
 
 from __future__ import annotations

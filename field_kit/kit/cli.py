@@ -8,6 +8,7 @@
     faillite kit bundle kit.yaml --out build/ [--arch x86_64]  # offline archive per arch
     faillite kit install build/faillite-kit-KIT-ARCH.tar --node ID   # on the node, offline
     faillite kit check -c /etc/faillite/mesh.yaml [--as ops] [--staged-dir DIR]  # readiness
+    faillite kit check -c mesh.yaml --drill [--drill-app APP] [--kill-with CMD]  # + KILL_PRIMARY
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from faillite.cli import add_common, load_config
+
+# systemd's Restart= brings the worker back after the drill.
+DEFAULT_KILL_WITH = "ssh {node} sudo systemctl kill --signal=SIGKILL {unit}"
 
 
 def register(sub: Any) -> None:
@@ -66,6 +70,24 @@ def register(sub: Any) -> None:
     chk.add_argument("--clock-tolerance", type=float, default=0.5, help="seconds (default 0.5)")
     chk.add_argument("--staged-dir", dest="staged", help="on a node: its staged models")
     chk.add_argument("--engines-dir", help="on a TensorRT node: its engines")
+    chk.add_argument(
+        "--drill",
+        action="store_true",
+        help="once every check passes, kill an app's primary worker: is it served again?",
+    )
+    chk.add_argument("--drill-app", help="the app to drill (default: the first critical app)")
+    chk.add_argument(
+        "--kill-with",
+        default=DEFAULT_KILL_WITH,
+        help="command that kills a worker, placeholders {node} {worker} {unit} "
+        "(default: %(default)s)",
+    )
+    chk.add_argument(
+        "--drill-bound",
+        type=float,
+        default=30.0,
+        help="seconds the app may take to be served again (default 30)",
+    )
     chk.set_defaults(func=cmd_check)
 
 
@@ -162,8 +184,16 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from field_kit.kit.check import run_checks
+    from field_kit.kit.livedrill import DrillError, kill_argv, kill_primary, pick_app
 
     cfg = load_config(args)
+    if args.drill:
+        try:  # a typo in the drill's arguments is said before any check runs
+            pick_app(cfg, args.drill_app)
+            kill_argv(args.kill_with, "-")
+        except DrillError as exc:
+            print(f"faillite kit check: {exc}", file=sys.stderr)
+            return 2
     checks = run_checks(
         cfg,
         args.observer,
@@ -174,6 +204,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     for c in checks:
         print(c.line())
+    if args.drill:
+        failing = sorted({c.name for c in checks if not c.ok})
+        if failing:
+            print(f"drill skipped: the kit is not ready ({', '.join(failing)} failed)")
+        else:
+            sys.stdout.flush()
+            drill = kill_primary(
+                cfg,
+                args.observer,
+                args.kill_with,
+                app=args.drill_app,
+                bound_s=args.drill_bound,
+                say=lambda text: print(text, file=sys.stderr, flush=True),
+            )
+            for c in drill:
+                print(c.line())
+            checks += drill
     failed = sum(not c.ok for c in checks)
     print(f"{len(checks) - failed} passed, {failed} failed", file=sys.stderr)
     return 1 if failed else 0

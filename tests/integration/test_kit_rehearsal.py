@@ -1,7 +1,9 @@
 """A kit rehearsed on this machine: described in kit.yaml, rendered in place (each node's paths
 point into its own folder), staged, its processes started exactly as its systemd units say
-(only the venv's path differs), checked ready with ``faillite kit check``, then its critical
-app's primary killed: the app is served again from the backup its staging put on disk.
+(only the venv's path differs), checked ready with ``faillite kit check``, then drilled with
+``faillite kit check --drill``: its critical app's primary killed by the operator's command (here
+a ``kill`` of the process, where a field kit would ``ssh`` to a node and ``systemctl kill``), and
+the app served again from the backup its staging put on disk, the leader unmoved.
 
 Two nodes on loopback (the embedded broker, accounts, TLS with the kit's CA, signed
 assignments, a standby coordinator). The five-node form in network namespaces is not here.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -55,7 +58,9 @@ def _kit(port: int) -> Kit:
             "apps": [
                 {"id": "a1", "camera": "cam1", "family": "efficientnet_lite", "critical": True}
             ],
-            "observers": ["ops"],
+            # "drill" for the drill's own observer: one client id per connection (a second
+            # "ops" beside faillite watch's would take over its session).
+            "observers": ["ops", "drill"],
         }
     )
 
@@ -98,9 +103,11 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
     render(kit, build, in_place=True)
     staged = stage(kit, catalog, models_dir, build)
     assert not staged.apps_losing_protection
-    ops = build / "_provisioning/accounts/secrets/rehearsal.observer.ops.secret"
-    secret = ops.read_text().strip()
+    secrets = build / "_provisioning/accounts/secrets"
+    secret = (secrets / "rehearsal.observer.ops.secret").read_text().strip()
+    drill_secret = (secrets / "rehearsal.observer.drill.secret").read_text().strip()
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    watching: subprocess.Popen[str] | None = None
     logs = tmp_path / "logs"
     logs.mkdir()
     try:
@@ -111,9 +118,9 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
                 for name, argv in units.items():
                     if name.startswith(prefix):
                         with (logs / f"{node}-{name}.log").open("wb") as log:
-                            procs[f"{node}/{name}"] = subprocess.Popen(
-                                argv, stdout=log, stderr=subprocess.STDOUT
-                            )
+                            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+                        procs[f"{node}/{name}"] = proc
+                        (logs / f"{node}-{name}.pid").write_text(str(proc.pid))
             if prefix == "faillite-broker":
                 assert wait_port("127.0.0.1", port, timeout=30, proc=procs["n1/faillite-broker"])
         client_cfg = build / "n2/etc/faillite/mesh.yaml"
@@ -131,18 +138,38 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
             time.sleep(1)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "PASS roles: worker n2 up" in check.stdout and "PASS models" in check.stdout
-        before = _watched(_watch(client_cfg, secret, 6), 6)
-        served = before["summary"]["apps"]["a1"]
-        primary = served["worker"]
-        assert served["results"] > 0 and primary in ("n1", "n2")
-        watching = _watch(client_cfg, secret, 12)
-        time.sleep(3)  # connected and following before the kill
-        procs[f"{primary}/faillite-worker"].send_signal(signal.SIGKILL)
-        after = _watched(watching, 12)
+        watching = _watch(client_cfg, secret, 180)  # stopped (SIGTERM) after the drill
+        time.sleep(2)  # connected and following before the kill
+        pids = shlex.quote(str(logs).replace("{", "{{").replace("}", "}}"))
+        kill_with = "sh -c " + shlex.quote(f"kill -KILL $(cat {pids}/{{node}}-faillite-worker.pid)")
+        drill = subprocess.run(
+            [sys.executable, "-P", "-m", "faillite", "kit", "check", "-c", str(client_cfg),
+             "--as", "drill", "--wait", "2", "--drill", "--kill-with", kill_with],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "FAILLITE_MQTT_PASSWORD": drill_secret},
+        )  # fmt: skip
+        said = drill.stdout + drill.stderr
+        time.sleep(2)  # the backup's results after the drill, for the watch's summary
+        watching.send_signal(signal.SIGTERM)
+        after = _watched(watching, 0)
+        assert drill.returncode == 0, said
+        killed = re.search(r"^PASS drill: KILL_PRIMARY a1: killed primary (\w+) ", said, re.M)
+        served = re.search(
+            r"; served again by (\w+) \((warm|cold) backup, variant [^)]+\) after MTTR \d+ ms", said
+        )
+        assert killed is not None and served is not None, said
+        primary, server = killed[1], served[1]
+        assert primary in ("n1", "n2") and server != primary, said
+        assert re.search(r"^PASS drill_leader: leader n[12] term \d+ before and after", said, re.M)
+        assert procs[f"{primary}/faillite-worker"].wait(10) == -signal.SIGKILL, said
         a1 = after["summary"]["apps"]["a1"]
-        assert a1["served_at_end"] and a1["worker"] != primary, after["summary"]
-        assert "failover" in {e.get("kind") for e in after["events"]}, after["events"]
+        assert a1["served_at_end"] and a1["worker"] == server, after["summary"]
+        failovers = {e["worker"] for e in after["events"] if e.get("kind") == "failover"}
+        assert primary in failovers, after["events"]
     finally:
+        if watching is not None and watching.poll() is None:
+            watching.kill()
+            watching.communicate()
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
