@@ -149,3 +149,41 @@ class LinkProxy:
         finally:
             with contextlib.suppress(OSError, RuntimeError):
                 dst.close()
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one impaired link as its own process (in a namespace): until SIGTERM or SIGINT."""
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(
+        prog="python -m field_kit.drill.linkproxy", description=main.__doc__
+    )
+    p.add_argument("--listen", required=True, type=_address, help="HOST:PORT")
+    p.add_argument("--target", required=True, type=_address, help="HOST:PORT")
+    wifi = Impairment()
+    p.add_argument("--delay-ms", type=float, default=wifi.delay_ms)
+    p.add_argument("--jitter-ms", type=float, default=wifi.jitter_ms)
+    p.add_argument("--loss-pct", type=float, default=wifi.loss_pct)
+    args = p.parse_args(argv)
+    imp = Impairment(args.delay_ms, args.jitter_ms, args.loss_pct)
+    (lhost, lport), (thost, tport) = args.listen, args.target
+    proxy = LinkProxy(lhost, lport, thost, tport, imp).start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: done.set())
+    log.info("link_up", listen=args.listen, target=args.target, impairment=str(imp))
+    done.wait()
+    proxy.stop()
+    s = proxy.stats
+    log.info("link_down", connections=s.connections, chunks=s.chunks, lost=s.lost)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,6 +13,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +157,131 @@ class NetNamespace:
             except NetnsError as exc:
                 log.debug("netns_cleanup", netns=self.name, error=str(exc))
         self.created = False
+
+
+class Lan:
+    """A kit's network on one machine: a bridge in namespace ``{tag}air`` (the air between the
+    boards) and one namespace per node, joined to it by a veth whose node end is ``eth0``.
+
+    Each node gets its address (``addresses``, one /24) and no route anywhere else: nothing on
+    it can reach this machine's network, let alone the internet. Each link may be made
+    WiFi-like and cut on its own (a partitioned board). Only the namespaces made here are
+    touched; their names and the links' are ``{tag}``-prefixed."""
+
+    def __init__(self, tag: str, addresses: dict[str, str]) -> None:
+        if not addresses or len(addresses) > 250:
+            raise ValueError(f"a LAN of 1..250 nodes, got {len(addresses)}")
+        if len({a.rpartition(".")[0] for a in addresses.values()}) != 1:
+            raise ValueError(f"one /24 for every node, got {sorted(addresses.values())}")
+        self.tag = tag
+        self.air = f"{tag}air"
+        self.nodes = list(addresses)
+        self.address = dict(addresses)
+        self.created: list[str] = []
+        self.links: list[subprocess.Popen[bytes]] = []  # user-space links, where no netem
+
+    def namespace(self, node: str) -> str:
+        return f"{self.tag}{self.nodes.index(node) + 1}"
+
+    def _air_if(self, node: str) -> str:
+        return f"{self.tag}{self.nodes.index(node) + 1}a"[:15]
+
+    def create(self) -> Lan:
+        require_root()
+        _run("ip", "netns", "add", self.air)
+        self.created.append(self.air)
+        _run("ip", "-n", self.air, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", self.air, "link", "set", "br0", "up")
+        for node in self.nodes:
+            ns, air_if = self.namespace(node), self._air_if(node)
+            tmp = f"{self.tag}{self.nodes.index(node) + 1}n"[:15]
+            _run("ip", "netns", "add", ns)
+            self.created.append(ns)
+            _run("ip", "link", "add", tmp, "type", "veth", "peer", "name", air_if)
+            _run("ip", "link", "set", tmp, "netns", ns, "name", "eth0")
+            _run("ip", "link", "set", air_if, "netns", self.air)
+            _run("ip", "-n", self.air, "link", "set", air_if, "master", "br0", "up")
+            _run("ip", "-n", ns, "addr", "add", f"{self.address[node]}/24", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        log.info("lan_created", air=self.air, nodes=self.address)
+        return self
+
+    def wrap(self, node: str, argv: list[str]) -> list[str]:
+        """``argv`` run on ``node`` (inside its namespace)."""
+        return ["ip", "netns", "exec", self.namespace(node), *argv]
+
+    def impair(self, node: str, imp: Impairment) -> None:
+        """``node``'s link WiFi-like, both directions."""
+        _run("tc", "-n", self.air, "qdisc", "replace", "dev", self._air_if(node), "root",
+             "netem", *imp.netem_args())  # fmt: skip
+        _run("tc", "-n", self.namespace(node), "qdisc", "replace", "dev", "eth0", "root",
+             "netem", *imp.netem_args())  # fmt: skip
+
+    def wifi(self, imp: Impairment, *, broker: str, port: int) -> str:
+        """Every link WiFi-like. With ``sch_netem``: netem on each link, both directions
+        ("netem"). Without it: a user-space link on ``broker``'s node that every connection
+        arriving there for ``port`` passes through (an nftables redirect), held for the delay
+        and jitter, a lost segment stalling for a retransmission timeout ("user-space"); all
+        of the mesh's traffic goes through the broker, so every node's traffic suffers."""
+        if netem_problem() is None:
+            for node in self.nodes:
+                self.impair(node, imp)
+            return "netem"
+        ns, addr, relay = self.namespace(broker), self.address[broker], 20000 + port % 40000
+        rules = (
+            f"add table ip faillite_link; "
+            f"add chain ip faillite_link pre {{ type nat hook prerouting priority -100; }}; "
+            f'add rule ip faillite_link pre iifname "eth0" tcp dport {port} redirect to :{relay}'
+        )
+        _run("ip", "netns", "exec", ns, "nft", rules)
+        proc = subprocess.Popen(
+            self.wrap(
+                broker,
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "field_kit.drill.linkproxy",
+                    "--listen",
+                    f"{addr}:{relay}",
+                    "--target",
+                    f"{addr}:{port}",
+                    "--delay-ms",
+                    f"{imp.delay_ms:g}",
+                    "--jitter-ms",
+                    f"{imp.jitter_ms:g}",
+                    "--loss-pct",
+                    f"{imp.loss_pct:g}",
+                ],
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.links.append(proc)
+        return "user-space"
+
+    def cut(self, node: str) -> None:
+        _run("ip", "-n", self.air, "link", "set", self._air_if(node), "down")
+        log.warning("link_cut", node=node)
+
+    def heal(self, node: str) -> None:
+        _run("ip", "-n", self.air, "link", "set", self._air_if(node), "up")
+        log.warning("link_healed", node=node)
+
+    def destroy(self) -> None:
+        for proc in self.links:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.links.clear()
+        # Deleting a namespace deletes its veth ends (and their peers) with it.
+        for ns in reversed(self.created):
+            try:
+                _run("ip", "netns", "del", ns)
+            except NetnsError as exc:
+                log.debug("netns_cleanup", netns=ns, error=str(exc))
+        self.created.clear()

@@ -6,7 +6,9 @@ platform (manylinux, CPython of ``--python``), the node's rendered folder (and i
 if ``faillite kit stage`` ran), ``bundle.json`` (what each node installs) and ``SHA256SUMS``.
 ``install`` verifies every file against the sums before it installs anything, then makes the
 venv (``/opt/faillite/venv``), installs from the wheelhouse only (``pip --no-index``), puts the
-node's files in place and enables its units.
+node's files in place and enables its units. Before the archive is written, pip's resolver
+checks, offline and for the target platform, that each node's requirements resolve from the
+wheelhouse alone (``bundle.json`` lists what each node will install).
 
 Jetson: TensorRT and the CUDA build of ONNX Runtime come from JetPack's system packages, not
 from PyPI, so an aarch64 node with an accelerator gets a venv with system site packages and no
@@ -17,6 +19,7 @@ Mosquitto broker node installs them from its OS image.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -39,7 +42,9 @@ def platforms(arch: str) -> list[str]:
     return [f"manylinux2014_{arch}", *(f"manylinux_{g}_{arch}" for g in GLIBC)]
 
 
-__all__ = ["BundleError", "NodeInstall", "bundle", "install", "node_install", "verify"]
+__all__ = [
+    "BundleError", "NodeInstall", "bundle", "install", "node_install", "resolves", "verify"
+]  # fmt: skip
 
 
 def node_install(kit: Kit, node: Node) -> NodeInstall:
@@ -57,6 +62,28 @@ def node_install(kit: Kit, node: Node) -> NodeInstall:
         elif not jetson:
             extras += ["gpu", "jetson"] if node.accelerator == "tensorrt" else ["gpu"]
     return NodeInstall(node.id, tuple(extras), jetson, tuple(sorted(units(kit, node))))
+
+
+def resolves(wheels: Path, wheel: str, node: NodeInstall, arch: str, python: str) -> list[str]:
+    """The distributions ``node`` installs, resolved from ``wheels`` alone for ``arch``: pip's
+    own resolver, offline, for the target platform (a dry run, installs nothing). Raises
+    :class:`BundleError` naming what is missing; returns ``name==version`` of each."""
+    target = f"{wheels / wheel}[{','.join(node.extras)}]" if node.extras else str(wheels / wheel)
+    with tempfile.TemporaryDirectory(prefix="faillite-resolve-") as tmp:
+        report = Path(tmp) / "report.json"
+        installer.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed",
+             "--no-index", "--find-links", str(wheels), "--only-binary=:all:",
+             *(a for p in platforms(arch) for a in ("--platform", p)),
+             "--python-version", python.replace(".", ""), "--implementation", "cp",
+             "--target", str(Path(tmp) / "t"), "--report", str(report), target],
+            f"node {node.node}: resolving its requirements for {arch} from the wheelhouse alone",
+            env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"},
+        )  # fmt: skip
+        doc = json.loads(report.read_text())
+    return sorted(
+        f"{x['metadata']['name']}=={x['metadata']['version']}" for x in doc.get("install", [])
+    )
 
 
 def bundle(
@@ -87,6 +114,8 @@ def bundle(
              "--python-version", python.replace(".", ""), "--implementation", "cp", spec],
             f"resolving every dependency for {arch} (pip download)",
         )  # fmt: skip
+        # Complete, or no archive: every node's requirements resolve offline for its platform.
+        resolved = {i.node: resolves(wheels, ours.name, i, arch, python) for i in installs}
         for n in nodes:
             src = rendered / n.id
             if not src.is_dir():
@@ -99,7 +128,7 @@ def bundle(
                     "arch": arch,
                     "python": python,
                     "wheel": ours.name,
-                    "nodes": [asdict(i) for i in installs],
+                    "nodes": [{**asdict(i), "resolved": resolved[i.node]} for i in installs],
                 },
                 indent=2,
             )

@@ -1,0 +1,211 @@
+"""A kit rehearsed on one machine from its offline bundle, one network namespace per node.
+
+The kit is rendered in place into ``root`` (each node's paths point into ``root/<node>``),
+bundled, and then each node folder is emptied and installed again from the bundle, by the
+bundle's own ``install.py`` run inside the node's namespace, where nothing but the kit's LAN
+can be reached. Each node's roles are started the way its systemd units say (``ExecStart`` and
+``Environment``; the unit's ``User`` is not switched to), inside its namespace, in the units'
+order: the broker, then coordinators, workers and cameras. What each took is read from the
+roles' own structured logs: install seconds, and seconds from start to ready per unit.
+
+Root and ``ip`` are needed (:func:`field_kit.drill.netns.root_problem`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from field_kit.drill.netns import Lan
+from field_kit.kit.installer import BundleError
+from field_kit.kit.model import Kit
+
+# The log event that says a role is ready, per unit kind (the unit name's role part).
+READY: Final[dict[str, tuple[str, ...]]] = {
+    "broker": ("broker_listening",),
+    "coordinator": ("term_acquired", "standby"),
+    "worker": ("assignment_applied",),
+    "sensor": ("connected",),
+}
+ORDER: Final = ("broker", "coordinator", "worker", "sensor")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    node: str
+    name: str  # faillite-worker.service
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+
+    @property
+    def role(self) -> str:
+        return self.name.removeprefix("faillite-").split(".")[0].split("-")[0]
+
+
+def read_units(folder: Path, node: str) -> list[Unit]:
+    """The units of an installed node folder, in start order."""
+    out: list[Unit] = []
+    for path in sorted((folder / "etc/systemd/system").glob("faillite-*.service")):
+        argv: list[str] = []
+        env: list[tuple[str, str]] = []
+        for line in path.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                argv = shlex.split(line.removeprefix("ExecStart="))
+            elif line.startswith("Environment="):
+                for pair in shlex.split(line.removeprefix("Environment=")):
+                    k, _, v = pair.partition("=")
+                    env.append((k, v))
+        if not argv:
+            raise BundleError(f"{path}: no ExecStart")
+        out.append(Unit(node, path.name, tuple(argv), tuple(env)))
+    return sorted(out, key=lambda u: (ORDER.index(u.role), u.name))
+
+
+@dataclass
+class NodeTimes:
+    install_s: float = 0.0
+    started: dict[str, float] = field(default_factory=dict)  # unit -> wall clock at start
+    ready_s: dict[str, float | None] = field(default_factory=dict)  # unit -> start to ready
+
+
+class Rehearsal:
+    """``kit`` rendered in place under ``root`` and bundled in ``archive``, on ``lan``."""
+
+    def __init__(self, kit: Kit, archive: Path, root: Path, lan: Lan, logs: Path) -> None:
+        self.kit, self.archive, self.root, self.lan, self.logs = kit, archive, root, lan, logs
+        self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self.times: dict[str, NodeTimes] = {n.id: NodeTimes() for n in kit.nodes}
+        self._unpacked: Path | None = None
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def _bundle(self) -> Path:
+        if self._unpacked is None:
+            where = self.root.parent / f"{self.root.name}-bundle"
+            shutil.rmtree(where, ignore_errors=True)
+            with tarfile.open(self.archive) as tar:
+                tar.extractall(where, filter="data")
+            (self._unpacked,) = where.iterdir()
+        return self._unpacked
+
+    def install(self, node: str) -> float:
+        """Empty ``node``'s folder, install it from the bundle inside its namespace (no network
+        but the kit's LAN); returns the seconds it took (verification included)."""
+        target = self.root / node
+        shutil.rmtree(target, ignore_errors=True)
+        bundle = self._bundle()
+        t0 = time.monotonic()
+        out = subprocess.run(
+            self.lan.wrap(node, [sys.executable, str(bundle / "install.py"), "--node", node,
+                                 "--bundle", str(bundle), "--root", str(target), "--no-systemd"]),
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise BundleError(f"installing {node}: {out.stderr.strip()[-2000:]}")
+        self.times[node].install_s = time.monotonic() - t0
+        return self.times[node].install_s
+
+    def units(self, node: str) -> list[Unit]:
+        return read_units(self.root / node, node)
+
+    def start(self, unit: Unit) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **dict(unit.env)}
+        with (self.logs / f"{unit.node}-{unit.name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                self.lan.wrap(unit.node, list(unit.argv)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        self.procs[(unit.node, unit.name)] = proc
+        self.times[unit.node].started[unit.name] = time.time()
+        (self.logs / f"{unit.node}-{unit.name}.pid").write_text(f"{proc.pid}\n")
+        return proc
+
+    def ready_at(self, unit: Unit) -> float | None:
+        """Wall clock of ``unit``'s first ready event since it was started, from its log."""
+        since = self.times[unit.node].started.get(unit.name)
+        path = self.logs / f"{unit.node}-{unit.name}.log"
+        if since is None or not path.is_file():
+            return None
+        wanted = READY[unit.role]
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") in wanted and "timestamp" in ev:
+                at = datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00")).timestamp()
+                if at >= since - 1:
+                    return at
+        return None
+
+    def wait_ready(self, units: list[Unit], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(units)
+        while pending:
+            for u in list(pending):
+                at = self.ready_at(u)
+                if at is not None:
+                    self.times[u.node].ready_s[u.name] = at - self.times[u.node].started[u.name]
+                    pending.remove(u)
+                elif self.procs[(u.node, u.name)].poll() is not None:
+                    raise BundleError(f"{u.node}/{u.name} exited; see {self.logs}")
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(f"{u.node}/{u.name}" for u in pending)
+                raise BundleError(f"not ready after {timeout:.0f} s: {names}; see {self.logs}")
+            time.sleep(0.2)
+
+    def start_all(self, timeout: float = 120.0) -> None:
+        """Every node's units, role by role (the broker first), each role ready before the
+        next starts, as systemd's ordering would have it."""
+        units = [u for n in self.kit.nodes for u in self.units(n.id)]
+        for role in ORDER:
+            batch = [u for u in units if u.role == role]
+            for u in batch:
+                self.start(u)
+            self.wait_ready(batch, timeout)
+
+    def kill(self, node: str, unit: str, sig: int = signal.SIGKILL) -> None:
+        self.procs[(node, unit)].send_signal(sig)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self._unpacked is not None:
+            shutil.rmtree(self._unpacked.parent, ignore_errors=True)
+            self._unpacked = None
+
+    def table(self) -> list[dict[str, object]]:
+        """Per node: install seconds, and seconds from start to ready per unit."""
+        return [
+            {
+                "node": n.id,
+                "roles": list(n.roles),
+                "install_s": round(self.times[n.id].install_s, 1),
+                "ready_s": {
+                    u: None if s is None else round(s, 2)
+                    for u, s in self.times[n.id].ready_s.items()
+                },
+            }
+            for n in self.kit.nodes
+        ]

@@ -1,0 +1,203 @@
+"""Issue 10's proof: a five-node kit from kit.yaml, each node in its own network namespace on a
+WiFi-like LAN (netem where the kernel has it, else a user-space link on the broker's node),
+installed from its offline bundle into a fresh venv with nothing but the LAN reachable, its
+roles started the way its units say, checked ready, then KILL_PRIMARY (``faillite kit check
+--drill``) and PARTITION_WORKER run against it, and everything torn down.
+
+The operator's laptop is a sixth namespace on the same LAN: ``faillite kit check`` and
+``faillite watch`` run there, with the observer accounts' secrets, as a field team would.
+Root, ``ip`` and the network to build the bundle (PyPI, as any install) are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faillite.catalog import Catalog
+from field_kit.drill.netns import Impairment, Lan, root_problem
+from field_kit.kit.bundle import bundle
+from field_kit.kit.model import Kit
+from field_kit.kit.rehearse import Rehearsal
+from field_kit.kit.render import render
+from field_kit.kit.stage import stage
+
+REPO = Path(__file__).resolve().parents[2]
+PORT = 8883
+OPS = "10.252.0.200"  # the operator's laptop on the kit's WiFi
+WIFI = Impairment(delay_ms=10, jitter_ms=5, loss_pct=0.5)
+
+
+def _kit() -> Kit:
+    def node(i: int, domain: str, roles: list[str]) -> dict[str, Any]:
+        return {
+            "id": f"n{i}", "host": f"10.252.0.{i}", "arch": "x86_64", "device_class": "cpu",
+            "memory_mb": 1024, "disk_mb": 1000, "failure_domain": domain, "link": "wifi",
+            "roles": roles,
+        }  # fmt: skip
+
+    return Kit.model_validate(
+        {
+            "kit": "lan5",
+            "broker": {"node": "n1", "kind": "amqtt", "port": PORT},
+            "nodes": [
+                # The cameras' boards: not a worker, so a partitioned worker loses no camera.
+                node(1, "a", ["broker", "coordinator", "sensor"]),
+                node(2, "a", ["coordinator", "worker"]),
+                node(3, "b", ["worker"]),
+                node(4, "c", ["worker"]),
+                node(5, "d", ["worker"]),
+            ],
+            "cameras": [
+                {"id": "cam1", "node": "n1", "source": "scene:chelsea", "fps": 2},
+                {"id": "cam2", "node": "n1", "source": "scene:chelsea", "fps": 2},
+            ],
+            "apps": [
+                {"id": "a1", "camera": "cam1", "family": "efficientnet_lite", "critical": True},
+                {"id": "a2", "camera": "cam2", "family": "efficientnet_lite"},
+            ],
+            "observers": ["ops", "watch"],
+        }
+    )
+
+
+@pytest.fixture
+def kit_lan(
+    catalog: Catalog, models_dir: Path, tmp_path: Path
+) -> Iterator[tuple[Rehearsal, dict[str, str]]]:
+    problem = root_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    kit = _kit()
+    root = tmp_path / "kit"
+    render(kit, root, in_place=True)
+    staged = stage(kit, catalog, models_dir, root)
+    assert not staged.apps_losing_protection
+    archive = bundle(kit, root, REPO, tmp_path / "dist", "x86_64")
+    secrets = {
+        who: (root / f"_provisioning/accounts/secrets/lan5.observer.{who}.secret")
+        .read_text()
+        .strip()
+        for who in ("ops", "watch")
+    }
+    lan = Lan(f"flk{uuid.uuid4().hex[:5]}", {**{n.id: n.host for n in kit.nodes}, "ops": OPS})
+    reh = Rehearsal(kit, archive, root, lan, tmp_path / "logs")
+    try:
+        lan.create()
+        lan.wifi(WIFI, broker="n1", port=PORT)
+        yield reh, secrets
+    finally:
+        reh.stop()
+        lan.destroy()
+
+
+def _ops(
+    lan: Lan, argv: list[str], secret: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``faillite ...`` on the operator's laptop (this test's venv, in the ops namespace)."""
+    return subprocess.run(
+        lan.wrap("ops", [sys.executable, "-P", "-m", "faillite", *argv]),
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
+    )  # fmt: skip
+
+
+def _watch(lan: Lan, cfg: Path, secret: str, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        lan.wrap("ops", [sys.executable, "-P", "-m", "faillite", "watch", "-c", str(cfg),
+                         "--as", "watch", "--duration", str(seconds), "--json"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
+    )  # fmt: skip
+
+
+def _watched(proc: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=seconds + 60)
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    summary = next((x["summary"] for x in lines if "summary" in x), None)
+    assert summary is not None, out[-2000:] + err[-2000:]
+    return {"summary": summary, "events": [x for x in lines if "summary" not in x]}
+
+
+def test_a_five_node_kit_installs_offline_serves_and_survives_its_drills(
+    kit_lan: tuple[Rehearsal, dict[str, str]],
+) -> None:
+    reh, secrets = kit_lan
+    lan, root = reh.lan, reh.root
+    for n in reh.kit.nodes:
+        reh.install(n.id)
+        venv = root / n.id / "opt/faillite/venv"
+        assert (venv / "bin/faillite").is_file()
+        # Exactly its roles' extras: a camera-less, worker-less node has no OpenCV.
+        has_cv = any((venv / "lib").glob("python3*/site-packages/cv2"))
+        assert has_cv == bool({"worker", "sensor"} & set(n.roles)), n.id
+    assert not (root / "n1/var/lib/faillite/models/stage.json").exists()  # n1 runs no worker
+    assert not list((root / "n1/opt/faillite/venv/lib").glob("python3*/site-packages/onnxruntime"))
+    reh.start_all(timeout=120)
+    cfg = root / "n2/etc/faillite/mesh.yaml"
+
+    deadline = time.monotonic() + 60
+    while True:
+        check = _ops(lan, ["kit", "check", "-c", str(cfg), "--as", "ops", "--wait", "3",
+                           "--clock-tolerance", "1"], secrets["ops"], 90)  # fmt: skip
+        if check.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for w in ("n2", "n3", "n4", "n5"):
+        assert f"PASS roles: worker {w} up" in check.stdout, check.stdout
+    assert "PASS broker_tls: 10.252.0.1:8883" in check.stdout
+
+    # KILL_PRIMARY, the way a field team runs it on a live kit.
+    watching = _watch(lan, cfg, secrets["watch"], 25)
+    kill = shlex.join(["sh", "-c", f"kill -KILL $(cat {reh.logs}/{{node}}-{{unit}}.pid)"])
+    drill = _ops(lan, ["kit", "check", "-c", str(cfg), "--as", "ops", "--wait", "3",
+                       "--clock-tolerance", "1", "--drill", "--kill-with", kill],
+                 secrets["ops"], 120)  # fmt: skip
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    line = next(x for x in drill.stdout.splitlines() if x.startswith("PASS drill:"))
+    killed = line.split("killed primary ", 1)[1].split()[0]
+    served_by = line.split("served again by ", 1)[1].split()[0]
+    assert killed != served_by and {killed, served_by} <= {"n2", "n3", "n4", "n5"}, line
+    watched = _watched(watching, 25)
+    kinds = [(e.get("kind"), e.get("worker")) for e in watched["events"]]
+    assert ("failover", killed) in kinds, watched["events"]
+    assert watched["summary"]["apps"]["a1"]["served_at_end"], watched["summary"]
+    # systemd's Restart= brings the killed worker back; here the test does.
+    (unit,) = [u for u in reh.units(killed) if u.role == "worker"]
+    reh.start(unit)
+    reh.wait_ready([unit], 60)
+
+    # PARTITION_WORKER: cut the board that serves a2 off the air, then heal it.
+    before = _watched(_watch(lan, cfg, secrets["watch"], 5), 5)["summary"]["apps"]
+    victim = before["a2"]["worker"]
+    assert victim and victim != killed, before
+    watching = _watch(lan, cfg, secrets["watch"], 30)
+    time.sleep(4)
+    lan.cut(victim)
+    time.sleep(12)
+    lan.heal(victim)
+    watched = _watched(watching, 30)
+    apps = watched["summary"]["apps"]
+    assert apps["a2"]["served_at_end"] and apps["a2"]["worker"] != victim, watched["summary"]
+    assert apps["a1"]["served_at_end"], watched["summary"]
+    assert ("failover", victim) in [(e.get("kind"), e.get("worker")) for e in watched["events"]]
+    # After the heal: every board is back, and every app is served once (no duplicates: at
+    # most its camera's rate of results).
+    time.sleep(5)
+    back = _ops(lan, ["kit", "check", "-c", str(cfg), "--as", "ops", "--wait", "3",
+                      "--clock-tolerance", "1"], secrets["ops"], 90)  # fmt: skip
+    assert back.returncode == 0, back.stdout + back.stderr
+    after = _watched(_watch(lan, cfg, secrets["watch"], 8), 8)["summary"]
+    for app, v in after["apps"].items():
+        assert v["served_at_end"] and 0 < v["results"] <= 2 * 8 * 1.25 + 2, (app, after)
