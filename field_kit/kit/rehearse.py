@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from field_kit.drill.netns import Lan
 from field_kit.kit.installer import BundleError
@@ -39,6 +39,7 @@ READY: Final[dict[str, tuple[str, ...]]] = {
     "sensor": ("connected",),
 }
 ORDER: Final = ("broker", "coordinator", "worker", "sensor")
+OPS: Final = "10.252.0.200"  # the operator's laptop on the kit's WiFi
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +196,7 @@ class Rehearsal:
             shutil.rmtree(self._unpacked.parent, ignore_errors=True)
             self._unpacked = None
 
-    def table(self) -> list[dict[str, object]]:
+    def table(self) -> list[dict[str, Any]]:
         """Per node: install seconds, and seconds from start to ready per unit."""
         return [
             {
@@ -209,3 +210,40 @@ class Rehearsal:
             }
             for n in self.kit.nodes
         ]
+
+
+def lan_kit(name: str = "lan5", port: int = 8883, fps: float = 2.0) -> Kit:
+    """A five-node kit that rehearses on one machine: addresses in 10.252.0.0/24 (the
+    operator's laptop is :data:`OPS`), CPU boards, the embedded broker, two cameras from the
+    built-in scene, a critical app and another."""
+
+    def node(i: int, domain: str, roles: list[str]) -> dict[str, Any]:
+        return {
+            "id": f"n{i}", "host": f"10.252.0.{i}", "arch": "x86_64", "device_class": "cpu",
+            "memory_mb": 1024, "disk_mb": 1000, "failure_domain": domain, "link": "wifi",
+            "roles": roles,
+        }  # fmt: skip
+
+    return Kit.model_validate(
+        {
+            "kit": name,
+            "broker": {"node": "n1", "kind": "amqtt", "port": port},
+            "nodes": [
+                # The cameras' boards: not a worker, so a partitioned worker loses no camera.
+                node(1, "a", ["broker", "coordinator", "sensor"]),
+                node(2, "a", ["coordinator", "worker"]),
+                node(3, "b", ["worker"]),
+                node(4, "c", ["worker"]),
+                node(5, "d", ["worker"]),
+            ],
+            "cameras": [
+                {"id": "cam1", "node": "n1", "source": "scene:chelsea", "fps": fps},
+                {"id": "cam2", "node": "n1", "source": "scene:chelsea", "fps": fps},
+            ],
+            "apps": [
+                {"id": "a1", "camera": "cam1", "family": "efficientnet_lite", "critical": True},
+                {"id": "a2", "camera": "cam2", "family": "efficientnet_lite"},
+            ],
+            "observers": ["ops", "watch"],
+        }
+    )

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from field_kit.kit.bundle import BundleError, bundle, install, verify
-from field_kit.kit.model import load_kit
+from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.render import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +117,35 @@ def test_a_node_installs_offline_and_a_corrupt_bundle_installs_nothing(
     with pytest.raises(BundleError, match="checksum mismatch"):
         install(bundle_dir, "n1", root=tmp_path / "other", systemd=False)
     assert not (tmp_path / "other").exists()
+
+
+def test_the_aarch64_bundle_resolves_every_requirement_for_its_platform(tmp_path: Path) -> None:
+    """The example kit (five Jetson Orin NX), one board made a CPU-only aarch64 box and the
+    embedded broker chosen, so every extra is in play: built here, it cannot run here, but
+    every node's requirements must resolve from its wheelhouse alone for manylinux aarch64
+    (the bundle checks that before it writes the archive; here what it found is checked)."""
+    doc = yaml.safe_load(EXAMPLE)
+    doc["broker"]["kind"] = "amqtt"
+    doc["nodes"][4]["accelerator"] = "none"
+    kit = Kit.model_validate(doc)
+    render(kit, tmp_path / "build")
+    archive = bundle(kit, tmp_path / "build", REPO, tmp_path / "dist", "aarch64")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        (manifest,) = [n for n in names if n.endswith("/bundle.json")]
+        meta = json.loads(tar.extractfile(manifest).read())  # type: ignore[union-attr]
+    wheels = [Path(n).name for n in names if n.endswith(".whl")]
+    assert wheels and not [w for w in wheels if "x86_64" in w], wheels
+    assert all(w.endswith(("-any.whl", "aarch64.whl")) for w in wheels), wheels
+    nodes = {n["node"]: n for n in meta["nodes"]}
+    resolved = {k: {r.split("==")[0].lower() for r in v["resolved"]} for k, v in nodes.items()}
+    # Jetson boards: JetPack's ONNX Runtime and TensorRT, from system site packages.
+    for jetson in ("orin1", "orin2", "orin3", "orin4"):
+        assert nodes[jetson]["system_site_packages"] is True
+        assert (
+            "onnxruntime" not in resolved[jetson] and "opencv-python-headless" in resolved[jetson]
+        )
+    assert nodes["orin5"]["system_site_packages"] is False and "cpu" in nodes["orin5"]["extras"]
+    assert {"onnxruntime", "numpy", "opencv-python-headless"} <= resolved["orin5"]
+    assert {"amqtt", "cvxpy", "highspy", "scipy"} <= resolved["orin1"]  # broker, coordinator
+    assert all("faillite" in r for r in resolved.values())

@@ -27,48 +27,13 @@ import pytest
 from faillite.catalog import Catalog
 from field_kit.drill.netns import Impairment, Lan, root_problem
 from field_kit.kit.bundle import bundle
-from field_kit.kit.model import Kit
-from field_kit.kit.rehearse import Rehearsal
+from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
 from field_kit.kit.render import render
 from field_kit.kit.stage import stage
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8883
-OPS = "10.252.0.200"  # the operator's laptop on the kit's WiFi
 WIFI = Impairment(delay_ms=10, jitter_ms=5, loss_pct=0.5)
-
-
-def _kit() -> Kit:
-    def node(i: int, domain: str, roles: list[str]) -> dict[str, Any]:
-        return {
-            "id": f"n{i}", "host": f"10.252.0.{i}", "arch": "x86_64", "device_class": "cpu",
-            "memory_mb": 1024, "disk_mb": 1000, "failure_domain": domain, "link": "wifi",
-            "roles": roles,
-        }  # fmt: skip
-
-    return Kit.model_validate(
-        {
-            "kit": "lan5",
-            "broker": {"node": "n1", "kind": "amqtt", "port": PORT},
-            "nodes": [
-                # The cameras' boards: not a worker, so a partitioned worker loses no camera.
-                node(1, "a", ["broker", "coordinator", "sensor"]),
-                node(2, "a", ["coordinator", "worker"]),
-                node(3, "b", ["worker"]),
-                node(4, "c", ["worker"]),
-                node(5, "d", ["worker"]),
-            ],
-            "cameras": [
-                {"id": "cam1", "node": "n1", "source": "scene:chelsea", "fps": 2},
-                {"id": "cam2", "node": "n1", "source": "scene:chelsea", "fps": 2},
-            ],
-            "apps": [
-                {"id": "a1", "camera": "cam1", "family": "efficientnet_lite", "critical": True},
-                {"id": "a2", "camera": "cam2", "family": "efficientnet_lite"},
-            ],
-            "observers": ["ops", "watch"],
-        }
-    )
 
 
 @pytest.fixture
@@ -78,7 +43,7 @@ def kit_lan(
     problem = root_problem()
     if problem is not None:
         pytest.skip(problem)
-    kit = _kit()
+    kit = lan_kit(port=PORT)
     root = tmp_path / "kit"
     render(kit, root, in_place=True)
     staged = stage(kit, catalog, models_dir, root)

@@ -1,0 +1,182 @@
+"""A field kit's figures, measured in one run: render, stage, bundle, install, bare venv to serving.
+
+Run (as root for the rehearsal; the bundles need the package index, as any install does)::
+
+    python bench/kit.py [--models-dir DIR] [--json docs/bench/kit.json] [--plot docs/bench/kit.png]
+                        [--no-rehearsal]
+
+1. **The example kit** (``faillite kit init``: five Jetson Orin NX on WiFi, Mosquitto): render
+   time; its aarch64 bundle (time, size, what it holds). The same kit with the boards as x86_64
+   CPU boxes (``device_class: cpu``, the profile measured here): render, staging per node
+   (files and MB against its disk budget), the x86_64 bundle. Jetson staging needs the boards'
+   own profile (``faillite profile`` on one Orin), so the example is staged as CPU boxes.
+2. **Bare venv to serving, per node**: the five-node LAN kit
+   (:func:`field_kit.kit.rehearse.lan_kit`) in network namespaces on a WiFi-like LAN, each node
+   installed from its bundle with nothing else reachable, its units started in systemd's
+   order; per node: install seconds, then seconds from start to ready per unit (the role's own
+   log event: broker listening, coordinator leader or standby, worker assignment applied,
+   camera connected). Nodes install one after the other here (two cores); on a kit they
+   install side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faillite.catalog import load_catalog
+from faillite.config import packaged_config
+from faillite.models.build import build_models
+from field_kit.drill.netns import Impairment, Lan, root_problem
+from field_kit.kit.bundle import bundle
+from field_kit.kit.model import EXAMPLE, Kit
+from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
+from field_kit.kit.render import render
+from field_kit.kit.stage import KitStage, report, stage
+
+REPO = Path(__file__).resolve().parents[1]
+WIFI = Impairment(delay_ms=10, jitter_ms=5, loss_pct=0.5)
+
+
+def _timed(what: str, fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
+    print(f"... {what}", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    out = fn(*args, **kw)
+    return out, time.monotonic() - t0
+
+
+def _as_cpu(example: dict[str, Any]) -> Kit:
+    doc = json.loads(json.dumps(example))
+    for n in doc["nodes"]:
+        n.update(arch="x86_64", device_class="cpu", accelerator="none")
+        n.pop("gpu_memory_mb", None)
+    # The example's cameras are RTSP streams on the kit; staging does not open them.
+    return Kit.model_validate(doc)
+
+
+def _staging(st: KitStage) -> list[dict[str, Any]]:
+    return [
+        {
+            "node": n.node,
+            "files": [f.variant for f in n.files],
+            "mb": round(n.used_mb, 1),
+            "budget_mb": n.budget_mb,
+            "left_out": [f.variant for f in n.left_out],
+        }
+        for n in st.nodes
+    ]
+
+
+def example_figures(tmp: Path, models_dir: Path) -> dict[str, Any]:
+    example = yaml.safe_load(EXAMPLE)
+    jetson = Kit.model_validate(example)
+    cpu = _as_cpu(example)
+    out: dict[str, Any] = {}
+    _, out["render_aarch64_s"] = _timed("render the example", render, jetson, tmp / "jetson")
+    archive, t = _timed(
+        "bundle aarch64", bundle, jetson, tmp / "jetson", REPO, tmp / "d", "aarch64"
+    )
+    out["bundle_aarch64"] = {"s": round(t, 1), "mb": round(archive.stat().st_size / 2**20, 1)}
+    _, out["render_cpu_s"] = _timed("render the example as CPU boxes", render, cpu, tmp / "cpu")
+    catalog = load_catalog(packaged_config("catalog.yaml"))
+    st, out["stage_cpu_s"] = _timed("stage", stage, cpu, catalog, models_dir, tmp / "cpu")
+    print(report(st))
+    out["staging_cpu"] = _staging(st)
+    archive, t = _timed("bundle x86_64", bundle, cpu, tmp / "cpu", REPO, tmp / "d", "x86_64")
+    out["bundle_x86_64"] = {"s": round(t, 1), "mb": round(archive.stat().st_size / 2**20, 1)}
+    for k in ("render_aarch64_s", "render_cpu_s", "stage_cpu_s"):
+        out[k] = round(out[k], 2)
+    return out
+
+
+def rehearsal_figures(tmp: Path, models_dir: Path) -> list[dict[str, Any]]:
+    kit = lan_kit()
+    root = tmp / "lan"
+    catalog = load_catalog(packaged_config("catalog.yaml"))
+    render(kit, root, in_place=True)
+    stage(kit, catalog, models_dir, root)
+    archive, _ = _timed("bundle the LAN kit", bundle, kit, root, REPO, tmp / "d", "x86_64")
+    lan = Lan(f"flb{uuid.uuid4().hex[:5]}", {**{n.id: n.host for n in kit.nodes}, "ops": OPS})
+    reh = Rehearsal(kit, archive, root, lan, tmp / "logs")
+    try:
+        lan.create()
+        print(f"... links: {lan.wifi(WIFI, broker='n1', port=8883)}", file=sys.stderr)
+        for n in kit.nodes:
+            _, t = _timed(f"install {n.id} from the bundle (no network)", reh.install, n.id)
+            print(f"    {t:.1f} s", file=sys.stderr)
+        _timed("start every unit, role by role", reh.start_all, 180)
+    finally:
+        reh.stop()
+        lan.destroy()
+    return reh.table()
+
+
+def _plot(rows: list[dict[str, Any]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = [r["node"] for r in rows]
+    inst = [r["install_s"] for r in rows]
+    ready = [max(r["ready_s"].values(), default=0) for r in rows]
+    ax.barh(names, inst, label="install from the bundle (offline)")
+    ax.barh(names, ready, left=inst, label="start to ready (slowest unit)")
+    ax.set_xlabel("seconds")
+    ax.invert_yaxis()
+    ax.set_title("Bare venv to serving, per node (five-node kit, one machine)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    default_models = os.environ.get("FAILLITE_TEST_MODELS_DIR", str(REPO / ".cache/test-models"))
+    p.add_argument("--models-dir", default=default_models, help="built here if missing")
+    p.add_argument("--json", help="write the figures here")
+    p.add_argument("--plot", help="bare venv to serving per node, as a PNG")
+    p.add_argument("--no-rehearsal", action="store_true", help="skip the namespaces part")
+    args = p.parse_args()
+    models_dir = Path(args.models_dir)
+    build_models(load_catalog(packaged_config("catalog.yaml")), models_dir, progress=True)
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="faillite-kit-bench-") as tmp:
+        figures["example"] = example_figures(Path(tmp), models_dir)
+        problem = root_problem()
+        if args.no_rehearsal or problem is not None:
+            print(f"rehearsal skipped: {problem or '--no-rehearsal'}", file=sys.stderr)
+        else:
+            figures["bare_venv_to_serving"] = rehearsal_figures(Path(tmp), models_dir)
+    ex = figures["example"]
+    print(f"\nrender: example (aarch64) {ex['render_aarch64_s']} s, as CPU {ex['render_cpu_s']} s")
+    for arch in ("aarch64", "x86_64"):
+        b = ex[f"bundle_{arch}"]
+        print(f"bundle {arch:<8} {b['mb']:>7.1f} MB in {b['s']:.1f} s")
+    rows = figures.get("bare_venv_to_serving", [])
+    if rows:
+        print(f"\n{'node':<5} {'roles':<30} {'install s':>9}  start to ready (s)")
+        for r in rows:
+            ready = ", ".join(
+                f"{u.split('.')[0].removeprefix('faillite-')} {s}" for u, s in r["ready_s"].items()
+            )
+            print(f"{r['node']:<5} {','.join(r['roles']):<30} {r['install_s']:>9}  {ready}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    if args.plot and rows:
+        _plot(rows, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
