@@ -47,7 +47,7 @@ from typing import Final
 from faillite.accounts import AccountsError, list_accounts, mesh_identities
 from faillite.config import BrokerConfig, ConfigError, MeshConfig, load_mesh_config
 from faillite.identity import AclScope, Identity, acl_scope, identity_acl
-from faillite.topics import Access, InvalidIdError, check_id
+from faillite.topics import ROOT, Access, InvalidIdError, Role, check_id
 
 MAX_QUEUED_MESSAGES: Final = 1000
 LOG_TYPES: Final = ("error", "warning", "notice", "information")
@@ -119,6 +119,50 @@ def _tls_lines(cfg: BrokerConfig) -> list[str]:
                 "# Revoked client certificates (faillite pki revoke) are refused.",
                 f"crlfile {server.crlfile.absolute()}",
             ]
+    return lines
+
+
+def bridge_lines(cfg: BrokerConfig, mesh: str) -> list[str]:
+    """Mosquitto bridge connections to the mesh's other brokers (``broker.bridge``), or none.
+
+    Every topic of the mesh both ways (Mosquitto's ``try_private`` keeps a message from coming
+    back the way it came), retained flags kept, reconnecting with backoff; as the account
+    ``{mesh}.bridge.{id}``, whose secret this file then holds (it is written 0600)."""
+    b = cfg.bridge
+    if b is None:
+        return []
+    identity = Identity(mesh, Role.BRIDGE, b.id)
+    try:
+        _user, secret = cfg.credentials(identity.name)
+    except ConfigError as exc:
+        raise MosquittoConfigError(str(exc)) from exc
+    lines: list[str] = []
+    for i, to in enumerate(b.to):
+        lines += [
+            "",
+            f"# Bridge to the mesh's broker at {to.host}:{to.port}: clients of either broker see",
+            "# every message of the mesh, and the retained state converges on both.",
+            f"connection {mesh}-{b.id}-{i}",
+            f"address {to.host}:{to.port}",
+            "bridge_protocol_version mqttv311",
+            f"remote_clientid {identity.name}",
+            f"remote_username {identity.name}",
+            *([f"remote_password {secret}"] if secret else []),
+            "cleansession true",
+            "try_private true",
+            "notifications false",
+            f"keepalive_interval {cfg.keepalive_s}",
+            "restart_timeout 1 10",
+            "start_type automatic",
+            f"topic {ROOT}/{mesh}/# both {b.qos}",
+        ]
+        if cfg.tls is not None:
+            lines += [f"bridge_cafile {cfg.tls.ca_certs.absolute()}", "bridge_insecure false"]
+            if cfg.tls.certfile is not None and cfg.tls.keyfile is not None:
+                lines += [
+                    f"bridge_certfile {cfg.tls.certfile.absolute()}",
+                    f"bridge_keyfile {cfg.tls.keyfile.absolute()}",
+                ]
     return lines
 
 
@@ -195,6 +239,7 @@ def render_conf(
         *(f"log_type {t}" for t in LOG_TYPES),
         "connection_messages true",
         "log_timestamp true",
+        *bridge_lines(cfg, mesh),
         "",
     ]
     return "\n".join(lines)
@@ -272,6 +317,8 @@ def write_mosquitto_config(
     if cfg.accounts:
         (out_dir / "nftables.conf").write_text(render_nftables(cfg, mesh))
     conf = out_dir / "mosquitto.conf"
+    conf.touch(mode=0o600)  # a bridge's password may be in it
+    conf.chmod(0o600)
     conf.write_text(
         render_conf(
             cfg,

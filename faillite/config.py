@@ -77,11 +77,33 @@ class TlsConfig(StrictModel):
         return self
 
 
+class BrokerAddress(StrictModel):
+    """Another broker of the mesh: a kit's second broker, bridged to the first."""
+
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+
+
+class BridgeConfig(StrictModel):
+    """This broker's bridge to the mesh's other brokers (Mosquitto): every topic of the mesh,
+    both ways, over TLS when the mesh has it, as the account ``{mesh}.bridge.{id}``. Only one
+    broker of each pair bridges; the other just has the account."""
+
+    id: Id
+    to: tuple[BrokerAddress, ...] = Field(min_length=1, max_length=8)
+    qos: Literal[0, 1] = 1
+
+
 class BrokerConfig(StrictModel):
     """Where clients connect, and how the embedded broker authenticates and authorizes them."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=0, le=65535)
+    # Where a client goes when its broker is gone, in order after host:port (the mesh's other
+    # brokers, bridged to this one). A client stays on the broker it reached while that one
+    # lasts; it walks the list again, from the top, only when that broker is gone.
+    fallbacks: tuple[BrokerAddress, ...] = Field(default=(), max_length=8)
+    bridge: BridgeConfig | None = None  # on a broker host: bridge to the mesh's other brokers
     keepalive_s: int = Field(default=5, ge=1, le=3600)
     # Reconnect backoff: full jitter, capped low enough that a kit is back within about a
     # second of its broker (a LAN or WiFi kit, not a WAN client of a cloud broker).
@@ -113,6 +135,11 @@ class BrokerConfig(StrictModel):
     max_retained_per_account: int = Field(default=1024, ge=1)
     max_retained_bytes_per_account: int = Field(default=16 * 1024 * 1024, ge=1)
     tls: TlsConfig | None = None
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every broker a client may use, in the order it tries them."""
+        return ((self.host, self.port), *((f.host, f.port) for f in self.fallbacks))
 
     @property
     def max_packet_bytes(self) -> int:

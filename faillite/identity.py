@@ -152,6 +152,10 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
             return ((Access.READ, t.everything),)
         case Role.ADMIN:
             return ((Access.READWRITE, f"{ROOT}/{identity.mesh}/#"),)
+        case Role.BRIDGE:
+            # Carries every client's messages of the mesh from the other broker, whose ACL
+            # judged each publisher already.
+            return ((Access.READWRITE, f"{ROOT}/{identity.mesh}/#"),)
 
 
 def _results(t: Topics, app: str, worker: str) -> str:

@@ -45,6 +45,7 @@ log = get_logger("mqtt")
 
 M = TypeVar("M")
 UNREACHABLE_LOG_EVERY_S = 30.0
+CONNECT_TIMEOUT_S = 2.0
 HANDLER_ERROR_LOG_EVERY_S = 1.0
 
 
@@ -226,6 +227,9 @@ class MeshClient:
         self.connects = 0
         self.connect_failures = 0  # in a row, since the last connection that came up
         self._down_since = self._last_reminder = 0.0
+        self.address: tuple[str, int] = broker.addresses[0]  # the broker tried or on now
+        self._last_address: tuple[str, int] | None = None  # the last one that took us
+        self.broker_switches = 0
 
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -251,6 +255,9 @@ class MeshClient:
         # makes paho queue it and wake our network thread instead, which does all writes.
         c.on_socket_register_write = _no_op
         c.on_socket_open = _no_delay
+        # A broker node that died silently answers nothing: give up on it in a few seconds
+        # and try the next broker (paho's default is 5 s per attempt).
+        c.connect_timeout = CONNECT_TIMEOUT_S
         self._client = c
         if presence is not None:
             presence.attach(self)
@@ -365,7 +372,7 @@ class MeshClient:
         if connect_timeout is not None and not self._connected.wait(connect_timeout):
             self.stop()
             raise ConnectError(
-                f"no connection to {self._broker.host}:{self._broker.port} "
+                f"no connection to {', '.join(_where(a) for a in self._broker.addresses)} "
                 f"within {connect_timeout:.0f}s"
             )
 
@@ -423,8 +430,8 @@ class MeshClient:
         delay = self._backoff.delay(attempt)
         now = time.monotonic()
         self.connect_failures += 1
-        where = f"{self._broker.host}:{self._broker.port}"
-        if self.connect_failures == 1:
+        where = ", ".join(_where(a) for a in self._broker.addresses)
+        if self.connect_failures <= len(self._broker.addresses):
             self._down_since = self._last_reminder = now
             if not self._quiet:
                 log.warning(
@@ -446,21 +453,20 @@ class MeshClient:
         return attempt + 1
 
     def _run(self) -> None:
+        addresses = self._broker.addresses
+        at = 0  # the broker tried now: the one we were on, until it is gone
         attempt = 0
-        first = True
         while not self._stopping.is_set():
             if self.presence is not None:
                 will = self.presence.prepare()
                 self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            host, port = addresses[at]
             try:
-                if first:
-                    self._client.connect(self._broker.host, self._broker.port, self._keepalive)
-                    first = False
-                else:
-                    self._client.reconnect()
+                self._client.connect(host, port, self._keepalive)
             except (OSError, ssl.SSLError) as exc:
-                attempt = self._back_off(attempt, exc)
+                at, attempt = self._next_broker(at, attempt, exc)
                 continue
+            self.address = (host, port)
             connects_before = self.connects
             while True:
                 rc = self._client.loop(timeout=0.05)
@@ -471,13 +477,25 @@ class MeshClient:
             if self._stopping.is_set():
                 break
             self._connected.clear()
-            if self.connects > connects_before:  # it was up: start the backoff over
+            if self.connects > connects_before:  # it was up: start the backoff over, here
                 attempt, self.connect_failures = 0, 0
                 self._stopping.wait(self._backoff.delay(0))
                 continue
             # The broker closed it before accepting us (a refused certificate under TLS 1.3).
             closed = ConnectionError("the broker closed the connection before accepting it")
-            attempt = self._back_off(attempt, closed)
+            at, attempt = self._next_broker(at, attempt, closed)
+
+    def _next_broker(self, at: int, attempt: int, exc: BaseException) -> tuple[int, int]:
+        """The broker at ``at`` did not take us: the next one in the list, at once but for a
+        jitter (clients spread out); after a whole round, back off as with one broker."""
+        n = len(self._broker.addresses)
+        self.connect_failures += 1
+        if n > 1 and self.connect_failures % n:
+            log.debug("broker_skipped", broker=_where(self._broker.addresses[at]), error=str(exc))
+            self._stopping.wait(self._backoff.delay(0))
+            return (at + 1) % n, attempt
+        self.connect_failures -= 1  # _back_off counts it
+        return (at + 1) % n, self._back_off(attempt, exc)
 
     # -- paho callbacks (network thread) ---------------------------------------------------
 
@@ -492,7 +510,7 @@ class MeshClient:
         if reason.is_failure:
             log.error(
                 "connect_refused",
-                broker=f"{self._broker.host}:{self._broker.port}",
+                broker=_where(self.address),
                 reason=str(reason),
             )
             return
@@ -502,7 +520,16 @@ class MeshClient:
         for topic_filter, qos in subs:
             self._client.subscribe(topic_filter, qos=qos)
         self._connected.set()
-        log.info("connected", host=self._broker.host, port=self._broker.port, n=self.connects)
+        host, port = self.address
+        previous = self._last_address
+        if previous is not None and previous != (host, port):
+            self.broker_switches += 1
+            log.warning("broker_switched", broker=_where(self.address), previous=_where(previous))
+        elif previous is None and (host, port) != self._broker.addresses[0]:
+            primary = _where(self._broker.addresses[0])
+            log.warning("on_fallback_broker", broker=_where(self.address), primary=primary)
+        self._last_address = (host, port)
+        log.info("connected", host=host, port=port, n=self.connects)
         if self.presence is not None:
             try:
                 self.presence.arrive()
@@ -550,6 +577,10 @@ def _no_delay(_c: paho.Client, _u: Any, sock: Any) -> None:
     TLS, as 16 KiB records) then waits out the peer's delayed ACK, about 40 ms a frame."""
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _where(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
 
 
 def probe_id(client_id: str) -> str:

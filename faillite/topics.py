@@ -36,6 +36,7 @@ class Role(StrEnum):
     COORDINATOR = "coordinator"
     OBSERVER = "observer"
     ADMIN = "admin"
+    BRIDGE = "bridge"  # one broker's connection to another broker of the mesh
 
 
 class Access(StrEnum):

@@ -1,0 +1,163 @@
+"""Two Mosquitto brokers of one mesh, bridged, and every role on an ordered list of them.
+
+Broker B bridges to broker A (every topic of the mesh, both ways, as B's bridge account); each
+role's config lists A then B. Checked: a message published on either broker reaches clients
+of the other, retained ones included, and nothing comes back twice; then, with a real mesh
+(planner coordinator, two workers, a camera) on A, broker A is killed for good (SIGKILL: no
+last-wills, no goodbye): every role moves to B by itself, the app is served again from B, the
+coordinator keeps its term and fails no worker over for having moved.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from faillite import messages
+from faillite.accounts import provision
+from faillite.config import (
+    BridgeConfig,
+    BrokerAddress,
+    BrokerConfig,
+    load_mesh_config,
+    packaged_config,
+)
+from faillite.identity import Identity
+from faillite.mqtt import MeshClient, Raw
+from faillite.topics import Role, Topics
+from field_kit.brokers import BrokerLauncher, mosquitto_binary
+from field_kit.procs import ProcessGroup, faillite_cmd, free_port
+from field_kit.recorder import Recorder
+
+MESH = "pair"
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    passwd, secrets = tmp_path / "passwd", tmp_path / "secrets"
+    ids = [
+        Identity(MESH, Role.WORKER, "w1"), Identity(MESH, Role.WORKER, "w2"),
+        Identity(MESH, Role.SENSOR, "cam1"), Identity(MESH, Role.COORDINATOR, "main"),
+        Identity(MESH, Role.ADMIN, "recorder"), Identity(MESH, Role.ADMIN, "a"),
+        Identity(MESH, Role.ADMIN, "b"), Identity(MESH, Role.BRIDGE, "b"),
+    ]  # fmt: skip
+    provision(passwd, secrets, ids)
+    base = BrokerConfig(password_file=passwd, secrets_dir=secrets, keepalive_s=2)
+    port_a, port_b = free_port(), free_port()
+    with BrokerLauncher(tmp_path / "brokers") as launcher:
+        a = launcher.start("mosquitto", base, mesh=MESH, port=port_a)
+        bridge = BridgeConfig(id="b", to=(BrokerAddress(host=a.host, port=a.port),))
+        b = launcher.start("mosquitto", base.model_copy(update={"bridge": bridge}), mesh=MESH,
+                           port=port_b)  # fmt: skip
+        clients = base.model_copy(
+            update={"host": a.host, "port": a.port,
+                    "fallbacks": (BrokerAddress(host=b.host, port=b.port),)}
+        )  # fmt: skip
+        yield {"a": a, "b": b, "base": base, "clients": clients, "launcher": launcher}
+
+
+def _on(cfg: BrokerConfig, name: str) -> tuple[MeshClient, list[Raw]]:
+    got: list[Raw] = []
+    c = MeshClient(Identity(MESH, Role.ADMIN, name).name, cfg)
+    c.subscribe(f"faillite/{MESH}/#", got.append, qos=1)
+    c.start(connect_timeout=10)
+    return c, got
+
+
+def _wait(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return bool(cond())
+
+
+def test_the_bridge_carries_the_mesh_both_ways_retained_included(pair: dict[str, Any]) -> None:
+    at = lambda e: pair["base"].model_copy(update={"host": e.host, "port": e.port})  # noqa: E731
+    t = Topics(MESH)
+    # Retained before anyone listens on the other side: the bridge stores it there too.
+    on_a, _ = _on(at(pair["a"]), "a")
+    assert _wait(lambda: on_a.publish(f"{t.prefix}/events", b"r1", qos=1, retain=True), 5)
+    time.sleep(1.0)
+    on_b, got_b = _on(at(pair["b"]), "b")
+    try:
+        assert _wait(lambda: any(m.payload == b"r1" for m in got_b), 5), got_b
+        on_b.publish(f"{t.prefix}/events", b"from-b", qos=1)
+        on_a.publish(f"{t.prefix}/events", b"from-a", qos=1)
+        assert _wait(lambda: any(m.payload == b"from-a" for m in got_b), 5)
+        time.sleep(1.0)
+        # Each once: nothing came back over the bridge the way it went.
+        assert [m.payload for m in got_b].count(b"from-a") == 1
+        assert [m.payload for m in got_b].count(b"from-b") == 1
+    finally:
+        on_a.stop()
+        on_b.stop()
+
+
+def test_killing_the_broker_moves_every_role_and_costs_no_failover(
+    pair: dict[str, Any], tmp_path: Path, models_dir: Path
+) -> None:
+    clients: BrokerConfig = pair["clients"]
+    doc = {
+        "mesh": MESH,
+        "catalog": str(packaged_config("catalog.yaml")),
+        "models_dir": str(models_dir),
+        "broker": yaml.safe_load(clients.model_dump_json()),
+        "sensors": [{"id": "cam1", "source": "scene:chelsea", "fps": 5}],
+        "apps": [{"id": "a1", "sensor": "cam1", "family": "efficientnet_lite", "critical": True}],
+        "workers": [
+            {"id": w, "heartbeat_interval_s": 0.1, "memory_mb": 100, "failure_domain": f"r-{w}",
+             "backend": {"type": "onnxruntime", "intra_op_threads": 1}}
+            for w in ("w1", "w2")
+        ],
+        "coordinator": {"type": "planner", "startup_wait_s": 5},
+    }  # fmt: skip
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_mesh_config(path)
+    t = Topics(MESH)
+    rec = Recorder(cfg).follow(f"{t.prefix}/#", qos=1).start()
+    group = ProcessGroup(tmp_path / "logs")
+    try:
+        group.start("coord", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
+        for w in ("w1", "w2"):
+            group.start(w, "worker", faillite_cmd("worker", "--id", w, "--config", str(path)))
+        group.start("cam1", "sensor", faillite_cmd("sensor", "--id", "cam1", "--config", str(path)))
+
+        def results(since: float) -> list[messages.Result]:
+            return rec.messages(t.app_results_filter("a1"), messages.Result, since)
+
+        assert _wait(lambda: len(results(0)) >= 5, 60), "never served on broker A"
+        leader = rec.messages(t.coordinator_status, messages.CoordinatorStatus)[-1]
+        assert leader.state == "leader"
+        time.sleep(2)
+        kill_at = time.monotonic()
+        pair["launcher"].processes[0].proc.send_signal(signal.SIGKILL)  # broker A, for good
+        assert _wait(lambda: len(results(kill_at)) >= 10, 30), "not served again from B"
+        first = min(at for at, _t, _p in rec.raw(kill_at) if "/results/" in _t)
+        time.sleep(3)
+        assert rec.client.address == (pair["b"].host, pair["b"].port)
+        failovers = [
+            e for e in rec.messages(t.events, messages.Event, kill_at) if e.kind == "failover"
+        ]
+        assert not failovers, failovers  # moving brokers is not failing
+        statuses = rec.messages(t.coordinator_status, messages.CoordinatorStatus, kill_at)
+        assert all(s.term == leader.term for s in statuses), statuses
+        assert all(s.coordinator == leader.coordinator for s in statuses)
+        for name in ("coord", "w1", "w2", "cam1"):
+            log = (tmp_path / "logs" / f"{name}.log").read_text()
+            assert '"broker_switched"' in log, name
+        gap = first - kill_at
+        assert gap < 15, gap
+    finally:
+        group.stop_all()
+        rec.stop()
