@@ -299,7 +299,7 @@ class CoordinatorCore:
     def _on_tick(self, ev: Tick) -> None:
         if self.phase == "waiting":
             return  # nobody is judged before we lead
-        for t in self.membership.tick(ev.now):
+        for t in self.membership.tick(ev.now, ev.link_quiet_s):
             self._observe(t, ev)
         if self.phase != "running":
             return

@@ -71,6 +71,10 @@ class HeartbeatSeen(Observed):
 class Tick(Observed):
     """Time passes: silence and stall verdicts, startup, ladders, failback, SLO, probation."""
 
+    # How long the broker has sent us nothing at all (our client pings a quiet one): while
+    # it is silent too, every worker's silence may be the broker's, not the worker's.
+    link_quiet_s: float = 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class LinkDown(Observed):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
 from faillite import messages
@@ -32,6 +32,9 @@ SEQ_WINDOW = 1_000_000
 RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts as back
 # A worker that stalled is held down longer: it may stall again as soon as it gets work.
 STALL_RECOVERY_HEARTBEATS = 300
+
+# A worker's silence is judged only while the broker has been heard from this recently.
+LINK_HOLD_S: Final = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +163,16 @@ class Membership:
         m.state, m.cause, m.failed_at, m.steady = "failed", cause, now, 0
         return self._transition("failed", m, cause, now, silence_s)
 
-    def tick(self, now: float) -> list[Transition]:
+    def tick(self, now: float, link_quiet_s: float = 0.0) -> list[Transition]:
         out: list[Transition] = []
         if self._blind_until is not None:
             if now < self._blind_until:
                 return out
             self._blind_until = None
+        if link_quiet_s >= LINK_HOLD_S:
+            # The broker is silent too: judge nobody until it answers our ping (then the
+            # silences were real and are judged at once) or our link drops (then blind).
+            return out
         for m in self.members.values():
             if m.state != "alive":
                 continue

@@ -104,6 +104,12 @@ class BrokerConfig(StrictModel):
     # lasts; it walks the list again, from the top, only when that broker is gone.
     fallbacks: tuple[BrokerAddress, ...] = Field(default=(), max_length=8)
     bridge: BridgeConfig | None = None  # on a broker host: bridge to the mesh's other brokers
+    # A broker that dies silently (its board lost power) is only noticed by what it does not
+    # send: heard nothing for ``probe_after_s``, a client pings it; still nothing
+    # ``silent_after_s`` later, it drops the connection and goes to the next broker. Far
+    # quicker than the keepalive, which a kit on WiFi keeps long.
+    probe_after_s: float = Field(default=0.5, gt=0, le=60)
+    silent_after_s: float = Field(default=1.5, gt=0, le=300)
     keepalive_s: int = Field(default=5, ge=1, le=3600)
     # Reconnect backoff: full jitter, capped low enough that a kit is back within about a
     # second of its broker (a LAN or WiFi kit, not a WAN client of a cloud broker).

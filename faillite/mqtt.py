@@ -202,6 +202,7 @@ class MeshClient:
         keepalive_s: int | None = None,
         bad: BadInput | None = None,
         quiet: bool = False,
+        probe_after_s: float | None = None,
     ) -> None:
         self.client_id = client_id
         self._quiet = quiet  # a short-lived probe: its caller says what matters
@@ -230,6 +231,8 @@ class MeshClient:
         self.address: tuple[str, int] = broker.addresses[0]  # the broker tried or on now
         self._last_address: tuple[str, int] | None = None  # the last one that took us
         self.broker_switches = 0
+        self._probe_after_s = probe_after_s or broker.probe_after_s
+        self._probe_at = 0.0  # when the quiet broker was pinged (0: not now)
 
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -468,22 +471,49 @@ class MeshClient:
                 continue
             self.address = (host, port)
             connects_before = self.connects
+            self._probe_at = 0.0
             while True:
                 rc = self._client.loop(timeout=0.05)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break  # connection lost, or closed by stop() after DISCONNECT went out
                 if self._stopping.is_set() and time.monotonic() > self._stop_deadline:
                     break
+                if self._connected.is_set() and self._broker_silent():
+                    self._client.disconnect()  # a silent broker: on to the next one
             if self._stopping.is_set():
                 break
             self._connected.clear()
-            if self.connects > connects_before:  # it was up: start the backoff over, here
+            if self.connects > connects_before:  # it was up: the next broker, backoff over
                 attempt, self.connect_failures = 0, 0
+                at = (at + 1) % len(addresses)
                 self._stopping.wait(self._backoff.delay(0))
                 continue
             # The broker closed it before accepting us (a refused certificate under TLS 1.3).
             closed = ConnectionError("the broker closed the connection before accepting it")
             at, attempt = self._next_broker(at, attempt, closed)
+
+    def link_quiet_s(self) -> float:
+        """Seconds since the broker last sent us anything (0 while not connected)."""
+        if not self._connected.is_set():
+            return 0.0
+        return max(0.0, time.monotonic() - self._client._last_bytes_received)
+
+    def _broker_silent(self) -> bool:
+        """Ping a broker that has been quiet; True once it has not answered in time."""
+        quiet = self.link_quiet_s()
+        if quiet < self._probe_after_s:
+            self._probe_at = 0.0
+            return False
+        now = time.monotonic()
+        if not self._probe_at:
+            self._probe_at = now
+            self._client._send_pingreq()  # any answer resets the quiet
+            return False
+        if now - self._probe_at < self._broker.silent_after_s:
+            return False
+        self._probe_at = 0.0
+        log.warning("broker_silent", broker=_where(self.address), quiet_s=round(quiet, 2))
+        return True
 
     def _next_broker(self, at: int, attempt: int, exc: BaseException) -> tuple[int, int]:
         """The broker at ``at`` did not take us: the next one in the list, at once but for a

@@ -150,6 +150,7 @@ class Sim:
         self.next_beat = {w: self.now for w in self.workers}
         self.pending: list[tuple[float, PlanRequest]] = []
         self.log: list[tuple[float, Decision]] = []
+        self.broker_silent_since: float | None = None  # the broker sends us nothing since
 
     @property
     def ts(self) -> float:
@@ -211,7 +212,8 @@ class Sim:
                     out += self.feed(
                         HeartbeatSeen(self.now, self.ts, fw.heartbeat(self.latest_or_none, self.ts))
                     )
-            out += self.feed(Tick(self.now, self.ts))
+            quiet = 0.0 if self.broker_silent_since is None else self.now - self.broker_silent_since
+            out += self.feed(Tick(self.now, self.ts, quiet))
         return out
 
     def run_until(self, found: Any, timeout: float, what: str) -> list[Decision]:
@@ -568,6 +570,37 @@ def test_no_failover_while_our_link_is_down_and_a_grace_after(sim: Sim) -> None:
     out = sim.run_until(lambda o: events(o, "failure_detected"), 7.0, "the silent one judged")
     det = events(out, "failure_detected")
     assert [d.worker for d in det] == ["w3"] and sim.when(det[0]) - back >= 5.0
+
+
+def test_a_silent_broker_is_not_a_silent_mesh(sim: Sim) -> None:
+    """The broker's board dies silently: no heartbeat arrives, and nothing else either. The
+    workers are not judged while the broker is silent too; our client then drops the link
+    (LinkDown), lands on the next broker (LinkUp), and so do the workers: no failover."""
+    sim.run(0.5)
+    sim.broker_silent_since = sim.now
+    for fw in sim.workers.values():
+        fw.beating = False
+    out = sim.run(1.5)  # the client's ping goes unanswered meanwhile
+    assert events(out, "failure_detected") == []
+    sim.feed(LinkDown(sim.now, sim.ts))
+    sim.broker_silent_since = None
+    sim.run(0.2)
+    sim.feed(LinkUp(sim.now, sim.ts))
+    for fw in sim.workers.values():
+        fw.beating = True
+    out = sim.run(6.0)
+    assert events(out, "failure_detected") == [] and events(out, "failover") == []
+
+
+def test_every_worker_dying_at_once_is_judged_while_the_broker_answers(sim: Sim) -> None:
+    """All workers silent but the broker answers our pings (link_quiet stays low): they are
+    judged as quickly as one worker alone would be."""
+    sim.run(0.5)
+    died = sim.now
+    for fw in sim.workers.values():
+        fw.beating = False
+    out = sim.run_until(lambda o: len(events(o, "failure_detected")) == 3, 2.0, "all three judged")
+    assert max(sim.when(e) for e in events(out, "failure_detected")) - died < 1.0
 
 
 # -- restarts and late last-wills --------------------------------------------------------------
