@@ -26,6 +26,11 @@ What it adds to amqtt 0.12 (details and reasons in :mod:`broker._amqtt_hooks`):
   the mesh CA get in, and the certificate's common name is their account, as with Mosquitto's
   ``use_identity_as_username`` (:class:`broker._amqtt_hooks.CertificateIdentities`).
 
+Run as a process (:func:`run_broker`, both ``faillite broker`` and ``python -m broker``) it speaks
+systemd's notify protocol (:mod:`faillite.sdnotify`; nothing without ``$NOTIFY_SOCKET``):
+``READY=1`` once it listens, ``STOPPING=1`` when signalled, and watchdog pings while a task on
+its event loop keeps beating (a blocked loop serves nobody, whatever its threads do).
+
 Limits that remain: MQTT 3.1.1 only, one listener (TLS or plain, not both), no persistence
 across restarts (clients republish their retained state on reconnect), no shared subscriptions.
 """
@@ -52,12 +57,15 @@ from faillite.accounts import AccountsError
 from faillite.config import BrokerConfig, ConfigError
 from faillite.identity import AclScope
 from faillite.log import get_logger
+from faillite.sdnotify import Beats, Watchdog, notify
 from faillite.tls import server_context
 from faillite.topics import check_id
 
 log = get_logger("broker")
 
 SHUTDOWN_GRACE_S = 5.0
+LOOP_BEAT_S = 1.0  # how often the event loop marks that it runs (with a watchdog only)
+LOOP_STALE_S = 10.0  # an event loop that has not run its beat task this long is hung
 # amqtt logs a socket closed before CONNECT (a port probe, a health check) as an error.
 _BENIGN_PREFIXES = ("No data from ", "Failed to initialize client session: No data")
 
@@ -202,6 +210,19 @@ async def _run(
         log.info("broker_stopped", mesh=mesh, refused=dict(sorted(refused.items())))
 
 
+async def _beat(beats: Beats) -> None:
+    while True:
+        beats.beat("event")
+        await asyncio.sleep(LOOP_BEAT_S)
+
+
+def _ready(cfg: BrokerConfig) -> Callable[[int], None]:
+    def ready(port: int) -> None:
+        notify("READY=1", f"STATUS=listening on {cfg.host}:{port}")
+
+    return ready
+
+
 async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -212,18 +233,25 @@ async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | No
             installed.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # not the main thread: the caller stops us by cancelling instead
-    server = asyncio.create_task(serve(cfg, mesh, scope=scope))
+    server = asyncio.create_task(serve(cfg, mesh, scope=scope, ready=_ready(cfg)))
     stopper = asyncio.create_task(stop.wait())
+    beats = Beats()
+    watchdog = Watchdog(lambda: beats.stale(LOOP_STALE_S), name="broker")
+    beating = asyncio.create_task(_beat(beats)) if watchdog.start() else None
     try:
         await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if server.done():
             server.result()  # a setup error: let it propagate
             return
         log.info("broker_signalled", mesh=mesh)
+        notify("STOPPING=1")
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
     finally:
+        watchdog.stop()
+        if beating is not None:
+            beating.cancel()
         stopper.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from faillite import log as flog
 from faillite.cli import add_common, load_config, role_imports, until_signal
+from faillite.sdnotify import Watchdog, notify
 
 
 def register(sub: Any) -> None:
@@ -49,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # systemd (Type=notify): the watchdog asks the standby's watch, then the leader.
+    health: list[Callable[[], str | None]] = []
+    watchdog = Watchdog(lambda: health[-1]() if health else None, name="coordinator")
     term_floor = 0
     try:  # a signing mesh: the coordinator's key must load (a standby's too, before it waits)
         if args.standby:
@@ -58,16 +63,28 @@ def run(args: argparse.Namespace) -> int:
             # Load the solver while waiting: the first plan after a takeover must not pay for it.
             warm = planner_for(cfg, catalog).warm_up
             threading.Thread(target=warm, name="planner-warm-up", daemon=True).start()
+            health.append(watch.alive)
+            watchdog.start()
+            # Ready as a standby once it watches (the watch connects in the background).
+            notify("READY=1", f"STATUS=standby {args.id} (rank {watch.rank}) watching")
             if watch.wait_for_vacancy(stop) is None:
+                watchdog.stop()
+                notify("STOPPING=1")
                 return 0
             term_floor = watch.highest_term  # a successor's term is above the newest leader seen
         coord = CoordinatorService.from_config(cfg, catalog, args.id, term_floor=term_floor)
     except SigningError as exc:
         print(f"faillite coordinator: {exc}", file=sys.stderr)
         return 2
+    health.append(coord.alive)
+    watchdog.start()
     until_signal(coord.request_stop)
     led = coord.start()
+    if led and not coord.stopping:  # it holds its term: ready as the leader
+        notify("READY=1", f"STATUS=leader {args.id}, term {coord.leadership.term}")
     if led:
         coord.wait()
+    watchdog.stop()
+    notify("STOPPING=1")
     coord.stop()
     return 0 if led else 2  # refused to lead: term_exhausted in the log says why

@@ -10,6 +10,7 @@ from typing import Any
 from faillite import log as flog
 from faillite.cli import add_common, add_replace, load_config, role_imports, until_signal
 from faillite.presence import IdentityInUseError
+from faillite.sdnotify import Watchdog, notify
 
 
 def register(sub: Any) -> None:
@@ -56,6 +57,16 @@ def run(args: argparse.Namespace) -> int:
             print(pub.report().line(scfg.id), flush=True)
 
     threading.Thread(target=report, name="status-line", daemon=True).start()
-    pub.run(duration_s=args.duration, max_frames=args.frames)
+
+    # systemd (Type=notify): ready once the first frame went out (to the broker, or counted
+    # not_connected while the client connects in the background).
+    def ready() -> None:
+        notify("READY=1", f"STATUS=sensor {scfg.id} publishing")
+
+    watchdog = Watchdog(pub.alive, name="sensor")
+    watchdog.start()
+    pub.run(duration_s=args.duration, max_frames=args.frames, ready=ready)
+    watchdog.stop()
+    notify("STOPPING=1")
     print(pub.report().line(scfg.id), flush=True)
     return 0

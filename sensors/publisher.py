@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faillite import envelope, messages
@@ -22,11 +23,15 @@ from faillite.log import get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
 from faillite.routes import RouteFilter, Verdict, app_of
+from faillite.sdnotify import Beats
 from faillite.stats import RateMeter, Window
 from faillite.topics import APP_RESULTS, APP_ROUTE, Role, Topics
 from sensors.sources import FrameSource, SourceError, open_source
 
 log = get_logger("sensor")
+# How long the publishing loop may go without progress (on top of one frame period) before the
+# sensor counts as hung (systemd's watchdog then restarts it): a camera that stopped answering.
+WATCHDOG_STALE_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,7 @@ class SensorPublisher:
         self.e2e = Window()
         self.rate = RateMeter()
         self._stop = threading.Event()
+        self.beats = Beats()
         if follow_results:
             self.client.subscribe_json(
                 self.topics.filter(APP_ROUTE),
@@ -181,9 +187,22 @@ class SensorPublisher:
             replace=replace,
         )
 
-    def run(self, duration_s: float | None = None, max_frames: int | None = None) -> None:
+    def alive(self) -> str | None:
+        """Why this sensor looks hung (its publishing loop without progress), or None."""
+        if self._stop.is_set():
+            return None
+        return self.beats.stale(WATCHDOG_STALE_S + 1.0 / self.cfg.fps)
+
+    def run(
+        self,
+        duration_s: float | None = None,
+        max_frames: int | None = None,
+        *,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
         """Publish until stopped, the duration passes, or a finite source ends. A broker that
-        is not there yet is retried in the background; frames meanwhile count as not sent."""
+        is not there yet is retried in the background; frames meanwhile count as not sent.
+        ``ready`` is called once the first frame was read and handed to the client."""
         self.client.start(connect_timeout=None)
         period = 1.0 / self.cfg.fps
         start = time.monotonic()
@@ -200,6 +219,7 @@ class SensorPublisher:
         )
         try:
             while not self._stop.is_set():
+                self.beats.beat("publish")
                 now = time.monotonic()
                 if duration_s is not None and now - start >= duration_s:
                     break
@@ -237,6 +257,8 @@ class SensorPublisher:
                     self.rate.tick(time.monotonic())
                 else:
                     self.not_connected += 1
+                if seq == 1 and ready is not None:
+                    ready()
         finally:
             self.source.close()
             self.client.stop()

@@ -9,6 +9,7 @@ from typing import Any
 from faillite import log as flog
 from faillite.cli import add_common, add_replace, load_config, role_imports, until_signal
 from faillite.presence import IdentityInUseError
+from faillite.sdnotify import Watchdog, notify
 
 FAULTS_PLUGIN = "field_kit.drill.faults"  # what --fault-injection loads
 
@@ -61,6 +62,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not worker.stopping:  # no SIGTERM while it looked
         worker.start()
+        # systemd (Type=notify): ready once its threads run. Not once connected: connecting is
+        # retried in the background by design, and a worker waiting for its broker is doing
+        # its job (its heartbeats, not systemd, tell the mesh whether it serves).
+        watchdog = Watchdog(worker.alive, name="worker")
+        watchdog.start()
+        notify("READY=1", f"STATUS=worker {args.id} running")
         worker.wait()
+        watchdog.stop()
+    notify("STOPPING=1")
     worker.stop()
     return 0

@@ -17,6 +17,9 @@ Threads, and why each exists:
 - heartbeat: liveness plus progress counters (:mod:`workers.counters`) every
   ``heartbeat_interval_s``.
 
+Each of these three loops marks its progress (:attr:`Worker.beats`); :meth:`Worker.alive` says
+which one hung, for systemd's watchdog (:mod:`faillite.sdnotify`, wired in ``workers/cli.py``).
+
 Presence (:class:`faillite.presence.Presence`): the birth is made before every connect and its
 twin is that connection's last-will; a clean stop publishes ``offline``. One process per worker
 id: :meth:`Worker.claim` refuses to start while the id is live elsewhere (its heartbeats flow),
@@ -61,6 +64,7 @@ from faillite.log import bind, get_logger
 from faillite.models.labels import imagenet_labels
 from faillite.mqtt import Inbound, MeshClient, Raw
 from faillite.presence import Presence
+from faillite.sdnotify import Beats
 from faillite.signing import SignatureError, SigningError, Verifier, load_verifier
 from faillite.topics import Role, Topics
 from workers.backends import BackendError, create_backend
@@ -78,6 +82,12 @@ log = get_logger("worker")
 # UHD), 33.2 Mpixels, about 100 MB as BGR. OpenCV's limit above is the same;
 # tests/unit/test_image_bomb.py pins both to the config's bounds.
 MAX_SENSOR_PIXELS = 7680 * 4320
+# How long a loop may go without progress before the worker counts as hung (systemd's watchdog
+# then restarts it). Generous: one inference on a slow device can take seconds.
+WATCHDOG_STALE_S = 20.0
+# Loading an assignment's models (TensorRT engines from an SD card, several variants) can take
+# minutes: the control loop gets this long while it applies one.
+APPLY_STALE_S = 300.0
 
 
 def sensor_max_pixels(mesh: MeshConfig, sensor: str) -> int:
@@ -119,6 +129,7 @@ class Worker:
         self._pending: queue.Queue[messages.Assignment] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.beats = Beats()
         self._proc = psutil.Process()
         self._hb_seq = 0
         self._step_down: threading.Thread | None = None
@@ -320,6 +331,7 @@ class Worker:
 
     def _control_loop(self) -> None:
         while not self._stop.is_set():
+            self.beats.beat("control")
             try:
                 a = self._pending.get(timeout=0.2)
             except queue.Empty:
@@ -334,6 +346,7 @@ class Worker:
                     break
             if self._stop.is_set():
                 break
+            self.beats.beat("control", allow_s=APPLY_STALE_S)
             try:
                 self.table.apply(a, force=True)
             except Exception:
@@ -350,6 +363,7 @@ class Worker:
             bad=self.bad,
         )
         while not self._stop.is_set():
+            self.beats.beat("inference")
             item = self.queues.get(timeout=0.1)
             if item is None:
                 continue
@@ -410,6 +424,7 @@ class Worker:
         interval = self.cfg.heartbeat_interval_s
         next_t = time.monotonic()
         while not self._stop.is_set():
+            self.beats.beat("heartbeat")
             if self.client.connected:
                 self.client.publish(topic, messages.encode(self.heartbeat()), qos=0)
             next_t += interval
@@ -447,6 +462,17 @@ class Worker:
             t = threading.Thread(target=target, name=f"worker-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def alive(self) -> str | None:
+        """Why this worker looks hung (a loop without progress, a thread that died), or None:
+        what systemd's watchdog asks (:class:`faillite.sdnotify.Watchdog`)."""
+        if self._stop.is_set():
+            return None  # stopping: the loops end; systemd's stop timeout covers a hung stop
+        for t in self._threads:
+            if not t.is_alive():
+                return f"{t.name} thread died"
+        # The heartbeat loop sleeps an interval between beats (at most 60 s).
+        return self.beats.stale(WATCHDOG_STALE_S + self.cfg.heartbeat_interval_s)
 
     def stop(self) -> None:
         """Graceful stop: publish offline ourselves (the presence does), so the coordinator

@@ -129,7 +129,9 @@ def install_folder(
             shutil.copytree(tree, root / tree.name, dirs_exist_ok=True)
     if systemd and root == Path("/"):
         run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
-        run(["systemctl", "enable", "--now", *spec.units], "enabling the units")
+        # --no-block: a role is ready only once the kit's broker is up, maybe on a node
+        # installed later; systemd starts the units and keeps them trying.
+        run(["systemctl", "enable", "--now", "--no-block", *spec.units], "enabling the units")
     return spec
 
 

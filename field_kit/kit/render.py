@@ -63,6 +63,9 @@ class Layout:
 
 DEPLOYED: Final = Layout()
 SERVICE_USER: Final = "faillite"
+# systemd's watchdog of a FailLite role (Type=notify): a role pings while its loops make
+# progress (faillite.sdnotify), so one that hung without exiting is killed and restarted.
+WATCHDOG_SEC: Final = 30
 SECRET_MODE: Final = 0o600
 
 
@@ -211,7 +214,14 @@ def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any
     }
 
 
-def _unit(description: str, exec_start: str, *, after: list[str], user: str | None) -> str:
+def _unit(
+    description: str, exec_start: str, *, after: list[str], user: str | None, notify: bool = True
+) -> str:
+    # A FailLite role tells systemd when it is ready (units ordered After= it wait for that)
+    # and pings the watchdog while its loops make progress; one that exits, or hangs and stops
+    # pinging, is restarted. The mesh's own heartbeats and the coordinator judge liveness
+    # between nodes: they fail apps over, systemd brings the process back.
+    service = ["Type=notify", "NotifyAccess=main", f"WatchdogSec={WATCHDOG_SEC}"] if notify else []
     lines = [
         "[Unit]",
         f"Description={description}",
@@ -219,12 +229,12 @@ def _unit(description: str, exec_start: str, *, after: list[str], user: str | No
         f"After={' '.join(['network-online.target', *after])}",
         "",
         "[Service]",
+        *service,
         *([f"User={user}"] if user else []),
         "Environment=FAILLITE_LOG_FORMAT=json",
         f"ExecStart={exec_start}",
         "Restart=always",
         "RestartSec=1",
-        # The mesh's own heartbeats and the coordinator judge liveness; systemd restarts.
         "",
         "[Install]",
         "WantedBy=multi-user.target",
@@ -247,6 +257,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
                 f"/usr/sbin/mosquitto -c {conf / 'mosquitto.conf'}",
                 after=[],
                 user=None,  # Mosquitto drops to its own user (mosquitto.conf)
+                notify=False,  # no FailLite role: a plain service, no watchdog of ours
             ).replace(
                 "ExecStart=",
                 f"ExecStartPre=/usr/sbin/nft -f {conf / 'nftables.conf'}\nExecStart=",

@@ -15,7 +15,7 @@ import yaml
 from faillite.accounts import read_password_file
 from faillite.config import ConfigError, load_mesh_config
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
-from field_kit.kit.render import render
+from field_kit.kit.render import WATCHDOG_SEC, render
 
 
 @pytest.fixture
@@ -162,12 +162,21 @@ def test_broker_and_units(kit_file: Path, tmp_path: Path) -> None:
     assert "--standby" not in leader and "After=network-online.target faillite-broker" in leader
     broker_unit = (out / "orin1/etc/systemd/system/faillite-broker.service").read_text()
     assert "ExecStartPre=/usr/sbin/nft -f /etc/faillite/broker/nftables.conf" in broker_unit
+    # FailLite roles tell systemd when they are ready and ping its watchdog; Mosquitto does not.
+    notify = ["Type=notify", "NotifyAccess=main", f"WatchdogSec={WATCHDOG_SEC}"]
+    for path in units.iterdir():
+        lines = path.read_text().splitlines()
+        assert all(x in lines for x in notify) and "Restart=always" in lines, path.name
+    assert not any(
+        x.startswith(("Type=", "NotifyAccess=", "Watchdog")) for x in broker_unit.splitlines()
+    )
     embedded = Kit.model_validate(
         {**yaml.safe_load(kit_file.read_text()), "broker": {"node": "orin1", "kind": "amqtt"}}
     )
     render(embedded, tmp_path / "embedded")
     unit = (tmp_path / "embedded/orin1/etc/systemd/system/faillite-broker.service").read_text()
     assert "faillite broker --config /etc/faillite/mesh.yaml" in unit
+    assert all(x in unit.splitlines() for x in notify)
     assert not (tmp_path / "embedded/orin1/etc/faillite/broker/mosquitto.conf").exists()
 
 
