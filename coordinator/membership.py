@@ -33,8 +33,9 @@ RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts
 # A worker that stalled is held down longer: it may stall again as soon as it gets work.
 STALL_RECOVERY_HEARTBEATS = 300
 
-# A worker's silence is judged only while the broker has been heard from this recently.
-LINK_HOLD_S: Final = 0.25
+# A worker's silence is judged only if the broker has been heard from this many of its
+# heartbeat intervals after its last heartbeat (heartbeats of workers interleave).
+LINK_MARGIN: Final = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,16 +170,17 @@ class Membership:
             if now < self._blind_until:
                 return out
             self._blind_until = None
-        if link_quiet_s >= LINK_HOLD_S:
-            # The broker is silent too: judge nobody until it answers our ping (then the
-            # silences were real and are judged at once) or our link drops (then blind).
-            return out
         for m in self.members.values():
             if m.state != "alive":
                 continue
-            if m.silence.failed(now):
+            margin = LINK_MARGIN * m.silence.cfg.heartbeat_interval_s
+            # Judged only if the broker has been heard from since well after the worker's
+            # last heartbeat; otherwise the silence may be the broker's. Our client pings a
+            # quiet broker: its answer (judged then) or our link dropping (blind) settles it.
+            heard_since = m.silence.silence(now) - link_quiet_s >= margin
+            if heard_since and m.silence.failed(now):
                 out.append(self._fail(m, "heartbeat_silence", now, m.silence.silence(now)))
-            elif m.progress.stalled(now):
+            elif link_quiet_s < margin and m.progress.stalled(now):
                 out.append(self._fail(m, "stalled", now, m.silence.silence(now)))
         return out
 

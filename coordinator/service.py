@@ -19,6 +19,10 @@ signs (``coordinator.signing``), every assignment and status it writes is signed
 and assignments that are unsigned or badly signed are ignored (counted ``bad_signature``).
 
 :class:`StandbyWatch`: a standby's MQTT side, around :class:`~coordinator.leadership.Vacancy`.
+
+Both mark their loops' progress (``beats``; the control and monitor loops, the standby's wait);
+their ``alive()`` says which one hung, for systemd's watchdog (:mod:`faillite.sdnotify`, wired in
+``coordinator/cli.py``). The planner is not judged: a solve may take long.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from faillite.identity import Identity
 from faillite.log import bind, get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
+from faillite.sdnotify import Beats
 from faillite.signing import SignatureError, Signer, Verifier, load_signer
 from faillite.topics import (
     WORKER_ASSIGNMENT,
@@ -82,8 +87,10 @@ from faillite.topics import (
 log = get_logger("coordinator")
 standby_log = get_logger("standby")
 TICK_S = 0.01
+LINK_PROBE_AFTER_S = 0.1
 TERM_WAIT_S = 1.0  # for the first retained status or assignment before taking a term
 TERM_BURST_S = 0.2  # then for the rest of the retained burst
+WATCHDOG_STALE_S = 20.0  # a loop silent this long counts as hung (systemd restarts the process)
 
 SignedT = TypeVar("SignedT", messages.Assignment, messages.CoordinatorStatus)
 
@@ -164,6 +171,7 @@ class CoordinatorService:
         self._known = {w.id for w in mesh.workers}
         self._inbox: queue.Queue[Event] = queue.Queue()
         self._stop = threading.Event()
+        self.beats = Beats()
         self._heard = threading.Event()  # a retained term (status or assignment) arrived
         self._leading = threading.Lock()  # leadership: network thread vs start()
         self._publishing = threading.Lock()  # one retained state at a time, the newest last
@@ -188,6 +196,9 @@ class CoordinatorService:
             Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).name,
             mesh.broker,
             presence=self.presence,
+            # Workers' heartbeats arrive every 0.1-0.25 s: a pause in them is worth a ping at
+            # once, so that a silent broker is told apart from silent workers (Tick).
+            probe_after_s=LINK_PROBE_AFTER_S,
         )
         c, t = self.client, self.topics
         c.subscribe_json(
@@ -315,6 +326,7 @@ class CoordinatorService:
 
     def _control_loop(self) -> None:
         while not self._stop.is_set():
+            self.beats.beat("control")
             try:
                 event = self._inbox.get(timeout=0.05)
             except queue.Empty:
@@ -373,7 +385,8 @@ class CoordinatorService:
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(TICK_S):
-            self._inbox.put(Tick(*_clock()))
+            self.beats.beat("monitor")
+            self._inbox.put(Tick(*_clock(), self.client.link_quiet_s()))
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -517,6 +530,14 @@ class CoordinatorService:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def alive(self) -> str | None:
+        """Why this coordinator looks hung (a loop without progress), or None."""
+        return None if self._stop.is_set() else self.beats.stale(WATCHDOG_STALE_S)
+
 
 class StandbyWatch:
     """Watches the leader's retained status and returns once the leadership is vacant. It has
@@ -536,6 +557,7 @@ class StandbyWatch:
         self._topic = Topics(mesh.mesh).coordinator_status
         self._quiet = _Quiet()
         self._cond = threading.Condition()
+        self.beats = Beats()
         self.client = MeshClient(
             # A standby watches under its identity's second client id (faillite.identity).
             Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).probe_name,
@@ -606,6 +628,7 @@ class StandbyWatch:
         try:
             with self._cond:
                 while not stop.is_set():
+                    self.beats.beat("standby")
                     due = self.vacancy.due(time.monotonic())
                     if due is not None and self.client.connected:
                         return due
@@ -613,3 +636,7 @@ class StandbyWatch:
                 return None
         finally:
             self.client.stop()
+
+    def alive(self) -> str | None:
+        """Why this standby looks hung (its watch loop without progress), or None."""
+        return self.beats.stale(WATCHDOG_STALE_S)

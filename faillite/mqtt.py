@@ -233,6 +233,7 @@ class MeshClient:
         self.broker_switches = 0
         self._probe_after_s = probe_after_s or broker.probe_after_s
         self._probe_at = 0.0  # when the quiet broker was pinged (0: not now)
+        self._heard_at = time.monotonic()  # the broker's last message or ping answer
 
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -275,6 +276,7 @@ class MeshClient:
         """Route raw messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
 
         def wrapped(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+            self._heard_at = time.monotonic()
             try:
                 handler(Raw(msg.topic, bytes(msg.payload), bool(msg.retain)))
             except Exception as exc:
@@ -297,6 +299,7 @@ class MeshClient:
         An empty payload (a retained message cleared) goes to ``on_cleared`` if given."""
 
         def wrapped(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+            self._heard_at = time.monotonic()
             try:
                 if not msg.payload:
                     if on_cleared is not None:
@@ -493,10 +496,11 @@ class MeshClient:
             at, attempt = self._next_broker(at, attempt, closed)
 
     def link_quiet_s(self) -> float:
-        """Seconds since the broker last sent us anything (0 while not connected)."""
+        """Seconds since the broker last sent us a message or answered our ping (0 while not
+        connected). Our own clock: paho's resets itself when paho sends its keepalive."""
         if not self._connected.is_set():
             return 0.0
-        return max(0.0, time.monotonic() - self._client._last_bytes_received)
+        return max(0.0, time.monotonic() - self._heard_at)
 
     def _broker_silent(self) -> bool:
         """Ping a broker that has been quiet; True once it has not answered in time."""
@@ -507,7 +511,10 @@ class MeshClient:
         now = time.monotonic()
         if not self._probe_at:
             self._probe_at = now
-            self._client._send_pingreq()  # any answer resets the quiet
+            self._client._send_pingreq()
+            return False
+        if self._client._ping_t == 0:  # its PINGRESP came: the broker is there
+            self._heard_at, self._probe_at = now, 0.0
             return False
         if now - self._probe_at < self._broker.silent_after_s:
             return False
@@ -545,6 +552,7 @@ class MeshClient:
             )
             return
         self.connects += 1
+        self._heard_at = time.monotonic()
         with self._lock:
             subs = list(self._subs.items())
         for topic_filter, qos in subs:
@@ -598,6 +606,7 @@ class MeshClient:
             self._unsubacked.set()
 
     def _handle_unexpected(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._heard_at = time.monotonic()
         # amqtt 0.12 replays retained messages to clients that did not subscribe to them.
         self.unexpected_messages += 1
 
