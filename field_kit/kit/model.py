@@ -52,6 +52,13 @@ class BrokerSpec(StrictModel):
     node: Id
     kind: Literal["mosquitto", "amqtt"] = "mosquitto"
     port: int = Field(default=8883, ge=1, le=65535)
+    # More brokers, on other nodes, each bridged to ``node``: every role goes to them, in
+    # order, when the broker it is on is gone (Mosquitto only: the embedded one has no bridge).
+    fallback_nodes: tuple[Id, ...] = Field(default=(), max_length=4)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return (self.node, *self.fallback_nodes)
 
 
 class Camera(StrictModel):
@@ -109,11 +116,24 @@ class Kit(StrictModel):
         for n in self.nodes:
             if n.link not in self.links:
                 raise ValueError(f"node {n.id!r}: link {n.link!r} is not one of links")
-        broker = nodes.get(self.broker.node)
-        if broker is None or "broker" not in broker.roles:
-            raise ValueError(f"broker.node {self.broker.node!r} must be a node with role broker")
-        if sum("broker" in n.roles for n in self.nodes) != 1:
-            raise ValueError("exactly one node has the broker role (more brokers: issue 11)")
+        for b in self.broker.nodes:
+            node = nodes.get(b)
+            if node is None or "broker" not in node.roles:
+                raise ValueError(f"broker node {b!r} must be a node with role broker")
+        if len(set(self.broker.nodes)) != len(self.broker.nodes):
+            raise ValueError("broker.fallback_nodes repeats a broker node")
+        others = sorted(
+            n.id for n in self.nodes if "broker" in n.roles and n.id not in self.broker.nodes
+        )
+        if others:
+            raise ValueError(
+                f"nodes {', '.join(others)} have the broker role but are not broker.node or "
+                "in broker.fallback_nodes"
+            )
+        if self.broker.fallback_nodes and self.broker.kind != "mosquitto":
+            raise ValueError(
+                "broker.fallback_nodes needs kind: mosquitto (the embedded broker has no bridge)"
+            )
         if not any("coordinator" in n.roles for n in self.nodes):
             raise ValueError("no node has the coordinator role")
         cameras = {c.id for c in self.cameras}

@@ -27,7 +27,14 @@ import yaml
 from broker.mosquitto import write_mosquitto_config
 from faillite import pki
 from faillite.accounts import add_account, secret_path
-from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig, packaged_config
+from faillite.config import (
+    BridgeConfig,
+    BrokerAddress,
+    BrokerConfig,
+    TlsConfig,
+    TlsServerConfig,
+    packaged_config,
+)
 from faillite.identity import AclScope, Identity
 from faillite.signing import generate_key
 from faillite.topics import Role
@@ -100,6 +107,8 @@ def identities(kit: Kit, node: Node) -> list[Identity]:
     if "worker" in node.roles:
         out.append(Identity(kit.kit, Role.WORKER, node.id))
     out += [Identity(kit.kit, Role.SENSOR, c.id) for c in kit.cameras if c.node == node.id]
+    if node.id in kit.broker.fallback_nodes:
+        out.append(Identity(kit.kit, Role.BRIDGE, node.id))  # its bridge to broker.node
     return out
 
 
@@ -110,10 +119,11 @@ def all_identities(kit: Kit) -> list[Identity]:
 
 def provision(kit: Kit, prov: Provisioning, *, rotate: bool = False) -> None:
     """Make what is missing (everything with ``rotate``)."""
-    broker = kit.node(kit.broker.node)
+    hosts = [kit.node(b).host for b in kit.broker.nodes]
     if rotate or not (prov.ca / pki.CA_CERT).exists():
         pki.init_ca(prov.ca, common_name=f"FailLite kit {kit.kit} CA", overwrite=True)
-        pki.issue_server(prov.ca, "broker", [broker.host], overwrite=True)
+        # One certificate for every broker of the kit: clients check the address they dial.
+        pki.issue_server(prov.ca, "broker", hosts, overwrite=True)
     if rotate or not (prov.signing / "signing.key").exists():
         prov.signing.mkdir(parents=True, exist_ok=True)
         generate_key(prov.signing, overwrite=True)
@@ -163,6 +173,10 @@ def _worker(kit: Kit, node: Node, lay: Layout) -> dict[str, Any]:
     }
 
 
+def listen_host(node: Node) -> str:
+    return node.host if _is_address(node.host) else "0.0.0.0"
+
+
 def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any]:
     """The mesh config ``node`` runs with (its link's liveness, its own keys' paths)."""
     broker_node = kit.node(kit.broker.node)
@@ -173,10 +187,15 @@ def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any
         "keepalive_s": kit.links[node.link].keepalive_s,
         "secrets_dir": str(lay.etc / "secrets"),
     }
+    if kit.broker.fallback_nodes:
+        broker["fallbacks"] = [
+            {"host": kit.node(b).host, "port": kit.broker.port} for b in kit.broker.fallback_nodes
+        ]
     if node.id == broker_node.id:
         # Its own address where the kit names one (allowed off loopback: every client has
         # its own account), every address where the kit names it by a host name.
-        broker["host"] = node.host if _is_address(node.host) else "0.0.0.0"
+        broker["host"] = listen_host(node)
+    if node.id in kit.broker.nodes:
         broker["password_file"] = str(lay.etc / "broker" / "passwd")
         tls["server"] = {
             "certfile": str(lay.etc / "tls" / "broker.crt"),
@@ -360,7 +379,7 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
             _copy(prov.ca / "broker.key", etc / "tls" / "broker.key", SECRET_MODE)
             _copy(prov.passwd, etc / "broker" / "passwd", SECRET_MODE)
             if kit.broker.kind == "mosquitto":
-                _mosquitto(kit, doc, etc / "broker", scope, lay)
+                _mosquitto(kit, node, doc, etc / "broker", scope, lay, prov.secrets)
         names = units(kit, node, lay)
         for name, text in names.items():
             unit = _local(folder, PurePosixPath("/etc/systemd/system") / name)
@@ -372,13 +391,28 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
     return folders
 
 
-def _mosquitto(kit: Kit, doc: dict[str, Any], where: Path, scope: AclScope, lay: Layout) -> None:
+def _mosquitto(
+    kit: Kit,
+    node: Node,
+    doc: dict[str, Any],
+    where: Path,
+    scope: AclScope,
+    lay: Layout,
+    secrets: Path,
+) -> None:
     b = doc["broker"]
     server = b["tls"]["server"]
+    primary = kit.node(kit.broker.node)
+    bridge = None
+    if node.id in kit.broker.fallback_nodes:  # bridged to the kit's first broker
+        to = (BrokerAddress(host=primary.host, port=kit.broker.port),)
+        bridge = BridgeConfig(id=node.id, to=to)
     cfg = BrokerConfig(
-        host=b["host"],
+        host=listen_host(node),
         port=b["port"],
         keepalive_s=b["keepalive_s"],
+        secrets_dir=secrets,  # the bridge's secret goes into its mosquitto.conf (0600)
+        bridge=bridge,
         password_file=Path(b["password_file"]),
         tls=TlsConfig(
             ca_certs=Path(b["tls"]["ca_certs"]),

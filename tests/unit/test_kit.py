@@ -203,3 +203,40 @@ def test_kit_cli_init_and_render(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("kit: x\nnodes: []\n")
     bad = run("render", "bad.yaml", "--out", "b2")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_second_broker_is_bridged_and_every_node_lists_it(kit_file: Path, tmp_path: Path) -> None:
+    doc = yaml.safe_load(kit_file.read_text())
+    doc["broker"]["fallback_nodes"] = ["orin2"]
+    doc["nodes"][1]["roles"] = ["broker", *doc["nodes"][1]["roles"]]
+    kit = Kit.model_validate(doc)
+    out = tmp_path / "build"
+    render(kit, out)
+    second = out / "orin2/etc/faillite/broker/mosquitto.conf"
+    lines = second.read_text().splitlines()
+    assert "listener 8883 10.42.0.12" in lines and "address 10.42.0.11:8883" in lines
+    assert "remote_username recon1.bridge.orin2" in lines
+    assert "topic faillite/recon1/# both 1" in lines and "bridge_insecure false" in lines
+    secret = (out / "orin2/etc/faillite/secrets/recon1.bridge.orin2.secret").read_text().strip()
+    assert f"remote_password {secret}" in lines and second.stat().st_mode & 0o077 == 0
+    first = (out / "orin1/etc/faillite/broker/mosquitto.conf").read_text()
+    assert "connection " not in first and "remote_password" not in first
+    assert not (out / "orin1/etc/faillite/secrets/recon1.bridge.orin2.secret").exists()
+    assert "user recon1.bridge.orin2\n" in (out / "orin1/etc/faillite/broker/acl").read_text()
+    for node in ("orin1", "orin3", "orin5"):
+        cfg = load_mesh_config(out / node / "etc/faillite/mesh.yaml")
+        assert cfg.broker.addresses[1:] == (("10.42.0.12", 8883),), node
+    # Clients on the second broker's node still prefer the first (one order kit-wide).
+    assert load_mesh_config(out / "orin2/etc/faillite/mesh.yaml").broker.addresses == (
+        ("10.42.0.11", 8883),
+        ("10.42.0.12", 8883),
+    )
+    cert = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
+         str(out / "orin2/etc/faillite/tls/broker.crt")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "10.42.0.11" in cert and "10.42.0.12" in cert
+    doc["broker"]["kind"] = "amqtt"
+    with pytest.raises(ValueError, match="needs kind: mosquitto"):
+        Kit.model_validate(doc)
