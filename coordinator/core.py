@@ -20,13 +20,14 @@ A strategy that does not adapt (a static plan) is published once and nobody is j
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from coordinator.decisions import (
     Decision,
     EmitEvent,
     Note,
+    PublishObituary,
     PublishState,
     RequestPlan,
     RetainedState,
@@ -137,6 +138,9 @@ class CoordinatorCore:
         self._held: list[tuple[Transition, float]] = []  # seen while starting, with their ts
         self._incarnations: dict[str, str] = {}  # static: the incarnation last seen per worker
         self._out: list[Decision] = []
+        # Workers judged dead by silence, and when their missing last-will is given up on.
+        self._obituaries: dict[str, tuple[str, float]] = {}
+        self._obituary_after_s = self.ccfg.obituary_after_s or (1.5 * mesh.broker.keepalive_s + 2.0)
 
     # -- the one entry point -----------------------------------------------------------------
 
@@ -303,13 +307,30 @@ class CoordinatorCore:
             self._observe(t, ev)
         if self.phase != "running":
             return
+        self._advance_obituaries(ev.now, ev.ts)
         self._advance_ladders(ev.now)
         self._advance_failback(ev.now)
         self._check_slo(ev.now, ev.ts)
         self._advance_gray(ev.now)
 
+    def _advance_obituaries(self, now: float, ts: float) -> None:
+        for worker, (incarnation, due) in list(self._obituaries.items()):
+            if now < due:
+                continue
+            del self._obituaries[worker]
+            m = self.membership.get(worker)
+            if m is None or m.incarnation != incarnation or m.state != "failed":
+                continue  # replaced, or back
+            if m.status.state != "online":
+                continue  # its last-will (or a graceful stop) came after all
+            dead = replace(m.status, state="offline", reason="silent", ts=ts)
+            self._out.append(PublishObituary(dead))
+            self._event("obituary", worker=worker, incarnation=incarnation)
+
     def _on_transition(self, t: Transition, ts: float) -> None:
         s = self.state
+        if t.kind == "failed" and t.cause == "heartbeat_silence":
+            self._obituaries[t.worker] = (t.incarnation, t.at + self._obituary_after_s)
         if t.kind == "failed":
             self._event(
                 "failure_detected",

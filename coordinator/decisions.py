@@ -81,9 +81,17 @@ class RequestPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishObituary:
+    """The retained offline status of a worker judged dead whose last-will never came (the
+    broker that held its connection died with it): nothing stale stays retained."""
+
+    status: messages.WorkerStatus
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     event: str
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-Decision = PublishState | EmitEvent | RequestPlan | Note
+Decision = PublishState | EmitEvent | RequestPlan | PublishObituary | Note

@@ -127,6 +127,7 @@ class Membership:
                 ProgressDetector(self._cfg_for(st)),
             )
             return self._transition("stale", stale, st.reason or "offline", now)
+        cur.status = st  # what is retained of it now: offline
         if cur.state == "failed":
             if st.reason == "graceful":
                 cur.cause = "graceful"

@@ -40,6 +40,7 @@ from coordinator.decisions import (
     Decision,
     EmitEvent,
     Note,
+    PublishObituary,
     PublishState,
     RequestPlan,
     RetainedState,
@@ -347,6 +348,11 @@ class CoordinatorService:
                 publish_ms = (time.perf_counter() - t0) * 1000
             elif isinstance(d, EmitEvent):
                 self._emit(d, decision_ms, publish_ms)
+            elif isinstance(d, PublishObituary):
+                st = d.status
+                self.client.publish_message(
+                    self.topics.worker_status(st.worker), st, qos=1, retain=True
+                )
             elif isinstance(d, RequestPlan):
                 self._plan_in_background(d)
             elif isinstance(d, Note):

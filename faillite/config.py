@@ -347,6 +347,10 @@ class CoordinatorConfig(StrictModel):
     gray_probation_s: float = Field(default=30.0, gt=0)
     # After our own reconnect (a broker restart), workers get this long to reconnect too.
     reconnect_grace_s: float = Field(default=5.0, ge=0)  # the reconnect backoff's cap
+    # A worker judged dead whose retained status still says online this long after (past
+    # its broker's 1.5 x keepalive: no last-will is coming, its broker died with it) gets its
+    # offline status from the leader. None: 1.5 x broker.keepalive_s + 2 s.
+    obituary_after_s: float | None = Field(default=None, gt=0)
     # Standby coordinators: take over once the leader has been gone this long (x rank).
     takeover_delay_s: float = Field(default=0.5, ge=0)
     # The coordinator ids of this mesh (leader and standbys): a status of another id deposes

@@ -143,6 +143,8 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
             return (
                 (Access.READ, t.everything),
                 *((Access.WRITE, _assignment(t, w)) for w in workers),
+                # The offline status of a worker whose last-will died with its broker.
+                *((Access.WRITE, _status(t, w)) for w in workers),
                 *((Access.WRITE, _route(t, app)) for app in apps),
                 (Access.WRITE, t.coordinator_status),
                 (Access.WRITE, t.placement),
@@ -160,6 +162,10 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
 
 def _results(t: Topics, app: str, worker: str) -> str:
     return t.app_results(app, worker) if app != "+" else f"{t.prefix}/apps/+/results/{worker}"
+
+
+def _status(t: Topics, worker: str) -> str:
+    return t.worker_status(worker) if worker != "+" else f"{t.prefix}/workers/+/status"
 
 
 def _assignment(t: Topics, worker: str) -> str:

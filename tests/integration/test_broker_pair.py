@@ -103,9 +103,9 @@ def test_the_bridge_carries_the_mesh_both_ways_retained_included(pair: dict[str,
         on_b.stop()
 
 
-def test_killing_the_broker_moves_every_role_and_costs_no_failover(
-    pair: dict[str, Any], tmp_path: Path, models_dir: Path
-) -> None:
+@pytest.fixture
+def mesh(pair: dict[str, Any], tmp_path: Path, models_dir: Path) -> Iterator[dict[str, Any]]:
+    """A planner coordinator, two workers and a camera on broker A, every role listing B."""
     clients: BrokerConfig = pair["clients"]
     doc = {
         "mesh": MESH,
@@ -132,32 +132,70 @@ def test_killing_the_broker_moves_every_role_and_costs_no_failover(
         for w in ("w1", "w2"):
             group.start(w, "worker", faillite_cmd("worker", "--id", w, "--config", str(path)))
         group.start("cam1", "sensor", faillite_cmd("sensor", "--id", "cam1", "--config", str(path)))
-
-        def results(since: float) -> list[messages.Result]:
-            return rec.messages(t.app_results_filter("a1"), messages.Result, since)
-
-        assert _wait(lambda: len(results(0)) >= 5, 60), "never served on broker A"
+        assert _wait(lambda: len(_results(rec, 0)) >= 5, 60), "never served on broker A"
         leader = rec.messages(t.coordinator_status, messages.CoordinatorStatus)[-1]
         assert leader.state == "leader"
         time.sleep(2)
-        kill_at = time.monotonic()
-        pair["launcher"].processes[0].proc.send_signal(signal.SIGKILL)  # broker A, for good
-        assert _wait(lambda: len(results(kill_at)) >= 10, 30), "not served again from B"
-        first = min(at for at, _t, _p in rec.raw(kill_at) if "/results/" in _t)
-        time.sleep(3)
-        assert rec.client.address == (pair["b"].host, pair["b"].port)
-        failovers = [
-            e for e in rec.messages(t.events, messages.Event, kill_at) if e.kind == "failover"
-        ]
-        assert not failovers, failovers  # moving brokers is not failing
-        statuses = rec.messages(t.coordinator_status, messages.CoordinatorStatus, kill_at)
-        assert all(s.term == leader.term for s in statuses), statuses
-        assert all(s.coordinator == leader.coordinator for s in statuses)
-        for name in ("coord", "w1", "w2", "cam1"):
-            log = (tmp_path / "logs" / f"{name}.log").read_text()
-            assert '"broker_switched"' in log, name
-        gap = first - kill_at
-        assert gap < 15, gap
+        yield {"rec": rec, "group": group, "t": t, "leader": leader, "logs": tmp_path / "logs"}
     finally:
         group.stop_all()
         rec.stop()
+
+
+def _results(rec: Recorder, since: float) -> list[messages.Result]:
+    return rec.messages(Topics(MESH).app_results_filter("a1"), messages.Result, since)
+
+
+def test_killing_the_broker_moves_every_role_and_costs_no_failover(
+    pair: dict[str, Any], mesh: dict[str, Any]
+) -> None:
+    rec, t, leader = mesh["rec"], mesh["t"], mesh["leader"]
+    kill_at = time.monotonic()
+    pair["launcher"].processes[0].proc.send_signal(signal.SIGKILL)  # broker A, for good
+    assert _wait(lambda: len(_results(rec, kill_at)) >= 10, 30), "not served again from B"
+    first = min(at for at, topic, _p in rec.raw(kill_at) if "/results/" in topic)
+    time.sleep(3)
+    assert rec.client.address == (pair["b"].host, pair["b"].port)
+    failovers = [e for e in rec.messages(t.events, messages.Event, kill_at) if e.kind == "failover"]
+    assert not failovers, failovers  # moving brokers is not failing
+    statuses = rec.messages(t.coordinator_status, messages.CoordinatorStatus, kill_at)
+    assert all(s.term == leader.term for s in statuses), statuses
+    assert all(s.coordinator == leader.coordinator for s in statuses)
+    for name in ("coord", "w1", "w2", "cam1"):
+        assert '"broker_switched"' in (mesh["logs"] / f"{name}.log").read_text(), name
+    assert first - kill_at < 15
+
+
+def test_the_broker_node_dies_with_a_worker_and_nothing_stale_stays_retained(
+    pair: dict[str, Any], mesh: dict[str, Any]
+) -> None:
+    """KILL_BROKER_NODE's heart: broker A and the worker serving the app share a board that
+    dies. The worker's last-will dies with broker A, so its heartbeats' silence is what fails
+    it over to the other worker; and its 'online' birth, bridged to B, is replaced by the
+    leader's obituary (offline, reason silent) once no last-will can come."""
+    rec, t = mesh["rec"], mesh["t"]
+    primary = _results(rec, 0)[-1].worker
+    other = "w2" if primary == "w1" else "w1"
+    kill_at = time.monotonic()
+    pair["launcher"].processes[0].proc.send_signal(signal.SIGKILL)
+    mesh["group"].stop(primary, signal.SIGKILL)
+    assert _wait(lambda: any(r.worker == other for r in _results(rec, kill_at)), 30)
+    failovers = [e for e in rec.messages(t.events, messages.Event, kill_at) if e.kind == "failover"]
+    assert [e.worker for e in failovers] == [primary], failovers
+    assert failovers[0].detail["cause"] == "heartbeat_silence"
+
+    def retained_status() -> messages.WorkerStatus | None:
+        got: list[messages.WorkerStatus] = []
+        c = MeshClient(Identity(MESH, Role.ADMIN, "b").name, pair["clients"])
+        c.subscribe_json(
+            t.worker_status(primary), messages.WorkerStatus, lambda i: got.append(i.message)
+        )
+        c.start(connect_timeout=10)
+        time.sleep(0.5)
+        c.stop()
+        return got[-1] if got else None
+
+    # 1.5 x keepalive (2 s) + 2 s after the failure: the leader's obituary.
+    assert _wait(lambda: (s := retained_status()) is not None and s.state == "offline", 15)
+    st = retained_status()
+    assert st is not None and st.reason == "silent", st

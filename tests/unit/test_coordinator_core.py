@@ -21,6 +21,7 @@ from coordinator.decisions import (
     Decision,
     EmitEvent,
     Note,
+    PublishObituary,
     PublishState,
     RequestPlan,
     RetainedState,
@@ -601,6 +602,42 @@ def test_every_worker_dying_at_once_is_judged_while_the_broker_answers(sim: Sim)
         fw.beating = False
     out = sim.run_until(lambda o: len(events(o, "failure_detected")) == 3, 2.0, "all three judged")
     assert max(sim.when(e) for e in events(out, "failure_detected")) - died < 1.0
+
+
+def _obituaries(out: Iterable[Decision]) -> list[PublishObituary]:
+    return [d for d in out if isinstance(d, PublishObituary)]
+
+
+def test_a_worker_whose_last_will_died_with_its_broker_gets_an_obituary(sim: Sim) -> None:
+    """Judged dead by silence and no last-will after the broker's 1.5 x keepalive (+2 s): the
+    leader publishes its offline status, so no stale 'online' stays retained."""
+    w = sim.route("a1").worker
+    incarnation = sim.workers[w].incarnation
+    sim.workers[w].beating = False  # silent death: its broker died with it, no last-will
+    out = sim.run_until(lambda o: events(o, "failure_detected"), 2.0, "the silence judged")
+    failed_at = sim.when(events(out, "failure_detected")[0])
+    after = sim.core._obituary_after_s
+    assert after == 1.5 * sim.core.mesh.broker.keepalive_s + 2.0
+    out = sim.run_until(_obituaries, after + 1.0, "the obituary")
+    (obit,) = _obituaries(out)
+    assert sim.when(obit) - failed_at == pytest.approx(after, abs=0.05)
+    st = obit.status
+    assert (st.worker, st.incarnation, st.state, st.reason) == (w, incarnation, "offline", "silent")
+    assert [e.worker for e in events(out, "obituary")] == [w]
+    assert _obituaries(sim.run(after + 1.0)) == []  # once
+
+
+def test_no_obituary_when_the_last_will_came_or_the_worker_came_back(sim: Sim) -> None:
+    w1 = sim.route("a1").worker
+    w2 = next(w for w in sim.workers if w != w1)
+    sim.workers[w1].beating = False
+    sim.workers[w2].beating = False
+    sim.run_until(lambda o: len(events(o, "failure_detected")) == 2, 2.0, "both judged")
+    sim.status(w1, "offline", "lost")  # w1's last-will arrives late: the broker was alive
+    sim.workers[w2].beating = True
+    sim.status(w2)  # w2 reconnects (to the other broker) and says so
+    out = sim.run(sim.core._obituary_after_s + 1.0)
+    assert _obituaries(out) == []
 
 
 # -- restarts and late last-wills --------------------------------------------------------------
