@@ -66,6 +66,28 @@ def outer(args: argparse.Namespace) -> int:
         lan.destroy()
 
 
+def pair_mesh(mesh: str, clients: Any, models_dir: Path, fps: float) -> dict[str, Any]:
+    """The mesh config document both the measurement and its tests run: a planner
+    coordinator, two 100 MB CPU workers in their own domains, one camera, one critical app;
+    ``clients``: the roles' BrokerConfig (with its fallbacks)."""
+    from faillite.config import packaged_config
+
+    return {
+        "mesh": mesh,
+        "catalog": str(packaged_config("catalog.yaml")),
+        "models_dir": str(models_dir),
+        "broker": json.loads(clients.model_dump_json()),
+        "sensors": [{"id": "cam1", "source": "scene:chelsea", "fps": fps}],
+        "apps": [{"id": "a1", "sensor": "cam1", "family": "efficientnet_lite", "critical": True}],
+        "workers": [
+            {"id": w, "heartbeat_interval_s": 0.1, "memory_mb": 100, "failure_domain": f"r-{w}",
+             "backend": {"type": "onnxruntime", "intra_op_threads": 1}}
+            for w in ("w1", "w2")
+        ],
+        "coordinator": {"type": "planner", "startup_wait_s": 5},
+    }  # fmt: skip
+
+
 class Broker:
     def __init__(self, name: str, ns: str, conf: Path, log: Path) -> None:
         self.name, self.ns, self.conf, self.log = name, ns, conf, log
@@ -174,20 +196,7 @@ def inner(args: argparse.Namespace) -> int:
         update={"host": ADDR["a"], "port": PORT,
                 "fallbacks": (BrokerAddress(host=ADDR["b"], port=PORT),)}
     )  # fmt: skip
-    doc = {
-        "mesh": MESH,
-        "catalog": str(packaged_config("catalog.yaml")),
-        "models_dir": str(models),
-        "broker": json.loads(clients.model_dump_json()),
-        "sensors": [{"id": "cam1", "source": "scene:chelsea", "fps": FPS}],
-        "apps": [{"id": "a1", "sensor": "cam1", "family": "efficientnet_lite", "critical": True}],
-        "workers": [
-            {"id": w, "heartbeat_interval_s": 0.1, "memory_mb": 100, "failure_domain": f"r-{w}",
-             "backend": {"type": "onnxruntime", "intra_op_threads": 1}}
-            for w in ("w1", "w2")
-        ],
-        "coordinator": {"type": "planner", "startup_wait_s": 5},
-    }  # fmt: skip
+    doc = pair_mesh(MESH, clients, models, FPS)
     path = tmp / "mesh.yaml"
     path.write_text(yaml.safe_dump(doc))
     cfg = load_mesh_config(path)

@@ -117,16 +117,18 @@ def _drill(
     primary = ""
     while not primary:
         route = obs.routes.route(app)
-        # Only results from the worker its route names say who the primary is.
-        if route is not None and v.results and v.worker == route.worker:
+        # Only results from the worker its route names say who the primary is; and the
+        # leader's retained status must be in, to tell whether the kill moved it.
+        if route is not None and v.results and v.worker == route.worker and _leader(obs):
             primary = v.worker
         elif time.monotonic() > deadline:
             return [
                 Check(
                     "drill",
                     False,
-                    f"{name}: not served within {settle_s:.0f} s, nothing to kill",
-                    "faillite watch shows who serves what; the app must be served first",
+                    f"{name}: not served (or no leader seen) within {settle_s:.0f} s, nothing "
+                    "to kill",
+                    "faillite watch shows who serves what and the leader; both must be up first",
                 )
             ]
         else:

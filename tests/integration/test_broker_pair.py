@@ -26,12 +26,12 @@ from faillite.config import (
     BrokerAddress,
     BrokerConfig,
     load_mesh_config,
-    packaged_config,
 )
 from faillite.identity import Identity
 from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerLauncher, mosquitto_binary
+from field_kit.drill.broker_switch import pair_mesh
 from field_kit.procs import ProcessGroup, faillite_cmd, free_port
 from field_kit.recorder import Recorder
 
@@ -107,20 +107,7 @@ def test_the_bridge_carries_the_mesh_both_ways_retained_included(pair: dict[str,
 def mesh(pair: dict[str, Any], tmp_path: Path, models_dir: Path) -> Iterator[dict[str, Any]]:
     """A planner coordinator, two workers and a camera on broker A, every role listing B."""
     clients: BrokerConfig = pair["clients"]
-    doc = {
-        "mesh": MESH,
-        "catalog": str(packaged_config("catalog.yaml")),
-        "models_dir": str(models_dir),
-        "broker": yaml.safe_load(clients.model_dump_json()),
-        "sensors": [{"id": "cam1", "source": "scene:chelsea", "fps": 5}],
-        "apps": [{"id": "a1", "sensor": "cam1", "family": "efficientnet_lite", "critical": True}],
-        "workers": [
-            {"id": w, "heartbeat_interval_s": 0.1, "memory_mb": 100, "failure_domain": f"r-{w}",
-             "backend": {"type": "onnxruntime", "intra_op_threads": 1}}
-            for w in ("w1", "w2")
-        ],
-        "coordinator": {"type": "planner", "startup_wait_s": 5},
-    }  # fmt: skip
+    doc = pair_mesh(MESH, clients, models_dir, 5.0)
     path = tmp_path / "pair.yaml"
     path.write_text(yaml.safe_dump(doc))
     cfg = load_mesh_config(path)

@@ -11,7 +11,6 @@ Root, ``ip`` and the network to build the bundle (PyPI, as any install) are need
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -20,9 +19,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from plugins import watching as view
 
 from faillite.catalog import Catalog
 from field_kit.drill.netns import Impairment, Lan, root_problem
@@ -77,23 +76,6 @@ def _ops(
     )  # fmt: skip
 
 
-def _watch(lan: Lan, cfg: Path, secret: str, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        lan.wrap("ops", [sys.executable, "-P", "-m", "faillite", "watch", "-c", str(cfg),
-                         "--as", "watch", "--duration", str(seconds), "--json"]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
-    )  # fmt: skip
-
-
-def _watched(proc: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=seconds + 60)
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    summary = next((x["summary"] for x in lines if "summary" in x), None)
-    assert summary is not None, out[-2000:] + err[-2000:]
-    return {"summary": summary, "events": [x for x in lines if "summary" not in x]}
-
-
 def test_a_five_node_kit_installs_offline_serves_and_survives_its_drills(
     kit_lan: tuple[Rehearsal, dict[str, str]],
 ) -> None:
@@ -124,7 +106,7 @@ def test_a_five_node_kit_installs_offline_serves_and_survives_its_drills(
     assert "PASS broker_tls: 10.252.0.1:8883" in check.stdout
 
     # KILL_PRIMARY, the way a field team runs it on a live kit.
-    watching = _watch(lan, cfg, secrets["watch"], 25)
+    watching = view.watch(cfg, secrets["watch"], 25, as_="watch", wrap=lambda a: lan.wrap("ops", a))
     kill = shlex.join(["sh", "-c", f"kill -KILL $(cat {reh.logs}/{{node}}-{{unit}}.pid)"])
     drill = _ops(lan, ["kit", "check", "-c", str(cfg), "--as", "ops", "--wait", "3",
                        "--clock-tolerance", "1", "--drill", "--kill-with", kill],
@@ -134,35 +116,39 @@ def test_a_five_node_kit_installs_offline_serves_and_survives_its_drills(
     killed = line.split("killed primary ", 1)[1].split()[0]
     served_by = line.split("served again by ", 1)[1].split()[0]
     assert killed != served_by and {killed, served_by} <= {"n2", "n3", "n4", "n5"}, line
-    watched = _watched(watching, 25)
-    kinds = [(e.get("kind"), e.get("worker")) for e in watched["events"]]
-    assert ("failover", killed) in kinds, watched["events"]
-    assert watched["summary"]["apps"]["a1"]["served_at_end"], watched["summary"]
+    seen = view.watched(watching, 25)
+    kinds = [(e.get("kind"), e.get("worker")) for e in seen["events"]]
+    assert ("failover", killed) in kinds, seen["events"]
+    assert seen["summary"]["apps"]["a1"]["served_at_end"], seen["summary"]
     # systemd's Restart= brings the killed worker back; here the test does.
     (unit,) = [u for u in reh.units(killed) if u.role == "worker"]
     reh.start(unit)
     reh.wait_ready([unit], 60)
 
     # PARTITION_WORKER: cut the board that serves a2 off the air, then heal it.
-    before = _watched(_watch(lan, cfg, secrets["watch"], 5), 5)["summary"]["apps"]
+    before = view.watched(
+        view.watch(cfg, secrets["watch"], 5, as_="watch", wrap=lambda a: lan.wrap("ops", a)), 5
+    )["summary"]["apps"]
     victim = before["a2"]["worker"]
     assert victim and victim != killed, before
-    watching = _watch(lan, cfg, secrets["watch"], 30)
+    watching = view.watch(cfg, secrets["watch"], 30, as_="watch", wrap=lambda a: lan.wrap("ops", a))
     time.sleep(4)
     lan.cut(victim)
     time.sleep(12)
     lan.heal(victim)
-    watched = _watched(watching, 30)
-    apps = watched["summary"]["apps"]
-    assert apps["a2"]["served_at_end"] and apps["a2"]["worker"] != victim, watched["summary"]
-    assert apps["a1"]["served_at_end"], watched["summary"]
-    assert ("failover", victim) in [(e.get("kind"), e.get("worker")) for e in watched["events"]]
+    seen = view.watched(watching, 30)
+    apps = seen["summary"]["apps"]
+    assert apps["a2"]["served_at_end"] and apps["a2"]["worker"] != victim, seen["summary"]
+    assert apps["a1"]["served_at_end"], seen["summary"]
+    assert ("failover", victim) in [(e.get("kind"), e.get("worker")) for e in seen["events"]]
     # After the heal: every board is back, and every app is served once (no duplicates: at
     # most its camera's rate of results).
     time.sleep(5)
     back = _ops(lan, ["kit", "check", "-c", str(cfg), "--as", "ops", "--wait", "3",
                       "--clock-tolerance", "1"], secrets["ops"], 90)  # fmt: skip
     assert back.returncode == 0, back.stdout + back.stderr
-    after = _watched(_watch(lan, cfg, secrets["watch"], 8), 8)["summary"]
+    after = view.watched(
+        view.watch(cfg, secrets["watch"], 8, as_="watch", wrap=lambda a: lan.wrap("ops", a)), 8
+    )["summary"]
     for app, v in after["apps"].items():
         assert v["served_at_end"] and 0 < v["results"] <= 2 * 8 * 1.25 + 2, (app, after)

@@ -11,7 +11,6 @@ assignments, a standby coordinator). The five-node form in network namespaces is
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -20,9 +19,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
+from plugins.watching import watch, watched
 
 from faillite.catalog import Catalog
 from field_kit.kit.model import Kit
@@ -77,23 +76,6 @@ def _exec_starts(folder: Path) -> dict[str, list[str]]:
     return out
 
 
-def _watch(cfg: Path, secret: str, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-P", "-m", "faillite", "watch", "-c", str(cfg), "--as", "ops",
-         "--duration", str(seconds), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
-    )  # fmt: skip
-
-
-def _watched(proc: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=seconds + 60)
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    summary = next((x["summary"] for x in lines if "summary" in x), None)
-    assert summary is not None, out[-2000:] + err[-2000:]
-    return {"summary": summary, "events": [x for x in lines if "summary" not in x]}
-
-
 def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
     catalog: Catalog, models_dir: Path, tmp_path: Path
 ) -> None:
@@ -138,7 +120,7 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
             time.sleep(1)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "PASS roles: worker n2 up" in check.stdout and "PASS models" in check.stdout
-        watching = _watch(client_cfg, secret, 180)  # stopped (SIGTERM) after the drill
+        watching = watch(client_cfg, secret, 180, as_="ops")  # stopped (SIGTERM) after the drill
         time.sleep(2)  # connected and following before the kill
         pids = shlex.quote(str(logs).replace("{", "{{").replace("}", "}}"))
         kill_with = "sh -c " + shlex.quote(f"kill -KILL $(cat {pids}/{{node}}-faillite-worker.pid)")
@@ -151,7 +133,7 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
         said = drill.stdout + drill.stderr
         time.sleep(2)  # the backup's results after the drill, for the watch's summary
         watching.send_signal(signal.SIGTERM)
-        after = _watched(watching, 0)
+        after = watched(watching, 0)
         assert drill.returncode == 0, said
         killed = re.search(r"^PASS drill: KILL_PRIMARY a1: killed primary (\w+) ", said, re.M)
         served = re.search(
