@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 log = get_logger("presence")
 
 
+# How long a replaced predecessor's heartbeats must be quiet before we take its id.
+STEP_DOWN_S = 2.0
+
+
 class Status(Protocol):
     """What a status message must have (``WorkerStatus``, ``SensorStatus``)."""
 
@@ -246,7 +250,9 @@ class Presence(Generic[S]):
             log.warning("replacing", topic=self.topic, predecessor=other.incarnation)
             # Connect under the id only once the predecessor has left: before that the broker
             # would drop it (firing its last-will) and it would take the id back on reconnect.
-            quiet_s = max(0.3, liveness_s / 3.0)
+            # It stops beating at once but leaves only after its last packets are
+            # acknowledged (up to a second, more on a busy machine): wait that out too.
+            quiet_s = max(STEP_DOWN_S, liveness_s / 3.0)
             deadline = time.monotonic() + quiet_timeout_s
             while time.monotonic() - last_life[0] < quiet_s:
                 if time.monotonic() > deadline:

@@ -485,10 +485,15 @@ def test_one_process_per_worker_id_and_replace(
         assert first.proc.wait(15) == 0
         assert "worker_replaced" in first.tail(40)
         assert _statuses(col, t, incarnation=b1.incarnation, state="offline") == []
-        since = time.monotonic() + 0.5
-        time.sleep(1.0)
-        hbs = col.messages(t.worker_heartbeat("w1"), messages.Heartbeat, since=since)
-        assert hbs and {h.incarnation for h in hbs} == {b2.incarnation}
+        # The predecessor has exited; the successor connects once its beats have been quiet
+        # for presence.STEP_DOWN_S.
+        since = time.monotonic()
+        hbs = col.wait_for(
+            lambda: col.messages(t.worker_heartbeat("w1"), messages.Heartbeat, since=since),
+            15,
+            "the successor's heartbeats",
+        )
+        assert {h.incarnation for h in hbs} == {b2.incarnation}
         fresh = Collector(cfg).follow(t.worker_status("w1")).start()  # what the broker retains
         try:
             st = fresh.wait_for(
