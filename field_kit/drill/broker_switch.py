@@ -88,6 +88,32 @@ def pair_mesh(mesh: str, clients: Any, models_dir: Path, fps: float) -> dict[str
     }  # fmt: skip
 
 
+def start_pair_mesh(doc: dict[str, Any], workdir: Path, *, qos: int) -> tuple[Any, Any]:
+    """``doc`` (:func:`pair_mesh`) written to ``workdir/mesh.yaml``, a recorder following the
+    whole mesh at ``qos``, and its roles started (logs in ``workdir/logs``): the recorder and
+    the process group, which the caller stops."""
+    from faillite.config import load_mesh_config
+    from faillite.topics import Topics
+    from field_kit.procs import ProcessGroup, faillite_cmd
+    from field_kit.recorder import Recorder
+
+    path = workdir / "mesh.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    rec = Recorder(load_mesh_config(path)).follow(f"{Topics(doc['mesh']).prefix}/#", qos=qos)
+    rec.start()
+    group = ProcessGroup(workdir / "logs")
+    try:
+        group.start("coord", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
+        for w in ("w1", "w2"):
+            group.start(w, "worker", faillite_cmd("worker", "--id", w, "--config", str(path)))
+        group.start("cam1", "sensor", faillite_cmd("sensor", "--id", "cam1", "--config", str(path)))
+    except BaseException:
+        group.stop_all()
+        rec.stop()
+        raise
+    return rec, group
+
+
 class Broker:
     def __init__(self, name: str, ns: str, conf: Path, log: Path) -> None:
         self.name, self.ns, self.conf, self.log = name, ns, conf, log
@@ -158,14 +184,11 @@ def inner(args: argparse.Namespace) -> int:
         BridgeConfig,
         BrokerAddress,
         BrokerConfig,
-        load_mesh_config,
         packaged_config,
     )
     from faillite.identity import Identity
     from faillite.models.build import build_models
     from faillite.topics import Role, Topics
-    from field_kit.procs import ProcessGroup, faillite_cmd
-    from field_kit.recorder import Recorder
 
     tag = args.inside
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="faillite-bsw-"))
@@ -196,19 +219,10 @@ def inner(args: argparse.Namespace) -> int:
         update={"host": ADDR["a"], "port": PORT,
                 "fallbacks": (BrokerAddress(host=ADDR["b"], port=PORT),)}
     )  # fmt: skip
-    doc = pair_mesh(MESH, clients, models, FPS)
-    path = tmp / "mesh.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    cfg = load_mesh_config(path)
     t = Topics(MESH)
-    rec = Recorder(cfg).follow(f"{t.prefix}/#", qos=0).start()
-    group = ProcessGroup(tmp / "logs")
+    rec, group = start_pair_mesh(pair_mesh(MESH, clients, models, FPS), tmp, qos=0)
     rows: list[dict[str, Any]] = []
     try:
-        group.start("coord", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
-        for w in ("w1", "w2"):
-            group.start(w, "worker", faillite_cmd("worker", "--id", w, "--config", str(path)))
-        group.start("cam1", "sensor", faillite_cmd("sensor", "--id", "cam1", "--config", str(path)))
 
         def results(since: float) -> list[tuple[float, messages.Result]]:
             out = []

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from faillite import messages
 from faillite.accounts import provision
@@ -25,14 +24,13 @@ from faillite.config import (
     BridgeConfig,
     BrokerAddress,
     BrokerConfig,
-    load_mesh_config,
 )
 from faillite.identity import Identity
 from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerLauncher, mosquitto_binary
-from field_kit.drill.broker_switch import pair_mesh
-from field_kit.procs import ProcessGroup, faillite_cmd, free_port
+from field_kit.drill.broker_switch import pair_mesh, start_pair_mesh
+from field_kit.procs import free_port
 from field_kit.recorder import Recorder
 
 MESH = "pair"
@@ -107,18 +105,9 @@ def test_the_bridge_carries_the_mesh_both_ways_retained_included(pair: dict[str,
 def mesh(pair: dict[str, Any], tmp_path: Path, models_dir: Path) -> Iterator[dict[str, Any]]:
     """A planner coordinator, two workers and a camera on broker A, every role listing B."""
     clients: BrokerConfig = pair["clients"]
-    doc = pair_mesh(MESH, clients, models_dir, 5.0)
-    path = tmp_path / "pair.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    cfg = load_mesh_config(path)
     t = Topics(MESH)
-    rec = Recorder(cfg).follow(f"{t.prefix}/#", qos=1).start()
-    group = ProcessGroup(tmp_path / "logs")
+    rec, group = start_pair_mesh(pair_mesh(MESH, clients, models_dir, 5.0), tmp_path, qos=1)
     try:
-        group.start("coord", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
-        for w in ("w1", "w2"):
-            group.start(w, "worker", faillite_cmd("worker", "--id", w, "--config", str(path)))
-        group.start("cam1", "sensor", faillite_cmd("sensor", "--id", "cam1", "--config", str(path)))
         assert _wait(lambda: len(_results(rec, 0)) >= 5, 60), "never served on broker A"
         leader = rec.messages(t.coordinator_status, messages.CoordinatorStatus)[-1]
         assert leader.state == "leader"
