@@ -6,9 +6,13 @@ modules get loggers with :func:`get_logger` and add app / sensor ids per event.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import faulthandler
 import logging
 import os
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -24,6 +28,38 @@ def _add_ids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutab
     for key, value in _ids.items():
         event.setdefault(key, value)
     return event
+
+
+class _LineWriter:
+    """Writes one event per line, and nothing once the interpreter is shutting down.
+
+    A daemon thread (network, planner) that writes to stderr while the interpreter finalizes can
+    hold the stream's buffer lock; Python then aborts the process ("could not acquire lock ...
+    at interpreter shutdown", SIGABRT). At exit this takes the write lock for good instead.
+    """
+
+    lock = threading.Lock()
+    closed = False
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        with _LineWriter.lock:
+            if _LineWriter.closed:
+                return
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+    @staticmethod
+    def close() -> None:
+        _LineWriter.lock.acquire()  # never released: later writers (daemon threads) wait
+        _LineWriter.closed = True
+        for s in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                s.flush()
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -63,13 +99,18 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *_args: _LineWriter(stream),
         cache_logger_on_first_use=False,
     )
     _ids.clear()
     _ids.update({k: v for k, v in ids.items() if v is not None})
     # Libraries that use stdlib logging (amqtt, paho) go through the same level.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream, force=True)
+    if not _configured:
+        atexit.register(_LineWriter.close)
+        # A native abort or segfault (solver, ONNX Runtime) prints every thread's stack.
+        if not faulthandler.is_enabled():
+            faulthandler.enable(all_threads=True)
     _configured = True
 
 

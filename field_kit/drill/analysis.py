@@ -259,17 +259,25 @@ def check_single_serving(rec: Recording, apps: Sequence[str], since: float, fps:
     return Check("single_serving", ok, detail)
 
 
-def check_no_crash(codes: dict[str, int | None], killed: set[str], alive: dict[str, bool]) -> Check:
-    """Every process the drill did not kill was alive at the check and stopped cleanly."""
+def check_no_crash(
+    codes: dict[str, int | None],
+    killed: set[str],
+    alive: dict[str, bool],
+    tails: dict[str, str] | None = None,
+) -> Check:
+    """Every process the drill did not kill was alive at the check and stopped cleanly.
+
+    ``tails`` (the last lines of each process's log) are quoted for the ones that crashed.
+    """
     bad = [n for n, up in alive.items() if not up and n not in killed]
     bad += [f"{n} exit {c}" for n, c in codes.items() if n not in killed and c not in (0, -15)]
-    return Check(
-        "no_crash",
-        not bad,
-        "every process alive and stopped cleanly"
-        if not bad
-        else "crashed or failed: " + ", ".join(bad),
+    if not bad:
+        return Check("no_crash", True, "every process alive and stopped cleanly")
+    crashed = {n.split(" ")[0] for n in bad}
+    quoted = "".join(
+        f"\n--- last lines of {n}'s log ---\n{t}" for n, t in (tails or {}).items() if n in crashed
     )
+    return Check("no_crash", False, "crashed or failed: " + ", ".join(bad) + quoted)
 
 
 RETAINED_STATE = (

@@ -129,7 +129,8 @@ def run_case(
     finally:
         alive = {c.name: c.alive() for c in mesh.group.children}
         codes = mesh.close()
-        checks.append(check_no_crash(codes, mesh.killed, alive))
+        tails = {c.name: c.tail(30) for c in mesh.group.children}
+        checks.append(check_no_crash(codes, mesh.killed, alive, tails))
     result["fault"] = (
         None
         if fault is None
