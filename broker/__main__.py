@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         broker = broker.model_copy(update=updates)
     flog.configure(level=args.log_level, mesh=mesh, role="broker")
     try:
-        scope = AclScope.of(args.worker, args.app) if args.worker or args.app else acl_scope(cfg)
+        down = cfg.uplink.down if cfg.uplink is not None else ()
+        scope = (
+            AclScope.of(args.worker, args.app, down) if args.worker or args.app else acl_scope(cfg)
+        )
         run_broker(broker, mesh, scope)
     except (BrokerSetupError, ConfigError) as exc:
         flog.get_logger("broker").error("broker_failed", error=str(exc))

@@ -185,6 +185,7 @@ def mesh_identities(
         Role.COORDINATOR: coordinators,
         Role.OBSERVER: observers,
         Role.ADMIN: admins,
+        Role.UPLINK: (cfg.uplink.id,) if cfg.uplink is not None else (),
     }
     return [Identity(m, role, i) for role, ids in groups.items() for i in ids]
 

@@ -26,7 +26,7 @@ from faillite.config import ConfigError, MeshConfig, load_mesh_config, packaged_
 DEFAULT_CONFIG = "demo.yaml"
 COMMANDS_GROUP = "faillite.commands"
 # The order of the help; commands an installed plug-in adds come after, by name.
-ORDER = ("up", "broker", "sensor", "worker", "coordinator", "drill", "simulate", "models")
+ORDER = ("up", "broker", "sensor", "worker", "coordinator", "uplink", "drill", "simulate", "models")
 EXTRA_OF = {"up": "demo"}  # the extra a command needs, where it is not named after it
 FIRST_PARTY = frozenset({"faillite", "broker", "workers", "coordinator", "sensors", "field_kit"})
 

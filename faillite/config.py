@@ -25,6 +25,9 @@ from pydantic import (
 
 from faillite.identity import base_name
 from faillite.topics import check_id
+from faillite.uplink_policy import DEFAULT_KINDS as DEFAULT_UP_KINDS
+from faillite.uplink_policy import FilterError, check_prefix, down_problem
+from faillite.uplink_policy import Kind as UplinkKind
 
 
 class ConfigError(ValueError):
@@ -364,6 +367,87 @@ class CoordinatorConfig(StrictModel):
         return tuple(check_id("coordinator", i) for i in v)
 
 
+class UpstreamConfig(StrictModel):
+    """The rear site's broker, as the uplink reaches it: its own address(es), CA and account,
+    nothing of the kit's. ``password_file``: one line, the secret of ``username`` (relative
+    paths are relative to the config file). A rear link is slow and lossy: the liveness
+    settings are far laxer than the kit's own."""
+
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(default=8883, ge=1, le=65535)
+    fallbacks: tuple[BrokerAddress, ...] = Field(default=(), max_length=8)
+    tls: TlsConfig | None = None
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password_file: Path | None = None
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    keepalive_s: int = Field(default=30, ge=1, le=3600)
+    probe_after_s: float = Field(default=10.0, gt=0, le=600)
+    silent_after_s: float = Field(default=20.0, gt=0, le=600)
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=15.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _client_side(self) -> UpstreamConfig:
+        if self.tls is not None and self.tls.server is not None:
+            raise ValueError("uplink.upstream.tls.server: the uplink is a client of the rear")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("uplink.upstream.password_file is set without username")
+        return self
+
+
+class UplinkConfig(StrictModel):
+    """A kit reporting to a rear site (``faillite uplink``, docs/uplink.md): the mesh's
+    results, statuses, placement and events go up to ``upstream`` under ``prefix``, queued
+    while the link is down (at most ``max_queued_messages`` / ``max_queued_bytes``, oldest
+    dropped first and counted; retained state coalesced per topic). Nothing comes down but
+    the topics ``down`` lists (relative to the mesh, e.g. ``apps/+/tasking``), each at most
+    ``max_down_bytes``. The uplink connects to the kit's broker as ``{mesh}.uplink.{id}``,
+    whose ACL lets it write only those ``down`` topics."""
+
+    id: Id = "rear"
+    upstream: UpstreamConfig
+    prefix: str = "rear/{mesh}"  # on the rear broker; {mesh} is the kit's mesh id
+    up: tuple[UplinkKind, ...] = Field(default=DEFAULT_UP_KINDS, min_length=1)
+    qos: Literal[0, 1] = 1
+    max_queued_messages: int = Field(default=10_000, ge=1, le=10_000_000)
+    max_queued_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Sent but not yet acknowledged: a slow link keeps the rest in our queue, where the
+    # bound and the oldest-first drop apply, not in the MQTT client's unbounded one.
+    max_inflight: int = Field(default=16, ge=1, le=1000)
+    down: tuple[str, ...] = Field(default=(), max_length=64)
+    max_down_bytes: int = Field(default=16 * 1024, ge=1, le=16 * 1024 * 1024)
+    status_interval_s: float = Field(default=10.0, gt=0, le=3600)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("uplink", v)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        try:
+            check_prefix(v.replace("{mesh}", "mesh"))
+        except FilterError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+    @model_validator(mode="after")
+    def _down(self) -> UplinkConfig:
+        if len(set(self.up)) != len(self.up):
+            raise ValueError("uplink.up repeats a kind")
+        try:
+            problem = down_problem(self.down, self.up)
+        except FilterError as exc:
+            raise ValueError(str(exc)) from exc
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    def topic_prefix(self, mesh: str) -> str:
+        return self.prefix.replace("{mesh}", mesh)
+
+
 class MeshConfig(StrictModel):
     mesh: Id = "demo"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -376,6 +460,7 @@ class MeshConfig(StrictModel):
     apps: tuple[AppConfig, ...] = ()
     workers: tuple[WorkerConfig, ...] = ()
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
+    uplink: UplinkConfig | None = None  # reporting to a rear site
 
     @field_validator("mesh")
     @classmethod
@@ -484,8 +569,26 @@ def load_mesh_config(path: str | Path, overrides: dict[str, Any] | None = None) 
             "models_dir": models_dir,
             "catalog": _resolve(base, cfg.catalog),
             "broker": _resolve_broker(base, cfg.broker),
+            "uplink": None if cfg.uplink is None else _resolve_uplink(base, cfg.uplink),
         }
     )
+
+
+def _resolve_uplink(base: Path, uplink: UplinkConfig) -> UplinkConfig:
+    """``uplink`` with its upstream's files made relative to the config file."""
+    up = uplink.upstream
+    update: dict[str, Any] = {
+        "password_file": None if up.password_file is None else _resolve(base, up.password_file)
+    }
+    if up.tls is not None:
+        update["tls"] = up.tls.model_copy(
+            update={
+                "ca_certs": _resolve(base, up.tls.ca_certs),
+                "certfile": None if up.tls.certfile is None else _resolve(base, up.tls.certfile),
+                "keyfile": None if up.tls.keyfile is None else _resolve(base, up.tls.keyfile),
+            }
+        )
+    return uplink.model_copy(update={"upstream": up.model_copy(update=update)})
 
 
 def _resolve_broker(base: Path, broker: BrokerConfig) -> BrokerConfig:

@@ -30,6 +30,7 @@ from faillite.topics import (
     Topics,
     check_id,
 )
+from faillite.uplink_policy import KINDS, up_filters
 
 if TYPE_CHECKING:
     from faillite.config import MeshConfig
@@ -95,10 +96,14 @@ class AclScope:
 
     workers: tuple[str, ...]
     apps: tuple[str, ...]
+    # What the uplink may bring down from the rear site (``uplink.down``, relative filters).
+    uplink_down: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, workers: Iterable[str], apps: Iterable[str]) -> AclScope:
-        return cls(tuple(sorted(set(workers))), tuple(sorted(set(apps))))
+    def of(
+        cls, workers: Iterable[str], apps: Iterable[str], uplink_down: Iterable[str] = ()
+    ) -> AclScope:
+        return cls(tuple(sorted(set(workers))), tuple(sorted(set(apps))), tuple(uplink_down))
 
 
 def acl_scope(cfg: MeshConfig) -> AclScope | None:
@@ -106,7 +111,8 @@ def acl_scope(cfg: MeshConfig) -> AclScope | None:
     broker-only config: the rules then use ``+``)."""
     if not cfg.workers and not cfg.apps:
         return None
-    return AclScope.of((w.id for w in cfg.workers), (a.id for a in cfg.apps))
+    down = cfg.uplink.down if cfg.uplink is not None else ()
+    return AclScope.of((w.id for w in cfg.workers), (a.id for a in cfg.apps), down)
 
 
 Rule = tuple[Access, str]
@@ -158,6 +164,13 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
             # Carries every client's messages of the mesh from the other broker, whose ACL
             # judged each publisher already.
             return ((Access.READWRITE, f"{ROOT}/{identity.mesh}/#"),)
+        case Role.UPLINK:
+            # Reads what may go up (never frames); writes only what the kit lets come down.
+            down = scope.uplink_down if scope is not None else ()
+            return (
+                *((Access.READ, f"{t.prefix}/{f}") for f in up_filters(KINDS)),
+                *((Access.WRITE, f"{t.prefix}/{f}") for f in down),
+            )
 
 
 def _results(t: Topics, app: str, worker: str) -> str:

@@ -37,6 +37,7 @@ class Role(StrEnum):
     OBSERVER = "observer"
     ADMIN = "admin"
     BRIDGE = "bridge"  # one broker's connection to another broker of the mesh
+    UPLINK = "uplink"  # the kit's reporting link to a rear site's broker
 
 
 class Access(StrEnum):

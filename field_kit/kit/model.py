@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from faillite.config import ConfigError, StrictModel, format_validation_error, load_yaml
 from faillite.topics import check_id
+from faillite.uplink_policy import DEFAULT_KINDS, FilterError, Kind, down_problem
 
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 Role = Literal["broker", "coordinator", "worker", "sensor"]
@@ -88,6 +89,45 @@ class App(StrictModel):
         return check_id("app", v)
 
 
+class UplinkSpec(StrictModel):
+    """The kit's report to its rear site (``faillite uplink`` on ``node``, docs/uplink.md).
+
+    ``ca_certs`` (the rear broker's CA) and ``secret_file`` (the rear account's secret, one
+    line) are files of the rear site, given here (relative to kit.yaml) and copied to ``node``
+    only. ``down``: the topics, relative to the mesh, that the rear site may send into the kit
+    (none by default); the kit broker's ACL lets the uplink write those and nothing else."""
+
+    node: Id
+    id: Id = "rear"
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(default=8883, ge=1, le=65535)
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    ca_certs: Path | None = None
+    secret_file: Path | None = None
+    prefix: str = "rear/{mesh}"
+    up: tuple[Kind, ...] = Field(default=DEFAULT_KINDS, min_length=1)
+    down: tuple[str, ...] = Field(default=(), max_length=64)
+    max_queued_messages: int = Field(default=10_000, ge=1)
+    max_queued_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id("uplink", v)
+
+    @model_validator(mode="after")
+    def _down(self) -> UplinkSpec:
+        try:
+            problem = down_problem(self.down, self.up)
+        except FilterError as exc:
+            raise ValueError(str(exc)) from exc
+        if problem is not None:
+            raise ValueError(problem)
+        if self.secret_file is not None and self.username is None:
+            raise ValueError("uplink.secret_file is set without uplink.username")
+        return self
+
+
 class Kit(StrictModel):
     kit: Id  # the mesh id
     links: dict[str, LinkSettings] = Field(default_factory=_default_links)
@@ -96,6 +136,7 @@ class Kit(StrictModel):
     cameras: tuple[Camera, ...] = ()
     apps: tuple[App, ...] = ()
     observers: tuple[Id, ...] = ("ops",)  # operator accounts (faillite watch, MQTT Explorer)
+    uplink: UplinkSpec | None = None  # reporting to a rear site
 
     @field_validator("kit")
     @classmethod
@@ -144,6 +185,8 @@ class Kit(StrictModel):
         for a in self.apps:
             if a.camera not in cameras:
                 raise ValueError(f"app {a.id!r} names unknown camera {a.camera!r}")
+        if self.uplink is not None and self.uplink.node not in nodes:
+            raise ValueError(f"uplink.node {self.uplink.node!r} is not a node of the kit")
         return self
 
     def with_role(self, role: Role) -> list[Node]:
@@ -158,9 +201,18 @@ def load_kit(path: Path) -> Kit:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, not {type(data).__name__}")
     try:
-        return Kit.model_validate(data)
+        kit = Kit.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from exc
+    up = kit.uplink
+    if up is None:
+        return kit
+    # The rear site's files are named relative to kit.yaml.
+    files = {
+        k: (v if v is None or v.is_absolute() else path.parent / v)
+        for k, v in (("ca_certs", up.ca_certs), ("secret_file", up.secret_file))
+    }
+    return kit.model_copy(update={"uplink": up.model_copy(update=files)})
 
 
 EXAMPLE = """\
@@ -243,4 +295,15 @@ apps:
   - {id: south-watch, camera: cam-south, family: efficientnet_lite, slo_ms: 400}
 
 observers: [ops]                 # operator accounts: faillite watch, MQTT Explorer
+
+# Reporting to a rear site over a slow link (docs/uplink.md): results, statuses, placement and
+# events go up, queued while the link is down; nothing comes down unless `down` lists it.
+# uplink:
+#   node: orin1                    # runs faillite uplink
+#   host: rear.example.net         # the rear site's broker
+#   port: 8883
+#   username: recon1-uplink        # the rear site's account for this kit
+#   ca_certs: rear/ca.crt          # the rear broker's CA (relative to this file)
+#   secret_file: rear/uplink.secret
+#   down: []                       # e.g. ["apps/+/tasking"]: what the rear may send in
 """

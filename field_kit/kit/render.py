@@ -38,7 +38,7 @@ from faillite.config import (
 from faillite.identity import AclScope, Identity
 from faillite.signing import generate_key
 from faillite.topics import Role
-from field_kit.kit.model import Kit, Node
+from field_kit.kit.model import Kit, Node, UplinkSpec
 
 ETC: Final = PurePosixPath("/etc/faillite")
 VAR: Final = PurePosixPath("/var/lib/faillite")
@@ -109,6 +109,8 @@ def identities(kit: Kit, node: Node) -> list[Identity]:
     out += [Identity(kit.kit, Role.SENSOR, c.id) for c in kit.cameras if c.node == node.id]
     if node.id in kit.broker.fallback_nodes:
         out.append(Identity(kit.kit, Role.BRIDGE, node.id))  # its bridge to broker.node
+    if kit.uplink is not None and kit.uplink.node == node.id:
+        out.append(Identity(kit.kit, Role.UPLINK, kit.uplink.id))
     return out
 
 
@@ -205,7 +207,7 @@ def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any
     signing: dict[str, Any] = {"public_key": str(lay.etc / "signing" / "signing.pub")}
     if "coordinator" in node.roles:
         signing["private_key"] = str(lay.etc / "signing" / "signing.key")
-    return {
+    doc: dict[str, Any] = {
         "mesh": kit.kit,
         "catalog": "catalog.yaml",
         "models_dir": str(lay.var / "models"),
@@ -230,6 +232,30 @@ def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any
             "ids": [n.id for n in kit.with_role("coordinator")],
             "signing": signing,
         },
+    }
+    if kit.uplink is not None:
+        # On every node, like the rest of the mesh: the broker's ACL follows its ``down``.
+        doc["uplink"] = _uplink(kit.uplink, lay)
+    return doc
+
+
+def _uplink(u: UplinkSpec, lay: Layout) -> dict[str, Any]:
+    where = lay.etc / "uplink"
+    upstream: dict[str, Any] = {"host": u.host, "port": u.port}
+    if u.username is not None:
+        upstream["username"] = u.username
+    if u.secret_file is not None:
+        upstream["password_file"] = str(where / "rear.secret")
+    if u.ca_certs is not None:
+        upstream["tls"] = {"ca_certs": str(where / "rear-ca.crt")}
+    return {
+        "id": u.id,
+        "upstream": upstream,
+        "prefix": u.prefix,
+        "up": list(u.up),
+        "down": list(u.down),
+        "max_queued_messages": u.max_queued_messages,
+        "max_queued_bytes": u.max_queued_bytes,
     }
 
 
@@ -305,6 +331,13 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             after=local_broker,
             user=SERVICE_USER,
         )
+    if kit.uplink is not None and kit.uplink.node == node.id:
+        out["faillite-uplink.service"] = _unit(
+            f"FailLite kit {kit.kit}: uplink to the rear site",
+            f"{fl} uplink --config {cfg}",
+            after=local_broker,
+            user=SERVICE_USER,
+        )
     for cam in (c for c in kit.cameras if c.node == node.id):
         out[f"faillite-sensor-{cam.id}.service"] = _unit(
             f"FailLite kit {kit.kit}: camera {cam.id}",
@@ -317,6 +350,8 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
 
 def _readme(kit: Kit, node: Node, unit_names: list[str], secrets: list[str]) -> str:
     owned = "/etc/faillite/secrets /etc/faillite/signing /var/lib/faillite"
+    if kit.uplink is not None and kit.uplink.node == node.id:
+        owned += " /etc/faillite/uplink"  # the rear account's secret
     owners = [f"    chown -R faillite: {owned}"]
     if "broker" in node.roles:
         # Mosquitto 2 drops to its own user before it reads its password file and key.
@@ -354,7 +389,8 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
     so the kit runs from ``out`` on one machine as rendered (a rehearsal, the tests)."""
     prov = Provisioning(out / "_provisioning")
     provision(kit, prov, rotate=rotate)
-    scope = AclScope.of((n.id for n in kit.with_role("worker")), (a.id for a in kit.apps))
+    down = kit.uplink.down if kit.uplink is not None else ()
+    scope = AclScope.of((n.id for n in kit.with_role("worker")), (a.id for a in kit.apps), down)
     folders: list[Path] = []
     for node in kit.nodes:
         folder = out / node.id
@@ -374,6 +410,12 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
         for identity in mine:
             src = secret_path(prov.secrets, identity)
             _copy(src, etc / "secrets" / src.name, SECRET_MODE)
+        up = kit.uplink
+        if up is not None and up.node == node.id:  # the rear site's files, on this node only
+            if up.ca_certs is not None:
+                _copy(up.ca_certs, etc / "uplink" / "rear-ca.crt")
+            if up.secret_file is not None:
+                _copy(up.secret_file, etc / "uplink" / "rear.secret", SECRET_MODE)
         if "broker" in node.roles:
             _copy(prov.ca / "broker.crt", etc / "tls" / "broker.crt")
             _copy(prov.ca / "broker.key", etc / "tls" / "broker.key", SECRET_MODE)
