@@ -67,6 +67,9 @@ from faillite.config import MeshConfig
 
 Phase = Literal["waiting", "starting", "running", "stepped_down"]
 SLO_DOWNSIZE_WINDOW_S = 30.0  # still over SLO this soon after a downsize: the worker is slow
+# A replayed birth of a dead worker gets its obituary back at most this often: a live worker
+# (behind a healed partition) answers each obituary with its birth again.
+REPUT_EVERY_S = 1.0
 
 
 @dataclass
@@ -141,6 +144,7 @@ class CoordinatorCore:
         # Workers judged dead by silence, and when their missing last-will is given up on.
         self._obituaries: dict[str, tuple[str, float]] = {}
         self._obituary_after_s = self.ccfg.obituary_after_s or (1.5 * mesh.broker.keepalive_s + 2.0)
+        self._reput: dict[str, float] = {}  # worker -> when its obituary last went back
 
     # -- the one entry point -----------------------------------------------------------------
 
@@ -321,8 +325,11 @@ class CoordinatorCore:
             m = self.membership.get(worker)
             if m is None or m.incarnation != incarnation or m.state != "failed":
                 continue  # replaced, or back
-            if m.status.state != "online":
+            if m.status.state != "online" and m.status.reason != "silent":
                 continue  # its last-will (or a graceful stop) came after all
+            if not m.silence.suspected(now):
+                self._obituaries[worker] = (incarnation, now + REPUT_EVERY_S)  # heard: look again
+                continue
             dead = replace(m.status, state="offline", reason="silent", ts=ts)
             self._out.append(PublishObituary(dead))
             self._event("obituary", worker=worker, incarnation=incarnation)
@@ -358,6 +365,21 @@ class CoordinatorCore:
                 self._replan(t.kind)
             elif s.placement is not None:
                 self._publish(f"{t.kind}:{t.worker}")  # a restart: resend its assignment
+        elif t.kind == "replayed":
+            # A broker gave back an old birth (a returning broker's store, bridged over): it
+            # changes nobody's state, but the retained status it replaced must be put back.
+            m = self.membership.get(t.worker)
+            self._note("birth_replay_ignored", worker=t.worker, cause=t.cause)
+            if m is not None and m.state == "failed":
+                last = self._reput.get(t.worker)
+                if m.status.state == "offline" and (last is None or t.at - last >= REPUT_EVERY_S):
+                    self._reput[t.worker] = t.at
+                    self._out.append(PublishObituary(m.status))
+                else:
+                    # The worker itself put its birth back over our obituary (heard again, or
+                    # it answered within a second): putting it back at once would loop.
+                    # Heartbeats decide; if it stays silent, a new obituary follows.
+                    self._obituaries[t.worker] = (m.incarnation, t.at + REPUT_EVERY_S)
         elif t.kind == "stale":
             self._event(
                 "stale_offline_ignored",

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -24,11 +25,12 @@ from typing import Final, Literal
 from coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
 from faillite import messages
 
-TransitionKind = Literal["joined", "failed", "recovered", "stale"]
+TransitionKind = Literal["joined", "failed", "recovered", "stale", "replayed"]
 State = Literal["alive", "failed"]
 # Heartbeats a worker can send while we do not hear it (a day at 10 Hz): a larger jump of its
 # sequence number is not its own.
 SEQ_WINDOW = 1_000_000
+REPLACED_KEPT = 8  # replaced incarnations remembered per worker
 RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts as back
 # A worker that stalled is held down longer: it may stall again as soon as it gets work.
 STALL_RECOVERY_HEARTBEATS = 300
@@ -62,6 +64,10 @@ class Member:
     steady: int = 0  # heartbeats since a failure, for recovery
     seq_jumps_ignored: int = 0  # heartbeats whose seq jumped past SEQ_WINDOW
     history: list[str] = field(default_factory=list)
+    # The newest birth of this incarnation (its clock): one a connection makes is newer; the
+    # same birth again is a copy a broker kept (a bridge replaying a returning broker's store).
+    birth_ts: float = 0.0
+    revived: bool = False  # came back after a failure (an obituary of it may still arrive)
 
 
 class Membership:
@@ -77,6 +83,9 @@ class Membership:
         self.cfg_for = cfg_for
         self.members: dict[str, Member] = {}
         self._blind_until: float | None = None  # None: we see the mesh
+        # Incarnations replaced by a newer one, per worker (the last few): their births, if a
+        # broker replays them, are history, never a worker coming back.
+        self._replaced: dict[str, deque[str]] = {}
 
     def blind(self) -> None:
         """Our own link to the broker is down: every silence is ours, judge nobody."""
@@ -106,19 +115,43 @@ class Membership:
         cur = self.members.get(st.worker)
         if st.state == "online":
             if cur is not None and cur.incarnation == st.incarnation:
+                if st.ts <= cur.birth_ts:
+                    # A birth we had already: a broker's copy, not a new connection. Alive or
+                    # dead, heartbeats decide; a dead one's offline status must go back over it.
+                    if cur.state == "failed" and cur.steady:
+                        # Heard since it failed: the worker itself put its birth back over an
+                        # obituary (a healed partition), and that is what is retained now.
+                        cur.status = st
+                    return self._transition("replayed", cur, "birth_replayed", now)
+                cur.birth_ts = st.ts
                 cur.status = st
                 if cur.state == "failed" and cur.cause != "graceful":
                     # Same process, new connection: its last-will was premature.
                     cur.silence.heartbeat(now)
                     return self._recover(cur, "reconnected", now)
                 return None
+            if cur is not None and st.incarnation in self._replaced.get(st.worker, ()):
+                return self._transition("replayed", cur, "replaced_incarnation_replayed", now)
             cfg = self._cfg_for(st)
             m = Member(st.worker, st.incarnation, st, SilenceDetector(cfg), ProgressDetector(cfg))
+            m.birth_ts = st.ts
             m.silence.heartbeat(now)  # the birth counts as a sign of life
+            if cur is not None:
+                self._replaced.setdefault(st.worker, deque(maxlen=REPLACED_KEPT)).append(
+                    cur.incarnation
+                )
             self.members[st.worker] = m
             return self._transition("joined", m, "restart" if cur else "birth", now)
-        if cur is None or cur.incarnation != st.incarnation:
-            # The last-will of an incarnation that is already replaced: never fatal.
+        # The last-will of an incarnation that is already replaced, or of an earlier connection
+        # of this one (a will carries its connection's birth ts; a broker that stored it can
+        # hand it over long after the worker reconnected elsewhere): never fatal.
+        earlier = (
+            cur is not None
+            and cur.incarnation == st.incarnation
+            and st.reason == "lost"
+            and st.ts < cur.birth_ts
+        )
+        if cur is None or cur.incarnation != st.incarnation or earlier:
             stale = Member(
                 st.worker,
                 st.incarnation,
@@ -127,6 +160,10 @@ class Membership:
                 ProgressDetector(self._cfg_for(st)),
             )
             return self._transition("stale", stale, st.reason or "offline", now)
+        if st.reason == "silent" and cur.state != "failed" and cur.revived:
+            # A late copy of the obituary of a failure it came back from (bridged back after
+            # a partition healed): no new evidence; the worker puts its birth back over it.
+            return self._transition("stale", cur, "silent", now)
         cur.status = st  # what is retained of it now: offline
         if cur.state == "failed":
             if st.reason == "graceful":
@@ -158,7 +195,7 @@ class Membership:
         return None
 
     def _recover(self, m: Member, cause: str, now: float) -> Transition:
-        m.state, m.cause, m.failed_at, m.steady = "alive", "", None, 0
+        m.state, m.cause, m.failed_at, m.steady, m.revived = "alive", "", None, 0, True
         return self._transition("recovered", m, cause, now)
 
     def _fail(self, m: Member, cause: str, now: float, silence_s: float = 0.0) -> Transition:

@@ -297,12 +297,38 @@ class CoordinatorService:
             self._suspect("forged_term", a)  # and our own assignment goes back over it
             return
         self._heard.set()
+        self._put_back_if_older(a.term, a.generation, inb.topic)
 
     def _on_placement(self, inb: Inbound[messages.Placement]) -> None:
+        p = inb.message
         with self._leading:
-            inherited = self.leadership.inherits(inb.message)
+            inherited = self.leadership.inherits(p)
         if inherited:
-            self._inbox.put(InheritedPlacement(*_clock(), inb.message))
+            self._inbox.put(InheritedPlacement(*_clock(), p))
+        self._put_back_if_older(p.term, p.generation, inb.topic)
+
+    def _put_back_if_older(self, term: int, generation: int, topic: str) -> None:
+        """An older state of ours arrived (a broker that comes back with what it stored, and
+        its bridge replays it over the newer one): publish the newest again. Our own echoes of
+        the newest change nothing."""
+        current = self._retained
+        if (
+            current is None
+            or self.leadership.deposed
+            or (term, generation) >= (current.term, current.generation)
+        ):
+            return
+        if (quiet := self._quiet.allow("older_state_replayed")) is not None:
+            log.warning(
+                "older_state_replayed",
+                topic=topic,
+                term=term,
+                generation=generation,
+                our_term=current.term,
+                our_generation=current.generation,
+                quiet_since_last=quiet,
+            )
+        self._republish()
 
     def _on_worker_status(self, inb: Inbound[messages.WorkerStatus]) -> None:
         st, parsed = inb.message, parse(inb.topic)

@@ -173,6 +173,32 @@ class BrokerLauncher:
         if endpoint.kind == "mosquitto":
             self.process(endpoint).proc.send_signal(signal.SIGHUP)
 
+    def restart(self, endpoint: BrokerEndpoint) -> BrokerEndpoint:
+        """Start again a broker of this launcher that died (or was stopped), from its own
+        directory and config: Mosquitto comes back with the retained messages it stored."""
+        old = self.process(endpoint)
+        if old.alive():
+            raise BrokerStartError(f"{endpoint.kind} on port {endpoint.port} is still running")
+        old.stop()  # closes its log
+        rundir = old.log_path.parent
+        log = old.log_path.open("ab")
+        popen = subprocess.Popen(
+            list(old.proc.args),  # type: ignore[arg-type]
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=rundir,
+            start_new_session=True,
+        )
+        proc = BrokerProcess(endpoint, popen, log, old.log_path)
+        self.processes[self.processes.index(old)] = proc
+        try:
+            self._wait_ready(proc)
+        except BrokerStartError:
+            self.processes.remove(proc)
+            proc.stop()
+            raise
+        return endpoint
+
     def stop_all(self) -> None:
         errors: list[BaseException] = []
         while self.processes:

@@ -160,7 +160,7 @@ class Broker:
         self.start()
 
 
-def _logged(log: Path, event: str, since: float) -> list[dict[str, Any]]:
+def logged_events(log: Path, event: str, since: float) -> list[dict[str, Any]]:
     """``event`` lines of a role's JSON log stamped at or after ``since`` (epoch seconds)."""
     from datetime import datetime
 
@@ -254,7 +254,7 @@ def inner(args: argparse.Namespace) -> int:
             first_after = min((at for at, _r in results(t_kill)), default=float("nan"))
             gap_s = first_after - last_before
             # From the coordinator's own log: an event published to a dead broker is lost.
-            failovers = _logged(tmp / "logs" / "coord.log", "failover", wall_kill)
+            failovers = logged_events(tmp / "logs" / "coord.log", "failover", wall_kill)
             new_terms = {
                 s.term for s in rec.messages(t.coordinator_status, messages.CoordinatorStatus)
             } - terms

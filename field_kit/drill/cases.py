@@ -83,10 +83,18 @@ class FaultCase(abc.ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     needs_root: ClassVar[bool] = False
+    needs_broker: ClassVar[str | None] = None  # a broker kind the case needs (a bridged pair)
+    needs_broker_why: ClassVar[str] = ""
 
     def why_not(self) -> str | None:
         """Why this case cannot run here (no root, no namespaces), or None."""
         return root_problem() if self.needs_root else None
+
+    def why_not_on(self, opts: DrillOptions) -> str | None:
+        """Why this case cannot run here with ``opts`` (the broker asked for), or None."""
+        if self.needs_broker is not None and opts.broker != self.needs_broker:
+            return f"needs --broker {self.needs_broker}: {self.needs_broker_why}"
+        return self.why_not()
 
     def spec(self, opts: DrillOptions) -> MeshSpec:
         return MeshSpec(broker=opts.broker)

@@ -13,6 +13,11 @@ With ``accounts`` the mesh runs as a mesh on a network does: one account per dev
 ``broker.secrets_dir``, the broker only the password file and the per-identity ACL. The drill's
 own clients (the recorder, the retained-state snapshot, the attack cases' watcher) are admin
 accounts. The attack cases (:mod:`field_kit.drill.attacks`) steal secrets from that folder.
+
+With ``pair`` the mesh has two Mosquitto brokers, A and B, as a kit on two boards: B bridges
+to A through a forwarder the drill can cut (:meth:`DrillMesh.cut_bridge`), and every role
+takes the list [A, B]; the roles named in ``b_side`` start on B with the list [B, A]. A second
+recorder watches B (the broker cases, :mod:`field_kit.drill.broker_cases`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import yaml
 from faillite import messages
 from faillite.accounts import provision, secret_path
 from faillite.catalog import Catalog, load_catalog
-from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
+from faillite.config import (
+    BridgeConfig,
+    BrokerAddress,
+    BrokerConfig,
+    MeshConfig,
+    load_mesh_config,
+    packaged_config,
+)
 from faillite.identity import AclScope, Identity
 from faillite.log import get_logger
 from faillite.mqtt import MeshClient
@@ -82,6 +94,8 @@ class MeshSpec:
     coordinator: dict[str, Any] = field(default_factory=dict)
     keepalive_s: int = 2
     accounts: bool = False  # one account per device, per-identity ACL (the attack cases)
+    pair: bool = False  # a second broker B, bridged to A (Mosquitto only)
+    b_side: tuple[str, ...] = ()  # with pair: roles (worker, coordinator, sensor ids) on B
 
 
 class DrillMesh:
@@ -112,6 +126,12 @@ class DrillMesh:
         self.password_file: Path | None = accounts / "passwd" if spec.accounts else None
         self.secrets_dir: Path | None = accounts / "secrets" if spec.accounts else None
         self.clients: list[MeshClient] = []  # the cases' own clients, stopped by close()
+        # With a pair: broker B, its config (bridge included), the forwarder its bridge goes
+        # through, the B-first mesh config and the recorder on B.
+        self.endpoint_b: BrokerEndpoint | None = None
+        self.bridge_link: LinkProxy | None = None
+        self.path_b = workdir / f"{mesh_id}-b.yaml"
+        self.recorder_b: Recorder | None = None
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -153,14 +173,15 @@ class DrillMesh:
         self.endpoint = self.launcher.start(
             spec.broker, self.broker_config(), mesh=self.mesh_id, scope=SCOPE
         )
+        if spec.pair:
+            self._start_b()
         self._write_config()
         self.cfg = load_mesh_config(self.path)
-        self.recorder = Recorder(self.cfg, "drill")
-        topics = Topics(self.cfg.mesh)
-        for f in FOLLOW:
-            self.recorder.follow(f"{topics.prefix}/{f}", qos=0 if "heartbeat" in f else 1)
+        self.recorder = self._recorder(self.cfg, "drill")
         self.recorder.client.on_connect(self._recorder_connected)
         self.recorder.start()
+        if spec.pair:
+            self.recorder_b = self._recorder(load_mesh_config(self.path_b), "watch").start()
         if spec.netns:
             for i, w in enumerate(WORKERS, start=1):
                 self._link(w, i)
@@ -171,9 +192,91 @@ class DrillMesh:
             self.start_coordinator("c2", standby=True)
         for cam in SENSORS:
             self.group.start(
-                cam, "sensor", faillite_cmd("sensor", "--id", cam, "--config", str(self.path))
+                cam,
+                "sensor",
+                faillite_cmd("sensor", "--id", cam, "--config", str(self.config_of(cam))),
             )
         return self
+
+    def _recorder(self, cfg: MeshConfig, name: str) -> Recorder:
+        rec = Recorder(cfg, name)
+        for f in FOLLOW:
+            rec.follow(f"{Topics(cfg.mesh).prefix}/{f}", qos=0 if "heartbeat" in f else 1)
+        return rec
+
+    # -- a pair of brokers -----------------------------------------------------------------
+
+    def _start_b(self) -> None:
+        assert self.endpoint is not None
+        if self.spec.broker != "mosquitto":
+            raise ValueError("a broker pair needs Mosquitto (the embedded broker has no bridge)")
+        a = self.endpoint
+        self.bridge_link = LinkProxy(a.host, free_port(a.host), a.host, a.port).start()
+        self.endpoint_b = self._launch_b()
+
+    def _bridge_cfg(self) -> BrokerConfig:
+        assert self.bridge_link is not None
+        host, port = self.bridge_link.listen
+        to = (BrokerAddress(host=host, port=port),)
+        return self.broker_config().model_copy(update={"bridge": BridgeConfig(id="b", to=to)})
+
+    def _launch_b(self, port: int | None = None) -> BrokerEndpoint:
+        cfg = self._bridge_cfg()
+        return self.launcher.start("mosquitto", cfg, mesh=self.mesh_id, port=port, scope=SCOPE)
+
+    def broker_endpoint(self, name: str) -> BrokerEndpoint:
+        ep = self.endpoint if name == "a" else self.endpoint_b
+        if ep is None:
+            raise LookupError(f"no broker {name!r} in this mesh")
+        return ep
+
+    def kill_broker(self, name: str) -> float:
+        """SIGKILL broker ``name`` ("a" or "b"): no last-wills, no goodbye. Its wall time."""
+        proc = self.launcher.process(self.broker_endpoint(name))
+        t = time.time()
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(10)
+        log.warning("drill_broker_killed", broker=name, pid=proc.proc.pid)
+        return t
+
+    def start_broker(self, name: str) -> None:
+        """Start broker ``name`` again on its port (a fresh process, nothing retained)."""
+        ep = self.broker_endpoint(name)
+        for dead in [p for p in self.launcher.processes if p.endpoint == ep and not p.alive()]:
+            dead.stop()  # closes its log
+            self.launcher.processes.remove(dead)  # process(ep) must find the new one
+        if name == "a":
+            self.endpoint = self.launcher.start(
+                ep.kind, self.broker_config(), mesh=self.mesh_id, port=ep.port, scope=SCOPE
+            )
+        else:
+            self.endpoint_b = self._launch_b(ep.port)
+
+    def cut_bridge(self) -> None:
+        """Cut the link between B's bridge and A: both connections close, new ones are
+        refused, until :meth:`heal_bridge`."""
+        assert self.bridge_link is not None
+        self.bridge_link.stop()
+        log.warning("drill_bridge_cut", link=self.bridge_link.listen)
+
+    def heal_bridge(self) -> None:
+        assert self.bridge_link is not None and self.endpoint is not None
+        host, port = self.bridge_link.listen
+        self.bridge_link = LinkProxy(host, port, self.endpoint.host, self.endpoint.port).start()
+        log.warning("drill_bridge_healed", link=self.bridge_link.listen)
+
+    def broker_at(self, name: str) -> MeshConfig:
+        """The mesh config with broker ``name`` only (no fallbacks): what that broker holds."""
+        assert self.cfg is not None
+        ep = self.broker_endpoint(name)
+        broker = self.cfg.broker.model_copy(
+            update={"host": ep.host, "port": ep.port, "fallbacks": ()}
+        )
+        return self.cfg.model_copy(update={"broker": broker})
+
+    def config_of(self, role: str) -> Path:
+        """The mesh config a role starts with: B first for the roles on B's side."""
+        return self.path_b if role in self.spec.b_side else self.path
 
     def _recorder_connected(self) -> None:
         # On the recorder's network thread, after its subscriptions went out and before any
@@ -195,6 +298,14 @@ class DrillMesh:
 
     def _write_config(self) -> None:
         assert self.endpoint is not None
+        doc = self._config_doc(self.endpoint, self.endpoint_b)
+        self.path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        if self.endpoint_b is not None:
+            doc = self._config_doc(self.endpoint_b, self.endpoint)
+            self.path_b.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def _config_doc(self, first: BrokerEndpoint, then: BrokerEndpoint | None) -> dict[str, Any]:
+        """The mesh config, every role on ``first``, then ``then`` when it is gone."""
         spec = self.spec
         coordinator = {
             "type": "planner",
@@ -205,13 +316,14 @@ class DrillMesh:
             "reconnect_grace_s": 5.0,
             **spec.coordinator,
         }
-        data = {
+        return {
             "mesh": self.mesh_id,
             "catalog": str(packaged_config("catalog.yaml")),
             "models_dir": str(self.models_dir),
             "broker": {
-                "host": self.endpoint.host,
-                "port": self.endpoint.port,
+                "host": first.host,
+                "port": first.port,
+                **({"fallbacks": [{"host": then.host, "port": then.port}]} if then else {}),
                 "keepalive_s": spec.keepalive_s,
                 # Each node reads its own secret here (nothing where the mesh has no accounts).
                 **({"secrets_dir": str(self.secrets_dir)} if self.secrets_dir else {}),
@@ -243,7 +355,6 @@ class DrillMesh:
             ],
             "coordinator": coordinator,
         }
-        self.path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     def close(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
@@ -252,9 +363,10 @@ class DrillMesh:
                 client.stop()
             codes = self.group.stop_all()
         finally:
-            if self.recorder is not None:
-                self.recorder.stop()
-            for p in self.proxies.values():
+            for rec in (self.recorder, self.recorder_b):
+                if rec is not None:
+                    rec.stop()
+            for p in [*self.proxies.values(), *([self.bridge_link] if self.bridge_link else [])]:
                 p.stop()
             for ns in self.namespaces.values():
                 ns.destroy()
@@ -270,7 +382,8 @@ class DrillMesh:
     def start_worker(self, worker: str) -> Child:
         # The drills' faults (SIGUSR1: hung inference, SIGUSR2: slow frames), as a plug-in.
         plugin = ("--plugin", "field_kit.drill.faults")
-        argv = faillite_cmd("worker", "--id", worker, "--config", str(self.path), *plugin)
+        path = self.config_of(worker)
+        argv = faillite_cmd("worker", "--id", worker, "--config", str(path), *plugin)
         ns = self.namespaces.get(worker)
         if ns is not None:
             argv += ["--broker", f"{ns.host_ip}:{self.proxies[worker].listen[1]}"]
@@ -280,7 +393,7 @@ class DrillMesh:
         return self.group.start(name, "worker", argv)
 
     def start_coordinator(self, cid: str, *, standby: bool = False, rank: int = 1) -> Child:
-        argv = faillite_cmd("coordinator", "--config", str(self.path), "--id", cid)
+        argv = faillite_cmd("coordinator", "--config", str(self.config_of(cid)), "--id", cid)
         if standby:
             argv += ["--standby", "--rank", str(rank)]
         return self.group.start(self._name(cid), "coordinator", argv)

@@ -26,15 +26,16 @@ from field_kit.drill.analysis import (
     retained_snapshot,
 )
 from field_kit.drill.attacks import ATTACKS
+from field_kit.drill.broker_cases import BROKER_CASES
 from field_kit.drill.cases import CASES as FAULT_CASES
 from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
 from field_kit.drill.report import write_report
 
 log = get_logger("drill")
-# Every case `faillite drill` knows: the fault cases, then the attack cases (a mesh with one
-# account per device, attacked with a stolen credential).
-CASES: dict[str, type[FaultCase]] = {**FAULT_CASES, **ATTACKS}
+# Every case `faillite drill` knows: the fault cases, the broker-pair cases (Mosquitto), then
+# the attack cases (a mesh with one account per device, attacked with a stolen credential).
+CASES: dict[str, type[FaultCase]] = {**FAULT_CASES, **BROKER_CASES, **ATTACKS}
 
 
 def _say(msg: str) -> None:
@@ -59,7 +60,7 @@ def run_case(
 ) -> dict[str, Any]:
     """One case on its own mesh; never raises for a failed drill (the result says so)."""
     result: dict[str, Any] = {"case": case.name, "summary": case.summary, "broker": opts.broker}
-    why = case.why_not()
+    why = case.why_not_on(opts)
     if why is not None:
         _say(f"[{case.name}] SKIPPED: {why}")
         return {**result, "status": "skipped", "reason": why, "checks": []}
@@ -217,6 +218,7 @@ def register(sub: Any) -> None:
         "account per device and attack it with a stolen credential. Cases: " + ", ".join(CASES),
     )
     p.add_argument("cases", nargs="*", help="case names (default: all); see --list")
+    p.add_argument("--case", action="append", help="a case name (repeatable; as positional)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--broker", choices=("amqtt", "mosquitto"), default="amqtt")
     p.add_argument(
@@ -232,9 +234,10 @@ def main(args: argparse.Namespace) -> int:
     if args.list:
         for name, cls in CASES.items():
             tag = " [root]" if cls.needs_root else " [attack]" if name in ATTACKS else ""
-            _say(f"{name:<20}{tag:<10}{cls.summary}")
+            tag = f" [{cls.needs_broker}]" if cls.needs_broker else tag
+            _say(f"{name:<20}{tag:<13}{cls.summary}")
         return 0
-    names = [n.upper() for n in args.cases] or list(CASES)
+    names = [n.upper() for n in [*args.cases, *(args.case or [])]] or list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
         _say(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES)}")

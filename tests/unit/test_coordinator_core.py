@@ -640,6 +640,24 @@ def test_no_obituary_when_the_last_will_came_or_the_worker_came_back(sim: Sim) -
     assert _obituaries(out) == []
 
 
+def test_a_returning_brokers_old_birth_of_a_dead_worker_is_put_right(sim: Sim) -> None:
+    """A broker comes back with what it stored, and its bridge replays the dead worker's old
+    'online' birth over the obituary: nobody revives it, and its offline status goes back."""
+    w = sim.route("a1").worker
+    birth_ts = sim.core.membership.get(w).birth_ts  # type: ignore[union-attr]
+    incarnation = sim.workers[w].incarnation
+    sim.workers[w].beating = False
+    out = sim.run_until(_obituaries, sim.core._obituary_after_s + 3.0, "the obituary")
+    (obit,) = _obituaries(out)
+    sim.feed(WorkerOffline(sim.now, sim.ts, obit.status))  # our own publish comes back
+    old = messages.WorkerStatus(worker=w, incarnation=incarnation, state="online", ts=birth_ts)
+    out = sim.feed(WorkerBirth(sim.now, sim.ts, old))
+    assert [d.status for d in _obituaries(out)] == [obit.status]
+    assert events(out, "worker_recovered") == [] and events(out, "worker_joined") == []
+    assert events(sim.run(1.0), "failure_detected") == []
+    assert sim.route("a1").worker != w
+
+
 # -- restarts and late last-wills --------------------------------------------------------------
 
 

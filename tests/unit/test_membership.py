@@ -9,12 +9,14 @@ from faillite import messages
 CFG = DetectorConfig.for_interval(0.1)
 
 
-def _status(inc: str, state: str = "online", reason: str = "") -> messages.WorkerStatus:
+def _status(
+    inc: str, state: str = "online", reason: str = "", ts: float = 0.0
+) -> messages.WorkerStatus:
     return messages.WorkerStatus(
         worker="w1",
         incarnation=inc,
         state=state,  # type: ignore[arg-type]
-        ts=0.0,
+        ts=ts,
         reason=reason,
     )
 
@@ -80,10 +82,40 @@ def test_silence_detected_by_tick_then_recovery_on_steady_heartbeats() -> None:
 
 def test_reconnect_after_premature_last_will_recovers() -> None:
     m = Membership(CFG)
-    m.on_status(_status("a"), 0.0)
-    m.on_status(_status("a", "offline", "lost"), 1.0)
-    t = m.on_status(_status("a"), 2.0)
+    m.on_status(_status("a", ts=100.0), 0.0)
+    m.on_status(_status("a", "offline", "lost", ts=100.0), 1.0)  # a will carries its birth's ts
+    t = m.on_status(_status("a", ts=102.0), 2.0)  # a new connection: a new birth
     assert t is not None and (t.kind, t.cause) == ("recovered", "reconnected")
+
+
+def test_the_last_will_of_an_earlier_connection_kills_nobody() -> None:
+    # Connected to broker A (birth 100), then to B (birth 105); A comes back and hands over
+    # the will it kept of the first connection: history, not a death.
+    m = Membership(CFG)
+    m.on_status(_status("a", ts=100.0), 0.0)
+    m.on_status(_status("a", ts=105.0), 1.0)
+    t = m.on_status(_status("a", "offline", "lost", ts=100.0), 2.0)
+    assert t is not None and t.kind == "stale" and m.alive() == {"w1"}
+    t = m.on_status(_status("a", "offline", "lost", ts=105.0), 3.0)  # this connection's will
+    assert t is not None and (t.kind, t.cause) == ("failed", "last_will")
+
+
+def test_a_replayed_birth_revives_nobody() -> None:
+    # A broker that comes back with the births it stored, bridged over to the survivor: the
+    # dead incarnation's own birth, and an older incarnation's, change nobody's state.
+    m = Membership(CFG)
+    m.on_status(_status("a", ts=100.0), 0.0)
+    m.on_status(_status("a", "offline", "silent", ts=105.0), 1.0)  # the obituary
+    t = m.on_status(_status("a", ts=100.0), 2.0)
+    assert t is not None and (t.kind, t.cause) == ("replayed", "birth_replayed")
+    assert m.alive() == set() and m.get("w1").status.state == "offline"  # type: ignore[union-attr]
+    assert m.on_status(_status("b", ts=110.0), 3.0).kind == "joined"  # type: ignore[union-attr]
+    t = m.on_status(_status("a", ts=100.0), 4.0)
+    assert t is not None and (t.kind, t.cause) == ("replayed", "replaced_incarnation_replayed")
+    assert m.get("w1").incarnation == "b" and m.alive() == {"w1"}  # type: ignore[union-attr]
+    # Its own birth again (the coordinator reconnected and got it retained): nothing changes.
+    t = m.on_status(_status("b", ts=110.0), 5.0)
+    assert t is not None and t.kind == "replayed" and m.alive() == {"w1"}
 
 
 def test_stall_with_heartbeats_is_a_failure() -> None:
