@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from field_kit.drill.netns import Impairment, root_problem
+from field_kit.procs import wait_until
 from field_kit.uplink_rig import MESH, RearRig, RigSettings, mosquitto, read_records
 
 PREFIX = f"rear/{MESH}"
@@ -58,16 +59,6 @@ def _status(rear: Path) -> dict[str, Any] | None:
     return online[-1] if online else None
 
 
-def _wait(cond: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    return None
-
-
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -86,12 +77,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         RearRig(Path(tmp), settings) as rig,
     ):
         rear = rig.record("rear", "ops", f"{PREFIX}/#")
-        if _wait(lambda: _status(rear), 20) is None:
+        if wait_until(lambda: _status(rear), 20) is None:
             raise RuntimeError("the uplink never reported to the rear broker")
         n_steady = round(args.rate * args.steady_s)
         rig.feed("--results", str(n_steady), "--rate", f"{args.rate:g}", "--tag", "steady",
                  "--pad", str(args.pad))  # fmt: skip
-        _wait(lambda: len(_results(rear, "steady")) >= n_steady, 30)
+        wait_until(lambda: len(_results(rear, "steady")) >= n_steady, 30)
         steady = _results(rear, "steady")
         lat_ms = sorted(v * 1000 for v in steady.values())
 
@@ -108,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return None
             return st if st["last_drain_s"] is not None else None
 
-        status: dict[str, Any] | None = _wait(drained, 120)
+        status: dict[str, Any] | None = wait_until(drained, 120)
         if status is None:
             raise RuntimeError("the uplink did not drain within 120 s of the heal")
         time.sleep(1.0)

@@ -16,12 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from faillite.log import get_logger
+
+T = TypeVar("T")
 
 log = get_logger("procs")
 _PR_SET_PDEATHSIG = 1
@@ -53,6 +55,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], T], timeout: float, step: float = 0.05) -> T | None:
+    """Poll ``cond`` until it returns something true (returned) or ``timeout`` passes (its
+    last value, false, or None if it never ran)."""
+    deadline = time.monotonic() + timeout
+    value: T | None = None
+    while True:
+        value = cond()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)
 
 
 def wait_port(

@@ -30,7 +30,7 @@ from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics
 from field_kit.brokers import BrokerLauncher, mosquitto_binary
 from field_kit.drill.broker_switch import pair_mesh, start_pair_mesh
-from field_kit.procs import free_port
+from field_kit.procs import free_port, wait_until
 from field_kit.recorder import Recorder
 
 MESH = "pair"
@@ -70,28 +70,19 @@ def _on(cfg: BrokerConfig, name: str) -> tuple[MeshClient, list[Raw]]:
     return c, got
 
 
-def _wait(cond: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
-
-
 def test_the_bridge_carries_the_mesh_both_ways_retained_included(pair: dict[str, Any]) -> None:
     at = lambda e: pair["base"].model_copy(update={"host": e.host, "port": e.port})  # noqa: E731
     t = Topics(MESH)
     # Retained before anyone listens on the other side: the bridge stores it there too.
     on_a, _ = _on(at(pair["a"]), "a")
-    assert _wait(lambda: on_a.publish(f"{t.prefix}/events", b"r1", qos=1, retain=True), 5)
+    assert wait_until(lambda: on_a.publish(f"{t.prefix}/events", b"r1", qos=1, retain=True), 5)
     time.sleep(1.0)
     on_b, got_b = _on(at(pair["b"]), "b")
     try:
-        assert _wait(lambda: any(m.payload == b"r1" for m in got_b), 5), got_b
+        assert wait_until(lambda: any(m.payload == b"r1" for m in got_b), 5), got_b
         on_b.publish(f"{t.prefix}/events", b"from-b", qos=1)
         on_a.publish(f"{t.prefix}/events", b"from-a", qos=1)
-        assert _wait(lambda: any(m.payload == b"from-a" for m in got_b), 5)
+        assert wait_until(lambda: any(m.payload == b"from-a" for m in got_b), 5)
         time.sleep(1.0)
         # Each once: nothing came back over the bridge the way it went.
         assert [m.payload for m in got_b].count(b"from-a") == 1
@@ -108,7 +99,7 @@ def mesh(pair: dict[str, Any], tmp_path: Path, models_dir: Path) -> Iterator[dic
     t = Topics(MESH)
     rec, group = start_pair_mesh(pair_mesh(MESH, clients, models_dir, 5.0), tmp_path, qos=1)
     try:
-        assert _wait(lambda: len(_results(rec, 0)) >= 5, 60), "never served on broker A"
+        assert wait_until(lambda: len(_results(rec, 0)) >= 5, 60), "never served on broker A"
         leader = rec.messages(t.coordinator_status, messages.CoordinatorStatus)[-1]
         assert leader.state == "leader"
         time.sleep(2)
@@ -128,7 +119,7 @@ def test_killing_the_broker_moves_every_role_and_costs_no_failover(
     rec, t, leader = mesh["rec"], mesh["t"], mesh["leader"]
     kill_at = time.monotonic()
     pair["launcher"].processes[0].proc.send_signal(signal.SIGKILL)  # broker A, for good
-    assert _wait(lambda: len(_results(rec, kill_at)) >= 10, 30), "not served again from B"
+    assert wait_until(lambda: len(_results(rec, kill_at)) >= 10, 30), "not served again from B"
     first = min(at for at, topic, _p in rec.raw(kill_at) if "/results/" in topic)
     time.sleep(3)
     assert rec.client.address == (pair["b"].host, pair["b"].port)
@@ -155,7 +146,7 @@ def test_the_broker_node_dies_with_a_worker_and_nothing_stale_stays_retained(
     kill_at = time.monotonic()
     pair["launcher"].processes[0].proc.send_signal(signal.SIGKILL)
     mesh["group"].stop(primary, signal.SIGKILL)
-    assert _wait(lambda: any(r.worker == other for r in _results(rec, kill_at)), 30)
+    assert wait_until(lambda: any(r.worker == other for r in _results(rec, kill_at)), 30)
     failovers = [e for e in rec.messages(t.events, messages.Event, kill_at) if e.kind == "failover"]
     assert [e.worker for e in failovers] == [primary], failovers
     assert failovers[0].detail["cause"] == "heartbeat_silence"
@@ -172,7 +163,7 @@ def test_the_broker_node_dies_with_a_worker_and_nothing_stale_stays_retained(
         return got[-1] if got else None
 
     # 1.5 x keepalive (2 s) + 2 s after the failure: the leader's obituary.
-    assert _wait(lambda: (s := retained_status()) is not None and s.state == "offline", 15)
+    assert wait_until(lambda: (s := retained_status()) is not None and s.state == "offline", 15)
     st = retained_status()
     assert st is not None and st.reason == "silent", st
 
@@ -205,10 +196,10 @@ def test_a_broker_that_comes_back_with_an_old_store_changes_nothing(
     other = "w2" if primary == "w1" else "w1"
     launcher.process(a_ep).stop()  # SIGTERM: Mosquitto writes its store
     moved_at = time.monotonic()
-    assert _wait(lambda: len(_results(rec, moved_at)) >= 3, 30), "not served from B"
+    assert wait_until(lambda: len(_results(rec, moved_at)) >= 3, 30), "not served from B"
     kill_at = time.monotonic()
     group.stop(primary, signal.SIGKILL)  # on B: its last-will fires there
-    assert _wait(lambda: any(r.worker == other for r in _results(rec, kill_at)), 30)
+    assert wait_until(lambda: any(r.worker == other for r in _results(rec, kill_at)), 30)
     time.sleep(2)
     current = rec.messages(t.placement, messages.Placement)[-1]
     back_at = time.monotonic()
@@ -221,7 +212,7 @@ def test_a_broker_that_comes_back_with_an_old_store_changes_nothing(
         )
 
     # The bridge retries within 10 s; what it replays is the store of before the failover.
-    assert _wait(replayed, 20), "broker A's old placement never reached B: nothing was tested"
+    assert wait_until(replayed, 20), "broker A's old placement never reached B: nothing was tested"
 
     a_cfg = pair["clients"]
     b_cfg = a_cfg.model_copy(update={"host": b_ep.host, "port": b_ep.port})
@@ -236,10 +227,10 @@ def test_a_broker_that_comes_back_with_an_old_store_changes_nothing(
         st = messages.decode(messages.WorkerStatus, dead)
         return p.generation >= current.generation and st.state == "offline"
 
-    assert _wait(lambda: converged(b_cfg, "b"), 20), _retained(b_cfg, "b").keys()
-    assert _wait(lambda: converged(a_cfg, "a"), 20)
+    assert wait_until(lambda: converged(b_cfg, "b"), 20), _retained(b_cfg, "b").keys()
+    assert wait_until(lambda: converged(a_cfg, "a"), 20)
     ev = rec.messages(t.events, messages.Event, back_at)
     assert [e for e in ev if e.kind == "failover"] == [], ev
     assert [e for e in ev if e.kind in ("worker_joined", "worker_recovered")] == [], ev
-    assert _wait(lambda: len(_results(rec, time.monotonic() - 1.0)) >= 2, 10)
+    assert wait_until(lambda: len(_results(rec, time.monotonic() - 1.0)) >= 2, 10)
     assert {r.worker for r in _results(rec, back_at)} == {other}

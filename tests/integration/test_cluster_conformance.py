@@ -26,6 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.cluster import ENGINES, Cluster, engine_problem, start_cluster
+from field_kit.procs import wait_until
 
 # engine -> property -> kept across nodes (what the tests below found; docs/brokers.md).
 EXPECTED: dict[str, dict[str, bool]] = {
@@ -131,15 +132,6 @@ class Client:
         self.c.loop_stop()
 
 
-def _wait(cond: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
-
-
 def _has(client: Client, payload: bytes) -> Callable[[], bool]:
     return lambda: payload in client.payloads()
 
@@ -161,7 +153,7 @@ def test_a_retained_message_and_its_clearing_reach_every_node(
         for port in (n2, n3):
             sub = Client(port, subscribe=f"{topic}/#")
             try:
-                assert _wait(sub.payloads, 3), f"retained message not on node port {port}"
+                assert wait_until(sub.payloads, 3), f"retained message not on node port {port}"
                 assert sub.got[0][2:] == (b"kept", True)
             finally:
                 sub.stop()
@@ -189,7 +181,7 @@ def test_b_the_will_of_a_client_that_vanished_reaches_other_nodes(
         time.sleep(0.3)
         dying.vanish()
         for s in subs:
-            assert _wait(_has(s, b"gone"), 5), "will not delivered"
+            assert wait_until(_has(s, b"gone"), 5), "will not delivered"
     finally:
         for s in subs:
             s.stop()
@@ -205,9 +197,9 @@ def test_c_a_client_id_connecting_on_another_node_takes_its_session_over(
     pub = Client(cluster.nodes[2].port)
     try:
         second = Client(cluster.nodes[1].port, cid, subscribe=f"{topic}/#")
-        assert _wait(first.dropped.is_set, 5), "the node-1 session was not closed"
+        assert wait_until(first.dropped.is_set, 5), "the node-1 session was not closed"
         pub.publish(f"{topic}/x", b"one")
-        assert _wait(_has(second, b"one"), 5)
+        assert wait_until(_has(second, b"one"), 5)
         time.sleep(0.5)
         assert b"one" not in first.payloads()  # exactly one live session
         assert not second.dropped.is_set()
@@ -229,7 +221,7 @@ def test_e_qos1_across_nodes_in_publisher_order(
         infos = [pub.c.publish(f"{topic}/q", p, qos=1) for p in sent]
         for info in infos:
             info.wait_for_publish(10)
-        assert _wait(lambda: len(sub.got) >= len(sent), 10), len(sub.got)
+        assert wait_until(lambda: len(sub.got) >= len(sent), 10), len(sub.got)
         assert sub.payloads() == sent
     finally:
         sub.stop()
@@ -252,10 +244,10 @@ def test_d_the_will_of_a_client_whose_node_was_killed(
             time.sleep(0.5)
             killed_at = time.monotonic()
             c.nodes[0].kill()
-            assert _wait(lambda: b"gone" in sub.payloads(), 20), "will lost with its node"
+            assert wait_until(lambda: b"gone" in sub.payloads(), 20), "will lost with its node"
             at = next(a for a, _t, p, _r in sub.got if p == b"gone")
             print(f"{engine}: will of a client of the killed node after {at - killed_at:.1f} s")
-            assert _wait(lambda: b"gone" in other.payloads(), 2)
+            assert wait_until(lambda: b"gone" in other.payloads(), 2)
             assert sub.payloads().count(b"gone") == 1  # once, not once per survivor
         finally:
             sub.stop()

@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from field_kit.drill.netns import Impairment, root_problem
+from field_kit.procs import wait_until
 from field_kit.uplink_rig import MESH, RearRig, RigSettings, mosquitto, read_records
 
 PREFIX = f"rear/{MESH}"
@@ -54,13 +55,10 @@ def rig(tmp_path: Path) -> Iterator[RearRig]:
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    value = wait_until(cond, timeout, 0.1)
+    if not value:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return value
 
 
 def _seqs(records: list[dict[str, Any]], tag: str) -> list[int]:
