@@ -29,6 +29,18 @@ standby of rank ``r`` takes over once the leadership has been vacant ``r * takeo
 newest leader seen) is not a vacancy. After any (re)connect, vacant or not is judged afresh
 after a grace: a leader starting beside us must claim its term, and after a broker restart the
 leader must reconnect (its last-will may have fired as the broker went down).
+
+A leader's last-will dies with its broker: when the node that ran broker A and the leader dies,
+or the bridge to the standby's broker is cut, the standby's broker keeps the leader's ``leader``
+status retained for good. So the leader beats (``coordinator/beat``) and a standby that heard a
+beat of the newest leader (same id, incarnation and term) reads it as gone once no beat came
+for ``silence_s`` while its own link was heard from: the seconds its own link was quiet do not
+count (they are its own trouble, not the leader's death), and after a (re)connect silence
+counts only from the connect and judges nothing before the grace is over. A leader it never
+heard beat (an older version; a status written by hand) is judged by its status alone. Behind
+a cut bridge the far side thus elects its own leader; after the heal the higher term wins: the
+older leader steps down on seeing it, and a leader that sees an older leader's status over its
+own puts its own back.
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ STARTUP_GRACE_S = 2.0  # a leader's term acquisition waits up to 1.2 s for retai
 # the newest live one; foreign: a status of an id that is no coordinator of the mesh.
 Verdict = Literal["step_down", "restore", "forged", "foreign"]
 Reading = Literal["leader", "gone", "still_gone", "stale", "older_leader", "forged", "foreign"]
+# beat: of the newest leader; back: it beats again after its silence made a vacancy; other: of
+# no leader we know (an older one, or one whose status has not arrived): proves nothing.
+BeatReading = Literal["beat", "back", "other", "foreign"]
 
 
 class TermExhaustedError(RuntimeError):
@@ -127,6 +142,10 @@ class Leadership:
             return "step_down"
         if self.term and not self.deposed and st.state != "leader" and st.term <= self.term:
             return "restore"
+        if self.term and not self.deposed and st.state == "leader" and st.term < self.term:
+            # An older leader's status over ours (a healed bridge replays what the other side
+            # retained): ours goes back, and the older leader steps down on reading it.
+            return "restore"
         return None
 
     def on_assignment(self, a: messages.Assignment) -> Verdict | None:
@@ -151,13 +170,19 @@ class Vacancy:
         *,
         coordinators: frozenset[str] = frozenset(),
         max_jump: int = MAX_TERM_JUMP,
+        silence_s: float | None = None,
     ) -> None:
         self.delay_s = delay_s
         self.grace_s = grace_s
         self.coordinators = coordinators  # empty: any id
         self.max_jump = max_jump
+        self.silence_s = silence_s  # None: beats are not judged
         self.leader: messages.CoordinatorStatus | None = None  # newest leader seen
         self.vacant_since: float | None = None  # None: led, or we cannot tell
+        self.beat_at: float | None = None  # the newest leader's last beat; None: never heard
+        self.silenced = False  # the vacancy is the newest leader's silence (a beat ends it)
+        self.connected_at = 0.0  # silence counts from our last connect at the earliest
+        self.judge_from: float | None = None  # None: not connected, silence is not judged
 
     @property
     def highest_term(self) -> int:
@@ -168,9 +193,16 @@ class Vacancy:
     def connected(self, now: float) -> None:
         # Nothing retained then (no leader ever, or a broker that lost it) reads as vacant.
         self.vacant_since = now + self.grace_s
+        self.silenced = False
+        # The leader may be moving brokers too: its silence counts from now, judged after the
+        # grace (its reconnect backoff).
+        self.connected_at = now
+        self.judge_from = now + self.grace_s
 
     def disconnected(self) -> None:
         self.vacant_since = None  # we cannot tell while we cannot see
+        self.silenced = False
+        self.judge_from = None
 
     def cleared(self, now: float) -> None:
         """The retained status was removed."""
@@ -184,16 +216,57 @@ class Vacancy:
             return "forged"  # no successor of the leader we watched could be that far above
         if st.state == "leader":
             if newest is None or st.term >= newest.term:
+                if newest is None or _key(st) != _key(newest):
+                    self.beat_at = None  # a new leader: judged by its beats once it beats
                 self.leader = st
+                # A retained copy proves no life: a silent leader's vacancy comes back at its
+                # next judge_silence, dated as before.
                 self.vacant_since = None
+                self.silenced = False
                 return "leader"
             return "older_leader"
         if newest is None or st.incarnation == newest.incarnation or st.term > newest.term:
             # The newest leader (or one we never saw lead) is gone.
+            if self.silenced:  # its silence said so already: the vacancy keeps its start
+                self.silenced = False
+                return "still_gone"
             first = self.vacant_since is None
             self.vacant_since = max(self.vacant_since or now, now)
             return "gone" if first else "still_gone"
         return "stale"
+
+    def on_beat(self, beat: messages.CoordinatorBeat, now: float) -> BeatReading:
+        if self.coordinators and beat.coordinator not in self.coordinators:
+            return "foreign"
+        leader = self.leader
+        if leader is None or _key(beat) != _key(leader):
+            return "other"
+        self.beat_at = now
+        if self.silenced:  # it was only late: led again
+            self.vacant_since, self.silenced = None, False
+            return "back"
+        return "beat"
+
+    def judge_silence(self, now: float, link_quiet_s: float = 0.0) -> float | None:
+        """Once the newest leader, which we heard beat, has been silent ``silence_s`` while our
+        own link was heard from (``link_quiet_s``: how long it has been quiet now), the
+        leadership is vacant from when the silence passed the bound (not before the grace of
+        our last connect). Returns that silence, the first time; None otherwise."""
+        if (
+            self.silence_s is None
+            or self.leader is None
+            or self.beat_at is None
+            or self.vacant_since is not None
+            or self.judge_from is None
+            or now < self.judge_from
+        ):
+            return None
+        silent = now - max(self.beat_at, self.connected_at) - max(0.0, link_quiet_s)
+        if silent < self.silence_s:
+            return None
+        self.vacant_since = max(now - (silent - self.silence_s), self.judge_from)
+        self.silenced = True
+        return silent
 
     def due(self, now: float) -> float | None:
         """Seconds since the vacancy began, once it has lasted ``delay_s``; else None."""
@@ -201,3 +274,7 @@ class Vacancy:
         if since is not None and now - since >= self.delay_s:
             return now - since
         return None
+
+
+def _key(m: messages.CoordinatorStatus | messages.CoordinatorBeat) -> tuple[str, str, int]:
+    return (m.coordinator, m.incarnation, m.term)

@@ -160,9 +160,11 @@ class Membership:
                 ProgressDetector(self._cfg_for(st)),
             )
             return self._transition("stale", stale, st.reason or "offline", now)
-        if st.reason == "silent" and cur.state != "failed" and cur.revived:
+        heard = cur.last_heartbeat is not None and not cur.silence.suspected(now)
+        if st.reason == "silent" and cur.state != "failed" and (cur.revived or heard):
             # A late copy of the obituary of a failure it came back from (bridged back after
-            # a partition healed): no new evidence; the worker puts its birth back over it.
+            # a partition healed), or another leader's of a worker we hear (the far side of a
+            # healed cut judged it): no new evidence; the worker puts its birth back over it.
             return self._transition("stale", cur, "silent", now)
         cur.status = st  # what is retained of it now: offline
         if cur.state == "failed":

@@ -19,6 +19,9 @@ signs (``coordinator.signing``), every assignment and status it writes is signed
 and assignments that are unsigned or badly signed are ignored (counted ``bad_signature``).
 
 :class:`StandbyWatch`: a standby's MQTT side, around :class:`~coordinator.leadership.Vacancy`.
+The leader beats on ``coordinator/beat`` every ``coordinator.leader_beat_s`` (signed where the
+mesh signs); the standby pings its broker after 0.2 s of quiet, so that a leader's silence is
+never its own link's.
 
 Both mark their loops' progress (``beats``; the control and monitor loops, the standby's wait);
 their ``alive()`` says which one hung, for systemd's watchdog (:mod:`faillite.sdnotify`, wired in
@@ -75,7 +78,7 @@ from faillite.log import bind, get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
 from faillite.sdnotify import Beats
-from faillite.signing import SignatureError, Signer, Verifier, load_signer
+from faillite.signing import SignatureError, Signed, Signer, Verifier, load_signer
 from faillite.topics import (
     WORKER_ASSIGNMENT,
     WORKER_HEARTBEAT,
@@ -93,14 +96,19 @@ TERM_WAIT_S = 1.0  # for the first retained status or assignment before taking a
 TERM_BURST_S = 0.2  # then for the rest of the retained burst
 WATCHDOG_STALE_S = 20.0  # a loop silent this long counts as hung (systemd restarts the process)
 
-SignedT = TypeVar("SignedT", messages.Assignment, messages.CoordinatorStatus)
+SignedT = TypeVar(
+    "SignedT", messages.Assignment, messages.CoordinatorStatus, messages.CoordinatorBeat
+)
+# A standby pings its broker after this much quiet: a beat's absence that is its own link's
+# is told apart from the leader's (beats come every coordinator.leader_beat_s).
+STANDBY_PROBE_AFTER_S = 0.2
 
 
 def _check_signature(
     verifier: Verifier | None,
     client: MeshClient,
     topic: str,
-    msg: messages.Assignment | messages.CoordinatorStatus,
+    msg: Signed,
 ) -> bool:
     """Whether ``msg`` may be believed: always where the mesh does not sign; else only with a
     good signature (a refusal is counted ``bad_signature`` and logged rate-limited)."""
@@ -415,6 +423,25 @@ class CoordinatorService:
 
         threading.Thread(target=work, name="planner", daemon=True).start()
 
+    def _beat_loop(self) -> None:
+        """The leader's liveness for standbys (``coordinator/beat``): not retained, so only a
+        leader that runs and reaches a broker beats; a deposed one stops at once."""
+        every = self.mesh.coordinator.leader_beat_s
+        topic = self.topics.coordinator_beat
+        seq = 0
+        while not self._stop.is_set() and not self.leadership.deposed:
+            if self.client.connected:
+                seq += 1
+                beat = messages.CoordinatorBeat(
+                    coordinator=self.id,
+                    incarnation=self.incarnation,
+                    term=self.leadership.term,
+                    seq=seq,
+                    ts=messages.now(),
+                )
+                self.client.publish(topic, messages.encode(self._sign(topic, beat)), qos=0)
+            self._stop.wait(every)
+
     def _monitor_loop(self) -> None:
         while not self._stop.wait(TICK_S):
             self.beats.beat("monitor")
@@ -543,6 +570,7 @@ class CoordinatorService:
             self._stop.set()
             return False
         self._inbox.put(TermAcquired(*_clock(), term))
+        self._spawn("leader-beat", self._beat_loop)
         if self.planner.adaptive:
             self._spawn("monitor", self._monitor_loop)
         return True
@@ -580,13 +608,19 @@ class StandbyWatch:
         self.rank = max(1, rank)
         delay_s = mesh.coordinator.takeover_delay_s * self.rank
         grace_s = max(STARTUP_GRACE_S, mesh.coordinator.reconnect_grace_s) + delay_s
-        self.vacancy = Vacancy(delay_s, grace_s, coordinators=frozenset(mesh.coordinator.ids))
+        self.vacancy = Vacancy(
+            delay_s,
+            grace_s,
+            coordinators=frozenset(mesh.coordinator.ids),
+            silence_s=mesh.coordinator.leader_silence_s,
+        )
         signing = mesh.coordinator.signing
         # A standby must hold the private key too (it will lead): fail now, not at takeover.
         self.verifier: Verifier | None = (
             load_signer(signing, mesh.mesh).verifier if signing is not None else None
         )
         self._topic = Topics(mesh.mesh).coordinator_status
+        self._beat_topic = Topics(mesh.mesh).coordinator_beat
         self._quiet = _Quiet()
         self._cond = threading.Condition()
         self.beats = Beats()
@@ -594,6 +628,9 @@ class StandbyWatch:
             # A standby watches under its identity's second client id (faillite.identity).
             Identity(mesh.mesh, Role.COORDINATOR, coordinator_id).probe_name,
             mesh.broker,
+            # A pause between beats is worth a ping: the leader's silence must not be our own
+            # link's (link_quiet_s).
+            probe_after_s=STANDBY_PROBE_AFTER_S,
         )
         self.client.subscribe_json(
             self._topic,
@@ -601,6 +638,7 @@ class StandbyWatch:
             self._on_status,
             on_cleared=self._on_cleared,
         )
+        self.client.subscribe_json(self._beat_topic, messages.CoordinatorBeat, self._on_beat, qos=0)
         self.client.on_connect(self._on_connect)
         self.client.on_disconnect(self._on_disconnect)
 
@@ -650,6 +688,33 @@ class StandbyWatch:
         elif reading == "stale":
             standby_log.info("stale_leader_offline_ignored", stale=st.incarnation, term=st.term)
 
+    def _on_beat(self, inb: Inbound[messages.CoordinatorBeat]) -> None:
+        beat = inb.message
+        # Where the mesh signs, a beat without the coordinators' key keeps nobody alive.
+        if not _check_signature(self.verifier, self.client, self._beat_topic, beat):
+            return
+        with self._cond:
+            reading = self.vacancy.on_beat(beat, time.monotonic())
+            self._cond.notify_all()
+        if reading == "back":
+            standby_log.warning(
+                "leader_beats_again", leader=beat.coordinator, term=beat.term, seq=beat.seq
+            )
+
+    def _judge_silence(self, now: float) -> None:
+        """Under ``_cond``: the newest leader's silence, our own link's quiet left out."""
+        silent = self.vacancy.judge_silence(now, self.client.link_quiet_s())
+        if silent is not None and (leader := self.vacancy.leader) is not None:
+            standby_log.warning(
+                "leader_silent",
+                leader=leader.coordinator,
+                leader_incarnation=leader.incarnation,
+                term=leader.term,
+                silent_s=round(silent, 3),
+                leader_silence_s=self.vacancy.silence_s,
+                takeover_in_s=self.vacancy.delay_s,
+            )
+
     def wait_for_vacancy(self, stop: threading.Event) -> float | None:
         """Block until the leadership has been vacant ``delay_s``; returns the seconds since
         the vacancy was seen, or None when ``stop`` was set first."""
@@ -661,7 +726,10 @@ class StandbyWatch:
             with self._cond:
                 while not stop.is_set():
                     self.beats.beat("standby")
-                    due = self.vacancy.due(time.monotonic())
+                    now = time.monotonic()
+                    if self.client.connected:
+                        self._judge_silence(now)
+                    due = self.vacancy.due(now)
                     if due is not None and self.client.connected:
                         return due
                     self._cond.wait(0.05)

@@ -356,6 +356,12 @@ class CoordinatorConfig(StrictModel):
     obituary_after_s: float | None = Field(default=None, gt=0)
     # Standby coordinators: take over once the leader has been gone this long (x rank).
     takeover_delay_s: float = Field(default=0.5, ge=0)
+    # The leader beats this often (coordinator/beat); a standby that heard it beat reads it as
+    # gone after leader_silence_s without a beat while its own link was fine (a leader whose
+    # broker died with it leaves its online status retained on the other broker for good).
+    # Five beats: a lossy WiFi link (2 % loss, QoS 0) loses five in a row about never.
+    leader_beat_s: float = Field(default=0.5, gt=0, le=60)
+    leader_silence_s: float = Field(default=2.5, gt=0, le=600)
     # The coordinator ids of this mesh (leader and standbys): a status of another id deposes
     # no leader and names none for workers. Empty: any id.
     ids: tuple[Id, ...] = ()
@@ -365,6 +371,15 @@ class CoordinatorConfig(StrictModel):
     @classmethod
     def _ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(check_id("coordinator", i) for i in v)
+
+    @model_validator(mode="after")
+    def _beats(self) -> CoordinatorConfig:
+        if self.leader_silence_s < 3 * self.leader_beat_s:
+            raise ValueError(
+                f"leader_silence_s ({self.leader_silence_s}) must be at least 3 x leader_beat_s "
+                f"({self.leader_beat_s}): a beat or two lost is no leader's death"
+            )
+        return self
 
 
 class UpstreamConfig(StrictModel):
@@ -436,11 +451,7 @@ class UplinkConfig(StrictModel):
     def _down(self) -> UplinkConfig:
         if len(set(self.up)) != len(self.up):
             raise ValueError("uplink.up repeats a kind")
-        try:
-            problem = down_problem(self.down, self.up)
-        except FilterError as exc:
-            raise ValueError(str(exc)) from exc
-        if problem is not None:
+        if (problem := down_problem(self.down, self.up)) is not None:
             raise ValueError(problem)
         return self
 

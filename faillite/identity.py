@@ -153,6 +153,7 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
                 *((Access.WRITE, _status(t, w)) for w in workers),
                 *((Access.WRITE, _route(t, app)) for app in apps),
                 (Access.WRITE, t.coordinator_status),
+                (Access.WRITE, t.coordinator_beat),  # the leader's liveness, for standbys
                 (Access.WRITE, t.placement),
                 (Access.WRITE, t.events),
             )

@@ -219,6 +219,22 @@ class CoordinatorStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CoordinatorBeat:
+    """The leader's liveness, every ``coordinator.leader_beat_s``: a standby reads a leader
+    whose status says online but that stopped beating as gone (its last-will may have died
+    with its broker). Not retained: only a live beat says anything."""
+
+    SCHEMA: ClassVar[str] = "CoordinatorBeat"
+    coordinator: Name
+    incarnation: Name
+    term: Count
+    seq: Count
+    ts: float
+    sig: Signature | None = None  # as the status's, where the mesh signs
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
 class PlacementEntry:
     app: Name
     worker: Name
@@ -266,6 +282,7 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
         Result,
         Route,
         CoordinatorStatus,
+        CoordinatorBeat,
         Placement,
         Event,
     )

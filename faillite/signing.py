@@ -46,7 +46,8 @@ PUBLIC_MODE: Final = 0o644
 REASON: Final = "bad_signature"  # the bad-input reason workers count refusals under
 
 # The messages a mesh signs.
-S = TypeVar("S", messages.Assignment, messages.CoordinatorStatus)
+S = TypeVar("S", messages.Assignment, messages.CoordinatorStatus, messages.CoordinatorBeat)
+Signed = messages.Assignment | messages.CoordinatorStatus | messages.CoordinatorBeat
 
 
 class SigningError(RuntimeError):
@@ -59,9 +60,7 @@ class SignatureError(ValueError):
     reason = REASON
 
 
-def signed_bytes(
-    mesh: str, topic: str, msg: messages.Assignment | messages.CoordinatorStatus
-) -> bytes:
+def signed_bytes(mesh: str, topic: str, msg: Signed) -> bytes:
     """What a signature covers: the mesh, the topic and every field but ``sig``."""
     body = messages.to_dict(msg)
     body.pop("sig", None)
@@ -77,7 +76,7 @@ class Verifier:
         self._key = key
         self.mesh = mesh
 
-    def verify(self, topic: str, msg: messages.Assignment | messages.CoordinatorStatus) -> None:
+    def verify(self, topic: str, msg: Signed) -> None:
         """Return if ``msg`` on ``topic`` carries a good signature; else :class:`SignatureError`."""
         if not msg.sig:
             raise SignatureError(f"unsigned {type(msg).__name__} on {topic}")
@@ -92,7 +91,7 @@ class Verifier:
                 f"{type(msg).__name__} on {topic}: signature does not verify"
             ) from None
 
-    def valid(self, topic: str, msg: messages.Assignment | messages.CoordinatorStatus) -> bool:
+    def valid(self, topic: str, msg: Signed) -> bool:
         try:
             self.verify(topic, msg)
         except SignatureError:

@@ -98,6 +98,15 @@ COORDINATOR_STATUS = TopicSpec(
     "json",
     "CoordinatorStatus",
 )
+COORDINATOR_BEAT = TopicSpec(
+    "coordinator_beat",
+    "coordinator/beat",
+    Role.COORDINATOR,
+    False,
+    0,
+    "json",
+    "CoordinatorBeat",
+)
 PLACEMENT = TopicSpec("placement", "placement", Role.COORDINATOR, True, 1, "json", "Placement")
 EVENTS = TopicSpec("events", "events", None, False, 0, "json", "Event")
 
@@ -110,6 +119,7 @@ ALL_TOPICS: Final[tuple[TopicSpec, ...]] = (
     APP_RESULTS,
     APP_ROUTE,
     COORDINATOR_STATUS,
+    COORDINATOR_BEAT,
     PLACEMENT,
     EVENTS,
 )
@@ -154,6 +164,10 @@ class Topics:
     @property
     def coordinator_status(self) -> str:
         return f"{self.prefix}/coordinator/status"
+
+    @property
+    def coordinator_beat(self) -> str:
+        return f"{self.prefix}/coordinator/beat"
 
     @property
     def placement(self) -> str:

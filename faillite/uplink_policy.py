@@ -112,7 +112,10 @@ def down_problem(down: tuple[str, ...], kinds: tuple[Kind, ...]) -> str | None:
     what goes up would loop (down to the kit, back up, down again: MQTT 3.1.1 has no
     no-local); one over the uplink's own subtree would feed its status into the kit."""
     for f in down:
-        check_filter(f)
+        try:
+            check_filter(f)
+        except FilterError as exc:
+            return str(exc)
         for u in (*up_filters(kinds), f"{OWN_SUBTREE}/#"):
             if filters_overlap(f, u):
                 return f"down filter {f!r} overlaps {u!r}: it would loop back"

@@ -8,8 +8,12 @@ that reason, and BROKER_FLAP flaps the one broker there is (on its port).
 - KILL_BROKER_NODE: broker A and the critical app's primary worker (same board) die for
   good, together (SIGKILL). Every role moves to B; the worker's last-will died with A, so its
   heartbeats' silence fails it over and the leader's obituary marks it offline on B.
+- KILL_BROKER_LEADER_NODE: the same board runs the leader too (the example kit's first node).
+  B keeps the dead leader's ``leader`` status; the standby reads the silence of its beats,
+  takes over, and fails the dead worker over.
 - PARTITION_BROKERS: the bridge is cut while both sides keep clients (leader, w1, w3 and the
-  cameras on A; the standby and w2 on B), then healed.
+  cameras on A; the standby and w2 on B), then healed. B's standby no longer hears the
+  leader's beats and takes over there; after the heal the higher term wins.
 - BROKER_FLAP: the broker the mesh is on is killed and started again three times, a second
   and a half apart (on a pair the mesh goes A -> B -> A -> B).
 """
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import itertools
 import signal
+import subprocess
 import time
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, ClassVar
 
 from faillite import messages
@@ -85,6 +91,25 @@ def _failovers(ctx: DrillContext, since: float) -> list[str]:
     event published to a dying broker is lost; the log is not)."""
     evs = [*_logged(ctx, "c1", "failover", since), *_logged(ctx, "c2", "failover", since)]
     return [str(e.get("worker")) for e in sorted(evs, key=lambda e: e["timestamp"])]
+
+
+def _wait_logged(
+    ctx: DrillContext, base: str, event: str, since: float, timeout: float
+) -> dict[str, Any]:
+    """The first ``event`` line of ``base``'s log since ``since`` (waits up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _logged(ctx, base, event, since)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {base}'s {event}")
+        time.sleep(0.1)
+
+
+def _at(line: dict[str, Any]) -> float:
+    """A log line's time, epoch seconds."""
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def _leader_check(ctx: DrillContext, before: set[tuple[str, int]], since: float) -> Check:
@@ -236,6 +261,94 @@ class KillBrokerNode(_BrokerCase):
         return {**failover_metrics(rec, fault, ctx.affected, ctx.mesh.catalog), **out}
 
 
+class KillBrokerLeaderNode(KillBrokerNode):
+    """The example kit's first node: broker A, the leader coordinator and the critical app's
+    primary die together. The leader's last-will dies with A, and B keeps its ``leader``
+    status (bridged) for good: the standby reads the leader's missing beats instead."""
+
+    name = "KILL_BROKER_LEADER_NODE"
+    summary = "broker A's board dies for good with the leader and the critical app's primary"
+    # The standby's reconnect grace (5.5 s: the leader might be moving brokers too), its
+    # takeover delay, the term, the new leader's wait for births, then heartbeat detection of
+    # the dead worker and a promotion.
+    takeover_bound_s = 10.0
+    bound_s = 20.0
+
+    def inject(self, ctx: DrillContext) -> Fault:
+        m = ctx.mesh
+        w = _primary(ctx)
+        ctx.affected = ctx.affected_by({w})
+        self._before(ctx)
+        leader = m.proc("c1")
+        child = m.proc(w)
+        broker = m.launcher.process(m.broker_endpoint("a"))
+        t = time.time()
+        for p in (broker.proc, leader.proc, child.proc):  # one board: all at the same instant
+            p.send_signal(signal.SIGKILL)
+        for p in (broker.proc, leader.proc, child.proc):
+            p.wait(10)
+        m.killed.update({leader.name, child.name})
+        ctx.notes["node"] = ["broker a", "c1", w]
+        return Fault("kill_broker_leader_node", (w,), t)
+
+    def await_effect(self, ctx: DrillContext, fault: Fault) -> None:
+        e = ctx.wait_event("coordinator_takeover", fault.t_inject, 30)
+        ctx.notes["takeover_ms"] = round((e.ts - fault.t_inject) * 1000, 1)
+        ctx.notes["new_term"] = e.detail.get("term")
+        silent = _logged(ctx, "c2", "leader_silent", fault.t_inject)
+        if silent:
+            ctx.notes["leader_silent_ms"] = round((_at(silent[0]) - fault.t_inject) * 1000, 1)
+        super().await_effect(ctx, fault)
+
+    def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
+        out = [c for c in super().checks(ctx, rec, fault, end) if c.name != "no_leader_change"]
+        new = sorted(
+            _leaders(_recs(ctx), float(ctx.notes["mono_inject"])) - ctx.notes["leaders_before"]
+        )
+        before = sorted(ctx.notes["leaders_before"])
+        took = ctx.notes.get("takeover_ms")
+        ok = (
+            len(new) == 1
+            and new[0][0] == "c2"
+            and took is not None
+            and took <= self.takeover_bound_s * 1000
+        )
+        out.append(
+            Check(
+                "one_leader_change",
+                ok,
+                f"the standby took over once: {before} -> {new} in {took} ms (bound "
+                f"{self.takeover_bound_s:.0f} s; it read the silence of the leader's beats)"
+                if ok
+                else f"new leader(s) {new} after {before}, takeover {took} ms",
+            )
+        )
+        # B must retain the new leader's status, not the dead leader's 'leader'.
+        snap = retained_snapshot(ctx.mesh.broker_at("b"))
+        raw = snap.get(ctx.mesh.topics.coordinator_status)
+        st = messages.decode(messages.CoordinatorStatus, raw) if raw else None
+        held = (st.coordinator, st.state, st.term) if st else None
+        ok = st is not None and len(new) == 1 and (st.coordinator, st.term) == new[0]
+        ok = ok and st is not None and st.state == "leader"
+        out.append(
+            Check(
+                "survivor_retains_new_leader",
+                ok,
+                f"broker B retains {held}, the new leader's status"
+                if ok
+                else f"broker B retains {held}, expected the new leader {new}",
+            )
+        )
+        return out
+
+    def metrics(self, ctx: DrillContext, rec: Recording, fault: Fault) -> dict[str, Any]:
+        out = super().metrics(ctx, rec, fault)
+        out["takeover_ms"] = ctx.notes.get("takeover_ms")
+        out["leader_silent_ms"] = ctx.notes.get("leader_silent_ms")
+        out["new_term"] = ctx.notes.get("new_term")
+        return out
+
+
 # -- PARTITION_BROKERS -----------------------------------------------------------------------
 
 
@@ -272,10 +385,16 @@ def _split_brain(obeyed: dict[str, list[tuple[float, int]]], until: float) -> tu
 
 
 class PartitionBrokers(_BrokerCase):
+    """Each side keeps its clients; the standby on B no longer hears the leader's beats while
+    B answers its pings, so B elects its own leader (a higher term). After the heal the higher
+    term wins: the old leader reads it and steps down, every worker obeys it."""
+
     name = "PARTITION_BROKERS"
     summary = "cut the bridge between the two brokers (clients on both sides), then heal it"
     b_side = ("c2", "w2")  # the standby coordinator and a worker stay with broker B
-    cut_s = 8.0  # long past detection (~1 s) and a standby's takeover delay
+    # Long past detection (~1 s), the standby's takeover (beats silent 2.5 s, then its delay)
+    # and the far side's failovers.
+    cut_s = 8.0
 
     def spec(self, opts: DrillOptions) -> MeshSpec:
         return MeshSpec(broker=opts.broker, pair=True, b_side=self.b_side)
@@ -287,6 +406,7 @@ class PartitionBrokers(_BrokerCase):
         cut_off = self._cut_off()
         ctx.affected = ctx.affected_by(cut_off)
         self._before(ctx)
+        ctx.notes["old_leader"] = ctx.mesh.proc("c1")
         t = time.time()
         ctx.mesh.cut_bridge()
         return Fault("partition_brokers", tuple(sorted(cut_off)), t)
@@ -296,21 +416,45 @@ class PartitionBrokers(_BrokerCase):
         for w in fault.targets:
             ctx.wait_event("failover", fault.t_inject, 30, worker=w)
         ctx.wait_recovered(set(fault.targets))
+        # The standby (side B) no longer hears the leader beat: it takes over there.
+        e = _wait_logged(ctx, "c2", "coordinator_takeover", fault.t_inject, 30)
+        ctx.notes["takeover_ms"] = round((_at(e) - fault.t_inject) * 1000, 1)
+        ctx.notes["b_term"] = e.get("term")
 
     def recover(self, ctx: DrillContext, fault: Fault) -> Fault:
+        m = ctx.mesh
         time.sleep(max(0.0, self.cut_s - (time.time() - fault.t_inject)))
         t = time.time()
         ctx.notes["mono_heal"] = time.monotonic()
-        ctx.mesh.heal_bridge()
-        for w in fault.targets:
+        m.heal_bridge()
+        # The higher term wins: the old leader reads the new one's status and steps down.
+        old = ctx.notes["old_leader"]
+        try:
+            e = _wait_logged(ctx, "c1", "coordinator_deposed", t, 30)
+            ctx.notes["stepped_down_ms"] = round((_at(e) - t) * 1000, 1)
+            ctx.notes["old_leader_exit"] = old.proc.wait(15)
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            ctx.notes["old_leader_exit"] = f"still leading: {exc}"
+        else:
+            m.killed.add(old.name)  # its end is the check's (old_leader_stepped_down)
+            m.start_coordinator("c1", standby=True, rank=2)  # the kit has a standby again
+        # The workers the winner (B's leader) failed over come back to it.
+        for w in self._far_side(ctx, fault):
             e = ctx.wait_event("worker_recovered", t, 60, worker=w)
             ctx.notes.setdefault("rejoined_ms", {})[w] = round((e.ts - t) * 1000, 1)
         return replace(fault, t_recover=t)
+
+    def _far_side(self, ctx: DrillContext, fault: Fault) -> list[str]:
+        """The workers B's leader could not hear during the cut (side A's)."""
+        return sorted(set(WORKERS) - set(fault.targets))
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
         m = ctx.mesh
         assert m.cfg is not None
         heal = float(fault.t_recover or end)
+        # Mosquitto's bridge reconnects with a backoff (3 to 6 s seen after an 8 s cut): the
+        # two sides hear each other once the old leader reads the new term, not at the heal.
+        back = heal + float(ctx.notes.get("stepped_down_ms") or 0.0) / 1000
         obeyed = _obeyed(ctx)
         ctx.notes["terms_obeyed"] = {w: sorted({t for _ts, t in tl}) for w, tl in obeyed.items()}
         backwards = [
@@ -319,15 +463,18 @@ class PartitionBrokers(_BrokerCase):
             for (_x, b), (_y, a) in itertools.pairwise(tl)
             if a < b
         ]
-        split, what = _split_brain(obeyed, end)
+        # During the cut each side obeys its own leader; after the heal, one term.
+        healed = {w: [(max(ts, back), t) for ts, t in tl] for w, tl in obeyed.items()}
+        split, what = _split_brain(healed, end)
+        ok = not backwards and split <= TERM_HANDOVER_S
         out = [
             Check(
                 "one_leader_obeyed",
-                not backwards and split <= TERM_HANDOVER_S,
+                ok,
                 "every worker obeyed one leader's term at a time, never an older one after a "
-                f"newer, and no two workers different terms for over {TERM_HANDOVER_S} s "
+                f"newer, and all one term within {TERM_HANDOVER_S} s of the bridge's return "
                 f"(terms obeyed: {ctx.notes['terms_obeyed']})"
-                if not backwards and split <= TERM_HANDOVER_S
+                if ok
                 else "; ".join([*backwards, *([f"{split:.1f} s of {what}"] if what else [])]),
             )
         ]
@@ -346,9 +493,14 @@ class PartitionBrokers(_BrokerCase):
                 problems.append(f"broker {b.upper()}: {c.detail}")
             raw = snap.get(m.topics.coordinator_status)
             st = messages.decode(messages.CoordinatorStatus, raw) if raw else None
-            sides[b] = (st.coordinator, st.term) if st else None
+            sides[b] = (st.coordinator, st.state, st.term) if st else None
+        new = sorted(
+            _leaders(_recs(ctx), float(ctx.notes["mono_inject"])) - ctx.notes["leaders_before"]
+        )
         if sides["a"] != sides["b"]:
             problems.append(f"leaders retained differ: A {sides['a']}, B {sides['b']}")
+        elif len(new) != 1 or sides["a"] != (new[0][0], "leader", new[0][1]):
+            problems.append(f"retained {sides['a']}, expected B's new leader {new}")
         out.append(
             Check(
                 "one_term_after_heal",
@@ -358,18 +510,52 @@ class PartitionBrokers(_BrokerCase):
                 else "; ".join(problems),
             )
         )
-        fos = _failovers(ctx, fault.t_inject)
+        before = sorted(ctx.notes["leaders_before"])
+        ok = len(new) == 1 and new[0][0] == "c2"
+        out.append(
+            Check(
+                "one_leader_change",
+                ok,
+                f"B's standby took over once during the cut: {before} -> {new} in "
+                f"{ctx.notes.get('takeover_ms')} ms"
+                if ok
+                else f"new leader(s) {new} after {before}",
+            )
+        )
+        code = ctx.notes.get("old_leader_exit")
+        out.append(
+            Check(
+                "old_leader_stepped_down",
+                code == 0,
+                f"the old leader read the higher term and stepped down "
+                f"{ctx.notes.get('stepped_down_ms')} ms after the heal, as the bridge came back "
+                "(exit 0)"
+                if code == 0
+                else f"old leader: {code}",
+            )
+        )
+        logged = {c: _logged(ctx, c, "failover", fault.t_inject) for c in ("c1", "c2")}
+        cut = {c: [str(e.get("worker")) for e in ls if _at(e) < heal] for c, ls in logged.items()}
+        after = [
+            f"{c}: {e.get('worker')}" for c, ls in logged.items() for e in ls if _at(e) >= heal
+        ]
+        ctx.notes["failovers_by"] = cut
+        far = self._far_side(ctx, fault)
+        ok = sorted(cut["c1"]) == sorted(fault.targets) and sorted(cut["c2"]) == far and not after
         out.append(
             Check(
                 "expected_failovers",
-                sorted(fos) == sorted(fault.targets),
-                f"failovers: {fos or 'none'} (expected once each: {list(fault.targets)}, the "
-                "workers the leader could not hear; none after the heal)",
+                ok,
+                f"each leader failed over the workers it could not hear, once: {cut}; none "
+                "after the heal"
+                if ok
+                else f"during the cut {cut} (expected c1: {list(fault.targets)}, c2: {far}); "
+                f"after the heal: {after or 'none'}",
             )
         )
-        # The worker puts its birth back over the leader's obituary once the bridge is back;
-        # a leader that put the obituary back each time made them answer each other endlessly.
-        fights = {w: len(_logged(ctx, w, "birth_republished", heal)) for w in fault.targets}
+        # A worker puts its birth back over an obituary once the bridge is back; a leader
+        # that put the obituary back each time made them answer each other endlessly.
+        fights = {w: len(_logged(ctx, w, "birth_republished", heal)) for w in WORKERS}
         ctx.notes["births_reasserted"] = fights
         out.append(
             Check(
@@ -379,9 +565,8 @@ class PartitionBrokers(_BrokerCase):
                 f"{MAX_REASSERTS}: until the leader hears the worker again)",
             )
         )
-        single = check_single_serving(rec, APPS, heal, m.spec.fps)
+        single = check_single_serving(rec, APPS, back, m.spec.fps)
         out.append(replace(single, name="single_serving_after_heal"))
-        out.append(_leader_check(ctx, ctx.notes["leaders_before"], ctx.notes["mono_inject"]))
         return out
 
     def metrics(self, ctx: DrillContext, rec: Recording, fault: Fault) -> dict[str, Any]:
@@ -389,6 +574,9 @@ class PartitionBrokers(_BrokerCase):
         out = self._common_metrics(ctx, rec, fault, end)
         out["cut_s"] = round(end - fault.t_inject, 1)
         out["cut_off"] = list(fault.targets)
+        out["takeover_ms"] = ctx.notes.get("takeover_ms")
+        out["failovers_by"] = ctx.notes.get("failovers_by")
+        out["stepped_down_after_heal_ms"] = ctx.notes.get("stepped_down_ms")
         out["terms_obeyed"] = ctx.notes.get("terms_obeyed")
         out["rejoined_after_heal_ms"] = ctx.notes.get("rejoined_ms")
         out["births_reasserted"] = ctx.notes.get("births_reasserted")
@@ -468,5 +656,5 @@ class BrokerFlap(_BrokerCase):
 
 
 BROKER_CASES: dict[str, type[FaultCase]] = {
-    c.name: c for c in (KillBrokerNode, PartitionBrokers, BrokerFlap)
+    c.name: c for c in (KillBrokerNode, KillBrokerLeaderNode, PartitionBrokers, BrokerFlap)
 }

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from faillite.config import ConfigError, StrictModel, format_validation_error, load_yaml
 from faillite.topics import check_id
-from faillite.uplink_policy import DEFAULT_KINDS, FilterError, Kind, down_problem
+from faillite.uplink_policy import DEFAULT_KINDS, Kind, down_problem
 
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 Role = Literal["broker", "coordinator", "worker", "sensor"]
@@ -117,11 +117,7 @@ class UplinkSpec(StrictModel):
 
     @model_validator(mode="after")
     def _down(self) -> UplinkSpec:
-        try:
-            problem = down_problem(self.down, self.up)
-        except FilterError as exc:
-            raise ValueError(str(exc)) from exc
-        if problem is not None:
+        if (problem := down_problem(self.down, self.up)) is not None:
             raise ValueError(problem)
         if self.secret_file is not None and self.username is None:
             raise ValueError("uplink.secret_file is set without uplink.username")

@@ -1,7 +1,8 @@
 """The broker drills, short form, on a real pair of bridged Mosquitto brokers: the node of the
-active broker dies (KILL_BROKER_NODE), the bridge is cut and healed (PARTITION_BROKERS), the
-active broker flaps (BROKER_FLAP). Each keeps the invariants every case keeps and its own; each
-stops every process it started. With the embedded broker the pair cases refuse, saying why.
+active broker dies (KILL_BROKER_NODE; with the leader on it too: KILL_BROKER_LEADER_NODE), the
+bridge is cut and healed (PARTITION_BROKERS), the active broker flaps (BROKER_FLAP). Each keeps
+the invariants every case keeps and its own; each stops every process it started. With the
+embedded broker the pair cases refuse, saying why.
 """
 
 from __future__ import annotations
@@ -57,17 +58,43 @@ def test_kill_broker_node(tmp_path: Path, models_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def test_kill_broker_leader_node(tmp_path: Path, models_dir: Path) -> None:
+    """Broker A, the leader and the critical app's primary die together: B keeps the dead
+    leader's status, so only its missing beats tell the standby to take over."""
+    r = _run("KILL_BROKER_LEADER_NODE", "mosquitto", tmp_path, models_dir)
+    for name in (*EVERY_CASE, "results_within_bound", "expected_failovers"):
+        _check(r, name)
+    _check(r, "one_leader_change")
+    _check(r, "survivor_retains_new_leader")
+    _check(r, "survivor_retained_clean")
+    m = r["metrics"]
+    assert len(m["failovers"]) == 1 and m["leader_changes"] == 1, m
+    assert m["takeover_ms"] is not None and m["leader_silent_ms"] is not None, m
+    assert m["node"][:2] == ["broker a", "c1"], m
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_partition_brokers(tmp_path: Path, models_dir: Path) -> None:
+    """B's standby takes over during the cut; after the heal the higher term wins."""
     r = _run("PARTITION_BROKERS", "mosquitto", tmp_path, models_dir)
     for name in (*EVERY_CASE, "one_leader_obeyed", "one_term_after_heal", "expected_failovers"):
         _check(r, name)
-    _check(r, "single_serving_after_heal")
-    _check(r, "no_status_fight")
-    _check(r, "no_leader_change")
+    for name in (
+        "single_serving_after_heal",
+        "no_status_fight",
+        "one_leader_change",
+        "old_leader_stepped_down",
+    ):
+        _check(r, name)
     m = r["metrics"]
-    assert m["failovers"] == ["w2"] and m["leader_changes"] == 0, m
+    assert m["leader_changes"] == 1 and m["takeover_ms"] is not None, m
+    fos = m["failovers_by"]
+    assert fos["c1"] == ["w2"] and sorted(fos["c2"]) == ["w1", "w3"], m
     assert m["cut_off"] == ["w2"], m
-    assert all(m["terms_obeyed"][w] for w in ("w1", "w2", "w3")), m
+    # Every worker obeyed B's higher term in the end.
+    b_term = max(m["terms_seen"])
+    assert all(m["terms_obeyed"][w][-1] == b_term for w in ("w1", "w2", "w3")), m
 
 
 @pytest.mark.slow
@@ -85,7 +112,7 @@ def test_broker_flap(broker: str, tmp_path: Path, models_dir: Path) -> None:
 
 
 def test_pair_cases_refuse_the_embedded_broker_saying_why(tmp_path: Path) -> None:
-    for name in ("KILL_BROKER_NODE", "PARTITION_BROKERS"):
+    for name in ("KILL_BROKER_NODE", "KILL_BROKER_LEADER_NODE", "PARTITION_BROKERS"):
         why = BROKER_CASES[name]().why_not_on(DrillOptions(broker="amqtt"))
         assert why is not None and "needs --broker mosquitto" in why and "bridge" in why
         result = run_case(BROKER_CASES[name](), DrillOptions(), tmp_path, tmp_path)

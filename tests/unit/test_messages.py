@@ -94,6 +94,7 @@ def test_every_message_type_round_trips_with_defaults() -> None:
         ),
         m.Route("a", "w", "v", 1, 1, 1.0),
         m.CoordinatorStatus("c", "i", "leader", 1, 1.0),
+        m.CoordinatorBeat("c", "i", 1, 7, 1.0),
         m.Placement(1, 1, 1.0, (m.PlacementEntry("a", "w", "v", "primary"),)),
         m.Event("k", 1.0, "src", detail={"n": 1}),
     ]

@@ -85,3 +85,23 @@ def test_the_fight_over_a_status_is_bounded_while_the_worker_is_not_heard(sim: S
     out = sim.feed(WorkerBirth(sim.now, sim.ts, _birth(sim, w, birth_ts)))
     out += sim.run_until(lambda o: events(o, "worker_recovered"), 5.0, "the worker back")
     assert _obituaries(out) == []
+
+
+def test_another_leaders_obituary_of_a_worker_we_hear_is_no_death(sim: Sim) -> None:
+    """Both sides of a cut bridge led: the far side's leader judged our worker silent. After the
+    heal its obituary reaches us while we hear the worker: a stale judgement, not a death."""
+    w = sim.route("a1").worker
+    m = sim.core.membership.get(w)
+    assert m is not None
+    sim.run(0.5)
+    obit = messages.WorkerStatus(
+        worker=w, incarnation=m.incarnation, state="offline", ts=sim.ts, reason="silent"
+    )
+    out = sim.feed(WorkerOffline(sim.now, sim.ts, obit))
+    assert events(out, "failure_detected") == [] and events(out, "failover") == []
+    assert [e.detail["reason"] for e in events(out, "stale_offline_ignored")] == ["silent"]
+    # A last-will is the worker's own word: still a death.
+    will = messages.WorkerStatus(
+        worker=w, incarnation=m.incarnation, state="offline", ts=m.birth_ts, reason="lost"
+    )
+    assert events(sim.feed(WorkerOffline(sim.now, sim.ts, will)), "failure_detected")

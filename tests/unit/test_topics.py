@@ -74,6 +74,7 @@ def test_builders_and_parse_agree() -> None:
         t.app_results("det", "w1"): ("app_results", {"app": "det", "worker": "w1"}),
         t.app_route("det"): ("app_route", {"app": "det"}),
         t.coordinator_status: ("coordinator_status", {}),
+        t.coordinator_beat: ("coordinator_beat", {}),
         t.placement: ("placement", {}),
         t.events: ("events", {}),
         t.sensor_status("cam1"): ("sensor_status", {"sensor": "cam1"}),
