@@ -129,6 +129,10 @@ class Leadership:
         """``live``: the status arrived as it was written, not replayed from the retained
         store."""
         if st.incarnation == self.incarnation:
+            if self.term and not self.deposed and st.state != "leader":
+                # Our own last-will, of a connection to a broker we have left (a broker that
+                # stored it and comes back, or a cluster node's survivors publishing it late).
+                return "restore"
             return None
         if self.coordinators and st.coordinator not in self.coordinators:
             return "foreign"

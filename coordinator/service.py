@@ -511,8 +511,8 @@ class CoordinatorService:
     def _republish(self) -> None:
         # Brokers can lose retained state on restart: after every reconnect, publish it again.
         # Requests coalesce: one resend waiting is enough (forged input may come in floods).
-        if not self.leadership.term:
-            return
+        if not self.leadership.term or self._stop.is_set():
+            return  # stopping: our goodbye comes back to us, and stays
         with self._resend_lock:
             if self._resend_queued:
                 return

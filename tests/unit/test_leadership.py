@@ -51,6 +51,18 @@ def test_late_last_will_of_a_predecessor_is_put_right() -> None:
     )
 
 
+def test_our_own_late_last_will_is_put_right_while_we_lead() -> None:
+    # The will of a connection to a broker we left, handed over late (a broker that stored it
+    # came back; a cluster's survivors publishing a dead node's wills): our status goes back.
+    ld = Leadership("c1", "me", "planner")
+    assert ld.on_status(_status("c1", "me", "offline", 0)) is None  # not leading yet
+    ld.acquire()
+    assert ld.on_status(_status("c1", "me", "offline", 1)) == "restore"
+    assert ld.on_status(_status("c1", "me", "leader", 1)) is None
+    ld.on_status(_status("c2", "other", "leader", 2))  # deposed: the topic is c2's now
+    assert ld.on_status(_status("c1", "me", "offline", 1)) is None
+
+
 def test_placements_of_other_terms_are_inherited() -> None:
     ld = Leadership("c1", "me", "static")
     old = messages.Placement(term=3, generation=4, ts=0.0)
