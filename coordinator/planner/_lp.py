@@ -16,9 +16,11 @@ which equals the full LP's optimum once pricing finds nothing more to add.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -134,15 +136,33 @@ def _build(c: Cands, fams: list[RowFamily], aux: AuxColumns | None, J: IArr) -> 
     return _Built(A, np.concatenate(b_parts), n, aux_ub, apps.astype(np.int64), fam_rows)
 
 
+# One solve at a time per process; at exit, the solve in flight is waited for (this long at
+# most) and HiGHS's worker threads are stopped. Left running, their C++ thread objects are
+# destroyed at exit while joinable: std::terminate, SIGABRT (a plan on a daemon thread when a
+# role is stopped).
+_SOLVING = threading.Lock()
+EXIT_WAIT_S = 10.0
+
+
+def _stop_highs_at_exit() -> None:
+    if not _SOLVING.acquire(timeout=EXIT_WAIT_S):
+        return
+    # Never released: a planner thread that starts another solve now waits out the exit.
+    import highspy
+
+    highspy.Highs.resetGlobalScheduler(True)
+
+
 @functools.cache
 def _swallow_highs_banner() -> None:
     """HiGHS prints a copyright banner on stdout (not through its logger) the first time a
     solver is made in a process, which would break JSON-lines logs: make that first one
-    with stdout pointed at /dev/null."""
+    with stdout pointed at /dev/null. Also where its threads get stopped at exit."""
     try:
         import highspy
     except ImportError:
         return
+    atexit.register(_stop_highs_at_exit)
     sys.stdout.flush()
     saved = os.dup(1)
     null = os.open(os.devnull, os.O_WRONLY)
@@ -185,7 +205,7 @@ def _solve(
         opts["mip_rel_gap"] = 1e-6
     _swallow_highs_banner()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _SOLVING:
             # "Solution may be inaccurate": the status says so, and the caller reads it.
             warnings.simplefilter("ignore", UserWarning)
             prob.solve(solver=cp.HIGHS, **opts)  # type: ignore[no-untyped-call]
