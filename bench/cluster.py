@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.cluster import engine_problem, engine_version, start_cluster
+from broker.cluster import engine_problem, engine_version
 from faillite.catalog import load_catalog
 from faillite.config import BrokerConfig, packaged_config
 from faillite.models.build import build_models
-from field_kit.cluster_mesh import ClusterMesh, start_cluster_mesh
+from field_kit.cluster_mesh import ClusterMesh, start_cluster_mesh, start_secure_cluster
 from field_kit.drill.broker_switch import logged_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     def run(where: Path, case: Any, reps: range) -> None:
-        with start_cluster("aedes", where / "cluster", 3) as cluster:
+        # The supported form: accounts and the mesh's ACL on every node.
+        with start_secure_cluster("aedes", where, 3) as cluster:
             m = start_cluster_mesh(
                 cluster, where / "mesh", args.models_dir, BrokerConfig(keepalive_s=2), fps=args.fps
             )

@@ -2,10 +2,15 @@
 ``bench/cluster.py``.
 
 The mesh is the one of :func:`field_kit.drill.broker_switch.pair_mesh` (planner coordinator,
-two CPU workers with 100 ms heartbeats, one camera, one critical app ``a1``). Each role gets
+two CPU workers with 200 ms heartbeats, one camera, one critical app ``a1``). Each role gets
 its own copy of the mesh config whose broker section names a different first node, the
 others following as fallbacks (:meth:`broker.cluster.Cluster.broker_config`), so the roles
 talk to each other across nodes and a node's death moves only its own clients.
+
+:func:`start_secure_cluster` starts the cluster the supported way: every device of this mesh
+with its own account (:func:`faillite.accounts.provision`), the nodes enforcing the accounts and
+the mesh's ACL (:data:`IDENTITIES`, :data:`SCOPE`); the roles then get the secrets folder
+through :meth:`~broker.cluster.Cluster.broker_config`.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
-from broker.cluster import Cluster, ClusterNode
+from broker.cluster import Cluster, ClusterNode, start_cluster
 from faillite.config import BrokerConfig
+from faillite.identity import AclScope, Identity
+from faillite.topics import Role
 
 if TYPE_CHECKING:
     from faillite import messages
@@ -33,6 +40,33 @@ APP: Final = "a1"
 # the coordinator: the nodes of the workers can die without cutting the observer off.
 FIRST_NODE: Final = {"coord": 0, "w1": 1, "w2": 2, "cam1": 1, "recorder": 0}
 ROLES: Final = {"coord": "coordinator", "w1": "worker", "w2": "worker", "cam1": "sensor"}
+# Every account the mesh uses: its devices, the coordinator (``main``) and the recorder (an
+# admin, as on the bridged pair); the ACL names its workers and its app.
+IDENTITIES: Final = (
+    Identity(MESH, Role.COORDINATOR, "main"),
+    Identity(MESH, Role.WORKER, "w1"),
+    Identity(MESH, Role.WORKER, "w2"),
+    Identity(MESH, Role.SENSOR, "cam1"),
+    Identity(MESH, Role.ADMIN, "recorder"),
+)
+SCOPE: Final = AclScope.of(("w1", "w2"), (APP,))
+
+
+def start_secure_cluster(
+    engine: str, workdir: Path, nodes: int = 3, security: BrokerConfig | None = None
+) -> Cluster:
+    """A cluster of ``engine`` in ``workdir / "cluster"`` with this mesh's accounts and ACL:
+    one account per :data:`IDENTITIES` (password file and secrets under
+    ``workdir / "accounts"``), with ``security``'s other settings (TLS, login delays)."""
+    from faillite.accounts import provision
+
+    accounts = workdir / "accounts"
+    passwd, secrets = accounts / "passwd", accounts / "secrets"
+    provision(passwd, secrets, IDENTITIES)
+    sec = (security or BrokerConfig()).model_copy(
+        update={"password_file": passwd, "secrets_dir": secrets}
+    )
+    return start_cluster(engine, workdir / "cluster", nodes, security=sec, mesh=MESH, scope=SCOPE)
 
 
 @dataclass
@@ -154,11 +188,15 @@ class ClusterMesh:
             self.rec.stop()
 
 
+HEARTBEAT_INTERVAL_S = 0.2
+
+
 def start_cluster_mesh(
     cluster: Cluster, workdir: Path, models_dir: Path, base: BrokerConfig, *, fps: float = 10.0
 ) -> ClusterMesh:
     """The mesh on ``cluster``, each role on its own first node (:data:`FIRST_NODE`), with
-    ``base``'s client settings (keepalive, accounts); files and logs under ``workdir``."""
+    ``base``'s client settings (keepalive), and the cluster's accounts and TLS where ``base``
+    has none; files and logs under ``workdir``."""
     from faillite.config import load_mesh_config
     from field_kit.drill.broker_switch import pair_mesh
     from field_kit.procs import ProcessGroup
@@ -166,6 +204,11 @@ def start_cluster_mesh(
 
     workdir.mkdir(parents=True, exist_ok=True)
     doc = pair_mesh(MESH, cluster.broker_config(base), models_dir, fps)
+    # A node's death is, to the leader on another node, its workers' silence while they move
+    # (150-300 ms): heartbeats every 0.2 s put the shortest silence judged (2.5 intervals)
+    # past that. Crashed workers are still found at once, by the will the cluster publishes.
+    for w in doc["workers"]:
+        w["heartbeat_interval_s"] = HEARTBEAT_INTERVAL_S
     configs: dict[str, Path] = {}
     for name, first in FIRST_NODE.items():
         mine = copy.deepcopy(doc)

@@ -16,6 +16,18 @@ No clustering of our own: this writes each engine's configuration and starts its
 - ``rabbitmq`` (measured, not supported: see docs/brokers.md): RabbitMQ 3.10 nodes with the
   MQTT plugin, joined into one Erlang cluster (``apt-get install rabbitmq-server``).
 
+Security (``aedes`` only): :func:`start_cluster` takes the mesh's broker settings
+(``security``, a :class:`~faillite.config.BrokerConfig`) and gives every node the same
+defences as the mesh's other brokers, from the same sources of truth: the accounts of
+``password_file`` (``faillite accounts``: Mosquitto ``$7$`` hashes, verified by each node; a
+client id must be its username; no anonymous client), the per-identity rules of
+:func:`faillite.identity.identity_acl` (written to ``acl.json`` by :func:`render_acl_json`,
+enforced on every publish, subscribe and delivery as :mod:`broker._acl` does), failed logins
+slowed down per source address (``login_delay_s``), and TLS with the mesh's server
+certificate (``tls.server``; client certificates are not supported on the cluster). The
+cluster's Redis always requires a random password (``requirepass``, in a 0600 file; the nodes
+get it through their environment) and listens on loopback only.
+
 Each cluster runs in its own work folder (configs, data, logs), on loopback ports of its
 own, and its processes in their own session, so :meth:`Cluster.stop` leaves nothing behind
 (RabbitMQ's ``epmd`` included: each cluster starts its own on a port of its own). Clients
@@ -24,25 +36,32 @@ fallbacks, which is how the mesh's roles spread over the nodes.
 
 Operators::
 
-    python -m broker.cluster --engine aedes --nodes 3 --workdir /var/lib/faillite/cluster
+    python -m broker.cluster --engine aedes --nodes 3 --workdir /var/lib/faillite/cluster \
+        --config mesh.yaml     # the mesh's accounts, ACL and TLS (broker section)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from faillite.config import BrokerAddress, BrokerConfig
+from faillite.accounts import AccountsError, list_accounts, mesh_identities
+from faillite.config import BrokerAddress, BrokerConfig, TlsConfig, is_loopback
+from faillite.identity import AclScope, Identity, acl_scope, identity_acl
+from faillite.topics import Access, check_id
 
 ENGINES: Final = ("aedes", "aedes-raw", "rabbitmq")
 HOST: Final = "127.0.0.1"
@@ -60,6 +79,33 @@ class ClusterError(RuntimeError):
     """A cluster did not come up (the message carries the failing node's output)."""
 
 
+_READS: Final = (Access.READ, Access.READWRITE)
+_WRITES: Final = (Access.WRITE, Access.READWRITE)
+
+
+def render_acl_json(
+    mesh: str, identities: Iterable[Identity], scope: AclScope | None, *, acl: bool = True
+) -> str:
+    """The Aedes nodes' ACL file: every username of ``identities`` (its name and its probe
+    name, as :func:`broker.mosquitto.render_acl`) with its read and write filters from
+    :func:`faillite.identity.identity_acl`. A username not in it is no identity of the mesh and
+    is refused, as are other meshes' identities (left out); ``acl`` False: its identities get
+    in unrestricted (``BrokerConfig.acl``)."""
+    check_id("mesh", mesh)
+    users: dict[str, dict[str, list[str]]] = {}
+    for identity in sorted(set(identities), key=lambda i: i.name):
+        if identity.mesh != mesh:
+            continue  # refused, as the embedded broker refuses another mesh's account
+        rules = identity_acl(identity, scope)
+        entry = {
+            "read": [f for a, f in rules if a in _READS],
+            "write": [f for a, f in rules if a in _WRITES],
+        }
+        for user in identity.usernames:
+            users[user] = entry
+    return json.dumps({"mesh": mesh, "acl": acl, "users": users}, indent=1, sort_keys=True) + "\n"
+
+
 def _free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports (all held open while they are picked)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
@@ -72,12 +118,17 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _accepts(port: int) -> bool:
+def _accepts(port: int, host: str = HOST) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=0.3):
+        with socket.create_connection((_reach(host), port), timeout=0.3):
             return True
     except OSError:
         return False
+
+
+def _reach(host: str) -> str:
+    """The address to reach a listener bound to ``host`` from this machine."""
+    return HOST if host in ("", "0.0.0.0", "::") else host
 
 
 def aedes_modules() -> Path:
@@ -176,6 +227,8 @@ class Cluster:
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
     _env: dict[str, str] = field(default_factory=dict)
+    # The nodes' accounts, ACL and TLS (None: an open mesh on loopback).
+    security: BrokerConfig | None = None
 
     def __enter__(self) -> Cluster:
         return self
@@ -183,16 +236,27 @@ class Cluster:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def broker_config(self, base: BrokerConfig, first: int = 0) -> BrokerConfig:
-        """``base`` pointed at node ``first``, the other nodes as its fallbacks in order."""
+    def broker_config(self, base: BrokerConfig | None = None, first: int = 0) -> BrokerConfig:
+        """``base`` (default: the cluster's own settings) pointed at node ``first``, the other
+        nodes as its fallbacks in order. Where the cluster has accounts or TLS, what ``base``
+        leaves unset comes from the cluster's settings: the secrets folder, and the mesh CA to
+        verify the nodes with (never the nodes' own certificate and key)."""
         order = self.nodes[first:] + self.nodes[:first]
-        return base.model_copy(
-            update={
-                "host": order[0].host,
-                "port": order[0].port,
-                "fallbacks": tuple(n.address for n in order[1:]),
-            }
-        )
+        base = base if base is not None else BrokerConfig()
+        update: dict[str, object] = {
+            "host": _reach(order[0].host),
+            "port": order[0].port,
+            "fallbacks": tuple(BrokerAddress(host=_reach(n.host), port=n.port) for n in order[1:]),
+        }
+        sec = self.security
+        if sec is not None:
+            if base.password_file is None and sec.password_file is not None:
+                update["password_file"] = sec.password_file
+            if base.secrets_dir is None and sec.secrets_dir is not None:
+                update["secrets_dir"] = sec.secrets_dir
+            if base.tls is None and sec.tls is not None:
+                update["tls"] = TlsConfig(ca_certs=sec.tls.ca_certs)
+        return base.model_copy(update=update)
 
     def restart(self, node: ClusterNode) -> None:
         """Start a killed node again: same id, port and data (it rejoins the cluster)."""
@@ -202,7 +266,9 @@ class Cluster:
             node.pid_file.unlink(missing_ok=True)
         node.proc = self._spawn(node.argv, node.log_path, node.env)
         node.killed = False
-        self._await(node.port, node.proc, f"{self.engine} node {node.name}", node.log_path)
+        self._await(
+            node.port, node.proc, f"{self.engine} node {node.name}", node.log_path, node.host
+        )
 
     def node_at(self, host: str, port: int) -> ClusterNode:
         return next(n for n in self.nodes if (n.host, n.port) == (host, port))
@@ -246,10 +312,12 @@ class Cluster:
             cwd=self.workdir,
         )
 
-    def _await(self, port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    def _await(
+        self, port: int, proc: subprocess.Popen[bytes], what: str, log: Path, host: str = HOST
+    ) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if _accepts(port):
+            if _accepts(port, host):
                 return
             if proc.poll() is not None:
                 break
@@ -258,23 +326,79 @@ class Cluster:
         raise ClusterError(f"{what} did not come up on port {port}:\n{tail}")
 
 
-def start_cluster(engine: str, workdir: Path, nodes: int = 3) -> Cluster:
+def _security_problem(
+    engine: str, security: BrokerConfig | None, mesh: str | None, host: str
+) -> str | None:
+    """Why the cluster cannot run with these settings, or None."""
+    if (security is None or not security.accounts) and not is_loopback(host):
+        return (
+            f"refusing to listen on {host}: the cluster has no accounts, so anyone who can "
+            "reach that address could use it; give it the mesh's password_file, or 127.0.0.1"
+        )
+    if security is None or not (security.accounts or security.tls is not None):
+        return None
+    if engine not in ("aedes", "aedes-raw"):
+        return f"{engine}: the launcher gives it no accounts, ACL or TLS (aedes does)"
+    if security.client_certificates:
+        return (
+            "client certificates (tls.server.require_client_certificate) are not supported on "
+            "the Aedes cluster: use accounts (password_file), with TLS"
+        )
+    if security.tls is not None and security.tls.server is None:
+        return (
+            "broker.tls is set but broker.tls.server is not: the nodes need the server's "
+            "certificate and key (faillite pki server)"
+        )
+    if security.password_file is not None and mesh is None:
+        return "accounts need the mesh id (mesh=...): the ACL names the mesh's identities"
+    return None
+
+
+def start_cluster(
+    engine: str,
+    workdir: Path,
+    nodes: int = 3,
+    *,
+    security: BrokerConfig | None = None,
+    mesh: str | None = None,
+    scope: AclScope | None = None,
+    identities: Iterable[Identity] | None = None,
+    host: str = HOST,
+) -> Cluster:
     """Start an ``nodes``-node cluster of ``engine`` in ``workdir`` (created), ready to use;
-    on failure, whatever was started is stopped."""
-    problem = engine_problem(engine)
+    on failure, whatever was started is stopped.
+
+    ``security``: the mesh's broker settings (``password_file``, ``acl``, ``login_delay_s``,
+    ``login_delay_max_s``, ``tls``), enforced by every node. The ACL covers ``identities``
+    of ``mesh`` (default: the accounts of ``password_file``), with ``scope``'s workers and
+    apps (:func:`faillite.identity.acl_scope`). ``host``: the nodes' listening address
+    (anything but loopback only with accounts)."""
+    problem = engine_problem(engine) or _security_problem(engine, security, mesh, host)
     if problem is not None:
         raise ClusterError(problem)
+    acl_json: str | None = None
+    if security is not None and security.password_file is not None and mesh is not None:
+        try:
+            ids = (
+                list(identities)
+                if identities is not None
+                else list_accounts(security.password_file)
+            )
+        except AccountsError as exc:
+            raise ClusterError(str(exc)) from exc
+        acl_json = render_acl_json(mesh, ids, scope, acl=security.acl)
     for attempt in range(START_ATTEMPTS):
         # Ports are picked free, then taken by the engine: another process may take one in
         # between (a node then fails with eaddrinuse); the next attempt picks others.
         where = workdir.resolve() / f"try{attempt}" if attempt else workdir.resolve()
         where.mkdir(parents=True, exist_ok=True)
-        cluster = Cluster(engine, where)
+        cluster = Cluster(engine, where, security=security)
         try:
             if engine == "rabbitmq":
                 _start_rabbitmq(cluster, nodes)
             else:
-                _start_aedes(cluster, nodes, raw=engine == "aedes-raw")
+                _start_aedes(cluster, nodes, raw=engine == "aedes-raw", acl_json=acl_json,
+                             host=host)  # fmt: skip
         except ClusterError:
             cluster.stop()
             if attempt + 1 == START_ATTEMPTS:
@@ -287,29 +411,62 @@ def start_cluster(engine: str, workdir: Path, nodes: int = 3) -> Cluster:
     raise AssertionError("unreachable")
 
 
-def _start_aedes(c: Cluster, n: int, *, raw: bool) -> None:
+def _write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def _security_args(c: Cluster, acl_json: str | None) -> list[str]:
+    """The nodes' flags for the cluster's accounts, ACL and TLS (none for an open mesh)."""
+    sec = c.security
+    if sec is None:
+        return []
+    args: list[str] = []
+    if sec.password_file is not None and acl_json is not None:
+        acl = _write_private(c.workdir / "acl.json", acl_json)
+        args += ["--password-file", str(sec.password_file.absolute()), "--acl-file", str(acl),
+                 "--login-delay-ms", str(round(sec.login_delay_s * 1000)),
+                 "--login-delay-max-ms", str(round(sec.login_delay_max_s * 1000))]  # fmt: skip
+    if sec.tls is not None and sec.tls.server is not None:
+        args += ["--cert", str(sec.tls.server.certfile.absolute()),
+                 "--key", str(sec.tls.server.keyfile.absolute()),
+                 "--ca", str(sec.tls.ca_certs.absolute())]  # fmt: skip
+    return args
+
+
+def _start_aedes(
+    c: Cluster, n: int, *, raw: bool, acl_json: str | None = None, host: str = HOST
+) -> None:
     redis_port, *ports = _free_ports(n + 1)
     (c.workdir / "redis").mkdir(exist_ok=True)
+    # Redis carries every node's messages and sessions: loopback only, and a password (in a
+    # 0600 file, not on a command line other users can read).
+    password = secrets.token_urlsafe(32)
+    conf = _write_private(c.workdir / "redis.conf", f"requirepass {password}\n")
     log = c.workdir / "redis.log"
     redis = c._spawn(
-        ["redis-server", "--bind", HOST, "--port", str(redis_port), "--save", "",
-         "--appendonly", "no", "--dir", str(c.workdir / "redis"), "--protected-mode", "no"],
+        ["redis-server", str(conf), "--bind", HOST, "--port", str(redis_port), "--save", "",
+         "--appendonly", "no", "--dir", str(c.workdir / "redis"), "--protected-mode", "yes"],
         log,
     )  # fmt: skip
     c.helpers.append(redis)
     c._await(redis_port, redis, "redis-server", log)
     script = AEDES_DIR / "node.mjs"
     peers = ",".join(f"aedes{i}" for i in range(1, n + 1))
+    env = {"FAILLITE_REDIS_PASSWORD": password}
+    security = _security_args(c, acl_json)
     for i in range(1, n + 1):
         port, log = ports[i - 1], c.workdir / f"aedes{i}.log"
-        argv = ["node", str(script), "--id", f"aedes{i}", "--host", HOST, "--port", str(port),
+        argv = ["node", str(script), "--id", f"aedes{i}", "--host", host, "--port", str(port),
                 "--redis-port", str(redis_port), "--heartbeat-ms", str(AEDES_HEARTBEAT_MS),
-                "--peers", peers, "--modules", str(aedes_modules()),
+                "--peers", peers, "--modules", str(aedes_modules()), *security,
                 *(["--raw"] if raw else [])]  # fmt: skip
-        proc = c._spawn(argv, log)
-        c.nodes.append(ClusterNode(f"aedes{i}", port, proc, log, argv=argv))
+        proc = c._spawn(argv, log, env)
+        c.nodes.append(ClusterNode(f"aedes{i}", port, proc, log, host=host, argv=argv, env=env))
     for node in c.nodes:
-        c._await(node.port, node.proc, f"aedes node {node.name}", node.log_path)
+        c._await(node.port, node.proc, f"aedes node {node.name}", node.log_path, node.host)
 
 
 def _rabbitmq_env(c: Cluster, name: str, amqp: int, dist: int) -> dict[str, str]:
@@ -392,17 +549,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=ENGINES, default="aedes")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument(
+        "--config",
+        "-c",
+        help="mesh config: its broker section's accounts, ACL and TLS are enforced by the nodes",
+    )
+    p.add_argument("--host", default=HOST, help="the nodes' address (not loopback: accounts)")
     args = p.parse_args(argv)
+    cfg = None
+    if args.config:
+        from faillite.config import load_mesh_config
+
+        cfg = load_mesh_config(args.config)
+    pw = cfg.broker.password_file if cfg is not None else None
     stop_on = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_on)  # taken by sigwait below, not raised
-    cluster = start_cluster(args.engine, args.workdir, args.nodes)
+    cluster = start_cluster(
+        args.engine,
+        args.workdir,
+        args.nodes,
+        host=args.host,
+        security=cfg.broker if cfg is not None else None,
+        mesh=cfg.mesh if cfg is not None else None,
+        scope=acl_scope(cfg) if cfg is not None else None,
+        identities=mesh_identities(cfg) if cfg is not None and not (pw and pw.exists()) else None,
+    )
     try:
         print(engine_version(args.engine))
         for node in cluster.nodes:
             print(f"{node.name} mqtt://{node.host}:{node.port} (log {node.log_path})")
         print("broker.host/port and fallbacks for the mesh config:")
         print(cluster.broker_config(BrokerConfig()).model_dump_json(include={"host", "port",
-              "fallbacks"}))  # fmt: skip
+              "fallbacks", "tls"}))  # fmt: skip
         signal.sigwait(stop_on)
     finally:
         cluster.stop()

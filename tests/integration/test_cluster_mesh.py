@@ -2,8 +2,9 @@
 
 Aedes nodes share one Redis (:mod:`broker.cluster`); the roles are spread over the nodes (the
 coordinator and the observer on node 1, worker w1 and the camera on node 2, worker w2 on
-node 3), each listing the other nodes as fallbacks, in an open mesh on loopback (Aedes is
-given no accounts or ACL: a limit, docs/brokers.md). Checked:
+node 3), each listing the other nodes as fallbacks. The supported way: every role with its
+own account, the nodes enforcing the accounts and the mesh's ACL
+(:func:`field_kit.cluster_mesh.start_secure_cluster`). Checked:
 
 - KILL_PRIMARY: the critical app's primary worker is SIGKILLed; its last-will, published by
   its node, reaches the coordinator on another node: exactly one failover, to the warm
@@ -24,9 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.cluster import Cluster, engine_problem, start_cluster
+from broker.cluster import Cluster, engine_problem
 from faillite.config import BrokerConfig
-from field_kit.cluster_mesh import FIRST_NODE, ClusterMesh, start_cluster_mesh
+from field_kit.cluster_mesh import (
+    FIRST_NODE,
+    ClusterMesh,
+    start_cluster_mesh,
+    start_secure_cluster,
+)
 from field_kit.drill.broker_switch import logged_events
 
 pytestmark = pytest.mark.slow
@@ -39,7 +45,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     problem = engine_problem(ENGINE)
     if problem is not None:
         pytest.skip(f"{ENGINE}: {problem}")
-    with start_cluster(ENGINE, tmp_path / "cluster", 3) as c:
+    with start_secure_cluster(ENGINE, tmp_path, 3) as c:
+        assert c.security is not None and c.security.password_file is not None
         yield c
 
 
