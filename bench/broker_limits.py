@@ -38,8 +38,10 @@ from typing import Any
 
 import orjson
 
+from coordinator.membership import LINK_MARGIN
 from field_kit.brokers import BROKER_KINDS, BrokerLauncher, BrokerUnavailableError
 from field_kit.loadgen import (
+    HEARTBEAT_INTERVAL_S,
     LATENCY_P99_MS,
     Limits,
     Load,
@@ -215,7 +217,7 @@ def plot(results: list[tuple[str, RampResult]], path: Path) -> bool:
         title="Frames: latency until the first limit",
     )
     ax1.legend(fontsize=7)
-    ax2.axhline(150, color="grey", ls="--", lw=1)
+    ax2.axhline(LINK_MARGIN * HEARTBEAT_INTERVAL_S * 1000.0, color="grey", ls="--", lw=1)
     ax2.set(
         xscale="log",
         yscale="log",

@@ -24,9 +24,10 @@ from typing import Any
 
 import orjson
 
+from field_kit.brokers import mosquitto_binary
 from field_kit.drill.netns import Impairment, root_problem
 from field_kit.procs import wait_until
-from field_kit.uplink_rig import MESH, RearRig, RigSettings, mosquitto, read_records
+from field_kit.uplink_rig import MESH, RearRig, RigSettings, read_records
 
 PREFIX = f"rear/{MESH}"
 STATUS = f"{PREFIX}/uplink/rear/status"
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss-pct", type=float, default=2.0)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
-    problem = root_problem() or (None if mosquitto() else "mosquitto is not installed")
+    problem = root_problem() or (None if mosquitto_binary() else "mosquitto is not installed")
     if problem is not None:
         print(f"bench/uplink.py: {problem}", file=sys.stderr)
         return 2

@@ -619,8 +619,9 @@ class StandbyWatch:
         self.verifier: Verifier | None = (
             load_signer(signing, mesh.mesh).verifier if signing is not None else None
         )
-        self._topic = Topics(mesh.mesh).coordinator_status
-        self._beat_topic = Topics(mesh.mesh).coordinator_beat
+        topics = Topics(mesh.mesh)
+        self._topic = topics.coordinator_status
+        self._beat_topic = topics.coordinator_beat
         self._quiet = _Quiet()
         self._cond = threading.Condition()
         self.beats = Beats()

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import getpass
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from faillite.config import BrokerConfig, TlsConfig
 from faillite.identity import AclScope, Identity
 from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role
+from field_kit.brokers import mosquitto_binary
 from field_kit.drill.netns import Impairment, Lan
 
 MESH: Final = "kit1"
@@ -59,12 +59,6 @@ class RigSettings:
     max_down_bytes: int = 1024
     status_interval_s: float = 1.0
     rear_tls: bool = True  # the rear broker on TLS with the rear site's own CA
-
-
-def mosquitto() -> str | None:
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
 
 
 class RearRig:
@@ -159,7 +153,7 @@ class RearRig:
         self._broker("rear", conf)
 
     def _broker(self, node: str, conf: Path) -> None:
-        binary = mosquitto()
+        binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto not installed (apt-get install mosquitto)")
         log_path = self.dir / f"{node}-broker.log"

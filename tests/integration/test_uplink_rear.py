@@ -23,9 +23,10 @@ from typing import Any
 import orjson
 import pytest
 
+from field_kit.brokers import mosquitto_binary
 from field_kit.drill.netns import Impairment, root_problem
 from field_kit.procs import wait_until
-from field_kit.uplink_rig import MESH, RearRig, RigSettings, mosquitto, read_records
+from field_kit.uplink_rig import MESH, RearRig, RigSettings, read_records
 
 PREFIX = f"rear/{MESH}"
 STATUS = f"{PREFIX}/uplink/rear/status"
@@ -41,7 +42,7 @@ def rig(tmp_path: Path) -> Iterator[RearRig]:
     problem = root_problem()
     if problem is not None:
         pytest.skip(problem)
-    if mosquitto() is None:
+    if mosquitto_binary() is None:
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
     settings = RigSettings(
         impairment=Impairment(delay_ms=20, jitter_ms=10, loss_pct=1.0),
