@@ -236,7 +236,12 @@ class CoordinatorCore:
                 for app, v in (load.warm if load else ())
                 if app in serving and serving[app].server != w.id
             )
-            warm = {v for _app, v in load.warm} if load else set()
+            hot = tuple(
+                messages.Serve(app, self.mesh.app(app).sensor, v)
+                for app, v in (load.hot if load else ())
+                if app in serving and serving[app].server != w.id
+            )
+            warm = {v for _app, v in (*load.hot, *load.warm)} if load else set()
             warm |= s.extra_warm.get(w.id, set())
             warm -= {x.variant for x in serve}
             # A static plan is published as written: what to serve, nothing else.
@@ -249,6 +254,7 @@ class CoordinatorCore:
                         warm=tuple(sorted(warm)),
                         disk=tuple(sorted(disk)),
                         standby=standby,
+                        hot=hot,
                     ),
                 )
             )

@@ -26,6 +26,7 @@ class WorkerPlan:
     warm: tuple[str, ...] = ()
     disk: tuple[str, ...] = ()
     standby: tuple[messages.Serve, ...] = ()
+    hot: tuple[messages.Serve, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

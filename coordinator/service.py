@@ -483,6 +483,7 @@ class CoordinatorService:
                 warm=wp.warm,
                 disk=wp.disk,
                 standby=wp.standby,
+                hot=wp.hot,
             )
             c.publish(topic, messages.encode(self._sign(topic, a)), qos=1, retain=True)
 

@@ -248,6 +248,11 @@ class AppConfig(StrictModel):
     slo_ms: float = Field(default=200.0, gt=0)
     weight: float = Field(default=1.0, gt=0)
     critical: bool = False
+    # Hot protection, for the most critical apps: the backup runs every frame too (its compute
+    # is spent all the time, and priced so by the planner) and publishes only once promoted,
+    # so a crash costs detection and one message, not a frame wait and an inference. Implies
+    # critical: where no server has the compute, the backup is warm.
+    hot: bool = False
 
     @field_validator("id")
     @classmethod
@@ -280,10 +285,26 @@ def backend_section(data: Any) -> BackendSection:
     return section
 
 
+class BatchingConfig(StrictModel):
+    """``batching:`` of a worker: frames of apps that share a variant run as one batch.
+
+    ``max_batch``: the most frames in one inference call (a model that takes a fixed batch of
+    1 runs them one by one). ``max_wait_ms``: how long a batch that is not full waits for more
+    frames (0: never wait; take what is queued). ``preprocess_threads``: threads decoding and
+    preprocessing frames while the previous batch infers."""
+
+    max_batch: int = Field(default=8, ge=1, le=256)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    preprocess_threads: int = Field(default=2, ge=1, le=64)
+
+
 class WorkerConfig(StrictModel):
     id: Id
     device_class: str = "cpu"
     memory_mb: float = Field(default=2048.0, gt=0)
+    # The GPU memory the mesh may use on this worker, MB. Set, the planner places by it (and
+    # by the variants' measured gpu_memory_mb) instead of host memory: a GPU worker.
+    gpu_memory_mb: float | None = Field(default=None, gt=0)
     compute_budget: float = Field(default=1.0, gt=0)  # share of the device inference may use
     disk_mb: float = Field(default=10_000.0, gt=0)
     failure_domain: str | None = None
@@ -293,6 +314,7 @@ class WorkerConfig(StrictModel):
     queue_size: int = Field(default=2, ge=1, le=64)
     heartbeat_interval_s: float = Field(default=0.1, gt=0, le=60)
     models_dir: Path | None = None
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
     @field_validator("id")
     @classmethod

@@ -143,6 +143,9 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
                 (Access.READWRITE, t.worker_status(me)),
                 (Access.READWRITE, t.worker_heartbeat(me)),
                 *((Access.WRITE, _results(t, app, me)) for app in apps),
+                # A hot backup follows the primary's results: on promotion it publishes
+                # only those the primary did not (workers.hot).
+                (Access.READ, t.app_results_filter()),
                 (Access.READWRITE, t.events),
             )
         case Role.COORDINATOR:

@@ -93,6 +93,8 @@ class WorkerStatus:
     backends: Names = ()
     models_on_disk: Names = ()
     heartbeat_interval_s: float = 0.1
+    gpu: Text = ""  # the GPU's name (NVML), "" without one
+    gpu_memory_mb: float = 0.0  # its total memory, MB
     v: int = SCHEMA_VERSION
 
 
@@ -121,6 +123,7 @@ class Heartbeat:
     busy: bool = False
     last_progress_ts: float | None = None  # the last processed frame's result ts; None: none yet
     rss_mb: float = 0.0
+    gpu_used_mb: float = 0.0  # GPU memory this worker process holds (NVML), MB
     loaded: Names = ()
     generation: Count = 0
     errors: Counts = field(default_factory=dict)
@@ -152,6 +155,9 @@ class Assignment:
     # Apps this worker is the warm backup of: it follows their frames (keeping only the
     # latest), so a promotion serves at once instead of subscribing and waiting for a frame.
     standby: Annotated[tuple[Serve, ...], Field(max_length=MAX_ITEMS)] = ()
+    # Apps this worker is the hot backup of: it runs every frame of theirs too and holds the
+    # results, publishing only once promoted (those the primary did not publish, then live).
+    hot: Annotated[tuple[Serve, ...], Field(max_length=MAX_ITEMS)] = ()
     sig: Signature | None = None  # over every other field, the mesh and the topic
     v: int = SCHEMA_VERSION
 
@@ -239,7 +245,7 @@ class PlacementEntry:
     app: Name
     worker: Name
     variant: Name
-    role: Literal["primary", "warm", "cold"]
+    role: Literal["primary", "hot", "warm", "cold"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,11 @@ class Counters:
             self.last_progress_ts = ts
         window.add(total_ms)
 
+    def published(self) -> None:
+        """A result counted as processed before (a hot backup's, held) was published now."""
+        with self._lock:
+            self.results_published += 1
+
     def app_stats(
         self, apps: Iterable[str], dropped: dict[str, int]
     ) -> dict[str, messages.AppStats]:

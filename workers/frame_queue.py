@@ -3,13 +3,22 @@
 A slow worker should serve fresh frames, not build a backlog: ``put`` never blocks, and a full
 app queue loses its oldest frame (counted). One app with a fast camera cannot starve another,
 because the consumer takes apps in turn.
+
+:meth:`FrameQueues.take_batch` takes the frames of several apps at once, for one batched
+inference call (:mod:`workers.batching`): apps in turn as above, one frame of each per pass.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+# What :meth:`FrameQueues.take_batch` asks of an app: the batch it may share (apps of equal
+# keys run together) and the most frames such a batch may hold; None: the app is not served.
+Grouping = Callable[[str], "tuple[Hashable, int] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +60,94 @@ class FrameQueues:
                 return None
             if self._closed:
                 return None
-            for _ in range(len(self._order)):
-                app = self._order[0]
-                self._order.rotate(-1)
+            return self._pop_next()
+
+    def take_batch(self, group: Grouping, timeout: float, max_wait_s: float) -> list[QueuedFrame]:
+        """Frames to run as one batch; [] on timeout or when closed.
+
+        The first is the next frame round-robin (as :meth:`get`). If ``group`` says its app is
+        served, frames of the apps ``group`` puts with it follow, one per app per pass, apps in
+        turn, up to the limit ``group`` gives; while the batch is not full and other apps
+        share its group, frames arriving within ``max_wait_s`` of the first join it. An app
+        left out (another group, or the batch was full) keeps its turn: the apps served go to
+        the back of the order."""
+        with self._cond:
+            if not self._cond.wait_for(self._ready, timeout) or self._closed:
+                return []
+            first = self._pop_next()
+            if first is None:
+                return []
+            g = group(first.app)
+            if g is None:
+                return [first]  # not served (revoked while queued): the caller drops it
+            key, limit = g
+            batch = [first]
+            mates: dict[str, bool] = {first.app: True}
+            deadline = time.monotonic() + max_wait_s
+            while len(batch) < limit:
+                self._fill(batch, limit, key, group, mates)
+                left = deadline - time.monotonic()
+                if len(batch) >= limit or self._closed or left <= 0:
+                    break
+                if not self._has_mates(first.app, key, group, mates):
+                    break  # an app alone on its model: waiting would only add latency
+                self._cond.wait(left)
+            # Every app served goes to the back of the turn order, so apps left out of a full
+            # batch come first in the next one.
+            for app in dict.fromkeys(f.app for f in batch):
+                if app in self._queues:
+                    self._order.remove(app)
+                    self._order.append(app)
+            return batch
+
+    def _pop_next(self) -> QueuedFrame | None:
+        for _ in range(len(self._order)):
+            app = self._order[0]
+            self._order.rotate(-1)
+            q = self._queues[app]
+            if q:
+                return q.popleft()
+        return None
+
+    def _fill(
+        self,
+        batch: list[QueuedFrame],
+        limit: int,
+        key: Hashable,
+        group: Grouping,
+        mates: dict[str, bool],
+    ) -> None:
+        """Add frames of apps grouped with ``key``: one per app per pass, in turn order."""
+        while len(batch) < limit:
+            took = False
+            for app in self._order:
                 q = self._queues[app]
-                if q:
-                    return q.popleft()
-            return None
+                if not q:
+                    continue
+                mate = mates.get(app)
+                if mate is None:
+                    g = group(app)
+                    mate = mates[app] = g is not None and g[0] == key
+                if mate:
+                    batch.append(q.popleft())
+                    took = True
+                    if len(batch) >= limit:
+                        return
+            if not took:
+                return
+
+    def _has_mates(self, app: str, key: Hashable, group: Grouping, mates: dict[str, bool]) -> bool:
+        """Whether another app with a queue here is grouped with ``app``."""
+        for other in self._order:
+            if other == app:
+                continue
+            mate = mates.get(other)
+            if mate is None:
+                g = group(other)
+                mate = mates[other] = g is not None and g[0] == key
+            if mate:
+                return True
+        return False
 
     def _ready(self) -> bool:
         return self._closed or any(self._queues.values())

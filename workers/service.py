@@ -51,11 +51,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
+import numpy as np
 import psutil
 
-from faillite import envelope, messages
+from faillite import envelope, gpu, messages
 from faillite.badinput import BadInput
 from faillite.catalog import Catalog
 from faillite.config import ConfigError, MeshConfig, WorkerConfig
@@ -68,13 +71,14 @@ from faillite.sdnotify import Beats
 from faillite.signing import SignatureError, SigningError, Verifier, load_verifier
 from faillite.topics import Role, Topics
 from workers.backends import BackendError, create_backend
+from workers.batching import Batch, Batcher
 from workers.counters import Counters
 from workers.fencing import Fence, LogLimit
 from workers.frame_queue import FrameQueues, QueuedFrame
-from workers.inference import FrameRunner
+from workers.inference import FrameRunner, Prepared
 from workers.model_cache import ModelCache
 from workers.plugins import FrameInterceptor
-from workers.serving import ServingTable
+from workers.serving import Serving, ServingTable
 
 log = get_logger("worker")
 
@@ -121,8 +125,16 @@ class Worker:
         self.queues = FrameQueues(cfg.queue_size)
         self.counters = Counters()
         self.table = ServingTable(
-            self.models, catalog, self.queues, self.counters, follow=self._follow, emit=self._event
+            self.models,
+            catalog,
+            self.queues,
+            self.counters,
+            follow=self._follow,
+            emit=self._event,
+            watch=self._watch_results,
+            publish_held=self._publish_held,
         )
+        self._watched: frozenset[str] = frozenset()
         # Plug-ins' hooks on the inference path (workers.plugins); empty in production.
         self.interceptors: list[FrameInterceptor] = []
         self._subscribed: frozenset[str] = frozenset()
@@ -130,6 +142,23 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.beats = Beats()
+        # The batched inference pipeline (workers.batching): its batcher thread and preprocess
+        # pool feed the inference thread.
+        self.runner = FrameRunner(
+            cfg.id,
+            self.incarnation,
+            max_frame_bytes=mesh.max_frame_bytes,
+            labels=imagenet_labels(),
+            bad=self.bad,
+        )
+        self.batcher = Batcher(
+            self.queues,
+            self.table.get,
+            self.runner,
+            cfg.batching,
+            beat=lambda: self.beats.beat("batching"),
+            stopping=self._stop,
+        )
         self._proc = psutil.Process()
         self._hb_seq = 0
         self._step_down: threading.Thread | None = None
@@ -183,6 +212,8 @@ class Worker:
             backends=devices,
             models_on_disk=self.models.on_disk(),
             heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+            gpu=card.name if (card := gpu.probe()) is not None else "",
+            gpu_memory_mb=card.total_mb if card is not None else 0.0,
         )
 
     def claim(self, *, replace: bool = False) -> None:
@@ -317,6 +348,33 @@ class Worker:
 
         return on_frame
 
+    def _watch_results(self, apps: frozenset[str]) -> None:
+        """Follow the other workers' results of the apps this worker is the hot backup of
+        (control thread): a promotion then publishes only what the primary did not."""
+        for app in apps - self._watched:
+            self.client.subscribe(self.topics.app_results_filter(app), self._on_result, qos=0)
+        for app in self._watched - apps:
+            self.client.unsubscribe(self.topics.app_results_filter(app))
+        self._watched = apps
+
+    def _on_result(self, raw: Raw) -> None:
+        # Network thread: only the sequence number of another worker's result matters.
+        # The topic, not the payload, says who published it (the broker's ACL checks it).
+        if raw.topic.rpartition("/")[2] == self.cfg.id:
+            return
+        try:
+            result = messages.decode(messages.Result, raw.payload)
+        except messages.MessageError as exc:
+            self.bad.count("bad_result", str(exc), topic=raw.topic)
+            return
+        try:
+            ours = raw.topic.startswith(self.topics.app_results_filter(result.app)[:-1])
+        except ValueError as exc:  # an app id no topic can have
+            self.bad.count("bad_result", str(exc), topic=raw.topic)
+            return
+        if ours:
+            self.table.hot.seen(result.app, result.seq)
+
     def _follow(self, sensors: frozenset[str]) -> None:
         """The serving table needs these sensors' frames now (control thread)."""
         for sensor in sensors - self._subscribed:
@@ -355,58 +413,115 @@ class Worker:
     # -- inference thread ------------------------------------------------------------------
 
     def _inference_loop(self) -> None:
-        runner = FrameRunner(
-            self.cfg.id,
-            self.incarnation,
-            max_frame_bytes=self.mesh.max_frame_bytes,
-            labels=imagenet_labels(),
-            bad=self.bad,
-        )
         while not self._stop.is_set():
             self.beats.beat("inference")
-            item = self.queues.get(timeout=0.1)
-            if item is None:
+            batch = self.batcher.next(timeout=0.1)
+            if batch is None:
                 continue
             try:
-                self._handle(item, runner)
+                self._handle(batch)
             finally:
                 self.counters.busy = False
 
-    def _handle(self, item: QueuedFrame, runner: FrameRunner) -> None:
+    def _handle(self, batch: Batch) -> None:
         if self.interceptors:
             self.counters.busy = True
-            for intercept in self.interceptors:
-                intercept(item, self._stop)
+            for item in batch.items:
+                for intercept in self.interceptors:
+                    intercept(item, self._stop)
         if self._stop.is_set():
             return  # stopping, or replaced: serve nothing more
+        try:
+            frames, tensor = batch.ready()  # decoded while the previous batch inferred
+        except Exception as exc:  # cancelled at stop; never kill the inference thread
+            log.exception("batch_lost", variant=batch.st.variant)
+            for item in batch.items:
+                self.bad.count("inference_error", repr(exc), app=item.app)
+            return
         # The serving table is read under the lock that unloading takes, so a model is never
         # closed under a frame that is still using it.
         with self.models.in_use:
-            st = self.table.get(item.app)
-            if st is None:
-                return  # revoked while queued
             self.counters.busy = True
+            generation = self.table.generation
+            rows: list[int] = []
+            live: list[Prepared] = []
+            for i, p in enumerate(frames):
+                st = self.table.get(p.item.app)
+                if st is None:
+                    continue  # revoked while queued
+                if st.model is batch.st.model:
+                    rows.append(i)
+                    live.append(replace(p, st=st))
+                else:  # switched to another model since it was queued: served alone by it
+                    self._infer([st], partial(self._run_one, p.item, st, generation))
+            if live:
+                x = tensor if len(rows) == len(frames) else np.ascontiguousarray(tensor[rows])
+                run = partial(self.runner.infer, batch.st, live, x, generation)
+                self._infer([p.st for p in live], run)
+
+    def _run_one(self, item: QueuedFrame, st: Serving, generation: int) -> list[messages.Result]:
+        r = self.runner.run(item, st, generation)
+        return [] if r is None else [r]
+
+    def _infer(self, served: list[Serving], run: Callable[[], list[messages.Result]]) -> None:
+        """Run one model call for the frames of ``served``, then deliver each result. Errors
+        are counted once per frame; one bad call never stops the inference thread."""
+        try:
+            results = run()
+        except BackendError as exc:
+            for st in served:
+                self.bad.count("inference_failed", str(exc), app=st.app, variant=st.variant)
+            return
+        except Exception as exc:
+            log.exception("inference_error", apps=[st.app for st in served])
+            for st in served:
+                self.bad.count("inference_error", repr(exc), app=st.app)
+            return
+        for st, result in zip(served, results, strict=False):
             try:
-                result = runner.run(item, st, self.table.generation)
-                if result is None:
-                    return
-                published = self.client.publish(
-                    self.topics.app_results(st.app, self.cfg.id), messages.encode(result)
-                )
+                self._deliver(st, result)
+            except Exception as exc:
+                log.exception("inference_error", app=st.app, variant=st.variant)
+                self.bad.count("inference_error", repr(exc), app=st.app)
+
+    def _deliver(self, st: Serving, result: messages.Result) -> None:
+        """Hand one result to its consumers: publish it on the app's results topic and count
+        it. Every result goes through here. A hot backup's result is held instead
+        (:mod:`workers.hot`), unless the app was promoted while the frame ran."""
+        if not st.hot:
+            self._publish_result(result)
+            return
+        hot = self.table.hot
+        with hot.lock:  # the promotion switches the table and flushes under this lock
+            now = self.table.get(st.app)
+            if now is not None and now.hot:
+                hot.hold(result)
                 self.counters.processed(
-                    st.app, total_ms=result.latency.total_ms, ts=result.ts, published=published
+                    st.app, total_ms=result.latency.total_ms, ts=result.ts, published=False
                 )
-            except BackendError as exc:
-                self.bad.count("inference_failed", str(exc), app=item.app, variant=st.variant)
-            except Exception as exc:  # one bad frame must never kill the inference thread
-                log.exception("inference_error", app=item.app, variant=st.variant)
-                self.bad.count("inference_error", repr(exc), app=item.app)
+            elif now is not None and not hot.already_published(st.app, result.seq):
+                self._publish_result(replace(result, generation=self.table.generation))
+
+    def _publish_result(self, result: messages.Result) -> None:
+        published = self.client.publish(
+            self.topics.app_results(result.app, self.cfg.id), messages.encode(result)
+        )
+        self.counters.processed(
+            result.app, total_ms=result.latency.total_ms, ts=result.ts, published=published
+        )
+
+    def _publish_held(self, result: messages.Result) -> None:
+        """A result a promoted hot backup held: published now; counted as processed already."""
+        self.client.publish(
+            self.topics.app_results(result.app, self.cfg.id), messages.encode(result)
+        )
+        self.counters.published()
 
     # -- heartbeat thread ------------------------------------------------------------------
 
     def heartbeat(self) -> messages.Heartbeat:
         self._hb_seq += 1
-        return self.counters.heartbeat(
+        hb = self.counters.heartbeat(
             worker=self.cfg.id,
             incarnation=self.incarnation,
             seq=self._hb_seq,
@@ -418,6 +533,8 @@ class Worker:
             generation=self.table.generation,
             errors=self.bad.snapshot(),
         )
+        # NVML is sampled at most once a second (faillite.gpu), heartbeats come faster.
+        return replace(hb, gpu_used_mb=gpu.used_mb()) if gpu.probe() is not None else hb
 
     def _heartbeat_loop(self) -> None:
         topic = self.topics.worker_heartbeat(self.cfg.id)
@@ -453,6 +570,11 @@ class Worker:
                 "opencv_pixel_limit_not_set",
                 why="cv2 was loaded before workers.service could set OPENCV_IO_MAX_IMAGE_PIXELS",
             )
+        # The device before the birth: the worker says it is online once CUDA is up, so a cold
+        # backup later loads into a warm context; NVML is asked here, not on the network
+        # thread when the birth is made.
+        self.backend.start()
+        gpu.probe()
         self.client.start(connect_timeout=None)
         for name, target in (
             ("control", self._control_loop),
@@ -462,6 +584,8 @@ class Worker:
             t = threading.Thread(target=target, name=f"worker-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        self.batcher.start()
+        self._threads.append(self.batcher.thread)  # alive() sees it die
 
     def alive(self) -> str | None:
         """Why this worker looks hung (a loop without progress, a thread that died), or None:
@@ -481,6 +605,7 @@ class Worker:
         self.queues.close()
         for t in self._threads:
             t.join(timeout=5)
+        self.batcher.stop()
         if self._step_down is not None:
             self._step_down.join(timeout=5)  # replaced: the client is stopped already
         else:

@@ -8,6 +8,10 @@
   warm load never delays serving; models nobody needs are unloaded last.
 - Warm standby: for the apps this worker is the warm backup of, the latest frame is held; a
   promotion queues it at once (if still fresh) instead of waiting for the next frame.
+- Hot standby: the apps this worker is the hot backup of are in the table too, marked ``hot``:
+  their frames are queued and run like the served ones, their results held
+  (:mod:`workers.hot`). A promotion switches the table and flushes the held results under
+  :attr:`HotResults.lock`, the lock the inference thread delivers under.
 
 Threads: :meth:`route` runs on the network thread, :meth:`apply` on the control thread, the
 inference and heartbeat threads read. The tables are replaced whole, never mutated.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from faillite import messages
 from faillite.catalog import Catalog, Preprocess
@@ -26,6 +30,7 @@ from workers.backends import LoadedModel
 from workers.counters import Counters
 from workers.events import EventSink
 from workers.frame_queue import FrameQueues, QueuedFrame
+from workers.hot import HotResults
 from workers.model_cache import ModelCache
 
 log = get_logger("worker")
@@ -42,6 +47,7 @@ class Serving:
     model: LoadedModel
     spec: Preprocess
     labels: bool
+    hot: bool = False  # a hot backup: run every frame, hold the results (workers.hot)
 
 
 class ServingTable:
@@ -54,15 +60,24 @@ class ServingTable:
         *,
         follow: Callable[[frozenset[str]], None],
         emit: EventSink,
+        hot: HotResults | None = None,
+        watch: Callable[[frozenset[str]], None] = lambda apps: None,
+        publish_held: Callable[[messages.Result], None] = lambda r: None,
     ) -> None:
         """``follow``: called with the sensors whose frames are needed, whenever that changes
-        (the service subscribes to their frame topics)."""
+        (the service subscribes to their frame topics); ``watch``: with the apps whose results
+        other workers publish must be followed (the hot ones here); ``publish_held``: publishes
+        a result a promoted hot backup held."""
         self.models = models
         self.catalog = catalog
         self.queues = queues
         self.counters = counters
         self._follow = follow
         self._emit = emit
+        self.hot = hot or HotResults()
+        self._watch = watch
+        self._publish_held = publish_held
+        self.watched: frozenset[str] = frozenset()
         self.assignment: messages.Assignment | None = None
         self._serving: dict[str, Serving] = {}
         self._by_sensor: dict[str, tuple[str, ...]] = {}
@@ -78,7 +93,12 @@ class ServingTable:
 
     @property
     def apps(self) -> tuple[str, ...]:
-        return tuple(self._serving)
+        """The apps served (published) here; hot backups are not."""
+        return tuple(a for a, s in self._serving.items() if not s.hot)
+
+    @property
+    def hot_apps(self) -> tuple[str, ...]:
+        return tuple(a for a, s in self._serving.items() if s.hot)
 
     @property
     def generation(self) -> int:
@@ -91,8 +111,8 @@ class ServingTable:
     # -- network thread --------------------------------------------------------------------
 
     def route(self, sensor: str, payload: bytes, received_ns: int) -> None:
-        """A frame of ``sensor``: queue it for every app served from it, hold it for every app
-        this worker is the warm backup of."""
+        """A frame of ``sensor``: queue it for every app served (or hot) from it, hold it for
+        every app this worker is the warm backup of."""
         for app in self._by_sensor.get(sensor, ()):
             self.counters.received(app)
             self.queues.put(QueuedFrame(app, payload, received_ns))
@@ -115,7 +135,9 @@ class ServingTable:
             )
             return False
         t0 = time.perf_counter()
-        wanted = {s.app: s for s in a.serve}
+        serve_apps = {s.app for s in a.serve}
+        hot_wanted = tuple(h for h in a.hot if h.app not in serve_apps)
+        wanted = {s.app: s for s in (*a.serve, *hot_wanted)}
         # Fencing: an app taken away stops now, before any slow model load.
         keep = {
             app: s
@@ -123,32 +145,33 @@ class ServingTable:
             if app in wanted and wanted[app].sensor == s.sensor
         }
         for app in set(self._serving) - set(keep):
-            log.info("serve_stopped", app=app, generation=a.generation)
-            self._emit("serve_stopped", app=app, generation=a.generation)
+            if not self._serving[app].hot:
+                log.info("serve_stopped", app=app, generation=a.generation)
+                self._emit("serve_stopped", app=app, generation=a.generation)
         # Standby entries of apps about to be promoted stay, so their held frame survives.
-        self._set(keep, a.standby + tuple(sb for sb in self._standby if sb.app in wanted))
+        self._switch(keep, a.standby + tuple(sb for sb in self._standby if sb.app in wanted))
         # Load what serving needs, switch each app as its model is ready (an upgrade keeps
-        # serving the old variant until the new one is loaded), and only then load the warm
-        # backups: a warm load never delays serving.
+        # serving the old variant until the new one is loaded), and only then load the hot and
+        # warm backups: a backup's load never delays serving.
         for variant in dict.fromkeys(s.variant for s in a.serve):
             self.models.load(variant)
-        table: dict[str, Serving] = {}
-        for s in a.serve:
-            model = self.models.get(s.variant)
-            if model is None:
-                old = self._serving.get(s.app)
-                if old is not None:
-                    table[s.app] = old  # keep the old variant rather than stop
-                log.error("app_unservable", app=s.app, variant=s.variant)
-                continue
-            v = self.catalog.variant(s.variant)
-            table[s.app] = Serving(
-                s.app, s.sensor, s.variant, model, v.preprocess, v.labels == "imagenet1k"
-            )
+        table = self._entries(a.serve, hot=False)
         self.assignment = a  # results of the new table carry the new generation
         held = {app: f for app in table if app not in keep and (f := self._held.pop(app, None))}
-        self._set(table, a.standby)
+        # Hot backups already running stay in the table while the served apps switch.
+        running_hot = {
+            h.app: was
+            for h in hot_wanted
+            if (was := self._serving.get(h.app)) is not None
+            and was.hot
+            and was.variant == h.variant
+        }
+        self._switch({**table, **running_hot}, a.standby)
         self._serve_held(held)
+        for variant in dict.fromkeys(h.variant for h in hot_wanted):
+            self.models.load(variant)
+        if hot_wanted:
+            self._switch({**table, **self._entries(hot_wanted, hot=True)}, a.standby)
         ms = (time.perf_counter() - t0) * 1000
         serving = {k: s.variant for k, s in table.items()}
         log.info(
@@ -158,6 +181,7 @@ class ServingTable:
             serving=serving,
             warm=list(a.warm),
             standby=[s.app for s in a.standby],
+            hot=[h.app for h in hot_wanted],
             apply_ms=round(ms, 1),
         )
         self._emit(
@@ -169,8 +193,50 @@ class ServingTable:
         )
         for variant in a.warm:
             self.models.load(variant)
-        self.models.keep_only({s.variant for s in table.values()} | set(a.warm))
+        self.models.keep_only({s.variant for s in self._serving.values()} | set(a.warm))
         return True
+
+    def _entries(self, serve: tuple[messages.Serve, ...], *, hot: bool) -> dict[str, Serving]:
+        """Table entries of ``serve`` whose model is loaded; a served app whose new variant
+        could not be loaded keeps its old entry (rather than stop)."""
+        table: dict[str, Serving] = {}
+        for s in serve:
+            model = self.models.get(s.variant)
+            if model is None:
+                old = self._serving.get(s.app)
+                if old is not None and not hot and not old.hot:
+                    table[s.app] = old  # keep the old variant rather than stop
+                log.error("app_unservable", app=s.app, variant=s.variant, hot=hot)
+                continue
+            v = self.catalog.variant(s.variant)
+            table[s.app] = Serving(
+                s.app, s.sensor, s.variant, model, v.preprocess, v.labels == "imagenet1k", hot
+            )
+        return table
+
+    def _switch(self, table: dict[str, Serving], standby: tuple[messages.Serve, ...]) -> None:
+        """Install ``table``; a hot backup promoted by it publishes what it held (those results
+        the primary did not publish) before any live result: both under the hot lock."""
+        with self.hot.lock:
+            promoted = [
+                app
+                for app, st in table.items()
+                if not st.hot and (old := self._serving.get(app)) is not None and old.hot
+            ]
+            for app in set(self._serving) - set(table):
+                if self._serving[app].hot:
+                    self.hot.forget(app)
+            for app, st in table.items():
+                if st.hot and not ((old := self._serving.get(app)) is not None and old.hot):
+                    self.hot.forget(app)  # hot anew: nothing seen yet counts
+            self._set(table, standby)
+            generation = self.generation
+            for app in promoted:
+                released = self.hot.release(app)
+                for r in released:
+                    self._publish_held(replace(r, generation=generation))
+                log.info("hot_promoted", app=app, generation=generation, released=len(released))
+                self._emit("hot_promoted", app=app, generation=generation, released=len(released))
 
     def _serve_held(self, held: dict[str, QueuedFrame]) -> None:
         """A promoted warm backup serves the latest frame it held, if still fresh; the frame
@@ -203,3 +269,7 @@ class ServingTable:
         if sensors != self.sensors:
             self.sensors = sensors
             self._follow(sensors)
+        watched = frozenset(a for a, s in table.items() if s.hot)
+        if watched != self.watched:
+            self.watched = watched
+            self._watch(watched)

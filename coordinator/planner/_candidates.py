@@ -1,7 +1,7 @@
 """Numpy view of a problem and the pruned candidate lists of both stages.
 
 A candidate is one way to place one app: (app, variant, server) for a primary, plus a kind
-(warm or cold) for a backup. Candidates are generated with array operations per model family,
+(hot, warm or cold) for a backup. Candidates are generated with array operations per model family,
 pruned before any solver sees them (SLO, memory, compute, disk, failure domain, variants
 dominated on that server, backups worth nothing), and kept sorted by app so that each app's
 options are one contiguous segment.
@@ -15,14 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.planner.placement import Assign, Backup
+from coordinator.planner.placement import Assign, Backup, Kind
 from coordinator.planner.problem import Problem
 
 FArr = npt.NDArray[np.float64]
 IArr = npt.NDArray[np.int64]
 BArr = npt.NDArray[np.bool_]
 
-WARM, COLD = 0, 1
+WARM, COLD, HOT = 0, 1, 2
+KIND_NAME: dict[int, Kind] = {WARM: "warm", COLD: "cold", HOT: "hot"}
+KIND_CODE = {name: code for code, name in KIND_NAME.items()}
 
 
 class Index:
@@ -67,7 +69,8 @@ class Index:
         self.app_rate = np.array([a.rate_fps for a in p.apps], dtype=np.float64)
         self.app_slo = np.array([a.slo_ms for a in p.apps], dtype=np.float64)
         self.app_w = np.array([a.weight for a in p.apps], dtype=np.float64)
-        self.app_crit = np.array([a.critical for a in p.apps], dtype=np.bool_)
+        self.app_crit = np.array([a.protected_warm for a in p.apps], dtype=np.bool_)
+        self.app_hot = np.array([a.hot for a in p.apps], dtype=np.bool_)
         self.fam_apps: list[IArr] = [
             np.flatnonzero(self.app_fam == f).astype(np.int64) for f in range(len(fam_names))
         ]
@@ -102,7 +105,7 @@ class Cands:
     app: IArr
     var: IArr
     srv: IArr
-    kind: IArr  # WARM / COLD for backups, WARM (0) for primaries
+    kind: IArr  # HOT / WARM / COLD for backups, WARM (0) for primaries
     dom: IArr  # failure domain of the app's primary (backups), -1 for primaries
     first: IArr  # cold backups: variant loaded first (ladder), -1: none
     score: FArr  # what the solver maximizes: value + preference bonuses
@@ -285,7 +288,7 @@ def backup_candidates(
         pos = ix.app_pos.get(app_id, -1)
         if pos >= 0 and bk.server in ix.srv_pos and bk.variant in ix.var_pos:
             st_srv[pos], st_var[pos] = ix.srv_pos[bk.server], ix.var_pos[bk.variant]
-            st_kind[pos] = WARM if bk.kind == "warm" else COLD
+            st_kind[pos] = KIND_CODE[bk.kind]
     app_dom = np.where(prim_srv >= 0, ix.srv_dom[np.maximum(prim_srv, 0)], -1)
     base_mttr = k.detection_ms + k.reroute_ms
     parts: list[dict[str, npt.NDArray[np.generic]]] = []
@@ -333,14 +336,23 @@ def backup_candidates(
                 & (latT <= ix.app_slo[apps_f][:, None, None])
                 & (rate * latT / 1000.0 <= cap_comp[None, None, :])
             )
-        m = np.stack([common & okw.T[None, :, :], common & okc.T[None, :, :]], axis=1)
+        # Hot: as warm (loaded), only for apps that ask for it; its compute runs all the time.
+        hot_ok = common & okw.T[None, :, :] & ix.app_hot[apps_f][:, None, None]
+        m = np.stack([common & okw.T[None, :, :], common & okc.T[None, :, :], hot_ok], axis=1)
         ai, ki, vi, si = np.nonzero(m)
         app = apps_f[ai]
         var = vars_f[vi]
         w = ix.app_w[app]
         cold = ki == COLD
-        value = w * np.where(cold, val_c[si, vi], val_w[si, vi])
-        bonus = np.where(~cold & ix.app_crit[app], w * k.critical_bonus, 0.0) + np.where(
+        hot = ki == HOT
+        # A hot backup saves the wait for the next frame and the inference (Problem.mttr_ms).
+        saved = 500.0 / ix.app_rate[app] + lat[si, vi]
+        val_h = acc[si, vi] - k.mttr_weight * np.maximum(base_mttr - saved, 0.0)
+        value = w * np.where(cold, val_c[si, vi], np.where(hot, val_h, val_w[si, vi]))
+        bonus = (
+            np.where(~cold & ix.app_crit[app], w * k.critical_bonus, 0.0)
+            + np.where(hot, w * k.hot_bonus, 0.0)
+        ) + np.where(
             (st_srv[app] == si) & (st_var[app] == var) & (st_kind[app] == ki),
             w * k.stickiness,
             0.0,
@@ -416,8 +428,9 @@ class PrimaryState:
 
 
 class BackupState:
-    """Per server: warm memory, and per (failure domain, server) the cold memory and the compute
-    that the domain's failure would activate there; plus disk."""
+    """Per server: loaded (hot and warm) memory, the compute hot backups spend all the time,
+    and per (failure domain, server) the cold memory and the compute that the domain's failure
+    would activate there; plus disk."""
 
     def __init__(self, c: Cands, F: int, cap_mem: FArr, cap_comp: FArr, cap_disk: FArr) -> None:
         self.c = c
@@ -426,57 +439,55 @@ class BackupState:
         self.warm = np.zeros(S)
         self.cold = np.zeros((max(F, 1), S))
         self.max_cold = np.zeros(S)
+        self.hot_comp = np.zeros(S)
         self.comp = np.zeros((max(F, 1), S))
+        self.max_comp = np.zeros(S)
         self.disk = np.zeros(S)
 
-    def fits(self, j: int) -> bool:
+    def _other(self, J: IArr) -> tuple[FArr, FArr]:
+        """Memory and compute already promised on each candidate's server, in the worst case
+        it must fit beside: loaded backups beside any one domain's cold ones, hot compute
+        beside any one domain's failover compute."""
         c = self.c
-        s, f = int(c.srv[j]), int(c.dom[j])
-        cm, cc, cd = self.cap
-        other = self.max_cold[s] if c.kind[j] == WARM else self.cold[f, s]
-        return bool(
-            self.warm[s] + other + c.mem[j] <= cm[s] * (1 + _TOL) + _TOL
-            and self.comp[f, s] + c.comp[j] <= cc[s] * (1 + _TOL) + _TOL
-            and self.disk[s] + c.disk[j] <= cd[s] * (1 + _TOL) + _TOL
-        )
+        s, f, k = c.srv[J], c.dom[J], c.kind[J]
+        mem = self.warm[s] + np.where(k == COLD, self.cold[f, s], self.max_cold[s])
+        comp = self.hot_comp[s] + np.where(k == HOT, self.max_comp[s], self.comp[f, s])
+        return mem, comp
+
+    def fits(self, j: int) -> bool:
+        return bool(self.fits_many(np.array([j], dtype=np.int64))[0])
 
     def fits_many(self, J: IArr) -> BArr:
         c = self.c
-        s, f = c.srv[J], c.dom[J]
+        s = c.srv[J]
         cm, cc, cd = self.cap
-        other = np.where(c.kind[J] == WARM, self.max_cold[s], self.cold[f, s])
+        mem, comp = self._other(J)
         out: BArr = (
-            (self.warm[s] + other + c.mem[J] <= cm[s] * (1 + _TOL) + _TOL)
-            & (self.comp[f, s] + c.comp[J] <= cc[s] * (1 + _TOL) + _TOL)
+            (mem + c.mem[J] <= cm[s] * (1 + _TOL) + _TOL)
+            & (comp + c.comp[J] <= cc[s] * (1 + _TOL) + _TOL)
             & (self.disk[s] + c.disk[J] <= cd[s] * (1 + _TOL) + _TOL)
         )
         return out
 
     def free_mem(self, J: IArr) -> FArr:
-        c = self.c
-        s, f = c.srv[J], c.dom[J]
-        other = np.where(c.kind[J] == WARM, self.max_cold[s], self.cold[f, s])
-        out: FArr = self.cap[0][s] - self.warm[s] - other
+        s = self.c.srv[J]
+        out: FArr = self.cap[0][s] - self._other(J)[0]
         return out
 
-    def add(self, j: int) -> None:
+    def add(self, j: int, sign: float = 1.0) -> None:
         c = self.c
-        s, f = int(c.srv[j]), int(c.dom[j])
-        if c.kind[j] == WARM:
-            self.warm[s] += c.mem[j]
+        s, f, k = int(c.srv[j]), int(c.dom[j]), int(c.kind[j])
+        if k == COLD:
+            self.cold[f, s] += sign * c.mem[j]
+            self.max_cold[s] = float(self.cold[:, s].max())
         else:
-            self.cold[f, s] += c.mem[j]
-            self.max_cold[s] = max(self.max_cold[s], self.cold[f, s])
-        self.comp[f, s] += c.comp[j]
-        self.disk[s] += c.disk[j]
+            self.warm[s] += sign * c.mem[j]
+        if k == HOT:
+            self.hot_comp[s] += sign * c.comp[j]
+        else:
+            self.comp[f, s] += sign * c.comp[j]
+            self.max_comp[s] = float(self.comp[:, s].max())
+        self.disk[s] += sign * c.disk[j]
 
     def remove(self, j: int) -> None:
-        c = self.c
-        s, f = int(c.srv[j]), int(c.dom[j])
-        if c.kind[j] == WARM:
-            self.warm[s] -= c.mem[j]
-        else:
-            self.cold[f, s] -= c.mem[j]
-            self.max_cold[s] = float(self.cold[:, s].max())
-        self.comp[f, s] -= c.comp[j]
-        self.disk[s] -= c.disk[j]
+        self.add(j, -1.0)

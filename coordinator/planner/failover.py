@@ -1,6 +1,7 @@
 """Failover tables, background re-plans and failback, as pure functions over the dataclasses.
 
-For every failure domain the table holds what to do when it fails: promote each warm backup,
+For every failure domain the table holds what to do when it fails: promote each hot or warm
+backup (a hot one has run every frame already: it publishes at once),
 load each cold backup progressively (first the variant that restores service soonest, then
 upgrades one swap at a time up to the planned variant, then beyond it while the memory left
 after the failure allows), and which apps cannot be recovered. At failure time the decision is
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from coordinator.planner.placement import Assign, Backup, Placement, resident_mb
+from coordinator.planner.placement import Assign, Backup, Kind, Placement, resident_mb
 from coordinator.planner.problem import Problem
 from coordinator.planner.solve import Method, Options, plan
 
@@ -39,7 +40,7 @@ class Recovery:
     app: str
     failed_server: str  # where its primary ran
     server: str  # where it is recovered
-    kind: Literal["warm", "cold"]
+    kind: Kind
     first_variant: str  # serving from this one first
     final_variant: str  # after the upgrades
     mttr_ms: float  # estimate: detection + reroute (+ loads queued before it on that server)
@@ -152,9 +153,11 @@ def plan_failover(
             m, lat, _ = cost(p.variant, p.server)
             mem[p.server] += m
             comp[p.server] += rate(app) * lat
-    for bk in placement.backups.values():
-        if bk.kind == "warm" and bk.server in mem:
+    for app, bk in placement.backups.items():
+        if bk.loaded and bk.server in mem:
             mem[bk.server] += cost(bk.variant, bk.server)[0]
+        if bk.kind == "hot" and bk.server in comp:
+            comp[bk.server] += rate(app) * cost(bk.variant, bk.server)[1]  # runs already
     lost = tuple(
         sorted(
             a
@@ -176,10 +179,11 @@ def plan_failover(
             unrecoverable[app] = "no backup"
         elif b.server not in mem:
             unrecoverable[app] = f"its {b.kind} backup on {b.server} failed too"
-        elif b.kind == "warm":
-            comp[b.server] += rate(app) * cost(b.variant, b.server)[1]
+        elif b.loaded:
+            if b.kind == "warm":
+                comp[b.server] += rate(app) * cost(b.variant, b.server)[1]
             current[app] = first[app] = b.variant
-            mttr[app] = detect
+            mttr[app] = problem.mttr_ms(b.variant, b.server, b.kind, app)
             steps[app] = [Step("promote", app, b.server, b.variant, est_ms=k.reroute_ms)]
         else:
             cold_queue.setdefault(b.server, []).append(app)
@@ -342,7 +346,7 @@ class Move:
     app: str
     server: str
     variant: str
-    role: Literal["primary", "warm", "cold"]
+    role: Literal["primary", "hot", "warm", "cold"]
     wave: int  # moves of one wave run together; waves one after another
     release_first: bool = False  # no room to load beside the old copy: a short gap
 
@@ -364,7 +368,7 @@ def migration_steps(problem: Problem, current: Placement, target: Placement) -> 
         return c.memory_mb if c is not None else 0.0
 
     # (app, role, new server, new variant, old server or None, old variant, old holds memory)
-    todo: list[tuple[str, Literal["primary", "warm"], str, str, str | None, str, bool]] = []
+    todo: list[tuple[str, Literal["primary", "hot", "warm"], str, str, str | None, str, bool]] = []
     moves: list[Move] = []
     for app, new in target.primary.items():
         old = current.primary.get(app)
@@ -377,10 +381,10 @@ def migration_steps(problem: Problem, current: Placement, target: Placement) -> 
         ob = current.backups.get(app)
         if ob == nb:
             continue
-        old_warm = ob is not None and ob.kind == "warm"
-        if nb.kind == "warm":
+        old_warm = ob is not None and ob.loaded
+        if nb.kind == "hot" or nb.kind == "warm":
             todo.append(
-                (app, "warm", nb.server, nb.variant,
+                (app, nb.kind, nb.server, nb.variant,
                  ob.server if ob else None, ob.variant if ob else "", old_warm)
             )  # fmt: skip
         else:
@@ -388,12 +392,12 @@ def migration_steps(problem: Problem, current: Placement, target: Placement) -> 
                 if v is not None:
                     moves.append(Move("prestage", app, nb.server, v, "cold", 0))
             if ob is not None and old_warm:
-                moves.append(Move("release", app, ob.server, ob.variant, "warm", 0))
+                moves.append(Move("release", app, ob.server, ob.variant, ob.kind, 0))
                 if ob.server in used:
                     used[ob.server] -= mem(ob.variant, ob.server)
     for app, ob in current.backups.items():
-        if app not in target.backups and ob.kind == "warm":
-            moves.append(Move("release", app, ob.server, ob.variant, "warm", 0))
+        if app not in target.backups and ob.loaded:
+            moves.append(Move("release", app, ob.server, ob.variant, ob.kind, 0))
             if ob.server in used:
                 used[ob.server] -= mem(ob.variant, ob.server)
 

@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 
 from coordinator.planner.problem import Problem
 
-Kind = Literal["warm", "cold"]
+Kind = Literal["hot", "warm", "cold"]
 
 
 class Assign(NamedTuple):
@@ -31,6 +31,11 @@ class Backup:
     # Cold only: a smaller variant also kept on disk there, loaded first on failover because it
     # restores service sooner; the ladder then upgrades to ``variant``. None: load ``variant``.
     first: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Held in memory (hot or warm): promoted at once on failover."""
+        return self.kind != "cold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ class ServerLoad:
     warm: tuple[tuple[str, str], ...] = ()  # (app, variant) loaded backups
     cold: tuple[tuple[str, str], ...] = ()  # (app, variant) backups on disk only
     files: frozenset[str] = frozenset()  # variants whose files must be on disk
+    hot: tuple[tuple[str, str], ...] = ()  # (app, variant) loaded backups running every frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,30 +95,34 @@ class Placement:
         serve: dict[str, list[tuple[str, str]]] = {}
         warm: dict[str, list[tuple[str, str]]] = {}
         cold: dict[str, list[tuple[str, str]]] = {}
+        hot: dict[str, list[tuple[str, str]]] = {}
         files: dict[str, set[str]] = {}
         for app, p in self.primary.items():
             serve.setdefault(p.server, []).append((app, p.variant))
             files.setdefault(p.server, set()).add(p.variant)
         for app, b in self.backups.items():
-            (warm if b.kind == "warm" else cold).setdefault(b.server, []).append((app, b.variant))
+            by_kind = {"hot": hot, "warm": warm, "cold": cold}[b.kind]
+            by_kind.setdefault(b.server, []).append((app, b.variant))
             f = files.setdefault(b.server, set())
             f.add(b.variant)
             if b.first is not None:
                 f.add(b.first)
-        servers = set(serve) | set(warm) | set(cold)
+        servers = set(serve) | set(warm) | set(cold) | set(hot)
         return {
             s: ServerLoad(
                 tuple(serve.get(s, ())),
                 tuple(warm.get(s, ())),
                 tuple(cold.get(s, ())),
                 frozenset(files.get(s, ())),
+                tuple(hot.get(s, ())),
             )
             for s in sorted(servers)
         }
 
 
 def resident_mb(problem: Problem, placement: Placement) -> dict[str, float]:
-    """Memory each server of ``problem`` holds for a placement: primaries and warm backups."""
+    """Memory each server of ``problem`` holds for a placement: primaries, hot and warm
+    backups."""
     used = {s.id: 0.0 for s in problem.servers}
 
     def add(variant: str, server: str) -> None:
@@ -123,7 +133,7 @@ def resident_mb(problem: Problem, placement: Placement) -> dict[str, float]:
     for p in placement.primary.values():
         add(p.variant, p.server)
     for b in placement.backups.values():
-        if b.kind == "warm":
+        if b.loaded:
             add(b.variant, b.server)
     return used
 
@@ -140,7 +150,7 @@ def backup_value(problem: Problem, app: str, b: Backup) -> float:
     """Weighted accuracy under failure minus the MTTR penalty (λ · weight · MTTR)."""
     ap = problem.app(app)
     # A cold ladder restores service with its first rung, then climbs to ``variant``.
-    mttr = problem.mttr_ms(b.first or b.variant, b.server, b.kind)
+    mttr = problem.mttr_ms(b.first or b.variant, b.server, b.kind, app)
     return ap.weight * (problem.variant(b.variant).accuracy - problem.knobs.mttr_weight * mttr)
 
 
@@ -175,8 +185,8 @@ def validate(problem: Problem, placement: Placement) -> list[str]:
     mem: dict[str, float] = {s.id: 0.0 for s in problem.servers}
     comp = dict.fromkeys(mem, 0.0)
     files: dict[str, set[str]] = {s: set() for s in mem}
-    # Per (failure domain, server): memory of cold backups and compute of all backups that the
-    # domain's failure would activate there.
+    # Per (failure domain, server): memory of cold backups and compute of the backups that the
+    # domain's failure would activate there (hot ones compute all the time: in ``comp``).
     fmem: dict[tuple[str, str], float] = {}
     fcomp: dict[tuple[str, str], float] = {}
 
@@ -224,7 +234,7 @@ def validate(problem: Problem, placement: Placement) -> list[str]:
         if prim is None:
             errors.append(f"app {app}: backup without a primary")
             continue
-        if b.kind not in ("warm", "cold"):
+        if b.kind not in ("hot", "warm", "cold"):
             errors.append(f"backup of app {app}: unknown kind {b.kind!r}")
             continue
         load = check_variant(f"{b.kind} backup", app, b.variant, b.server)
@@ -238,15 +248,18 @@ def validate(problem: Problem, placement: Placement) -> list[str]:
             )
         c = problem.cost_on(b.variant, b.server)
         assert c is not None
-        if b.kind == "warm":
+        if b.loaded:
             warm_mem[b.server] += c.memory_mb
         else:
             fmem[(dom, b.server)] = fmem.get((dom, b.server), 0.0) + c.memory_mb
-        fcomp[(dom, b.server)] = fcomp.get((dom, b.server), 0.0) + load
+        if b.kind == "hot":
+            comp[b.server] += load
+        else:
+            fcomp[(dom, b.server)] = fcomp.get((dom, b.server), 0.0) + load
         files[b.server].add(b.variant)
         if b.first is not None:
             if b.kind != "cold":
-                errors.append(f"warm backup of app {app} names a first variant")
+                errors.append(f"{b.kind} backup of app {app} names a first variant")
             elif check_variant("first step of cold backup", app, b.first, b.server) is not None:
                 files[b.server].add(b.first)
 
@@ -254,7 +267,8 @@ def validate(problem: Problem, placement: Placement) -> list[str]:
         base = mem[s.id] + warm_mem[s.id]
         if _over(base, s.memory_mb):
             errors.append(
-                f"server {s.id}: memory {base:.1f} MB (primaries + warm) > {s.memory_mb:.1f} MB"
+                f"server {s.id}: memory {base:.1f} MB (primaries + loaded backups) > "
+                f"{s.memory_mb:.1f} MB"
             )
         if _over(comp[s.id], s.compute_budget):
             errors.append(

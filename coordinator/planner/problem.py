@@ -52,6 +52,14 @@ class App:
     slo_ms: float = math.inf  # latency SLO of one inference
     weight: float = 1.0
     critical: bool = False
+    # The most critical: a hot backup (runs every frame too, publishes once promoted) where
+    # compute allows, else warm. Implies critical.
+    hot: bool = False
+
+    @property
+    def protected_warm(self) -> bool:
+        """Wants a loaded (hot or warm) backup."""
+        return self.critical or self.hot
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,9 @@ class Knobs:
     # warm backup of a critical app beats ~10 cold backups. Reports subtract them again.
     placement_bonus: float = 1000.0
     critical_bonus: float = 1000.0
+    # A hot backup of a hot app beats a warm one even at a lower variant: it is what the
+    # operator asked for, and it pays for itself in compute (priced: it runs every frame).
+    hot_bonus: float = 500.0
     stickiness: float = 0.5  # bonus for keeping an app where it is (re-plans, failback)
     primary_share: float = 1.0  # share of memory and compute stage 1 may give to primaries
     # Cold backups also keep the fastest-to-load smaller variant on disk, so a failover can
@@ -177,14 +188,27 @@ class Problem:
             out.setdefault(s.domain, []).append(s.id)
         return {d: tuple(ids) for d, ids in out.items()}
 
-    def mttr_ms(self, variant: str, server_id: str, kind: Literal["warm", "cold"]) -> float:
-        """Expected time to recovery of a backup: warm = detect + reroute, cold adds a load."""
+    def mttr_ms(
+        self, variant: str, server_id: str, kind: Literal["hot", "warm", "cold"], app: str = ""
+    ) -> float:
+        """Expected time to recovery of a backup: warm = detect + reroute, cold adds a load, hot
+        saves the wait for the next frame and its inference (it has run them already)."""
         k = self.knobs
         base = k.detection_ms + k.reroute_ms
+        if kind == "hot":
+            c = self.cost_on(variant, server_id)
+            saved = self.hot_saving_ms(app, c.latency_ms if c is not None else 0.0)
+            return max(base - saved, 0.0)
         if kind == "warm":
             return base
         c = self.cost_on(variant, server_id)
         return base + (c.restore_ms if c is not None else math.inf)
+
+    def hot_saving_ms(self, app: str, latency_ms: float) -> float:
+        """What a hot backup saves over a warm one: half a frame interval on average (a warm
+        one waits for the next frame) and one inference."""
+        rate = self._apps[app].rate_fps if app in self._apps else 0.0
+        return (500.0 / rate if rate > 0 else 0.0) + latency_ms
 
     # -- derived problems ------------------------------------------------------------------
 
@@ -222,12 +246,28 @@ class Problem:
         A worker listed in ``models_on_disk`` (it reported its files) can run only those: the
         mesh moves no model files (``faillite kit stage`` pre-positions them), so it has no
         disk to fetch into. Unlisted workers keep their ``disk_mb`` (planning ahead, staging).
+
+        GPU workers (``gpu_memory_mb`` set) are placed by GPU memory: their capacity is that
+        budget, and a variant costs its profile's ``gpu_memory_mb`` on their device class (the
+        profile's ``memory_mb`` where the GPU figure was not measured). CPU workers keep host
+        memory. Costs are per device class, so a class is all GPU workers or all CPU ones.
         """
         disk = models_on_disk or {}
+        gpu_classes = {w.device_class for w in mesh.workers if w.gpu_memory_mb is not None}
+        for dc in sorted(gpu_classes):
+            mixed = sorted(
+                w.id for w in mesh.workers if w.device_class == dc and w.gpu_memory_mb is None
+            )
+            if mixed:
+                raise ProblemError(
+                    f"device class {dc!r} has workers with gpu_memory_mb and without it "
+                    f"({', '.join(mixed)}): a class is planned by GPU memory or by host memory; "
+                    "set gpu_memory_mb on all of them or give them their own device class"
+                )
         servers = tuple(
             Server(
                 id=w.id,
-                memory_mb=w.memory_mb,
+                memory_mb=w.gpu_memory_mb if w.gpu_memory_mb is not None else w.memory_mb,
                 compute_budget=w.compute_budget,
                 failure_domain=w.domain,
                 device_class=w.device_class,
@@ -245,6 +285,7 @@ class Problem:
                 slo_ms=a.slo_ms,
                 weight=a.weight,
                 critical=a.critical,
+                hot=a.hot,
             )
             for a in mesh.apps
         )
@@ -264,8 +305,11 @@ class Problem:
                 for dc in classes:
                     prof = v.profile(dc)
                     if prof is not None:
+                        mem = prof.memory_mb
+                        if dc in gpu_classes and prof.gpu_memory_mb:  # 0: not measured
+                            mem = prof.gpu_memory_mb
                         costs[(v.name, dc)] = VariantCost(
-                            prof.memory_mb, prof.latency_ms, prof.load_ms, prof.first_inference_ms
+                            mem, prof.latency_ms, prof.load_ms, prof.first_inference_ms
                         )
                     elif default_latency_ms is not None:
                         costs[(v.name, dc)] = VariantCost(v.memory_mb, default_latency_ms)
@@ -364,6 +408,7 @@ def random_problem(
     n_families: int | None = None,
     n_domains: int | None = None,
     critical_share: float = 0.2,
+    hot_share: float = 0.0,
     tightness: float = 1.0,
     knobs: Knobs | None = None,
 ) -> Problem:
@@ -372,9 +417,11 @@ def random_problem(
     Families of ``n_variants`` variants with increasing accuracy, memory and latency; two device
     classes (``a2`` and a 2.5x slower ``orin``); servers spread round-robin over failure domains
     of about four servers; total memory about twice what every app's largest variant needs
-    (``tightness`` > 1 makes it scarcer); some apps critical, some with tight SLOs.
+    (``tightness`` > 1 makes it scarcer); some apps critical, some with tight SLOs, some
+    (``hot_share``, drawn apart so that a seed's other draws stay the same) hot.
     """
     rng = random.Random(seed)
+    hot_rng = random.Random(seed + 1)
     n_families = n_families or max(1, min(6, n_apps // 4 or 1))
     classes = {"a2": (1.0, 1.0), "orin": (2.5, 1.1)}  # latency and memory factors
     variants: list[Variant] = []
@@ -413,6 +460,7 @@ def random_problem(
                 slo_ms=round(2.2 * mid_lat[fam], 2) if tight else float(rng.choice((100, 200))),
                 weight=round(rng.uniform(0.5, 2.0), 3),
                 critical=rng.random() < critical_share,
+                hot=hot_share > 0 and hot_rng.random() < hot_share,
             )
         )
     need = sum(top_mem[a.family] for a in apps)

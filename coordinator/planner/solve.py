@@ -23,6 +23,8 @@ import numpy as np
 from coordinator.planner import _lp
 from coordinator.planner._candidates import (
     COLD,
+    HOT,
+    KIND_NAME,
     WARM,
     BackupState,
     Cands,
@@ -609,33 +611,46 @@ def plan_backups(
     cap_disk = np.maximum(ix.srv_disk - used_disk, 0.0)
     c = backup_candidates(ix, prim_srv, cap_mem, cap_comp, cap_disk, sticky)
     S, F = ix.S, max(ix.F, 1)
-    warm = c.kind == WARM
+    loaded = c.kind != COLD
+    hot = c.kind == HOT
     fkey = c.dom * S + c.srv
     fams = [
-        # Σ warm memory + K_s <= memory left, with K_s >= cold memory of each domain's apps:
-        # one row per server instead of one per (domain, server) for every warm column.
-        _lp.RowFamily("warm_mem", np.where(warm, c.srv, -1), c.mem, cap_mem, droppable=False),
-        _lp.RowFamily("cold_mem", np.where(warm, -1, fkey), c.mem, np.zeros(F * S), False),
-        _lp.RowFamily("failover_comp", fkey, c.comp, np.tile(cap_comp, F)),
+        # Σ loaded memory + K_s <= memory left, with K_s >= cold memory of each domain's apps:
+        # one row per server instead of one per (domain, server) for every loaded column.
+        _lp.RowFamily("warm_mem", np.where(loaded, c.srv, -1), c.mem, cap_mem, droppable=False),
+        _lp.RowFamily("cold_mem", np.where(loaded, -1, fkey), c.mem, np.zeros(F * S), False),
+        # The same for compute: hot backups run all the time, the others once their
+        # primary's domain fails: Σ hot compute + L_s <= compute left, L_s >= each domain's.
+        _lp.RowFamily("hot_comp", np.where(hot, c.srv, -1), c.comp, cap_comp, droppable=False),
+        _lp.RowFamily("failover_comp", np.where(hot, -1, fkey), c.comp, np.zeros(F * S), False),
         _lp.RowFamily("disk", c.srv, c.disk, cap_disk),
     ]
     srv_all = np.arange(S, dtype=np.int64)
+    fs_keys = np.repeat(np.arange(F), S) * S + np.tile(srv_all, F)
     aux = _lp.AuxColumns(
-        ub=cap_mem.copy(),
-        col=np.concatenate([srv_all, np.tile(srv_all, F)]),
-        fam=np.concatenate([np.zeros(S, dtype=np.int64), np.ones(F * S, dtype=np.int64)]),
-        key=np.concatenate([srv_all, np.repeat(np.arange(F), S) * S + np.tile(srv_all, F)]),
-        coef=np.concatenate([np.ones(S), -np.ones(F * S)]),
+        ub=np.concatenate([cap_mem, cap_comp]),
+        col=np.concatenate([srv_all, np.tile(srv_all, F), S + srv_all, S + np.tile(srv_all, F)]),
+        fam=np.concatenate([np.zeros(S), np.ones(F * S), np.full(S, 2), np.full(F * S, 3)]).astype(
+            np.int64
+        ),
+        key=np.concatenate([srv_all, fs_keys, srv_all, fs_keys]),
+        coef=np.concatenate([np.ones(S), -np.ones(F * S), np.ones(S), -np.ones(F * S)]),
     )
     acc = ix.var_acc[c.var]
-    crit_order = np.lexsort((-ix.app_w, ~ix.app_crit)).astype(np.int64)
+    crit_order = np.lexsort((-ix.app_w, ~ix.app_crit, ~ix.app_hot)).astype(np.int64)
 
     def new_state() -> _State:
         return BackupState(c, ix.F, cap_mem, cap_comp, cap_disk)
 
     def greedy(st: _State) -> IArr:
         return _greedy(
-            c, st, crit_order, acc, lambda a: (WARM, COLD) if ix.app_crit[a] else (COLD,)
+            c,
+            st,
+            crit_order,
+            acc,
+            lambda a: (
+                (HOT, WARM, COLD) if ix.app_hot[a] else (WARM, COLD) if ix.app_crit[a] else (COLD,)
+            ),
         )
 
     mean_mem = float(cap_mem.mean()) if S else 1.0
@@ -650,7 +665,7 @@ def plan_backups(
         j = int(out.choice[a])
         if j < 0:
             continue
-        kind: Literal["warm", "cold"] = "warm" if c.kind[j] == WARM else "cold"
+        kind = KIND_NAME[int(c.kind[j])]
         first = ix.var_names[c.first[j]] if c.first[j] >= 0 else None
         backups[ix.app_ids[a]] = Backup(ix.srv_ids[c.srv[j]], ix.var_names[c.var[j]], kind, first)
     return backups, out.report

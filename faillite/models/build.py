@@ -40,6 +40,9 @@ FINGERPRINT_KEY = "faillite.fingerprint"
 _STEPS = 4  # read weights, build graph, save, verify
 _SYNTH_KEYS = {"depth", "seed", "width", "num_classes", "image_size"}
 _LITE_KEYS = {"arch"}
+# What every built graph's interface looks like, in the fingerprint: files built before the
+# batch dim became dynamic (fixed [1,3,S,S]) are rebuilt.
+GRAPH_FORM = "batch:dynamic"
 
 
 # What onnx.load raises on a corrupt file (protobuf ships no type stubs, hence the lookup).
@@ -111,6 +114,7 @@ def fingerprint(variant: Variant) -> str:
     else:
         raise ModelBuildError(f"{variant.name}: builder {variant.builder!r} cannot build files")
     doc = {
+        "graph": GRAPH_FORM,
         "name": variant.name,
         "builder": variant.builder,
         "source": source,
@@ -139,10 +143,15 @@ def _verify(path: Path, variant: Variant) -> None:
     except Exception as exc:  # onnx and onnxruntime raise many unrelated exception types
         raise ModelBuildError(f"{variant.name}: built model does not load: {exc}") from exc
     h, w = variant.preprocess.size
-    shape = (1, 3, h, w) if variant.preprocess.layout == "nchw" else (1, h, w, 3)
+    # A batch of two: the batch dim must be dynamic (a worker batches frames of several apps).
+    n = 2
+    shape = (n, 3, h, w) if variant.preprocess.layout == "nchw" else (n, h, w, 3)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
-    if logits.shape != (1, 1000) or not np.isfinite(logits).all():
+    try:
+        (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    except Exception as exc:  # onnxruntime's own error types
+        raise ModelBuildError(f"{variant.name}: a batch of {n} does not run: {exc}") from exc
+    if logits.shape != (n, 1000) or not np.isfinite(logits).all():
         raise ModelBuildError(
             f"{variant.name}: verification run gave shape {logits.shape}, "
             f"finite={bool(np.isfinite(logits).all())}"

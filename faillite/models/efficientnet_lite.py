@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from faillite.models.graph import FloatArray, GraphBuilder
+from faillite.models.graph import BATCH_DIM, FloatArray, GraphBuilder
 
 __all__ = [
     "BUILDER_VERSION",
@@ -41,7 +41,8 @@ __all__ = [
     "weights_path",
 ]
 
-BUILDER_VERSION = "1"  # bump when the produced graph changes, so built files get rebuilt
+# Bump when the produced graph changes, so built files get rebuilt. 2: dynamic batch dim.
+BUILDER_VERSION = "2"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 NUM_CLASSES = 1000
@@ -235,7 +236,8 @@ def build_efficientnet_lite(
     state_dict: Mapping[str, npt.NDArray[Any]],
     metadata: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
-    """The ONNX classifier for ``variant``: input ``[1,3,S,S]`` float32, output ``[1,1000]``."""
+    """The ONNX classifier for ``variant``: input ``[N,3,S,S]`` float32, output ``[N,1000]``,
+    for any batch size N."""
     spec = _variant_spec(variant)
     weights = _Weights(state_dict)
     g = GraphBuilder()
@@ -327,9 +329,9 @@ def build_efficientnet_lite(
     return g.model(
         graph_name=variant,
         input_name=INPUT_NAME,
-        input_shape=(1, 3, s, s),
+        input_shape=(BATCH_DIM, 3, s, s),
         output_name=OUTPUT_NAME,
-        output_shape=(1, NUM_CLASSES),
+        output_shape=(BATCH_DIM, NUM_CLASSES),
         metadata=props,
         doc=f"{variant} ImageNet-1k classifier (BatchNorm folded), built by faillite",
     )

@@ -16,6 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 IR_VERSION = 8
+# The batch dimension's symbolic name: built models take any batch size, so a worker can run
+# the frames of several apps in one call (workers.batching).
+BATCH_DIM = "batch"
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -126,12 +129,13 @@ class GraphBuilder:
         *,
         graph_name: str,
         input_name: str,
-        input_shape: tuple[int, ...],
+        input_shape: tuple[int | str, ...],
         output_name: str,
-        output_shape: tuple[int, ...],
+        output_shape: tuple[int | str, ...],
         metadata: Mapping[str, str],
         doc: str = "",
     ) -> onnx.ModelProto:
+        """The model; a ``str`` dim of a shape is symbolic (a ``dim_param``, e.g. the batch)."""
         graph = helper.make_graph(
             self.nodes,
             graph_name,

@@ -17,11 +17,11 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from faillite.models.graph import FloatArray, GraphBuilder
+from faillite.models.graph import BATCH_DIM, FloatArray, GraphBuilder
 
 __all__ = ["BUILDER_VERSION", "RESNET_LAYOUTS", "ResNetLayout", "build_synthetic_resnet"]
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: dynamic batch dim. Bump when the produced graph changes
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 _BRANCH_GAIN = 0.2  # scale of each residual branch's output relative to its input
@@ -70,7 +70,8 @@ def build_synthetic_resnet(
     name: str | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
-    """A ResNet-``depth`` shaped classifier: input ``[1,3,S,S]`` float32, output ``[1,C]``."""
+    """A ResNet-``depth`` shaped classifier: input ``[N,3,S,S]`` float32, output ``[N,C]``,
+    for any batch size N."""
     try:
         layout = RESNET_LAYOUTS[depth]
     except KeyError:
@@ -134,9 +135,9 @@ def build_synthetic_resnet(
     return g.model(
         graph_name=variant,
         input_name=INPUT_NAME,
-        input_shape=(1, 3, image_size, image_size),
+        input_shape=(BATCH_DIM, 3, image_size, image_size),
         output_name=OUTPUT_NAME,
-        output_shape=(1, num_classes),
+        output_shape=(BATCH_DIM, num_classes),
         metadata=props,
         doc=f"synthetic ResNet-{depth} (random weights, seed {seed}), built by faillite",
     )

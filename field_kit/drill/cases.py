@@ -171,6 +171,54 @@ class KillPrimary(FaultCase):
         return _restart(ctx, fault)
 
 
+class KillPrimaryHot(FaultCase):
+    name = "KILL_PRIMARY_HOT"
+    summary = (
+        "SIGKILL the worker serving the hot app: its hot backup, which ran every frame "
+        "unpublished, takes over and publishes only the frames the primary did not"
+    )
+
+    def spec(self, opts: DrillOptions) -> MeshSpec:
+        return MeshSpec(broker=opts.broker, hot=True)
+
+    def inject(self, ctx: DrillContext) -> Fault:
+        backup = ctx.mesh.role_of("a1", "hot")
+        ctx.notes["hot_backup"] = backup
+        if backup is not None:  # it runs a1's frames but publishes none of them
+            ever = ctx.mesh.serving("a1", within_s=1e9)
+            ctx.notes["hot_published_before"] = int(backup in ever)
+        return _signal_primary(ctx, signal.SIGKILL, "kill")
+
+    def recover(self, ctx: DrillContext, fault: Fault) -> Fault:
+        return _restart(ctx, fault)
+
+    def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
+        seqs = [r.seq for r in rec.results.get("a1", [])]
+        dupes = sorted({s for s in seqs if seqs.count(s) > 1})
+        kinds = [
+            e.detail["recoveries"]["a1"].get("kind")
+            for e in rec.events
+            if e.kind == "failover" and "a1" in e.detail.get("recoveries", {})
+        ]
+        before = ctx.notes.get("hot_published_before")
+        return [
+            Check(
+                "hot_backup_planned",
+                ctx.notes.get("hot_backup") is not None and before == 0,
+                f"hot backup {ctx.notes.get('hot_backup')}, published results before the "
+                f"kill: {'yes' if before else 'no'}",
+            ),
+            Check("promoted_hot", kinds[:1] == ["hot"], f"a1 recovered as {kinds or 'nothing'}"),
+            Check(
+                "no_duplicate_results",
+                not dupes,
+                f"{len(seqs)} results of a1, each frame once"
+                if not dupes
+                else f"frames of a1 with two results: {dupes[:10]}",
+            ),
+        ]
+
+
 class KillBackup(FaultCase):
     name = "KILL_BACKUP"
     summary = "SIGKILL the critical app's warm backup: the app is protected again elsewhere"
@@ -597,6 +645,7 @@ CASES: dict[str, type[FaultCase]] = {
     c.name: c
     for c in (
         KillPrimary,
+        KillPrimaryHot,
         KillBackup,
         SigstopWorker,
         SlowWorker,

@@ -96,6 +96,7 @@ class MeshSpec:
     accounts: bool = False  # one account per device, per-identity ACL (the attack cases)
     pair: bool = False  # a second broker B, bridged to A (Mosquitto only)
     b_side: tuple[str, ...] = ()  # with pair: roles (worker, coordinator, sensor ids) on B
+    hot: bool = False  # a1 is hot: its backup runs every frame, publishing once promoted
 
 
 class DrillMesh:
@@ -338,6 +339,7 @@ class DrillMesh:
                     "sensor": "cam1",
                     "family": "efficientnet_lite",
                     "critical": True,
+                    "hot": spec.hot,
                     "slo_ms": 400,
                 },
                 {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite", "slo_ms": 600},
@@ -450,7 +452,7 @@ class DrillMesh:
         return None
 
     def backup_of(self, app: str) -> str | None:
-        return self.role_of(app, "warm") or self.role_of(app, "cold")
+        return self.role_of(app, "hot") or self.role_of(app, "warm") or self.role_of(app, "cold")
 
     def serving(self, app: str, within_s: float = 1.0) -> set[str]:
         """Workers whose results for ``app`` arrived in the last ``within_s`` (on their own
@@ -560,8 +562,11 @@ class DrillMesh:
                 problem = self.worker_problem(w, latest)
                 if problem is not None:
                     return f"{app}: {problem}"
-            warm = next((e.variant for e in p.entries if e.app == app and e.role == "warm"), None)
-            if warm is not None and self.role_of(app, "warm") == back:
+            warm = next(
+                (e.variant for e in p.entries if e.app == app and e.role in ("hot", "warm")),
+                None,
+            )
+            if warm is not None and back in (self.role_of(app, "hot"), self.role_of(app, "warm")):
                 hb = messages.decode(
                     messages.Heartbeat, latest[self.topics.worker_heartbeat(back)][1]
                 )

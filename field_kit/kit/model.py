@@ -81,6 +81,7 @@ class App(StrictModel):
     camera: Id
     family: str = Field(min_length=1, max_length=64)
     critical: bool = False
+    hot: bool = False  # a hot backup (faillite.config.AppConfig.hot)
     slo_ms: float = Field(default=250.0, gt=0)
 
     @field_validator("id")

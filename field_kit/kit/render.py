@@ -222,6 +222,7 @@ def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any
                 "sensor": a.camera,
                 "family": a.family,
                 "critical": a.critical,
+                "hot": a.hot,
                 "slo_ms": a.slo_ms,
             }
             for a in kit.apps

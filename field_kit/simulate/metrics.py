@@ -82,7 +82,7 @@ class Protection:
             c = problem.cost_on(variant, server)
             return c.memory_mb if c is not None else 0.0
 
-        warm = sum(mem(b.variant, b.server) for b in placement.backups.values() if b.kind == "warm")
+        warm = sum(mem(b.variant, b.server) for b in placement.backups.values() if b.loaded)
         cold_by: dict[tuple[str, str], float] = {}
         for app, b in placement.backups.items():
             if b.kind == "cold" and app in placement.primary:

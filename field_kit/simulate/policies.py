@@ -266,7 +266,7 @@ class HomogeneousPolicy(Policy):
         alive = {s.id: s for s in problem.servers if s.id not in failed}
         u = self._usage(problem, {a: p for a, p in placement.primary.items() if p.server in alive})
         for wb in placement.backups.values():
-            if wb.kind == "warm" and wb.server in alive:
+            if wb.loaded and wb.server in alive:
                 c = problem.cost_on(wb.variant, wb.server)
                 u.mem[wb.server] += c.memory_mb if c is not None else 0.0
         affected = {a: p.server for a, p in placement.primary.items() if p.server in failed}

@@ -35,6 +35,7 @@ def _mesh(
     models_dir: Path,
     critical: bool,
     workers: tuple[dict[str, Any], ...],
+    hot: bool = False,
 ) -> dict[str, Any]:
     mesh_id = "f" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
     path = write_config(
@@ -45,7 +46,13 @@ def _mesh(
         workers=workers,
         sensors=({"id": "cam1", "fps": 5}, {"id": "cam2", "fps": 5}),
         apps=(
-            {"id": "a1", "sensor": "cam1", "family": "efficientnet_lite", "critical": critical},
+            {
+                "id": "a1",
+                "sensor": "cam1",
+                "family": "efficientnet_lite",
+                "critical": critical,
+                "hot": hot,
+            },
             {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"},
         ),
         extra={"coordinator": {"type": "planner", "startup_wait_s": 10}},
@@ -57,8 +64,16 @@ def _mesh(
 def running(
     request: pytest.FixtureRequest, tmp_path: Path, broker: Any, models_dir: Path
 ) -> Iterator[dict[str, Any]]:
-    params = {"critical": True, "workers": WORKERS, **getattr(request, "param", {})}
-    m = _mesh(request, tmp_path, broker, models_dir, params["critical"], params["workers"])
+    params = {"critical": True, "workers": WORKERS, "hot": False, **getattr(request, "param", {})}
+    m = _mesh(
+        request,
+        tmp_path,
+        broker,
+        models_dir,
+        params["critical"],
+        params["workers"],
+        params["hot"],
+    )
     col = Collector(m["cfg"]).follow(f"faillite/{m['cfg'].mesh}/#", qos=1).start()
     group = ProcessGroup(tmp_path / "logs")
     for w in params["workers"]:
@@ -177,6 +192,45 @@ def test_kill_primary_warm_backup_takes_over(running: dict[str, Any]) -> None:
         10,
         "re-plan adopts the backup as primary",
     )
+
+
+@pytest.mark.parametrize("running", [{"hot": True}], indirect=True, ids=["hot"])
+def test_kill_primary_hot_backup_publishes_only_what_the_primary_did_not(
+    running: dict[str, Any],
+) -> None:
+    col, t, group, primary, backup = _serving(running, "hot")
+    assert backup.worker != primary.worker
+
+    def beats() -> list[messages.Heartbeat]:
+        return col.messages(t.worker_heartbeat(backup.worker), messages.Heartbeat)
+
+    # The hot backup runs a1's frames (its counters move) and publishes none of them.
+    first = col.wait_for(lambda: [h for h in beats() if h.frames_processed >= 1], 30, "hot runs")
+    col.wait_for(
+        lambda: [h for h in beats() if h.frames_processed >= first[0].frames_processed + 3],
+        30,
+        "the hot backup keeps running a1's frames",
+    )
+    assert [r for r in _results(col, t, "a1") if r.worker == backup.worker] == []
+    assert "a1" not in beats()[-1].apps  # not reported as served
+    killed = time.monotonic()
+    group.stop(primary.worker, signal.SIGKILL)
+    col.wait_for(
+        lambda: [r for r in _results(col, t, "a1", since=killed) if r.worker == backup.worker],
+        30,
+        "a1 served by its hot backup",
+    )
+    ev = col.wait_for(lambda: _events(col, t, "failover"), 10, "failover event")[-1]
+    assert ev.detail["recoveries"]["a1"]["kind"] == "hot"
+    promoted = col.wait_for(lambda: _events(col, t, "hot_promoted"), 10, "promotion event")
+    assert promoted[0].worker == backup.worker and promoted[0].app == "a1"
+    time.sleep(1.0)  # live results for a while after the promotion
+    # Consumers never see two results of one frame: the backup published, of what it held,
+    # only the frames the primary did not.
+    seqs = [r.seq for r in _results(col, t, "a1")]
+    assert len(seqs) == len(set(seqs)), sorted(seqs)
+    by_backup = [r for r in _results(col, t, "a1") if r.worker == backup.worker]
+    assert by_backup and min(r.generation for r in by_backup) >= ev.detail["generation"]
 
 
 @pytest.mark.parametrize("running", [{"critical": False}], indirect=True, ids=["noncritical"])

@@ -60,7 +60,9 @@ def test_cpu_kit_class_profiled_once_is_plannable(
         assert p.memory_mb > 1 and p.load_ms > 0 and p.first_inference_ms > 0, (v, p)
         assert p.warm_load_ms is not None and p.warm_load_ms > 0, (v, p)
         assert p.throughput_fps is not None and p.throughput_fps > 0, (v, p)
-        assert p.best_batch == 1 and p.batching and "fixed at 1" in p.batching, (v, p)
+        # Built models take any batch size (a worker batches frames of several apps).
+        assert p.best_batch is not None and p.best_batch >= 1, (v, p)
+        assert p.batching and "symbolic batch dim" in p.batching, (v, p)
         assert p.gpu_memory_mb is None or p.gpu_memory_mb >= 0
         assert "p50 of 8 runs" in p.source and "onnxruntime" in p.source
     # A bigger variant costs more: a sanity check the figures belong to their models.

@@ -55,6 +55,7 @@ LITE0, LITE1, LITE2 = (f"efficientnet_lite{i}" for i in range(3))
 def mesh_config(
     memory_mb: tuple[float, ...] = (200, 200, 200),
     coordinator: dict[str, Any] | None = None,
+    hot: bool = False,
     **knobs: Any,
 ) -> MeshConfig:
     """The drills' mesh; ``knobs`` change the planner coordinator's settings, ``coordinator``
@@ -69,6 +70,7 @@ def mesh_config(
                     "sensor": "cam1",
                     "family": "efficientnet_lite",
                     "critical": True,
+                    "hot": hot,
                     "slo_ms": 400,
                 },
                 {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite", "slo_ms": 600},
@@ -370,6 +372,26 @@ def test_crash_fails_over_to_the_warm_backup_from_the_table_then_replans() -> No
     assert [e.detail["reason"] for e in events(replan, "replan")] == ["failure"]
     assert s.route("a1") == RouteState("a1", warm.worker, warm.variant, "serving")
     assert s.latest.generation == 3
+
+
+@pytest.mark.parametrize("method", ["lp", "greedy"])
+def test_a_hot_app_runs_on_its_hot_backup_too_which_a_crash_promotes(method: str) -> None:
+    s = Sim(mesh_config(hot=True, method=method))
+    s.start()
+    primary, hot = s.route("a1"), s.role("a1", "hot")
+    st = s.latest
+    assert hot.worker != primary.worker
+    backup = st.worker(hot.worker)
+    assert ("a1", hot.variant) in {(x.app, x.variant) for x in backup.hot}
+    assert "a1" not in {x.app for x in backup.standby} and hot.variant in backup.warm
+    assert all(x.app != "a1" for w, wp in st.workers if w != hot.worker for x in wp.hot)
+    s.run(0.5)
+    out = s.kill(primary.worker)
+    after = published(out)[0]
+    assert ("a1", hot.variant) in serves(after, hot.worker)
+    assert after.worker(hot.worker).hot == ()  # promoted: served, no longer hot
+    (failover,) = events(out, "failover")
+    assert failover.detail["recoveries"]["a1"]["kind"] == "hot"
 
 
 def test_graceful_stop_is_a_failure_too(sim: Sim) -> None:

@@ -239,8 +239,13 @@ def test_efficientnet_lite_model_metadata(catalog: Catalog, models_dir: Path, va
     assert spec == catalog.variant(variant).preprocess
     size = catalog.variant(variant).preprocess.size[0]
     (inp,) = model.graph.input
-    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 3, size, size]
+    # Dynamic batch dim (a worker batches frames of several apps), static image dims.
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    assert [d.dim_value for d in dims[1:]] == [3, size, size]
     assert model.graph.output[0].name == "logits"
+    (out,) = model.graph.output
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 1000]
     assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)  # folded
     assert model.opset_import[0].version == 17
 

@@ -55,6 +55,7 @@ def small_problems(draw: st.DrawFn, max_apps: int = 12, max_servers: int = 4) ->
         draw(st.integers(1, 3)),
         seed=draw(st.integers(0, 10**6)),
         critical_share=draw(st.sampled_from([0.0, 0.3, 1.0])),
+        hot_share=draw(st.sampled_from([0.0, 0.0, 0.3])),
         tightness=draw(st.floats(0.8, 2.0)),
     )
 
@@ -68,14 +69,13 @@ def score_primaries(p: Problem, primary: dict[str, Assign]) -> float:
 
 
 def score_backups(p: Problem, backups: dict[str, Backup]) -> float:
-    """What stage 2 maximizes: value of each backup plus the bonus of a critical app warm."""
+    """What stage 2 maximizes: value of each backup plus the bonus of a critical app loaded
+    (hot or warm) and of a hot app hot."""
+    k = p.knobs
     return sum(
         backup_value(p, a, b)
-        + (
-            p.knobs.critical_bonus * p.app(a).weight
-            if b.kind == "warm" and p.app(a).critical
-            else 0
-        )
+        + (k.critical_bonus * p.app(a).weight if b.loaded and p.app(a).protected_warm else 0)
+        + (k.hot_bonus * p.app(a).weight if b.kind == "hot" else 0)
         for a, b in backups.items()
     )
 
@@ -112,10 +112,10 @@ def test_critical_apps_are_warm_when_a_warm_backup_fits(p: Problem) -> None:
     p = p.with_servers(dataclasses.replace(s, disk_mb=math.inf) for s in p.servers)
     pl = plan(p)
     for a in p.apps:
-        if not a.critical or a.id not in pl.primary:
+        if not a.protected_warm or a.id not in pl.primary:
             continue
         b = pl.backups.get(a.id)
-        if b is not None and b.kind == "warm":
+        if b is not None and b.loaded:
             continue
         for s in p.servers:
             for v in p.family(a.family):

@@ -1,4 +1,5 @@
-"""The serving table without a broker: assignment order, fencing before loads, warm standby."""
+"""The serving table without a broker: assignment order, fencing before loads, warm and hot
+standby."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from faillite.catalog import Catalog
 from workers.backends import Backend, LoadedModel
 from workers.counters import Counters
 from workers.frame_queue import FrameQueues
+from workers.hot import HELD_RESULT_MAX_AGE_NS, HotResults
 from workers.model_cache import ModelCache
 from workers.serving import HELD_FRAME_MAX_AGE_NS, ServingTable
 
@@ -74,6 +76,8 @@ class Rig:
         self.queues = FrameQueues(2)
         self.counters = Counters()
         self.followed: list[frozenset[str]] = []
+        self.watched: list[frozenset[str]] = []
+        self.released: list[messages.Result] = []
         self.table = ServingTable(
             self.models,
             catalog,
@@ -81,6 +85,8 @@ class Rig:
             self.counters,
             follow=self.followed.append,
             emit=self.log,
+            watch=self.watched.append,
+            publish_held=self.released.append,
         )
 
     def apply(
@@ -91,6 +97,7 @@ class Rig:
         term: int = 1,
         warm: tuple[str, ...] = (),
         standby: Sequence[tuple[str, str, str]] = (),
+        hot: Sequence[tuple[str, str, str]] = (),
     ) -> bool:
         return self.table.apply(
             messages.Assignment(
@@ -101,6 +108,7 @@ class Rig:
                 serve=tuple(messages.Serve(*s) for s in serve),
                 warm=warm,
                 standby=tuple(messages.Serve(*s) for s in standby),
+                hot=tuple(messages.Serve(*s) for s in hot),
             )
         )
 
@@ -221,3 +229,80 @@ def test_standby_dropped_forgets_its_held_frame(rig: Rig) -> None:
     rig.apply(2, [])
     assert rig.table.held() == {}
     assert rig.followed[-1] == frozenset()
+
+
+# -- hot standby -----------------------------------------------------------------------------
+
+
+def _result(app: str, seq: int, generation: int = 1) -> messages.Result:
+    lat = messages.Latency(0.0, 0.0, 0.0, 1.0, 2.0)
+    now = messages.now()
+    return messages.Result(app, seq, "cam2", now, now, "w1", "i", L1, generation, lat, ())
+
+
+def test_held_results_keep_what_the_primary_did_not_publish_and_is_fresh() -> None:
+    hot = HotResults(keep=4)
+    t = 10 * HELD_RESULT_MAX_AGE_NS
+    hot.hold(_result("a2", 1), now_ns=t - 2 * HELD_RESULT_MAX_AGE_NS)  # stale by then
+    for seq in (5, 6, 7):
+        hot.hold(_result("a2", seq), now_ns=t)
+    hot.seen("a2", 6)
+    assert hot.already_published("a2", 6) and not hot.already_published("a2", 7)
+    assert [r.seq for r in hot.release("a2", now_ns=t + 1)] == [7]
+    assert hot.suppressed == 3 and hot.held("a2") == 0
+    # A camera that restarts counts from 0: the last seq seen counts, not the highest.
+    hot.seen("a3", 900)
+    hot.seen("a3", 2)
+    hot.hold(_result("a3", 3), now_ns=t)
+    assert [r.seq for r in hot.release("a3", now_ns=t)] == [3]
+    for seq in range(10):  # bounded: the oldest go first
+        hot.hold(_result("a4", seq), now_ns=t)
+    assert hot.held("a4") == 4
+    hot.forget("a4")
+    assert hot.held("a4") == 0 and hot.release("a4", now_ns=t) == []
+
+
+def test_a_hot_backup_runs_every_frame_but_is_not_served(rig: Rig) -> None:
+    rig.apply(1, [("a1", "cam1", L0)], hot=[("a2", "cam2", L1)])
+    assert rig.table.apps == ("a1",) and rig.table.hot_apps == ("a2",)
+    assert rig.table.get("a2").hot  # type: ignore[union-attr]
+    assert set(rig.models.loaded) == {L0, L1}
+    assert rig.followed[-1] == {"cam1", "cam2"} and rig.watched[-1] == {"a2"}
+    rig.table.route("cam2", b"f", time.monotonic_ns())
+    assert rig.drain() == [("a2", b"f")]  # queued to run, unlike a warm backup's held frame
+    assert "a2" not in _beat(rig, 1).apps  # nothing reported as served
+
+
+def test_hot_models_load_after_serving_switched(rig: Rig) -> None:
+    rig.apply(1, [("a1", "cam1", L0)])
+    seen: list[tuple[str, ...]] = []
+    rig.backend.on_load.append(lambda v: seen.append(rig.table.apps) if v == L1 else None)
+    rig.apply(2, [("a1", "cam1", L2)], hot=[("a2", "cam2", L1)])
+    assert seen == [("a1",)] and rig.table.get("a1").variant == L2  # type: ignore[union-attr]
+
+
+def test_promotion_publishes_the_held_results_the_primary_missed(rig: Rig) -> None:
+    rig.apply(1, [("a1", "cam1", L0)], hot=[("a2", "cam2", L1)])
+    for seq in (5, 6, 7):
+        rig.table.hot.hold(_result("a2", seq))
+    rig.table.hot.seen("a2", 6)
+    loads = rig.models.load_count
+    rig.apply(2, [("a1", "cam1", L0), ("a2", "cam2", L1)])
+    assert rig.models.load_count == loads  # running already: nothing to load
+    assert [(r.seq, r.generation) for r in rig.released] == [(7, 2)]  # the new generation
+    assert not rig.table.get("a2").hot  # type: ignore[union-attr]
+    assert sorted(rig.table.apps) == ["a1", "a2"] and rig.watched[-1] == frozenset()
+    assert ("event", "hot_promoted", "a2") in rig.log.kinds()
+
+
+def test_a_revoked_hot_backup_forgets_what_it_held(rig: Rig) -> None:
+    rig.apply(1, [], hot=[("a2", "cam2", L1)])
+    rig.table.hot.hold(_result("a2", 1))
+    rig.table.hot.seen("a2", 0)
+    rig.apply(2, [])
+    assert rig.table.get("a2") is None and rig.table.hot.held("a2") == 0
+    assert rig.watched[-1] == frozenset() and rig.followed[-1] == frozenset()
+    assert L1 not in rig.models.loaded
+    # Hot again later: what was seen of the others' results before does not count.
+    rig.apply(3, [], hot=[("a2", "cam2", L1)])
+    assert not rig.table.hot.already_published("a2", 0)

@@ -40,6 +40,11 @@ class LoadedModel(abc.ABC):
     variant: str
     providers: tuple[str, ...]
     input_shape: tuple[int, ...]
+    # The most images one ``infer`` call runs at once: 1 for a model with a fixed batch of 1
+    # (a larger batch then runs image by image), the backend's limit (ONNX Runtime:
+    # ``max_batch``, 64 by default) for a model whose batch dimension is symbolic. A batcher
+    # groups at most this many frames.
+    max_batch: int = 1
 
     @abc.abstractmethod
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -66,6 +71,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, variant: str, path: Path) -> LoadedModel:
         """Load ``path``; raise :class:`ModelFileMissingError` or :class:`BackendError`."""
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Bring the device up before the worker says it is online (CUDA context, libraries),
+        and keep it up, so later loads go into an initialised runtime. Default: nothing."""
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.type, "devices": list(self.devices())}
