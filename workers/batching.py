@@ -46,8 +46,7 @@ STATS_EVERY_S = 5.0  # how often the batcher logs its batch sizes while serving
 def model_max_batch(model: LoadedModel) -> int:
     """The most frames ``model`` takes in one call (:attr:`LoadedModel.max_batch`: 1 for a
     model whose batch dim is fixed at 1, as built before batch dims were dynamic)."""
-    said = getattr(model, "max_batch", 1)  # a backend of before max_batch: unbatchable
-    return said if isinstance(said, int) and said >= 1 else 1
+    return max(1, model.max_batch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,11 +124,7 @@ class FrameQueues:
                 q = self._queues[app]
                 if not q:
                     continue
-                mate = mates.get(app)
-                if mate is None:
-                    g = group(app)
-                    mate = mates[app] = g is not None and g[0] == key
-                if mate:
+                if self._mate(app, key, group, mates):
                     batch.append(q.popleft())
                     took = True
                     if len(batch) >= limit:
@@ -138,16 +134,16 @@ class FrameQueues:
 
     def _has_mates(self, app: str, key: Hashable, group: Grouping, mates: dict[str, bool]) -> bool:
         """Whether another app with a queue here is grouped with ``app``."""
-        for other in self._order:
-            if other == app:
-                continue
-            mate = mates.get(other)
-            if mate is None:
-                g = group(other)
-                mate = mates[other] = g is not None and g[0] == key
-            if mate:
-                return True
-        return False
+        return any(other != app and self._mate(other, key, group, mates) for other in self._order)
+
+    @staticmethod
+    def _mate(app: str, key: Hashable, group: Grouping, mates: dict[str, bool]) -> bool:
+        """Whether ``app`` is grouped with ``key`` (asked once per app and batch)."""
+        mate = mates.get(app)
+        if mate is None:
+            g = group(app)
+            mate = mates[app] = g is not None and g[0] == key
+        return mate
 
     def _ready(self) -> bool:
         return self._closed or any(self._queues.values())
