@@ -291,11 +291,15 @@ class BatchingConfig(StrictModel):
     ``max_batch``: the most frames in one inference call (a model that takes a fixed batch of
     1 runs them one by one). ``max_wait_ms``: how long a batch that is not full waits for more
     frames (0: never wait; take what is queued). ``preprocess_threads``: threads decoding and
-    preprocessing frames while the previous batch infers."""
+    preprocessing frames while the previous batch infers. ``max_batch_ms``: how long one batch
+    may take to serve, as measured per frame on this worker: a slow device gets smaller
+    batches, so results keep coming well within the coordinator's ``stall_s`` (a batch is one
+    long stretch without progress)."""
 
     max_batch: int = Field(default=8, ge=1, le=256)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     preprocess_threads: int = Field(default=2, ge=1, le=64)
+    max_batch_ms: float = Field(default=250.0, gt=0, le=60_000)
 
 
 class WorkerConfig(StrictModel):

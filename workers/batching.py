@@ -24,6 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import numpy as np
 
 from faillite.config import BatchingConfig
 from faillite.log import get_logger
-from workers.backends import LoadedModel
+from workers.backends import LoadedModel, Staged
 from workers.frame_queue import FrameQueues, QueuedFrame
 from workers.inference import FloatArray, FrameRunner, Prepared, batch_shape
 from workers.serving import Serving
@@ -41,6 +42,7 @@ from workers.serving import Serving
 log = get_logger("worker")
 
 STATS_EVERY_S = 5.0  # how often the batcher logs its batch sizes while serving
+FRAME_TIME_EWMA = 0.3  # weight of a faster batch in the time per frame (a slower one: all)
 
 
 def model_max_batch(model: LoadedModel) -> int:
@@ -56,17 +58,12 @@ class Batch:
     st: Serving  # the first frame's serving entry: its model runs the batch
     items: tuple[QueuedFrame, ...]
     tensor: FloatArray
-    jobs: tuple[Future[Prepared | None], ...]
+    staged: Future[tuple[list[Prepared], Staged]]
 
-    def ready(self) -> tuple[list[Prepared], FloatArray]:
-        """Wait for every row; the frames that could be read and their rows (a frame that
-        could not was counted by the preprocess job)."""
-        done = [j.result() for j in self.jobs]
-        keep = [i for i, p in enumerate(done) if p is not None]
-        frames = [p for p in done if p is not None]
-        if len(keep) == len(done):
-            return frames, self.tensor
-        return frames, np.ascontiguousarray(self.tensor[keep])
+    def ready(self) -> tuple[list[Prepared], Staged]:
+        """Wait for every row and the batch's copy to the device: the frames that could be
+        read and their rows (a frame that could not was counted by the preprocess job)."""
+        return self.staged.result()
 
 
 class Batcher:
@@ -98,6 +95,8 @@ class Batcher:
         self._ahead = threading.Semaphore(1)
         self._stop = stopping or threading.Event()
         self.thread = threading.Thread(target=self._loop, name="worker-batcher", daemon=True)
+        # Per loaded model, the measured time to serve one frame (unloaded models drop out).
+        self._frame_s: weakref.WeakKeyDictionary[LoadedModel, float] = weakref.WeakKeyDictionary()
         self.batches = 0
         self.frames = 0
         self.largest = 0
@@ -152,16 +151,50 @@ class Batcher:
         if st is None:
             return None
         served[app] = st
-        return st.model, min(self.cfg.max_batch, model_max_batch(st.model))
+        return st.model, min(self.cfg.max_batch, model_max_batch(st.model), self._by_time(st))
+
+    def _by_time(self, st: Serving) -> int:
+        """The most frames of ``st``'s model that fit in ``max_batch_ms``, at the time per
+        frame measured here (no limit before the first batch)."""
+        per_frame_s = self._frame_s.get(st.model)
+        if per_frame_s is None or per_frame_s <= 0:
+            return self.cfg.max_batch
+        return max(1, int(self.cfg.max_batch_ms / 1000 / per_frame_s))
+
+    def observe(self, model: LoadedModel, seconds: float, frames: int) -> None:
+        """A batch of ``frames`` frames of ``model`` took ``seconds`` to serve (inference
+        thread; interceptors included: what the coordinator sees as time without progress)."""
+        if frames < 1:
+            return
+        per = seconds / frames
+        old = self._frame_s.get(model)
+        # Slower at once (a device that slows down must not stall a batch), faster gradually.
+        if old is None or per > old:
+            self._frame_s[model] = per
+        else:
+            self._frame_s[model] = old + FRAME_TIME_EWMA * (per - old)
 
     def _submit(self, items: list[QueuedFrame], served: dict[str, Serving]) -> Batch:
         st = served[items[0].app]
         tensor = np.empty(batch_shape(st, len(items)), dtype=np.float32)
-        jobs = tuple(
+        jobs = [
             self._pool.submit(self._prepare, item, served[item.app], tensor[i : i + 1])
             for i, item in enumerate(items)
-        )
-        return Batch(st, tuple(items), tensor, jobs)
+        ]
+        # Submitted after its rows (the pool runs jobs in order): no deadlock with one thread.
+        return Batch(st, tuple(items), tensor, self._pool.submit(self._stage, st, tensor, jobs))
+
+    @staticmethod
+    def _stage(
+        st: Serving, tensor: FloatArray, jobs: list[Future[Prepared | None]]
+    ) -> tuple[list[Prepared], Staged]:
+        """The rows that could be read, copied to the model's device while the previous
+        batch still infers."""
+        done = [j.result() for j in jobs]
+        keep = [i for i, p in enumerate(done) if p is not None]
+        frames = [p for p in done if p is not None]
+        x = tensor if len(keep) == len(done) else np.ascontiguousarray(tensor[keep])
+        return frames, st.model.stage(x)
 
     def _prepare(self, item: QueuedFrame, st: Serving, out: FloatArray) -> Prepared | None:
         try:

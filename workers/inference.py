@@ -22,6 +22,7 @@ import numpy.typing as npt
 from faillite import envelope, messages
 from faillite.badinput import BadInput
 from faillite.models.preprocess import preprocess, top_k
+from workers.backends import Staged
 from workers.frame_queue import QueuedFrame
 from workers.serving import Serving
 
@@ -74,13 +75,18 @@ class FrameRunner:
         return Prepared(item, st, frame.seq, frame.capture_ts, (t1 - t0) / 1e6, (t2 - t1) / 1e6)
 
     def infer(
-        self, model_st: Serving, frames: Sequence[Prepared], batch: FloatArray, generation: int
+        self,
+        model_st: Serving,
+        frames: Sequence[Prepared],
+        batch: FloatArray | Staged,
+        generation: int,
     ) -> list[messages.Result]:
-        """Run ``batch`` (row i is ``frames[i]``) through ``model_st``'s model in one call and
-        split the output into each frame's result. A backend failure raises
-        :class:`~workers.backends.BackendError`."""
+        """Run ``batch`` (row i is ``frames[i]``; staged on the device or not) through
+        ``model_st``'s model in one call and split the output into each frame's result. A
+        backend failure raises :class:`~workers.backends.BackendError`."""
         t0 = time.monotonic_ns()
-        logits = model_st.model.infer(batch)
+        model = model_st.model
+        logits = model.infer_staged(batch) if isinstance(batch, Staged) else model.infer(batch)
         t1 = time.monotonic_ns()
         if logits.shape[0] != len(frames):
             raise ValueError(f"model gave {logits.shape[0]} outputs for {len(frames)} frames")

@@ -55,7 +55,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-import numpy as np
 import psutil
 
 from faillite import envelope, gpu, messages
@@ -70,7 +69,7 @@ from faillite.presence import Presence
 from faillite.sdnotify import Beats
 from faillite.signing import SignatureError, SigningError, Verifier, load_verifier
 from faillite.topics import Role, Topics
-from workers.backends import BackendError, create_backend
+from workers.backends import BackendError, Staged, create_backend
 from workers.batching import Batch, Batcher
 from workers.counters import Counters
 from workers.fencing import Fence, LogLimit
@@ -424,6 +423,13 @@ class Worker:
                 self.counters.busy = False
 
     def _handle(self, batch: Batch) -> None:
+        t0 = time.monotonic()
+        try:
+            self._serve_batch(batch)
+        finally:
+            self.batcher.observe(batch.st.model, time.monotonic() - t0, len(batch.items))
+
+    def _serve_batch(self, batch: Batch) -> None:
         if self.interceptors:
             self.counters.busy = True
             for item in batch.items:
@@ -432,7 +438,7 @@ class Worker:
         if self._stop.is_set():
             return  # stopping, or replaced: serve nothing more
         try:
-            frames, tensor = batch.ready()  # decoded while the previous batch inferred
+            frames, staged = batch.ready()  # decoded (and copied) while the last one inferred
         except Exception as exc:  # cancelled at stop; never kill the inference thread
             log.exception("batch_lost", variant=batch.st.variant)
             for item in batch.items:
@@ -455,7 +461,7 @@ class Worker:
                 else:  # switched to another model since it was queued: served alone by it
                     self._infer([st], partial(self._run_one, p.item, st, generation))
             if live:
-                x = tensor if len(rows) == len(frames) else np.ascontiguousarray(tensor[rows])
+                x = staged if len(rows) == len(frames) else Staged(staged.host[rows].copy())
                 run = partial(self.runner.infer, batch.st, live, x, generation)
                 self._infer([p.st for p in live], run)
 

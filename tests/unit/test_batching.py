@@ -4,11 +4,13 @@ in turn, and give the results one-by-one inference gives."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import pytest
 from pydantic import ValidationError
@@ -19,7 +21,7 @@ from faillite.catalog import Catalog
 from faillite.config import BatchingConfig, WorkerConfig
 from faillite.models.labels import imagenet_labels
 from sensors.sources import SceneSource
-from workers.backends import LoadedModel
+from workers.backends import LoadedModel, Staged
 from workers.backends.ort import OnnxRuntimeBackend, OnnxRuntimeBackendConfig
 from workers.batching import Batch, Batcher, model_max_batch
 from workers.frame_queue import FrameQueues, QueuedFrame
@@ -272,3 +274,75 @@ def test_batching_config_defaults_and_unknown_keys() -> None:
         WorkerConfig.model_validate({"id": "w1", "batching": {"max_batch_size": 4}})
     with pytest.raises(ValidationError, match="max_batch"):
         WorkerConfig.model_validate({"id": "w1", "batching": {"max_batch": 0}})
+
+
+class StagingModel(LoadedModel):
+    """A real model whose batches are copied to a device ahead of their run: the device is
+    mocked (no GPU here), the inference is real."""
+
+    def __init__(self, inner: LoadedModel) -> None:
+        self.inner = inner
+        self.variant, self.providers = inner.variant, inner.providers
+        self.input_shape, self.max_batch = inner.input_shape, inner.max_batch
+        self.staged_on: list[str] = []
+        self.ran_staged = 0
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self.inner.infer(batch)
+
+    def stage(self, batch: npt.NDArray[np.float32]) -> Staged:
+        self.staged_on.append(threading.current_thread().name)
+        return Staged(batch, "device copy")
+
+    def infer_staged(self, staged: Staged) -> npt.NDArray[np.float32]:
+        assert staged.device == "device copy"
+        self.ran_staged += 1
+        return self.inner.infer(staged.host)
+
+
+def test_a_batch_is_copied_to_the_device_by_the_pool_before_its_turn(
+    catalog: Catalog, models: dict[str, LoadedModel], jpegs: list[bytes]
+) -> None:
+    model = StagingModel(models[L0])
+    r = Rig(catalog, {L0: model})
+    for i in range(3):
+        r.serve(f"a{i}", L0)
+        r.put(f"a{i}", jpegs[i])
+    r.start(max_batch=8, max_wait_ms=50)
+    (b,) = list(r.drain(0.5))
+    frames, x = b.ready()
+    # Staged on a preprocess thread (beside the previous batch's inference), not at its run.
+    assert x.device == "device copy" and x.shape[0] == 3
+    assert model.staged_on and all(n.startswith("worker-prep") for n in model.staged_on)
+    results = r.runner.infer(b.st, frames, x, 1)
+    assert [res.app for res in results] == ["a0", "a1", "a2"] and model.ran_staged == 1
+    r.stop()
+
+
+def test_a_slow_model_gets_batches_that_fit_max_batch_ms(
+    catalog: Catalog, models: dict[str, LoadedModel], jpegs: list[bytes]
+) -> None:
+    """A batch is one stretch without progress for the coordinator's stall detector: once a
+    frame is measured to take 100 ms, a 250 ms budget allows two per batch; faster again, the
+    batches grow back gradually."""
+    r = Rig(catalog, models, queue_size=8)
+    for i in range(6):
+        r.serve(f"a{i}", L0)
+    b = r.start(max_batch=8, max_wait_ms=0, max_batch_ms=250)
+    st = r.table["a0"]
+    b.stop()  # only its bookkeeping is driven here
+    assert b._by_time(st) == 8  # nothing measured yet
+    b.observe(st.model, 0.8, 8)  # 100 ms per frame
+    assert b._by_time(st) == 2
+    b.observe(st.model, 0.08, 8)  # 10 ms per frame: 100 -> 73 ms
+    assert b._by_time(st) == 3
+    b.observe(st.model, 1.0, 2)  # 500 ms per frame: at once
+    assert b._by_time(st) == 1
+    for i in range(6):
+        r.put(f"a{i}", jpegs[i])
+
+    def group(app: str) -> tuple[object, int] | None:
+        return b._group({}, app)
+
+    assert len(r.queues.take_batch(group, 0.1, 0)) == 1
+    r.stop()

@@ -331,6 +331,34 @@ def test_a_batch_gives_the_per_image_outputs(tmp_path: Path) -> None:
         dyn.infer(x[:1])
 
 
+def test_a_batch_staged_on_the_device_is_bound_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host-to-device copy happens at ``stage`` (the batcher's pool), the run binds that
+    copy. No GPU here: the model is told it runs on CUDA while it stages, and ONNX Runtime's
+    ``OrtValue`` factory is wrapped to make the copy in CPU memory; the binding of the staged
+    value in the run is real."""
+    backend = OnnxRuntimeBackend(OnnxRuntimeBackendConfig(intra_op_threads=1, max_batch=4))
+    dyn = backend.load("dyn", conv_model(tmp_path / "dyn.onnx", "N"))
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert dyn.stage(x).device is None  # on CPUs: nothing to copy ahead
+    copies: list[tuple[str, int]] = []
+    real = real_ort.OrtValue.ortvalue_from_numpy
+
+    def to_device(a: Any, device: str = "cpu", device_id: int = 0) -> Any:
+        copies.append((device, device_id))
+        return real(a)
+
+    monkeypatch.setattr(real_ort.OrtValue, "ortvalue_from_numpy", to_device)
+    monkeypatch.setattr(dyn, "_device", "cuda")
+    staged = dyn.stage(x)
+    too_big = dyn.stage(np.concatenate([x, x]))  # runs in slices: bound from the host
+    monkeypatch.setattr(dyn, "_device", "cpu")  # the run's output stays on this CPU
+    assert copies == [("cuda", 0)] and staged.device is not None and too_big.device is None
+    np.testing.assert_allclose(dyn.infer_staged(staged), dyn.infer(x), rtol=1e-5, atol=1e-6)
+    assert staged.shape == (3, 3, 8, 8)
+
+
 def test_cuda_probe_paths(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

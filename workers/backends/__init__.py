@@ -12,6 +12,7 @@ from workers.backends.base import (
     BackendUnavailableError,
     LoadedModel,
     ModelFileMissingError,
+    Staged,
 )
 from workers.backends.registry import create_backend
 
@@ -21,5 +22,6 @@ __all__ = [
     "BackendUnavailableError",
     "LoadedModel",
     "ModelFileMissingError",
+    "Staged",
     "create_backend",
 ]

@@ -12,6 +12,7 @@ import nothing heavy at module level: numpy and the runtimes are imported where 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +35,20 @@ class ModelFileMissingError(BackendError):
     """The model file named by an assignment is not on this worker's disk."""
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A batch put where its model runs it, ahead of its turn (:meth:`LoadedModel.stage`):
+    ``host`` the numpy batch, ``device`` the backend's copy of it on the device (None: the
+    model reads ``host`` itself)."""
+
+    host: npt.NDArray[np.float32]
+    device: Any = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.host.shape)
+
+
 class LoadedModel(abc.ABC):
     """One model variant loaded and ready to run."""
 
@@ -49,6 +64,16 @@ class LoadedModel(abc.ABC):
     @abc.abstractmethod
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Run one batch; returns the first output (logits)."""
+
+    def stage(self, batch: npt.NDArray[np.float32]) -> Staged:
+        """Copy ``batch`` to where the model runs it, now: the batcher's pool calls this while
+        the previous batch infers, so the host-to-device copy overlaps inference. Nothing to
+        copy by default."""
+        return Staged(batch)
+
+    def infer_staged(self, staged: Staged) -> npt.NDArray[np.float32]:
+        """:meth:`infer` of a batch :meth:`stage` made."""
+        return self.infer(staged.host)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device memory held by the model."""

@@ -52,6 +52,7 @@ from workers.backends.base import (
     BackendError,
     BackendUnavailableError,
     LoadedModel,
+    Staged,
     check_file,
 )
 from workers.backends.registry import register
@@ -156,11 +157,40 @@ class OrtModel(LoadedModel):
             return np.concatenate([self._run(session, x[i : i + step]) for i in range(0, n, step)])
         return self._run(session, x)
 
-    def _run(self, session: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def stage(self, batch: npt.NDArray[np.float32]) -> Staged:
+        """On a GPU, copy the batch into device memory now (the batcher's pool, while the
+        previous batch infers); the run then binds that copy. A batch that runs in slices, or a
+        copy that fails, is left for :meth:`infer` to bind from the host."""
+        import numpy as np
+
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._device != "cuda" or self._session is None or x.shape[0] > self.max_batch:
+            return Staged(x)
+        import onnxruntime
+
+        try:
+            value = onnxruntime.OrtValue.ortvalue_from_numpy(x, "cuda", self._device_id)
+        except Exception as exc:  # ORT's own errors (device memory): bind from the host
+            log.warning("stage_failed", variant=self.variant, error=str(exc))
+            return Staged(x)
+        return Staged(x, value)
+
+    def infer_staged(self, staged: Staged) -> npt.NDArray[np.float32]:
+        session = self._session
+        if staged.device is None or session is None:
+            return self.infer(staged.host)
+        return self._run(session, staged.host, staged.device)
+
+    def _run(
+        self, session: Any, x: npt.NDArray[np.float32], on_device: Any = None
+    ) -> npt.NDArray[np.float32]:
         import numpy as np
 
         binding = session.io_binding()
-        binding.bind_cpu_input(self._input, x)
+        if on_device is not None:
+            binding.bind_ortvalue_input(self._input, on_device)
+        else:
+            binding.bind_cpu_input(self._input, x)
         binding.bind_output(self._output, self._device, self._device_id)
         try:
             session.run_with_iobinding(binding)
