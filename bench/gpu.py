@@ -71,31 +71,35 @@ def _backend(section: dict[str, Any]) -> Any:
     return create_backend(parse(section))
 
 
-def one_load(variant: str, section: dict[str, Any], models_dir: Path) -> dict[str, float]:
-    """Load ``variant`` and run its first inference in this (fresh) process."""
+def timed_load(backend: Any, variant: str, models_dir: Path) -> dict[str, Any]:
+    """Load ``variant`` with ``backend`` and run its first inference: both times, and the
+    providers the session got."""
     import numpy as np
 
     catalog = load_catalog(packaged_config("catalog.yaml"))
     t0 = time.perf_counter()
-    backend = _backend(section)
-    t1 = time.perf_counter()
     model = backend.load(variant, models_dir / catalog.variant(variant).file)
-    t2 = time.perf_counter()
+    t1 = time.perf_counter()
     model.infer(np.zeros(model.input_shape, dtype=np.float32))
-    t3 = time.perf_counter()
+    t2 = time.perf_counter()
     return {
-        "runtime_ms": (t1 - t0) * 1000,
-        "load_ms": (t2 - t1) * 1000,
-        "first_ms": (t3 - t2) * 1000,
-        "providers": list(model.providers),  # type: ignore[dict-item]
+        "load_ms": (t1 - t0) * 1000,
+        "first_ms": (t2 - t1) * 1000,
+        "providers": list(model.providers),
     }
+
+
+def one_load(variant: str, section: dict[str, Any], models_dir: Path) -> dict[str, Any]:
+    """Load ``variant`` and run its first inference in this (fresh) process."""
+    t0 = time.perf_counter()
+    backend = _backend(section)
+    runtime_ms = (time.perf_counter() - t0) * 1000
+    return {"runtime_ms": runtime_ms, **timed_load(backend, variant, models_dir)}
 
 
 def load_figures(
     variants: list[str], section: dict[str, Any], models_dir: Path
 ) -> dict[str, dict[str, Any]]:
-    import numpy as np
-
     out: dict[str, dict[str, Any]] = {}
     for v in variants:
         proc = subprocess.run(
@@ -110,18 +114,12 @@ def load_figures(
             raise RuntimeError(f"fresh load of {v} failed: {proc.stderr[-2000:]}")
         out[v] = {"fresh": orjson.loads(proc.stdout.strip().splitlines()[-1])}
         print(f"  {v}: fresh process {out[v]['fresh']}", flush=True)
-    catalog = load_catalog(packaged_config("catalog.yaml"))
     backend = _backend(section)
     t0 = time.perf_counter()
     backend.start()
     up_ms = (time.perf_counter() - t0) * 1000
     for v in variants:
-        t1 = time.perf_counter()
-        model = backend.load(v, models_dir / catalog.variant(v).file)
-        t2 = time.perf_counter()
-        model.infer(np.zeros(model.input_shape, dtype=np.float32))
-        t3 = time.perf_counter()
-        out[v]["warm"] = {"load_ms": (t2 - t1) * 1000, "first_ms": (t3 - t2) * 1000}
+        out[v]["warm"] = timed_load(backend, v, models_dir)
         print(f"  {v}: warm context {out[v]['warm']}", flush=True)
     out["_device"] = {"start_ms": up_ms, "gpu_used_mb": gpu.process_used_mb()}
     return out

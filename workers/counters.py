@@ -101,6 +101,7 @@ class Counters:
         loaded: tuple[str, ...],
         generation: int,
         errors: dict[str, int],
+        gpu_used_mb: float = 0.0,
     ) -> messages.Heartbeat:
         """The heartbeat message (``last_progress_ts`` None while no frame was processed)."""
         with self._lock:  # one snapshot: totals and per-app stats agree
@@ -120,6 +121,7 @@ class Counters:
             busy=busy,
             last_progress_ts=last,
             rss_mb=rss_mb,
+            gpu_used_mb=gpu_used_mb,
             loaded=loaded,
             generation=generation,
             errors=errors,

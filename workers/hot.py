@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from faillite import messages
 
 HELD_RESULTS = 8  # per app: a few frame intervals' worth, more is never fresh enough
-HELD_RESULT_MAX_AGE_NS = 500_000_000  # as for a warm backup's held frame
+# A held frame (a warm backup's) or result (a hot backup's) older than this is not worth
+# serving on promotion.
+HELD_MAX_AGE_NS = 500_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,7 @@ class Held:
 
 
 class HotResults:
-    def __init__(self, keep: int = HELD_RESULTS, max_age_ns: int = HELD_RESULT_MAX_AGE_NS) -> None:
+    def __init__(self, keep: int = HELD_RESULTS, max_age_ns: int = HELD_MAX_AGE_NS) -> None:
         self.lock = threading.RLock()
         self._keep = keep
         self._max_age_ns = max_age_ns

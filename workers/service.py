@@ -508,26 +508,28 @@ class Worker:
             elif now is not None and not hot.already_published(st.app, result.seq):
                 self._publish_result(replace(result, generation=self.table.generation))
 
-    def _publish_result(self, result: messages.Result) -> None:
-        published = self.client.publish(
+    def _send(self, result: messages.Result) -> bool:
+        """Publish ``result`` on its app's results topic; whether a connected transport took it."""
+        return self.client.publish(
             self.topics.app_results(result.app, self.cfg.id), messages.encode(result)
         )
+
+    def _publish_result(self, result: messages.Result) -> None:
+        published = self._send(result)
         self.counters.processed(
             result.app, total_ms=result.latency.total_ms, ts=result.ts, published=published
         )
 
     def _publish_held(self, result: messages.Result) -> None:
         """A result a promoted hot backup held: published now; counted as processed already."""
-        self.client.publish(
-            self.topics.app_results(result.app, self.cfg.id), messages.encode(result)
-        )
-        self.counters.published()
+        if self._send(result):
+            self.counters.published()
 
     # -- heartbeat thread ------------------------------------------------------------------
 
     def heartbeat(self) -> messages.Heartbeat:
         self._hb_seq += 1
-        hb = self.counters.heartbeat(
+        return self.counters.heartbeat(
             worker=self.cfg.id,
             incarnation=self.incarnation,
             seq=self._hb_seq,
@@ -538,9 +540,9 @@ class Worker:
             loaded=tuple(self.models.loaded),
             generation=self.table.generation,
             errors=self.bad.snapshot(),
+            # NVML is sampled at most once a second (faillite.gpu), heartbeats come faster.
+            gpu_used_mb=gpu.used_mb() if gpu.probe() is not None else 0.0,
         )
-        # NVML is sampled at most once a second (faillite.gpu), heartbeats come faster.
-        return replace(hb, gpu_used_mb=gpu.used_mb()) if gpu.probe() is not None else hb
 
     def _heartbeat_loop(self) -> None:
         topic = self.topics.worker_heartbeat(self.cfg.id)

@@ -30,11 +30,10 @@ from workers.backends import LoadedModel
 from workers.counters import Counters
 from workers.events import EventSink
 from workers.frame_queue import FrameQueues, QueuedFrame
-from workers.hot import HotResults
+from workers.hot import HELD_MAX_AGE_NS, HotResults
 from workers.model_cache import ModelCache
 
 log = get_logger("worker")
-HELD_FRAME_MAX_AGE_NS = 500_000_000  # a held frame older than this is not worth serving
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +242,7 @@ class ServingTable:
         counts as received now that it is queued."""
         now = time.monotonic_ns()
         for frame in held.values():
-            if now - frame.received_ns < HELD_FRAME_MAX_AGE_NS:
+            if now - frame.received_ns < HELD_MAX_AGE_NS:
                 self.counters.received(frame.app)
                 self.queues.put(frame)
 

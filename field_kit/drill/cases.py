@@ -7,6 +7,7 @@ import abc
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -193,8 +194,8 @@ class KillPrimaryHot(FaultCase):
         return _restart(ctx, fault)
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
-        seqs = [r.seq for r in rec.results.get("a1", [])]
-        dupes = sorted({s for s in seqs if seqs.count(s) > 1})
+        seqs = Counter(r.seq for r in rec.results.get("a1", []))
+        dupes = sorted(s for s, n in seqs.items() if n > 1)
         kinds = [
             e.detail["recoveries"]["a1"].get("kind")
             for e in rec.events
@@ -212,7 +213,7 @@ class KillPrimaryHot(FaultCase):
             Check(
                 "no_duplicate_results",
                 not dupes,
-                f"{len(seqs)} results of a1, each frame once"
+                f"{seqs.total()} results of a1, each frame once"
                 if not dupes
                 else f"frames of a1 with two results: {dupes[:10]}",
             ),

@@ -17,9 +17,9 @@ from faillite.catalog import Catalog
 from workers.backends import Backend, LoadedModel
 from workers.counters import Counters
 from workers.frame_queue import FrameQueues
-from workers.hot import HELD_RESULT_MAX_AGE_NS, HotResults
+from workers.hot import HELD_MAX_AGE_NS, HotResults
 from workers.model_cache import ModelCache
-from workers.serving import HELD_FRAME_MAX_AGE_NS, ServingTable
+from workers.serving import ServingTable
 
 L0, L1, L2 = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
 
@@ -213,7 +213,7 @@ def test_promotion_serves_the_held_frame_and_counts_it_received(rig: Rig) -> Non
 
 def test_a_stale_held_frame_is_not_served(rig: Rig) -> None:
     rig.apply(1, [], warm=(L1,), standby=[("a2", "cam2", L1)])
-    rig.table.route("cam2", b"stale", time.monotonic_ns() - 2 * HELD_FRAME_MAX_AGE_NS)
+    rig.table.route("cam2", b"stale", time.monotonic_ns() - 2 * HELD_MAX_AGE_NS)
     rig.apply(2, [("a2", "cam2", L1)])
     assert rig.drain() == []
     assert rig.counters.frames_received == 0
@@ -242,8 +242,8 @@ def _result(app: str, seq: int, generation: int = 1) -> messages.Result:
 
 def test_held_results_keep_what_the_primary_did_not_publish_and_is_fresh() -> None:
     hot = HotResults(keep=4)
-    t = 10 * HELD_RESULT_MAX_AGE_NS
-    hot.hold(_result("a2", 1), now_ns=t - 2 * HELD_RESULT_MAX_AGE_NS)  # stale by then
+    t = 10 * HELD_MAX_AGE_NS
+    hot.hold(_result("a2", 1), now_ns=t - 2 * HELD_MAX_AGE_NS)  # stale by then
     for seq in (5, 6, 7):
         hot.hold(_result("a2", seq), now_ns=t)
     hot.seen("a2", 6)
