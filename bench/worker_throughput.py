@@ -163,6 +163,55 @@ class Window:
         }
 
 
+PACE_VARIANT = "pace"
+
+
+def write_pace_model(workdir: Path) -> tuple[Path, Path]:
+    """A stand-in for a model on an accelerator: global average pool and one 3 x 1000 matrix
+    product (microseconds a frame), so decoding, preprocessing and the mesh are all that is
+    measured, as on a GPU whose inference is ~1 ms a batch. Returns (catalog, models dir): the
+    packaged catalog plus this variant, and the folder holding its file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "pace",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    models = workdir / "pace-models"
+    models.mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), models / "pace.onnx"
+    )
+    doc = yaml.safe_load(packaged_config("catalog.yaml").read_text())
+    doc["families"].append(
+        {
+            "name": PACE_VARIANT,
+            "variants": [
+                {
+                    "name": PACE_VARIANT,
+                    "file": "pace.onnx",
+                    "accuracy": 0.1,
+                    "memory_mb": 1,
+                    "file_size_mb": 0.1,
+                    "preprocess": {"size": [224, 224]},
+                }
+            ],
+        }
+    )
+    catalog = workdir / "pace-catalog.yaml"
+    catalog.write_text(yaml.safe_dump(doc))
+    return catalog, models
+
+
 def _apps(n: int) -> list[tuple[str, str]]:
     return [(f"a{i + 1}", f"cam{i + 1}") for i in range(n)]
 
@@ -174,7 +223,7 @@ class InProcess:
     def __init__(
         self, model: LoadedModel, variant: str, args: argparse.Namespace, n: int, win: Window
     ) -> None:
-        spec = load_catalog(packaged_config("catalog.yaml")).variant(variant).preprocess
+        spec = load_catalog(args.catalog).variant(variant).preprocess
         self.queues = FrameQueues(args.queue_size)
         self.table = {app: Serving(app, cam, variant, model, spec, True) for app, cam in _apps(n)}
         self.apps = list(self.table)
@@ -241,7 +290,7 @@ class WorkerRig:
         cfg_path = workdir / f"{self.kind}.yaml"
         doc = {
             "mesh": MESH,
-            "catalog": str(packaged_config("catalog.yaml")),
+            "catalog": str(args.catalog),
             "models_dir": str(args.models_dir),
             "broker": {"host": endpoint.host, "port": endpoint.port},
             "workers": [
@@ -398,6 +447,48 @@ def _plot(figures: dict[str, Any], kinds: list[str], png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+def measure(
+    args: argparse.Namespace, workdir: Path, ns: list[int], kinds: list[str]
+) -> dict[str, Any]:
+    """Every N on every broker, against the in-process pipeline; scratch files in ``workdir``."""
+    args.catalog = packaged_config("catalog.yaml")
+    if args.pace:
+        args.variant = PACE_VARIANT
+        args.catalog, args.models_dir = write_pace_model(workdir)
+    catalog = load_catalog(args.catalog)
+    if not args.pace:
+        build_models(catalog, args.models_dir, [args.variant], progress=True)
+    model_path = args.models_dir / catalog.variant(args.variant).file
+    args.backend_section = args.backend or {"type": "onnxruntime", "intra_op_threads": args.threads}
+    backend = OnnxRuntimeBackend(OnnxRuntimeBackendConfig.model_validate(args.backend_section))
+    backend.start()  # as the worker does before its birth: the device is up
+    model = backend.load(args.variant, model_path)
+    jpegs = make_frames(30)
+    print(
+        f"{args.variant}, 640x480 JPEG frames, cameras at {CAM_FPS:g} fps, {args.threads} "
+        f"intra-op thread(s), queue {args.queue_size}, batching {args.batching.model_dump()}; "
+        f"{args.seconds:g} s measured per N and path in {args.rounds} alternating turns",
+        flush=True,
+    )
+    figures: dict[str, Any] = {
+        "variant": args.variant,
+        "threads": args.threads,
+        "queue_size": args.queue_size,
+        "max_batch": args.batching.max_batch,
+        "batching": args.batching.model_dump(),
+        "brokers": kinds,
+        "runs": {},
+    }
+    with contextlib.ExitStack() as stack:
+        rigs = []
+        for kind in kinds:
+            with _progress(f"start {kind} and a worker"):
+                rigs.append(stack.enter_context(WorkerRig(kind, args, workdir)))
+        for n in ns:
+            figures["runs"][str(n)] = run_n(n, model, rigs, jpegs, args)
+    return figures
+
+
 # Options of the one-camera, closed-loop bench this script was before (docs/bench/tls.md):
 # given any, that bench runs (bench/worker_latency.py).
 _LATENCY_OPTIONS = ("--tls", "--frames", "--latency-frames", "--in-flight")
@@ -426,6 +517,12 @@ def main() -> int:
         default=None,
         help="the backend section (JSON) of both paths; default: onnxruntime on --threads",
     )
+    ap.add_argument(
+        "--pace",
+        action="store_true",
+        help="serve a stand-in model that costs microseconds (a GPU's pace: the mesh and "
+        "preprocessing are all that is measured) instead of --variant",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--png", type=Path, help="also plot served fps against N here")
     args = ap.parse_args()
@@ -440,38 +537,9 @@ def main() -> int:
     ns = [int(x) for x in args.cameras.split(",")]
     kinds = args.brokers.split(",")
 
-    catalog = load_catalog(packaged_config("catalog.yaml"))
-    build_models(catalog, args.models_dir, [args.variant], progress=True)
-    model_path = args.models_dir / catalog.variant(args.variant).file
-    args.backend_section = args.backend or {"type": "onnxruntime", "intra_op_threads": args.threads}
-    backend = OnnxRuntimeBackend(OnnxRuntimeBackendConfig.model_validate(args.backend_section))
-    backend.start()  # as the worker does before its birth: the device is up
-    model = backend.load(args.variant, model_path)
-    jpegs = make_frames(30)
-    print(
-        f"{args.variant}, 640x480 JPEG frames, cameras at {CAM_FPS:g} fps, {args.threads} "
-        f"intra-op thread(s), queue {args.queue_size}, batching {args.batching.model_dump()}; "
-        f"{args.seconds:g} s measured per N and path in {args.rounds} alternating turns",
-        flush=True,
-    )
-    figures: dict[str, Any] = {
-        "variant": args.variant,
-        "threads": args.threads,
-        "queue_size": args.queue_size,
-        "max_batch": args.batching.max_batch,
-        "batching": args.batching.model_dump(),
-        "brokers": kinds,
-        "runs": {},
-    }
     workdir = Path(tempfile.mkdtemp(prefix="faillite-bench-"))
     try:
-        with contextlib.ExitStack() as stack:
-            rigs = []
-            for kind in kinds:
-                with _progress(f"start {kind} and a worker"):
-                    rigs.append(stack.enter_context(WorkerRig(kind, args, workdir)))
-            for n in ns:
-                figures["runs"][str(n)] = run_n(n, model, rigs, jpegs, args)
+        figures = measure(args, workdir, ns, kinds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     _table(figures, kinds)

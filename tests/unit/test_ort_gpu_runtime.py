@@ -399,3 +399,81 @@ def test_cuda_probe_paths(
         lambda name, mode=0: None if "nvinfer" in name else "undefined symbol: Provider_GetHost",
     )
     assert _providers.probe(CUDA, fake) is None
+
+
+def _pip_tensorrt(root: Path, *libs: str) -> Path:
+    """A ``tensorrt_libs`` package as NVIDIA's TensorRT wheels install it (the library files
+    are empty: the loader is mocked)."""
+    pkg = root / _providers.TRT_PIP_PACKAGE
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for lib in libs:
+        (pkg / lib).write_bytes(b"")
+    return pkg
+
+
+def test_tensorrt_from_nvidias_pip_wheels_is_found_without_the_library_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Mocked (no TensorRT here): the loader (``_dlopen``) finds libnvinfer.so.10 and
+    libnvonnxparser.so.10 only once they were loaded by path from the pip wheel's folder, as
+    glibc resolves a needed library already loaded by its name. The messages are glibc's (as
+    the real onnxruntime-gpu wheel gave them on this machine)."""
+    fake = fake_ort(monkeypatch, TRT, CUDA, CPU)
+    pkg = _pip_tensorrt(tmp_path, "libnvinfer.so.10", "libnvonnxparser.so.10")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_providers, "_capi_lib", lambda ort, name: Path(f"/ort/lib{name}.so"))
+    monkeypatch.setattr(_providers, "_cuda_device", lambda: None)
+    loaded: list[tuple[str, int]] = []
+
+    def loader(name: str, mode: int = 0) -> str | None:
+        have = {Path(n).name for n, _ in loaded}
+        if name == "/ort/libtensorrt.so":
+            for needed in ("libnvinfer.so.10", "libnvonnxparser.so.10"):
+                if needed not in have:
+                    return f"{needed}: cannot open shared object file: No such file or directory"
+        loaded.append((name, mode))
+        return None
+
+    monkeypatch.setattr(_providers, "_dlopen", loader)
+    assert _providers.probe(TRT, fake) is None
+    from_pip = [(n, m) for n, m in loaded if n.startswith(str(pkg))]
+    assert from_pip == [
+        (str(pkg / "libnvinfer.so.10"), _providers.ctypes.RTLD_GLOBAL),
+        (str(pkg / "libnvonnxparser.so.10"), _providers.ctypes.RTLD_GLOBAL),
+    ]
+    assert loaded[-1][0] == "/ort/libtensorrt.so"
+
+
+def test_tensorrt_of_another_major_version_is_named_in_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Mocked (no TensorRT here): ``pip install tensorrt`` brought TensorRT 11; this
+    onnxruntime's provider needs libnvinfer.so.10. Dropped once, the reason names both."""
+    fake_ort(monkeypatch, TRT, CUDA, CPU)
+    pkg = _pip_tensorrt(tmp_path, "libnvinfer.so.11")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_providers, "_capi_lib", lambda ort, name: Path(f"/ort/lib{name}.so"))
+    monkeypatch.setattr(_providers, "_cuda_device", lambda: None)
+
+    def loader(name: str, mode: int = 0) -> str | None:
+        if name == "/ort/libtensorrt.so":
+            return "libnvinfer.so.10: cannot open shared object file: No such file or directory"
+        return None
+
+    monkeypatch.setattr(_providers, "_dlopen", loader)
+    with capture_logs() as logs:
+        backend = OnnxRuntimeBackend()
+        OnnxRuntimeBackend()
+    assert backend.devices() == (CUDA, CPU)
+    (dropped,) = events(logs, "provider_unavailable")
+    assert dropped["provider"] == TRT
+    assert "libnvinfer.so.10" in dropped["reason"]
+    assert str(pkg / "libnvinfer.so.11") in dropped["reason"]
+
+
+def test_tensorrt_without_cuda_says_why() -> None:
+    """Real (this machine): the CPU build of ONNX Runtime has neither provider library, so
+    TensorRT is dropped for its own library first, never for CUDA's."""
+    reason = _providers.probe(TRT, real_ort)
+    assert reason is not None and "libnvinfer" in reason

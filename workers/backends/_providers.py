@@ -12,8 +12,13 @@ provider loads:
   cuBLAS and cuDNN it was built against), then the driver (``libcuda.so.1``: ``cuInit`` and at
   least one device). Where the CUDA libraries come from NVIDIA's pip packages rather than the
   library path, ``onnxruntime.preload_dlls()`` is tried once (its prints captured).
-- TensorRT: ``libnvinfer.so.10`` (or ``.so.8``), then ONNX Runtime's
-  ``libonnxruntime_providers_tensorrt.so`` where the wheel has it (it also needs CUDA's).
+- TensorRT: ONNX Runtime's ``libonnxruntime_providers_tensorrt.so`` (which pulls in the
+  TensorRT major version it was built against: ``libnvinfer.so.10`` and
+  ``libnvonnxparser.so.10`` for onnxruntime-gpu 1.31), or ``libnvinfer`` alone where the build
+  has no such library; then CUDA's probe, which TensorRT runs on. A library the loader cannot
+  find is looked for in NVIDIA's pip wheels (``tensorrt_libs``, found without importing it)
+  and loaded from there; a different major version found instead is named in the reason
+  (``pip install tensorrt`` brings TensorRT 11, which onnxruntime-gpu 1.31 cannot use).
 
 A provider that cannot work is dropped with one ``provider_unavailable`` warning per process
 (provider, reason), never one per session.
@@ -33,7 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
+import importlib.util
 import io
+import re
 import sys
 import threading
 from pathlib import Path
@@ -50,6 +58,11 @@ GPU_PROVIDERS = frozenset({TRT, CUDA})
 
 # TensorRT's core library, newest first (ONNX Runtime 1.20+ builds against TensorRT 10).
 NVINFER_LIBS = ("libnvinfer.so.10", "libnvinfer.so.8")
+# The package NVIDIA's TensorRT wheels (tensorrt-cu12-libs, tensorrt-cu13-libs) install their
+# shared libraries in, off the loader's path.
+TRT_PIP_PACKAGE = "tensorrt_libs"
+# How glibc's loader says a library (the one asked for, or one it needs) is not found.
+_NOT_FOUND = re.compile(r"^(?P<soname>[^\s:/]+\.so(?:\.\d+)*): cannot open shared object file")
 
 # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.
 _CALLBACK_SEVERITY = 2
@@ -84,16 +97,17 @@ def _missing(reason: str | None) -> bool:
     return False
 
 
-def _provider_lib(ort: Any, name: str) -> str | None:
+def _provider_lib(ort: Any, name: str, dirs: list[Path] | None = None) -> str | None:
     """Load ONNX Runtime's provider library ``name`` as ORT does (its provider bridge first,
-    global); None if it loads or cannot be judged, else why it cannot load."""
+    global), finding what the loader cannot in ``dirs``; None if it loads or cannot be
+    judged, else why it cannot load."""
     lib = _capi_lib(ort, name)
     bridge = _capi_lib(ort, "shared")
     if lib is None:
         return f"this onnxruntime build has no {name} provider library"
     if bridge is not None:
         _dlopen(str(bridge), ctypes.RTLD_GLOBAL)
-    reason = _dlopen(str(lib))
+    reason = _load_resolving(str(lib), dirs or [])
     return reason if _missing(reason) else None
 
 
@@ -151,14 +165,62 @@ def _probe_cuda(ort: Any) -> str | None:
     return _cuda_device()
 
 
+def _pip_lib_dirs() -> list[Path]:
+    """The folders of NVIDIA's TensorRT pip wheels, found without importing them."""
+    try:
+        spec = importlib.util.find_spec(TRT_PIP_PACKAGE)
+    except (ImportError, ValueError):
+        return []
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+
+
+def _load_resolving(name: str, dirs: list[Path], mode: int = ctypes.DEFAULT_MODE) -> str | None:
+    """Load ``name`` as :func:`_dlopen` does; where the loader cannot find a library (``name``
+    or one it needs) that one of ``dirs`` holds, load that one from there (global, so the
+    retry resolves it by name) and try again."""
+    tried: set[str] = set()
+    while True:
+        reason = _dlopen(name, mode)
+        found = _NOT_FOUND.match(reason or "")
+        if found is None or found["soname"] in tried:
+            return reason
+        soname = found["soname"]
+        tried.add(soname)
+        path = next((d / soname for d in dirs if (d / soname).is_file()), None)
+        if path is None or _load_resolving(str(path), dirs, ctypes.RTLD_GLOBAL) is not None:
+            return reason
+
+
+def _other_version(reason: str, dirs: list[Path]) -> str:
+    """For a library not found: where another major version of it is, as a hint, or ''."""
+    found = _NOT_FOUND.match(reason)
+    if found is None:
+        return ""
+    stem = found["soname"].split(".so")[0]
+    others = [p for d in dirs for p in sorted(d.glob(f"{stem}.so.*")) if p.name != found["soname"]]
+    path = str(others[0]) if others else None
+    if path is None:
+        name = ctypes.util.find_library(stem.removeprefix("lib"))  # the loader's cache
+        path = name if name and name != found["soname"] else None
+    if path is None:
+        return ""
+    return (
+        f"; found {path} instead, another version: this onnxruntime needs {found['soname']} "
+        "(the TensorRT major version it was built against)"
+    )
+
+
 def _probe_trt(ort: Any) -> str | None:
-    reasons = [r for r in map(_dlopen, NVINFER_LIBS) if r is not None]
-    if len(reasons) == len(NVINFER_LIBS):
-        return f"TensorRT does not load: {reasons[0]}"
-    if _capi_lib(ort, "tensorrt") is not None and (r := _provider_lib(ort, "tensorrt")):
-        return f"TensorRT provider library does not load: {r}"
+    dirs = _pip_lib_dirs()
+    cuda = _probe_cuda(ort)  # first: it preloads the CUDA libraries the TensorRT provider needs
+    if _capi_lib(ort, "tensorrt") is None:  # no provider library: TensorRT's core one is it
+        reasons = [r for r in (_load_resolving(n, dirs) for n in NVINFER_LIBS) if r is not None]
+        if len(reasons) == len(NVINFER_LIBS):
+            return f"TensorRT does not load: {reasons[0]}{_other_version(reasons[0], dirs)}"
+    elif (reason := _provider_lib(ort, "tensorrt", dirs)) is not None:
+        return f"TensorRT provider library does not load: {reason}{_other_version(reason, dirs)}"
     # The TensorRT provider runs on CUDA's context and libraries.
-    return _probe_cuda(ort)
+    return None if cuda is None else f"TensorRT runs on CUDA, which cannot work here: {cuda}"
 
 
 def probe(provider: str, ort: Any) -> str | None:
