@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -75,13 +75,21 @@ WORKER = "w1"
 Stamped = tuple[float, messages.Result]  # (monotonic arrival, result)
 
 
-def make_frames(n: int) -> list[bytes]:
-    scene = SceneSource(640, 480, ("chelsea", "coffee"), hold_s=0.5)
+class Footage(NamedTuple):
+    """The JPEG frames the cameras cycle through, all of one size."""
+
+    jpegs: list[bytes]
+    width: int
+    height: int
+
+
+def make_frames(n: int, width: int = 640, height: int = 480) -> Footage:
+    scene = SceneSource(width, height, ("chelsea", "coffee"), hold_s=0.5)
     jpegs = []
     for _ in range(n):
         jpegs.append(envelope.encode_jpeg(scene.read()))
         time.sleep(0.01)
-    return jpegs
+    return Footage(jpegs, width, height)
 
 
 class Cameras:
@@ -90,9 +98,9 @@ class Cameras:
     at once, never skipped, so every run offers the same frames."""
 
     def __init__(
-        self, n: int, jpegs: list[bytes], emit: Callable[[int, bytes], None], fps: float = CAM_FPS
+        self, n: int, footage: Footage, emit: Callable[[int, bytes], None], fps: float = CAM_FPS
     ) -> None:
-        self.n, self.jpegs, self.emit, self.period = n, jpegs, emit, 1.0 / fps
+        self.n, self.footage, self.emit, self.period = n, footage, emit, 1.0 / fps
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cameras", daemon=True)
@@ -101,9 +109,13 @@ class Cameras:
         tick, next_t = 0, time.monotonic()
         while not self._stop.is_set():
             for i in range(self.n):
-                jpeg = self.jpegs[(tick + 7 * i) % len(self.jpegs)]
+                f = self.footage
                 payload = envelope.pack(
-                    jpeg, seq=tick, capture_ns=time.time_ns(), width=640, height=480
+                    f.jpegs[(tick + 7 * i) % len(f.jpegs)],
+                    seq=tick,
+                    capture_ns=time.time_ns(),
+                    width=f.width,
+                    height=f.height,
                 )
                 self.emit(i, payload)
                 self.sent += 1
@@ -228,7 +240,12 @@ class InProcess:
         self.table = {app: Serving(app, cam, variant, model, spec, True) for app, cam in _apps(n)}
         self.apps = list(self.table)
         self.runner = FrameRunner(
-            WORKER, "in-process", max_frame_bytes=1 << 22, labels=imagenet_labels(), bad=BadInput()
+            WORKER,
+            "in-process",
+            max_frame_bytes=1 << 22,
+            labels=imagenet_labels(),
+            bad=BadInput(),
+            scaled_decode=args.batching.scaled_decode,
         )
         self.stop = threading.Event()
         self.batcher = Batcher(
@@ -328,7 +345,7 @@ class WorkerRig:
     def emit(self, cam: int, payload: bytes) -> None:
         self.client.publish(self.topics.sensor_frames(self.apps[cam][1]), payload, qos=0)
 
-    def serve(self, n: int, jpegs: list[bytes]) -> None:
+    def serve(self, n: int, footage: Footage) -> None:
         """Assign ``n`` apps and wait until every one of them is served."""
         self.apps = _apps(n)
         self.generation += 1
@@ -342,7 +359,7 @@ class WorkerRig:
         t = self.topics
         self.client.publish(t.worker_assignment(WORKER), messages.encode(a), qos=1, retain=True)
         deadline = time.monotonic() + 120
-        with Cameras(n, jpegs, self.emit):
+        with Cameras(n, footage, self.emit):
             while True:
                 time.sleep(0.2)
                 with self.win.lock:
@@ -371,7 +388,7 @@ def run_n(
     n: int,
     model: LoadedModel,
     rigs: list[WorkerRig],
-    jpegs: list[bytes],
+    footage: Footage,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """In-process and each worker, ``--rounds`` turns each, alternating."""
@@ -379,7 +396,7 @@ def run_n(
     out: dict[str, Any] = {}
     for rig in rigs:
         with _progress(f"N={n}: {rig.kind}: assign {n} app(s), wait until all are served"):
-            rig.serve(n, jpegs)
+            rig.serve(n, footage)
     per_turn = args.seconds / args.rounds
     with InProcess(model, args.variant, args, n, ip_win) as ip:
         for r in range(args.rounds):
@@ -390,7 +407,7 @@ def run_n(
                 win = ip_win if isinstance(who, str) else who.win
                 with (
                     _progress(f"N={n}: {name}: turn {r + 1}/{args.rounds}"),
-                    Cameras(n, jpegs, emit),
+                    Cameras(n, footage, emit),
                 ):
                     win.turn(args.settle, per_turn)
     out["in_process"] = ip_win.figures()
@@ -463,10 +480,12 @@ def measure(
     backend = OnnxRuntimeBackend(OnnxRuntimeBackendConfig.model_validate(args.backend_section))
     backend.start()  # as the worker does before its birth: the device is up
     model = backend.load(args.variant, model_path)
-    jpegs = make_frames(30)
+    width, height = (int(x) for x in args.frame_size.split("x"))
+    footage = make_frames(30, width, height)
     print(
-        f"{args.variant}, 640x480 JPEG frames, cameras at {CAM_FPS:g} fps, {args.threads} "
-        f"intra-op thread(s), queue {args.queue_size}, batching {args.batching.model_dump()}; "
+        f"{args.variant}, {args.frame_size} JPEG frames, cameras at {CAM_FPS:g} fps, "
+        f"{args.threads} intra-op thread(s), queue {args.queue_size}, "
+        f"batching {args.batching.model_dump()}; "
         f"{args.seconds:g} s measured per N and path in {args.rounds} alternating turns",
         flush=True,
     )
@@ -485,7 +504,7 @@ def measure(
             with _progress(f"start {kind} and a worker"):
                 rigs.append(stack.enter_context(WorkerRig(kind, args, workdir)))
         for n in ns:
-            figures["runs"][str(n)] = run_n(n, model, rigs, jpegs, args)
+            figures["runs"][str(n)] = run_n(n, model, rigs, footage, args)
     return figures
 
 
@@ -517,6 +536,13 @@ def main() -> int:
         default=None,
         help="the backend section (JSON) of both paths; default: onnxruntime on --threads",
     )
+    ap.add_argument("--frame-size", default="640x480", help="camera frames, WxH")
+    ap.add_argument(
+        "--scaled-decode",
+        action=argparse.BooleanOptionalAction,
+        default=BatchingConfig().scaled_decode,
+        help="batching.scaled_decode of both paths",
+    )
     ap.add_argument(
         "--pace",
         action="store_true",
@@ -533,6 +559,7 @@ def main() -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         preprocess_threads=args.preprocess_threads,
+        scaled_decode=args.scaled_decode,
     )
     ns = [int(x) for x in args.cameras.split(",")]
     kinds = args.brokers.split(",")

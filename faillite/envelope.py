@@ -253,16 +253,28 @@ def encode_jpeg(image_bgr: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
     return buf.tobytes()
 
 
-def decode_image(frame: Frame) -> npt.NDArray[np.uint8]:
+def decode_image(frame: Frame, scale: int = 1) -> npt.NDArray[np.uint8]:
     """Decode the frame's JPEG to a BGR image; raise :class:`CorruptImageError` if it is bad.
+
+    ``scale`` 2, 4 or 8 decodes at that fraction of the size (libjpeg's scaled IDCT, much
+    cheaper than a full decode; each side rounded up): see
+    :func:`faillite.models.preprocess.decode_scale`.
 
     Call :func:`check_image` first: this decodes whatever size the JPEG declares, up to
     OpenCV's own pixel limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, which the worker sets)."""
     arr = np.frombuffer(frame.data, dtype=np.uint8)
     import cv2
 
+    flags = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8,
+    }
+    if scale not in flags:
+        raise ValueError(f"decode scale must be 1, 2, 4 or 8, not {scale}")
     try:
-        image = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(arr, flags[scale])
     except cv2.error as exc:  # OpenCV's size limits raise (an assertion), before allocating
         text = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         if "CV_IO_MAX_IMAGE" in text:
@@ -270,9 +282,11 @@ def decode_image(frame: Frame) -> npt.NDArray[np.uint8]:
         raise CorruptImageError(f"frame {frame.seq}: OpenCV refused: {text}") from None
     if image is None:
         raise CorruptImageError(f"frame {frame.seq}: image bytes do not decode as JPEG")
-    if frame.width and frame.height and image.shape[:2] != (frame.height, frame.width):
+    expected = (-(-frame.height // scale), -(-frame.width // scale))
+    if frame.width and frame.height and image.shape[:2] != expected:
         raise ImageSizeMismatchError(
             f"frame {frame.seq}: header says {frame.width}x{frame.height}, "
             f"image is {image.shape[1]}x{image.shape[0]}"
+            + (f" at 1/{scale} scale" if scale > 1 else "")
         )
     return np.asarray(image, dtype=np.uint8)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from faillite import envelope, messages
 from faillite.badinput import BadInput
-from faillite.models.preprocess import preprocess, top_k
+from faillite.models.preprocess import decode_scale, preprocess, top_k
 from workers.backends import Staged
 from workers.frame_queue import QueuedFrame
 from workers.serving import Serving
@@ -52,12 +52,14 @@ class FrameRunner:
         max_frame_bytes: int,
         labels: tuple[str, ...],
         bad: BadInput,
+        scaled_decode: bool = True,
     ) -> None:
         self.worker = worker
         self.incarnation = incarnation
         self.max_frame_bytes = max_frame_bytes
         self.labels = labels
         self.bad = bad
+        self.scaled_decode = scaled_decode
 
     def prepare(self, item: QueuedFrame, st: Serving, out: FloatArray) -> Prepared | None:
         """Decode ``item`` and preprocess it into ``out`` (a ``[1,...]`` slot of a batch);
@@ -65,7 +67,10 @@ class FrameRunner:
         t0 = time.monotonic_ns()
         try:
             frame = envelope.unpack(item.payload, max_bytes=self.max_frame_bytes)
-            image = envelope.decode_image(frame)
+            scale = 1
+            if self.scaled_decode and frame.width and frame.height:
+                scale = decode_scale(st.spec, frame.height, frame.width)
+            image = envelope.decode_image(frame, scale)
         except envelope.FrameError as exc:
             self.bad.count(exc.reason, str(exc), app=item.app, sensor=st.sensor)
             return None

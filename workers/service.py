@@ -149,6 +149,7 @@ class Worker:
             max_frame_bytes=mesh.max_frame_bytes,
             labels=imagenet_labels(),
             bad=self.bad,
+            scaled_decode=cfg.batching.scaled_decode,
         )
         self.batcher = Batcher(
             self.queues,

@@ -78,3 +78,21 @@ def test_size_mismatch_detected() -> None:
     assert info.value.reason == "image_size_mismatch"
     with pytest.raises(env.ImageSizeMismatchError, match="JPEG says 64x48"):
         env.check_image(f, max_pixels=640 * 480)  # found from the header alone
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_scaled_decode_rounds_each_side_up(scale: int) -> None:
+    """libjpeg's scaled sizes are ceil(side / scale); a 1001x751 frame at 1/4 is 251x188."""
+    image = np.random.default_rng(1).integers(0, 255, (751, 1001, 3), dtype=np.uint8)
+    jpeg = env.encode_jpeg(image)
+    f = env.unpack(env.pack(jpeg, seq=0, capture_ns=0, width=1001, height=751), max_bytes=1 << 22)
+    assert env.decode_image(f, scale).shape == (-(-751 // scale), -(-1001 // scale), 3)
+
+
+def test_scaled_decode_still_checks_the_declared_size() -> None:
+    jpeg = env.encode_jpeg(np.zeros((480, 640, 3), np.uint8))
+    f = env.unpack(env.pack(jpeg, seq=3, capture_ns=0, width=640, height=360), max_bytes=1 << 20)
+    with pytest.raises(env.ImageSizeMismatchError, match="image is 160x120 at 1/4 scale"):
+        env.decode_image(f, 4)
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        env.decode_image(f, 3)

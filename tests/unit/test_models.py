@@ -28,7 +28,7 @@ from faillite.models.efficientnet_lite import (
 )
 from faillite.models.graph import count_params
 from faillite.models.labels import imagenet_labels
-from faillite.models.preprocess import preprocess, top_k
+from faillite.models.preprocess import decode_scale, preprocess, top_k
 from faillite.models.synthetic import build_synthetic_resnet
 from faillite.models.torch_legacy import LegacyCheckpointError, load_legacy_state_dict
 
@@ -431,3 +431,43 @@ def test_build_models_skips_up_to_date_and_rebuilds_broken(
     assert [p.name for p in target.iterdir()] == [file]  # no temp files left behind
     with pytest.raises(ModelBuildError, match="unknown model variant"):
         build_models(catalog, target, ["nope"], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "scale"),
+    [(640, 480, 1), (1280, 720, 2), (1920, 1080, 4), (3840, 2160, 8), (7680, 4320, 8)],
+)
+def test_decode_scale_keeps_the_input_resolution(width: int, height: int, scale: int) -> None:
+    """EfficientNet-Lite0 (224 px, crop 0.875): the largest JPEG scale whose crop still has
+    224 px or more on its short side."""
+    spec = Preprocess(size=(224, 224))
+    assert decode_scale(spec, height, width) == scale
+    crop_short_side = min(-(-height // scale), -(-width // scale)) * spec.crop_pct
+    assert crop_short_side >= 224
+    if scale < 8:  # the next scale would have too few pixels
+        assert min(-(-height // (2 * scale)), -(-width // (2 * scale))) * spec.crop_pct < 224
+
+
+@pytest.mark.parametrize("variant", LITE)
+def test_scaled_decode_classifies_a_1080p_frame_as_a_full_decode_does(
+    catalog: Catalog, sessions: dict[str, ort.InferenceSession], variant: str
+) -> None:
+    """Real OpenCV, real models: "chelsea" in a 1920x1080 JPEG, decoded whole and at the scale
+    :func:`decode_scale` picks: the same top-1 class, nearly the same input tensor."""
+    from faillite import envelope
+
+    photo = cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR)
+    frame = cv2.resize(photo, (1920, 1080), interpolation=cv2.INTER_CUBIC)
+    jpeg = envelope.encode_jpeg(frame, 90)
+    f = envelope.unpack(
+        envelope.pack(jpeg, seq=0, capture_ns=0, width=1920, height=1080), max_bytes=1 << 23
+    )
+    spec = catalog.variant(variant).preprocess
+    scale = decode_scale(spec, 1080, 1920)
+    assert scale >= 2
+    full = preprocess(envelope.decode_image(f), spec)
+    scaled = preprocess(envelope.decode_image(f, scale), spec)
+    assert full.shape == scaled.shape
+    assert float(np.abs(full - scaled).mean()) < 0.01  # normalised units (pixel std ~ 1)
+    tops = [top_k(sessions[variant].run(None, {"input": x})[0], 1)[0][0] for x in (full, scaled)]
+    assert tops == [EXPECTED["chelsea"], EXPECTED["chelsea"]]
