@@ -16,6 +16,12 @@ oldest queues shed what cannot be served. Where N cameras offer more than the CP
 saturation, so the ratio compares saturated throughputs. The two take ``--rounds`` turns each,
 alternating, so a busy moment of a shared machine falls on both.
 
+``--pace`` serves a stand-in model that costs microseconds instead (global average pool and
+one matrix product): inference then costs what it costs on a GPU, next to nothing, and the
+figures are those of the mesh and of decoding at a GPU's pace, on any machine.
+``--frame-size 1920x1080`` sends 1080p camera frames (default 640x480); ``--no-scaled-decode``
+decodes them whole in both paths.
+
 Printed per N: served fps, the ratio worker / in-process, the queue wait p50 (a result's
 ``queue_ms``: time waiting, not worked on), the mean batch size (results of one batch share
 their ``ts``) and the worker's resident memory. Goal (issue 12): ratio >= 90 % at every N.

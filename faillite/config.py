@@ -291,18 +291,27 @@ class BatchingConfig(StrictModel):
     ``max_batch``: the most frames in one inference call (a model that takes a fixed batch of
     1 runs them one by one). ``max_wait_ms``: how long a batch that is not full waits for more
     frames (0: never wait; take what is queued). ``preprocess_threads``: threads decoding and
-    preprocessing frames while the previous batch infers. ``max_batch_ms``: how long one batch
-    may take to serve, as measured per frame on this worker: a slow device gets smaller
-    batches, so results keep coming well within the coordinator's ``stall_s`` (a batch is one
-    long stretch without progress). ``scaled_decode``: decode a JPEG frame at 1/2, 1/4 or 1/8
-    of its size where the model's input still gets every pixel it needs (libjpeg's scaled
-    IDCT: a 1080p frame for a 224-pixel model decodes in about half the time)."""
+    preprocessing frames while the previous batch infers (default: half the CPUs this process
+    may run on, 2 to 8: decoding, not inference, is a GPU worker's cost per frame).
+    ``max_batch_ms``: how long one batch may take to serve, as measured per frame on this
+    worker: a slow device gets smaller batches, so results keep coming well within the
+    coordinator's ``stall_s`` (a batch is one long stretch without progress).
+    ``scaled_decode``: decode a JPEG frame at 1/2, 1/4 or 1/8 of its size where the model's
+    input still gets every pixel it needs (libjpeg's scaled IDCT: a 1080p frame for a
+    224-pixel model decodes and preprocesses in less than half the time)."""
 
     max_batch: int = Field(default=8, ge=1, le=256)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
-    preprocess_threads: int = Field(default=2, ge=1, le=64)
+    preprocess_threads: int | None = Field(default=None, ge=1, le=64)
     max_batch_ms: float = Field(default=250.0, gt=0, le=60_000)
     scaled_decode: bool = True
+
+    def pool_size(self) -> int:
+        """``preprocess_threads``, or the default for the CPUs this process may use."""
+        if self.preprocess_threads is not None:
+            return self.preprocess_threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(2, min(8, (cpus or 2) // 2))
 
 
 class WorkerConfig(StrictModel):

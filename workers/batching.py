@@ -87,7 +87,7 @@ class Batcher:
         self.runner = runner
         self.cfg = cfg
         self._beat = beat or (lambda: None)
-        self._pool = ThreadPoolExecutor(cfg.preprocess_threads, thread_name_prefix="worker-prep")
+        self._pool = ThreadPoolExecutor(cfg.pool_size(), thread_name_prefix="worker-prep")
         self._ready: queue.Queue[Batch] = queue.Queue()
         # One batch prepared ahead of the one inferring, no more: the next is taken from the
         # queues only once the inference thread took this one, so frames wait where fresher

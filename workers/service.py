@@ -572,6 +572,8 @@ class Worker:
             models_dir=str(self.models.models_dir),
             models_on_disk=list(self.models.on_disk()),
             interceptors=len(self.interceptors),
+            preprocess_threads=self.cfg.batching.pool_size(),
+            scaled_decode=self.cfg.batching.scaled_decode,
             opencv_max_pixels=os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS"),
         )
         if not _OPENCV_LIMIT_SET:

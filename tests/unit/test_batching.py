@@ -4,6 +4,7 @@ in turn, and give the results one-by-one inference gives."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -263,10 +264,10 @@ def test_results_of_a_batch_equal_results_one_by_one(rig: Rig, jpegs: list[bytes
 
 def test_batching_config_defaults_and_unknown_keys() -> None:
     w = WorkerConfig(id="w1")
-    assert (w.batching.max_batch, w.batching.max_wait_ms, w.batching.preprocess_threads) == (
+    assert (w.batching.max_batch, w.batching.max_wait_ms, w.batching.scaled_decode) == (
         8,
         2.0,
-        2,
+        True,
     )
     w = WorkerConfig.model_validate({"id": "w1", "batching": {"max_batch": 4, "max_wait_ms": 0}})
     assert w.batching.max_batch == 4 and w.batching.max_wait_ms == 0
@@ -274,6 +275,15 @@ def test_batching_config_defaults_and_unknown_keys() -> None:
         WorkerConfig.model_validate({"id": "w1", "batching": {"max_batch_size": 4}})
     with pytest.raises(ValidationError, match="max_batch"):
         WorkerConfig.model_validate({"id": "w1", "batching": {"max_batch": 0}})
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 2), (2, 2), (6, 3), (16, 8), (64, 8)])
+def test_preprocess_pool_defaults_to_half_the_usable_cpus(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, threads: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert BatchingConfig().pool_size() == threads
+    assert BatchingConfig(preprocess_threads=1).pool_size() == 1  # configured wins
 
 
 class StagingModel(LoadedModel):

@@ -205,8 +205,8 @@ def _other_version(reason: str, dirs: list[Path]) -> str:
     if path is None:
         return ""
     return (
-        f"; found {path} instead, another version: this onnxruntime needs {found['soname']} "
-        "(the TensorRT major version it was built against)"
+        f"; found {path} instead, another version: this onnxruntime needs {found['soname']}, "
+        "the major version it was built against"
     )
 
 
