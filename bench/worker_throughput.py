@@ -464,7 +464,10 @@ def _plot(figures: dict[str, Any], kinds: list[str], png: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(
-        f"Batched worker throughput: {figures['variant']}, max_batch {figures['max_batch']}"
+        f"Batched worker throughput: {figures['variant']}"
+        f"{' (stand-in model: a GPU pace)' if figures['variant'] == PACE_VARIANT else ''}, "
+        f"{figures.get('frame_size', '640x480')} frames, max_batch {figures['max_batch']}",
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -497,6 +500,7 @@ def measure(
     )
     figures: dict[str, Any] = {
         "variant": args.variant,
+        "frame_size": args.frame_size,
         "threads": args.threads,
         "queue_size": args.queue_size,
         "max_batch": args.batching.max_batch,
