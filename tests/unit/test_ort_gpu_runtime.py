@@ -477,3 +477,82 @@ def test_tensorrt_without_cuda_says_why() -> None:
     TensorRT is dropped for its own library first, never for CUDA's."""
     reason = _providers.probe(TRT, real_ort)
     assert reason is not None and "libnvinfer" in reason
+
+
+def _trt_options(fake: FakeOrt) -> list[dict[str, Any]]:
+    return [dict(s)[TRT] for s in fake.sessions if TRT in dict(s)]
+
+
+def test_an_engine_is_built_for_every_batch_size_and_served_with_the_same_range(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Mocked (no TensorRT here): the provider list says TensorRT works and sessions are made
+    on the CPU, recording the options they were asked for. The prebuild (trt_build_missing)
+    reads the model's input from a CPU session, asks TensorRT for batches 1 to max_batch and
+    records that range beside the engines; a serving load then asks for the same range."""
+    fake = fake_ort(monkeypatch, TRT, CUDA, CPU)
+    _providers._probed.update({TRT: None, CUDA: None})
+    cache = tmp_path / "trt"
+    path = conv_model(tmp_path / "m.onnx", "N")
+    build = OnnxRuntimeBackend(
+        OnnxRuntimeBackendConfig(trt_cache_dir=cache, trt_build_missing=True, max_batch=16)
+    )
+    build.load("lite", path)
+    want = {
+        "trt_profile_min_shapes": "x:1x3x8x8",
+        "trt_profile_opt_shapes": "x:8x3x8x8",
+        "trt_profile_max_shapes": "x:16x3x8x8",
+    }
+    (built,) = _trt_options(fake)
+    assert {k: built[k] for k in want} == want
+    assert built["trt_engine_cache_path"] == str(cache / "lite")
+    assert ort_backend.TrtProfile.load(cache / "lite") == ort_backend.TrtProfile(
+        "x", (3, 8, 8), 16, 8
+    )
+    # What ORT's TensorRT provider would have written there (no TensorRT here).
+    (cache / "lite" / "TensorrtExecutionProvider_TRTKernel_graph_0_sm90.engine").write_bytes(b"x")
+    serve = OnnxRuntimeBackend(OnnxRuntimeBackendConfig(trt_cache_dir=cache, max_batch=64))
+    with capture_logs() as logs:
+        serve.load("lite", path)
+    assert {k: _trt_options(fake)[-1][k] for k in want} == want  # the recorded range, not 64
+    assert not events(logs, "trt_profile_missing")
+
+
+def test_an_engine_without_its_recorded_range_is_used_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Mocked as above: an engine folder with no profile.json (built by something else)."""
+    fake = fake_ort(monkeypatch, TRT, CUDA, CPU)
+    _providers._probed.update({TRT: None, CUDA: None})
+    cache = tmp_path / "trt"
+    (cache / "v").mkdir(parents=True)
+    (cache / "v" / "TensorrtExecutionProvider_TRTKernel_graph_0_sm90.engine").write_bytes(b"x")
+    path = conv_model(tmp_path / "m.onnx", "N")
+    backend = OnnxRuntimeBackend(OnnxRuntimeBackendConfig(trt_cache_dir=cache))
+    with capture_logs() as logs:
+        backend.load("v", path)
+        backend.load("v", path)
+    assert all("trt_profile_min_shapes" not in o for o in _trt_options(fake))
+    (warned,) = events(logs, "trt_profile_missing")
+    assert warned["variant"] == "v" and warned["log_level"] == "warning"
+    # A profile that cannot be read costs TensorRT, not the load.
+    (cache / "v" / ort_backend.TRT_PROFILE_FILE).write_text('{"input": "x", "dims": [3]}')
+    with capture_logs() as logs:
+        model = backend.load("v", path)
+    assert model.infer(np.ones((2, 3, 8, 8), np.float32)).shape == (2, 4)
+    assert list(dict(fake.sessions[-1])) == [CUDA, CPU]
+    (bad,) = events(logs, "trt_profile_unusable")
+    assert "unreadable TensorRT profile" in bad["error"] and bad["using"] == [CUDA, CPU]
+
+
+def test_a_fixed_batch_model_gets_no_range(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Mocked as above: a model that takes a batch of exactly 1 has one shape."""
+    fake = fake_ort(monkeypatch, TRT, CUDA, CPU)
+    _providers._probed.update({TRT: None, CUDA: None})
+    backend = OnnxRuntimeBackend(
+        OnnxRuntimeBackendConfig(trt_cache_dir=tmp_path, trt_build_missing=True)
+    )
+    backend.load("one", conv_model(tmp_path / "m.onnx", 1))
+    (opts,) = _trt_options(fake)
+    assert "trt_profile_min_shapes" not in opts
+    assert not (tmp_path / "one" / ort_backend.TRT_PROFILE_FILE).exists()

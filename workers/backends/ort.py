@@ -23,7 +23,12 @@ variant once with ``trt_build_missing: true`` in the backend section, e.g. ``fai
 --device-class <class>`` with a config whose worker of that class has ``backend: {type:
 onnxruntime, trt_cache_dir: <dir>, trt_build_missing: true}``; ONNX Runtime's TensorRT
 provider then writes the engine (``trt_engine_cache_enable``) into the variant's folder, and
-the folders are copied with the models. (``trt_dump_ep_context_model`` would instead write an
+the folders are copied with the models. A worker batches frames, so an engine must take every
+batch size from 1 to ``max_batch``: the engine is built for that range explicitly (TensorRT
+optimisation profile: min 1, opt ``trt_opt_batch``, max ``max_batch``), and the range is
+recorded beside it (``profile.json``: input name and shape) so that serving asks for the same
+one. Without it ONNX Runtime would build for the first batch size it saw and rebuild, in the
+middle of serving, at the first larger batch. (``trt_dump_ep_context_model`` would instead write an
 EP-context model that embeds the engine; this backend loads the original ONNX file plus the
 cache.) The native ``tensorrt`` backend (:mod:`workers.backends.tensorrt`) is the Jetson path.
 
@@ -38,9 +43,11 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import orjson
 from pydantic import Field, field_validator
 
 from faillite.config import BackendSection
@@ -85,6 +92,59 @@ _keepers: dict[int, OrtModel] = {}
 _keeper_lock = threading.Lock()
 _trt_warned: set[str] = set()
 
+# Beside a variant's engines: the input shapes they were built for (TrtProfile).
+TRT_PROFILE_FILE = "profile.json"
+
+
+@dataclass(frozen=True, slots=True)
+class TrtProfile:
+    """The input shapes a variant's TensorRT engine is built for: batches of 1 to
+    ``max_batch`` of ``dims`` (the input's shape after its batch dimension), tuned for
+    ``opt_batch``."""
+
+    input: str
+    dims: tuple[int, ...]
+    max_batch: int
+    opt_batch: int
+
+    def options(self) -> dict[str, str]:
+        """ONNX Runtime's TensorRT provider options for this profile."""
+
+        def shape(n: int) -> str:
+            return f"{self.input}:{'x'.join(str(d) for d in (n, *self.dims))}"
+
+        return {
+            "trt_profile_min_shapes": shape(1),
+            "trt_profile_opt_shapes": shape(self.opt_batch),
+            "trt_profile_max_shapes": shape(self.max_batch),
+        }
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        doc = {"input": self.input, "dims": list(self.dims), "max_batch": self.max_batch}
+        (folder / TRT_PROFILE_FILE).write_bytes(orjson.dumps(doc | {"opt_batch": self.opt_batch}))
+
+    @classmethod
+    def load(cls, folder: Path) -> TrtProfile | None:
+        """The profile recorded in ``folder``; None if there is none. Raises BackendError for
+        one that cannot be read."""
+        path = folder / TRT_PROFILE_FILE
+        if not path.is_file():
+            return None
+        try:
+            doc = orjson.loads(path.read_bytes())
+            profile = cls(
+                str(doc["input"]),
+                tuple(int(d) for d in doc["dims"]),
+                int(doc["max_batch"]),
+                int(doc["opt_batch"]),
+            )
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"unreadable TensorRT profile {path}: {exc}") from exc
+        if not 1 <= profile.opt_batch <= profile.max_batch or min(profile.dims, default=0) < 1:
+            raise BackendError(f"TensorRT profile {path} has impossible shapes: {profile}")
+        return profile
+
 
 def keeper_model_bytes() -> bytes:
     """The keeper's ONNX model (see :meth:`OnnxRuntimeBackend.start`)."""
@@ -107,8 +167,11 @@ class OnnxRuntimeBackendConfig(BackendSection):
     trt_cache_dir: Path | None = None
     # Build a missing engine at load (minutes): for the prebuild on the GPU box, not serving.
     trt_build_missing: bool = False
-    # The most images one run of a model with a symbolic batch dimension takes.
+    # The most images one run of a model with a symbolic batch dimension takes (and the
+    # largest batch a TensorRT engine is built for).
     max_batch: int = Field(default=64, ge=1, le=4096)
+    # The batch size TensorRT tunes its kernels for (the worker's batching.max_batch).
+    trt_opt_batch: int = Field(default=8, ge=1, le=4096)
 
     @field_validator("cudnn_conv_algo_search", mode="before")
     @classmethod
@@ -261,7 +324,10 @@ class OnnxRuntimeBackend(Backend):
         return rest
 
     def provider_options(
-        self, providers: tuple[str, ...], variant: str | None = None
+        self,
+        providers: tuple[str, ...],
+        variant: str | None = None,
+        profile: TrtProfile | None = None,
     ) -> list[tuple[str, dict[str, Any]]]:
         """``(provider, options)`` pairs as ``InferenceSession(providers=...)`` takes them."""
         out: list[tuple[str, dict[str, Any]]] = []
@@ -276,10 +342,52 @@ class OnnxRuntimeBackend(Backend):
                 if cache is not None:
                     # A failover load deserializes the prebuilt engine instead of building it.
                     opts |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
+                if profile is not None:
+                    opts |= profile.options()
             out.append((p, opts))
         return out
 
-    def _session(self, source: str | bytes, providers: tuple[str, ...], variant: str) -> Any:
+    def trt_profile(self, variant: str, path: Path) -> TrtProfile | None:
+        """The batch range ``variant``'s engine is (to be) built for: the one recorded beside
+        its engines; when building, the model's own input (read by a CPU session), recorded.
+        None for a model with a fixed input shape (its engine takes that one shape)."""
+        cache = self.trt_cache(variant)
+        recorded = TrtProfile.load(cache) if cache is not None else None
+        if recorded is not None or not self.cfg.trt_build_missing:
+            if recorded is None and cache is not None and f"profile:{variant}" not in _trt_warned:
+                _trt_warned.add(f"profile:{variant}")
+                log.warning(
+                    "trt_profile_missing",
+                    variant=variant,
+                    path=str(cache),
+                    why="an engine without its recorded batch range may be rebuilt while "
+                    "serving, at the first batch outside the sizes it was built for",
+                )
+            return recorded
+        inp = self._session(str(path), (CPU,), variant).get_inputs()[0]
+        batch, *dims = inp.shape
+        if isinstance(batch, int) and batch > 0:
+            return None  # a fixed batch: one shape, nothing to range over
+        if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise BackendError(
+                f"{variant!r}: TensorRT needs a fixed input shape after the batch dimension, "
+                f"{inp.name!r} has {inp.shape}"
+            )
+        max_batch = self.cfg.max_batch
+        profile = TrtProfile(
+            inp.name, tuple(dims), max_batch, min(self.cfg.trt_opt_batch, max_batch)
+        )
+        if cache is not None:
+            profile.save(cache)
+        return profile
+
+    def _session(
+        self,
+        source: str | bytes,
+        providers: tuple[str, ...],
+        variant: str,
+        profile: TrtProfile | None = None,
+    ) -> Any:
         so = self._ort.SessionOptions()
         so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.cfg.intra_op_threads:
@@ -290,7 +398,7 @@ class OnnxRuntimeBackend(Backend):
             return self._ort.InferenceSession(
                 source,
                 sess_options=so,
-                providers=self.provider_options(providers, variant),
+                providers=self.provider_options(providers, variant, profile),
                 enable_fallback=0,
             )
         except Exception as exc:  # ORT raises its own untyped errors for bad files
@@ -298,7 +406,7 @@ class OnnxRuntimeBackend(Backend):
                 log.warning(
                     "provider_failed", variant=variant, provider=providers[0], error=str(exc)
                 )
-                return self._session(source, providers[1:], variant)
+                return self._session(source, providers[1:], variant, profile)
             raise BackendError(str(exc)) from exc
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -335,8 +443,19 @@ class OnnxRuntimeBackend(Backend):
     def load(self, variant: str, path: Path) -> OrtModel:
         check_file(variant, path)
         providers = self.providers_for(variant)
+        profile = None
+        if TRT in providers:
+            try:
+                profile = self.trt_profile(variant, path)
+            except BackendError as exc:  # a bad profile costs TensorRT, never the load
+                providers = tuple(p for p in providers if p != TRT)
+                if not providers:
+                    raise
+                log.warning(
+                    "trt_profile_unusable", variant=variant, error=str(exc), using=list(providers)
+                )
         try:
-            session = self._session(str(path), providers, variant)
+            session = self._session(str(path), providers, variant, profile)
         except BackendError as exc:
             raise BackendError(f"onnxruntime cannot load {variant!r} from {path}: {exc}") from exc
         model = OrtModel(
