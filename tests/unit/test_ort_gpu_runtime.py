@@ -546,13 +546,39 @@ def test_an_engine_without_its_recorded_range_is_used_with_one_warning(
 
 
 def test_a_fixed_batch_model_gets_no_range(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Mocked as above: a model that takes a batch of exactly 1 has one shape."""
+    """Mocked as above: a model that takes a batch of exactly 1 has one shape: no range asked
+    for when building or serving, and no warning about a missing one."""
     fake = fake_ort(monkeypatch, TRT, CUDA, CPU)
     _providers._probed.update({TRT: None, CUDA: None})
-    backend = OnnxRuntimeBackend(
+    path = conv_model(tmp_path / "m.onnx", 1)
+    OnnxRuntimeBackend(
         OnnxRuntimeBackendConfig(trt_cache_dir=tmp_path, trt_build_missing=True)
+    ).load("one", path)
+    (tmp_path / "one" / "TensorrtExecutionProvider_TRTKernel_graph_0_sm90.engine").write_bytes(b"x")
+    with capture_logs() as logs:
+        OnnxRuntimeBackend(OnnxRuntimeBackendConfig(trt_cache_dir=tmp_path)).load("one", path)
+    assert [o.get("trt_profile_min_shapes") for o in _trt_options(fake)] == [None, None]
+    assert ort_backend.TrtProfile.load(tmp_path / "one") == ort_backend.TrtProfile(
+        "x", (3, 8, 8), 1, 1, fixed_batch=True
     )
-    backend.load("one", conv_model(tmp_path / "m.onnx", 1))
-    (opts,) = _trt_options(fake)
-    assert "trt_profile_min_shapes" not in opts
-    assert not (tmp_path / "one" / ort_backend.TRT_PROFILE_FILE).exists()
+    assert not events(logs, "trt_profile_missing")
+
+
+def test_a_prebuild_with_another_range_records_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Mocked as above: building again with another max_batch records (and asks ONNX Runtime,
+    which then rebuilds the engine, for) the new range."""
+    fake = fake_ort(monkeypatch, TRT, CUDA, CPU)
+    _providers._probed.update({TRT: None, CUDA: None})
+    path = conv_model(tmp_path / "m.onnx", "N")
+    for top in (16, 4):
+        cfg = OnnxRuntimeBackendConfig(
+            trt_cache_dir=tmp_path, trt_build_missing=True, max_batch=top
+        )
+        OnnxRuntimeBackend(cfg).load("v", path)
+    assert [o["trt_profile_max_shapes"] for o in _trt_options(fake)] == ["x:16x3x8x8", "x:4x3x8x8"]
+    assert _trt_options(fake)[-1]["trt_profile_opt_shapes"] == "x:4x3x8x8"  # opt <= max
+    assert ort_backend.TrtProfile.load(tmp_path / "v") == ort_backend.TrtProfile(
+        "x", (3, 8, 8), 4, 4
+    )

@@ -106,9 +106,12 @@ class TrtProfile:
     dims: tuple[int, ...]
     max_batch: int
     opt_batch: int
+    fixed_batch: bool = False  # the model takes exactly max_batch: one shape, no range
 
     def options(self) -> dict[str, str]:
         """ONNX Runtime's TensorRT provider options for this profile."""
+        if self.fixed_batch:
+            return {}
 
         def shape(n: int) -> str:
             return f"{self.input}:{'x'.join(str(d) for d in (n, *self.dims))}"
@@ -122,7 +125,8 @@ class TrtProfile:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         doc = {"input": self.input, "dims": list(self.dims), "max_batch": self.max_batch}
-        (folder / TRT_PROFILE_FILE).write_bytes(orjson.dumps(doc | {"opt_batch": self.opt_batch}))
+        doc |= {"opt_batch": self.opt_batch, "fixed_batch": self.fixed_batch}
+        (folder / TRT_PROFILE_FILE).write_bytes(orjson.dumps(doc))
 
     @classmethod
     def load(cls, folder: Path) -> TrtProfile | None:
@@ -138,6 +142,7 @@ class TrtProfile:
                 tuple(int(d) for d in doc["dims"]),
                 int(doc["max_batch"]),
                 int(doc["opt_batch"]),
+                bool(doc.get("fixed_batch", False)),
             )
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"unreadable TensorRT profile {path}: {exc}") from exc
@@ -348,12 +353,13 @@ class OnnxRuntimeBackend(Backend):
         return out
 
     def trt_profile(self, variant: str, path: Path) -> TrtProfile | None:
-        """The batch range ``variant``'s engine is (to be) built for: the one recorded beside
-        its engines; when building, the model's own input (read by a CPU session), recorded.
-        None for a model with a fixed input shape (its engine takes that one shape)."""
+        """The batch range ``variant``'s engine is built for. Serving: the one recorded beside
+        its engines. Building (``trt_build_missing``): the model's own input (read by a CPU
+        session) with this config's batch range, recorded there for serving; ONNX Runtime
+        rebuilds an engine whose range differs."""
         cache = self.trt_cache(variant)
-        recorded = TrtProfile.load(cache) if cache is not None else None
-        if recorded is not None or not self.cfg.trt_build_missing:
+        if not self.cfg.trt_build_missing:
+            recorded = TrtProfile.load(cache) if cache is not None else None
             if recorded is None and cache is not None and f"profile:{variant}" not in _trt_warned:
                 _trt_warned.add(f"profile:{variant}")
                 log.warning(
@@ -366,17 +372,16 @@ class OnnxRuntimeBackend(Backend):
             return recorded
         inp = self._session(str(path), (CPU,), variant).get_inputs()[0]
         batch, *dims = inp.shape
-        if isinstance(batch, int) and batch > 0:
-            return None  # a fixed batch: one shape, nothing to range over
         if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
             raise BackendError(
                 f"{variant!r}: TensorRT needs a fixed input shape after the batch dimension, "
                 f"{inp.name!r} has {inp.shape}"
             )
-        max_batch = self.cfg.max_batch
-        profile = TrtProfile(
-            inp.name, tuple(dims), max_batch, min(self.cfg.trt_opt_batch, max_batch)
-        )
+        if isinstance(batch, int) and batch > 0:  # one shape, nothing to range over
+            profile = TrtProfile(inp.name, tuple(dims), batch, batch, fixed_batch=True)
+        else:
+            top = self.cfg.max_batch
+            profile = TrtProfile(inp.name, tuple(dims), top, min(self.cfg.trt_opt_batch, top))
         if cache is not None:
             profile.save(cache)
         return profile
