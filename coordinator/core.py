@@ -13,7 +13,15 @@ right now: a failover, a ladder rung, a downsize) and ``extra_warm`` (failback p
 
 Phases: ``waiting`` for a term; ``starting``: leading, waiting ``startup_wait_s`` at most for
 every worker's birth (what membership sees meanwhile is held, then handled in order once the
-first plan is asked for); ``running``; ``stepped_down`` (a successor leads: nothing more).
+first plan is asked for); ``running``; ``stepped_down`` (a successor leads: nothing more). A
+leader with no plan yet (no worker was up, or none could serve) plans again whenever a worker
+joins: boards boot in any order, at any delay.
+
+Decisions on live workers are never worse than doing nothing (:mod:`coordinator.safety`): a
+worker over its apps' SLOs sheds load by priority (:mod:`coordinator.shedding`) unless it alone
+is slow (:mod:`coordinator.pace`) and its apps would be served better elsewhere; a stalled
+worker whose apps no other worker could take keeps them. One verdict per worker at a time: the
+core's own (``slo_gray``) goes through membership like the detectors' verdicts.
 
 A strategy that does not adapt (a static plan) is published once and nobody is judged.
 """
@@ -34,7 +42,7 @@ from coordinator.decisions import (
     RouteState,
     WorkerPlan,
 )
-from coordinator.detectors import DetectorConfig, SloDetector
+from coordinator.detectors import DetectorConfig
 from coordinator.events import (
     Event,
     HeartbeatSeen,
@@ -42,6 +50,7 @@ from coordinator.events import (
     LinkDown,
     LinkUp,
     Observed,
+    PlanFailed,
     PlanReady,
     SteppedDown,
     TermAcquired,
@@ -50,6 +59,7 @@ from coordinator.events import (
     WorkerOffline,
 )
 from coordinator.membership import Membership, Transition
+from coordinator.pace import PaceConfig, PaceJudge
 from coordinator.planner import (
     Assign,
     Backup,
@@ -61,12 +71,14 @@ from coordinator.planner import (
     plan_failover,
 )
 from coordinator.planning import PlanRequest
+from coordinator.safety import MoveVerdict, judge_move
+from coordinator.shedding import LADDER, THROTTLE_SHARE, ShedConfig, Shedder, ShedStep
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
 
 Phase = Literal["waiting", "starting", "running", "stepped_down"]
-SLO_DOWNSIZE_WINDOW_S = 30.0  # still over SLO this soon after a downsize: the worker is slow
+WITHHELD_EVERY_S = 10.0  # a withheld verdict is said again at most this often per worker
 # A replayed birth of a dead worker gets its obituary back at most this often: a live worker
 # (behind a healed partition) answers each obituary with its birth again.
 REPUT_EVERY_S = 1.0
@@ -111,8 +123,6 @@ class ControlState:
     ladders: dict[str, Ladder] = field(default_factory=dict)
     failback: Failback | None = None
     failed: set[str] = field(default_factory=set)
-    downsized_at: dict[str, float] = field(default_factory=dict)
-    downsized_on: dict[str, str] = field(default_factory=dict)  # app -> worker it shrank on
     gray: dict[str, float] = field(default_factory=dict)  # slow worker -> when it was failed
 
 
@@ -127,9 +137,12 @@ class CoordinatorCore:
         # Each worker is judged against its own heartbeat interval, with this config's knobs.
         self.membership = Membership(cfg_for=lambda i: DetectorConfig.of(self.ccfg, i))
         self.state = ControlState()
-        self.slo: dict[str, SloDetector] = {
-            a.id: SloDetector(a.slo_ms, self.ccfg.slo_sustain_s) for a in mesh.apps
-        }
+        self.pace = PaceJudge(catalog, PaceConfig(sustain_s=self.ccfg.slo_sustain_s / 2))
+        self.shedder = Shedder(
+            ShedConfig(sustain_s=self.ccfg.slo_sustain_s, calm_s=self.ccfg.shed_calm_s)
+        )
+        self._withheld: dict[str, float] = {}  # worker -> when a verdict on it was withheld
+        self._plans_pending = 0  # plans asked for and not answered yet
         self.term = 0
         self.generation = 0
         self.phase: Phase = "waiting"
@@ -184,7 +197,9 @@ class CoordinatorCore:
             self.membership.see(ev.now, self.ccfg.reconnect_grace_s)
         elif isinstance(ev, PlanReady):
             self._on_plan_ready(ev)
-        # PlanFailed: the service logged why; the mesh stays on its current plan.
+        elif isinstance(ev, PlanFailed):
+            # The service logged why; the mesh stays on its current plan.
+            self._plans_pending = max(0, self._plans_pending - 1)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -208,17 +223,64 @@ class CoordinatorCore:
         primary.update(s.overrides)
         return {a: p for a, p in primary.items() if p.server not in s.failed}
 
-    def _route_state(self, app: str, worker: str, variant: str) -> Literal["serving", "degraded"]:
-        """Degraded: served by a backup or a smaller variant than the plan's primary."""
+    def _route_state(
+        self, app: str, worker: str, variant: str, throttled: bool = False
+    ) -> Literal["serving", "degraded"]:
+        """Degraded: served by a backup, a smaller variant than the plan's primary, or at a
+        shed frame rate."""
         p = self.state.placement
         planned = p.primary.get(app) if p else None
-        if planned is None or planned != Assign(worker, variant):
+        if throttled or planned is None or planned != Assign(worker, variant):
             return "degraded"
         return "serving"
 
+    # -- shedding ----------------------------------------------------------------------------
+
+    def _smaller_on_disk(self, worker: str, variant: str) -> str | None:
+        """The next smaller variant of ``variant``'s family that ``worker`` has on disk."""
+        m = self.membership.get(worker)
+        on_disk = set(m.status.models_on_disk) if m is not None else set()
+        size = self.catalog.variant(variant).memory_mb
+        smaller = [
+            v
+            for v in self.catalog.family_of(variant).variants
+            if v.memory_mb < size and v.name in on_disk
+        ]
+        return max(smaller, key=lambda v: v.memory_mb).name if smaller else None
+
+    def _shed_view(
+        self, steps: dict[str, tuple[ShedStep, ...]] | None = None
+    ) -> tuple[dict[str, Assign], dict[str, float], set[str]]:
+        """Who serves what once the shed steps in force apply: (serving, frame-rate caps,
+        apps paused)."""
+        serving = self._effective()
+        out = dict(serving)
+        caps: dict[str, float] = {}
+        paused: set[str] = set()
+        for worker, taken in (self.shedder.shedding() if steps is None else steps).items():
+            for app, a in serving.items():
+                if a.server != worker:
+                    continue
+                cfg = self.mesh.app(app)
+                for step in taken:
+                    if step.critical != cfg.critical:
+                        continue
+                    if step.action == "throttle":
+                        caps[app] = round(self.mesh.sensor(cfg.sensor).fps * THROTTLE_SHARE, 3)
+                    elif step.action == "downsize":
+                        smaller = self._smaller_on_disk(worker, out[app].variant)
+                        if smaller is not None:
+                            out[app] = Assign(worker, smaller)
+                    else:
+                        paused.add(app)
+        for app in paused:
+            out.pop(app, None)
+            caps.pop(app, None)
+        return out, caps, paused
+
     def _retained_state(self) -> RetainedState:
         s = self.state
-        serving = self._effective()
+        serving, caps, paused = self._shed_view()
         workers: list[tuple[str, WorkerPlan]] = []
         loads = s.placement.by_server() if s.placement else {}
         for w in self.mesh.workers:
@@ -226,7 +288,7 @@ class CoordinatorCore:
                 workers.append((w.id, WorkerPlan()))  # fenced: a falsely suspected worker stops
                 continue
             serve = tuple(
-                messages.Serve(app, self.mesh.app(app).sensor, a.variant)
+                messages.Serve(app, self.mesh.app(app).sensor, a.variant, caps.get(app))
                 for app, a in sorted(serving.items())
                 if a.server == w.id
             )
@@ -259,25 +321,34 @@ class CoordinatorCore:
                 )
             )
         routes = [
-            RouteState(x.app, worker, x.variant, self._route_state(x.app, worker, x.variant))
+            RouteState(
+                x.app,
+                worker,
+                x.variant,
+                self._route_state(x.app, worker, x.variant, x.max_fps is not None),
+            )
             for worker, wp in workers
             for x in wp.serve
         ]
         if self.adaptive and s.placement is not None:
-            # Apps nobody serves get an explicit route, so consumers see the outage.
+            # Apps nobody serves get an explicit route, so consumers see the outage (or that
+            # they are paused under overload).
             routes += [
-                RouteState(a.id, "", "", "unserved") for a in self.mesh.apps if a.id not in serving
+                RouteState(a.id, "", "", "shed" if a.id in paused else "unserved")
+                for a in self.mesh.apps
+                if a.id not in serving
             ]
         entries: list[messages.PlacementEntry] = [
             messages.PlacementEntry(app, a.server, a.variant, "primary")
             for app, a in sorted(serving.items())
         ]
         if s.placement is not None:
+            planned = self._effective()
             entries += [
                 messages.PlacementEntry(app, b.server, b.variant, b.kind)
                 for app, b in sorted(s.placement.backups.items())
                 # A backup that took over (or died) protects nothing until the re-plan.
-                if b.server not in s.failed and serving.get(app, b).server != b.server
+                if b.server not in s.failed and planned.get(app, b).server != b.server
             ]
         p = s.placement
         return RetainedState(
@@ -305,23 +376,43 @@ class CoordinatorCore:
     def _on_heartbeat(self, ev: HeartbeatSeen) -> None:
         hb = ev.heartbeat
         self._observe(self.membership.on_heartbeat(hb, ev.now), ev)
-        for app, stats in hb.apps.items():
-            det = self.slo.get(app)
-            if det is not None and stats.processed:
-                det.observe(ev.now, stats.latency_ms)
+        m = self.membership.get(hb.worker)
+        if m is None or m.incarnation != hb.incarnation or m.state != "alive":
+            return
+        serving, _caps, _paused = self._shed_view()
+        mine = {app: a.variant for app, a in serving.items() if a.server == hb.worker}
+        self.pace.observe(hb, mine, self._device(hb.worker), ev.now)
+        if hb.loading:
+            # Told to load: slower meanwhile, by our own doing; neither strained nor calm.
+            self.shedder.observe(hb.worker, self.shedder.cfg.calm, ev.now)
+            return
+        strains = [
+            stats.latency_ms / self.mesh.app(app).slo_ms
+            for app in mine
+            if (stats := hb.apps.get(app)) is not None and stats.processed
+        ]
+        if strains:
+            self.shedder.observe(hb.worker, max(strains), ev.now)
+        elif not mine and self.shedder.steps(hb.worker):
+            # Every app it had is paused: nothing to measure but the pause; try them back.
+            self.shedder.observe(hb.worker, 0.0, ev.now)
+
+    def _device(self, worker: str) -> str:
+        return self.mesh.worker(worker).device_class
 
     def _on_tick(self, ev: Tick) -> None:
         if self.phase == "waiting":
             return  # nobody is judged before we lead
-        for t in self.membership.tick(ev.now, ev.link_quiet_s):
+        spare = (lambda w: self._spare_stall(w, ev.now)) if self.phase == "running" else None
+        for t in self.membership.tick(ev.now, ev.link_quiet_s, spare or (lambda _w: False)):
             self._observe(t, ev)
         if self.phase != "running":
             return
         self._advance_obituaries(ev.now, ev.ts)
         self._advance_ladders(ev.now)
         self._advance_failback(ev.now)
-        self._check_slo(ev.now, ev.ts)
-        self._advance_gray(ev.now)
+        self._advance_gray(ev.now, ev.ts)  # probation first: a worker let back counts as a peer
+        self._judge_load(ev.now, ev.ts)
 
     def _advance_obituaries(self, now: float, ts: float) -> None:
         for worker, (incarnation, due) in list(self._obituaries.items()):
@@ -356,18 +447,24 @@ class CoordinatorCore:
         elif t.kind in ("joined", "recovered"):
             was_failed = t.worker in s.failed
             s.failed.discard(t.worker)
+            if t.kind == "joined":
+                self.pace.forget(t.worker)
+                self.shedder.forget(t.worker)
             self._event(
                 f"worker_{t.kind}",
                 worker=t.worker,
                 cause=t.cause,
                 worker_incarnation=t.incarnation,
             )
-            if s.placement is not None and (
-                was_failed
-                or t.worker
-                not in {a.server for a in s.placement.primary.values()}
-                | {b.server for b in s.placement.backups.values()}
-            ):
+            if s.placement is None:
+                # No plan yet (no worker was up when we started, or none could serve): a
+                # board that boots late is planned whenever it comes (a plan in flight is
+                # asked again for the workers alive when it answers).
+                if not self._plans_pending:
+                    self._replan(t.kind, sticky=False)
+            elif was_failed or t.worker not in {a.server for a in s.placement.primary.values()} | {
+                b.server for b in s.placement.backups.values()
+            }:
                 self._replan(t.kind)
             elif s.placement is not None:
                 self._publish(f"{t.kind}:{t.worker}")  # a restart: resend its assignment
@@ -483,10 +580,12 @@ class CoordinatorCore:
                 if b.server in alive and a not in s.overrides
             }
         request = PlanRequest(reason, alive, disk, keep, keep_backups)
+        self._plans_pending += 1
         self._out.append(RequestPlan(request, delay_s))
 
     def _on_plan_ready(self, ev: PlanReady) -> None:
         s = self.state
+        self._plans_pending = max(0, self._plans_pending - 1)
         reason, result = ev.request.reason, ev.result
         if not self.adaptive:
             if result is not None:
@@ -531,22 +630,16 @@ class CoordinatorCore:
 
     def _on_failure(self, t: Transition, ts: float) -> None:
         s = self.state
+        planned = self._failover_plan(t.worker)  # before it counts as failed: what it serves
         s.failed.add(t.worker)
         s.failback = None
-        if s.placement is None or s.problem is None:
+        self.pace.forget(t.worker)
+        if self.shedder.forget(t.worker):
+            self._event("unshed", worker=t.worker, step="all", level=0, reason="worker failed")
+        if planned is None:
             self._publish("failure-before-plan")
             return
-        fp = s.table.for_servers({t.worker}) if (s.table_valid and s.table) else None
-        source = "table"
-        if fp is None:
-            # A cascade (a second failure before the re-plan): plan it now from what runs.
-            current = Placement(
-                primary=self._effective()
-                | {a: p for a, p in s.placement.primary.items() if p.server == t.worker},
-                backups={a: b for a, b in s.placement.backups.items() if b.server not in s.failed},
-            )
-            fp = plan_failover(s.problem, current, {t.worker})
-            source = "live"
+        fp, source = planned
         self._apply_failover(fp)
         s.table_valid = False
         gen = self._publish(f"failover:{t.worker}")
@@ -687,82 +780,129 @@ class CoordinatorCore:
             load_s=round(now - fb.started, 3),
         )
 
-    # -- SLO and gray failures ---------------------------------------------------------------
+    # -- load, slowness and gray failures -----------------------------------------------------
 
-    def _check_slo(self, now: float, ts: float) -> None:
+    def _failover_plan(self, worker: str) -> tuple[FailoverPlan, str] | None:
+        """What a failure of ``worker`` would do now: the precomputed table's entry while it is
+        valid, else a plan from what runs (a cascade before the re-plan)."""
         s = self.state
-        for app, det in self.slo.items():
-            if not det.violated(now):
-                continue
-            current = self._effective().get(app)
-            if current is None:
-                continue
-            if now - s.downsized_at.get(app, -1e9) < SLO_DOWNSIZE_WINDOW_S:
-                if s.downsized_on.get(app) == current.server:
-                    # Still over SLO on a smaller variant: the worker is slow, not the model.
-                    det.reset()
-                    self._gray_failure(app, current.server, now, ts)
-                continue
-            fam = self.catalog.family_of(current.variant)
-            smaller = [
-                v
-                for v in fam.variants
-                if v.memory_mb < self.catalog.variant(current.variant).memory_mb
-            ]
-            s.downsized_at[app] = now
-            s.downsized_on[app] = current.server
-            det.reset()
-            if not smaller:
-                self._event(
-                    "slo_violation",
-                    app=app,
-                    worker=current.server,
-                    variant=current.variant,
-                    action="none: smallest variant",
-                )
-                continue
-            to = max(smaller, key=lambda v: v.accuracy).name
-            s.overrides[app] = Assign(current.server, to)
-            gen = self._publish("slo-downsize")
-            self._event(
-                "slo_violation",
-                app=app,
-                worker=current.server,
-                variant=current.variant,
-                action="downsize",
-                to=to,
-                generation=gen,
-            )
-
-    def _gray_failure(self, app: str, worker: str, now: float, ts: float) -> None:
-        m = self.membership.get(worker)
-        if m is None or worker in self.state.failed:
-            return
-        self.state.gray[worker] = now
-        self._event(
-            "failure_detected",
-            worker=worker,
-            app=app,
-            cause="slo_gray",
-            worker_incarnation=m.incarnation,
-            silence_ms=0.0,
+        if s.placement is None or s.problem is None:
+            return None
+        fp = s.table.for_servers({worker}) if (s.table_valid and s.table) else None
+        if fp is not None:
+            return fp, "table"
+        current = Placement(
+            primary=self._effective()
+            | {a: p for a, p in s.placement.primary.items() if p.server == worker},
+            backups={a: b for a, b in s.placement.backups.items() if b.server not in s.failed},
         )
-        self._on_failure(Transition("failed", worker, m.incarnation, "slo_gray", now), ts)
+        return plan_failover(s.problem, current, {worker}), "live"
 
-    def _advance_gray(self, now: float) -> None:
+    def _judge_move(self, worker: str, now: float, *, slow: bool) -> MoveVerdict:
+        planned = self._failover_plan(worker)
+        if planned is None:
+            return MoveVerdict(False, "no plan yet")
+        m = self.membership.get(worker)
+        hb = m.last_heartbeat if m is not None else None
+        apps = {
+            app: self.pace.measured_ms(hb, app)
+            for app, a in self._effective().items()
+            if a.server == worker
+        }
+
+        def predict(server: str, variant: str) -> float:
+            return self.pace.predicted_ms(server, variant, self._device(server), now)
+
+        return judge_move(planned[0], apps, predict if slow else None)
+
+    def _withhold(self, worker: str, cause: str, verdict: MoveVerdict, now: float) -> None:
+        last = self._withheld.get(worker)
+        if last is None or now - last >= WITHHELD_EVERY_S:
+            self._withheld[worker] = now
+            self._event("verdict_withheld", worker=worker, cause=cause, reason=verdict.reason)
+
+    def _spare_stall(self, worker: str, now: float) -> bool:
+        """A stalled worker keeps its apps when no other worker could take them: stalled
+        beats unserved, and a board starved of CPU may come back."""
+        verdict = self._judge_move(worker, now, slow=False)
+        if not verdict.ok:
+            self._withhold(worker, "stalled", verdict, now)
+        return not verdict.ok
+
+    def _judge_load(self, now: float, ts: float) -> None:
+        """Workers over their apps' SLOs: move away from a worker slow on its own where that
+        serves better; otherwise shed a step. Calm workers take a step back."""
+        s = self.state
+        serving = {a.server for a in self._effective().values()}
+        for worker in sorted(self.membership.alive() - s.failed):
+            if self.shedder.strained(worker, now):
+                if worker in serving and self.pace.standing(worker, now) == "slow":
+                    verdict = self._judge_move(worker, now, slow=True)
+                    if verdict.ok:
+                        self._gray_failure(worker, now, ts, verdict.reason)
+                        continue
+                    self._withhold(worker, "slo_gray", verdict, now)
+                self._shed(worker, now)
+            elif self.shedder.calmed(worker, now):
+                self._unshed(worker, now)
+
+    def _step_applies(self, worker: str, step: ShedStep) -> bool:
+        before = self._shed_view()
+        steps = self.shedder.shedding()
+        after = self._shed_view({**steps, worker: (*steps.get(worker, ()), step)})
+        return after != before
+
+    def _shed(self, worker: str, now: float) -> None:
+        applies = [self._step_applies(worker, step) for step in LADDER]
+        factor = self.pace.factor(worker, now)
+        peers = self.pace.peers_median(worker, now)
+        step = self.shedder.escalate(worker, now, applies)
+        if step is None:
+            return
+        gen = self._publish(f"shed:{worker}")
+        self._event(
+            "shed",
+            worker=worker,
+            step=step.name,
+            level=len(self.shedder.steps(worker)),
+            generation=gen,
+            reason=(
+                "overload shared by its peers"
+                if peers is not None and factor is not None and factor < 3 * max(peers, 1.0)
+                else "over SLO with no better worker to move to"
+            ),
+            pace_factor=None if factor is None else round(factor, 2),
+            peers_factor=None if peers is None else round(peers, 2),
+        )
+
+    def _unshed(self, worker: str, now: float) -> None:
+        step = self.shedder.relax(worker, now)
+        if step is None:
+            return
+        gen = self._publish(f"unshed:{worker}")
+        self._event(
+            "unshed",
+            worker=worker,
+            step=step.name,
+            level=len(self.shedder.steps(worker)),
+            generation=gen,
+            reason="calm",
+        )
+
+    def _gray_failure(self, worker: str, now: float, ts: float, reason: str) -> None:
+        t = self.membership.condemn(worker, "slo_gray", now)
+        if t is None:
+            return  # one verdict at a time: it failed otherwise already
+        self.state.gray[worker] = now
+        self._note("gray_failure", worker=worker, reason=reason)
+        self._on_transition(t, ts)
+
+    def _advance_gray(self, now: float, ts: float) -> None:
         s = self.state
         for worker, since in list(s.gray.items()):
             if now - since < self.ccfg.gray_probation_s:
                 continue
             del s.gray[worker]
-            m = self.membership.get(worker)
-            if m is None or m.state != "alive" or worker not in s.failed:
-                continue  # it failed for real meanwhile; membership brings it back
-            s.failed.discard(worker)
-            self._event(
-                "worker_recovered",
-                worker=worker,
-                cause="probation_over",
-                worker_incarnation=m.incarnation,
-            )
-            self._replan("recovered")
+            t = self.membership.absolve(worker, "probation_over", now)
+            if t is not None:  # else: it failed for real meanwhile; membership brings it back
+                self._on_transition(t, ts)

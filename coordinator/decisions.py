@@ -32,9 +32,9 @@ class WorkerPlan:
 @dataclass(frozen=True, slots=True)
 class RouteState:
     app: str
-    worker: str  # "" when unserved
+    worker: str  # "" when unserved or shed
     variant: str
-    state: Literal["serving", "degraded", "unserved"]
+    state: Literal["serving", "degraded", "unserved", "shed"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Failure detectors over heartbeats: silence (phi-accrual with a floor), stalls, SLO violation.
+"""Failure detectors over heartbeats: silence (phi-accrual with a floor) and stalls.
 
 Each detector is pure: it is fed observations with their arrival times and asked for a verdict
 at a time, so tests drive it with synthetic clocks and the coordinator with the monotonic one.
@@ -9,8 +9,9 @@ at a time, so tests drive it with synthetic clocks and the coordinator with the 
   jittery WiFi link is not a failure.
 - :class:`ProgressDetector`: heartbeats that keep coming while frames wait and nothing is
   processed: a hung GPU or a stuck thread (gray failure).
-- :class:`SloDetector`: an app whose recent latency stays above its SLO for ``sustain_s``
-  (thermal throttling, an overloaded box): a case for moving or downsizing, not failover.
+
+Latency over SLO is not judged here: :mod:`coordinator.shedding` (overload) and
+:mod:`coordinator.pace` (a worker slow on its own) decide what it calls for.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class DetectorConfig:
     window: int = 100  # inter-arrival samples kept
     stall_s: float = 1.0  # frames waiting, no progress for this long: stalled
     slo_sustain_s: float = 5.0
+    # A worker loading a variant it was told to is not judged stalled for this long.
+    load_timeout_s: float = 30.0
 
     @classmethod
     def for_interval(cls, interval_s: float, **overrides: float) -> DetectorConfig:
@@ -59,6 +62,7 @@ class DetectorConfig:
             confirm_s=c.confirm_intervals * interval_s,
             stall_s=c.stall_s,
             slo_sustain_s=c.slo_sustain_s,
+            load_timeout_s=c.load_timeout_s,
         )
 
 
@@ -122,7 +126,11 @@ class SilenceDetector:
 
 
 class ProgressDetector:
-    """No inference progress while frames wait, with heartbeats still arriving."""
+    """No inference progress while frames wait, with heartbeats still arriving.
+
+    A worker loading a variant (it says so in its heartbeats, with how long the load has run)
+    does what it was told: its progress clock starts over while the load runs, up to
+    ``load_timeout_s`` (a load that never ends is a failure too)."""
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
@@ -130,10 +138,19 @@ class ProgressDetector:
         self._received = -1
         self._since: float | None = None  # when frames started waiting without progress
 
-    def heartbeat(self, now: float, received: int, processed: int, queue_depth: int) -> None:
+    def heartbeat(
+        self,
+        now: float,
+        received: int,
+        processed: int,
+        queue_depth: int,
+        *,
+        loading_s: float = 0.0,
+    ) -> None:
         progressed = processed != self._processed
         waiting = queue_depth > 0 or received > self._received > -1
-        if progressed or not waiting:
+        loading = 0.0 < loading_s <= self.cfg.load_timeout_s
+        if progressed or not waiting or loading:
             self._since = None
         elif self._since is None:
             self._since = now
@@ -145,26 +162,3 @@ class ProgressDetector:
 
     def stalled(self, now: float) -> bool:
         return self._since is not None and now - self._since >= self.cfg.stall_s
-
-
-class SloDetector:
-    """An app's recent latency above its SLO for a sustained period."""
-
-    def __init__(self, slo_ms: float, sustain_s: float) -> None:
-        self.slo_ms = slo_ms
-        self.sustain_s = sustain_s
-        self._since: float | None = None
-
-    def observe(self, now: float, latency_ms: float) -> None:
-        if latency_ms > self.slo_ms:
-            if self._since is None:
-                self._since = now
-        else:
-            self._since = None
-
-    def violated(self, now: float) -> bool:
-        return self._since is not None and now - self._since >= self.sustain_s
-
-    def reset(self) -> None:
-        """After an action: judge only what comes next."""
-        self._since = None

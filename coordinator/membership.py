@@ -34,6 +34,9 @@ REPLACED_KEPT = 8  # replaced incarnations remembered per worker
 RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts as back
 # A worker that stalled is held down longer: it may stall again as soon as it gets work.
 STALL_RECOVERY_HEARTBEATS = 300
+# Verdicts the core passes (a gray failure) are lifted by the core (probation), not by heartbeats:
+# a slow worker beats fine.
+CORE_VERDICTS: Final = frozenset({"slo_gray"})
 
 # A worker's silence is judged only if the broker has been heard from this many of its
 # heartbeat intervals after its last heartbeat (heartbeats of workers interleave).
@@ -188,8 +191,10 @@ class Membership:
                 return None
         m.last_heartbeat = hb
         m.silence.heartbeat(now)
-        m.progress.heartbeat(now, hb.frames_received, hb.frames_processed, hb.queue_depth)
-        if m.state == "failed" and m.cause != "graceful":
+        m.progress.heartbeat(
+            now, hb.frames_received, hb.frames_processed, hb.queue_depth, loading_s=hb.loading_s
+        )
+        if m.state == "failed" and m.cause != "graceful" and m.cause not in CORE_VERDICTS:
             m.steady += 1
             needed = STALL_RECOVERY_HEARTBEATS if m.cause == "stalled" else RECOVERY_HEARTBEATS
             if m.steady >= needed and not m.progress.stalled(now):
@@ -204,7 +209,32 @@ class Membership:
         m.state, m.cause, m.failed_at, m.steady = "failed", cause, now, 0
         return self._transition("failed", m, cause, now, silence_s)
 
-    def tick(self, now: float, link_quiet_s: float = 0.0) -> list[Transition]:
+    def condemn(self, worker: str, cause: str, now: float) -> Transition | None:
+        """The core's own verdict on a live worker (``cause`` in :data:`CORE_VERDICTS`): one
+        verdict at a time, so a worker already failed is not failed again."""
+        m = self.members.get(worker)
+        if m is None or m.state != "alive":
+            return None
+        return self._fail(m, cause, now)
+
+    def absolve(self, worker: str, cause: str, now: float) -> Transition | None:
+        """Lift the core's verdict (probation over); None if it failed otherwise since."""
+        m = self.members.get(worker)
+        if m is None or m.state != "failed" or m.cause not in CORE_VERDICTS:
+            return None
+        if m.silence.suspected(now) or m.progress.stalled(now):
+            return None  # it is not well now either: heartbeats decide
+        return self._recover(m, cause, now)
+
+    def tick(
+        self,
+        now: float,
+        link_quiet_s: float = 0.0,
+        spare: Callable[[str], bool] = lambda _w: False,
+    ) -> list[Transition]:
+        """Silence and stall verdicts. ``spare(worker)``: a stall verdict the caller withholds
+        (nothing else could serve the worker's apps: stalled beats unserved); asked only of a
+        worker that stalled."""
         out: list[Transition] = []
         if self._blind_until is not None:
             if now < self._blind_until:
@@ -220,7 +250,7 @@ class Membership:
             heard_since = m.silence.silence(now) - link_quiet_s >= margin
             if heard_since and m.silence.failed(now):
                 out.append(self._fail(m, "heartbeat_silence", now, m.silence.silence(now)))
-            elif link_quiet_s < margin and m.progress.stalled(now):
+            elif link_quiet_s < margin and m.progress.stalled(now) and not spare(m.worker):
                 out.append(self._fail(m, "stalled", now, m.silence.silence(now)))
         return out
 

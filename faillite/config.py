@@ -378,13 +378,18 @@ class CoordinatorConfig(StrictModel):
     max_silence_intervals: float = Field(default=10.0, gt=0)  # always suspect past this
     confirm_intervals: float = Field(default=0.5, ge=0)  # a suspicion must hold this long
     stall_s: float = Field(default=1.0, gt=0)  # frames waiting, no progress: gray failure
-    slo_sustain_s: float = Field(default=5.0, gt=0)  # latency over SLO this long: downsize
+    # A worker loading a variant it was told to is not judged stalled meanwhile, this long at most.
+    load_timeout_s: float = Field(default=30.0, gt=0)
+    # A worker's apps over their SLO this long: shed one step (or move, if the worker alone is
+    # slow and another would serve better).
+    slo_sustain_s: float = Field(default=5.0, gt=0)
+    shed_calm_s: float = Field(default=10.0, gt=0)  # calm this long: take one shed step back
     mttr_weight: float = Field(default=0.002, ge=0)  # accuracy points per ms of expected MTTR
     ladder_settle_s: float = Field(default=0.0, ge=0)  # serve a rung this long before the next
     failback_load_timeout_s: float = Field(default=60.0, gt=0)
     replan_delay_s: float = Field(default=0.5, ge=0)  # after a failover, before re-planning
-    # A worker still over SLO after a downsize is slow itself (a gray failure): it is failed
-    # over and held out this long before it may serve again.
+    # A worker slow on its own (against its peers and its profile) whose apps another would
+    # serve better is failed over (a gray failure) and held out this long before it may serve.
     gray_probation_s: float = Field(default=30.0, gt=0)
     # After our own reconnect (a broker restart), workers get this long to reconnect too.
     reconnect_grace_s: float = Field(default=5.0, ge=0)  # the reconnect backoff's cap

@@ -30,6 +30,10 @@ Counts = Annotated[dict[Name, Count], Field(max_length=MAX_ITEMS)]
 # A term more than this above the newest one a reader knows is forged, not a successor's: real
 # terms grow by one per takeover, and one forged near MAX_COUNT would leave no term to succeed.
 MAX_TERM_JUMP = 1000
+# A frame rate the coordinator caps an app at: positive, finite, and no more than any camera
+# sends, so a forged one can neither divide by zero nor turn the cap off by overflowing it.
+MAX_FPS = 1000.0
+Fps = Annotated[float, Field(gt=0, le=MAX_FPS, allow_inf_nan=False)]
 # An Ed25519 signature in base64 (88 characters), when the mesh signs (faillite/signing.py).
 Signature = Annotated[str, Field(max_length=128)]
 
@@ -104,6 +108,11 @@ class AppStats:
     processed: Count = 0
     dropped: Count = 0
     latency_ms: float = 0.0  # recent mean of capture -> result
+    # Recent mean per-frame service time on the worker (decode + preprocess + its share of the
+    # batch's inference), same window as latency_ms: without queue wait and network transit,
+    # so slowness of the worker reads apart from overload of it.
+    infer_ms: float = 0.0
+    shed: Count = 0  # frames skipped for the assignment's max_fps, since start
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,11 @@ class Heartbeat:
     rss_mb: float = 0.0
     gpu_used_mb: float = 0.0  # GPU memory this worker process holds (NVML), MB
     loaded: Names = ()
+    # Variants an assignment made it load (file and warm-up inference) right now, and how long
+    # the oldest of those loads has run: a worker busy loading is not a slow one.
+    loading: Names = ()
+    loading_s: float = 0.0
+    cpu_load: float = 0.0  # the host's 1-minute load average per usable CPU; 0.0: unknown
     generation: Count = 0
     errors: Counts = field(default_factory=dict)
     apps: Annotated[dict[Name, AppStats], Field(max_length=MAX_ITEMS)] = field(default_factory=dict)
@@ -138,6 +152,9 @@ class Serve:
     app: Name
     sensor: Name
     variant: Name
+    # At most this many frames per second of the app (overload shedding); the rest are skipped
+    # before queueing and counted in AppStats.shed. None: every frame.
+    max_fps: Fps | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +224,8 @@ class Route:
     term: Count
     generation: Count
     since: float
-    state: Literal["serving", "degraded", "unserved"] = "serving"
+    # shed: paused by the coordinator under overload (nobody serves it, on purpose).
+    state: Literal["serving", "degraded", "unserved", "shed"] = "serving"
     v: int = SCHEMA_VERSION
 
 

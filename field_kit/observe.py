@@ -44,7 +44,9 @@ NOTABLE_EVENTS = (
     "upgrade",
     "ladder_done",
     "failback_switch",
-    "slo_violation",
+    "shed",
+    "unshed",
+    "verdict_withheld",
 )
 MAX_NOTABLE = 200
 MAX_RECENT = 500  # the latest events of every kind, for a live view (faillite watch)

@@ -118,6 +118,13 @@ def describe(ev: messages.Event) -> str:
             return f"apps {', '.join(map(str, d.get('apps') or []))} moving back: " + ", ".join(
                 f"{w} loads {v}" for w, v in (d.get("loads") or {}).items()
             )
+        case "shed" | "unshed":
+            return (
+                f"{ev.worker} {'sheds' if ev.kind == 'shed' else 'takes back'} "
+                f"{d.get('step', '?')} (level {d.get('level', '?')}): {d.get('reason', '?')}"
+            )
+        case "verdict_withheld":
+            return f"{ev.worker} not failed ({d.get('cause', '?')}): {d.get('reason', '?')}"
         case "assignment_applied":
             serving = d.get("serving") or {}
             return (
@@ -140,7 +147,13 @@ def events_table(events: list[messages.Event]) -> Table:
     t.add_column("kind")
     t.add_column("what", overflow="fold")
     for ev in events:
-        style = "red" if ev.kind in ("failover", "failure_detected") else None
+        style = (
+            "red"
+            if ev.kind in ("failover", "failure_detected")
+            else "yellow"
+            if ev.kind in ("shed", "verdict_withheld")
+            else None
+        )
         t.add_row(clock(ev.ts), ev.kind, describe(ev), style=style)
     if not events:
         t.add_row("-", "-", "no event yet")

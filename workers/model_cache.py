@@ -1,9 +1,10 @@
 """The models a worker holds: load with a warm-up inference, unload, and what is on disk.
 
-``loaded`` is replaced whole on every change, never mutated (copy-on-write): the heartbeat
-thread reads it without a lock. Loads and unloads run on the control thread. :attr:`in_use` is
-held by the inference thread while a frame runs, and taken to close a model, so a model is never
-closed under a frame still using it.
+``loaded`` and ``loading`` (the loads in progress, for the heartbeat: a worker busy loading
+what it was asked to is not a slow one) are replaced whole on every change, never mutated
+(copy-on-write): the heartbeat thread reads them without a lock. Loads and unloads run on the
+control thread. :attr:`in_use` is held by the inference thread while a frame runs, and taken to
+close a model, so a model is never closed under a frame still using it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ModelCache:
         self.bad = bad
         self._emit = emit
         self.loaded: dict[str, LoadedModel] = {}
+        self.loading: dict[str, float] = {}  # variant -> time.monotonic() its load began
         self.load_count = 0
         self.in_use = threading.Lock()
 
@@ -52,6 +54,14 @@ class ModelCache:
             if (self.models_dir / Path(v.file).with_suffix(suffix).name).is_file()
             or (self.models_dir / v.file).is_file()
         )
+
+    def loading_state(self, now: float | None = None) -> tuple[tuple[str, ...], float]:
+        """The variants loading now and how long (s) the oldest of those loads has run."""
+        loading = self.loading  # one snapshot: the control thread replaces it whole
+        if not loading:
+            return (), 0.0
+        t = time.monotonic() if now is None else now
+        return tuple(loading), round(max(0.0, t - min(loading.values())), 3)
 
     def get(self, variant: str) -> LoadedModel | None:
         return self.loaded.get(variant)
@@ -69,6 +79,31 @@ class ModelCache:
             self._emit("model_unknown", variant=variant)
             return None
         path = self.models_dir / v.file
+        self.loading = {**self.loading, variant: time.monotonic()}
+        try:
+            loaded = self._load(variant, path)
+            if loaded is None:
+                return None
+            model, load_ms, first_ms = loaded
+            # Loaded before it stops loading: a heartbeat between sees it in both, never in
+            # neither.
+            self.loaded = {**self.loaded, variant: model}
+        finally:
+            self.loading = {k: t for k, t in self.loading.items() if k != variant}
+        self.load_count += 1
+        detail: dict[str, Any] = {
+            "variant": variant,
+            "load_ms": round(load_ms, 1),
+            "first_inference_ms": round(first_ms, 1),
+            "providers": list(model.providers),
+        }
+        log.info("model_loaded", **detail)
+        self._emit("model_loaded", "", **detail)
+        return model
+
+    def _load(self, variant: str, path: Path) -> tuple[LoadedModel, float, float] | None:
+        """``variant``'s model loaded and warmed up, with both times (ms); None if it could
+        not be (counted, reported)."""
         t0 = time.perf_counter()
         try:
             model = self.backend.load(variant, path)
@@ -88,18 +123,7 @@ class ModelCache:
             self._emit("model_load_failed", variant=variant, error=str(exc))
             model.close()
             return None
-        first_ms = (time.perf_counter() - t1) * 1000
-        self.loaded = {**self.loaded, variant: model}
-        self.load_count += 1
-        detail: dict[str, Any] = {
-            "variant": variant,
-            "load_ms": round(load_ms, 1),
-            "first_inference_ms": round(first_ms, 1),
-            "providers": list(model.providers),
-        }
-        log.info("model_loaded", **detail)
-        self._emit("model_loaded", "", **detail)
-        return model
+        return model, load_ms, (time.perf_counter() - t1) * 1000
 
     def keep_only(self, needed: set[str]) -> None:
         """Unload every model not in ``needed``."""

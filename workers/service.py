@@ -71,7 +71,7 @@ from faillite.signing import SignatureError, SigningError, Verifier, load_verifi
 from faillite.topics import Role, Topics
 from workers.backends import BackendError, Staged, create_backend
 from workers.batching import Batch, Batcher
-from workers.counters import Counters
+from workers.counters import Counters, cpu_load, service_ms
 from workers.fencing import Fence, LogLimit
 from workers.frame_queue import FrameQueues, QueuedFrame
 from workers.inference import FrameRunner, Prepared
@@ -431,11 +431,14 @@ class Worker:
             self.batcher.observe(batch.st.model, time.monotonic() - t0, len(batch.items))
 
     def _serve_batch(self, batch: Batch) -> None:
+        held_ms = 0.0  # per frame: what interceptors held this batch counts as service time
         if self.interceptors:
             self.counters.busy = True
+            t0 = time.monotonic()
             for item in batch.items:
                 for intercept in self.interceptors:
                     intercept(item, self._stop)
+            held_ms = (time.monotonic() - t0) * 1000 / len(batch.items)
         if self._stop.is_set():
             return  # stopping, or replaced: serve nothing more
         try:
@@ -460,19 +463,25 @@ class Worker:
                     rows.append(i)
                     live.append(replace(p, st=st))
                 else:  # switched to another model since it was queued: served alone by it
-                    self._infer([st], partial(self._run_one, p.item, st, generation))
+                    self._infer([st], partial(self._run_one, p.item, st, generation), held_ms)
             if live:
                 x = staged if len(rows) == len(frames) else Staged(staged.host[rows].copy())
                 run = partial(self.runner.infer, batch.st, live, x, generation)
-                self._infer([p.st for p in live], run)
+                self._infer([p.st for p in live], run, held_ms)
 
     def _run_one(self, item: QueuedFrame, st: Serving, generation: int) -> list[messages.Result]:
         r = self.runner.run(item, st, generation)
         return [] if r is None else [r]
 
-    def _infer(self, served: list[Serving], run: Callable[[], list[messages.Result]]) -> None:
+    def _infer(
+        self,
+        served: list[Serving],
+        run: Callable[[], list[messages.Result]],
+        held_ms: float = 0.0,
+    ) -> None:
         """Run one model call for the frames of ``served``, then deliver each result. Errors
-        are counted once per frame; one bad call never stops the inference thread."""
+        are counted once per frame; one bad call never stops the inference thread.
+        ``held_ms``: what interceptors held each frame before."""
         try:
             results = run()
         except BackendError as exc:
@@ -486,17 +495,18 @@ class Worker:
             return
         for st, result in zip(served, results, strict=False):
             try:
-                self._deliver(st, result)
+                self._deliver(st, result, service_ms(result.latency, len(results), held_ms))
             except Exception as exc:
                 log.exception("inference_error", app=st.app, variant=st.variant)
                 self.bad.count("inference_error", repr(exc), app=st.app)
 
-    def _deliver(self, st: Serving, result: messages.Result) -> None:
+    def _deliver(self, st: Serving, result: messages.Result, infer_ms: float = 0.0) -> None:
         """Hand one result to its consumers: publish it on the app's results topic and count
-        it. Every result goes through here. A hot backup's result is held instead
-        (:mod:`workers.hot`), unless the app was promoted while the frame ran."""
+        it (``infer_ms``: the worker's own time on its frame). Every result goes through here.
+        A hot backup's result is held instead (:mod:`workers.hot`), unless the app was
+        promoted while the frame ran."""
         if not st.hot:
-            self._publish_result(result)
+            self._publish_result(result, infer_ms)
             return
         hot = self.table.hot
         with hot.lock:  # the promotion switches the table and flushes under this lock
@@ -504,10 +514,14 @@ class Worker:
             if now is not None and now.hot:
                 hot.hold(result)
                 self.counters.processed(
-                    st.app, total_ms=result.latency.total_ms, ts=result.ts, published=False
+                    st.app,
+                    total_ms=result.latency.total_ms,
+                    ts=result.ts,
+                    published=False,
+                    infer_ms=infer_ms,
                 )
             elif now is not None and not hot.already_published(st.app, result.seq):
-                self._publish_result(replace(result, generation=self.table.generation))
+                self._publish_result(replace(result, generation=self.table.generation), infer_ms)
 
     def _send(self, result: messages.Result) -> bool:
         """Publish ``result`` on its app's results topic; whether a connected transport took it."""
@@ -515,10 +529,14 @@ class Worker:
             self.topics.app_results(result.app, self.cfg.id), messages.encode(result)
         )
 
-    def _publish_result(self, result: messages.Result) -> None:
+    def _publish_result(self, result: messages.Result, infer_ms: float = 0.0) -> None:
         published = self._send(result)
         self.counters.processed(
-            result.app, total_ms=result.latency.total_ms, ts=result.ts, published=published
+            result.app,
+            total_ms=result.latency.total_ms,
+            ts=result.ts,
+            published=published,
+            infer_ms=infer_ms,
         )
 
     def _publish_held(self, result: messages.Result) -> None:
@@ -530,6 +548,7 @@ class Worker:
 
     def heartbeat(self) -> messages.Heartbeat:
         self._hb_seq += 1
+        loading, loading_s = self.models.loading_state()
         return self.counters.heartbeat(
             worker=self.cfg.id,
             incarnation=self.incarnation,
@@ -539,6 +558,9 @@ class Worker:
             queue_depth=self.queues.depth(),
             rss_mb=round(self._proc.memory_info().rss / 2**20, 1),
             loaded=tuple(self.models.loaded),
+            loading=loading,
+            loading_s=loading_s,
+            cpu_load=cpu_load(),
             generation=self.table.generation,
             errors=self.bad.snapshot(),
             # NVML is sampled at most once a second (faillite.gpu), heartbeats come faster.

@@ -8,6 +8,9 @@
   warm load never delays serving; models nobody needs are unloaded last.
 - Warm standby: for the apps this worker is the warm backup of, the latest frame is held; a
   promotion queues it at once (if still fresh) instead of waiting for the next frame.
+- Overload shedding: an app whose assignment entry has ``max_fps`` gets at most that many frames
+  a second queued (:class:`RateGate`, on the network thread); the rest are skipped before
+  queueing and counted as ``shed``, not as received. A new ``max_fps`` holds from the apply on.
 - Hot standby: the apps this worker is the hot backup of are in the table too, marked ``hot``:
   their frames are queued and run like the served ones, their results held
   (:mod:`workers.hot`). A promotion switches the table and flushes the held results under
@@ -34,6 +37,34 @@ from workers.hot import HELD_MAX_AGE_NS, HotResults
 from workers.model_cache import ModelCache
 
 log = get_logger("worker")
+
+
+# The longest a gate makes a frame wait for the next: any max_fps the codec lets through
+# (above 0, however small) gives a finite interval.
+MAX_GATE_INTERVAL_NS = 3600 * 10**9
+
+
+class RateGate:
+    """At most ``max_fps`` frames a second, on the frames' own receive times (GCRA, the
+    virtual-scheduling form of a token bucket): O(1) per frame, no clock read, no lock (one
+    thread admits). A frame may come up to half an interval early, so a camera's jitter around
+    exactly ``max_fps`` sheds nothing, while the long-run rate stays at most ``max_fps``."""
+
+    __slots__ = ("_due_ns", "_early_ns", "_interval_ns", "max_fps")
+
+    def __init__(self, max_fps: float) -> None:
+        self.max_fps = max_fps
+        self._interval_ns = int(min(1e9 / max_fps, MAX_GATE_INTERVAL_NS))
+        self._early_ns = self._interval_ns // 2
+        self._due_ns: int | None = None  # when the next frame is due; None: none admitted yet
+
+    def admit(self, now_ns: int) -> bool:
+        """Whether a frame received at ``now_ns`` (monotonic) is within the rate."""
+        due = self._due_ns
+        if due is not None and now_ns < due - self._early_ns:
+            return False
+        self._due_ns = (now_ns if due is None else max(due, now_ns)) + self._interval_ns
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +112,7 @@ class ServingTable:
         self._serving: dict[str, Serving] = {}
         self._by_sensor: dict[str, tuple[str, ...]] = {}
         self._standby_by_sensor: dict[str, tuple[str, ...]] = {}
+        self._gates: dict[str, RateGate] = {}  # apps under a max_fps
         self._standby: tuple[messages.Serve, ...] = ()
         self._held: dict[str, QueuedFrame] = {}
         self.sensors: frozenset[str] = frozenset()
@@ -112,7 +144,12 @@ class ServingTable:
     def route(self, sensor: str, payload: bytes, received_ns: int) -> None:
         """A frame of ``sensor``: queue it for every app served (or hot) from it, hold it for
         every app this worker is the warm backup of."""
+        gates = self._gates
         for app in self._by_sensor.get(sensor, ()):
+            gate = gates.get(app)
+            if gate is not None and not gate.admit(received_ns):
+                self.counters.shed(app)
+                continue
             self.counters.received(app)
             self.queues.put(QueuedFrame(app, payload, received_ns))
         for app in self._standby_by_sensor.get(sensor, ()):
@@ -137,6 +174,8 @@ class ServingTable:
         serve_apps = {s.app for s in a.serve}
         hot_wanted = tuple(h for h in a.hot if h.app not in serve_apps)
         wanted = {s.app: s for s in (*a.serve, *hot_wanted)}
+        # The coordinator sheds load now, not after the loads below.
+        self._gates = self._rate_gates(wanted)
         # Fencing: an app taken away stops now, before any slow model load.
         keep = {
             app: s
@@ -194,6 +233,19 @@ class ServingTable:
             self.models.load(variant)
         self.models.keep_only({s.variant for s in self._serving.values()} | set(a.warm))
         return True
+
+    def _rate_gates(self, wanted: dict[str, messages.Serve]) -> dict[str, RateGate]:
+        """The gates of ``wanted``'s apps that have a ``max_fps``; an unchanged one keeps its
+        gate (and its schedule)."""
+        gates: dict[str, RateGate] = {}
+        for app, s in wanted.items():
+            if s.max_fps is None:
+                continue
+            old = self._gates.get(app)
+            gates[app] = (
+                old if old is not None and old.max_fps == s.max_fps else RateGate(s.max_fps)
+            )
+        return gates
 
     def _entries(self, serve: tuple[messages.Serve, ...], *, hot: bool) -> dict[str, Serving]:
         """Table entries of ``serve`` whose model is loaded; a served app whose new variant
