@@ -125,18 +125,31 @@ class SilenceDetector:
         return now - self._suspected_since >= self.cfg.confirm_s
 
 
+# A stall must last at least this many frames at the worker's own pace (a full batch) ...
+STALL_PACE_FRAMES = 8
+# ... and is never given more than this many times stall_s.
+STALL_MAX_FACTOR = 10.0
+
+
 class ProgressDetector:
     """No inference progress while frames wait, with heartbeats still arriving.
 
     A worker loading a variant (it says so in its heartbeats, with how long the load has run)
     does what it was told: its progress clock starts over while the load runs, up to
-    ``load_timeout_s`` (a load that never ends is a failure too)."""
+    ``load_timeout_s`` (a load that never ends is a failure too).
+
+    A worker that is merely slow makes progress batch by batch: a batch of frames at its own
+    measured per-frame time (``frame_s``, from its heartbeats) may take longer than ``stall_s``
+    without anything being stuck. The bound is therefore at least :data:`STALL_PACE_FRAMES`
+    frames at that pace (at most :data:`STALL_MAX_FACTOR` times ``stall_s``); a hung worker's
+    pace is the one it had before it hung, so a hang is still caught at ``stall_s``."""
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
         self._processed = -1
         self._received = -1
         self._since: float | None = None  # when frames started waiting without progress
+        self._bound_s = cfg.stall_s
 
     def heartbeat(
         self,
@@ -146,7 +159,12 @@ class ProgressDetector:
         queue_depth: int,
         *,
         loading_s: float = 0.0,
+        frame_s: float = 0.0,
     ) -> None:
+        self._bound_s = min(
+            max(self.cfg.stall_s, STALL_PACE_FRAMES * frame_s),
+            STALL_MAX_FACTOR * self.cfg.stall_s,
+        )
         progressed = processed != self._processed
         waiting = queue_depth > 0 or received > self._received > -1
         loading = 0.0 < loading_s <= self.cfg.load_timeout_s
@@ -161,4 +179,4 @@ class ProgressDetector:
         self._since = None
 
     def stalled(self, now: float) -> bool:
-        return self._since is not None and now - self._since >= self.cfg.stall_s
+        return self._since is not None and now - self._since >= self._bound_s

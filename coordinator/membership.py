@@ -192,7 +192,12 @@ class Membership:
         m.last_heartbeat = hb
         m.silence.heartbeat(now)
         m.progress.heartbeat(
-            now, hb.frames_received, hb.frames_processed, hb.queue_depth, loading_s=hb.loading_s
+            now,
+            hb.frames_received,
+            hb.frames_processed,
+            hb.queue_depth,
+            loading_s=hb.loading_s,
+            frame_s=max((a.infer_ms for a in hb.apps.values()), default=0.0) / 1000,
         )
         if m.state == "failed" and m.cause != "graceful" and m.cause not in CORE_VERDICTS:
             m.steady += 1

@@ -109,3 +109,20 @@ def test_a_load_it_was_told_to_make_is_not_a_stall_but_a_load_that_never_ends_is
         received += 1
         det.heartbeat(t, received, 0, 3, loading_s=t)
     assert det.stalled(t)
+
+
+def test_a_slow_batch_at_the_workers_own_pace_is_not_a_stall_but_a_hang_is() -> None:
+    cfg = DetectorConfig.for_interval(0.1, stall_s=1.0)
+    slow, hung = ProgressDetector(cfg), ProgressDetector(cfg)
+    t, received = 0.0, 0
+    for _ in range(25):  # 2.5 s in one batch: 0.5 s per frame (slow), or 30 ms before a hang
+        t += 0.1
+        received += 1
+        slow.heartbeat(t, received, 0, 3, frame_s=0.5)
+        hung.heartbeat(t, received, 0, 3, frame_s=0.03)
+    assert not slow.stalled(t) and hung.stalled(t)
+    for _ in range(20):  # 8 frames at its pace passed: stalled after all
+        t += 0.1
+        received += 1
+        slow.heartbeat(t, received, 0, 3, frame_s=0.5)
+    assert slow.stalled(t)
