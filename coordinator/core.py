@@ -856,38 +856,29 @@ class CoordinatorCore:
         applies = [self._step_applies(worker, step) for step in LADDER]
         factor = self.pace.factor(worker, now)
         peers = self.pace.peers_median(worker, now)
-        step = self.shedder.escalate(worker, now, applies)
-        if step is None:
-            return
-        gen = self._publish(f"shed:{worker}")
-        self._event(
+        shared = (
+            peers is not None
+            and factor is not None
+            and factor < self.pace.cfg.outlier * max(peers, 1.0)
+        )
+        self._shed_step(
             "shed",
-            worker=worker,
-            step=step.name,
-            level=len(self.shedder.steps(worker)),
-            generation=gen,
-            reason=(
-                "overload shared by its peers"
-                if peers is not None and factor is not None and factor < 3 * max(peers, 1.0)
-                else "over SLO with no better worker to move to"
-            ),
+            worker,
+            self.shedder.escalate(worker, now, applies),
+            reason="overload shared by its peers" if shared else "over SLO, nowhere better to go",
             pace_factor=None if factor is None else round(factor, 2),
             peers_factor=None if peers is None else round(peers, 2),
         )
 
     def _unshed(self, worker: str, now: float) -> None:
-        step = self.shedder.relax(worker, now)
+        self._shed_step("unshed", worker, self.shedder.relax(worker, now), reason="calm")
+
+    def _shed_step(self, kind: str, worker: str, step: ShedStep | None, **detail: Any) -> None:
         if step is None:
             return
-        gen = self._publish(f"unshed:{worker}")
-        self._event(
-            "unshed",
-            worker=worker,
-            step=step.name,
-            level=len(self.shedder.steps(worker)),
-            generation=gen,
-            reason="calm",
-        )
+        gen = self._publish(f"{kind}:{worker}")
+        level = len(self.shedder.steps(worker))
+        self._event(kind, worker=worker, step=step.name, level=level, generation=gen, **detail)
 
     def _gray_failure(self, worker: str, now: float, ts: float, reason: str) -> None:
         t = self.membership.condemn(worker, "slo_gray", now)
