@@ -26,21 +26,39 @@ reads (and, for a standby, the times it reads them); :mod:`coordinator.service` 
 leader reads ``offline`` at once and a frozen one once the broker's keepalive expires. A
 standby of rank ``r`` takes over once the leadership has been vacant ``r * takeover_delay_s``
 (ranks keep two standbys from racing). A late last-will of an older leader (lower term than the
-newest leader seen) is not a vacancy. After any (re)connect, vacant or not is judged afresh
-after a grace: a leader starting beside us must claim its term, and after a broker restart the
-leader must reconnect (its last-will may have fired as the broker went down).
+newest leader seen) is not a vacancy.
+
+After a (re)connect, nothing counts as vacant before ``judge_from``: the standby must first read
+what this broker retains. The transport does not tell when the broker acknowledged the
+subscription, so this is measured from the connect (the subscription goes out with it): the
+retained copy arrives within ``settle_s`` of the connect, or nothing is retained. Then:
+
+- on the first connect, ``startup_s``: a leader starting beside us must claim its term (its
+  acquisition waits up to 1.2 s for retained state, after its own connect);
+- on the first reconnect since the leader's last sign of life, ``settle_s + backoff_s``: the
+  leader may be moving brokers too (or this broker lost its retained state and the leader must
+  publish its status again), which takes it its reconnect backoff; that allowance is given once;
+- on a later reconnect (a flapping link, a second broker switch), ``settle_s`` only, and never
+  later than the allowance already given ended: a reconnect does not push a vacancy further out.
+
+A vacancy we saw (an ``offline``, a silence) is kept across our own disconnect: it is due once
+we are connected again and past ``judge_from``, unless what the broker retains says otherwise
+(a leader of a newer term, or the leader's status again, whose silence is then judged anew).
 
 A leader's last-will dies with its broker: when the node that ran broker A and the leader dies,
 or the bridge to the standby's broker is cut, the standby's broker keeps the leader's ``leader``
 status retained for good. So the leader beats (``coordinator/beat``) and a standby that heard a
 beat of the newest leader (same id, incarnation and term) reads it as gone once no beat came
-for ``silence_s`` while its own link was heard from: the seconds its own link was quiet do not
-count (they are its own trouble, not the leader's death), and after a (re)connect silence
-counts only from the connect and judges nothing before the grace is over. A leader it never
-heard beat (an older version; a status written by hand) is judged by its status alone. Behind
-a cut bridge the far side thus elects its own leader; after the heal the higher term wins: the
-older leader steps down on seeing it, and a leader that sees an older leader's status over its
-own puts its own back.
+for ``silence_s`` while its own link was heard from: the seconds its own link was quiet or down
+do not count (they are its own trouble, not the leader's death). The silence runs across our
+reconnects: what was heard of it on earlier connections counts, less one beat interval
+(``beat_s``) for each connection made after its last beat (a beat was not due yet), so that a
+link that flaps faster than the leader beats proves no silence. After the first reconnect since
+its last beat, silence counts only from ``backoff_s`` after the connect (the allowance above). A
+leader it never heard beat (an older version; a status written by hand) is judged by its status
+alone. Behind a cut bridge the far side thus elects its own leader; after the heal the higher
+term wins: the older leader steps down on seeing it, and a leader that sees an older leader's
+status over its own puts its own back.
 """
 
 from __future__ import annotations
@@ -51,6 +69,9 @@ from faillite import messages
 from faillite.messages import MAX_COUNT, MAX_TERM_JUMP
 
 STARTUP_GRACE_S = 2.0  # a leader's term acquisition waits up to 1.2 s for retained state
+# After a connect, what the broker retains arrives within this (the subscription goes out with
+# the connect; SUBACK and the retained copy follow in one round trip, milliseconds on a LAN).
+RETAINED_SETTLE_S = 0.5
 
 # step_down: a successor leads; restore: put our status back; forged: a term too far above
 # the newest live one; foreign: a status of an id that is no coordinator of the mesh.
@@ -165,28 +186,43 @@ class Leadership:
 
 
 class Vacancy:
-    """A standby's view of the leadership: since when it is vacant, and the newest leader."""
+    """A standby's view of the leadership: since when it is vacant, and the newest leader.
+
+    Times are the caller's monotonic clock. ``startup_s``, ``settle_s`` and ``backoff_s``: the
+    holds after a connect (module docstring); ``beat_s``: the leader's beat interval."""
 
     def __init__(
         self,
         delay_s: float,
-        grace_s: float,
         *,
+        startup_s: float = STARTUP_GRACE_S,
+        settle_s: float = RETAINED_SETTLE_S,
+        backoff_s: float = 0.0,
+        beat_s: float = 0.0,
         coordinators: frozenset[str] = frozenset(),
         max_jump: int = MAX_TERM_JUMP,
         silence_s: float | None = None,
     ) -> None:
         self.delay_s = delay_s
-        self.grace_s = grace_s
+        self.startup_s = startup_s
+        self.settle_s = settle_s
+        self.backoff_s = backoff_s
+        self.beat_s = beat_s
         self.coordinators = coordinators  # empty: any id
         self.max_jump = max_jump
         self.silence_s = silence_s  # None: beats are not judged
         self.leader: messages.CoordinatorStatus | None = None  # newest leader seen
-        self.vacant_since: float | None = None  # None: led, or we cannot tell
+        self.vacant_since: float | None = None  # None: led, or nothing known to be vacant
+        self.presumed = False  # vacant_since only because nothing retained came (yet)
         self.beat_at: float | None = None  # the newest leader's last beat; None: never heard
         self.silenced = False  # the vacancy is the newest leader's silence (a beat ends it)
-        self.connected_at = 0.0  # silence counts from our last connect at the earliest
-        self.judge_from: float | None = None  # None: not connected, silence is not judged
+        self.connects = 0
+        self.connected_at = 0.0  # our last connect
+        self.judge_from: float | None = None  # None: not connected, nothing is judged
+        self.allowed = False  # the leader's reconnect allowance was given since its last beat
+        self.allow_until = 0.0  # its end: silence after our reconnect counts from then
+        self.silent_before = 0.0  # the leader's silence heard on our earlier connections
+        self.silent_now = 0.0  # and on this one, as last judged
 
     @property
     def highest_term(self) -> int:
@@ -194,23 +230,40 @@ class Vacancy:
         broker still retains."""
         return self.leader.term if self.leader is not None else 0
 
-    def connected(self, now: float) -> None:
-        # Nothing retained then (no leader ever, or a broker that lost it) reads as vacant.
-        self.vacant_since = now + self.grace_s
-        self.silenced = False
-        # The leader may be moving brokers too: its silence counts from now, judged after the
-        # grace (its reconnect backoff).
+    def connected(self, now: float) -> float:
+        """Our (re)connect at ``now``; returns ``judge_from``, before which nothing is vacant."""
+        first = self.connects == 0
+        self.connects += 1
         self.connected_at = now
-        self.judge_from = now + self.grace_s
+        self.silent_now = 0.0
+        if first:  # a leader starting beside us claims its term
+            hold = max(self.startup_s, self.settle_s)
+        elif not self.allowed and self.vacant_since is None:
+            # Once per silence: the leader may be moving brokers too.
+            self.allowed = True
+            self.allow_until = now + self.backoff_s
+            hold = self.settle_s + self.backoff_s
+        else:  # a vacancy we saw, or the allowance already given: only read the broker
+            hold = self.settle_s
+        self.judge_from = max(now + hold, self.allow_until + self.settle_s)
+        if self.vacant_since is None:
+            # Nothing retained (no leader ever, or a broker that lost it) reads as vacant.
+            self.vacant_since, self.presumed = self.judge_from, True
+        return self.judge_from
 
-    def disconnected(self) -> None:
-        self.vacant_since = None  # we cannot tell while we cannot see
-        self.silenced = False
+    def disconnected(self, now: float) -> None:
+        """Our link went down at ``now``: nothing is judged until we are back. A vacancy we
+        saw stays (due once we are back); one only presumed and not reached yet goes."""
+        if self.presumed and self.vacant_since is not None and self.vacant_since > now:
+            self.vacant_since, self.presumed = None, False
+        self.silent_before += self.silent_now  # as last judged, our link's quiet left out
+        self.silent_now = 0.0
         self.judge_from = None
 
     def cleared(self, now: float) -> None:
         """The retained status was removed."""
-        self.vacant_since = self.vacant_since or now
+        if self.vacant_since is None or self.presumed:
+            self.vacant_since, self.presumed = now, False
 
     def on_status(self, st: messages.CoordinatorStatus, now: float) -> Reading:
         newest = self.leader
@@ -221,12 +274,13 @@ class Vacancy:
         if st.state == "leader":
             if newest is None or st.term >= newest.term:
                 if newest is None or _key(st) != _key(newest):
-                    self.beat_at = None  # a new leader: judged by its beats once it beats
+                    # A new leader: judged by its own beats once it beats.
+                    self.beat_at = None
+                    self._alive()
                 self.leader = st
                 # A retained copy proves no life: a silent leader's vacancy comes back at its
                 # next judge_silence, dated as before.
-                self.vacant_since = None
-                self.silenced = False
+                self.vacant_since, self.presumed, self.silenced = None, False, False
                 return "leader"
             return "older_leader"
         if newest is None or st.incarnation == newest.incarnation or st.term > newest.term:
@@ -234,9 +288,10 @@ class Vacancy:
             if self.silenced:  # its silence said so already: the vacancy keeps its start
                 self.silenced = False
                 return "still_gone"
-            first = self.vacant_since is None
-            self.vacant_since = max(self.vacant_since or now, now)
-            return "gone" if first else "still_gone"
+            if self.vacant_since is None or self.presumed:
+                self.vacant_since, self.presumed = now, False
+                return "gone"
+            return "still_gone"  # a vacancy we saw keeps its start
         return "stale"
 
     def on_beat(self, beat: messages.CoordinatorBeat, now: float) -> BeatReading:
@@ -246,36 +301,49 @@ class Vacancy:
         if leader is None or _key(beat) != _key(leader):
             return "other"
         self.beat_at = now
+        self._alive()
         if self.silenced:  # it was only late: led again
             self.vacant_since, self.silenced = None, False
             return "back"
         return "beat"
 
+    def _alive(self) -> None:
+        """A sign of life of the newest leader: its silence starts anew, and so its allowance."""
+        self.silent_before = self.silent_now = 0.0
+        self.allowed = False
+
     def judge_silence(self, now: float, link_quiet_s: float = 0.0) -> float | None:
         """Once the newest leader, which we heard beat, has been silent ``silence_s`` while our
-        own link was heard from (``link_quiet_s``: how long it has been quiet now), the
-        leadership is vacant from when the silence passed the bound (not before the grace of
-        our last connect). Returns that silence, the first time; None otherwise."""
+        own link was heard from (``link_quiet_s``: how long it has been quiet now; on earlier
+        connections too), the leadership is vacant from when the silence passed the bound (not
+        before ``judge_from``). Returns that silence, the first time; None otherwise."""
         if (
             self.silence_s is None
             or self.leader is None
             or self.beat_at is None
-            or self.vacant_since is not None
             or self.judge_from is None
-            or now < self.judge_from
         ):
             return None
-        silent = now - max(self.beat_at, self.connected_at) - max(0.0, link_quiet_s)
-        if silent < self.silence_s:
+        # Silence counts from its last beat, our connect (a beat is due a beat interval after
+        # a connect made since its last beat, not at once) and its reconnect allowance.
+        blind = self.beat_s if self.connected_at > self.beat_at else 0.0
+        since = max(self.beat_at, self.connected_at + blind, self.allow_until)
+        self.silent_now = max(0.0, now - since - max(0.0, link_quiet_s))
+        silent = self.silent_before + self.silent_now
+        if self.vacant_since is not None or now < self.judge_from or silent < self.silence_s:
             return None
         self.vacant_since = max(now - (silent - self.silence_s), self.judge_from)
-        self.silenced = True
+        self.presumed, self.silenced = False, True
         return silent
 
     def due(self, now: float) -> float | None:
-        """Seconds since the vacancy began, once it has lasted ``delay_s``; else None."""
-        since = self.vacant_since
-        if since is not None and now - since >= self.delay_s:
+        """Seconds since the vacancy counts (its start, not before ``judge_from``), once it
+        has lasted ``delay_s`` while we are connected; else None."""
+        since, start = self.vacant_since, self.judge_from
+        if since is None or start is None:
+            return None
+        since = max(since, start)
+        if now - since >= self.delay_s:
             return now - since
         return None
 

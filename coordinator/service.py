@@ -608,10 +608,15 @@ class StandbyWatch:
         self.id = coordinator_id
         self.rank = max(1, rank)
         delay_s = mesh.coordinator.takeover_delay_s * self.rank
-        grace_s = max(STARTUP_GRACE_S, mesh.coordinator.reconnect_grace_s) + delay_s
+        # The leader's own reconnect backoff (its MeshClient's, of the same broker config):
+        # after our reconnect it may be moving brokers too, or putting back the status that a
+        # restarted broker lost. A leader starting beside us may connect that much later too.
+        backoff_s = max(mesh.broker.reconnect_min_s, mesh.broker.reconnect_max_s)  # Backoff.of
         self.vacancy = Vacancy(
             delay_s,
-            grace_s,
+            startup_s=STARTUP_GRACE_S + backoff_s,
+            backoff_s=backoff_s,
+            beat_s=mesh.coordinator.leader_beat_s,
             coordinators=frozenset(mesh.coordinator.ids),
             silence_s=mesh.coordinator.leader_silence_s,
         )
@@ -654,7 +659,7 @@ class StandbyWatch:
 
     def _on_disconnect(self) -> None:
         with self._cond:
-            self.vacancy.disconnected()
+            self.vacancy.disconnected(time.monotonic())
 
     def _on_cleared(self, _topic: str) -> None:
         with self._cond:
@@ -721,8 +726,14 @@ class StandbyWatch:
         """Block until the leadership has been vacant ``delay_s``; returns the seconds since
         the vacancy was seen, or None when ``stop`` was set first."""
         self.client.start(connect_timeout=None)
+        v = self.vacancy
         standby_log.info(
-            "standby", coordinator=self.id, rank=self.rank, takeover_delay_s=self.vacancy.delay_s
+            "standby",
+            coordinator=self.id,
+            rank=self.rank,
+            takeover_delay_s=v.delay_s,
+            retained_settle_s=v.settle_s,  # after a connect, what the broker retains
+            leader_backoff_s=v.backoff_s,  # the leader's reconnect allowance, once
         )
         try:
             with self._cond:

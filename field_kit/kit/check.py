@@ -4,8 +4,10 @@ Through the broker, from any machine holding a mesh config and an identity's sec
 operator's observer account, or a node's own config): the broker reachable with TLS and its
 certificate verified, certificates valid and not expiring within 30 days, the login accepted,
 every worker, camera and coordinator of the config up (a retained ``online`` birth whose
-incarnation the live heartbeats or frames carry, a leader of a configured coordinator id), and
-each worker's clock against this machine's (the offset of its heartbeats' time stamps; the
+incarnation the live heartbeats or frames carry, a leader of a configured coordinator id),
+every app of the config served (its retained route ``serving`` or ``degraded`` on a worker that
+is up, and a result of it from that worker within ``results_s``; waited for, up to that bound),
+and each worker's clock against this machine's (the offset of its heartbeats' time stamps; the
 spread between workers says more than this machine's own clock). On a node (``--staged-dir``):
 disk space, every staged model file present with its sha256, and with ``--engines-dir`` a
 TensorRT engine for every staged variant. With ``--drill``, once every check passes,
@@ -35,9 +37,18 @@ from faillite.config import ConfigError, MeshConfig
 from faillite.identity import Identity
 from faillite.mqtt import Inbound, MeshClient, Raw
 from faillite.tls import client_context
-from faillite.topics import COORDINATOR_STATUS, SENSOR_STATUS, WORKER_STATUS, Role, Topics
+from faillite.topics import (
+    APP_ROUTE,
+    COORDINATOR_STATUS,
+    SENSOR_STATUS,
+    WORKER_STATUS,
+    Role,
+    Topics,
+)
 
 EXPIRY_MARGIN: Final = dt.timedelta(days=30)
+RESULTS_WITHIN_S: Final = 10.0  # an app is served if a result of it came this recently
+SERVED_STATES: Final = frozenset({"serving", "degraded"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +110,55 @@ def check_tls(cfg: MeshConfig) -> list[Check]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class RouteSeen:
+    """An app's retained route as this reader understood it; ``state`` as text."""
+
+    worker: str
+    variant: str
+    state: str
+
+    @classmethod
+    def read(cls, payload: bytes) -> RouteSeen | None:
+        """A :class:`messages.Route`; None if it is none. A state this version does not know
+        (a newer coordinator's) is kept as text: not served, rather than no route."""
+        try:
+            r = messages.decode(messages.Route, payload)
+        except messages.MessageError:
+            try:
+                d = json.loads(payload)
+            except ValueError:
+                return None
+            state = d.get("state") if isinstance(d, dict) else None
+            if not isinstance(state, str) or state in SERVED_STATES:
+                return None  # not a route, or not one to believe
+            return cls("", "", state)
+        return cls(r.worker, r.variant, str(r.state))
+
+
 @dataclass
 class _Seen:
     births: dict[str, messages.WorkerStatus | messages.SensorStatus] = field(default_factory=dict)
     heartbeats: dict[str, list[tuple[float, messages.Heartbeat]]] = field(default_factory=dict)
     frames: dict[str, int] = field(default_factory=dict)
     leader: messages.CoordinatorStatus | None = None
+    routes: dict[str, RouteSeen] = field(default_factory=dict)
+    # app -> worker -> when (monotonic) its last result of the app came
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def check_mesh(
-    cfg: MeshConfig, identity: Identity, *, wait_s: float, tolerance_s: float
+    cfg: MeshConfig,
+    identity: Identity,
+    *,
+    wait_s: float,
+    tolerance_s: float,
+    results_s: float = RESULTS_WITHIN_S,
 ) -> list[Check]:
-    """Login, every role up with its live incarnation, the leader, the workers' clocks."""
+    """Login, every role up with its live incarnation, the leader, every app served, the
+    workers' clocks. Listens ``wait_s``, and while an app is not served yet, up to
+    ``results_s``."""
     t = Topics(cfg.mesh)
     seen = _Seen()
     try:
@@ -141,6 +188,22 @@ def check_mesh(
         with seen.lock:
             seen.frames[sensor] = seen.frames.get(sensor, 0) + 1
 
+    def on_route(raw: Raw) -> None:
+        app = raw.topic.split("/")[-2]
+        route = RouteSeen.read(raw.payload) if raw.payload else None
+        with seen.lock:
+            if route is not None:
+                seen.routes[app] = route
+            elif not raw.payload:  # the retained route was cleared
+                seen.routes.pop(app, None)
+
+    def on_result(raw: Raw) -> None:
+        # .../apps/{app}/results/{worker}: the broker lets only that worker write there, so
+        # the topic says who served it; that one came is all this check needs.
+        parts = raw.topic.split("/")
+        with seen.lock:
+            seen.results.setdefault(parts[-3], {})[parts[-1]] = time.monotonic()
+
     client.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, on_worker)
     client.subscribe_json(t.filter(SENSOR_STATUS), messages.SensorStatus, on_sensor)
     client.subscribe_json(t.filter(COORDINATOR_STATUS), messages.CoordinatorStatus, on_leader)
@@ -148,6 +211,8 @@ def check_mesh(
         f"{t.prefix}/workers/+/heartbeat", messages.Heartbeat, on_heartbeat, qos=0
     )
     client.subscribe(f"{t.prefix}/sensors/+/frames", on_frame, qos=0)
+    client.subscribe(t.filter(APP_ROUTE), on_route)
+    client.subscribe(t.app_results_filter(), on_result, qos=0)
     client.start(connect_timeout=None)
     try:
         deadline = time.monotonic() + 10
@@ -162,15 +227,23 @@ def check_mesh(
                         "machine its secret (broker.secrets_dir)? faillite accounts list",
                     )
                 ]
-        time.sleep(wait_s)
+        # Roles and clocks: what came in wait_s. Apps: until every one is served, or results_s
+        # passed (routes are retained and come at once; results need a frame served).
+        start = time.monotonic()
+        while True:
+            ended = time.monotonic()
+            if ended - start >= wait_s:
+                with seen.lock:
+                    served = all(c.ok for c in _apps(cfg, seen, ended, results_s))
+                if served or ended - start >= max(wait_s, results_s):
+                    break
+            time.sleep(0.1)
     finally:
         client.stop()
     out = [Check("login", True, f"as {identity.name}")]
     with seen.lock:
         for w in cfg.workers:
-            out.append(
-                _role_up(f"worker {w.id}", seen, [hb for _t, hb in seen.heartbeats.get(w.id, [])])
-            )
+            out.append(_worker_up(w.id, seen))
         for s in cfg.sensors:
             out.append(_camera_up(s.id, seen))
         ids = cfg.coordinator.ids
@@ -184,8 +257,81 @@ def check_mesh(
                 "start faillite-coordinator.service on a coordinator node",
             )
         )
+        out += _apps(cfg, seen, ended, results_s)  # as judged when listening ended
         out.append(_clocks(seen, tolerance_s))
     return out
+
+
+def _worker_up(worker: str, seen: _Seen) -> Check:
+    return _role_up(f"worker {worker}", seen, [hb for _t, hb in seen.heartbeats.get(worker, [])])
+
+
+def _apps(cfg: MeshConfig, seen: _Seen, now: float, results_s: float) -> list[Check]:
+    """Under ``seen.lock``: one line per app of the config, served or why not."""
+    live = {w.id for w in cfg.workers if _worker_up(w.id, seen).ok}
+    return [
+        app_served(a.id, seen.routes.get(a.id), live, seen.results.get(a.id, {}), now, results_s)
+        for a in cfg.apps
+    ]
+
+
+def app_served(
+    app: str,
+    route: RouteSeen | None,
+    live: set[str],
+    results: dict[str, float],
+    now: float,
+    results_s: float,
+) -> Check:
+    """Is ``app`` served: a retained route ``serving`` or ``degraded`` on a worker that is up
+    (``live``), and a result from that worker (``results``: worker -> when its last one came)
+    within ``results_s``?"""
+    if route is None:
+        return Check(
+            "apps",
+            False,
+            f"{app} not served: no route retained",
+            "is a coordinator leading (the coordinator check)? its log says what it planned",
+        )
+    state = route.state
+    if state == "shed":
+        return Check(
+            "apps",
+            False,
+            f"{app} not served: shed under overload",
+            "the workers cannot keep up: free their CPU or add a worker; the coordinator "
+            "resumes it when there is room",
+        )
+    if state not in SERVED_STATES or not route.worker:
+        why = "unserved" if state == "unserved" else f"route state {state!r}"
+        return Check(
+            "apps",
+            False,
+            f"{app} not served: {why} (no worker can serve it)",
+            "start a worker that can run it (the roles checks), or read the coordinator's "
+            "log: failover, unrecoverable",
+        )
+    if route.worker not in live:
+        return Check(
+            "apps",
+            False,
+            f"{app} not served: route to a dead worker {route.worker}",
+            f"start {route.worker} again, or read the leader's log: it has not failed it over",
+        )
+    at = results.get(route.worker)
+    if at is None or now - at > results_s:
+        return Check(
+            "apps",
+            False,
+            f"{app} not served: no results in {results_s:g} s from {route.worker}",
+            f"is its camera sending frames (the roles checks)? read {route.worker}'s log",
+        )
+    return Check(
+        "apps",
+        True,
+        f"{app} served by {route.worker} ({route.variant}, {state}), "
+        f"last result {now - at:.1f} s ago",
+    )
 
 
 def _role_up(name: str, seen: _Seen, heartbeats: list[messages.Heartbeat]) -> Check:
@@ -287,13 +433,16 @@ def run_checks(
     *,
     wait_s: float = 3.0,
     tolerance_s: float = 0.5,
+    results_s: float = RESULTS_WITHIN_S,
     models_dir: Path | None = None,
     engines_dir: Path | None = None,
 ) -> list[Check]:
     checks = check_tls(cfg)
     if all(c.ok for c in checks if c.name == "broker_tls"):
         identity = Identity(cfg.mesh, Role.OBSERVER, observer)
-        checks += check_mesh(cfg, identity, wait_s=wait_s, tolerance_s=tolerance_s)
+        checks += check_mesh(
+            cfg, identity, wait_s=wait_s, tolerance_s=tolerance_s, results_s=results_s
+        )
     if models_dir is not None:
         checks += check_node(models_dir, engines_dir)
     return checks

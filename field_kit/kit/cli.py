@@ -68,6 +68,13 @@ def register(sub: Any) -> None:
     chk.add_argument("--as", dest="observer", default="ops", help="observer id (default ops)")
     chk.add_argument("--wait", type=float, default=3.0, help="seconds to listen (default 3)")
     chk.add_argument("--clock-tolerance", type=float, default=0.5, help="seconds (default 0.5)")
+    chk.add_argument(
+        "--results-within",
+        type=float,
+        default=10.0,
+        help="seconds an app's results may take to show before it counts as not served "
+        "(default 10)",
+    )
     chk.add_argument("--staged-dir", dest="staged", help="on a node: its staged models")
     chk.add_argument("--engines-dir", help="on a TensorRT node: its engines")
     chk.add_argument(
@@ -199,6 +206,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         args.observer,
         wait_s=args.wait,
         tolerance_s=args.clock_tolerance,
+        results_s=args.results_within,
         models_dir=Path(args.staged) if args.staged else None,
         engines_dir=Path(args.engines_dir) if args.engines_dir else None,
     )

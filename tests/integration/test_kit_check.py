@@ -1,5 +1,6 @@
 """``faillite kit check`` against a running secured mesh (``faillite up --secure``: accounts,
-TLS, signing), and a node's staged models against their manifest."""
+TLS, signing), every app served or why not (a real broker and mesh), and a node's staged models
+against their manifest."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import yaml
+from plugins.mesh import Collector, load, write_config
 from test_up import _demo_config
 
-from field_kit.kit.check import check_node
-from field_kit.procs import faillite_cmd, free_port, wait_port
+from faillite import messages
+from faillite.identity import Identity
+from faillite.topics import Role, Topics
+from field_kit.kit.check import RouteSeen, app_served, check_mesh, check_node
+from field_kit.procs import ProcessGroup, faillite_cmd, free_port, wait_port
+from field_kit.pump import FramePump
 
 
 def _check(secure: Path, port: int, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -59,15 +67,122 @@ def test_a_running_secured_mesh_passes_and_a_stranger_fails(
                 "PASS roles: worker w2 up",
                 "PASS roles: camera cam-gate up",
                 "PASS coordinator: leader main",
+                "PASS apps: gate-watch served by w",
+                "PASS apps: kitchen-watch served by w",
                 "PASS clocks",
             ):
                 assert any(line.startswith(expected) for line in lines), (expected, lines)
             stranger = _check(secure, port, "--as", "nobody")
             assert stranger.returncode == 1 and "FAIL login" in stranger.stdout
             assert "Traceback" not in stranger.stderr
+            # An app of the config that the mesh does not serve (here: nobody planned it).
+            data = yaml.safe_load(secure.read_text())
+            data["apps"].append({**data["apps"][0], "id": "ghost-watch", "critical": False})
+            ghost = secure.with_name("ghost.yaml")  # beside it: its relative paths hold
+            ghost.write_text(yaml.safe_dump(data))
+            out = _check(ghost, port, "--as", "ops", "--results-within", "1")
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert "FAIL apps: ghost-watch not served: no route retained" in out.stdout
+            assert "PASS apps: gate-watch served by w" in out.stdout
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(30)
+
+
+def test_an_app_is_served_only_with_a_route_a_live_worker_and_results() -> None:
+    live, now = {"w1"}, 100.0
+    fresh = {"w1": 99.0}
+
+    def detail(route: RouteSeen | None, results: dict[str, float] = fresh) -> str:
+        c = app_served("a1", route, live, results, now, 5.0)
+        return ("PASS " if c.ok else "FAIL ") + c.detail
+
+    assert detail(RouteSeen("w1", "v0", "serving")).startswith("PASS a1 served by w1 (v0")
+    assert detail(RouteSeen("w1", "v1", "degraded")).startswith("PASS a1 served by w1 (v1")
+    assert detail(None) == "FAIL a1 not served: no route retained"
+    assert detail(RouteSeen("", "", "unserved")).startswith("FAIL a1 not served: unserved")
+    assert detail(RouteSeen("", "", "shed")) == "FAIL a1 not served: shed under overload"
+    assert detail(RouteSeen("w2", "v0", "serving")) == (
+        "FAIL a1 not served: route to a dead worker w2"
+    )
+    assert detail(RouteSeen("w1", "v0", "serving"), {}) == (
+        "FAIL a1 not served: no results in 5 s from w1"
+    )
+    assert detail(RouteSeen("w1", "v0", "serving"), {"w1": 94.0}).startswith("FAIL")  # too old
+    assert detail(RouteSeen("w1", "v0", "serving"), {"w2": 99.0}).startswith("FAIL")  # not its
+    # A state this reader does not know is no route to believe, and not served.
+    r = messages.Route("a1", "", "", 3, 7, 0.0, "unserved")
+    assert RouteSeen.read(messages.encode(r)) == RouteSeen("", "", "unserved")
+    assert RouteSeen.read(b'{"app": "a1", "state": "paused-by-someone"}') == RouteSeen(
+        "", "", "paused-by-someone"
+    )
+    assert RouteSeen.read(b'{"app": "a1", "state": "serving"}') is None  # not a valid route
+    assert RouteSeen.read(b"not json") is None
+
+
+def test_unserved_apps_fail_and_say_why(tmp_path: Path, broker: Any, models_dir: Path) -> None:
+    """A real broker and mesh (a static coordinator, one worker, frames of one camera): a1 is
+    served; every other app is not, each for its own reason."""
+    mesh = "kitapps" + broker.kind[:3]
+    apps = {
+        "a1": "cam1",  # w1 serves it, frames come: served
+        "a2": "cam1",  # routed to w2, which never started
+        "a3": "cam2",  # w1 serves it, but cam2 sends no frame: no results
+        "a4": "cam1",  # the plan leaves it out: no route
+        "a5": "cam1",  # a retained unserved route
+        "a6": "cam1",  # a retained shed route (paused under overload)
+    }
+    path = write_config(
+        tmp_path,
+        broker,
+        models_dir,
+        mesh=mesh,
+        workers=({"id": "w1"}, {"id": "w2"}),
+        sensors=({"id": "cam1"}, {"id": "cam2"}),
+        apps=[{"id": a, "sensor": cam, "family": "efficientnet_lite"} for a, cam in apps.items()],
+        assignments={
+            "w1": [
+                {"app": "a1", "variant": "efficientnet_lite0"},
+                {"app": "a3", "variant": "efficientnet_lite0"},
+            ],
+            "w2": [{"app": "a2", "variant": "efficientnet_lite0"}],
+        },
+    )
+    cfg, t = load(path), Topics(mesh)
+    col = Collector(cfg, "obs").follow(f"faillite/{mesh}/#").start()
+    for app, state in (("a5", "unserved"), ("a6", "shed")):
+        route = messages.Route(app, "", "", 1, 1, messages.now(), "unserved")
+        payload = messages.encode(route).replace(b'"unserved"', f'"{state}"'.encode())
+        col.publish(t.app_route(app), payload, retain=True)
+    try:
+        with (
+            ProcessGroup(tmp_path / "logs") as group,
+            FramePump(col, t.sensor_frames("cam1"), 5),
+        ):
+            group.start("c1", "coordinator", faillite_cmd("coordinator", "--config", str(path)))
+            group.start("w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path)))
+            col.wait_for(
+                lambda: col.messages(t.app_results("a1", "w1"), messages.Result),
+                60,
+                "a result of a1 from w1",
+            )
+            col.wait_for(lambda: col.messages(t.app_route("a2"), messages.Route), 10, "a2's route")
+            checks = check_mesh(
+                cfg, Identity(mesh, Role.OBSERVER, "ops"), wait_s=1.0, tolerance_s=5.0,
+                results_s=3.0,
+            )  # fmt: skip
+    finally:
+        for app in ("a5", "a6"):
+            col.publish(t.app_route(app), b"", retain=True)
+        col.stop()
+    lines = {c.detail.split()[0]: c.line() for c in checks if c.name == "apps"}
+    assert lines["a1"].startswith("PASS apps: a1 served by w1 (efficientnet_lite0, serving)")
+    assert lines["a2"].startswith("FAIL apps: a2 not served: route to a dead worker w2")
+    assert lines["a3"].startswith("FAIL apps: a3 not served: no results in 3 s from w1")
+    assert lines["a4"].startswith("FAIL apps: a4 not served: no route retained")
+    assert lines["a5"].startswith("FAIL apps: a5 not served: unserved")
+    assert lines["a6"].startswith("FAIL apps: a6 not served: shed under overload")
+    assert all("fix: " in lines[a] for a in ("a2", "a3", "a4", "a5", "a6"))
 
 
 def test_staged_models_are_checked_against_their_manifest(tmp_path: Path) -> None:

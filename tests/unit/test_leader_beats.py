@@ -11,7 +11,9 @@ from faillite.config import CoordinatorConfig
 
 SILENCE = 2.5
 DELAY = 0.5
-GRACE = 5.5
+BEAT = 0.5
+BACKOFF = 1.0  # the leader's reconnect backoff
+SETTLE = 0.5  # what the broker retains arrives within this of our connect
 
 
 def _status(who: str, inc: str, state: str, term: int) -> messages.CoordinatorStatus:
@@ -26,7 +28,15 @@ def _beat(
 
 def _led(now: float = 0.0) -> Vacancy:
     """A standby connected at ``now`` that reads c1 (incarnation i1) leading term 3."""
-    v = Vacancy(DELAY, GRACE, coordinators=frozenset({"c1", "c2"}), silence_s=SILENCE)
+    v = Vacancy(
+        DELAY,
+        startup_s=3.0,
+        settle_s=SETTLE,
+        backoff_s=BACKOFF,
+        beat_s=BEAT,
+        coordinators=frozenset({"c1", "c2"}),
+        silence_s=SILENCE,
+    )
     v.connected(now)
     assert v.on_status(_status("c1", "i1", "leader", 3), now) == "leader"
     return v
@@ -88,27 +98,89 @@ def test_a_late_beat_ends_the_silence_vacancy() -> None:
     assert v.judge_silence(11.1) is None and v.judge_silence(11.3) is not None
 
 
-def test_after_our_reconnect_silence_waits_for_the_grace() -> None:
+def test_after_our_reconnect_silence_gets_the_leaders_backoff_once() -> None:
     v = _led()
     v.on_beat(_beat(), 6.0)
-    v.disconnected()
+    v.judge_silence(6.1)  # the standby judges all along while connected
+    v.disconnected(6.1)  # our broker died (with the leader, as it turns out)
     assert v.judge_silence(20.0) is None  # we cannot tell while we cannot see
     v.connected(20.0)  # on the other broker; the leader may be moving too
     # The other broker retains the leader's status: the same leader, still known to beat.
-    assert v.on_status(_status("c1", "i1", "leader", 3), 20.1) == "leader"
-    assert v.judge_silence(25.4) is None  # within the grace (its reconnect backoff)
-    assert v.judge_silence(25.6) is not None  # its last-will died with its broker
-    assert v.vacant_since == pytest.approx(25.5)  # the grace's end, not its last beat
-    assert v.due(25.9) is None and v.due(26.0) is not None
-    # A leader that beats within the grace is led.
+    assert v.on_status(_status("c1", "i1", "leader", 3), 20.01) == "leader"
+    # Silence counts from our connect plus its backoff: 0.1 s heard before, 2.4 s after.
+    assert v.judge_silence(23.35) is None
+    assert v.judge_silence(23.45) == pytest.approx(2.55)
+    assert v.vacant_since == pytest.approx(23.4)  # not 20 + 5.5: no fixed grace
+    assert v.due(23.85) is None and v.due(23.9) is not None
+    # A leader that beats within its backoff is led.
     w = _led()
     w.on_beat(_beat(), 6.0)
-    w.disconnected()
+    w.disconnected(6.1)
     w.connected(20.0)
-    w.on_status(_status("c1", "i1", "leader", 3), 20.1)
-    w.on_beat(_beat(seq=9), 21.0)
-    w.on_beat(_beat(seq=17), 25.0)
-    assert w.judge_silence(25.6) is None and w.judge_silence(27.4) is None
+    w.on_status(_status("c1", "i1", "leader", 3), 20.01)
+    w.on_beat(_beat(seq=9), 20.9)
+    w.on_beat(_beat(seq=17), 22.9)
+    assert w.judge_silence(25.3) is None and w.judge_silence(25.5) is not None
+
+
+def test_a_reconnect_does_not_push_a_running_silence_out() -> None:
+    v = _led()
+    v.on_beat(_beat(), 6.0)
+    assert v.judge_silence(7.5) is None  # 1.5 s of silence while our link was fine
+    v.disconnected(7.5)
+    v.connected(7.6)
+    v.on_status(_status("c1", "i1", "leader", 3), 7.61)
+    # 1.5 s heard; the backoff (to 8.6); then the 1.0 s left: vacant at 9.6.
+    assert v.judge_silence(9.55) is None and v.judge_silence(9.65) is not None
+    assert v.vacant_since == pytest.approx(9.6)
+    # A second reconnect in the same silence: what was heard counts, no second allowance.
+    w = _led()
+    w.on_beat(_beat(), 6.0)
+    w.judge_silence(6.1)
+    w.disconnected(6.1)
+    w.connected(7.0)  # silence counts from 8.0 (its backoff)
+    w.on_status(_status("c1", "i1", "leader", 3), 7.01)  # this broker's retained copy
+    w.judge_silence(9.0)  # 0.1 + 1.0 s
+    w.disconnected(9.0)  # e.g. the broker switch went on to a third broker
+    w.connected(9.2)  # no second allowance; the first beat is due by 9.7
+    w.on_status(_status("c1", "i1", "leader", 3), 9.21)
+    assert w.judge_silence(11.05) is None  # 0.1 + 1.0 + 1.35
+    assert w.judge_silence(11.15) is not None
+    assert w.vacant_since == pytest.approx(11.1)  # with the old grace: 9.2 + 5.5 at least
+
+
+def test_a_link_that_flaps_faster_than_the_beats_proves_no_silence() -> None:
+    v = _led()
+    v.on_beat(_beat(), 6.0)
+    t = 6.0
+    for _ in range(100):  # 40 s of 0.4 s connections: no beat was due on any of them
+        v.disconnected(t)
+        t += 0.01
+        v.connected(t)
+        v.on_status(_status("c1", "i1", "leader", 3), t)
+        t += 0.4
+        assert v.judge_silence(t) is None
+    assert v.due(t) is None
+
+
+def test_a_vacancy_seen_by_silence_stays_after_our_reconnect() -> None:
+    v = _led()
+    v.on_beat(_beat(), 6.0)
+    assert v.judge_silence(8.6) is not None  # vacant since 8.5
+    v.disconnected(8.7)
+    v.connected(9.0)  # no allowance: the leader was gone before our link went
+    v.on_status(_status("c1", "i1", "leader", 3), 9.01)  # the other broker's copy
+    assert v.judge_silence(9.4) is None  # reading what the broker retains
+    assert v.judge_silence(9.5) is not None and v.vacant_since == pytest.approx(9.5)
+    assert v.due(10.0) is not None
+    # A beat on the other broker: it only moved (slower than we did), led again.
+    w = _led()
+    w.on_beat(_beat(), 6.0)
+    w.judge_silence(8.6)
+    w.disconnected(8.7)
+    w.connected(9.0)
+    assert w.on_beat(_beat(seq=7), 9.2) == "back"
+    assert w.due(20.0) is None
 
 
 def test_a_retained_copy_of_a_silent_leader_keeps_the_vacancys_start() -> None:
@@ -133,7 +205,7 @@ def test_its_offline_after_its_silence_keeps_the_vacancys_start() -> None:
 
 
 def test_without_a_silence_setting_beats_are_not_judged() -> None:
-    v = Vacancy(DELAY, GRACE)
+    v = Vacancy(DELAY)
     v.connected(0.0)
     v.on_status(_status("c1", "i1", "leader", 3), 0.0)
     v.on_beat(_beat(), 6.0)

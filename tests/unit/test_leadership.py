@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from coordinator.leadership import Leadership, TermExhaustedError, Vacancy
@@ -72,26 +74,98 @@ def test_placements_of_other_terms_are_inherited() -> None:
     assert not ld.inherits(messages.Placement(term=4, generation=1, ts=0.0))  # ours
 
 
-def test_vacancy_after_a_grace_when_nothing_is_retained() -> None:
-    v = Vacancy(delay_s=0.5, grace_s=2.5)
-    v.connected(10.0)
-    assert v.due(12.9) is None and v.due(13.0) == 0.5
+def _vacancy(**kw: Any) -> Vacancy:
+    """A rank-1 standby's view with the default holds: the leader starting beside us 3 s, what
+    the broker retains within 0.5 s of a connect, the leader's reconnect backoff 1 s."""
+    return Vacancy(0.5, startup_s=3.0, settle_s=0.5, backoff_s=1.0, **kw)
+
+
+def test_vacancy_after_the_startup_hold_when_nothing_is_retained() -> None:
+    v = _vacancy()
+    assert v.connected(10.0) == 13.0  # a leader starting beside us claims its term first
+    assert v.due(13.4) is None and v.due(13.5) == 0.5
+
+
+def test_nothing_retained_after_a_reconnect_is_vacant_after_the_short_margin() -> None:
+    v = _vacancy()
+    v.connected(0.0)
+    assert v.on_status(_status("c1", "a", "leader", 3), 0.1) == "leader"
+    v.disconnected(20.0)
+    # The broker restarted and lost what it retained: nothing comes. The leader gets its
+    # reconnect backoff once to put its status back, on top of the margin for the copy.
+    assert v.connected(21.0) == pytest.approx(22.5)
+    assert v.due(22.9) is None and v.due(23.0) == pytest.approx(0.5)
+    assert v.on_status(_status("c1", "a", "leader", 3), 22.9) == "leader"  # it put it back
+    assert v.due(30.0) is None
+    # A later reconnect in the same silence gets the margin alone: the allowance was given.
+    v.disconnected(40.0)
+    assert v.connected(40.2) == pytest.approx(40.7)
+    assert v.due(41.1) is None and v.due(41.2) == pytest.approx(0.5)
+
+
+def test_reconnecting_twice_does_not_push_the_vacancy_out() -> None:
+    v = _vacancy()
+    v.connected(0.0)
+    v.on_status(_status("c1", "a", "leader", 3), 0.1)
+    v.disconnected(10.0)
+    assert v.connected(10.1) == pytest.approx(11.6)  # settle + the leader's backoff, once
+    v.disconnected(10.5)  # the link flaps: on again at once
+    assert v.connected(10.6) == pytest.approx(11.6)  # not 12.1: the allowance is not renewed
+    v.disconnected(11.0)
+    assert v.connected(11.5) == pytest.approx(12.0)  # only what this broker retains
+    assert v.due(12.4) is None and v.due(12.5) == pytest.approx(0.5)
+
+    # A vacancy we saw before our link went: its start stands after the reconnect.
+    w = _vacancy()
+    w.connected(0.0)
+    w.on_status(_status("c1", "a", "leader", 3), 0.1)
+    assert w.on_status(_status("c1", "a", "offline", 3), 5.0) == "gone"
+    w.disconnected(5.2)
+    assert w.due(9.0) is None  # we cannot tell while we cannot see
+    assert w.connected(9.0) == pytest.approx(9.5)  # no allowance: it is gone already
+    assert w.on_status(_status("c1", "a", "offline", 3), 9.01) == "still_gone"  # retained
+    assert w.vacant_since == 5.0
+    # Due once we read the broker, then the delay (that keeps ranks apart) and no more.
+    assert w.due(9.99) is None and w.due(10.0) == pytest.approx(0.5)
+    w.disconnected(9.6)
+    assert w.connected(9.7) == pytest.approx(10.2) and w.due(10.7) == pytest.approx(0.5)
+    # What this broker retains says otherwise: a leader of a newer term.
+    w.disconnected(10.3)
+    w.connected(10.4)
+    assert w.on_status(_status("c2", "b", "leader", 4), 10.41) == "leader"
+    assert w.due(20.0) is None
 
 
 def test_leader_seen_then_gone_then_due_after_the_delay() -> None:
-    v = Vacancy(delay_s=0.5, grace_s=2.5)
+    v = _vacancy()
     v.connected(10.0)
     assert v.on_status(_status("c1", "a", "leader", 3), 10.1) == "leader"
     assert v.due(20.0) is None and v.highest_term == 3
     assert v.on_status(_status("c1", "a", "offline", 0), 20.0) == "gone"  # its last-will
     assert v.due(20.4) is None and v.due(20.5) == 0.5
     assert v.on_status(_status("c1", "a", "offline", 0), 20.2) == "still_gone"
-    v.disconnected()  # we cannot tell while we cannot see
-    assert v.due(30.0) is None
+    assert v.vacant_since == 20.0  # a second copy does not push it out
+    v.disconnected(20.3)
+    assert v.due(30.0) is None  # we cannot tell while we cannot see
+
+
+def test_an_offline_right_after_our_reconnect_waits_for_the_leaders_backoff() -> None:
+    """A broker back from a restart may retain the leader's last-will (fired as it went down)
+    while the leader is still reconnecting: it gets its backoff to put its status back."""
+    v = _vacancy()
+    v.connected(0.0)
+    v.on_status(_status("c1", "a", "leader", 3), 0.1)
+    v.disconnected(10.0)
+    v.connected(12.0)
+    assert v.on_status(_status("c1", "a", "offline", 3), 12.01) == "gone"
+    assert v.due(13.9) is None  # 12 + 0.5 + 1.0, then the delay
+    assert v.on_status(_status("c1", "a", "leader", 3), 12.8) == "leader"  # it is back
+    assert v.due(20.0) is None
 
 
 def test_stale_last_will_and_older_leaders_are_no_vacancy() -> None:
-    v = Vacancy(delay_s=0.5, grace_s=2.5)
+    v = _vacancy()
+    v.connected(0.0)
     v.on_status(_status("c2", "b", "leader", 4), 1.0)
     assert v.on_status(_status("c1", "a", "offline", 3), 2.0) == "stale"
     assert v.on_status(_status("c1", "a", "leader", 3), 2.0) == "older_leader"
@@ -151,7 +225,8 @@ def test_any_id_may_succeed_when_none_are_configured() -> None:
 
 
 def test_standby_ignores_forged_and_foreign_statuses() -> None:
-    v = Vacancy(delay_s=0.5, grace_s=2.5, coordinators=frozenset({"c1", "c2"}))
+    v = _vacancy(coordinators=frozenset({"c1", "c2"}))
+    v.connected(0.0)
     v.on_status(_status("c1", "a", "leader", 4), 1.0)
     assert v.on_status(_status("c1", "z", "leader", 4 + MAX_TERM_JUMP + 1), 2.0) == "forged"
     assert v.on_status(_status("c1", "z", "offline", 4 + MAX_TERM_JUMP + 1), 2.0) == "forged"
