@@ -11,13 +11,14 @@ session (``start_new_session``), at normal priority, and dies with its parent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from types import TracebackType
 
-from field_kit.procs import _die_with_parent
+from field_kit.procs import _die_with_parent as die_with_parent
 
 # A busy loop in a fresh interpreter: no imports of the project, nothing to clean up.
 _SPIN = "while True:\n    pass\n"
@@ -53,7 +54,7 @@ class Hogs:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     start_new_session=True,  # its own autogroup, as a service would be
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             )
         while len(self.procs) > self.count:
@@ -62,10 +63,8 @@ class Hogs:
     @staticmethod
     def _kill(p: subprocess.Popen[bytes]) -> None:
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         p.wait()
 
     @property
