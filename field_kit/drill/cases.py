@@ -334,16 +334,21 @@ class SlowWorker(FaultCase):
         return replace(fault, t_recover=t)
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
-        downs = [
-            e for e in rec.events_of("slo_violation", fault.t_inject) if e.worker in fault.targets
+        # A worker slow on its own moves its apps (slo_gray); it sheds nothing where it is.
+        gray = [
+            e
+            for e in rec.events_of("failover", fault.t_inject)
+            if e.worker in fault.targets and e.detail.get("cause") == "slo_gray"
         ]
+        shed = [e for e in rec.events_of("shed", fault.t_inject) if e.worker in fault.targets]
         return [
             Check(
-                "slo_acted",
-                bool(downs),
-                f"SLO violation seen, action: {downs[0].detail.get('action')}"
-                if downs
-                else "no slo_violation event before the failover",
+                "judged_slow",
+                bool(gray) and not shed,
+                f"gray failover of {', '.join(fault.targets)}"
+                + (f", but it shed {len(shed)} step(s) first" if shed else "")
+                if gray
+                else "no slo_gray failover of the slow worker",
             )
         ]
 
