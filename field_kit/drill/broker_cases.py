@@ -268,7 +268,7 @@ class KillBrokerLeaderNode(KillBrokerNode):
 
     name = "KILL_BROKER_LEADER_NODE"
     summary = "broker A's board dies for good with the leader and the critical app's primary"
-    # The standby's reconnect grace (5.5 s: the leader might be moving brokers too), its
+    # The leader's silence (2.5 s) plus its reconnect backoff once (about 1.5 s), the standby's
     # takeover delay, the term, the new leader's wait for births, then heartbeat detection of
     # the dead worker and a promotion.
     takeover_bound_s = 10.0
