@@ -143,6 +143,7 @@ class CoordinatorCore:
         )
         self._withheld: dict[str, float] = {}  # worker -> when a verdict on it was withheld
         self._plans_pending = 0  # plans asked for and not answered yet
+        self._before_plan: dict[str, tuple[Transition, float]] = {}  # failed with no plan yet
         self.term = 0
         self.generation = 0
         self.phase: Phase = "waiting"
@@ -447,6 +448,7 @@ class CoordinatorCore:
         elif t.kind in ("joined", "recovered"):
             was_failed = t.worker in s.failed
             s.failed.discard(t.worker)
+            self._before_plan.pop(t.worker, None)
             if t.kind == "joined":
                 self.pace.forget(t.worker)
                 self.shedder.forget(t.worker)
@@ -625,6 +627,32 @@ class CoordinatorCore:
             unprotected=list(new.unprotected()),
             unplaced=dict(new.unplaced),
         )
+        self._report_failed_before_plan(gen)
+
+    def _report_failed_before_plan(self, generation: int) -> None:
+        """The failover event of each worker that failed before there was a plan: where the
+        apps it served (by the inherited placement) are served now."""
+        inherited = self.inherited.entries if self.inherited is not None else ()
+        primaries = self.state.placement.primary if self.state.placement else {}
+        for worker, (t, ts) in sorted(self._before_plan.items()):
+            apps = [e.app for e in inherited if e.role == "primary" and e.worker == worker]
+            self._event(
+                "failover",
+                worker=worker,
+                timed=True,
+                cause=t.cause,
+                generation=generation,
+                source="plan",
+                detected_ts=ts,
+                silence_ms=round(t.silence_s * 1000, 1),
+                recoveries={
+                    a: {"server": p.server, "kind": "plan", "variant": p.variant}
+                    for a in apps
+                    if (p := primaries.get(a)) is not None
+                },
+                unrecoverable={a: "not placed" for a in apps if a not in primaries},
+            )
+        self._before_plan.clear()
 
     # -- failover ----------------------------------------------------------------------------
 
@@ -637,6 +665,9 @@ class CoordinatorCore:
         if self.shedder.forget(t.worker):
             self._event("unshed", worker=t.worker, step="all", level=0, reason="worker failed")
         if planned is None:
+            # No plan to fail over from yet (a leader that just took over): the first plan,
+            # made for the survivors, is the decision; its failover event comes with it.
+            self._before_plan[t.worker] = (t, ts)
             self._publish("failure-before-plan")
             return
         fp, source = planned

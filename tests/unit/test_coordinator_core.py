@@ -868,6 +868,25 @@ def test_takeover_keeps_apps_where_they_are() -> None:
     }
 
 
+def test_a_worker_that_dies_before_a_new_leaders_first_plan_gets_its_failover_event() -> None:
+    s = Sim(mesh_config(method="lp"))
+    kept = (
+        messages.PlacementEntry("a1", "w1", LITE2, "primary"),
+        messages.PlacementEntry("a2", "w3", LITE2, "primary"),
+    )
+    old = messages.Placement(term=3, generation=41, ts=s.ts, entries=kept, solver="lp")
+    s.feed(InheritedPlacement(s.now, s.ts, old))
+    for w in s.workers:
+        s.status(w)
+    s.feed(TermAcquired(s.now, s.ts, 4))  # the takeover plan is asked for ...
+    s.kill("w1")  # ... and a1's primary dies before it comes
+    out = s.run_until(lambda o: events(o, "failover"), 2.0, "failover event")
+    fo = events(out, "failover")[0]
+    assert (fo.worker, fo.detail["source"], fo.detail["cause"]) == ("w1", "plan", "last_will")
+    assert fo.detail["recoveries"]["a1"]["server"] != "w1"
+    assert s.route("a1").worker != "w1" and s.route("a2").worker == "w3"
+
+
 def test_a_core_that_stepped_down_decides_nothing(sim: Sim) -> None:
     assert sim.feed(SteppedDown(sim.now, sim.ts, "c2", 2)) == []
     assert sim.kill(sim.route("a1").worker) == []
