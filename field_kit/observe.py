@@ -420,6 +420,12 @@ class MeshObserver:
                 else:
                     served = end - v.last_ts <= within
                     why = f"last result {end - v.last_ts:.1f} s before the end"
+                route = self.routes.route(v.app)
+                # Paused by the coordinator under overload: not served, but on purpose, said
+                # and bounded (never a critical app); a run that shed is not a failed run.
+                shed = route is not None and route.state == "shed"
+                if shed and not served:
+                    why = "paused under overload (route state shed)"
                 apps[v.app] = {
                     "results": v.results,
                     "fps": round(v.results / duration_s, 2) if duration_s > 0 else 0.0,
@@ -437,6 +443,7 @@ class MeshObserver:
                     "first_result_s": _r(v.first_ts - self.t0, 3) if v.results else None,
                     "last_result_age_s": _r(end - v.last_ts, 3) if v.results else None,
                     "served_at_end": served,
+                    "shed_at_end": shed,
                     "served_detail": why,
                     "unverified_results": v.unverified,
                 }
@@ -457,6 +464,10 @@ class MeshObserver:
             "apps": apps,
             "all_served": all(a["results"] > 0 for a in apps.values()),
             "served_at_end": all(a["served_at_end"] for a in apps.values()),
+            # Every app served at the end, or paused on purpose under overload.
+            "served_or_shed_at_end": all(
+                a["served_at_end"] or a["shed_at_end"] for a in apps.values()
+            ),
             "failovers": failovers,
             "events": notable,
             "event_counts": counts,

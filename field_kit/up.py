@@ -7,8 +7,9 @@ over (when, which worker and why, where each app went, how long until its first 
 there) and which child processes exited.
 
 With a duration it exits 0 when every app got results and was still being served at the end
-(its last result a few seconds before the end, or a failover just then that recovered it), and
-1 otherwise. A child that exited (a worker killed to watch a failover) is reported, but by
+(its last result a few seconds before the end, or a failover just then that recovered it) or
+paused on purpose under overload (its route says ``shed``: only non-critical apps are), and 1
+otherwise. A child that exited (a worker killed to watch a failover) is reported, but by
 itself does not fail a run whose mesh recovered.
 """
 
@@ -116,7 +117,7 @@ def run_up(cfg: MeshConfig, opts: UpOptions) -> int:
         elapsed = time.monotonic() - start
         summary = observer.summary(elapsed)
         summary["exited"] = exited
-        summary["ok"] = bool(summary["all_served"] and summary["served_at_end"])
+        summary["ok"] = bool(summary["all_served"] and summary["served_or_shed_at_end"])
         _print_summary(console, summary)
         if opts.summary_json is not None:
             opts.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

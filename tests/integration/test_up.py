@@ -403,3 +403,27 @@ def test_summary_judges_served_at_the_end_from_results_and_failovers() -> None:
     assert "w2 failed (last_will)" in text and "gate-watch -> w1 warm" in text
     assert "kitchen-watch unrecoverable" in text and "worker-w2 exit -9" in text
     assert "NOT SERVED AT THE END" in text
+
+
+def test_an_app_paused_under_overload_is_shed_not_lost() -> None:
+    """No broker: an app whose route says ``shed`` at the end is not served, says why, and
+    does not fail the run; an app with no results and no such route does."""
+    cfg = load_mesh_config(packaged_config("demo.yaml"))
+    t = Topics(cfg.mesh)
+    obs = MeshObserver(cfg, client_id="test")
+    obs.mark_start()
+    for app, gen in (("gate-watch", 1), ("kitchen-watch", 1)):
+        route = messages.Route(app, "w2", "efficientnet_lite0", 1, gen, time.time())
+        obs._on_route(Inbound(t.app_route(app), route, True))
+        obs._on_result(_result(t, app, "w2", gen))
+    shed = messages.Route("kitchen-watch", "", "", 1, 2, time.time(), "shed")
+    obs._on_route(Inbound(t.app_route("kitchen-watch"), shed, True))
+    s = obs.summary(1.0, end=time.time() + 30.0)
+    kitchen, gate = s["apps"]["kitchen-watch"], s["apps"]["gate-watch"]
+    assert not kitchen["served_at_end"] and kitchen["shed_at_end"]
+    assert "shed" in kitchen["served_detail"]
+    assert not gate["served_at_end"] and not gate["shed_at_end"]
+    assert not s["served_or_shed_at_end"]
+    obs._on_result(_result(t, "gate-watch", "w2", 1))
+    s = obs.summary(1.0)
+    assert s["served_or_shed_at_end"]
