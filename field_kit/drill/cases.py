@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import abc
 import signal
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -22,10 +21,12 @@ from field_kit.drill.analysis import (
     false_suspicions,
     service_gaps,
 )
+from field_kit.drill.hogs import Hogs, usable_cpus
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh, MeshSpec
 from field_kit.drill.netns import Impairment, netem_problem, root_problem
 
-# Causes that say "this worker is dead" (an SLO action under load is not one).
+# Causes that say "this worker is dead". NO_FAIL_WITH_STRESS and the load cases count every
+# cause, these and the others (slo_gray...): on a board with no fault, any verdict is false.
 LIVENESS_CAUSES = ("heartbeat_silence", "last_will", "stalled", "graceful")
 
 
@@ -33,8 +34,12 @@ LIVENESS_CAUSES = ("heartbeat_silence", "last_will", "stalled", "graceful")
 class DrillOptions:
     broker: str = "amqtt"
     short: bool = True  # CI form: seconds, not minutes
-    hold_s: float | None = None  # how long WIFI_LOSSY / NO_FAIL_WITH_STRESS hold their fault
+    hold_s: float | None = None  # how long the cases that hold a fault or load hold it
     effect_timeout_s: float = 30.0
+    # BOOT_ORDER: the orders to boot in (each a tuple of mesh.ROLES; empty: the case's own
+    # choice for the form), and the delay between two roles (None: the form's).
+    orders: tuple[tuple[str, ...], ...] = ()
+    boot_delay_s: float | None = None
 
     def hold(self, long_s: float = 600.0, short_s: float = 15.0) -> float:
         if self.hold_s is not None:
@@ -86,6 +91,24 @@ class FaultCase(abc.ABC):
     needs_root: ClassVar[bool] = False
     needs_broker: ClassVar[str | None] = None  # a broker kind the case needs (a bridged pair)
     needs_broker_why: ClassVar[str] = ""
+    # How long the runner waits for the mesh to be steady again after recover().
+    settle_timeout_s: ClassVar[float] = 90.0
+
+    @property
+    def label(self) -> str:
+        """The case's name, with its parameters when it has some (BOOT_ORDER's order)."""
+        return self.name
+
+    def variants(self, opts: DrillOptions) -> list[FaultCase]:
+        """The runs ``faillite drill`` makes of this case with ``opts``: itself, or one per
+        parameter (BOOT_ORDER: one per boot order)."""
+        return [self]
+
+    def start(self, ctx: DrillContext) -> None:
+        """Start the mesh and wait until it is steady (apps served and protected): what the
+        fault is injected into. The boot cases start the mesh their own way."""
+        ctx.mesh.start()
+        ctx.mesh.wait_steady(90)
 
     def why_not(self) -> str | None:
         """Why this case cannot run here (no root, no namespaces), or None."""
@@ -156,6 +179,45 @@ def _liveness_suspicions(rec: Recording, since: float, harmed: tuple[str, ...]) 
         for s in false_suspicions(rec, since, harmed)
         if any(f"({c})" in s for c in LIVENESS_CAUSES)
     ]
+
+
+def wall(ts: float) -> str:
+    """A wall-clock time as the processes' logs print it (UTC, ms)."""
+    return time.strftime("%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def verdicts(
+    rec: Recording, since: float, harmed: dict[str, float] | None = None, until: float = 1e18
+) -> list[str]:
+    """Every time a worker was judged failed in [since, until], by any cause (liveness,
+    ``stalled``, ``slo_gray``, anything the coordinator names): each ``failure_detected``
+    event, and each ``failover`` with no such event of its worker within 2 s (a verdict
+    however it was reached). ``harmed``: worker -> when the drill harmed it; its verdicts
+    from then on are expected, not counted. Each with its time from ``since`` and its wall
+    clock."""
+    harmed = harmed or {}
+
+    def counted(e: messages.Event) -> bool:
+        return e.ts <= until and not (e.worker in harmed and e.ts >= harmed[e.worker])
+
+    detected = [e for e in rec.events_of("failure_detected", since) if counted(e)]
+    out = [(e.ts, f"{e.worker} judged failed ({e.detail.get('cause')})") for e in detected]
+    for e in rec.events_of("failover", since):
+        if counted(e) and not any(
+            d.worker == e.worker and abs(d.ts - e.ts) <= 2.0 for d in detected
+        ):
+            out.append((e.ts, f"{e.worker} failed over ({e.detail.get('cause')})"))
+    return [f"{what} at +{ts - since:.2f} s ({wall(ts)})" for ts, what in sorted(out)]
+
+
+def check_no_verdict(found: list[str], name: str = "no_worker_failed") -> Check:
+    return Check(
+        name,
+        not found,
+        "no worker judged failed, by any cause"
+        if not found
+        else f"{len(found)} verdict(s): " + "; ".join(found),
+    )
 
 
 # -- crash faults ----------------------------------------------------------------------------
@@ -594,17 +656,15 @@ class RestartBroker(FaultCase):
 
 class NoFailWithStress(FaultCase):
     name = "NO_FAIL_WITH_STRESS"
-    summary = "no fault, every core busy with other work: nobody may be suspected"
+    summary = (
+        "no fault, every core busy with other work (a hog per CPU, each in its own session): "
+        "no worker may be judged failed, by any cause"
+    )
 
     def inject(self, ctx: DrillContext) -> Fault:
-        import os
-
-        n = os.cpu_count() or 2
+        n = usable_cpus()
         t = time.time()
-        for i in range(n):
-            ctx.mesh.group.start(
-                f"stress-{i}", "stress", [sys.executable, "-c", "while True: pass"]
-            )
+        ctx.notes["hogs"] = ctx.mesh.hogs(n)
         ctx.notes["stress_processes"] = n
         time.sleep(ctx.opts.hold(600.0, 20.0))
         return Fault("stress", (), t)
@@ -614,15 +674,13 @@ class NoFailWithStress(FaultCase):
 
     def recover(self, ctx: DrillContext, fault: Fault) -> Fault:
         t = time.time()
-        for c in ctx.mesh.group.children:
-            if c.role == "stress":
-                ctx.mesh.group.stop(c.name, signal.SIGKILL, 5)
-                ctx.mesh.killed.add(c.name)
+        hogs = ctx.notes.get("hogs")
+        if isinstance(hogs, Hogs):
+            hogs.stop()
         return replace(fault, t_recover=t)
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
-        sus = _liveness_suspicions(rec, fault.t_inject, ())
-        return [_no_suspicion(sus)]
+        return [check_no_verdict(verdicts(rec, fault.t_inject), "no_false_suspicion")]
 
     def metrics(self, ctx: DrillContext, rec: Recording, fault: Fault) -> dict[str, Any]:
         until = fault.t_recover or fault.t_inject
@@ -635,6 +693,7 @@ class NoFailWithStress(FaultCase):
                 for a, rs in rec.results.items()
             },
             "service_gap_ms": service_gaps(rec, APPS, fault.t_inject, until),
+            "false_suspicions": len(verdicts(rec, fault.t_inject)),
             "liveness_suspicions": len(_liveness_suspicions(rec, fault.t_inject, ())),
             "slo_actions": [f"{e.app}: {e.detail.get('action')}" for e in slo],
             "gray_failovers": len(

@@ -22,8 +22,11 @@ recorder watches B (the broker cases, :mod:`field_kit.drill.broker_cases`).
 
 from __future__ import annotations
 
+import random
 import signal
+import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,9 @@ from faillite.identity import AclScope, Identity
 from faillite.log import get_logger
 from faillite.mqtt import MeshClient
 from faillite.topics import Role, Topics
+from field_kit.brokers import HOST as BROKER_HOST
 from field_kit.brokers import BrokerEndpoint, BrokerLauncher
+from field_kit.drill.hogs import Hogs
 from field_kit.drill.linkproxy import LinkProxy
 from field_kit.drill.netns import Impairment, NetNamespace
 from field_kit.procs import Child, ProcessGroup, faillite_cmd, free_port
@@ -64,6 +69,11 @@ ADMINS = ("drill", "snapshot", "watch")
 # Failed logins from one address (all of the drill is 127.0.0.1) wait this long, doubling: the
 # attack cases' wrong passwords must not hold up the mesh's own reconnects for seconds.
 LOGIN_DELAY_S = 0.05
+# The roles a drill mesh boots (each: every process of it): the broker (with the drill's
+# recorders), the coordinators (leader, then standby), the workers, the cameras.
+ROLES = ("broker", "coordinator", "worker", "sensor")
+# The order DrillMesh.start uses unless told otherwise (the broker first: nothing waits).
+BOOT_ORDER = ("broker", "worker", "coordinator", "sensor")
 # What the recorder keeps: everything but frames (heavy, and results say what was served).
 FOLLOW = (
     "apps/+/results/+",
@@ -79,6 +89,27 @@ FOLLOW = (
 # at least HEARTBEAT_FRESH_MIN_S: amqtt and a busy machine delay QoS 0 a little).
 HEARTBEAT_FRESH_INTERVALS = 5
 HEARTBEAT_FRESH_MIN_S = 0.5
+
+
+def boot_port(host: str = BROKER_HOST, attempts: int = 50) -> int:
+    """A free port for a broker that starts later than its clients, below the kernel's
+    ephemeral range: a port from that range could meanwhile become some connection's local
+    port, and a client retrying a connect to a port nobody listens on can even get that very
+    port as its own (TCP connects to itself). Falls back to any free port."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(attempts):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return free_port(host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +128,10 @@ class MeshSpec:
     pair: bool = False  # a second broker B, bridged to A (Mosquitto only)
     b_side: tuple[str, ...] = ()  # with pair: roles (worker, coordinator, sensor ids) on B
     hot: bool = False  # a1 is hot: its backup runs every frame, publishing once promoted
+    # The apps' SLOs (a1, a2), ms. The default leaves an idle or busy 2-core machine far
+    # inside them; the load cases take the demo's (configs/demo.yaml), which a busy board
+    # misses: what its SLO decisions must then get right.
+    slo_ms: tuple[float, float] = (400.0, 600.0)
 
 
 class DrillMesh:
@@ -133,6 +168,8 @@ class DrillMesh:
         self.bridge_link: LinkProxy | None = None
         self.path_b = workdir / f"{mesh_id}-b.yaml"
         self.recorder_b: Recorder | None = None
+        self.role_up: dict[str, float] = {}  # role -> wall time it was started (start_role)
+        self._hogs: list[Hogs] = []
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -167,37 +204,95 @@ class DrillMesh:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> DrillMesh:
+    def start(self, order: Sequence[str] = BOOT_ORDER, delay_s: float = 0.0) -> DrillMesh:
+        """Start the roles named in ``order`` (:data:`ROLES`), in that order, ``delay_s`` apart
+        (the rest later, with :meth:`start_role`). The broker's port is chosen first, so every
+        role's config names it, and the broker comes up on it whenever its turn is: the roles
+        before it retry connecting in the background, as on a kit whose broker boots last."""
+        order = tuple(order)
+        unknown = [r for r in order if r not in ROLES]
+        if unknown or len(set(order)) != len(order):
+            raise ValueError(f"a boot order names each of {ROLES} at most once, not {order}")
         spec = self.spec
+        broker_first = not order or order[0] == "broker"
+        if not broker_first and (spec.pair or spec.netns):
+            raise ValueError("a broker pair or namespaced workers need the broker started first")
         if self.password_file is not None and self.secrets_dir is not None:
             provision(self.password_file, self.secrets_dir, self.identities())
-        self.endpoint = self.launcher.start(
-            spec.broker, self.broker_config(), mesh=self.mesh_id, scope=SCOPE
-        )
+        if broker_first:
+            self._start_broker_a()
+        else:  # reserved now, started in its turn: the config names the port it will have
+            self.endpoint = BrokerEndpoint(spec.broker, BROKER_HOST, boot_port())
         if spec.pair:
             self._start_b()
         self._write_config()
         self.cfg = load_mesh_config(self.path)
+        for i, role in enumerate(order):
+            if i and delay_s > 0:
+                time.sleep(delay_s)
+            self.start_role(role)
+        return self
+
+    def start_role(self, role: str) -> None:
+        """Start every process of ``role`` (the broker: then the drill's recorders); when is
+        kept in :attr:`role_up` (wall clock; the broker's once it accepts connections)."""
+        spec = self.spec
+        if role == "broker":
+            if not self._broker_a_alive():
+                self._start_broker_a()
+            self.role_up[role] = time.time()  # accepting connections
+            if self.recorder is None:
+                self._start_recorders()
+            return
+        if role == "worker":
+            if spec.netns and not self.namespaces:
+                for i, w in enumerate(WORKERS, start=1):
+                    self._link(w, i)
+            for w in WORKERS:
+                self.start_worker(w)
+        elif role == "coordinator":
+            self.start_coordinator("c1")
+            if spec.standby:
+                self.start_coordinator("c2", standby=True)
+        elif role == "sensor":
+            for cam in SENSORS:
+                self.group.start(
+                    cam,
+                    "sensor",
+                    faillite_cmd("sensor", "--id", cam, "--config", str(self.config_of(cam))),
+                )
+        else:
+            raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        self.role_up[role] = time.time()
+
+    def _broker_a_alive(self) -> bool:
+        assert self.endpoint is not None
+        try:
+            return self.launcher.process(self.endpoint).alive()
+        except KeyError:
+            return False
+
+    def _start_broker_a(self) -> None:
+        port = self.endpoint.port if self.endpoint is not None else None
+        self.endpoint = self.launcher.start(
+            self.spec.broker, self.broker_config(), mesh=self.mesh_id, port=port, scope=SCOPE
+        )
+
+    def _start_recorders(self) -> None:
+        assert self.cfg is not None
         self.recorder = self._recorder(self.cfg, "drill")
         self.recorder.client.on_connect(self._recorder_connected)
         self.recorder.start()
-        if spec.pair:
+        if self.spec.pair:
             self.recorder_b = self._recorder(load_mesh_config(self.path_b), "watch").start()
-        if spec.netns:
-            for i, w in enumerate(WORKERS, start=1):
-                self._link(w, i)
-        for w in WORKERS:
-            self.start_worker(w)
-        self.start_coordinator("c1")
-        if spec.standby:
-            self.start_coordinator("c2", standby=True)
-        for cam in SENSORS:
-            self.group.start(
-                cam,
-                "sensor",
-                faillite_cmd("sensor", "--id", cam, "--config", str(self.config_of(cam))),
-            )
-        return self
+
+    def hogs(self, count: int) -> Hogs:
+        """``count`` CPU hogs (:class:`Hogs`, each in its own session), started now and
+        stopped by :meth:`close` at the latest, whatever happened to the case."""
+        h = Hogs(count).start()
+        self._hogs.append(h)
+        log.warning("drill_hogs", count=count, pids=h.pids)
+        return h
 
     def _recorder(self, cfg: MeshConfig, name: str) -> Recorder:
         rec = Recorder(cfg, name)
@@ -340,9 +435,14 @@ class DrillMesh:
                     "family": "efficientnet_lite",
                     "critical": True,
                     "hot": spec.hot,
-                    "slo_ms": 400,
+                    "slo_ms": spec.slo_ms[0],
                 },
-                {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite", "slo_ms": 600},
+                {
+                    "id": "a2",
+                    "sensor": "cam2",
+                    "family": "efficientnet_lite",
+                    "slo_ms": spec.slo_ms[1],
+                },
             ],
             "workers": [
                 {
@@ -360,6 +460,8 @@ class DrillMesh:
 
     def close(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
+        for h in self._hogs:  # first: the rest stops faster on an idle machine
+            h.stop()
         try:
             for client in self.clients:
                 client.stop()

@@ -62,10 +62,28 @@ def _notes(r: dict[str, Any]) -> str:
             out.append(f"{key.removesuffix('_ms')} {m[key]:.0f} ms")
     if "false_suspicions" in m:
         out.append(f"false suspicions {m['false_suspicions']}")
-    if "liveness_suspicions" in m:
+    elif "liveness_suspicions" in m:
         out.append(f"false suspicions {m['liveness_suspicions']}")
     if "held_s" in m:
         out.append(f"held {m['held_s']:.0f} s")
+    if m.get("order"):
+        out.append(f"boot order {m['order']}, {m.get('delay_s', 0):g} s apart")
+    if m.get("workers_late_s") is not None:
+        out.append(f"workers {m['workers_late_s']:.0f} s after the coordinators")
+    if "served_after_last_role_s" in m:
+        v = m["served_after_last_role_s"]
+        out.append(
+            "every app served "
+            + (f"{v:.1f} s after the last role up" if v is not None else "never (not in time)")
+        )
+    for key, what in (("unserved_s", "unserved"), ("shed_s", "shed")):
+        if m.get(key):
+            out.append(f"{what} " + ", ".join(f"{a} {s:.1f} s" for a, s in m[key].items()))
+    degraded = (m.get("degradation") or {}).get("count")
+    if degraded:
+        out.append("degradation: " + ", ".join(f"{k} x{v}" for k, v in degraded.items()))
+    if m.get("slow_loads"):
+        out.append("slow loads: " + ", ".join(m["slow_loads"]))
     if m.get("impairment"):
         out.append(m["impairment"])
     failed = [c["name"] for c in r.get("checks", []) if not c["ok"]]
@@ -100,25 +118,35 @@ def write_report(results: list[dict[str, Any]], out: Path, opts: DrillOptions) -
         m = _metrics_of(r)
         cells = [_fmt(m.get(k)) for k, _h in METRIC_COLUMNS]
         lines.append(
-            f"| {r['case']} | {r['status']} | {_recovered(m)} | "
+            f"| {_cell(_name(r))} | {r['status']} | {_recovered(m)} | "
             + " | ".join(cells)
             + f" | {_accuracy(m)} | {_notes(r)} |"
         )
     lines += _attack_lines(results)
     lines += ["", "## Checks", ""]
     for r in results:
-        lines.append(f"### {r['case']}: {r['status']}")
+        lines.append(f"### {_name(r)}: {r['status']}")
         lines.append("")
         lines.append(r.get("summary", ""))
         lines.append("")
         for c in r.get("checks", []):
             lines.append(f"- {'✅' if c['ok'] else '❌'} **{c['name']}**: {c['detail']}")
         if r.get("timeline"):
-            png = f"{r['case'].lower()}.png"
+            png = f"{_slug(_name(r))}.png"
             _plot(r, out / png)
-            lines += ["", f"![{r['case']} timeline]({png})"]
+            lines += ["", f"![{_name(r)} timeline]({png})"]
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _name(r: dict[str, Any]) -> str:
+    """The case with its parameters (BOOT_ORDER's order), and its run number when repeated."""
+    name = str(r.get("label") or r["case"])
+    return f"{name} #{r['run']}" if r.get("run") else name
+
+
+def _slug(name: str) -> str:
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in name.lower()).split())
 
 
 def _cell(text: str) -> str:
@@ -208,9 +236,10 @@ def _plot(r: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"{app}\nlatency (ms)")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, loc="upper right", ncol=2)
+        if ax.get_legend_handles_labels()[0]:  # nothing served (a boot case that failed)
+            ax.legend(fontsize=6, loc="upper right", ncol=2)
     axes[-1].set_xlabel("seconds since the drill's start (red: fault; dashed: detection, failover)")
-    fig.suptitle(f"{r['case']} ({r['status']}): serving worker / variant and latency per app")
+    fig.suptitle(f"{_name(r)} ({r['status']}): serving worker / variant and latency per app")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

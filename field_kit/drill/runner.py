@@ -29,13 +29,15 @@ from field_kit.drill.attacks import ATTACKS
 from field_kit.drill.broker_cases import BROKER_CASES
 from field_kit.drill.cases import CASES as FAULT_CASES
 from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
+from field_kit.drill.load_cases import LOAD_CASES, parse_order
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
 from field_kit.drill.report import write_report
 
 log = get_logger("drill")
-# Every case `faillite drill` knows: the fault cases, the broker-pair cases (Mosquitto), then
-# the attack cases (a mesh with one account per device, attacked with a stolen credential).
-CASES: dict[str, type[FaultCase]] = {**FAULT_CASES, **BROKER_CASES, **ATTACKS}
+# Every case `faillite drill` knows: the fault cases, the load and boot cases (a busy board,
+# late boots, slow loads), the broker-pair cases (Mosquitto), then the attack cases (a mesh
+# with one account per device, attacked with a stolen credential).
+CASES: dict[str, type[FaultCase]] = {**FAULT_CASES, **LOAD_CASES, **BROKER_CASES, **ATTACKS}
 
 
 def _say(msg: str) -> None:
@@ -59,10 +61,15 @@ def run_case(
     case: FaultCase, opts: DrillOptions, workdir: Path, models_dir: Path
 ) -> dict[str, Any]:
     """One case on its own mesh; never raises for a failed drill (the result says so)."""
-    result: dict[str, Any] = {"case": case.name, "summary": case.summary, "broker": opts.broker}
+    result: dict[str, Any] = {
+        "case": case.name,
+        "label": case.label,
+        "summary": case.summary,
+        "broker": opts.broker,
+    }
     why = case.why_not_on(opts)
     if why is not None:
-        _say(f"[{case.name}] SKIPPED: {why}")
+        _say(f"[{case.label}] SKIPPED: {why}")
         return {**result, "status": "skipped", "reason": why, "checks": []}
     mesh_id = f"dr{case.name.lower().replace('_', '')[:10]}{uuid.uuid4().hex[:6]}"
     mesh = DrillMesh(workdir / mesh_id, case.spec(opts), models_dir, mesh_id)
@@ -72,30 +79,37 @@ def run_case(
     end = time.time()
     t_start = time.time()
     try:
-        _say(f"[{case.name}] starting a mesh ({opts.broker}) ...")
-        mesh.start()
-        mesh.wait_steady(90)
-        placement = mesh.placement()
+        _say(f"[{case.label}] starting a mesh ({opts.broker}) ...")
+        case.start(ctx)
+        placement = mesh.placement() if mesh.recorder is not None else None
         result["placement_before"] = (
             [f"{e.app}:{e.role}@{e.worker}/{e.variant}" for e in placement.entries]
             if placement
             else []
         )
-        _say(f"[{case.name}] steady: {', '.join(result['placement_before'])}; injecting")
+        _say(
+            f"[{case.label}] "
+            + (
+                f"steady: {', '.join(result['placement_before'])}"
+                if result["placement_before"]
+                else "no placement yet (the case boots the mesh)"
+            )
+            + "; injecting"
+        )
         fault = case.inject(ctx)
-        _say(f"[{case.name}] injected {fault.kind} on {', '.join(fault.targets) or '-'}")
+        _say(f"[{case.label}] injected {fault.kind} on {', '.join(fault.targets) or '-'}")
         try:
             case.await_effect(ctx, fault)
-            _say(f"[{case.name}] effect observed; recovering")
+            _say(f"[{case.label}] effect observed; recovering")
         except (AssertionError, LookupError) as exc:
             checks.append(Check("effect", False, str(exc)))
         fault = case.recover(ctx, fault)
         try:
-            mesh.wait_steady(90)
+            mesh.wait_steady(case.settle_timeout_s)
             checks.append(Check("converged", True, "steady again: served and protected"))
         except AssertionError as exc:
             checks.append(Check("converged", False, str(exc)))
-        _say(f"[{case.name}] recovered; checking")
+        _say(f"[{case.label}] recovered; checking")
         end = time.time()
         rec = Recording.of(mesh.rec)
         assert mesh.cfg is not None
@@ -147,8 +161,8 @@ def run_case(
     result["duration_s"] = round(time.time() - t_start, 1)
     result["logs"] = str(mesh.group.logs_dir)
     for c in checks:
-        _say(f"[{case.name}]   {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
-    _say(f"[{case.name}] {result['status'].upper()} in {result['duration_s']} s")
+        _say(f"[{case.label}]   {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+    _say(f"[{case.label}] {result['status'].upper()} in {result['duration_s']} s")
     return result
 
 
@@ -174,6 +188,8 @@ def _timeline(
         "worker_recovered",
         "worker_joined",
         "coordinator_takeover",
+        "shed",
+        "unshed",
     )
     out["events"] = [
         [round(e.ts - t0, 3), e.kind, e.worker, e.app]
@@ -193,18 +209,86 @@ def _timeline(
 
 
 def run(
-    names: list[str], opts: DrillOptions, out_dir: Path, models_dir: Path
+    names: list[str],
+    opts: DrillOptions,
+    out_dir: Path,
+    models_dir: Path,
+    repeat: int = 1,
 ) -> list[dict[str, Any]]:
+    """Every case of ``names`` (each parametrized case once per variant, see
+    :meth:`FaultCase.variants`), each ``repeat`` times in a row, each run on a fresh mesh."""
     catalog = load_catalog(packaged_config("catalog.yaml"))
     lite = [v.name for v in catalog.family("efficientnet_lite").variants]
     build_models(catalog, models_dir, lite, progress=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, name in enumerate(names, start=1):
-        _say(f"== case {i}/{len(names)}: {name}")
-        results.append(run_case(CASES[name](), opts, out_dir / "work", models_dir))
+    runs = [
+        (case, i)
+        for name in names
+        for case in CASES[name]().variants(opts)
+        for i in range(1, repeat + 1)
+    ]
+    results: list[dict[str, Any]] = []
+    for n, (case, i) in enumerate(runs, start=1):
+        again = f" (run {i}/{repeat})" if repeat > 1 else ""
+        _say(f"== case {n}/{len(runs)}: {case.label}{again}")
+        result = run_case(case, opts, out_dir / "work", models_dir)
+        if repeat > 1:
+            result["run"] = i
+            _say(run_line(result, i, repeat))
+        results.append(result)
         write_report(results, out_dir, opts)
     return results
+
+
+def _failed_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in result.get("checks", []) if not c["ok"]]
+
+
+def run_line(result: dict[str, Any], i: int, repeat: int, width: int = 300) -> str:
+    """One run of a repeated case, as progress: its result and, failed, each failed check with
+    the start of its detail."""
+    label = result.get("label", result["case"])
+    head = f"[{label} run {i}/{repeat}] {result['status'].upper()}"
+    if result.get("duration_s") is not None:
+        head += f" in {result['duration_s']} s"
+    if result["status"] == "skipped":
+        return f"{head}: {result.get('reason', '')}"
+    failed = _failed_checks(result)
+    if not failed:
+        return head
+    parts = []
+    for c in failed:
+        detail = " ".join(str(c["detail"]).split())
+        if len(detail) > width:
+            detail = detail[: width - 3] + "..."
+        parts.append(f"{c['name']} ({detail})")
+    return f"{head}: " + "; ".join(parts)
+
+
+def repeat_summary(results: list[dict[str, Any]], broker: str) -> list[str]:
+    """Per case (label) of ``results``, in first-run order: ``CASE on BROKER: k/n passed``,
+    with the failed runs and how often each check failed."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault(r.get("label", r["case"]), []).append(r)
+    lines = []
+    for label, rs in by.items():
+        passed = sum(1 for r in rs if r["status"] == "passed")
+        line = f"{label} on {broker}: {passed}/{len(rs)} passed"
+        bad = [r for r in rs if r["status"] != "passed"]
+        if bad:
+            runs = ", ".join(str(r.get("run", j)) for j, r in enumerate(rs, start=1) if r in bad)
+            counts: dict[str, int] = {}
+            for r in bad:
+                for c in _failed_checks(r):
+                    counts[c["name"]] = counts.get(c["name"], 0) + 1
+            skipped = sum(1 for r in bad if r["status"] == "skipped")
+            why = ", ".join(f"{k} x{v}" for k, v in counts.items())
+            if skipped:
+                why = ", ".join(x for x in (why, f"skipped x{skipped}") if x)
+            line += f" (not passed: run {runs}; {why})"
+        lines.append(line)
+    return lines
 
 
 def register(sub: Any) -> None:
@@ -222,9 +306,38 @@ def register(sub: Any) -> None:
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--broker", choices=("amqtt", "mosquitto"), default="amqtt")
     p.add_argument(
-        "--long", action="store_true", help="full form: stress and lossy links held 10 minutes"
+        "--long",
+        action="store_true",
+        help="full form: stress, busy board and lossy links held 10 minutes, workers 60 s "
+        "late, six boot orders 20 s apart",
     )
-    p.add_argument("--hold", type=float, help="seconds WIFI_LOSSY / NO_FAIL_WITH_STRESS hold")
+    p.add_argument(
+        "--hold",
+        type=float,
+        help="seconds WIFI_LOSSY / NO_FAIL_WITH_STRESS / BUSY_BOARD hold their fault or load",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each case N times, each on a fresh mesh; prints each run and a pass count "
+        "per case (exit 1 unless every run passed)",
+    )
+    p.add_argument(
+        "--order",
+        action="append",
+        metavar="ROLES",
+        help="BOOT_ORDER: a boot order, e.g. cameras,workers,coordinator,broker (repeatable; "
+        "default: the broker last in the short form, six orders in the long one)",
+    )
+    p.add_argument(
+        "--boot-delay",
+        type=float,
+        metavar="S",
+        help="BOOT_ORDER: seconds between two roles (4 short, 20 long); LATE_WORKERS: how long "
+        "after the coordinators the workers start (15 short, 60 long)",
+    )
     p.add_argument("--out", default="drill-out", help="report directory (default ./drill-out)")
     p.add_argument("--models-dir", help="where model files live (built if missing)")
     p.set_defaults(func=main)
@@ -242,13 +355,31 @@ def main(args: argparse.Namespace) -> int:
     if unknown:
         _say(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES)}")
         return 2
-    opts = DrillOptions(broker=args.broker, short=not args.long, hold_s=args.hold)
+    if args.repeat < 1:
+        _say("--repeat takes a count of 1 or more")
+        return 2
+    try:
+        orders = tuple(parse_order(o) for o in args.order or ())
+    except ValueError as exc:
+        _say(str(exc))
+        return 2
+    opts = DrillOptions(
+        broker=args.broker,
+        short=not args.long,
+        hold_s=args.hold,
+        orders=orders,
+        boot_delay_s=args.boot_delay,
+    )
     models_dir = Path(args.models_dir).resolve() if args.models_dir else default_models_dir()
     out = Path(args.out).resolve()
-    results = run(names, opts, out, models_dir)
-    failed = [r["case"] for r in results if r["status"] == "failed"]
-    skipped = [r["case"] for r in results if r["status"] == "skipped"]
+    results = run(names, opts, out, models_dir, args.repeat)
+    failed = [r.get("label", r["case"]) for r in results if r["status"] == "failed"]
+    skipped = [r.get("label", r["case"]) for r in results if r["status"] == "skipped"]
     _say(f"report: {out / 'report.md'}")
+    if args.repeat > 1:
+        for line in repeat_summary(results, opts.broker):
+            _say(line)
+        return 0 if all(r["status"] == "passed" for r in results) else 1
     _say(
         f"{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, "
         f"{len(skipped)} skipped" + (f" (failed: {', '.join(failed)})" if failed else "")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from faillite import messages
@@ -28,23 +29,34 @@ from field_kit.drill.analysis import (
     service_gaps,
 )
 from field_kit.drill.cases import CASES, DrillOptions
+from field_kit.drill.hogs import usable_cpus
 from field_kit.drill.linkproxy import LinkProxy
+from field_kit.drill.load_cases import LOAD_CASES
 from field_kit.drill.netns import Impairment, NetNamespace, root_problem
 from field_kit.drill.runner import run_case
 from field_kit.procs import free_port
 
 # -- the drills, short form ------------------------------------------------------------------
 
+# The fault cases and the load and boot cases (a busy board, late boots, slow loads); the broker
+# and attack cases have their own test modules.
+DRILL_CASES = {**CASES, **LOAD_CASES}
+# The cases that run CPU hogs: none may outlive the case.
+HOG_CASES = ("NO_FAIL_WITH_STRESS", "BUSY_BOARD", "KILL_UNDER_LOAD")
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(DRILL_CASES))
 def test_drill_case_keeps_its_invariants(name: str, tmp_path: Path, models_dir: Path) -> None:
-    case = CASES[name]()
+    case = DRILL_CASES[name]()
     why = case.why_not()
     if why is not None:
         pytest.skip(f"{name}: {why}")
-    result = run_case(case, DrillOptions(short=True, hold_s=10.0), tmp_path, models_dir)
+    # The load cases hold their own short forms (BUSY_BOARD: 12 s at nproc hogs, 12 s at twice
+    # as many); the others hold 10 s.
+    opts = DrillOptions(short=True) if name in LOAD_CASES else DrillOptions(short=True, hold_s=10.0)
+    result = run_case(case, opts, tmp_path, models_dir)
     failed = [f"{c['name']}: {c['detail']}" for c in result["checks"] if not c["ok"]]
     assert result["status"] == "passed", "\n".join(failed) + "\n" + result.get("error", "")
     names = {c["name"] for c in result["checks"]}
@@ -55,10 +67,19 @@ def test_drill_case_keeps_its_invariants(name: str, tmp_path: Path, models_dir: 
         assert all(a["recovered"] for a in m["apps"].values())
     if name == "KILL_COORDINATOR":
         assert m["takeover_ms"] is not None and m["new_term"] >= 2
+    if name in ("LATE_WORKERS", "BOOT_ORDER"):
+        assert m["served_after_last_role_s"] is not None
+    if name == "BUSY_BOARD":
+        assert [s["hogs"] for s in m["hogs"]] == [usable_cpus(), 2 * usable_cpus()]
+    if name in ("KILL_UNDER_LOAD", "SLOW_LOAD"):
+        assert m["mttr_ms"] is not None
     assert result["timeline"]["apps"]["a1"], "the timeline has a1's results"
     # No process of the drill outlives it.
     out = subprocess.run(["pgrep", "-f", result["logs"].rsplit("/", 2)[0]], capture_output=True)
     assert out.stdout == b""
+    if name in HOG_CASES:  # nor a hog (they are children of this process)
+        left = [c for c in psutil.Process().children(recursive=True) if c.is_running()]
+        assert not [c.cmdline() for c in left if "while True" in " ".join(c.cmdline())]
 
 
 def test_drill_cli_lists_cases_and_rejects_unknown(tmp_path: Path) -> None:
@@ -66,7 +87,7 @@ def test_drill_cli_lists_cases_and_rejects_unknown(tmp_path: Path) -> None:
         [sys.executable, "-P", "-m", "faillite", "drill", "--list"], capture_output=True, text=True
     )
     assert out.returncode == 0
-    for name in CASES:
+    for name in DRILL_CASES:
         assert name in out.stdout
     assert "[root]" in out.stdout
     bad = subprocess.run(
