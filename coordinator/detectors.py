@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class DetectorConfig:
     heartbeat_interval_s: float = 0.1
     phi_threshold: float = 8.0
-    min_silence_s: float = 0.25  # floor: below this silence, never suspect
+    min_silence_s: float = 0.5  # floor: below this silence, never suspect
     max_silence_s: float = 1.0  # ceiling: past this, always suspect
     confirm_s: float = 0.05  # a suspicion must hold this long to become a failure
     window: int = 100  # inter-arrival samples kept
@@ -43,7 +43,7 @@ class DetectorConfig:
         """Defaults scaled to a heartbeat interval (100 ms LAN, 500 ms WiFi kits...)."""
         base = {
             "heartbeat_interval_s": interval_s,
-            "min_silence_s": 2.5 * interval_s,
+            "min_silence_s": 5.0 * interval_s,
             "max_silence_s": 10.0 * interval_s,
             "confirm_s": 0.5 * interval_s,
             "stall_s": max(1.0, 10.0 * interval_s),
@@ -66,11 +66,21 @@ class DetectorConfig:
         )
 
 
+# A worker's host this busy (load average per CPU) gets its silence bounds stretched this much
+# at most: a starved heartbeat thread is late, not dead.
+MAX_LOAD_STRETCH = 3.0
+
+
 class SilenceDetector:
-    """Phi-accrual suspicion of one worker from heartbeat arrival times."""
+    """Phi-accrual suspicion of one worker from heartbeat arrival times.
+
+    The floor and the ceiling stretch with the load the worker's host reports (its heartbeats'
+    ``cpu_load``, up to :data:`MAX_LOAD_STRETCH`): on a busy board a heartbeat thread waits
+    for the CPU, and that wait is no failure (Lifeguard's local health, from the other side)."""
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
+        self.stretch = 1.0
         self._intervals: deque[float] = deque(maxlen=cfg.window)
         self.last_arrival: float | None = None
         self._suspected_since: float | None = None
@@ -109,11 +119,15 @@ class SilenceDetector:
     def silence(self, now: float) -> float:
         return 0.0 if self.last_arrival is None else now - self.last_arrival
 
+    def load(self, cpu_load: float) -> None:
+        """The host's load average per CPU, from the worker's latest heartbeat."""
+        self.stretch = min(max(1.0, cpu_load), MAX_LOAD_STRETCH)
+
     def suspected(self, now: float) -> bool:
         s = self.silence(now)
-        if self.last_arrival is None or s < self.cfg.min_silence_s:
+        if self.last_arrival is None or s < self.cfg.min_silence_s * self.stretch:
             return False
-        return s >= self.cfg.max_silence_s or self.phi(now) >= self.cfg.phi_threshold
+        return s >= self.cfg.max_silence_s * self.stretch or self.phi(now) >= self.cfg.phi_threshold
 
     def failed(self, now: float) -> bool:
         """Suspected continuously for ``confirm_s``."""

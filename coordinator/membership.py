@@ -191,6 +191,7 @@ class Membership:
                 return None
         m.last_heartbeat = hb
         m.silence.heartbeat(now)
+        m.silence.load(hb.cpu_load)
         m.progress.heartbeat(
             now,
             hb.frames_received,

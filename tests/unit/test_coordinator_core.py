@@ -410,7 +410,7 @@ def test_graceful_stop_is_a_failure_too(sim: Sim) -> None:
 # -- silence and stalls ------------------------------------------------------------------------
 
 
-def test_silence_is_detected_by_heartbeats_within_half_a_second(sim: Sim) -> None:
+def test_silence_is_detected_by_heartbeats_within_0_6_s(sim: Sim) -> None:
     w = sim.route("a1").worker
     sim.run(1.0)
     sim.workers[w].beating = False  # SIGSTOP: the socket stays open, no last-will
@@ -418,8 +418,8 @@ def test_silence_is_detected_by_heartbeats_within_half_a_second(sim: Sim) -> Non
     out = sim.run_until(lambda o: events(o, "failover"), 2.0, "failover")
     det = events(out, "failure_detected")[0]
     assert det.worker == w and det.detail["cause"] == "heartbeat_silence"
-    assert 0.25 <= sim.when(det) - last <= 0.5
-    assert 250 <= det.detail["silence_ms"] <= 500
+    assert 0.5 <= sim.when(det) - last <= 0.6
+    assert 500 <= det.detail["silence_ms"] <= 600
     assert sim.route("a1").worker != w and sim.latest.worker(w).serve == ()
 
 
@@ -623,7 +623,7 @@ def test_flapping_worker_stays_fenced_until_its_heartbeats_are_steady(sim: Sim) 
     assert recs[0].detail["cause"] == "heartbeats_resumed"
     # 12 heartbeats in cycle 1's thaw, 8 more after cycle 2's freeze: 20.
     assert RECOVERY_HEARTBEATS == 20
-    assert 3.0 <= sim.when(recs[0]) - sim.when(fos[0]) <= 3.5
+    assert 2.7 <= sim.when(recs[0]) - sim.when(fos[0]) <= 3.5
     assert "a1" in sim.events("failback_load")[0].detail["apps"]
 
 
