@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class DetectorConfig:
     heartbeat_interval_s: float = 0.1
     phi_threshold: float = 8.0
-    min_silence_s: float = 0.5  # floor: below this silence, never suspect
+    min_silence_s: float = 0.4  # floor: below this silence, never suspect
     max_silence_s: float = 1.0  # ceiling: past this, always suspect
     confirm_s: float = 0.05  # a suspicion must hold this long to become a failure
     window: int = 100  # inter-arrival samples kept
@@ -43,7 +43,7 @@ class DetectorConfig:
         """Defaults scaled to a heartbeat interval (100 ms LAN, 500 ms WiFi kits...)."""
         base = {
             "heartbeat_interval_s": interval_s,
-            "min_silence_s": 5.0 * interval_s,
+            "min_silence_s": 4.0 * interval_s,
             "max_silence_s": 10.0 * interval_s,
             "confirm_s": 0.5 * interval_s,
             "stall_s": max(1.0, 10.0 * interval_s),

@@ -24,7 +24,7 @@ def _feed(
     return t
 
 
-def test_silence_detected_within_0_6_s_at_100ms_heartbeats() -> None:
+def test_silence_detected_within_half_a_second_at_100ms_heartbeats() -> None:
     det = SilenceDetector(CFG)
     last = _feed(det, 50, 0.1, jitter=0.005)
     # Walk the clock forward in 5 ms steps from the last heartbeat until failure.
@@ -33,7 +33,7 @@ def test_silence_detected_within_0_6_s_at_100ms_heartbeats() -> None:
         t += 0.005
         assert t - last < 2.0
     detection = t - last
-    assert CFG.min_silence_s <= detection <= 0.6, detection
+    assert CFG.min_silence_s <= detection <= 0.5, detection
 
 
 def test_no_false_suspicion_under_jitter_and_one_late_heartbeat() -> None:
@@ -133,7 +133,7 @@ def test_a_busy_hosts_late_heartbeat_is_no_failure_but_a_long_silence_still_is()
     last = _feed(idle, 50, 0.1, jitter=0.005)
     _feed(busy, 50, 0.1, jitter=0.005)
     busy.load(2.0)  # load average twice the CPUs: the silence bounds stretch twice
-    assert idle.suspected(last + 0.7) and not busy.suspected(last + 0.7)
+    assert idle.suspected(last + 0.6) and not busy.suspected(last + 0.6)
     assert busy.suspected(last + 2.1), "the ceiling stretches too, but holds"
     busy.load(50.0)
     assert busy.suspected(last + 3.0 + 0.01), "stretched at most MAX_LOAD_STRETCH times"

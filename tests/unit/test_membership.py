@@ -68,7 +68,7 @@ def test_silence_detected_by_tick_then_recovery_on_steady_heartbeats() -> None:
     while not fails:
         now += 0.01
         fails = m.tick(now)
-    assert fails[0].cause == "heartbeat_silence" and 0.5 <= now - t <= 0.6
+    assert fails[0].cause == "heartbeat_silence" and 0.4 <= now - t <= 0.5
     # Heartbeats resume (SIGCONT): recovered after a steady run, not before.
     seq = 30
     kinds = []
@@ -147,7 +147,7 @@ def test_detectors_follow_each_workers_interval_and_the_given_knobs() -> None:
     m.on_status(st, 0.0)
     member = m.get("w1")
     assert member is not None
-    assert member.silence.cfg.min_silence_s == 2.5  # 5 intervals of a WiFi worker
+    assert member.silence.cfg.min_silence_s == 2.0  # 4 intervals of a WiFi worker
     assert member.silence.cfg.phi_threshold == 3.0
 
 
