@@ -353,7 +353,12 @@ def main() -> int:
             for n in (int(x) for x in args.hogs.split(",")):
                 with Hogs(n):
                     result = run_case(
-                        work, models_dir, kind, scenario, args.reps, backend=args.backend
+                        work / f"hogs{n}",
+                        models_dir,
+                        kind,
+                        scenario,
+                        args.reps,
+                        backend=args.backend,
                     )
                 results[f"{kind}/{scenario}" + (f"+{n}hogs" if n else "")] = result
             if tls:
