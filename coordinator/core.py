@@ -79,6 +79,9 @@ from faillite.config import MeshConfig
 
 Phase = Literal["waiting", "starting", "running", "stepped_down"]
 WITHHELD_EVERY_S = 10.0  # a withheld verdict is said again at most this often per worker
+# A worker given new apps is not judged slow this soon after (at least 2 x slo_sustain_s): its
+# handover queueing and its heartbeat's latency window (25 results) must pass first.
+SETTLE_MIN_S = 10.0
 # A replayed birth of a dead worker gets its obituary back at most this often: a live worker
 # (behind a healed partition) answers each obituary with its birth again.
 REPUT_EVERY_S = 1.0
@@ -144,6 +147,10 @@ class CoordinatorCore:
         self._withheld: dict[str, float] = {}  # worker -> when a verdict on it was withheld
         self._plans_pending = 0  # plans asked for and not answered yet
         self._before_plan: dict[str, tuple[Transition, float]] = {}  # failed with no plan yet
+        self._now = 0.0  # the time of the event being handled
+        self._serving_apps: dict[str, frozenset[str]] = {}  # worker -> apps it was told to serve
+        self._settling: dict[str, float] = {}  # worker -> when it was given new apps
+        self._settle_s = max(2 * self.ccfg.slo_sustain_s, SETTLE_MIN_S)
         self.term = 0
         self.generation = 0
         self.phase: Phase = "waiting"
@@ -164,6 +171,7 @@ class CoordinatorCore:
 
     def handle(self, event: Event) -> list[Decision]:
         self._out = []
+        self._now = event.now
         if self.phase != "stepped_down":
             self._dispatch(event)
             if self.phase == "starting":
@@ -214,8 +222,21 @@ class CoordinatorCore:
 
     def _publish(self, reason: str) -> int:
         self.generation += 1
-        self._out.append(PublishState(self._retained_state(), reason))
+        state = self._retained_state()
+        self._out.append(PublishState(state, reason))
+        for worker, plan in state.workers:
+            apps = frozenset(x.app for x in plan.serve)
+            if apps - self._serving_apps.get(worker, frozenset()):
+                # New apps (a failover, a failback): its queues and its own latency window
+                # hold the handover for a while; its pace is not judged until they have passed.
+                self._settling[worker] = self._now
+                self.pace.forget(worker)
+            self._serving_apps[worker] = apps
         return self.generation
+
+    def _settled(self, worker: str, now: float) -> bool:
+        since = self._settling.get(worker)
+        return since is None or now - since >= self._settle_s
 
     def _effective(self) -> dict[str, Assign]:
         """Who serves what now: placement primaries under the overrides."""
@@ -382,7 +403,8 @@ class CoordinatorCore:
             return
         serving, _caps, _paused = self._shed_view()
         mine = {app: a.variant for app, a in serving.items() if a.server == hb.worker}
-        self.pace.observe(hb, mine, self._device(hb.worker), ev.now)
+        if self._settled(hb.worker, ev.now):
+            self.pace.observe(hb, mine, self._device(hb.worker), ev.now)
         if hb.loading:
             # Told to load: slower meanwhile, by our own doing; neither strained nor calm.
             self.shedder.observe(hb.worker, self.shedder.cfg.calm, ev.now)
