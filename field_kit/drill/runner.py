@@ -4,6 +4,7 @@ check, then writes the report. ``faillite drill`` is :func:`main`."""
 from __future__ import annotations
 
 import argparse
+import random
 import time
 import traceback
 import uuid
@@ -29,6 +30,7 @@ from field_kit.drill.attacks import ATTACKS
 from field_kit.drill.broker_cases import BROKER_CASES
 from field_kit.drill.cases import CASES as FAULT_CASES
 from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
+from field_kit.drill.chaos import run_chaos
 from field_kit.drill.load_cases import LOAD_CASES, parse_order
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
 from field_kit.drill.report import write_report
@@ -338,6 +340,17 @@ def register(sub: Any) -> None:
         help="BOOT_ORDER: seconds between two roles (4 short, 20 long); LATE_WORKERS: how long "
         "after the coordinators the workers start (15 short, 60 long)",
     )
+    p.add_argument(
+        "--chaos",
+        action="store_true",
+        help="the seeded chaos soak instead of cases: random kills, freezes, slowdowns, CPU "
+        "hogs, partitions, broker restarts and leader kills on one mesh, invariants checked "
+        "all along (exit 1 on any violation)",
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="--chaos: how long (default 10)")
+    p.add_argument(
+        "--seed", type=int, help="--chaos: the schedule's seed (default: a random one, printed)"
+    )
     p.add_argument("--out", default="drill-out", help="report directory (default ./drill-out)")
     p.add_argument("--models-dir", help="where model files live (built if missing)")
     p.set_defaults(func=main)
@@ -350,6 +363,8 @@ def main(args: argparse.Namespace) -> int:
             tag = f" [{cls.needs_broker}]" if cls.needs_broker else tag
             _say(f"{name:<20}{tag:<13}{cls.summary}")
         return 0
+    if getattr(args, "chaos", False):
+        return _chaos(args)
     names = [n.upper() for n in [*args.cases, *(args.case or [])]] or list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
@@ -385,3 +400,15 @@ def main(args: argparse.Namespace) -> int:
         f"{len(skipped)} skipped" + (f" (failed: {', '.join(failed)})" if failed else "")
     )
     return 1 if failed else 0
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    if args.cases or args.case:
+        _say("--chaos takes no case names")
+        return 2
+    if args.minutes <= 0:
+        _say("--minutes takes a positive number")
+        return 2
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    models_dir = Path(args.models_dir).resolve() if args.models_dir else default_models_dir()
+    return run_chaos(args.minutes, seed, args.broker, Path(args.out).resolve(), models_dir)
