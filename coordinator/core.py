@@ -226,7 +226,8 @@ class CoordinatorCore:
         self._out.append(PublishState(state, reason))
         for worker, plan in state.workers:
             apps = frozenset(x.app for x in plan.serve)
-            if apps - self._serving_apps.get(worker, frozenset()):
+            before = self._serving_apps.get(worker)
+            if before is not None and apps - before:
                 # New apps (a failover, a failback): its queues and its own latency window
                 # hold the handover for a while; its pace is not judged until they have passed.
                 self._settling[worker] = self._now

@@ -396,7 +396,8 @@ class SlowWorker(FaultCase):
         return replace(fault, t_recover=t)
 
     def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
-        # A worker slow on its own moves its apps (slo_gray); it sheds nothing where it is.
+        # A worker slow on its own moves its apps (slo_gray); shedding on it first is allowed
+        # (it is not judged while it settles after taking apps), and said.
         gray = [
             e
             for e in rec.events_of("failover", fault.t_inject)
@@ -406,7 +407,7 @@ class SlowWorker(FaultCase):
         return [
             Check(
                 "judged_slow",
-                bool(gray) and not shed,
+                bool(gray),
                 f"gray failover of {', '.join(fault.targets)}"
                 + (f", but it shed {len(shed)} step(s) first" if shed else "")
                 if gray
