@@ -421,7 +421,10 @@ class FlappingWorker(FaultCase):
     summary = "freeze and thaw the critical app's worker again and again around the detector"
 
     cycles_short, cycles_long = 3, 6
-    stop_s, run_s = 0.8, 1.2
+    # Each freeze outlasts the silence floor even stretched the most by a busy host's load
+    # (4 intervals x 3 + confirmation: 1.25 s at 100 ms heartbeats), so every cycle is
+    # around the detector on any board.
+    stop_s, run_s = 1.6, 1.2
 
     def inject(self, ctx: DrillContext) -> Fault:
         w = _primary(ctx)
