@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from faillite import messages
 from faillite.catalog import Catalog
@@ -225,9 +225,20 @@ def check_recovered(
     return Check("recovered", ok, detail)
 
 
+class ServedResult(Protocol):
+    """What serving segments read of a result: who served it, and when."""
+
+    @property
+    def worker(self) -> str: ...
+
+    @property
+    def ts(self) -> float: ...
+
+
 def serving_segments(
-    results: Sequence[messages.Result], gap_s: float
+    results: Sequence[ServedResult], gap_s: float
 ) -> dict[str, list[tuple[float, float]]]:
+    """Per worker, its runs of results with no gap over ``gap_s``."""
     segs: dict[str, list[tuple[float, float]]] = {}
     for r in results:
         cur = segs.setdefault(r.worker, [])

@@ -55,7 +55,7 @@ from faillite.config import packaged_config
 from faillite.log import get_logger
 from faillite.models.build import build_models
 from faillite.topics import parse
-from field_kit.drill.analysis import OVERLAP_GRACE_S, check_no_crash
+from field_kit.drill.analysis import OVERLAP_GRACE_S, check_no_crash, serving_segments
 from field_kit.drill.cases import DrillOptions, wall
 from field_kit.drill.hogs import Hogs, usable_cpus
 from field_kit.drill.load_cases import MAX_GAP_S, unserved_spans
@@ -494,17 +494,6 @@ def unserved(
     return out
 
 
-def _segments(rs: Sequence[Served], gap_s: float) -> dict[str, list[tuple[float, float]]]:
-    segs: dict[str, list[tuple[float, float]]] = {}
-    for r in rs:
-        cur = segs.setdefault(r.worker, [])
-        if cur and r.ts - cur[-1][1] <= gap_s:
-            cur[-1] = (cur[-1][0], r.ts)
-        else:
-            cur.append((r.ts, r.ts))
-    return segs
-
-
 def double_serving(
     obs: Observations,
     apps: Sequence[str],
@@ -518,7 +507,7 @@ def double_serving(
     out = []
     for app in apps:
         rs = sorted((s for s in obs.results.get(app, []) if t0 <= s.ts <= t1), key=lambda s: s.ts)
-        segs = _segments(rs, max(0.6, 3.0 / fps))
+        segs = serving_segments(rs, max(0.6, 3.0 / fps))
         for w1, w2 in itertools.combinations(sorted(segs), 2):
             for a0, a1 in segs[w1]:
                 for b0, b1 in segs[w2]:
