@@ -900,14 +900,14 @@ class CoordinatorCore:
             elif self.shedder.calmed(worker, now):
                 self._unshed(worker, now)
 
-    def _step_applies(self, worker: str, step: ShedStep) -> bool:
-        before = self._shed_view()
-        steps = self.shedder.shedding()
-        after = self._shed_view({**steps, worker: (*steps.get(worker, ()), step)})
-        return after != before
-
     def _shed(self, worker: str, now: float) -> None:
-        applies = [self._step_applies(worker, step) for step in LADDER]
+        # A step applies where it would change what is served.
+        steps = self.shedder.shedding()
+        before = self._shed_view(steps)
+        applies = [
+            self._shed_view({**steps, worker: (*steps.get(worker, ()), step)}) != before
+            for step in LADDER
+        ]
         factor = self.pace.factor(worker, now)
         peers = self.pace.peers_median(worker, now)
         shared = (
