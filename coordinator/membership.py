@@ -209,6 +209,9 @@ class Membership:
 
     def _recover(self, m: Member, cause: str, now: float) -> Transition:
         m.state, m.cause, m.failed_at, m.steady, m.revived = "alive", "", None, 0, True
+        # Progress is judged from its next heartbeats: a stall clock from before the failure
+        # (frames queued behind a partition) would condemn it again at once.
+        m.progress.restart()
         return self._transition("recovered", m, cause, now)
 
     def _fail(self, m: Member, cause: str, now: float, silence_s: float = 0.0) -> Transition:

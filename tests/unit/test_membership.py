@@ -167,3 +167,21 @@ def test_a_forged_seq_far_ahead_cannot_silence_the_real_heartbeats() -> None:
     assert member is not None and member.last_heartbeat is not None
     assert member.last_heartbeat.seq == 39 and member.seq_jumps_ignored == 1
     assert m.alive() == {"w1"}
+
+
+def test_a_worker_back_from_a_partition_is_not_judged_stalled_on_its_old_queue() -> None:
+    """Chaos soak: a worker reconnected after a partition was judged stalled 9 ms later, on
+    frames that had queued before it failed."""
+    m = Membership(CFG)
+    m.on_status(_status("a", ts=1.0), 0.0)
+    t = 0.0
+    for seq in range(1, 20):  # frames pile up, nothing processed: the stall clock runs
+        t = seq * 0.1
+        m.on_heartbeat(_hb("a", seq, received=seq, depth=3), t)
+    m.on_status(_status("a", "offline", "lost", ts=1.0), t)  # the link is cut: last-will
+    t += 3.0
+    tr = m.on_status(_status("a", ts=5.0), t)  # same incarnation, a new connection
+    assert tr is not None and tr.kind == "recovered"
+    assert m.tick(t + 0.01) == []
+    m.on_heartbeat(_hb("a", 20, processed=25, received=25), t + 0.1)
+    assert m.tick(t + 0.2) == [] and m.alive() == {"w1"}
