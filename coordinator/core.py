@@ -44,6 +44,7 @@ from coordinator.decisions import (
 )
 from coordinator.detectors import DetectorConfig
 from coordinator.events import (
+    BrokerHeard,
     Event,
     HeartbeatSeen,
     InheritedPlacement,
@@ -73,6 +74,7 @@ from coordinator.planner import (
 from coordinator.planning import PlanRequest
 from coordinator.safety import MoveVerdict, judge_move
 from coordinator.shedding import LADDER, THROTTLE_SHARE, ShedConfig, Shedder, ShedStep
+from coordinator.wills import WillHold, read_offline
 from faillite import messages
 from faillite.catalog import Catalog
 from faillite.config import MeshConfig
@@ -139,6 +141,7 @@ class CoordinatorCore:
         self.adaptive = adaptive
         # Each worker is judged against its own heartbeat interval, with this config's knobs.
         self.membership = Membership(cfg_for=lambda i: DetectorConfig.of(self.ccfg, i))
+        self.wills = WillHold()  # live last-wills until the broker is heard from after them
         self.state = ControlState()
         self.pace = PaceJudge(catalog, PaceConfig(sustain_s=self.ccfg.slo_sustain_s / 2))
         self.shedder = Shedder(
@@ -191,16 +194,26 @@ class CoordinatorCore:
             self.inherited = ev.placement
         elif isinstance(ev, WorkerBirth | WorkerOffline):
             if self.adaptive:
-                self._observe(self.membership.on_status(ev.status, ev.now), ev)
+                self._on_status(ev)
             else:
                 self._note_member(ev.status)
         elif isinstance(ev, HeartbeatSeen):
             if self.adaptive:
+                self._judge_wills()
                 self._on_heartbeat(ev)
         elif isinstance(ev, Tick):
             if self.adaptive:
                 self._on_tick(ev)
+        elif isinstance(ev, BrokerHeard):
+            self._judge_wills()
         elif isinstance(ev, LinkDown):
+            if self.wills:
+                withdrawn = self.wills.withdraw()
+                self._note(
+                    "last_will_withdrawn",
+                    workers=sorted({w.status.worker for w in withdrawn}),
+                    reason="our link dropped before the broker was heard from again",
+                )
             self.membership.blind()
         elif isinstance(ev, LinkUp):
             self.membership.see(ev.now, self.ccfg.reconnect_grace_s)
@@ -395,6 +408,25 @@ class CoordinatorCore:
             self._held.append((t, ev.ts))
             return
         self._on_transition(t, ev.ts)
+
+    def _on_status(self, ev: WorkerBirth | WorkerOffline) -> None:
+        if isinstance(ev, WorkerBirth):
+            self._judge_wills()  # the broker lived on after them
+        else:
+            m = self.membership.get(ev.status.worker)
+            alive = m is not None and m.incarnation == ev.status.incarnation and m.state == "alive"
+            reading = read_offline(ev, alive)
+            if reading == "hold":
+                self.wills.hold(ev)
+                return
+            if reading == "history":
+                self._note("retained_will_ignored", worker=ev.status.worker)
+                return
+        self._observe(self.membership.on_status(ev.status, ev.now), ev)
+
+    def _judge_wills(self) -> None:
+        for will in self.wills.confirm():
+            self._observe(self.membership.on_status(will.status, will.now), will)
 
     def _on_heartbeat(self, ev: HeartbeatSeen) -> None:
         hb = ev.heartbeat

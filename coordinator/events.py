@@ -58,6 +58,7 @@ class WorkerOffline(Observed):
     """A graceful stop, or a last-will (of this incarnation or a replaced one)."""
 
     status: messages.WorkerStatus  # state offline
+    retained: bool = False  # delivered on subscribe: what the broker kept, not news
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,11 @@ class Tick(Observed):
     # How long the broker has sent us nothing at all (our client pings a quiet one): while
     # it is silent too, every worker's silence may be the broker's, not the worker's.
     link_quiet_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHeard(Observed):
+    """The broker answered the ping a last-will's arrival sent: it lived on after the will."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,7 @@ Event = (
     | WorkerOffline
     | HeartbeatSeen
     | Tick
+    | BrokerHeard
     | LinkDown
     | LinkUp
     | PlanReady

@@ -49,6 +49,7 @@ from coordinator.decisions import (
     RetainedState,
 )
 from coordinator.events import (
+    BrokerHeard,
     Event,
     HeartbeatSeen,
     InheritedPlacement,
@@ -229,6 +230,7 @@ class CoordinatorService:
         # While our own link is down every worker looks silent: judge nobody until it is back.
         c.on_connect(lambda: self._inbox.put(LinkUp(*_clock())))
         c.on_disconnect(lambda: self._inbox.put(LinkDown(*_clock())))
+        c.on_answer(lambda: self._inbox.put(BrokerHeard(*_clock())))
 
     @classmethod
     def from_config(
@@ -345,8 +347,13 @@ class CoordinatorService:
         if st.worker != parsed[1].ids["worker"] or st.worker not in self._known:
             self.client.bad.count("unknown_worker", f"status of {st.worker!r}", topic=inb.topic)
             return
-        kind = WorkerBirth if st.state == "online" else WorkerOffline
-        self._inbox.put(kind(*_clock(), st))
+        if st.state == "online":
+            self._inbox.put(WorkerBirth(*_clock(), st))
+            return
+        if st.reason == "lost" and not inb.retain:
+            # A last-will counts once the broker is still there after it (coordinator.wills).
+            self.client.ask_broker()
+        self._inbox.put(WorkerOffline(*_clock(), st, retained=inb.retain))
 
     def _on_heartbeat(self, inb: Inbound[messages.Heartbeat]) -> None:
         hb, parsed = inb.message, parse(inb.topic)

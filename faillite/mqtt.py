@@ -212,6 +212,8 @@ class MeshClient:
         self._subs: dict[str, int] = {}
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._on_disconnect_hooks: list[Callable[[], None]] = []
+        self._on_answer_hooks: list[Callable[[], None]] = []
+        self._asked = False  # ask_broker()'s ping is out, its answer not yet seen
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = threading.Event()
@@ -341,6 +343,27 @@ class MeshClient:
 
     def on_disconnect(self, hook: Callable[[], None]) -> None:
         self._on_disconnect_hooks.append(hook)
+
+    def ask_broker(self) -> None:
+        """Ping the broker now; the :meth:`on_answer` hooks run when it answers. A message
+        that may be the broker's last words (a stopping broker publishes the last-will of
+        every client it drops) is believed once the broker is still there after it."""
+        if self._connected.is_set() and not self._asked:
+            self._asked = self._client._send_pingreq() == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def on_answer(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the network thread when the broker answers :meth:`ask_broker`."""
+        self._on_answer_hooks.append(hook)
+
+    def _answered(self) -> None:
+        if self._asked and self._client._ping_t == 0:  # its PINGRESP came
+            self._asked = False
+            self._heard_at = time.monotonic()
+            for hook in self._on_answer_hooks:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("on_answer_hook_failed")
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -478,7 +501,8 @@ class MeshClient:
             while True:
                 rc = self._client.loop(timeout=0.05)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break  # connection lost, or closed by stop() after DISCONNECT went out
+                    break
+                self._answered()  # connection lost, or closed by stop() after DISCONNECT went out
                 if self._stopping.is_set() and time.monotonic() > self._stop_deadline:
                     break
                 if self._connected.is_set() and self._broker_silent():
@@ -591,6 +615,7 @@ class MeshClient:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._asked = False  # no answer will come on this connection
         if not self._stopping.is_set() and was:
             log.warning("disconnected", reason=str(reason))
         for hook in self._on_disconnect_hooks:

@@ -19,6 +19,7 @@ from faillite.config import MeshConfig
 from faillite.identity import Identity
 from faillite.mqtt import MeshClient, Raw
 from faillite.topics import Role, Topics, parse
+from field_kit.drill.logged import merge_events
 from field_kit.recorder import Recorder
 
 OVERLAP_GRACE_S = 1.0  # in-flight frames of a handover; longer than this is two servers
@@ -54,7 +55,8 @@ class Recording:
     wrong_topic: int = 0
 
     @classmethod
-    def of(cls, rec: Recorder) -> Recording:
+    def of(cls, rec: Recorder, logged: Sequence[messages.Event] = ()) -> Recording:
+        """``logged``: events from the coordinators' logs, for those the recorder missed."""
         out = cls()
         wall = time.time() - time.monotonic()
         for t, topic, payload in rec.raw():
@@ -82,7 +84,7 @@ class Recording:
                 continue
         for rs in out.results.values():
             rs.sort(key=lambda r: r.ts)
-        out.events.sort(key=lambda e: e.ts)
+        out.events = merge_events(out.events, logged)
         return out
 
     def events_of(self, kind: str, since: float = 0.0) -> list[messages.Event]:

@@ -32,6 +32,7 @@ from field_kit.drill.cases import CASES as FAULT_CASES
 from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
 from field_kit.drill.chaos import run_chaos
 from field_kit.drill.load_cases import LOAD_CASES, parse_order
+from field_kit.drill.logged import coordinator_events
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
 from field_kit.drill.report import write_report
 
@@ -113,7 +114,9 @@ def run_case(
             checks.append(Check("converged", False, str(exc)))
         _say(f"[{case.label}] recovered; checking")
         end = time.time()
-        rec = Recording.of(mesh.rec)
+        # What the coordinators logged too: a verdict published as the broker went down is
+        # missing from the recording, and still a verdict.
+        rec = Recording.of(mesh.rec, coordinator_events(mesh.group.logs_dir))
         assert mesh.cfg is not None
         recoverable = case.recoverable(ctx, fault)
         faults = [fault, *ctx.extra_faults]

@@ -29,16 +29,14 @@ from field_kit.drill.chaos import (
     PlannedFault,
     Served,
     draw_schedule,
-    events_from_logs,
     judge,
-    log_docs,
     longest_gaps,
     max_overlap,
-    merge_events,
     timeline_around,
     verdict_table,
     workers_harmed_at_once,
 )
+from field_kit.drill.logged import events_from_logs, log_docs, merge_events
 from field_kit.drill.mesh import WORKERS
 
 T0 = 1_000_000.0  # the soak's start (wall clock)

@@ -28,6 +28,7 @@ from coordinator.decisions import (
     RouteState,
 )
 from coordinator.events import (
+    BrokerHeard,
     Event,
     HeartbeatSeen,
     InheritedPlacement,
@@ -196,13 +197,16 @@ class Sim:
         self.workers[worker] = FakeWorker(worker, incarnation, latency_ms=fw.latency_ms)
         return self.status(worker)
 
-    def kill(self, *workers: str) -> list[Decision]:
-        """``kill -9``: the broker publishes each last-will at once."""
+    def kill(self, *workers: str, answered: bool = True) -> list[Decision]:
+        """``kill -9``: the broker publishes each last-will at once, then answers the ping
+        their arrival sent (``answered``)."""
         out = []
         for w in workers:
             self.workers[w].beating = False
             self.born.discard(w)
             out += self.status(w, "offline", "lost")
+        if answered:
+            out += self.feed(BrokerHeard(self.now, self.ts))
         return out
 
     def run(self, seconds: float, step: float = 0.01) -> list[Decision]:
@@ -785,6 +789,67 @@ def test_every_worker_dying_at_once_is_judged_while_the_broker_answers(sim: Sim)
         fw.beating = False
     out = sim.run_until(lambda o: len(events(o, "failure_detected")) == 3, 2.0, "all three judged")
     assert max(sim.when(e) for e in events(out, "failure_detected")) - died < 1.0
+
+
+def _notes(out: Iterable[Decision], event: str) -> list[Note]:
+    return [d for d in out if isinstance(d, Note) and d.event == event]
+
+
+def test_a_last_will_is_judged_once_the_broker_is_heard_from_after_it(sim: Sim) -> None:
+    primary = sim.route("a1").worker
+    others = [w for w in sim.workers if w != primary]
+    sim.run(0.5)
+    out = sim.kill(primary, answered=False)
+    assert out == []  # held: it may be a stopping broker's last words
+    # Another last-will is no sign of a live broker (a stopping one sends them all).
+    assert sim.kill(others[0], answered=False) == []
+    sim.workers[others[0]].beating = True
+    sim.born.add(others[0])
+    out = sim.run_until(lambda o: events(o, "failover"), 0.2, "the will judged")
+    assert [e.worker for e in events(out, "failure_detected")] == [primary, others[0]]
+    assert [e.detail["cause"] for e in events(out, "failure_detected")] == ["last_will"] * 2
+
+
+def test_a_stopping_brokers_last_wills_are_withdrawn_when_our_link_drops(sim: Sim) -> None:
+    """SIGTERM to the broker: it publishes every client's last-will, then drops us. Nobody is
+    failed over; the workers reconnect and say so, and keep their apps."""
+    before = {app: sim.route(app).worker for app in ("a1", "a2")}
+    sim.run(0.5)
+    for w in sim.workers:
+        sim.status(w, "offline", "lost")  # the workers are fine: their broker is stopping
+    out = sim.feed(LinkDown(sim.now, sim.ts))
+    assert [n.fields["workers"] for n in _notes(out, "last_will_withdrawn")] == [sorted(WORKERS)]
+    for fw in sim.workers.values():
+        fw.beating = False
+    sim.run(2.0)  # the broker restarts
+    sim.feed(LinkUp(sim.now, sim.ts))
+    for w, fw in sim.workers.items():
+        fw.beating = True
+        sim.status(w)  # a new connection's birth
+    out = sim.run(6.0)
+    assert events(out, "failure_detected") == [] and events(out, "failover") == []
+    assert {app: sim.route(app).worker for app in ("a1", "a2")} == before
+
+
+def test_a_retained_last_will_of_a_worker_we_believe_alive_is_history(sim: Sim) -> None:
+    """After our reconnect a broker that kept its stored state hands us a worker's last-will
+    from its own stop: the worker's heartbeats (or their silence, after the grace) decide."""
+    w = sim.route("a1").worker
+    sim.run(0.5)
+    sim.feed(LinkDown(sim.now, sim.ts))
+    sim.run(1.0)
+    sim.feed(LinkUp(sim.now, sim.ts))
+    fw = sim.workers[w]
+    will = messages.WorkerStatus(
+        worker=w, incarnation=fw.incarnation, state="offline", reason="lost", ts=sim.ts
+    )
+    out = sim.feed(WorkerOffline(sim.now, sim.ts, will, retained=True))
+    assert [n.fields["worker"] for n in _notes(out, "retained_will_ignored")] == [w]
+    assert events(sim.run(6.0), "failure_detected") == []
+    # Dead after all: its silence judges it.
+    fw.beating = False
+    out = sim.run_until(lambda o: events(o, "failure_detected"), 2.0, "its silence judged")
+    assert events(out, "failure_detected")[0].detail["cause"] == "heartbeat_silence"
 
 
 def _obituaries(out: Iterable[Decision]) -> list[PublishObituary]:
