@@ -16,7 +16,7 @@ import pytest
 
 from field_kit.brokers import mosquitto_binary
 from field_kit.drill.broker_cases import BROKER_CASES
-from field_kit.drill.cases import DrillOptions
+from field_kit.drill.cases import CASES, DrillOptions
 from field_kit.drill.runner import run_case
 
 
@@ -125,3 +125,22 @@ def test_pair_cases_refuse_the_embedded_broker_saying_why(tmp_path: Path) -> Non
     for name in BROKER_CASES:
         assert name in out.stdout
     assert "[mosquitto]" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_broker_stopped_and_started_again_fails_nobody_over(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Mosquitto, stopped with SIGTERM, publishes every client's last-will before it drops the
+    leader: those are withdrawn. The check reads the coordinators' logs as well as the
+    recording (a verdict published as the broker goes down never reaches the recorder)."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    result = run_case(
+        CASES["RESTART_BROKER"](), DrillOptions(broker="mosquitto"), tmp_path, models_dir
+    )
+    failed = [f"{c['name']}: {c['detail']}" for c in result["checks"] if not c["ok"]]
+    assert result["status"] == "passed", "\n".join(failed) + "\n" + result.get("error", "")
+    for name in (*EVERY_CASE, "no_false_suspicion"):
+        _check(result, name)
