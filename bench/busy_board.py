@@ -1,6 +1,7 @@
 """The demo mesh on a busy board: ``faillite up`` with CPU hogs, each in its own session (as a
 board's other services are), optionally with a worker killed mid-run. Prints the failovers with
-no injected fault, what was shed, and whether every app was served at the end.
+no injected fault (and per hour), what was shed, the seconds apps went without results
+(unserved; paused on purpose while shed), and whether every app was served at the end.
 
     python bench/busy_board.py --hogs 0,2,4 --duration 60
     python bench/busy_board.py --hogs 2 --kill w2 --kill-after 25
@@ -51,6 +52,9 @@ def run(hogs: int, duration: float, kill: str | None, kill_after: float) -> dict
         "unshed": counts.get("unshed", 0),
         "withheld": counts.get("verdict_withheld", 0),
         "served_at_end": s["served_at_end"],
+        # Seconds apps went without results past 1 s (3 frames), and paused on purpose (shed).
+        "unserved_s": s["unserved_s"],
+        "paused_s": s["paused_s"],
         "apps": {a: (v["results"], v["e2e_ms"]["p50"]) for a, v in s["apps"].items()},
     }
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.table import Table
@@ -34,6 +34,8 @@ from faillite.topics import APP_RESULTS, APP_ROUTE, WORKER_STATUS, Role, Topics,
 # An app is still served at the end when its last result came at most this long before the end
 # (or three frame intervals of its sensor, if longer).
 SERVED_WITHIN_S = 5.0
+# A longer gap between two results of an app is an outage: the seconds past it are counted.
+UNSERVED_GAP_S = 1.0
 # Events the summary lists besides failovers (bounded: a flapping worker must not grow it).
 NOTABLE_EVENTS = (
     "failure_detected",
@@ -82,6 +84,24 @@ class AppView:
     first_ts: float = 0.0
     last_ts: float = 0.0
     segments: list[Segment] = field(default_factory=list)
+    # Seconds past a gap's first UNSERVED_GAP_S without a result: unserved, or paused on
+    # purpose (its route said "shed" during the gap).
+    unserved_s: float = 0.0
+    paused_s: float = 0.0
+    longest_gap_s: float = 0.0
+    shed_seen_at: float = 0.0  # wall clock: its route last said "shed"
+
+    def gap(self, until: float, within: float) -> None:
+        """No result from ``last_ts`` to ``until``: count what exceeds ``within``."""
+        if not self.last_ts or until <= self.last_ts:
+            return
+        gap = until - self.last_ts
+        self.longest_gap_s = max(self.longest_gap_s, gap)
+        if gap > within:
+            if self.shed_seen_at >= self.last_ts:
+                self.paused_s += gap - within
+            else:
+                self.unserved_s += gap - within
 
 
 def _r(x: float | None, nd: int = 1) -> float | None:
@@ -137,6 +157,9 @@ class MeshObserver:
 
     def _on_route(self, inb: Inbound[messages.Route]) -> None:
         with self._lock:
+            v = self.apps.get(inb.message.app)
+            if v is not None and inb.message.state == "shed":
+                v.shed_seen_at = time.time()
             for rel in self.routes.on_route(inb.message, topic_app=app_of(inb.topic)):
                 self._take(rel.result, rel.received, rel.verdict)
 
@@ -182,6 +205,7 @@ class MeshObserver:
         v.rate.tick(time.monotonic())
         v.e2e.add((now - r.capture_ts) * 1000)
         v.inference.add(r.latency.inference_ms)
+        v.gap(now, self._gap_within(v.app))
         v.first_ts = min(v.first_ts, now) if v.first_ts else now
         v.last_ts = max(v.last_ts, now)  # a released held result arrived a moment ago
         seg = v.segments[-1] if v.segments else None
@@ -329,6 +353,13 @@ class MeshObserver:
 
     # -- summary ---------------------------------------------------------------------------
 
+    def _gap_within(self, app: str) -> float:
+        try:
+            fps = self.cfg.sensor(self.cfg.app(app).sensor).fps
+        except ConfigError:
+            return UNSERVED_GAP_S
+        return max(UNSERVED_GAP_S, 3.0 / fps)
+
     def _served_within(self, app: str) -> float:
         try:
             fps = self.cfg.sensor(self.cfg.app(app).sensor).fps
@@ -421,6 +452,10 @@ class MeshObserver:
                     served = end - v.last_ts <= within
                     why = f"last result {end - v.last_ts:.1f} s before the end"
                 route = self.routes.route(v.app)
+                tail = replace(v)  # the gap up to the end counts, without changing the view
+                if route is not None and route.state == "shed":
+                    tail.shed_seen_at = end
+                tail.gap(end, self._gap_within(v.app))
                 # Paused by the coordinator under overload: not served, but on purpose, said
                 # and bounded (never a critical app); a run that shed is not a failed run.
                 shed = route is not None and route.state == "shed"
@@ -446,6 +481,9 @@ class MeshObserver:
                     "shed_at_end": shed,
                     "served_detail": why,
                     "unverified_results": v.unverified,
+                    "unserved_s": round(tail.unserved_s, 2),
+                    "paused_s": round(tail.paused_s, 2),
+                    "longest_gap_s": round(tail.longest_gap_s, 2),
                 }
             notable = [
                 {
@@ -468,6 +506,10 @@ class MeshObserver:
             "served_or_shed_at_end": all(
                 a["served_at_end"] or a["shed_at_end"] for a in apps.values()
             ),
+            # Seconds any app went without results past UNSERVED_GAP_S (3 frames at least),
+            # once results had started; paused: while its route said it was shed on purpose.
+            "unserved_s": round(sum(a["unserved_s"] for a in apps.values()), 2),
+            "paused_s": round(sum(a["paused_s"] for a in apps.values()), 2),
             "failovers": failovers,
             "events": notable,
             "event_counts": counts,

@@ -189,6 +189,12 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         )
         if not s["served_at_end"]:
             console.print(f"  {'':<14} [red]NOT SERVED AT THE END[/]: {s['served_detail']}")
+        if s.get("unserved_s") or s.get("paused_s"):
+            console.print(
+                f"  {'':<14} without results: {s['unserved_s']} s unserved, "
+                f"{s['paused_s']} s paused on purpose (longest gap {s['longest_gap_s']} s)",
+                highlight=False,
+            )
     if summary["failovers"]:
         console.print("failovers:")
     for f in summary["failovers"]:

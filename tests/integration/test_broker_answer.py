@@ -32,4 +32,3 @@ def test_the_broker_answers_when_asked(broker: BrokerEndpoint) -> None:
         assert answered.wait(5), "no answer to the second ping"
     finally:
         c.stop()
-

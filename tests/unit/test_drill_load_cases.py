@@ -318,6 +318,8 @@ def test_repeat_summary_counts_passes_per_case() -> None:
         "never_unserved x1)",
         "BOOT_ORDER[a>b] on amqtt: 1/1 passed",
     ]
+    skipped = [{"case": "P", "status": "skipped", "reason": "needs root", "checks": []}] * 2
+    assert repeat_summary(skipped, "amqtt") == ["P on amqtt: skipped (needs root)"]
 
 
 def _args(*argv: str) -> argparse.Namespace:
