@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faillite.compat import python_module
 from field_kit.drill.hogs import Hogs
 
 
 def run(hogs: int, duration: float, kill: str | None, kill_after: float) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="busy-")) / "summary.json"
-    cmd = [sys.executable, "-P", "-m", "faillite", "up", "--duration", str(duration)]
+    cmd = [*python_module("faillite"), "up", "--duration", str(duration)]
     cmd += ["--no-view", "--port", "0", "--summary-json", str(out)]
     with Hogs(hogs):
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

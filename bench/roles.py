@@ -6,9 +6,9 @@ not ignored) are copied to a temporary folder and built into one wheel there, so
 written into the checkout; each role then gets its own venv with ``pip install
 'faillite-*.whl[<extras>]'`` (non-editable). Per role: the distributions it pulled (pip,
 setuptools and wheel, the venv's seed, not counted) against the ones it must not pull,
-``faillite <role> --help`` and ``python -P -c 'import <module>'`` in that venv, and ``du -sb``
-of the venv right after the install (MB = 10^6 bytes). Exits 1 if a role pulled a forbidden
-distribution or failed to install or start.
+``faillite <role> --help`` and ``python -c 'import <module>'`` (working folder off ``sys.path``)
+in that venv, and ``du -sb`` of the venv right after the install (MB = 10^6 bytes). Exits 1 if
+a role pulled a forbidden distribution or failed to install or start.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def check_role(name: str, role: Role, wheel: Path, work: Path, pip_args: list[st
     res.forbidden_found = sorted(
         d for d in dists if any(fnmatch.fnmatchcase(d, p) for p in role.forbidden)
     )
-    smoke = [[str(faillite), name, "--help"], [str(py), "-P", "-c", f"import {role.module}"]]
+    imports = f"import sys; sys.path.pop(0); import {role.module}"
+    smoke = [[str(faillite), name, "--help"], [str(py), "-c", imports]]
     failed = [(cmd, p) for cmd in smoke if (p := _run(cmd, cwd=work)).returncode != 0]
     res.smoke_ok = not failed
     if failed:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Final
 
 from faillite.accounts import AccountsError, PasswordHash, read_password_file
+from faillite.compat import StrEnum
 from faillite.config import BrokerConfig
 from faillite.identity import AclScope, Identity, InvalidIdentityError, identity_acl
 from faillite.topics import Access, matches

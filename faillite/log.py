@@ -82,7 +82,9 @@ def configure(
     level = (level or os.environ.get("FAILLITE_LOG_LEVEL", "info")).upper()
     fmt = fmt or os.environ.get("FAILLITE_LOG_FORMAT", "json")
     stream = stream or sys.stderr
-    numeric = logging.getLevelNamesMapping().get(level, logging.INFO)
+    # A known level's name maps to its number (Python 3.10 has no getLevelNamesMapping).
+    named = logging.getLevelName(level)
+    numeric = named if isinstance(named, int) else logging.INFO
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if fmt == "console"

@@ -192,7 +192,7 @@ def _name(common_name: str) -> x509.Name:
 def _validity(days: int, now: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
     if days < 1:
         raise PkiError(f"validity of {days} days: at least 1")
-    start = (now or dt.datetime.now(dt.UTC)) - CLOCK_SKEW
+    start = (now or dt.datetime.now(dt.timezone.utc)) - CLOCK_SKEW
     return start, start + CLOCK_SKEW + dt.timedelta(days=days)
 
 
@@ -405,7 +405,7 @@ def revoke(ca_dir: Path, cert_path: Path, *, now: dt.datetime | None = None) -> 
     cert = load_certificate(cert_path)
     if cert.issuer != ca.cert.subject:
         raise PkiError(f"{cert_path} was not issued by the CA in {ca_dir}")
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.timezone.utc)
     crl_path = ca_dir / CRL
     revoked = list(_revoked(crl_path))
     if any(r.serial_number == cert.serial_number for r in revoked):

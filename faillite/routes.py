@@ -50,10 +50,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from faillite import messages
 from faillite.badinput import BadInput
+from faillite.compat import StrEnum
 from faillite.topics import parse
 
 GRACE_S = 1.0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
+
+from faillite.compat import StrEnum
 
 ROOT: Final = "faillite"
 _ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

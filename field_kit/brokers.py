@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO, Final
 import yaml
 
 from broker.mosquitto import write_mosquitto_config
+from faillite.compat import python_module
 from faillite.config import BrokerConfig, TlsConfig
 from faillite.identity import AclScope
 from field_kit.procs import free_port
@@ -275,7 +275,7 @@ class BrokerLauncher:
                 *(a for app in scope.apps for a in ("--app", app)),
             ]
         )
-        return [sys.executable, "-P", "-m", "broker", "--config", str(conf),
+        return [*python_module("broker"), "--config", str(conf),
                 "--host", cfg.host, "--port", str(cfg.port), *names]  # fmt: skip
 
     @staticmethod

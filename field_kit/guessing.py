@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.mosquitto import write_mosquitto_config
+from faillite.compat import python_code, python_module
 from faillite.config import BrokerConfig
 from field_kit.brokers import mosquitto_binary
 from field_kit.mqttwire import connect_packet, read_connack
@@ -145,7 +146,7 @@ def firewalled_mosquitto(
         return out.stdout
 
     def guesses(s: float) -> dict[str, Any]:
-        cmd = [sys.executable, "-P", "-m", "field_kit.guessing", "--port", "1883"]
+        cmd = [*python_module("field_kit.guessing"), "--port", "1883"]
         result: dict[str, Any] = json.loads(inside(*cmd, "--username", victim, "--seconds", str(s)))
         return result
 
@@ -166,11 +167,12 @@ def firewalled_mosquitto(
         with_rules = guesses(seconds[1])
         user, secret = device
         rc, took = inside(
-            sys.executable, "-P", "-c",
-            "import time; from field_kit.guessing import login; t = time.monotonic(); "
-            f"rc = login('127.0.0.1', 1883, {user!r}, {secret!r}, source='127.0.0.2'); "
-            "print(rc, time.monotonic() - t)",
-        ).split()  # fmt: skip
+            *python_code(
+                "import time; from field_kit.guessing import login; t = time.monotonic(); "
+                f"rc = login('127.0.0.1', 1883, {user!r}, {secret!r}, source='127.0.0.2'); "
+                "print(rc, time.monotonic() - t)"
+            )
+        ).split()
         return FirewallRun(without, with_rules, int(rc), float(took))
     finally:
         if broker is not None:

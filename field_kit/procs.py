@@ -14,13 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
+from faillite.compat import python_module
 from faillite.log import get_logger
 
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def faillite_cmd(*args: str) -> list[str]:
 
     ``-P``: the working folder is not put on ``sys.path``, so a child started from a checkout's
     root runs what is installed, never the checkout's folders of the same names."""
-    return [sys.executable, "-P", "-m", "faillite", *args]
+    return [*python_module("faillite"), *args]
 
 
 @dataclass

@@ -32,6 +32,7 @@ import yaml
 from broker.mosquitto import write_mosquitto_config
 from faillite import pki
 from faillite.accounts import add_account, secret_path
+from faillite.compat import python_module
 from faillite.config import BrokerConfig, TlsConfig
 from faillite.identity import AclScope, Identity
 from faillite.mqtt import MeshClient, Raw
@@ -222,7 +223,7 @@ class RearRig:
         return {"tls": {"ca_certs": str((self.rear_ca / pki.CA_CERT).absolute())}}
 
     def start_uplink(self) -> None:
-        argv = [sys.executable, "-P", "-m", "faillite.uplink_cli"]
+        argv = [*python_module("faillite.uplink_cli")]
         argv += ["--config", str(self.uplink_config()), "--status-every", "1"]
         self._spawn("uplink", "kit", argv, self.dir / "uplink.log")
 
@@ -239,7 +240,7 @@ class RearRig:
             host, secrets, name = REAR_IP, self.rear_secrets, Identity(REAR, Role.ADMIN, who).name
             if self.s.rear_tls:
                 tls = ["--ca", str((self.rear_ca / pki.CA_CERT).absolute())]
-        argv = [sys.executable, "-P", "-m", "field_kit.uplink_rig", "--host", host]
+        argv = [*python_module("field_kit.uplink_rig"), "--host", host]
         argv += ["--port", str(PORT), "--secrets-dir", str(secrets), "--name", name]
         return [*argv, *tls]
 
@@ -254,7 +255,7 @@ class RearRig:
     def run_client_as_uplink(self, *args: str) -> str:
         """A client on the kit broker under the uplink's probe name: its rights, not its
         session (the uplink stays connected)."""
-        argv = [sys.executable, "-P", "-m", "field_kit.uplink_rig", "--host", KIT_IP,
+        argv = [*python_module("field_kit.uplink_rig"), "--host", KIT_IP,
                 "--port", str(PORT), "--secrets-dir", str(self.kit_secrets),
                 "--name", self.uplink_identity.probe_name, *args]  # fmt: skip
         out = subprocess.run(self.lan.wrap("kit", argv), capture_output=True, timeout=60)

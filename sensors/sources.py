@@ -98,7 +98,7 @@ class SceneSource(FrameSource):
         cw, ch = int(w * zoom), int(h * zoom)
         x0 = int((w - cw) * phase)
         y0 = int((h - ch) * 0.5)
-        frame = fit(photo[y0 : y0 + ch, x0 : x0 + cw], self.width, self.height).copy()
+        frame: Image = fit(photo[y0 : y0 + ch, x0 : x0 + cw], self.width, self.height).copy()
         # Moving marker along the bottom edge, and a frame counter.
         mx = int((self.width - 20) * (0.5 + 0.5 * np.sin(t * 2.0)))
         cv2.rectangle(frame, (mx, self.height - 16), (mx + 16, self.height - 4), (0, 255, 255), -1)

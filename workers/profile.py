@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faillite.catalog import Catalog, DeviceProfile, ProfileOverlay
+from faillite.compat import python_module
 
 if TYPE_CHECKING:
     import numpy as np
@@ -244,7 +245,7 @@ def run_probe(request: dict[str, Any], *, timeout_s: float = PROBE_TIMEOUT_S) ->
     request = {**request, "spawned": time.time()}
     try:
         proc = subprocess.run(
-            [sys.executable, "-P", "-m", PROBE_MODULE, json.dumps(request)],
+            [*python_module(PROBE_MODULE), json.dumps(request)],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -389,7 +390,7 @@ def profile(
     """Measure every variant of ``run`` (one fresh process each, one warm process for all)."""
     if not run.variants:
         raise ProfileError("no variants to profile")
-    date = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    date = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     machine = machine_info()
     fresh: dict[str, dict[str, Any]] = {}
     bar = Progress(len(run.variants) + 1, enabled=progress)

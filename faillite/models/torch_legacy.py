@@ -214,7 +214,8 @@ def _materialize(ref: _TensorRef) -> npt.NDArray[Any]:
     out = arr.copy(order="C")  # own the memory, so the file's buffer can be freed
     if storage.stype.name == "BFloat16Storage":
         out = (out.astype(np.uint32) << 16).view(np.float32)
-    return out
+    result: np.ndarray = out
+    return result
 
 
 def load_legacy_state_dict(path: str | Path) -> dict[str, npt.NDArray[Any]]:

@@ -13,10 +13,10 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from faillite.compat import python_module
 from faillite.log import get_logger
 
 log = get_logger("netns")
@@ -239,10 +239,7 @@ class Lan:
             self.wrap(
                 broker,
                 [
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    "field_kit.drill.linkproxy",
+                    *python_module("field_kit.drill.linkproxy"),
                     "--listen",
                     f"{addr}:{relay}",
                     "--target",

@@ -89,7 +89,7 @@ def check_tls(cfg: MeshConfig) -> list[Check]:
             )
         ]
     out.append(Check("broker_tls", True, f"{b.host}:{b.port}, {version}, certificate verified"))
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     certs = [("broker certificate", x509.load_der_x509_certificate(peer))] if peer else []
     certs.append(("kit CA", x509.load_pem_x509_certificate(b.tls.ca_certs.read_bytes())))
     if b.tls.certfile is not None:

@@ -10,7 +10,6 @@ fault cases' invariants (recovered, single serving, no crash, nothing retained s
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +18,7 @@ import orjson
 import pytest
 
 from faillite import envelope, messages
+from faillite.compat import python_module
 from faillite.topics import Topics
 from field_kit.brokers import BROKER_KINDS, mosquitto_binary
 from field_kit.drill import attacks
@@ -109,7 +109,7 @@ def test_attack_is_refused_or_ignored(
 
 def test_attack_cases_are_listed_as_such() -> None:
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "drill", "--list"], capture_output=True, text=True
+        [*python_module("faillite"), "drill", "--list"], capture_output=True, text=True
     )
     assert out.returncode == 0
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}

@@ -8,12 +8,12 @@ embedded broker the pair cases refuse, saying why.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from faillite.compat import python_module
 from field_kit.brokers import mosquitto_binary
 from field_kit.drill.broker_cases import BROKER_CASES
 from field_kit.drill.cases import CASES, DrillOptions
@@ -119,7 +119,7 @@ def test_pair_cases_refuse_the_embedded_broker_saying_why(tmp_path: Path) -> Non
         assert result["status"] == "skipped" and result["reason"] == why
     assert BROKER_CASES["BROKER_FLAP"]().why_not_on(DrillOptions(broker="amqtt")) is None
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "drill", "--list"], capture_output=True, text=True
+        [*python_module("faillite"), "drill", "--list"], capture_output=True, text=True
     )
     assert out.returncode == 0
     for name in BROKER_CASES:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import psutil
 import pytest
 
 from faillite import messages
+from faillite.compat import python_module
 from field_kit.drill.analysis import (
     Fault,
     Recording,
@@ -84,7 +84,7 @@ def test_drill_case_keeps_its_invariants(name: str, tmp_path: Path, models_dir: 
 
 def test_drill_cli_lists_cases_and_rejects_unknown(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "drill", "--list"], capture_output=True, text=True
+        [*python_module("faillite"), "drill", "--list"], capture_output=True, text=True
     )
     assert out.returncode == 0
     for name in DRILL_CASES:
@@ -92,10 +92,7 @@ def test_drill_cli_lists_cases_and_rejects_unknown(tmp_path: Path) -> None:
     assert "[root]" in out.stdout
     bad = subprocess.run(
         [
-            sys.executable,
-            "-P",
-            "-m",
-            "faillite",
+            *python_module("faillite"),
             "drill",
             "KILL_EVERYTHING",
             "--out",

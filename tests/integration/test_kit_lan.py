@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 from plugins import watching as view
 
 from faillite.catalog import Catalog
+from faillite.compat import python_module
 from field_kit.drill.netns import Impairment, Lan, root_problem
 from field_kit.kit.bundle import bundle
 from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
@@ -70,7 +70,7 @@ def _ops(
 ) -> subprocess.CompletedProcess[str]:
     """``faillite ...`` on the operator's laptop (this test's venv, in the ops namespace)."""
     return subprocess.run(
-        lan.wrap("ops", [sys.executable, "-P", "-m", "faillite", *argv]),
+        lan.wrap("ops", [*python_module("faillite"), *argv]),
         capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "FAILLITE_MQTT_PASSWORD": secret},
     )  # fmt: skip

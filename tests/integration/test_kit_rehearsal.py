@@ -16,7 +16,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import yaml
 from plugins.watching import watch, watched
 
 from faillite.catalog import Catalog
+from faillite.compat import python_module
 from field_kit.kit.model import Kit
 from field_kit.kit.render import VENV, render
 from field_kit.kit.stage import stage
@@ -72,7 +72,7 @@ def _exec_starts(folder: Path) -> dict[str, list[str]]:
         argv = shlex.split(line.removeprefix("ExecStart="))
         faillite = str(Path(str(folder.resolve())) / str(VENV).lstrip("/") / "bin" / "faillite")
         assert argv[0] == faillite, argv
-        out[unit.stem] = [sys.executable, "-P", "-m", "faillite", *argv[1:]]
+        out[unit.stem] = [*python_module("faillite"), *argv[1:]]
     return out
 
 
@@ -109,7 +109,7 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
         deadline = time.monotonic() + 60
         while True:
             check = subprocess.run(
-                [sys.executable, "-P", "-m", "faillite", "kit", "check", "-c", str(client_cfg),
+                [*python_module("faillite"), "kit", "check", "-c", str(client_cfg),
                  "--as", "ops", "--wait", "2",
                  "--staged-dir", str(build / "n1/var/lib/faillite/models")],
                 capture_output=True, text=True, timeout=60,
@@ -125,7 +125,7 @@ def test_a_rendered_kit_runs_passes_its_check_and_fails_over(
         pids = shlex.quote(str(logs).replace("{", "{{").replace("}", "}}"))
         kill_with = "sh -c " + shlex.quote(f"kill -KILL $(cat {pids}/{{node}}-faillite-worker.pid)")
         drill = subprocess.run(
-            [sys.executable, "-P", "-m", "faillite", "kit", "check", "-c", str(client_cfg),
+            [*python_module("faillite"), "kit", "check", "-c", str(client_cfg),
              "--as", "drill", "--wait", "2", "--drill", "--kill-with", kill_with],
             capture_output=True, text=True, timeout=120,
             env={**os.environ, "FAILLITE_MQTT_PASSWORD": drill_secret},

@@ -7,13 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from faillite.catalog import Catalog
+from faillite.compat import python_module
 from field_kit.kit.model import EXAMPLE, Kit
 from field_kit.kit.stage import StageError, plan_stage, stage
 
@@ -80,7 +80,7 @@ def test_kit_stage_cli(models_dir: Path, tmp_path: Path) -> None:
     kit = tmp_path / "kit.yaml"
     kit.write_text(yaml.safe_dump(cpu_kit(ROOMY).model_dump(mode="json")))
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "kit", "stage", str(kit),
+        [*python_module("faillite"), "kit", "stage", str(kit),
          "--out", str(tmp_path / "build"), "--models-dir", str(models_dir)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

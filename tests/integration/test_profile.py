@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import yaml
 
 from coordinator.planner.problem import Problem, ProblemError
 from faillite.catalog import Catalog, load_catalog, load_overlay, load_profile_overlays
+from faillite.compat import python_module
 from faillite.config import load_mesh_config, packaged_config
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -43,7 +43,7 @@ def test_cpu_kit_class_profiled_once_is_plannable(
         Problem.from_config(mesh, load_catalog(mesh.catalog, overlays=mesh.models_path))
 
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "profile", "-c", str(tmp_path / "mesh.yaml"),
+        [*python_module("faillite"), "profile", "-c", str(tmp_path / "mesh.yaml"),
          "--device-class", "test-cpu", "--variants", ",".join(LITE), "--runs", "8",
          "--threads", "1", "--no-progress"],
         capture_output=True, text=True, timeout=120,
@@ -81,7 +81,7 @@ def test_cpu_kit_class_profiled_once_is_plannable(
     # Re-profiling one variant keeps the others in the file.
     shutil.copy(path, tmp_path / "before.yaml")
     again = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "profile", "-c", str(tmp_path / "mesh.yaml"),
+        [*python_module("faillite"), "profile", "-c", str(tmp_path / "mesh.yaml"),
          "--device-class", "test-cpu", "--variants", "efficientnet_lite0", "--runs", "3",
          "--threads", "1", "--no-progress"],
         capture_output=True, text=True, timeout=120,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from faillite.compat import python_module
 
 
 def watch(
@@ -21,7 +22,7 @@ def watch(
 ) -> subprocess.Popen[str]:
     """``faillite watch`` for ``seconds`` as observer ``as_`` (``wrap``: run it elsewhere, e.g.
     in a network namespace)."""
-    argv = [sys.executable, "-P", "-m", "faillite", "watch", "-c", str(cfg), "--as", as_,
+    argv = [*python_module("faillite"), "watch", "-c", str(cfg), "--as", as_,
             "--duration", str(seconds), "--json"]  # fmt: skip
     return subprocess.Popen(
         wrap(argv),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from broker import mosquitto as mq
 from broker._acl import AccessPolicy, LoginThrottle, Operation
 from faillite import accounts
+from faillite.compat import python_module
 from faillite.config import BrokerConfig, load_mesh_config
 from faillite.identity import AclScope, Identity, InvalidIdentityError, identity_acl
 from faillite.topics import Role, Topics
@@ -235,7 +235,7 @@ def test_accounts_cli_init_add_revoke_list(tmp_path: Path) -> None:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-P", "-m", "faillite", "accounts", *args, "-c", str(mesh)],
+            [*python_module("faillite"), "accounts", *args, "-c", str(mesh)],
             capture_output=True,
             text=True,
             timeout=60,

@@ -7,12 +7,12 @@ have: its test checks only that it reports itself unavailable, with the package 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from faillite.compat import python_code
 from faillite.config import ConfigError, WorkerConfig, load_mesh_config
 from workers.backends import (
     BackendError,
@@ -95,7 +95,5 @@ def test_loading_a_mesh_config_imports_no_runtime() -> None:
         "heavy = ('numpy', 'cv2', 'onnxruntime', 'tensorrt'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run(python_code(code), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

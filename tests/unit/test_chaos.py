@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +305,7 @@ def test_a_verdict_only_the_coordinators_log_saw_is_judged(tmp_path: Path) -> No
     the verdict of w2 its last-will caused; the coordinator's log did."""
     obs = _clean()
     restart = Injected("broker_restart", "broker", T0 + 40.0, T0 + 42.0)
-    stamp = datetime.fromtimestamp(T0 + 40.05, tz=UTC).isoformat().replace("+00:00", "Z")
+    stamp = datetime.fromtimestamp(T0 + 40.05, tz=timezone.utc).isoformat().replace("+00:00", "Z")
     logged = {
         "component": "coordinator",
         "worker": "w2",
@@ -320,7 +320,7 @@ def test_a_verdict_only_the_coordinators_log_saw_is_judged(tmp_path: Path) -> No
     }
     again = {**logged, "worker": "w1", "worker_incarnation": "old1"}
     again["timestamp"] = (
-        datetime.fromtimestamp(T0 + 20.4, tz=UTC).isoformat().replace("+00:00", "Z")
+        datetime.fromtimestamp(T0 + 20.4, tz=timezone.utc).isoformat().replace("+00:00", "Z")
     )
     (tmp_path / "c1-1.log").write_text(
         "not json\n" + json.dumps(logged) + "\n" + json.dumps(again) + "\n"

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from broker import mosquitto as mq
 from broker.embedded import BrokerSetupError, serve
+from faillite.compat import python_module
 from faillite.config import BrokerConfig, is_loopback
 
 PASSWD = Path("/nonexistent/passwd")  # only its presence in the config matters here
@@ -61,7 +61,7 @@ def test_mosquitto_config_is_not_written_for_an_open_network_broker() -> None:
 
 def test_faillite_broker_says_why_in_one_line() -> None:
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "faillite", "broker", "--host", "0.0.0.0", "--port", "0"],
+        [*python_module("faillite"), "broker", "--host", "0.0.0.0", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,6 @@ import random
 import resource
 import statistics
 import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 
 import faillite
 from faillite import envelope as env
+from faillite.compat import python_code
 from faillite.config import MeshConfig, SensorConfig
 
 ROOT = str(Path(faillite.__file__).resolve().parents[1])
@@ -143,7 +143,7 @@ print(json.dumps({{"reason": reason, "s": dt, "grown": grown, "cv2": "cv2" in sy
 """
     payload = env.pack(_bomb(), seq=1, capture_ns=0, width=32767, height=32767)
     proc = subprocess.run(
-        [sys.executable, "-P", "-c", code],
+        python_code(code),
         input=payload.hex(),
         capture_output=True,
         text=True,
@@ -191,7 +191,7 @@ print(json.dumps(out))
     # 1000x1000 under it: OpenCV decodes what the header declares (with warnings).
     stdin = f"{_bomb(8000, 8000).hex()} {_bomb(1000, 1000).hex()}"
     proc = subprocess.run(
-        [sys.executable, "-P", "-c", code],
+        python_code(code),
         input=stdin,
         capture_output=True,
         text=True,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from faillite.accounts import read_password_file
+from faillite.compat import python_module
 from faillite.config import ConfigError, load_mesh_config
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.render import WATCHDOG_SEC, render
@@ -183,7 +183,7 @@ def test_broker_and_units(kit_file: Path, tmp_path: Path) -> None:
 def test_kit_cli_init_and_render(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-P", "-m", "faillite", "kit", *args],
+            [*python_module("faillite"), "kit", *args],
             capture_output=True,
             text=True,
             timeout=120,

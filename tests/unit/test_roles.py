@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import faillite
+from faillite.compat import python_code
 
 # The folder holding the packages this test process imports (the checkout when editable).
 ROOT = str(Path(faillite.__file__).resolve().parents[1])
@@ -59,7 +59,7 @@ else:
 
 def _python(code: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-P", *flags, "-c", PRELUDE + code],
+        python_code(PRELUDE + code, *flags),
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -86,7 +86,8 @@ class TrtModel(LoadedModel):
             "cudaMemcpyAsync",
         )
         _check(cu.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return self._host_out.copy()
+        out: np.ndarray[Any, np.dtype[np.float32]] = self._host_out.copy()
+        return out
 
     def close(self) -> None:
         self._cudart.cudaFree(self._d_in)
