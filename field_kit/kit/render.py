@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -38,6 +39,7 @@ from faillite.config import (
 from faillite.identity import AclScope, Identity
 from faillite.signing import generate_key
 from faillite.topics import Role
+from field_kit.kit.hardening import RESTART, START_LIMITS, Sandbox, directives, is_local_device
 from field_kit.kit.model import Kit, Node, UplinkSpec
 
 ETC: Final = PurePosixPath("/etc/faillite")
@@ -261,7 +263,15 @@ def _uplink(u: UplinkSpec, lay: Layout) -> dict[str, Any]:
 
 
 def _unit(
-    description: str, exec_start: str, *, after: list[str], user: str | None, notify: bool = True
+    description: str,
+    exec_start: str,
+    *,
+    after: list[str],
+    user: str | None,
+    sandbox: Sandbox,
+    writable: Sequence[str],
+    notify: bool = True,
+    exec_start_pre: str | None = None,
 ) -> str:
     # A FailLite role tells systemd when it is ready (units ordered After= it wait for that)
     # and pings the watchdog while its loops make progress; one that exits, or hangs and stops
@@ -273,14 +283,17 @@ def _unit(
         f"Description={description}",
         "Wants=network-online.target",
         f"After={' '.join(['network-online.target', *after])}",
+        *START_LIMITS,
         "",
         "[Service]",
         *service,
         *([f"User={user}"] if user else []),
         "Environment=FAILLITE_LOG_FORMAT=json",
+        # "+": this one command runs outside the sandbox (the login firewall needs root).
+        *([f"ExecStartPre=+{exec_start_pre}"] if exec_start_pre else []),
         f"ExecStart={exec_start}",
-        "Restart=always",
-        "RestartSec=1",
+        *RESTART,
+        *directives(sandbox, writable),
         "",
         "[Install]",
         "WantedBy=multi-user.target",
@@ -294,6 +307,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
     cfg = lay.etc / "mesh.yaml"
     fl = lay.venv / "bin" / "faillite"
     local_broker = ["faillite-broker.service"] if "broker" in node.roles else []
+    state = [str(lay.var)]  # models, TensorRT engines: all a role writes
     out: dict[str, str] = {}
     if "broker" in node.roles:
         if kit.broker.kind == "mosquitto":
@@ -304,9 +318,9 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
                 after=[],
                 user=None,  # Mosquitto drops to its own user (mosquitto.conf)
                 notify=False,  # no FailLite role: a plain service, no watchdog of ours
-            ).replace(
-                "ExecStart=",
-                f"ExecStartPre=/usr/sbin/nft -f {conf / 'nftables.conf'}\nExecStart=",
+                exec_start_pre=f"/usr/sbin/nft -f {conf / 'nftables.conf'}",
+                sandbox="mosquitto",
+                writable=[str(lay.under(PurePosixPath("/var/lib/mosquitto")))],
             )
         else:
             out["faillite-broker.service"] = _unit(
@@ -314,6 +328,8 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
                 f"{fl} broker --config {cfg}",
                 after=[],
                 user=SERVICE_USER,
+                sandbox="role",
+                writable=state,
             )
     coordinators = [n.id for n in kit.with_role("coordinator")]
     if "coordinator" in node.roles:
@@ -324,6 +340,8 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"{fl} coordinator --config {cfg} --id {node.id}{standby}",
             after=local_broker,
             user=SERVICE_USER,
+            sandbox="role",
+            writable=state,
         )
     if "worker" in node.roles:
         out["faillite-worker.service"] = _unit(
@@ -331,6 +349,8 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"{fl} worker --config {cfg} --id {node.id}",
             after=local_broker,
             user=SERVICE_USER,
+            sandbox="role" if node.accelerator == "none" else "gpu_worker",
+            writable=state,
         )
     if kit.uplink is not None and kit.uplink.node == node.id:
         out["faillite-uplink.service"] = _unit(
@@ -338,6 +358,8 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"{fl} uplink --config {cfg}",
             after=local_broker,
             user=SERVICE_USER,
+            sandbox="role",
+            writable=state,
         )
     for cam in (c for c in kit.cameras if c.node == node.id):
         out[f"faillite-sensor-{cam.id}.service"] = _unit(
@@ -345,6 +367,8 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"{fl} sensor --config {cfg} --id {cam.id}",
             after=local_broker,
             user=SERVICE_USER,
+            sandbox="camera_device" if is_local_device(cam.source) else "role",
+            writable=state,
         )
     return out
 

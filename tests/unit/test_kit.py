@@ -161,7 +161,10 @@ def test_broker_and_units(kit_file: Path, tmp_path: Path) -> None:
     leader = (out / "orin1/etc/systemd/system/faillite-coordinator.service").read_text()
     assert "--standby" not in leader and "After=network-online.target faillite-broker" in leader
     broker_unit = (out / "orin1/etc/systemd/system/faillite-broker.service").read_text()
-    assert "ExecStartPre=/usr/sbin/nft -f /etc/faillite/broker/nftables.conf" in broker_unit
+    # The login firewall is loaded outside the sandbox ("+"); Mosquitto keeps what it takes to
+    # drop to its own user, and nothing else.
+    assert "ExecStartPre=+/usr/sbin/nft -f /etc/faillite/broker/nftables.conf" in broker_unit
+    assert "CapabilityBoundingSet=CAP_SETUID CAP_SETGID" in broker_unit.splitlines()
     # FailLite roles tell systemd when they are ready and ping its watchdog; Mosquitto does not.
     notify = ["Type=notify", "NotifyAccess=main", f"WatchdogSec={WATCHDOG_SEC}"]
     for path in units.iterdir():
@@ -240,3 +243,49 @@ def test_a_second_broker_is_bridged_and_every_node_lists_it(kit_file: Path, tmp_
     doc["broker"]["kind"] = "amqtt"
     with pytest.raises(ValueError, match="needs kind: mosquitto"):
         Kit.model_validate(doc)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_units_are_sandboxed_by_what_each_role_touches(kit_file: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(kit_file.read_text())
+    # orin2 reads a local camera; orin3 is a CPU worker.
+    data["cameras"][0]["source"] = "/dev/video0"
+    for n in data["nodes"]:
+        if n["id"] == "orin3":
+            n["accelerator"] = "none"
+    kit = Kit.model_validate(data)
+    out = tmp_path / "build"
+    render(kit, out)
+    every = [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ReadWritePaths=/var/lib/faillite",
+        "SystemCallFilter=@system-service",
+        "UMask=0077",
+        "StartLimitIntervalSec=300",
+        "StartLimitBurst=30",
+        "RestartSec=2",
+    ]
+    for unit in out.glob("*/etc/systemd/system/faillite-*.service"):
+        lines = _lines(unit)
+        if unit.name == "faillite-broker.service":
+            assert "ReadWritePaths=/var/lib/mosquitto" in lines, unit
+            continue
+        assert all(x in lines for x in every), (unit, [x for x in every if x not in lines])
+        assert "CapabilityBoundingSet=" in lines and "AmbientCapabilities=" in lines, unit
+    sys_ = "etc/systemd/system"
+    gpu = _lines(out / "orin1" / sys_ / "faillite-worker.service")  # TensorRT
+    assert "SupplementaryGroups=video" in gpu
+    assert "PrivateDevices=yes" not in gpu and "MemoryDenyWriteExecute=yes" not in gpu
+    cpu = _lines(out / "orin3" / sys_ / "faillite-worker.service")
+    assert "PrivateDevices=yes" in cpu and "MemoryDenyWriteExecute=yes" in cpu
+    cam = _lines(out / "orin2" / sys_ / "faillite-sensor-cam-north.service")
+    assert "DevicePolicy=closed" in cam and "DeviceAllow=char-video4linux rw" in cam
+    assert "PrivateDevices=yes" not in cam
+    rtsp = _lines(out / "orin3" / sys_ / "faillite-sensor-cam-south.service")
+    assert "PrivateDevices=yes" in rtsp and "DeviceAllow=char-video4linux rw" not in rtsp
