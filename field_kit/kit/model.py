@@ -3,6 +3,8 @@ rejected with its path), from which every node's files are rendered (:mod:`.rend
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -47,6 +49,27 @@ class Node(StrictModel):
     @classmethod
     def _id(cls, v: str) -> str:
         return check_id("node", v)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(v: str) -> str:
+    """An IP address, or a host name of RFC 1123 labels (what the others reach a node by, and
+    what its certificate names)."""
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        pass
+    labels = v.rstrip(".").split(".")
+    if not all(_LABEL.fullmatch(x) for x in labels) or labels[-1].isdigit():
+        raise ValueError(f"host {v!r} is neither an IP address nor a host name")
+    return v.lower()
 
 
 class BrokerSpec(StrictModel):
@@ -151,6 +174,14 @@ class Kit(StrictModel):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} ids: {', '.join(dupes)}")
+        hosts = [n.host for n in self.nodes]
+        shared = sorted({h for h in hosts if hosts.count(h) > 1})
+        if shared:
+            named = {h: [n.id for n in self.nodes if n.host == h] for h in shared}
+            raise ValueError(
+                "nodes share an address: "
+                + "; ".join(f"{h} ({', '.join(ids)})" for h, ids in named.items())
+            )
         for n in self.nodes:
             if n.link not in self.links:
                 raise ValueError(f"node {n.id!r}: link {n.link!r} is not one of links")

@@ -65,6 +65,32 @@ def test_unknown_keys_and_bad_references_are_refused_with_their_place(kit_file: 
             load_kit(_edit(kit_file, change))
 
 
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("10.42.0.12", r"nodes share an address: 10\.42\.0\.12 \(orin1, orin2\)"),
+        ("10.42.0.999", "neither an IP address nor a host name"),
+        ("orin_2.local", "neither an IP address nor a host name"),
+        ("-orin2", "neither an IP address nor a host name"),
+        ("10.42.0.12 ", "neither an IP address nor a host name"),
+    ],
+)
+def test_node_addresses_are_valid_and_distinct(kit_file: Path, host: str, why: str) -> None:
+    data = yaml.safe_load(kit_file.read_text())
+    data["nodes"][0]["host"] = "10.42.0.12" if "share" in why else data["nodes"][0]["host"]
+    data["nodes"][1]["host"] = host
+    with pytest.raises(ConfigError, match=why):
+        load_kit(_edit(kit_file, data))
+
+
+def test_node_addresses_may_be_names_or_ipv6(kit_file: Path) -> None:
+    data = yaml.safe_load(kit_file.read_text())
+    data["nodes"][0]["host"] = "Orin1.Kit.Local"
+    data["nodes"][1]["host"] = "fd00::12"
+    kit = load_kit(_edit(kit_file, data))
+    assert [n.host for n in kit.nodes[:2]] == ["orin1.kit.local", "fd00::12"]
+
+
 def test_each_node_gets_its_own_secrets_and_nothing_of_another(
     kit_file: Path, tmp_path: Path
 ) -> None:
