@@ -157,6 +157,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
         + (f"; apps losing protection: {', '.join(lost)}" if lost else "; every file fits"),
         file=sys.stderr,
     )
+    unserved = stages.apps_unserved
+    if unserved:
+        # A kit that cannot serve an app must not go out as if it could.
+        print(
+            f"faillite kit: no node can serve {', '.join(unserved)} within its disk budget "
+            "(raise disk_mb, or drop the app)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

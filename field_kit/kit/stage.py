@@ -68,6 +68,14 @@ class KitStage:
     unprotected: dict[str, str] = field(default_factory=dict)
 
     @property
+    def apps_unserved(self) -> list[str]:
+        """Apps no node can serve: the plan placed them nowhere, or their primary's file did
+        not fit where it placed them."""
+        unplaced = {a for a, why in self.unprotected.items() if why.startswith("not placed")}
+        lost = {a for st in self.nodes for f in st.left_out if f.why == "primary" for a in f.apps}
+        return sorted(unplaced | lost)
+
+    @property
     def apps_losing_protection(self) -> list[str]:
         return sorted(set(self.unprotected) | {a for st in self.nodes for a in st.unprotected})
 

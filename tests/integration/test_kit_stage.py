@@ -86,3 +86,16 @@ def test_kit_stage_cli(models_dir: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "orin1" in out.stdout and "every file fits" in out.stderr
+
+
+def test_a_kit_whose_apps_fit_nowhere_is_refused(models_dir: Path, tmp_path: Path) -> None:
+    tiny = {f"orin{i}": 1.0 for i in range(1, 6)}  # no model file is this small
+    kit = tmp_path / "kit.yaml"
+    kit.write_text(yaml.safe_dump(cpu_kit(tiny).model_dump(mode="json")))
+    out = subprocess.run(
+        [*python_module("faillite"), "kit", "stage", str(kit),
+         "--out", str(tmp_path / "build"), "--models-dir", str(models_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "no node can serve" in out.stderr and "north-watch" in out.stderr, out.stderr
