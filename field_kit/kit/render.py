@@ -419,8 +419,10 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
     folders: list[Path] = []
     for node in kit.nodes:
         folder = out / node.id
-        if folder.exists():
-            shutil.rmtree(folder)
+        # What render wrote before goes; what stage put under var/ (the models) stays.
+        if (folder / "etc").exists():
+            shutil.rmtree(folder / "etc")
+        (folder / "README.md").unlink(missing_ok=True)
         lay = Layout(PurePosixPath(folder.resolve())) if in_place else DEPLOYED
         etc = _local(folder, ETC)
         etc.mkdir(parents=True)

@@ -15,6 +15,7 @@ import yaml
 from faillite.catalog import Catalog
 from faillite.compat import python_module
 from field_kit.kit.model import EXAMPLE, Kit
+from field_kit.kit.render import render
 from field_kit.kit.stage import StageError, plan_stage, stage
 
 
@@ -53,6 +54,11 @@ def test_every_node_holds_what_its_plan_and_failover_table_call_on(
             data = (folder / f["file"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == f["sha256"]
             assert data == (models_dir / f["file"]).read_bytes()
+        assert sum(1 for p in folder.iterdir() if p.suffix == ".onnx") == len(st.files)
+    # Rendering the kit again (new keys, a changed link) keeps what was staged.
+    render(kit, tmp_path)
+    for st in stages:
+        folder = tmp_path / st.node / "var/lib/faillite/models"
         assert sum(1 for p in folder.iterdir() if p.suffix == ".onnx") == len(st.files)
 
 

@@ -315,3 +315,19 @@ def test_units_are_sandboxed_by_what_each_role_touches(kit_file: Path, tmp_path:
     assert "PrivateDevices=yes" not in cam
     rtsp = _lines(out / "orin3" / sys_ / "faillite-sensor-cam-south.service")
     assert "PrivateDevices=yes" in rtsp and "DeviceAllow=char-video4linux rw" not in rtsp
+
+
+def test_rendering_again_replaces_its_files_and_keeps_the_staged_models(
+    kit_file: Path, tmp_path: Path
+) -> None:
+    kit = load_kit(kit_file)
+    out = tmp_path / "build"
+    render(kit, out)
+    stale = out / "orin3/etc/systemd/system/faillite-old-role.service"
+    stale.write_text("[Service]\n")
+    staged = out / "orin3/var/lib/faillite/models/efficientnet_lite0.onnx"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"model")
+    render(kit, out)
+    assert not stale.exists()  # a role the node no longer has leaves no unit behind
+    assert staged.read_bytes() == b"model"  # what `kit stage` put there stays
