@@ -35,7 +35,13 @@ def register(sub: Any) -> None:
     render = ksub.add_parser("render", help="one folder per node: config, keys, units, README")
     render.add_argument("kit", help="the kit description (kit.yaml)")
     render.add_argument("--out", required=True, help="folder to render into")
-    render.add_argument("--rotate", action="store_true", help="new CA, keys and secrets")
+    render.add_argument(
+        "--rotate",
+        action="store_true",
+        help="new CA, keys and secrets for the whole kit: every node must then be reinstalled "
+        "(asks for --yes when the kit has keys already)",
+    )
+    render.add_argument("--yes", action="store_true", help="go ahead with --rotate")
     render.add_argument(
         "--in-place",
         action="store_true",
@@ -117,6 +123,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     from field_kit.kit.render import render
 
     t0 = time.monotonic()
+    keyed = (Path(args.out) / "_provisioning" / "ca").exists()
+    if args.rotate and keyed and not args.yes:
+        print(
+            f"faillite kit: --rotate replaces the CA, the signing key and every secret in "
+            f"{Path(args.out) / '_provisioning'}: every node of the kit stops trusting the "
+            "others until it is reinstalled from the new files. Add --yes to go ahead.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         kit = load_kit(Path(args.kit))
         folders = render(kit, Path(args.out), rotate=args.rotate, in_place=args.in_place)
@@ -130,6 +145,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         f"keys and the CA in {Path(args.out) / '_provisioning'} (keep it off the nodes)",
         file=sys.stderr,
     )
+    if args.rotate and keyed:
+        print(
+            "faillite kit: the kit was re-keyed: reinstall every node from these files",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -229,6 +229,14 @@ def test_kit_cli_init_and_render(tmp_path: Path) -> None:
     assert rehearsal.returncode == 0, rehearsal.stderr
     doc = yaml.safe_load((tmp_path / "here/orin3/etc/faillite/mesh.yaml").read_text())
     assert doc["broker"]["secrets_dir"] == str(tmp_path / "here/orin3/etc/faillite/secrets")
+    # Re-keying a kit that has keys is asked for twice: it cuts every installed node off.
+    key = (tmp_path / "build/_provisioning/ca/ca.crt").read_bytes()
+    refused = run("render", "kit.yaml", "--out", "build", "--rotate")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert (tmp_path / "build/_provisioning/ca/ca.crt").read_bytes() == key
+    rotated = run("render", "kit.yaml", "--out", "build", "--rotate", "--yes")
+    assert rotated.returncode == 0 and "reinstall every node" in rotated.stderr
+    assert (tmp_path / "build/_provisioning/ca/ca.crt").read_bytes() != key
     (tmp_path / "bad.yaml").write_text("kit: x\nnodes: []\n")
     bad = run("render", "bad.yaml", "--out", "b2")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
