@@ -18,9 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from faillite import messages
 from faillite.badinput import BadInput
@@ -33,6 +31,9 @@ from faillite.topics import APP_RESULTS, APP_ROUTE, WORKER_STATUS, Role, Topics,
 
 # An app is still served at the end when its last result came at most this long before the end
 # (or three frame intervals of its sensor, if longer).
+if TYPE_CHECKING:  # rich is the live view's (demo, drill): a node's `kit check` has none
+    from rich.table import Table
+
 SERVED_WITHIN_S = 5.0
 # A longer gap between two results of an app is an outage: the seconds past it are counted.
 UNSERVED_GAP_S = 1.0
@@ -273,6 +274,8 @@ class MeshObserver:
             return all(v.results > 0 for v in self.apps.values())
 
     def table(self) -> Table:
+        from rich.table import Table
+
         t = Table(title=f"FailLite mesh '{self.cfg.mesh}': results", expand=False)
         for col in (
             "app",

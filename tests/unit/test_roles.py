@@ -36,6 +36,10 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "broker": (("broker.embedded",), ("numpy", "cv2", "onnxruntime", "cvxpy")),
     "cli": (("faillite.cli",), ("cvxpy", "onnxruntime", "matplotlib", "amqtt", "cv2")),
+    "kit_check": (
+        ("field_kit.kit.cli", "field_kit.kit.check", "field_kit.kit.livedrill"),
+        ("matplotlib", "cvxpy", "onnxruntime", "amqtt"),
+    ),
 }
 
 # Run with -P: the same packages as this process, whether installed or in the checkout.
@@ -103,3 +107,16 @@ def test_role_start_imports_nothing_forbidden(case: str, tmp_path: Path) -> None
     assert Path(out["file"]).resolve() == Path(faillite.__file__).resolve()
     chains = [_chain(modules, name, tmp_path) for name in out["found"]]
     assert not chains, f"{case} imports " + "; ".join(chains)
+
+
+def test_kit_check_runs_on_a_node_without_the_live_view(tmp_path: Path) -> None:
+    """A node installs its role's extra, not the demo's: no rich, no matplotlib. ``faillite
+    kit check`` must import there (it crashed with "No module named 'rich'")."""
+    code = (
+        "for m in ('rich', 'matplotlib'):\n"
+        "    sys.modules[m] = None  # not installed\n"
+        "import field_kit.kit.cli, field_kit.kit.check, field_kit.kit.livedrill\n"
+        "print('imported')\n"
+    )
+    out = _python(code, cwd=tmp_path)
+    assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-2000:]
