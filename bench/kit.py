@@ -37,7 +37,7 @@ from faillite.catalog import load_catalog
 from faillite.config import packaged_config
 from faillite.models.build import build_models
 from field_kit.drill.netns import Impairment, Lan, root_problem
-from field_kit.kit.bundle import bundle
+from field_kit.kit.bundle import bundle, release_fingerprint
 from field_kit.kit.model import EXAMPLE, Kit
 from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
 from field_kit.kit.render import render
@@ -76,23 +76,27 @@ def _staging(st: KitStage) -> list[dict[str, Any]]:
     ]
 
 
+def _sizes(archives: dict[str, Path]) -> dict[str, float]:
+    return {n: round(a.stat().st_size / 2**20, 1) for n, a in archives.items()}
+
+
 def example_figures(tmp: Path, models_dir: Path) -> dict[str, Any]:
     example = yaml.safe_load(EXAMPLE)
     jetson = Kit.model_validate(example)
     cpu = _as_cpu(example)
     out: dict[str, Any] = {}
     _, out["render_aarch64_s"] = _timed("render the example", render, jetson, tmp / "jetson")
-    archive, t = _timed(
+    archives, t = _timed(
         "bundle aarch64", bundle, jetson, tmp / "jetson", REPO, tmp / "d", "aarch64"
     )
-    out["bundle_aarch64"] = {"s": round(t, 1), "mb": round(archive.stat().st_size / 2**20, 1)}
+    out["bundle_aarch64"] = {"s": round(t, 1), "mb_per_node": _sizes(archives)}
     _, out["render_cpu_s"] = _timed("render the example as CPU boxes", render, cpu, tmp / "cpu")
     catalog = load_catalog(packaged_config("catalog.yaml"))
     st, out["stage_cpu_s"] = _timed("stage", stage, cpu, catalog, models_dir, tmp / "cpu")
     print(report(st))
     out["staging_cpu"] = _staging(st)
-    archive, t = _timed("bundle x86_64", bundle, cpu, tmp / "cpu", REPO, tmp / "d", "x86_64")
-    out["bundle_x86_64"] = {"s": round(t, 1), "mb": round(archive.stat().st_size / 2**20, 1)}
+    archives, t = _timed("bundle x86_64", bundle, cpu, tmp / "cpu", REPO, tmp / "d", "x86_64")
+    out["bundle_x86_64"] = {"s": round(t, 1), "mb_per_node": _sizes(archives)}
     for k in ("render_aarch64_s", "render_cpu_s", "stage_cpu_s"):
         out[k] = round(out[k], 2)
     return out
@@ -104,9 +108,9 @@ def rehearsal_figures(tmp: Path, models_dir: Path) -> list[dict[str, Any]]:
     catalog = load_catalog(packaged_config("catalog.yaml"))
     render(kit, root, in_place=True)
     stage(kit, catalog, models_dir, root)
-    archive, _ = _timed("bundle the LAN kit", bundle, kit, root, REPO, tmp / "d", "x86_64")
+    archives, _ = _timed("bundle the LAN kit", bundle, kit, root, REPO, tmp / "d", "x86_64")
     lan = Lan(f"flb{uuid.uuid4().hex[:5]}", {**{n.id: n.host for n in kit.nodes}, "ops": OPS})
-    reh = Rehearsal(kit, archive, root, lan, tmp / "logs")
+    reh = Rehearsal(kit, archives, root, lan, tmp / "logs", release_fingerprint(root))
     try:
         lan.create()
         print(f"... links: {lan.wifi(WIFI, broker='n1', port=8883)}", file=sys.stderr)

@@ -1,14 +1,13 @@
-"""``faillite kit bundle`` / ``install``: one archive per architecture, installed with no network.
+"""``faillite kit bundle`` / ``install``: one signed archive per node, installed with no network.
 
-A bundle (built on a machine with network, from a checkout) holds, for every node of one
-architecture: a wheelhouse that resolves every Python dependency of that node's roles for that
-platform (manylinux, CPython of ``--python``), the node's rendered folder (and its staged models,
-if ``faillite kit stage`` ran), ``bundle.json`` (what each node installs) and ``SHA256SUMS``.
-``install`` verifies every file against the sums before it installs anything, then makes the
-venv (``/opt/faillite/venv``), installs from the wheelhouse only (``pip --no-index``), puts the
-node's files in place and enables its units. Before the archive is written, pip's resolver
-checks, offline and for the target platform, that each node's requirements resolve from the
-wheelhouse alone (``bundle.json`` lists what each node will install).
+A node's bundle (built on a machine with network, from a checkout or an installed FailLite)
+holds: a wheelhouse with exactly what that node's roles install, resolved for its platform
+(manylinux, CPython of ``--python``); the node's own rendered folder (its staged models too, if
+``faillite kit stage`` ran) and nothing of any other node; ``bundle.json`` (what it installs);
+``install.py``; ``SHA256SUMS``, and ``SHA256SUMS.sig``, the kit's release key's Ed25519
+signature of it, with the key's public half (``release.pub``). The archive is 0600: it holds
+the node's secrets. Before an archive is written, pip's resolver checks, offline and for the
+target platform, that the node's requirements resolve from its wheelhouse alone.
 
 Jetson: TensorRT and the CUDA build of ONNX Runtime come from JetPack's system packages, not
 from PyPI, so an aarch64 node with an accelerator gets a venv with system site packages and no
@@ -24,14 +23,28 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Final
+from urllib.parse import unquote, urlparse
 
+from faillite.signing import load_private_key
 from field_kit.kit import installer
-from field_kit.kit.installer import MANIFEST, SUMS, BundleError, NodeInstall, install, verify
+from field_kit.kit.installer import (
+    MANIFEST,
+    NODE_TREE,
+    RELEASE_PUB,
+    SIGNATURE,
+    SUMS,
+    BundleError,
+    NodeInstall,
+    fingerprint,
+    install,
+    verify,
+)
 from field_kit.kit.model import Kit, Node
-from field_kit.kit.render import units
+from field_kit.kit.render import RELEASE_KEY, Provisioning, units
 
 # pip takes platform tags as given (no expansion to older glibc): every manylinux a node with
 # glibc 2.35 (Ubuntu 22.04 / JetPack 6, Debian 12 has 2.36) runs.
@@ -45,6 +58,7 @@ def platforms(arch: str) -> list[str]:
 __all__ = [
     "BundleError", "NodeInstall", "bundle", "install", "node_install", "resolves", "verify"
 ]  # fmt: skip
+ARCHIVE_MODE: Final = 0o600
 
 
 def node_install(kit: Kit, node: Node) -> NodeInstall:
@@ -64,10 +78,12 @@ def node_install(kit: Kit, node: Node) -> NodeInstall:
     return NodeInstall(node.id, tuple(extras), jetson, tuple(sorted(units(kit, node))))
 
 
-def resolves(wheels: Path, wheel: str, node: NodeInstall, arch: str, python: str) -> list[str]:
+def resolves(
+    wheels: Path, wheel: str, node: NodeInstall, arch: str, python: str
+) -> dict[str, Path]:
     """The distributions ``node`` installs, resolved from ``wheels`` alone for ``arch``: pip's
     own resolver, offline, for the target platform (a dry run, installs nothing). Raises
-    :class:`BundleError` naming what is missing; returns ``name==version`` of each."""
+    :class:`BundleError` naming what is missing; returns ``name==version`` -> its wheel."""
     target = f"{wheels / wheel}[{','.join(node.extras)}]" if node.extras else str(wheels / wheel)
     with tempfile.TemporaryDirectory(prefix="faillite-resolve-") as tmp:
         report = Path(tmp) / "report.json"
@@ -81,68 +97,118 @@ def resolves(wheels: Path, wheel: str, node: NodeInstall, arch: str, python: str
             env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"},
         )  # fmt: skip
         doc = json.loads(report.read_text())
-    return sorted(
-        f"{x['metadata']['name']}=={x['metadata']['version']}" for x in doc.get("install", [])
+    out = {}
+    for x in doc.get("install", []):
+        url = str(x["download_info"]["url"])
+        out[f"{x['metadata']['name']}=={x['metadata']['version']}"] = Path(
+            unquote(urlparse(url).path)
+        )
+    return dict(sorted(out.items()))
+
+
+def source_tree(source: Path | None) -> Path:
+    """What to build the faillite wheel from: ``source`` (a checkout), or the installed
+    package's own files when there is no checkout (``pip install faillite`` on the laptop)."""
+    if source is not None:
+        if not (source / "pyproject.toml").is_file():
+            raise BundleError(f"{source} is not a FailLite checkout (no pyproject.toml)")
+        return source
+    for here in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (here / "pyproject.toml").is_file() and (here / "field_kit").is_dir():
+            return here
+    raise BundleError(
+        "no FailLite source here: give --source a checkout of the version the kit runs"
     )
 
 
 def bundle(
-    kit: Kit, rendered: Path, source: Path, out: Path, arch: str, *, python: str = "3.11"
-) -> Path:
-    """The archive of ``kit``'s ``arch`` nodes, rendered in ``rendered``; returns its path."""
+    kit: Kit,
+    rendered: Path,
+    source: Path | None,
+    out: Path,
+    arch: str,
+    *,
+    python: str = "3.11",
+    progress: Callable[[str], None] = lambda _line: None,
+) -> dict[str, Path]:
+    """The archives of ``kit``'s ``arch`` nodes, node -> its archive, rendered in ``rendered``
+    (whose ``_provisioning`` holds the release key that signs them); returns their paths."""
     nodes = [n for n in kit.nodes if n.arch == arch]
     if not nodes:
         raise BundleError(f"the kit has no {arch} node")
-    if not (source / "pyproject.toml").is_file():
-        raise BundleError(f"{source} is not a FailLite checkout (no pyproject.toml)")
+    for n in nodes:
+        if not (rendered / n.id).is_dir():
+            raise BundleError(f"{rendered / n.id}: not rendered (faillite kit render first)")
+    release = Provisioning(rendered / "_provisioning").release
+    if not (release / f"{RELEASE_KEY}.key").is_file():
+        raise BundleError(f"{release}: no release key (faillite kit render makes it)")
+    key = load_private_key(release / f"{RELEASE_KEY}.key")
     installs = [node_install(kit, n) for n in nodes]
+    archives: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="faillite-bundle-") as tmp:
-        root = Path(tmp) / f"faillite-kit-{kit.kit}-{arch}"
-        wheels = root / "wheelhouse"
-        wheels.mkdir(parents=True)
+        wheels = Path(tmp) / "wheels"  # every node's wheels of this architecture, once
+        wheels.mkdir()
+        progress(f"{arch}: building the faillite wheel")
         installer.run(
             [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
-             str(source)],
+             str(source_tree(source))],
             "building the faillite wheel",
         )  # fmt: skip
         (ours,) = wheels.glob("faillite-*.whl")
         extras = sorted({e for i in installs for e in i.extras})
         spec = f"{ours}[{','.join(extras)}]" if extras else str(ours)
+        progress(f"{arch}: downloading every dependency (pip download)")
         installer.run(
             [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
              "--only-binary=:all:", *(a for p in platforms(arch) for a in ("--platform", p)),
              "--python-version", python.replace(".", ""), "--implementation", "cp", spec],
             f"resolving every dependency for {arch} (pip download)",
         )  # fmt: skip
-        # Complete, or no archive: every node's requirements resolve offline for its platform.
-        resolved = {i.node: resolves(wheels, ours.name, i, arch, python) for i in installs}
-        for n in nodes:
-            src = rendered / n.id
-            if not src.is_dir():
-                raise BundleError(f"{src}: not rendered (faillite kit render first)")
-            shutil.copytree(src, root / "nodes" / n.id, symlinks=False)
-        (root / MANIFEST).write_text(
-            json.dumps(
-                {
-                    "kit": kit.kit,
-                    "arch": arch,
-                    "python": python,
-                    "wheel": ours.name,
-                    "nodes": [{**asdict(i), "resolved": resolved[i.node]} for i in installs],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        # The node has no faillite yet: the installer runs on its system Python alone.
-        shutil.copyfile(Path(installer.__file__), root / "install.py")
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        (root / SUMS).write_text(
-            "".join(f"{installer.sha256(p)}  {p.relative_to(root)}\n" for p in files)
-        )
         out.mkdir(parents=True, exist_ok=True)
-        archive = out / f"{root.name}.tar"
-        with tarfile.open(archive, "w") as tar:
-            tar.add(root, arcname=root.name)
-    (out / f"{archive.name}.sha256").write_text(f"{installer.sha256(archive)}  {archive.name}\n")
-    return archive
+        for n, inst in zip(nodes, installs, strict=True):
+            progress(f"{n.id}: resolving offline, packing, signing")
+            # Complete, or no archive: the node's requirements resolve offline for its platform.
+            resolved = resolves(wheels, ours.name, inst, arch, python)
+            root = Path(tmp) / f"faillite-kit-{kit.kit}-{n.id}"
+            (root / "wheelhouse").mkdir(parents=True)
+            for whl in {*resolved.values(), ours}:
+                shutil.copyfile(whl, root / "wheelhouse" / whl.name)
+            shutil.copytree(rendered / n.id, root / NODE_TREE, symlinks=False)
+            (root / NODE_TREE / "README.md").unlink(missing_ok=True)
+            (root / MANIFEST).write_text(
+                json.dumps(
+                    {
+                        "kit": kit.kit,
+                        "arch": arch,
+                        "python": python,
+                        "wheel": ours.name,
+                        **asdict(inst),
+                        "resolved": list(resolved),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+            # The node has no faillite yet: the installer runs on its system Python alone.
+            shutil.copyfile(Path(installer.__file__), root / "install.py")
+            shutil.copyfile(release / f"{RELEASE_KEY}.pub", root / RELEASE_PUB)
+            files = sorted(p for p in root.rglob("*") if p.is_file())
+            sums = "".join(f"{installer.sha256(p)}  {p.relative_to(root)}\n" for p in files)
+            (root / SUMS).write_text(sums)
+            (root / SIGNATURE).write_bytes(key.sign(sums.encode()))
+            archive = out / f"{root.name}.tar"
+            archive.unlink(missing_ok=True)
+            fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ARCHIVE_MODE)
+            with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w") as tar:
+                tar.add(root, arcname=root.name)
+            (out / f"{archive.name}.sha256").write_text(
+                f"{installer.sha256(archive)}  {archive.name}\n"
+            )
+            archives[n.id] = archive
+    return archives
+
+
+def release_fingerprint(rendered: Path) -> str:
+    """The fingerprint a node's first install is told to trust (``install.py --trust``)."""
+    pub = Provisioning(rendered / "_provisioning").release / f"{RELEASE_KEY}.pub"
+    return fingerprint(pub.read_bytes())

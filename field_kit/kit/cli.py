@@ -56,16 +56,22 @@ def register(sub: Any) -> None:
     stage.add_argument("--models-dir", required=True, help="where the model files are")
     stage.add_argument("--method", default="lp", choices=["lp", "milp", "greedy"])
     stage.set_defaults(func=cmd_stage)
-    bun = ksub.add_parser("bundle", help="one offline archive per architecture (with network)")
+    bun = ksub.add_parser("bundle", help="one signed offline archive per node (with network)")
     bun.add_argument("kit", help="the kit description (kit.yaml)")
     bun.add_argument("--out", required=True, help="the rendered kit's folder; archives go here")
     bun.add_argument("--arch", action="append", choices=["x86_64", "aarch64"], default=[])
-    bun.add_argument("--source", default=".", help="the FailLite checkout to build from")
+    bun.add_argument(
+        "--source",
+        default=None,
+        help="the FailLite checkout to build from (default: the one this FailLite runs from)",
+    )
     bun.add_argument("--python", default="3.11", help="the nodes' Python (default 3.11)")
     bun.set_defaults(func=cmd_bundle)
     ins = ksub.add_parser("install", help="install a node from its bundle, with no network")
-    ins.add_argument("archive", help="faillite-kit-<kit>-<arch>.tar")
-    ins.add_argument("--node", required=True, help="this node's id")
+    ins.add_argument("archive", help="faillite-kit-<kit>-<node>.tar (or its unpacked folder)")
+    ins.add_argument("--node", help="this node's id (a bundle of another node is refused)")
+    ins.add_argument("--trust", metavar="FINGERPRINT", help="the kit's release key (sha256:...)")
+    ins.add_argument("--keep-bundle", action="store_true", help="keep the archive once installed")
     ins.add_argument("--root", default="/", help="install under this root (default /)")
     ins.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     ins.set_defaults(func=cmd_install)
@@ -191,20 +197,29 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from faillite.config import ConfigError
-    from field_kit.kit.bundle import BundleError, bundle
+    from field_kit.kit.bundle import BundleError, bundle, release_fingerprint
     from field_kit.kit.model import load_kit
+
+    def say(line: str) -> None:
+        print(f"[bundle] {line}", file=sys.stderr, flush=True)
 
     try:
         kit = load_kit(Path(args.kit))
         arches = args.arch or sorted({n.arch for n in kit.nodes})
         for arch in arches:
             t0 = time.monotonic()
-            archive = bundle(
-                kit, Path(args.out), Path(args.source), Path(args.out), arch, python=args.python
+            source = Path(args.source) if args.source else None
+            archives = bundle(
+                kit, Path(args.out), source, Path(args.out), arch, python=args.python, progress=say
             )
-            size = archive.stat().st_size / 1e6
-            print(archive)
-            print(f"{arch}: {size:.0f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+            for archive in archives.values():
+                print(archive)
+                say(f"{archive.name}: {archive.stat().st_size / 1e6:.0f} MB")
+            say(f"{arch}: {len(archives)} node(s) in {time.monotonic() - t0:.0f} s")
+        say(
+            f"release key {release_fingerprint(Path(args.out))}: a node's first install is "
+            "given it (install.py --trust); later bundles are checked against it"
+        )
     except (ConfigError, BundleError, OSError) as exc:
         print(f"faillite kit: {exc}", file=sys.stderr)
         return 2
@@ -214,7 +229,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from field_kit.kit import installer
 
-    argv = ["--node", args.node, "--bundle", args.archive, "--root", args.root]
+    argv = ["--bundle", args.archive, "--root", args.root]
+    argv += ["--node", args.node] if args.node else []
+    argv += ["--trust", args.trust] if args.trust else []
+    argv += ["--keep-bundle"] if args.keep_bundle else []
     return installer.main([*argv, *(["--no-systemd"] if args.no_systemd else [])])
 
 

@@ -1,20 +1,30 @@
-"""Install one node of a FailLite kit from its bundle, with no network: the bundle's own
+"""Install one node of a FailLite kit from its own bundle, with no network: the bundle's
 ``install.py``, run by the node's system Python before anything of FailLite is on it::
 
-    sha256sum -c faillite-kit-KIT-ARCH.tar.sha256
-    tar xf faillite-kit-KIT-ARCH.tar
-    sudo python3 faillite-kit-KIT-ARCH/install.py --node orin3
+    sha256sum -c faillite-kit-KIT-NODE.tar.sha256     # against what `kit bundle` printed
+    tar xf faillite-kit-KIT-NODE.tar faillite-kit-KIT-NODE/install.py
+    sudo python3 faillite-kit-KIT-NODE/install.py --bundle faillite-kit-KIT-NODE.tar \
+        --trust sha256:...                              # the kit's release key
 
-It verifies every file against ``SHA256SUMS`` before it installs anything, makes the venv
-(``/opt/faillite/venv``; with system site packages on Jetson, for JetPack's TensorRT and CUDA
-ONNX Runtime), installs from the bundle's wheelhouse only (``pip --no-index``, this machine's
-pip configuration ignored), puts the node's files in place and enables its units.
-``faillite kit install`` runs the same code. Standard library only.
+Before it touches anything it checks the bundle's signature (Ed25519 over ``SHA256SUMS``, by
+the kit's release key: the one ``--trust`` names, or the one a previous install left in
+``/etc/faillite/release.pub``) and every file against ``SHA256SUMS``. Then it makes the venv
+(``/opt/faillite/venv``; with system site packages on Jetson, for JetPack's TensorRT), installs
+from the bundle's wheelhouse only (``pip --no-index``, this machine's pip configuration
+ignored), puts the node's files in place, enables its units, and deletes the archive (it holds
+the node's secrets; ``--keep-bundle`` keeps it).
+
+The first install runs this file from the archive: trust in it comes from the archive's sha256,
+checked by the operator. Later bundles are installed by the code already installed
+(``faillite kit install NEW.tar``), which refuses one the installed release key did not sign.
+``faillite kit install`` runs the same code. Standard library only (the signature is checked
+with the system Python's cryptography if it has it, else with ``openssl``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -29,8 +39,14 @@ from pathlib import Path
 from typing import Final
 
 SUMS: Final = "SHA256SUMS"
+SIGNATURE: Final = "SHA256SUMS.sig"  # Ed25519, by the kit's release key, over SHA256SUMS
+RELEASE_PUB: Final = "release.pub"  # the release key's public half, in the bundle
+INSTALLED_KEY: Final = "etc/faillite/release.pub"  # under the install root, once installed
 MANIFEST: Final = "bundle.json"
+NODE_TREE: Final = "node"  # the node's file system (etc/, var/) in its bundle
 VENV: Final = "opt/faillite/venv"  # under the install root
+# DER of an Ed25519 SubjectPublicKeyInfo before its 32 raw bytes (RFC 8410).
+_ED25519_SPKI: Final = bytes.fromhex("302a300506032b6570032100")
 
 
 class BundleError(RuntimeError):
@@ -60,6 +76,89 @@ def run(cmd: list[str], what: str, *, env: dict[str, str] | None = None) -> None
         raise BundleError(f"{what} failed:\n{tail}")
 
 
+def public_key_raw(pem: bytes) -> bytes:
+    """The 32 bytes of an Ed25519 public key in PEM (SubjectPublicKeyInfo)."""
+    body = [x for x in pem.decode("ascii", "replace").splitlines() if x and not x.startswith("-")]
+    try:
+        der = base64.b64decode("".join(body), validate=True)
+    except ValueError as exc:
+        raise BundleError("not a PEM public key") from exc
+    if len(der) != len(_ED25519_SPKI) + 32 or not der.startswith(_ED25519_SPKI):
+        raise BundleError("not an Ed25519 public key")
+    return der[len(_ED25519_SPKI) :]
+
+
+def fingerprint(pem: bytes) -> str:
+    """How an operator names a release key: ``sha256:`` and the hex digest of its raw bytes."""
+    return "sha256:" + hashlib.sha256(public_key_raw(pem)).hexdigest()
+
+
+def check_signature(pub: Path, data: Path, sig: Path, *, openssl: bool | None = None) -> None:
+    """``sig`` is ``pub``'s Ed25519 signature of ``data``: with the system Python's
+    cryptography where it has it, else OpenSSL's command (3.0+, as on Ubuntu 22.04 / JetPack 6
+    and Debian 12). ``openssl``: force one way (tests)."""
+    if openssl is None:
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            openssl = True
+        else:
+            openssl = False
+    if openssl:
+        tool = shutil.which("openssl")
+        if tool is None:
+            raise BundleError(
+                "cannot check the bundle's signature: this node has neither python3-cryptography "
+                "nor openssl"
+            )
+        out = subprocess.run(
+            [tool, "pkeyutl", "-verify", "-pubin", "-inkey", str(pub), "-rawin",
+             "-in", str(data), "-sigfile", str(sig)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise BundleError(f"{data.name}: the signature does not verify; refused")
+        return
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = Ed25519PublicKey.from_public_bytes(public_key_raw(pub.read_bytes()))
+    try:
+        key.verify(sig.read_bytes(), data.read_bytes())
+    except InvalidSignature as exc:
+        raise BundleError(f"{data.name}: the signature does not verify; refused") from exc
+
+
+def trust(folder: Path, root: Path, trusted: str | None) -> str:
+    """Check that the bundle in ``folder`` is signed by the release key this node trusts: the
+    one ``trusted`` names (a fingerprint, on a first install or after the kit was re-keyed), or
+    else the one a previous install left under ``root``. Returns the key's fingerprint."""
+    pub, sig = folder / RELEASE_PUB, folder / SIGNATURE
+    if not pub.is_file() or not sig.is_file() or not (folder / SUMS).is_file():
+        raise BundleError(
+            f"{folder}: not a signed FailLite bundle (no {RELEASE_PUB} or {SIGNATURE})"
+        )
+    signer = fingerprint(pub.read_bytes())
+    installed = root / INSTALLED_KEY
+    if trusted is not None:
+        if trusted.strip().lower() != signer:
+            raise BundleError(f"signed with {signer}, not with the key given to --trust")
+    elif installed.is_file():
+        mine = fingerprint(installed.read_bytes())
+        if mine != signer:
+            raise BundleError(
+                f"signed with {signer}, not with this node's release key {mine}: refused (a "
+                "kit re-keyed on purpose: --trust with the new key's fingerprint)"
+            )
+    else:
+        raise BundleError(
+            "first install on this node: give --trust the kit's release key fingerprint "
+            "(faillite kit bundle prints it; compare it with the one your kit's owner gave you)"
+        )
+    check_signature(pub, folder / SUMS, sig)
+    return signer
+
+
 def verify(folder: Path) -> None:
     """Every file of an unpacked bundle against its ``SHA256SUMS``, and nothing more."""
     sums = folder / SUMS
@@ -69,7 +168,8 @@ def verify(folder: Path) -> None:
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
         listed[name] = digest
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {SUMS}
+    files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    present = files - {SUMS, SIGNATURE}
     if present != set(listed):
         extra = sorted(present - set(listed))[:3]
         missing = sorted(set(listed) - present)[:3]
@@ -80,35 +180,53 @@ def verify(folder: Path) -> None:
 
 
 def install(
-    archive: Path, node: str, *, root: Path = Path("/"), systemd: bool = True
+    archive: Path,
+    node: str | None = None,
+    *,
+    root: Path = Path("/"),
+    systemd: bool = True,
+    trusted: str | None = None,
+    keep: bool = True,
 ) -> NodeInstall:
-    """Install ``node`` from ``archive`` (the .tar, or its unpacked folder) under ``root``, with
-    no network; returns what it did."""
+    """Install the node of ``archive`` (its .tar, or the unpacked folder) under ``root``, with
+    no network; returns what it did. ``node``: refuse a bundle of another node. ``keep``
+    False: the archive (it holds the node's secrets) is deleted once installed."""
     if archive.is_dir():
-        return install_folder(archive, node, root=root, systemd=systemd)
+        return install_folder(archive, node, root=root, systemd=systemd, trusted=trusted)
     side = archive.with_name(archive.name + ".sha256")
     if side.is_file() and side.read_text().split()[0] != sha256(archive):
         raise BundleError(f"{archive}: does not match {side.name}")
     with tempfile.TemporaryDirectory(prefix="faillite-install-") as tmp:
+        Path(tmp).chmod(0o700)  # mkdtemp makes it so; the node's secrets unpack here
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         (folder,) = Path(tmp).iterdir()
-        return install_folder(folder, node, root=root, systemd=systemd)
+        spec = install_folder(folder, node, root=root, systemd=systemd, trusted=trusted)
+    if not keep:
+        archive.unlink()
+        side.unlink(missing_ok=True)
+    return spec
 
 
 def install_folder(
-    folder: Path, node: str, *, root: Path = Path("/"), systemd: bool = True
+    folder: Path,
+    node: str | None = None,
+    *,
+    root: Path = Path("/"),
+    systemd: bool = True,
+    trusted: str | None = None,
 ) -> NodeInstall:
+    # Nothing is touched before the signature and every file are checked.
+    trust(folder, root, trusted)
     verify(folder)
     meta = json.loads((folder / MANIFEST).read_text())
-    by_node = {n["node"]: n for n in meta["nodes"]}
-    if node not in by_node:
-        raise BundleError(f"node {node!r} is not in this bundle ({', '.join(by_node)})")
+    if node is not None and meta["node"] != node:
+        raise BundleError(f"this bundle is node {meta['node']!r}'s, not {node!r}'s")
     spec = NodeInstall(
-        node,
-        tuple(by_node[node]["extras"]),
-        bool(by_node[node]["system_site_packages"]),
-        tuple(by_node[node]["units"]),
+        meta["node"],
+        tuple(meta["extras"]),
+        bool(meta["system_site_packages"]),
+        tuple(meta["units"]),
     )
     venv = root / VENV
     cmd = [sys.executable, "-m", "venv", str(venv)]
@@ -124,7 +242,7 @@ def install_folder(
         # No pip configuration of this machine: the bundle alone must be enough.
         env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"},
     )  # fmt: skip
-    for tree in sorted((folder / "nodes" / node).iterdir()):
+    for tree in sorted((folder / NODE_TREE).iterdir()):
         if tree.is_dir():  # etc/, var/: the node's file system; its README stays out
             shutil.copytree(tree, root / tree.name, dirs_exist_ok=True)
     if systemd and root == Path("/"):
@@ -137,7 +255,18 @@ def install_folder(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--node", required=True, help="this node's id")
+    p.add_argument("--node", help="this node's id (a bundle of another node is refused)")
+    p.add_argument(
+        "--trust",
+        metavar="FINGERPRINT",
+        help="the kit's release key (sha256:...): needed on a first install, or after the kit "
+        "was re-keyed; later bundles must be signed by the key installed",
+    )
+    p.add_argument(
+        "--keep-bundle",
+        action="store_true",
+        help="keep the archive once installed (it holds this node's secrets: deleted by default)",
+    )
     p.add_argument(
         "--bundle", help="the bundle, unpacked or its .tar (default: the folder of this script)"
     )
@@ -147,7 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     where = Path(args.bundle) if args.bundle else Path(__file__).resolve().parent
     try:
-        spec = install(where, args.node, root=Path(args.root), systemd=not args.no_systemd)
+        spec = install(
+            where,
+            args.node,
+            root=Path(args.root),
+            systemd=not args.no_systemd,
+            trusted=args.trust,
+            keep=args.keep_bundle or where.is_dir(),
+        )
     except (BundleError, OSError) as exc:
         print(f"install: {exc}", file=sys.stderr)
         return 2

@@ -72,6 +72,13 @@ def check_host(v: str) -> str:
     return v.lower()
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class BrokerSpec(StrictModel):
     node: Id
     kind: Literal["mosquitto", "amqtt"] = "mosquitto"
@@ -174,7 +181,8 @@ class Kit(StrictModel):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} ids: {', '.join(dupes)}")
-        hosts = [n.host for n in self.nodes]
+        # Two boards cannot share an address; a kit rehearsed on one machine runs on loopback.
+        hosts = [n.host for n in self.nodes if not _loopback(n.host)]
         shared = sorted({h for h in hosts if hosts.count(h) > 1})
         if shared:
             named = {h: [n.id for n in self.nodes if n.host == h] for h in shared}

@@ -1,12 +1,14 @@
 """A kit rehearsed on one machine from its offline bundle, one network namespace per node.
 
 The kit is rendered in place into ``root`` (each node's paths point into ``root/<node>``),
-bundled, and then each node folder is emptied and installed again from the bundle, by the
-bundle's own ``install.py`` run inside the node's namespace, where nothing but the kit's LAN
-can be reached. Each node's roles are started the way its systemd units say (``ExecStart`` and
-``Environment``; the unit's ``User`` is not switched to), inside its namespace, in the units'
-order: the broker, then coordinators, workers and cameras. What each took is read from the
-roles' own structured logs: install seconds, and seconds from start to ready per unit.
+bundled (one signed archive per node), and then each node folder is emptied and installed again
+from its own archive, by the archive's own ``install.py`` run inside the node's namespace, where
+nothing but the kit's LAN can be reached; the first install trusts the kit's release key by its
+fingerprint, as an operator would. Each node's roles are started the way its systemd units say
+(``ExecStart`` and ``Environment``; the unit's ``User`` is not switched to), inside its
+namespace, in the units' order: the broker, then coordinators, workers and cameras. What each
+took is read from the roles' own structured logs: install seconds, and seconds from start to
+ready per unit.
 
 Root and ``ip`` are needed (:func:`field_kit.drill.netns.root_problem`).
 """
@@ -81,34 +83,34 @@ class NodeTimes:
 
 
 class Rehearsal:
-    """``kit`` rendered in place under ``root`` and bundled in ``archive``, on ``lan``."""
+    """``kit`` rendered in place under ``root`` and bundled in ``archives`` (one per node, the
+    release key ``release`` signed them), on ``lan``."""
 
-    def __init__(self, kit: Kit, archive: Path, root: Path, lan: Lan, logs: Path) -> None:
-        self.kit, self.archive, self.root, self.lan, self.logs = kit, archive, root, lan, logs
+    def __init__(
+        self, kit: Kit, archives: dict[str, Path], root: Path, lan: Lan, logs: Path, release: str
+    ) -> None:
+        self.kit, self.root, self.lan, self.logs = kit, root, lan, logs
+        self.archives, self.release = archives, release
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.times: dict[str, NodeTimes] = {n.id: NodeTimes() for n in kit.nodes}
-        self._unpacked: Path | None = None
         logs.mkdir(parents=True, exist_ok=True)
 
-    def _bundle(self) -> Path:
-        if self._unpacked is None:
-            where = self.root.parent / f"{self.root.name}-bundle"
-            shutil.rmtree(where, ignore_errors=True)
-            with tarfile.open(self.archive) as tar:
-                tar.extractall(where, filter="data")
-            (self._unpacked,) = where.iterdir()
-        return self._unpacked
-
     def install(self, node: str) -> float:
-        """Empty ``node``'s folder, install it from the bundle inside its namespace (no network
+        """Empty ``node``'s folder, install it from its archive inside its namespace (no network
         but the kit's LAN); returns the seconds it took (verification included)."""
         target = self.root / node
         shutil.rmtree(target, ignore_errors=True)
-        bundle = self._bundle()
+        archive = self.archives[node]
+        where = self.root.parent / f"{self.root.name}-installer-{node}"
+        shutil.rmtree(where, ignore_errors=True)
+        with tarfile.open(archive) as tar:  # the installer alone, as an operator takes it
+            name = f"{archive.name.removesuffix('.tar')}/install.py"
+            tar.extract(name, where, filter="data")
         t0 = time.monotonic()
         out = subprocess.run(
-            self.lan.wrap(node, [sys.executable, str(bundle / "install.py"), "--node", node,
-                                 "--bundle", str(bundle), "--root", str(target), "--no-systemd"]),
+            self.lan.wrap(node, [sys.executable, str(where / name), "--node", node,
+                                 "--bundle", str(archive), "--trust", self.release,
+                                 "--keep-bundle", "--root", str(target), "--no-systemd"]),
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         if out.returncode != 0:
@@ -192,9 +194,8 @@ class Rehearsal:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if self._unpacked is not None:
-            shutil.rmtree(self._unpacked.parent, ignore_errors=True)
-            self._unpacked = None
+        for node in self.archives:
+            shutil.rmtree(self.root.parent / f"{self.root.name}-installer-{node}", True)
 
     def table(self) -> list[dict[str, Any]]:
         """Per node: install seconds, and seconds from start to ready per unit."""

@@ -76,6 +76,7 @@ SERVICE_USER: Final = "faillite"
 # progress (faillite.sdnotify), so one that hung without exiting is killed and restarted.
 WATCHDOG_SEC: Final = 30
 SECRET_MODE: Final = 0o600
+RELEASE_KEY: Final = "release"  # _provisioning/release/release.{key,pub}; etc/faillite/release.pub
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,11 @@ class Provisioning:
     @property
     def signing(self) -> Path:
         return self.root / "signing"
+
+    @property
+    def release(self) -> Path:
+        """The release key: signs the kit's bundles; its public half is on every node."""
+        return self.root / "release"
 
 
 def identities(kit: Kit, node: Node) -> list[Identity]:
@@ -131,6 +137,9 @@ def provision(kit: Kit, prov: Provisioning, *, rotate: bool = False) -> None:
     if rotate or not (prov.signing / "signing.key").exists():
         prov.signing.mkdir(parents=True, exist_ok=True)
         generate_key(prov.signing, overwrite=True)
+    if rotate or not (prov.release / f"{RELEASE_KEY}.key").exists():
+        prov.release.mkdir(parents=True, exist_ok=True)
+        generate_key(prov.release, RELEASE_KEY, overwrite=True)
     for identity in all_identities(kit):
         if rotate or not secret_path(prov.secrets, identity).exists():
             add_account(prov.passwd, prov.secrets, identity, replace=True)
@@ -431,6 +440,8 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
         _copy(packaged_config("catalog.yaml"), etc / "catalog.yaml")
         _copy(prov.ca / pki.CA_CERT, etc / "tls" / pki.CA_CERT)
         _copy(prov.signing / "signing.pub", etc / "signing" / "signing.pub")
+        # What the node's next bundle must be signed with (an upgrade by anyone else is refused).
+        _copy(prov.release / f"{RELEASE_KEY}.pub", etc / f"{RELEASE_KEY}.pub")
         if "coordinator" in node.roles:
             _copy(prov.signing / "signing.key", etc / "signing" / "signing.key", SECRET_MODE)
         mine = identities(kit, node)
@@ -454,6 +465,9 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
             unit = _local(folder, PurePosixPath("/etc/systemd/system") / name)
             unit.parent.mkdir(parents=True, exist_ok=True)
             unit.write_text(text)
+        for private in ("secrets", "signing", "uplink"):  # only its owner may list them
+            if (etc / private).is_dir():
+                (etc / private).chmod(0o700)
         secrets = [i.name for i in mine]
         (folder / "README.md").write_text(_readme(kit, node, sorted(names), secrets))
         folders.append(folder)

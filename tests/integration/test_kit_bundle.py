@@ -1,10 +1,10 @@
-"""``faillite kit bundle`` and the bundle's own ``install.py``: an archive per architecture
-that installs a node with no network at all.
+"""``faillite kit bundle`` and the bundle's own ``install.py``: one signed archive per node that
+installs it with no network at all, and refuses anything its kit's release key did not sign.
 
-The bundle is built from this checkout with pip resolving every dependency of the node's roles
-for manylinux x86_64 (PyPI needed, as for any install of the project). The install runs inside
-a network namespace this test creates (loopback only, nothing else): if any wheel were missing
-pip would have to fetch it and would fail. Root and ``ip`` are needed for that part.
+Bundles are built from this checkout with pip resolving every dependency of the node's roles
+for manylinux (PyPI needed, as for any install of the project). The installs run inside a
+network namespace this test creates (loopback only, nothing else): if any wheel were missing pip
+would have to fetch it and would fail. Root and ``ip`` are needed for that part.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -21,8 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from field_kit.kit.bundle import BundleError, bundle, install, verify
+from field_kit.kit.bundle import BundleError, bundle, install, release_fingerprint, verify
+from field_kit.kit.installer import check_signature
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.render import render
 
@@ -35,16 +39,18 @@ nodes:
      failure_domain: a, roles: [broker]}
   - {id: n2, host: 10.0.0.2, arch: aarch64, device_class: jetson-orin-nx, accelerator: tensorrt,
      memory_mb: 8192, disk_mb: 1000, failure_domain: b, roles: [coordinator, worker]}
+  - {id: n3, host: 10.0.0.3, arch: x86_64, device_class: cpu, memory_mb: 1024, disk_mb: 1000,
+     failure_domain: c, roles: [coordinator, worker]}
 """
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], str]:
     d = tmp_path_factory.mktemp("kit")
     (d / "kit.yaml").write_text(KIT)
     kit = load_kit(d / "kit.yaml")
     render(kit, d / "build")
-    return bundle(kit, d / "build", REPO, d / "build", "x86_64")
+    return bundle(kit, d / "build", REPO, d / "dist", "x86_64"), release_fingerprint(d / "build")
 
 
 @pytest.fixture
@@ -59,86 +65,150 @@ def offline() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_the_bundle_holds_what_its_nodes_install(archive: Path) -> None:
-    assert archive.name == "faillite-kit-tiny-x86_64.tar"
-    digest = archive.with_name(archive.name + ".sha256").read_text().split()[0]
-    assert len(digest) == 64
+def _names(archive: Path) -> set[str]:
     with tarfile.open(archive) as tar:
-        names = set(tar.getnames())
-    root = "faillite-kit-tiny-x86_64"
-    for name in ("SHA256SUMS", "bundle.json", "install.py", "nodes/n1/etc/faillite/mesh.yaml"):
-        assert f"{root}/{name}" in names, name
-    assert not any("/nodes/n2/" in n for n in names)  # the aarch64 node has its own bundle
-    wheels = {Path(n).name for n in names if n.endswith(".whl")}
-    assert any(w.startswith("amqtt-") for w in wheels) and any(
-        w.startswith("faillite-") for w in wheels
-    )
-    assert not any(w.startswith(("onnxruntime", "scipy")) for w in wheels)  # n1 is a broker
+        return set(tar.getnames())
 
 
-def test_a_node_installs_offline_and_a_corrupt_bundle_installs_nothing(
-    archive: Path, offline: str, tmp_path: Path
+def test_each_node_gets_its_own_signed_archive_and_nothing_of_another(
+    built: tuple[dict[str, Path], str],
 ) -> None:
-    folder = tmp_path / "unpacked"
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")
-    (bundle_dir,) = folder.iterdir()
-    verify(bundle_dir)
-    meta = json.loads((bundle_dir / "bundle.json").read_text())
-    resolved = meta["nodes"][0].pop("resolved")
-    assert any(r.startswith("amqtt==") for r in resolved), resolved
-    assert not any(r.startswith("onnxruntime==") for r in resolved)
-    assert meta["nodes"][0] == {
-        "node": "n1",
-        "extras": ["broker"],
-        "system_site_packages": False,
-        "units": ["faillite-broker.service"],
-    }
-    root = tmp_path / "root"
-    out = subprocess.run(
-        ["ip", "netns", "exec", offline, sys.executable, str(bundle_dir / "install.py"),
-         "--node", "n1", "--root", str(root), "--no-systemd"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    faillite = root / "opt/faillite/venv/bin/faillite"
-    assert (
-        "usage: faillite broker"
-        in subprocess.run(
-            [str(faillite), "broker", "--help"], capture_output=True, text=True, timeout=60
-        ).stdout
+    archives, _ = built
+    assert sorted(archives) == ["n1", "n3"]  # n2 is aarch64: its own run
+    for node, archive in archives.items():
+        assert archive.name == f"faillite-kit-tiny-{node}.tar"
+        assert stat.S_IMODE(archive.stat().st_mode) == 0o600  # it holds the node's secrets
+        digest = archive.with_name(archive.name + ".sha256").read_text().split()[0]
+        assert len(digest) == 64
+        root = f"faillite-kit-tiny-{node}"
+        names = _names(archive)
+        for name in ("SHA256SUMS", "SHA256SUMS.sig", "release.pub", "bundle.json", "install.py"):
+            assert f"{root}/{name}" in names, name
+        assert f"{root}/node/etc/faillite/mesh.yaml" in names
+        other = "n3" if node == "n1" else "n1"
+        assert not any(f"/{other}/" in n or f".{other}.secret" in n for n in names), other
+    n1 = {Path(n).name for n in _names(archives["n1"]) if n.endswith(".whl")}
+    n3 = {Path(n).name for n in _names(archives["n3"]) if n.endswith(".whl")}
+    assert any(w.startswith("amqtt-") for w in n1) and any(w.startswith("faillite-") for w in n1)
+    assert not any(w.startswith(("onnxruntime", "scipy", "cvxpy")) for w in n1)  # a broker
+    assert any(w.startswith("onnxruntime-") for w in n3) and not any(
+        w.startswith("amqtt-") for w in n3
     )
+    secrets = [n for n in _names(archives["n3"]) if n.endswith(".secret")]
+    assert secrets and all(".n3." in n for n in secrets), secrets
+
+
+def _unpack(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    (folder,) = into.iterdir()
+    return folder
+
+
+def _resign(folder: Path, key: Ed25519PrivateKey) -> None:
+    """What someone with another key (not the kit's) can do: sign the bundle as it is."""
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    (folder / "release.pub").write_bytes(pem)
+    (folder / "SHA256SUMS.sig").write_bytes(key.sign((folder / "SHA256SUMS").read_bytes()))
+
+
+def test_a_node_installs_offline_from_its_archive_and_refuses_what_the_kit_did_not_sign(
+    built: tuple[dict[str, Path], str], offline: str, tmp_path: Path
+) -> None:
+    archives, fpr = built
+    archive = tmp_path / archives["n1"].name
+    shutil.copyfile(archives["n1"], archive)
+    shutil.copyfile(archives["n1"].with_name(archive.name + ".sha256"), f"{archive}.sha256")
+    # The operator takes the installer alone out of the archive, and runs it on the archive.
+    with tarfile.open(archive) as tar:
+        tar.extract("faillite-kit-tiny-n1/install.py", tmp_path / "x", filter="data")
+    installer = tmp_path / "x/faillite-kit-tiny-n1/install.py"
+    root = tmp_path / "root"
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", offline, sys.executable, str(installer),
+             "--root", str(root), "--no-systemd", *argv],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    first = run("--bundle", str(archive))
+    assert first.returncode == 2 and "first install" in first.stderr, first.stderr
+    wrong = run("--bundle", str(archive), "--trust", "sha256:" + "0" * 64)
+    assert wrong.returncode == 2 and "not with the key given to --trust" in wrong.stderr
+    other = run("--bundle", str(archive), "--trust", fpr, "--node", "n3")
+    assert other.returncode == 2 and "node 'n1'" in other.stderr
+    assert not root.exists()  # nothing touched by any refusal
+    out = run("--bundle", str(archive), "--trust", fpr)
+    assert out.returncode == 0, out.stderr
+    assert not archive.exists()  # its secrets are on the node now, not in a stray archive
+    faillite = root / "opt/faillite/venv/bin/faillite"
+    usage = subprocess.run([str(faillite), "broker", "--help"], capture_output=True, text=True)
+    assert "usage: faillite broker" in usage.stdout
     assert (root / "etc/faillite/mesh.yaml").is_file()
+    assert (root / "etc/faillite/release.pub").is_file()
     assert (root / "etc/systemd/system/faillite-broker.service").is_file()
     assert not (root / "README.md").exists()
-    # One byte changed anywhere: refused before anything is installed.
-    target = bundle_dir / "nodes/n1/etc/faillite/mesh.yaml"
+    # The next bundle is checked against the key the node has now: no --trust needed.
+    folder = _unpack(archives["n1"], tmp_path / "again")
+    assert install(folder, "n1", root=root, systemd=False).node == "n1"
+    # One byte changed: the sums do not match, and sums made again do not match the signature.
+    target = folder / "node/etc/faillite/mesh.yaml"
     target.write_text(target.read_text().replace("8883", "8884"))
     with pytest.raises(BundleError, match="checksum mismatch"):
-        install(bundle_dir, "n1", root=tmp_path / "other", systemd=False)
-    assert not (tmp_path / "other").exists()
+        install(folder, "n1", root=root, systemd=False)
+    sums = folder / "SHA256SUMS"
+    lines = [
+        line if not line.endswith("node/etc/faillite/mesh.yaml") else f"{'0' * 64}  {line[66:]}"
+        for line in sums.read_text().splitlines()
+    ]
+    sums.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BundleError, match="signature does not verify"):
+        install(folder, "n1", root=root, systemd=False)
+    # Signed by someone else's key: refused on this node, unless its owner says to trust it.
+    _resign(folder, Ed25519PrivateKey.generate())
+    with pytest.raises(BundleError, match="not with this node's release key"):
+        install(folder, "n1", root=root, systemd=False)
 
 
-def test_the_aarch64_bundle_resolves_every_requirement_for_its_platform(tmp_path: Path) -> None:
+@pytest.mark.parametrize("openssl", [True, False], ids=["openssl", "cryptography"])
+def test_the_signature_is_checked_without_faillite(tmp_path: Path, openssl: bool) -> None:
+    """A node's system Python may lack cryptography: OpenSSL's command checks the same."""
+    if openssl and shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key = Ed25519PrivateKey.generate()
+    pub = tmp_path / "release.pub"
+    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    data, sig = tmp_path / "SHA256SUMS", tmp_path / "SHA256SUMS.sig"
+    data.write_bytes(b"abc  file\n")
+    sig.write_bytes(key.sign(data.read_bytes()))
+    check_signature(pub, data, sig, openssl=openssl)
+    data.write_bytes(b"abd  file\n")
+    with pytest.raises(BundleError, match="signature does not verify"):
+        check_signature(pub, data, sig, openssl=openssl)
+
+
+def test_the_aarch64_bundles_resolve_every_requirement_for_their_platform(tmp_path: Path) -> None:
     """The example kit (five Jetson Orin NX), one board made a CPU-only aarch64 box and the
-    embedded broker chosen, so every extra is in play: built here, it cannot run here, but
+    embedded broker chosen, so every extra is in play: built here, they cannot run here, but
     every node's requirements must resolve from its wheelhouse alone for manylinux aarch64
-    (the bundle checks that before it writes the archive; here what it found is checked)."""
+    (the bundle checks that before it writes each archive; here what it found is checked)."""
     doc = yaml.safe_load(EXAMPLE)
     doc["broker"]["kind"] = "amqtt"
     doc["nodes"][4]["accelerator"] = "none"
     kit = Kit.model_validate(doc)
     render(kit, tmp_path / "build")
-    archive = bundle(kit, tmp_path / "build", REPO, tmp_path / "dist", "aarch64")
-    with tarfile.open(archive) as tar:
-        names = tar.getnames()
-        (manifest,) = [n for n in names if n.endswith("/bundle.json")]
-        meta = json.loads(tar.extractfile(manifest).read())  # type: ignore[union-attr]
-    wheels = [Path(n).name for n in names if n.endswith(".whl")]
-    assert wheels and not [w for w in wheels if "x86_64" in w], wheels
-    assert all(w.endswith(("-any.whl", "aarch64.whl")) for w in wheels), wheels
-    nodes = {n["node"]: n for n in meta["nodes"]}
-    resolved = {k: {r.split("==")[0].lower() for r in v["resolved"]} for k, v in nodes.items()}
+    archives = bundle(kit, tmp_path / "build", REPO, tmp_path / "dist", "aarch64")
+    nodes, resolved = {}, {}
+    for node, archive in archives.items():
+        folder = _unpack(archive, tmp_path / "u" / node)
+        verify(folder)
+        meta = json.loads((folder / "bundle.json").read_text())
+        wheels = [p.name for p in (folder / "wheelhouse").iterdir()]
+        assert wheels and not [w for w in wheels if "x86_64" in w], wheels
+        assert all(w.endswith(("-any.whl", "aarch64.whl")) for w in wheels), wheels
+        nodes[node] = meta
+        resolved[node] = {r.split("==")[0].lower() for r in meta["resolved"]}
     # Jetson boards: JetPack's ONNX Runtime and TensorRT, from system site packages.
     for jetson in ("orin1", "orin2", "orin3", "orin4"):
         assert nodes[jetson]["system_site_packages"] is True

@@ -25,7 +25,7 @@ from plugins import watching as view
 from faillite.catalog import Catalog
 from faillite.compat import python_module
 from field_kit.drill.netns import Impairment, Lan, root_problem
-from field_kit.kit.bundle import bundle
+from field_kit.kit.bundle import bundle, release_fingerprint
 from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
 from field_kit.kit.render import render
 from field_kit.kit.stage import stage
@@ -47,7 +47,7 @@ def kit_lan(
     render(kit, root, in_place=True)
     staged = stage(kit, catalog, models_dir, root)
     assert not staged.apps_losing_protection
-    archive = bundle(kit, root, REPO, tmp_path / "dist", "x86_64")
+    archives = bundle(kit, root, REPO, tmp_path / "dist", "x86_64")
     secrets = {
         who: (root / f"_provisioning/accounts/secrets/lan5.observer.{who}.secret")
         .read_text()
@@ -55,7 +55,7 @@ def kit_lan(
         for who in ("ops", "watch")
     }
     lan = Lan(f"flk{uuid.uuid4().hex[:5]}", {**{n.id: n.host for n in kit.nodes}, "ops": OPS})
-    reh = Rehearsal(kit, archive, root, lan, tmp_path / "logs")
+    reh = Rehearsal(kit, archives, root, lan, tmp_path / "logs", release_fingerprint(root))
     try:
         lan.create()
         lan.wifi(WIFI, broker="n1", port=PORT)
