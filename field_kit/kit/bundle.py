@@ -44,7 +44,8 @@ from field_kit.kit.installer import (
     verify,
 )
 from field_kit.kit.model import Kit, Node
-from field_kit.kit.render import RELEASE_KEY, Provisioning, units
+from field_kit.kit.owners import ownership, users
+from field_kit.kit.render import RELEASE_KEY, Provisioning, identities, units
 
 # pip takes platform tags as given (no expansion to older glibc): every manylinux a node with
 # glibc 2.35 (Ubuntu 22.04 / JetPack 6, Debian 12 has 2.36) runs.
@@ -75,7 +76,15 @@ def node_install(kit: Kit, node: Node) -> NodeInstall:
             extras.append("cpu")
         elif not jetson:
             extras += ["gpu", "jetson"] if node.accelerator == "tensorrt" else ["gpu"]
-    return NodeInstall(node.id, tuple(extras), jetson, tuple(sorted(units(kit, node))))
+    return NodeInstall(
+        node.id,
+        tuple(extras),
+        jetson,
+        tuple(sorted(units(kit, node))),
+        users(kit, node),
+        ownership(kit, node, identities(kit, node)),
+        "broker" in node.roles and kit.broker.kind == "mosquitto",
+    )
 
 
 def resolves(

@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import grp
 import hashlib
+import importlib.util
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -59,6 +63,68 @@ class NodeInstall:
     extras: tuple[str, ...]
     system_site_packages: bool  # Jetson: TensorRT and CUDA ONNX Runtime from JetPack
     units: tuple[str, ...]
+    # Service users to make (each with its supplementary groups), and who owns what (a path
+    # relative to the root -> owner, mode): field_kit.kit.owners.
+    users: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    owners: dict[str, tuple[str, int]] = field(default_factory=dict)
+    mosquitto: bool = False  # the Mosquitto broker runs here (Debian's own service must not)
+
+
+def missing_prerequisites(
+    spec: NodeInstall, *, systemd: bool, which: Callable[[str], str | None] = shutil.which
+) -> list[str]:
+    """What the node's OS lacks, as the packages that bring it (Debian / Ubuntu names)."""
+
+    def has(tool: str) -> bool:  # root's tools may be off a service's PATH
+        return which(tool) is not None or which(f"/usr/sbin/{tool}") is not None
+
+    out = []
+    if importlib.util.find_spec("ensurepip") is None:
+        out.append("python3-venv")
+    if spec.mosquitto:
+        out += [pkg for tool, pkg in (("mosquitto", "mosquitto"), ("nft", "nftables"))
+                if not has(tool)]  # fmt: skip
+    if systemd and not has("systemctl"):
+        out.append("systemd")
+    if importlib.util.find_spec("cryptography") is None and not has("openssl"):
+        out.append("openssl")
+    return out
+
+
+def make_users(users: dict[str, tuple[str, ...]]) -> None:
+    """System users without a login or a home, made once (an upgrade finds them)."""
+    groups = {g.gr_name for g in grp.getgrall()}
+    for name, extra in sorted(users.items()):
+        try:
+            pwd.getpwnam(name)
+            continue
+        except KeyError:
+            pass
+        want = [g for g in extra if g in groups]  # no video group: no GPU to share
+        run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/nonexistent", "--shell", "/usr/sbin/nologin",
+             *(["--groups", ",".join(want)] if want else []), name],
+            f"making the service user {name}",
+        )  # fmt: skip
+
+
+def apply_owners(
+    root: Path,
+    owners: dict[str, tuple[str, int]],
+    ids: Callable[[str], tuple[int, int]] = lambda user: (
+        pwd.getpwnam(user).pw_uid,
+        pwd.getpwnam(user).pw_gid,
+    ),
+) -> None:
+    """Each listed path to its owner and mode; a listed folder that is not there is made."""
+    for rel, (owner, mode) in sorted(owners.items()):
+        path = root / rel
+        if not path.exists():
+            path.mkdir(parents=True)
+        uid, gid = ids(owner)
+        os.chown(path, uid, gid)
+        path.chmod(mode)
 
 
 def sha256(path: Path) -> str:
@@ -215,7 +281,10 @@ def install_folder(
     root: Path = Path("/"),
     systemd: bool = True,
     trusted: str | None = None,
+    accounts: bool | None = None,
 ) -> NodeInstall:
+    """``accounts``: make the service users and give each its files (default: installing
+    under ``/``; a rehearsal under another root runs every role as itself)."""
     # Nothing is touched before the signature and every file are checked.
     trust(folder, root, trusted)
     verify(folder)
@@ -227,7 +296,14 @@ def install_folder(
         tuple(meta["extras"]),
         bool(meta["system_site_packages"]),
         tuple(meta["units"]),
+        {u: tuple(g) for u, g in meta.get("users", {}).items()},
+        {p: (str(o), int(m)) for p, (o, m) in meta.get("owners", {}).items()},
+        bool(meta.get("mosquitto", False)),
     )
+    accounts = root == Path("/") if accounts is None else accounts
+    missing = missing_prerequisites(spec, systemd=systemd and root == Path("/"))
+    if missing:
+        raise BundleError(f"this node lacks: {' '.join(missing)} (apt install {' '.join(missing)})")
     venv = root / VENV
     cmd = [sys.executable, "-m", "venv", str(venv)]
     if spec.system_site_packages:
@@ -245,7 +321,16 @@ def install_folder(
     for tree in sorted((folder / NODE_TREE).iterdir()):
         if tree.is_dir():  # etc/, var/: the node's file system; its README stays out
             shutil.copytree(tree, root / tree.name, dirs_exist_ok=True)
+    if accounts:
+        # One user per role: a camera's process cannot read the signing key.
+        make_users(spec.users)
+        apply_owners(root, spec.owners)
     if systemd and root == Path("/"):
+        if spec.mosquitto:
+            # Debian's own mosquitto.service would hold the port: the kit's unit runs it.
+            subprocess.run(
+                ["systemctl", "disable", "--now", "mosquitto.service"], capture_output=True
+            )
         run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
         # --no-block: a role is ready only once the kit's broker is up, maybe on a node
         # installed later; systemd starts the units and keeps them trying.

@@ -41,6 +41,7 @@ from faillite.signing import generate_key
 from faillite.topics import Role
 from field_kit.kit.hardening import RESTART, START_LIMITS, Sandbox, directives, is_local_device
 from field_kit.kit.model import Kit, Node, UplinkSpec
+from field_kit.kit.owners import MOSQUITTO_STATE, ROLE_USERS, ownership, users
 
 ETC: Final = PurePosixPath("/etc/faillite")
 VAR: Final = PurePosixPath("/var/lib/faillite")
@@ -71,7 +72,6 @@ class Layout:
 
 
 DEPLOYED: Final = Layout()
-SERVICE_USER: Final = "faillite"
 # systemd's watchdog of a FailLite role (Type=notify): a role pings while its loops make
 # progress (faillite.sdnotify), so one that hung without exiting is killed and restarted.
 WATCHDOG_SEC: Final = 30
@@ -329,14 +329,14 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
                 notify=False,  # no FailLite role: a plain service, no watchdog of ours
                 exec_start_pre=f"/usr/sbin/nft -f {conf / 'nftables.conf'}",
                 sandbox="mosquitto",
-                writable=[str(lay.under(PurePosixPath("/var/lib/mosquitto")))],
+                writable=[str(lay.under(PurePosixPath("/" + MOSQUITTO_STATE)))],
             )
         else:
             out["faillite-broker.service"] = _unit(
                 f"FailLite kit {kit.kit}: embedded broker",
                 f"{fl} broker --config {cfg}",
                 after=[],
-                user=SERVICE_USER,
+                user=ROLE_USERS["broker"],
                 sandbox="role",
                 writable=state,
             )
@@ -348,7 +348,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"FailLite kit {kit.kit}: coordinator {node.id}",
             f"{fl} coordinator --config {cfg} --id {node.id}{standby}",
             after=local_broker,
-            user=SERVICE_USER,
+            user=ROLE_USERS["coordinator"],
             sandbox="role",
             writable=state,
         )
@@ -357,7 +357,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"FailLite kit {kit.kit}: worker {node.id}",
             f"{fl} worker --config {cfg} --id {node.id}",
             after=local_broker,
-            user=SERVICE_USER,
+            user=ROLE_USERS["worker"],
             sandbox="role" if node.accelerator == "none" else "gpu_worker",
             writable=state,
         )
@@ -366,7 +366,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"FailLite kit {kit.kit}: uplink to the rear site",
             f"{fl} uplink --config {cfg}",
             after=local_broker,
-            user=SERVICE_USER,
+            user=ROLE_USERS["uplink"],
             sandbox="role",
             writable=state,
         )
@@ -375,22 +375,21 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             f"FailLite kit {kit.kit}: camera {cam.id}",
             f"{fl} sensor --config {cfg} --id {cam.id}",
             after=local_broker,
-            user=SERVICE_USER,
+            user=ROLE_USERS["sensor"],
             sandbox="camera_device" if is_local_device(cam.source) else "role",
             writable=state,
         )
     return out
 
 
-def _readme(kit: Kit, node: Node, unit_names: list[str], secrets: list[str]) -> str:
-    owned = "/etc/faillite/secrets /etc/faillite/signing /var/lib/faillite"
-    if kit.uplink is not None and kit.uplink.node == node.id:
-        owned += " /etc/faillite/uplink"  # the rear account's secret
-    owners = [f"    chown -R faillite: {owned}"]
-    if "broker" in node.roles:
-        # Mosquitto 2 drops to its own user before it reads its password file and key.
-        who = "mosquitto" if kit.broker.kind == "mosquitto" else "faillite"
-        owners.append(f"    chown {who}: /etc/faillite/broker/passwd /etc/faillite/tls/broker.key")
+def _readme(
+    kit: Kit, node: Node, unit_names: list[str], secrets: list[str], mine: list[Identity]
+) -> str:
+    made = users(kit, node)
+    owners = [
+        f"    chown {owner}: /{rel} && chmod {mode:o} /{rel}"
+        for rel, (owner, mode) in sorted(ownership(kit, node, mine).items())
+    ]
     return "\n".join(
         [
             f"# Node {node.id} of kit {kit.kit}",
@@ -398,19 +397,23 @@ def _readme(kit: Kit, node: Node, unit_names: list[str], secrets: list[str]) -> 
             f"{node.device_class} ({node.arch}, accelerator {node.accelerator}) at {node.host};"
             f" roles: {', '.join(node.roles)}.",
             "",
-            "Install (as root):",
+            "Install with this node's bundle (`faillite kit bundle`): its `install.py` does what"
+            " follows, after checking the bundle's signature. By hand, as root:",
             "",
-            "    cp -a etc /",
-            "    useradd --system --home /var/lib/faillite faillite || true",
-            "    mkdir -p /var/lib/faillite",
+            "    cp -a etc var /",
+            *(
+                f"    useradd --system --user-group --no-create-home --home-dir /nonexistent"
+                f" --shell /usr/sbin/nologin{' --groups ' + ','.join(g) if g else ''} {u}"
+                for u, g in sorted(made.items())
+            ),
             *owners,
             "    systemctl daemon-reload",
             f"    systemctl enable --now {' '.join(unit_names)}",
             "",
             "What is here: `etc/faillite/mesh.yaml` (this node's config), the kit CA's certificate,"
             " the coordinators' public signing key, and the secrets of this node's own identities"
-            f" ({', '.join(secrets) or 'none'}); nothing of any other node.",
-            "Keep `etc/faillite/secrets/` and any `.key` readable by root and faillite only.",
+            f" ({', '.join(secrets) or 'none'}); nothing of any other node. Each role runs as its"
+            " own user and reads its own secrets only.",
             "",
         ]
     )
@@ -465,11 +468,12 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
             unit = _local(folder, PurePosixPath("/etc/systemd/system") / name)
             unit.parent.mkdir(parents=True, exist_ok=True)
             unit.write_text(text)
-        for private in ("secrets", "signing", "uplink"):  # only its owner may list them
-            if (etc / private).is_dir():
-                (etc / private).chmod(0o700)
+        # The modes here; the owners once installed (install.py makes the users).
+        for rel, (_owner, mode) in ownership(kit, node, mine).items():
+            if (folder / rel).exists():
+                (folder / rel).chmod(mode)
         secrets = [i.name for i in mine]
-        (folder / "README.md").write_text(_readme(kit, node, sorted(names), secrets))
+        (folder / "README.md").write_text(_readme(kit, node, sorted(names), secrets, mine))
         folders.append(folder)
     return folders
 
@@ -509,7 +513,7 @@ def _mosquitto(
         kit.kit,
         where,
         install_dir=Path(str(lay.etc / "broker")),
-        persistence_dir=Path(str(lay.under(PurePosixPath("/var/lib/mosquitto")))),
+        persistence_dir=Path(str(lay.under(PurePosixPath("/" + MOSQUITTO_STATE)))),
         run_as="mosquitto",
         scope=scope,
         identities=all_identities(kit),

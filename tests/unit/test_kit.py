@@ -308,7 +308,7 @@ def test_units_are_sandboxed_by_what_each_role_touches(kit_file: Path, tmp_path:
     for unit in out.glob("*/etc/systemd/system/faillite-*.service"):
         lines = _lines(unit)
         if unit.name == "faillite-broker.service":
-            assert "ReadWritePaths=/var/lib/mosquitto" in lines, unit
+            assert "ReadWritePaths=/var/lib/faillite/mosquitto" in lines, unit
             continue
         assert all(x in lines for x in every), (unit, [x for x in every if x not in lines])
         assert "CapabilityBoundingSet=" in lines and "AmbientCapabilities=" in lines, unit
