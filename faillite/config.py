@@ -327,6 +327,9 @@ class WorkerConfig(StrictModel):
     backend: SerializeAsAny[BackendSection] = Field(
         default_factory=lambda: backend_section({"type": DEFAULT_BACKEND})
     )
+    # Used when ``backend`` cannot run here (its runtime missing or broken, no device): a
+    # Jetson whose TensorRT does not match serves on ONNX Runtime's CPU, and says so.
+    fallback_backend: SerializeAsAny[BackendSection] | None = None
     queue_size: int = Field(default=2, ge=1, le=64)
     heartbeat_interval_s: float = Field(default=0.1, gt=0, le=60)
     models_dir: Path | None = None
@@ -341,6 +344,11 @@ class WorkerConfig(StrictModel):
     @classmethod
     def _backend(cls, v: Any) -> BackendSection:
         return backend_section(v)
+
+    @field_validator("fallback_backend", mode="before")
+    @classmethod
+    def _fallback(cls, v: Any) -> BackendSection | None:
+        return None if v is None else backend_section(v)
 
     @property
     def domain(self) -> str:

@@ -69,7 +69,7 @@ from faillite.presence import Presence
 from faillite.sdnotify import Beats
 from faillite.signing import SignatureError, SigningError, Verifier, load_verifier
 from faillite.topics import Role, Topics
-from workers.backends import BackendError, Staged, create_backend
+from workers.backends import BackendError, Staged, create_backend_or_fallback
 from workers.batching import Batch, Batcher
 from workers.counters import Counters, cpu_load, service_ms
 from workers.fencing import Fence, LogLimit
@@ -113,7 +113,17 @@ class Worker:
         self.incarnation = uuid.uuid4().hex[:12]
         bind(worker=cfg.id, incarnation=self.incarnation)
         self.bad = BadInput()
-        self.backend = create_backend(cfg.backend)
+        fallback = cfg.fallback_backend
+        self.backend = create_backend_or_fallback(
+            cfg.backend,
+            fallback,
+            lambda kind, why: log.warning(
+                "backend_unavailable",
+                backend=kind,
+                reason=why,
+                fallback=fallback.type if fallback is not None else None,
+            ),
+        )
         self.models = ModelCache(
             self.backend,
             catalog,

@@ -9,10 +9,12 @@ signature of it, with the key's public half (``release.pub``). The archive is 06
 the node's secrets. Before an archive is written, pip's resolver checks, offline and for the
 target platform, that the node's requirements resolve from its wheelhouse alone.
 
-Jetson: TensorRT and the CUDA build of ONNX Runtime come from JetPack's system packages, not
-from PyPI, so an aarch64 node with an accelerator gets a venv with system site packages and no
-runtime extra (``bundle.json`` says so). Mosquitto and nftables are system packages too: a
-Mosquitto broker node installs them from its OS image.
+Jetson: TensorRT comes from JetPack's system packages (no PyPI wheel runs on Tegra), so an
+aarch64 node with an accelerator gets a venv with system site packages, and the bundle carries
+what JetPack lacks: the CUDA bindings (``tegra``) and ONNX Runtime's CPU build, which the
+worker falls back to (and says so) when JetPack's TensorRT does not run. Mosquitto and
+nftables are system packages too: a Mosquitto broker node installs them from its OS image
+(``install.py`` names what is missing).
 """
 
 from __future__ import annotations
@@ -69,12 +71,14 @@ def node_install(kit: Kit, node: Node) -> NodeInstall:
     for role in ("coordinator", "sensor"):
         if role in node.roles:
             extras.append(role)
-    jetson = node.arch == "aarch64" and node.accelerator != "none"
+    jetson = node.jetson
     if "worker" in node.roles:
         extras.append("worker")
         if node.accelerator == "none":
             extras.append("cpu")
-        elif not jetson:
+        elif jetson:
+            extras += ["cpu", "tegra"]  # JetPack's TensorRT; ONNX Runtime's CPU as fallback
+        else:
             extras += ["gpu", "jetson"] if node.accelerator == "tensorrt" else ["gpu"]
     return NodeInstall(
         node.id,
@@ -137,11 +141,13 @@ def bundle(
     out: Path,
     arch: str,
     *,
-    python: str = "3.11",
+    python: str | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, Path]:
     """The archives of ``kit``'s ``arch`` nodes, node -> its archive, rendered in ``rendered``
-    (whose ``_provisioning`` holds the release key that signs them); returns their paths."""
+    (whose ``_provisioning`` holds the release key that signs them). Each node's wheels are
+    for its own Python (``kit.yaml``'s ``python``, JetPack's 3.10 on a Jetson; ``python``
+    overrides it for every node)."""
     nodes = [n for n in kit.nodes if n.arch == arch]
     if not nodes:
         raise BundleError(f"the kit has no {arch} node")
@@ -154,33 +160,41 @@ def bundle(
     key = load_private_key(release / f"{RELEASE_KEY}.key")
     installs = [node_install(kit, n) for n in nodes]
     archives: dict[str, Path] = {}
+    pythons = {n.id: python or n.target_python for n in nodes}
     with tempfile.TemporaryDirectory(prefix="faillite-bundle-") as tmp:
-        wheels = Path(tmp) / "wheels"  # every node's wheels of this architecture, once
-        wheels.mkdir()
+        built = Path(tmp) / "built"
         progress(f"{arch}: building the faillite wheel")
         installer.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(built),
              str(source_tree(source))],
             "building the faillite wheel",
         )  # fmt: skip
-        (ours,) = wheels.glob("faillite-*.whl")
-        extras = sorted({e for i in installs for e in i.extras})
-        spec = f"{ours}[{','.join(extras)}]" if extras else str(ours)
-        progress(f"{arch}: downloading every dependency (pip download)")
-        installer.run(
-            [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
-             "--only-binary=:all:", *(a for p in platforms(arch) for a in ("--platform", p)),
-             "--python-version", python.replace(".", ""), "--implementation", "cp", spec],
-            f"resolving every dependency for {arch} (pip download)",
-        )  # fmt: skip
+        (ours,) = built.glob("faillite-*.whl")
+        # Every node's wheels of one architecture and Python, downloaded once.
+        wheelhouses: dict[str, Path] = {}
+        for py in sorted(set(pythons.values())):
+            wheels = wheelhouses[py] = Path(tmp) / f"wheels-{py}"
+            wheels.mkdir()
+            shutil.copyfile(ours, wheels / ours.name)
+            group = [i for n, i in zip(nodes, installs, strict=True) if pythons[n.id] == py]
+            extras = sorted({e for i in group for e in i.extras})
+            spec = f"{ours}[{','.join(extras)}]" if extras else str(ours)
+            progress(f"{arch}, Python {py}: downloading every dependency (pip download)")
+            installer.run(
+                [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
+                 "--only-binary=:all:", *(a for p in platforms(arch) for a in ("--platform", p)),
+                 "--python-version", py.replace(".", ""), "--implementation", "cp", spec],
+                f"resolving every dependency for {arch}, Python {py} (pip download)",
+            )  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
         for n, inst in zip(nodes, installs, strict=True):
             progress(f"{n.id}: resolving offline, packing, signing")
             # Complete, or no archive: the node's requirements resolve offline for its platform.
-            resolved = resolves(wheels, ours.name, inst, arch, python)
+            py = pythons[n.id]
+            resolved = resolves(wheelhouses[py], ours.name, inst, arch, py)
             root = Path(tmp) / f"faillite-kit-{kit.kit}-{n.id}"
             (root / "wheelhouse").mkdir(parents=True)
-            for whl in {*resolved.values(), ours}:
+            for whl in {*resolved.values(), wheelhouses[py] / ours.name}:
                 shutil.copyfile(whl, root / "wheelhouse" / whl.name)
             shutil.copytree(rendered / n.id, root / NODE_TREE, symlinks=False)
             (root / NODE_TREE / "README.md").unlink(missing_ok=True)
@@ -189,7 +203,7 @@ def bundle(
                     {
                         "kit": kit.kit,
                         "arch": arch,
-                        "python": python,
+                        "python": py,
                         "wheel": ours.name,
                         **asdict(inst),
                         "resolved": list(resolved),

@@ -65,7 +65,11 @@ def register(sub: Any) -> None:
         default=None,
         help="the FailLite checkout to build from (default: the one this FailLite runs from)",
     )
-    bun.add_argument("--python", default="3.11", help="the nodes' Python (default 3.11)")
+    bun.add_argument(
+        "--python",
+        default=None,
+        help="every node's Python (default: each node's own, kit.yaml; 3.10 on a Jetson)",
+    )
     bun.set_defaults(func=cmd_bundle)
     ins = ksub.add_parser("install", help="install a node from its bundle, with no network")
     ins.add_argument("archive", help="faillite-kit-<kit>-<node>.tar (or its unpacked folder)")

@@ -44,6 +44,16 @@ class Node(StrictModel):
     failure_domain: str = Field(min_length=1, max_length=64)
     link: str = "wifi"
     roles: tuple[Role, ...] = Field(min_length=1)
+    # The node's system Python, which its venv is made with: a Jetson's JetPack 6 has 3.10.
+    python: Literal["3.10", "3.11", "3.12", "3.13"] | None = None
+
+    @property
+    def jetson(self) -> bool:
+        return self.arch == "aarch64" and self.accelerator != "none"
+
+    @property
+    def target_python(self) -> str:
+        return self.python or ("3.10" if self.jetson else "3.11")
 
     @field_validator("id")
     @classmethod

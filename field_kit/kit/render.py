@@ -175,7 +175,7 @@ def _worker(kit: Kit, node: Node, lay: Layout) -> dict[str, Any]:
         }
     else:
         backend = {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]}
-    return {
+    doc = {
         "id": node.id,
         "device_class": node.device_class,
         "memory_mb": node.gpu_memory_mb or node.memory_mb,
@@ -184,6 +184,11 @@ def _worker(kit: Kit, node: Node, lay: Layout) -> dict[str, Any]:
         "heartbeat_interval_s": kit.links[node.link].heartbeat_interval_s,
         "backend": backend,
     }
+    if node.accelerator != "none":
+        # A GPU runtime that does not run here (a JetPack that does not match): serve on the
+        # CPU, slower, rather than not at all; the worker says so in its log.
+        doc["fallback_backend"] = {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]}
+    return doc
 
 
 def listen_host(node: Node) -> str:

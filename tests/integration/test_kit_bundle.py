@@ -199,7 +199,7 @@ def test_the_aarch64_bundles_resolve_every_requirement_for_their_platform(tmp_pa
     kit = Kit.model_validate(doc)
     render(kit, tmp_path / "build")
     archives = bundle(kit, tmp_path / "build", REPO, tmp_path / "dist", "aarch64")
-    nodes, resolved = {}, {}
+    nodes, resolved, resolved_wheels = {}, {}, {}
     for node, archive in archives.items():
         folder = _unpack(archive, tmp_path / "u" / node)
         verify(folder)
@@ -208,14 +208,19 @@ def test_the_aarch64_bundles_resolve_every_requirement_for_their_platform(tmp_pa
         assert wheels and not [w for w in wheels if "x86_64" in w], wheels
         assert all(w.endswith(("-any.whl", "aarch64.whl")) for w in wheels), wheels
         nodes[node] = meta
+        resolved_wheels[node] = wheels
         resolved[node] = {r.split("==")[0].lower() for r in meta["resolved"]}
-    # Jetson boards: JetPack's ONNX Runtime and TensorRT, from system site packages.
+    # Jetson boards: JetPack's TensorRT from system site packages, for JetPack 6's Python
+    # 3.10; what JetPack lacks is carried: the CUDA bindings, and ONNX Runtime's CPU build,
+    # the fallback.
     for jetson in ("orin1", "orin2", "orin3", "orin4"):
-        assert nodes[jetson]["system_site_packages"] is True
-        assert (
-            "onnxruntime" not in resolved[jetson] and "opencv-python-headless" in resolved[jetson]
-        )
+        assert nodes[jetson]["system_site_packages"] is True and nodes[jetson]["python"] == "3.10"
+        assert {"onnxruntime", "cuda-python", "opencv-python-headless"} <= resolved[jetson]
+        assert "tensorrt" not in resolved[jetson]
+        wheels = [w for w in resolved_wheels[jetson] if "-cp3" in w]
+        assert wheels and all("-cp310-" in w or "-abi3-" in w for w in wheels), wheels
     assert nodes["orin5"]["system_site_packages"] is False and "cpu" in nodes["orin5"]["extras"]
+    assert nodes["orin5"]["python"] == "3.11"
     assert {"onnxruntime", "numpy", "opencv-python-headless"} <= resolved["orin5"]
     assert {"amqtt", "cvxpy", "highspy", "scipy"} <= resolved["orin1"]  # broker, coordinator
     assert all("faillite" in r for r in resolved.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 import time
@@ -569,3 +570,59 @@ def test_fault_plugin_hangs_inference_while_heartbeats_flow(
         assert group.stop("w1") == 0
     col.publish(t.worker_assignment("w1"), b"", retain=True)
     col.stop()
+
+
+def test_a_jetson_worker_without_a_working_tensorrt_serves_on_its_fallback(
+    tmp_path: Path, broker: Any, models_dir: Path
+) -> None:
+    """A kit's Jetson worker is configured for TensorRT with ONNX Runtime's CPU as fallback.
+    This machine has no TensorRT (as a board whose JetPack does not match): the worker says so
+    in one log line, never a traceback, and serves on the fallback."""
+    path = write_config(
+        tmp_path,
+        broker,
+        models_dir,
+        mesh="tjetson",
+        workers=[
+            {
+                "id": "w1",
+                "backend": {"type": "tensorrt", "engines_dir": str(tmp_path / "engines")},
+                "fallback_backend": {"type": "onnxruntime", "intra_op_threads": 1},
+            }
+        ],
+    )
+    cfg = load(path)
+    t = Topics(cfg.mesh)
+    col = Collector(cfg).follow(f"faillite/{cfg.mesh}/#", qos=1).start()
+    group = ProcessGroup(tmp_path / "logs")
+    worker = group.start(
+        "worker-w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path))
+    )
+    try:
+        birth = col.wait_for(
+            lambda: [
+                s
+                for s in col.messages(t.worker_status("w1"), messages.WorkerStatus)
+                if s.state == "online"
+            ],
+            30,
+            "worker birth",
+        )[-1]
+        assert "CPUExecutionProvider" in birth.backends
+        _assign(col, t, 1, [("a1", "cam1", "efficientnet_lite0")])
+        with FramePump(col, t.sensor_frames("cam1"), fps=10):
+            col.wait_for(
+                lambda: col.messages(t.app_results_filter("a1"), messages.Result)[3:],
+                60,
+                "results on the fallback",
+            )
+        assert worker.log_path is not None
+        log = worker.log_path.read_text()
+        lines = [x for x in log.splitlines() if '"backend_unavailable"' in x]
+        assert len(lines) == 1, log[-2000:]
+        said = json.loads(lines[0])
+        assert said["backend"] == "tensorrt" and said["fallback"] == "onnxruntime", said
+        assert "Traceback" not in log
+    finally:
+        col.stop()
+        group.stop_all()

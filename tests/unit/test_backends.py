@@ -7,6 +7,8 @@ have: its test checks only that it reports itself unavailable, with the package 
 from __future__ import annotations
 
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,29 @@ def test_no_configured_provider_available() -> None:
 def test_tensorrt_backend_unavailable_without_an_nvidia_gpu() -> None:
     with pytest.raises(BackendUnavailableError, match=r"faillite\[jetson\]|no CUDA device"):
         create_backend(TensorRTBackendConfig(type="tensorrt"))
+
+
+def test_a_jetson_with_a_mismatched_tensorrt_falls_back_and_says_why_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JetPack's TensorRT and CUDA are stand-ins here (no Jetson): the modules import, but the
+    CUDA runtime finds no device, as on a board whose JetPack and driver do not match."""
+    cudart = types.SimpleNamespace(cudaGetDeviceCount=lambda: (35, 0))  # insufficient driver
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setitem(sys.modules, "cuda", types.SimpleNamespace(cudart=cudart))
+    told: list[tuple[str, str]] = []
+    backend = registry.create_backend_or_fallback(
+        TensorRTBackendConfig(type="tensorrt"),
+        OnnxRuntimeBackendConfig(providers=("CPUExecutionProvider",)),
+        lambda kind, why: told.append((kind, why)),
+    )
+    assert backend.type == "onnxruntime" and backend.devices() == ("CPUExecutionProvider",)
+    assert told == [("tensorrt", "the tensorrt backend found no CUDA device")]
+    # Without a fallback the worker cannot run, and the error says why.
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        registry.create_backend_or_fallback(
+            TensorRTBackendConfig(type="tensorrt"), None, lambda kind, why: None
+        )
 
 
 def test_registry_maps_each_type_to_its_config_and_backend_class() -> None:

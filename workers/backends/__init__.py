@@ -14,7 +14,7 @@ from workers.backends.base import (
     ModelFileMissingError,
     Staged,
 )
-from workers.backends.registry import create_backend
+from workers.backends.registry import create_backend, create_backend_or_fallback
 
 __all__ = [
     "Backend",
@@ -24,4 +24,5 @@ __all__ = [
     "ModelFileMissingError",
     "Staged",
     "create_backend",
+    "create_backend_or_fallback",
 ]

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from pydantic_core import PydanticCustomError
 
 from faillite.config import BackendSection
-from workers.backends.base import Backend
+from workers.backends.base import Backend, BackendUnavailableError
 
 B = TypeVar("B", bound=type[Backend])
 NOT_BACKENDS = frozenset({"base", "registry"})
@@ -143,3 +143,19 @@ def create_backend(cfg: BackendSection) -> Backend:
     if not isinstance(cfg, reg.config):
         raise TypeError(f"{reg.name} backend wants {reg.config.__name__}, not {type(cfg).__name__}")
     return reg.backend(cfg)
+
+
+def create_backend_or_fallback(
+    cfg: BackendSection,
+    fallback: BackendSection | None,
+    on_fallback: Callable[[str, str], None],
+) -> Backend:
+    """``cfg``'s backend, or ``fallback``'s when ``cfg``'s cannot run here (its runtime missing
+    or mismatched, no device): ``on_fallback(backend type, why)`` is told, once."""
+    try:
+        return create_backend(cfg)
+    except BackendUnavailableError as exc:
+        if fallback is None:
+            raise
+        on_fallback(cfg.type, str(exc))
+        return create_backend(fallback)
