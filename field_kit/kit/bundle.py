@@ -19,6 +19,7 @@ nftables are system packages too: a Mosquitto broker node installs them from its
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -170,6 +171,11 @@ def bundle(
             "building the faillite wheel",
         )  # fmt: skip
         (ours,) = built.glob("faillite-*.whl")
+        # What a node compares to what it runs: the version, then when it was built.
+        release_of = {
+            "version": ours.name.split("-")[1],
+            "built": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+        }
         # Every node's wheels of one architecture and Python, downloaded once.
         wheelhouses: dict[str, Path] = {}
         for py in sorted(set(pythons.values())):
@@ -205,6 +211,7 @@ def bundle(
                         "arch": arch,
                         "python": py,
                         "wheel": ours.name,
+                        "release": release_of,
                         **asdict(inst),
                         "resolved": list(resolved),
                     },

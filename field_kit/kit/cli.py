@@ -76,9 +76,15 @@ def register(sub: Any) -> None:
     ins.add_argument("--node", help="this node's id (a bundle of another node is refused)")
     ins.add_argument("--trust", metavar="FINGERPRINT", help="the kit's release key (sha256:...)")
     ins.add_argument("--keep-bundle", action="store_true", help="keep the archive once installed")
+    ins.add_argument("--force", action="store_true", help="install an older release")
     ins.add_argument("--root", default="/", help="install under this root (default /)")
     ins.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     ins.set_defaults(func=cmd_install)
+    uni = ksub.add_parser("uninstall", help="stop and remove this node's units, code, config")
+    uni.add_argument("--purge", action="store_true", help="its state, models and users too")
+    uni.add_argument("--root", default="/", help="installed under this root (default /)")
+    uni.add_argument("--no-systemd", action="store_true", help="do not touch the units")
+    uni.set_defaults(func=cmd_uninstall)
     chk = ksub.add_parser("check", help="readiness of a deployed kit: one line per check, fixes")
     add_common(chk)
     chk.add_argument("--as", dest="observer", default="ops", help="observer id (default ops)")
@@ -237,6 +243,15 @@ def cmd_install(args: argparse.Namespace) -> int:
     argv += ["--node", args.node] if args.node else []
     argv += ["--trust", args.trust] if args.trust else []
     argv += ["--keep-bundle"] if args.keep_bundle else []
+    argv += ["--force"] if args.force else []
+    return installer.main([*argv, *(["--no-systemd"] if args.no_systemd else [])])
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from field_kit.kit import installer
+
+    argv = ["--uninstall", "--root", args.root]
+    argv += ["--purge"] if args.purge else []
     return installer.main([*argv, *(["--no-systemd"] if args.no_systemd else [])])
 
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 SUMS: Final = "SHA256SUMS"
 SIGNATURE: Final = "SHA256SUMS.sig"  # Ed25519, by the kit's release key, over SHA256SUMS
@@ -48,7 +48,9 @@ RELEASE_PUB: Final = "release.pub"  # the release key's public half, in the bund
 INSTALLED_KEY: Final = "etc/faillite/release.pub"  # under the install root, once installed
 MANIFEST: Final = "bundle.json"
 NODE_TREE: Final = "node"  # the node's file system (etc/, var/) in its bundle
-VENV: Final = "opt/faillite/venv"  # under the install root
+VENV: Final = "opt/faillite/venv"  # under the install root: a link to the current release's
+VENVS: Final = "opt/faillite/venvs"  # one venv per release installed (the current, the last)
+RECORD: Final = "opt/faillite/release.json"  # what is installed: release, node, units
 # DER of an Ed25519 SubjectPublicKeyInfo before its 32 raw bytes (RFC 8410).
 _ED25519_SPKI: Final = bytes.fromhex("302a300506032b6570032100")
 
@@ -253,12 +255,15 @@ def install(
     systemd: bool = True,
     trusted: str | None = None,
     keep: bool = True,
+    force: bool = False,
 ) -> NodeInstall:
     """Install the node of ``archive`` (its .tar, or the unpacked folder) under ``root``, with
     no network; returns what it did. ``node``: refuse a bundle of another node. ``keep``
     False: the archive (it holds the node's secrets) is deleted once installed."""
     if archive.is_dir():
-        return install_folder(archive, node, root=root, systemd=systemd, trusted=trusted)
+        return install_folder(
+            archive, node, root=root, systemd=systemd, trusted=trusted, force=force
+        )
     side = archive.with_name(archive.name + ".sha256")
     if side.is_file() and side.read_text().split()[0] != sha256(archive):
         raise BundleError(f"{archive}: does not match {side.name}")
@@ -267,7 +272,9 @@ def install(
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         (folder,) = Path(tmp).iterdir()
-        spec = install_folder(folder, node, root=root, systemd=systemd, trusted=trusted)
+        spec = install_folder(
+            folder, node, root=root, systemd=systemd, trusted=trusted, force=force
+        )
     if not keep:
         archive.unlink()
         side.unlink(missing_ok=True)
@@ -282,9 +289,12 @@ def install_folder(
     systemd: bool = True,
     trusted: str | None = None,
     accounts: bool | None = None,
+    force: bool = False,
 ) -> NodeInstall:
     """``accounts``: make the service users and give each its files (default: installing
-    under ``/``; a rehearsal under another root runs every role as itself)."""
+    under ``/``; a rehearsal under another root runs every role as itself). A release older
+    than the one installed is refused (``force``: go back to it). The new release gets a venv
+    of its own; if anything fails the node is left as it was, on the release it ran."""
     # Nothing is touched before the signature and every file are checked.
     trust(folder, root, trusted)
     verify(folder)
@@ -304,38 +314,155 @@ def install_folder(
     missing = missing_prerequisites(spec, systemd=systemd and root == Path("/"))
     if missing:
         raise BundleError(f"this node lacks: {' '.join(missing)} (apt install {' '.join(missing)})")
-    venv = root / VENV
-    cmd = [sys.executable, "-m", "venv", str(venv)]
+    release = dict(meta.get("release") or {"version": "0", "built": ""})
+    before = installed(root)
+    if before is not None and _order(release) < _order(before["release"]) and not force:
+        raise BundleError(
+            f"release {_label(release)} is older than the installed {_label(before['release'])}:"
+            " refused (--force goes back to it)"
+        )
+    # A venv per release, made where it stays (a venv cannot move); the link swaps at the end.
+    venvs = root / VENVS
+    venvs.mkdir(parents=True, exist_ok=True)
+    fresh = venvs / _label(release).replace(" ", "-")
+    current = root / VENV
+    if current.exists() and not current.is_symlink():  # an install from before releases
+        current.rename(venvs / "unversioned")
+        current.symlink_to(Path("venvs") / "unversioned")
+    previous = current.resolve() if current.is_symlink() else None
+    if fresh == previous:
+        fresh = fresh.with_name(fresh.name + "-again")
+    shutil.rmtree(fresh, ignore_errors=True)
+    cmd = [sys.executable, "-m", "venv", str(fresh)]
     if spec.system_site_packages:
         cmd.append("--system-site-packages")
     run(cmd, "creating the venv")
     wheel = folder / "wheelhouse" / meta["wheel"]
     target = f"{wheel}[{','.join(spec.extras)}]" if spec.extras else str(wheel)
-    run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links",
-         str(folder / "wheelhouse"), target],
-        "installing from the wheelhouse (no network)",
-        # No pip configuration of this machine: the bundle alone must be enough.
-        env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"},
-    )  # fmt: skip
-    for tree in sorted((folder / NODE_TREE).iterdir()):
-        if tree.is_dir():  # etc/, var/: the node's file system; its README stays out
-            shutil.copytree(tree, root / tree.name, dirs_exist_ok=True)
-    if accounts:
-        # One user per role: a camera's process cannot read the signing key.
-        make_users(spec.users)
-        apply_owners(root, spec.owners)
-    if systemd and root == Path("/"):
-        if spec.mosquitto:
-            # Debian's own mosquitto.service would hold the port: the kit's unit runs it.
-            subprocess.run(
-                ["systemctl", "disable", "--now", "mosquitto.service"], capture_output=True
-            )
-        run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
-        # --no-block: a role is ready only once the kit's broker is up, maybe on a node
-        # installed later; systemd starts the units and keeps them trying.
-        run(["systemctl", "enable", "--now", "--no-block", *spec.units], "enabling the units")
+    try:
+        run(
+            [str(fresh / "bin" / "pip"), "install", "-q", "--no-index", "--find-links",
+             str(folder / "wheelhouse"), target],
+            "installing from the wheelhouse (no network)",
+            # No pip configuration of this machine: the bundle alone must be enough.
+            env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"},
+        )  # fmt: skip
+    except BundleError:
+        shutil.rmtree(fresh, ignore_errors=True)  # the installed release runs on, untouched
+        raise
+    kept = _keep(root)  # the node's files as they were: put back if what follows fails
+    try:
+        for tree in sorted((folder / NODE_TREE).iterdir()):
+            if tree.is_dir():  # etc/, var/: the node's file system; its README stays out
+                shutil.copytree(tree, root / tree.name, dirs_exist_ok=True)
+        if accounts:
+            # One user per role: a camera's process cannot read the signing key.
+            make_users(spec.users)
+            apply_owners(root, spec.owners)
+        _link(current, fresh)
+        if systemd and root == Path("/"):
+            if spec.mosquitto:
+                # Debian's own mosquitto.service would hold the port: the kit's unit runs it.
+                subprocess.run(
+                    ["systemctl", "disable", "--now", "mosquitto.service"], capture_output=True
+                )
+            run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+            # --no-block: a role is ready only once the kit's broker is up, maybe on a node
+            # installed later; systemd starts the units and keeps them trying. A unit already
+            # running is restarted on the new release.
+            run(["systemctl", "enable", "--no-block", *spec.units], "enabling the units")
+            run(["systemctl", "restart", "--no-block", *spec.units], "starting the units")
+    except (BundleError, OSError):
+        _restore(root, kept)
+        if previous is not None:
+            _link(current, previous)
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+    for old in venvs.iterdir():  # keep the current release and the one before it
+        if old not in (fresh, previous):
+            shutil.rmtree(old, ignore_errors=True)
+    record = {
+        "release": release,
+        "node": spec.node,
+        "kit": meta.get("kit"),
+        "units": spec.units,
+        "users": sorted(spec.users),
+    }
+    (root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return spec
+
+
+def installed(root: Path) -> dict[str, Any] | None:
+    """What the last install under ``root`` left: its release, node and units."""
+    path = root / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _order(release: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    parts = tuple(int(p) for p in str(release.get("version", "0")).split(".") if p.isdigit())
+    return parts, str(release.get("built", ""))
+
+
+def _label(release: dict[str, Any]) -> str:
+    return f"{release.get('version', '0')} {release.get('built', '')}".strip()
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` in one step (a rename over the old link)."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(os.path.relpath(target, link.parent)))
+    tmp.replace(link)
+
+
+_KEPT_TREES: Final = ("etc/faillite", "etc/systemd/system")
+
+
+def _keep(root: Path) -> Path:
+    kept = Path(tempfile.mkdtemp(prefix="faillite-kept-"))
+    for rel in _KEPT_TREES:
+        if (root / rel).is_dir():
+            shutil.copytree(root / rel, kept / rel, symlinks=True)
+    return kept
+
+
+def _restore(root: Path, kept: Path) -> None:
+    if (kept / "etc/faillite").is_dir():
+        shutil.rmtree(root / "etc/faillite", ignore_errors=True)
+    for rel in _KEPT_TREES:
+        if (kept / rel).is_dir():
+            shutil.copytree(kept / rel, root / rel, symlinks=True, dirs_exist_ok=True)
+
+
+def uninstall(root: Path = Path("/"), *, systemd: bool = True, purge: bool = False) -> list[str]:
+    """Stop and remove the node's units, its code and its config (``purge``: its state, the
+    models, and its service users too). Returns what was removed."""
+    record = installed(root)
+    if record is None:
+        raise BundleError(f"nothing of FailLite is installed under {root}")
+    units = list(record.get("units", []))
+    if systemd and root == Path("/") and units:
+        subprocess.run(["systemctl", "disable", "--now", *units], capture_output=True)
+    gone = []
+    for unit in units:
+        path = root / "etc/systemd/system" / unit
+        if path.exists():
+            path.unlink()
+            gone.append(str(path))
+    if systemd and root == Path("/"):
+        subprocess.run(["systemctl", "daemon-reload"], capture_output=True)
+    trees = ["opt/faillite", "etc/faillite"] + (["var/lib/faillite"] if purge else [])
+    for rel in trees:
+        if (root / rel).exists():
+            shutil.rmtree(root / rel)
+            gone.append(str(root / rel))
+    if purge and root == Path("/"):
+        for user in record.get("users", []):
+            if subprocess.run(["userdel", user], capture_output=True).returncode == 0:
+                gone.append(f"user {user}")
+    return gone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,6 +475,15 @@ def main(argv: list[str] | None = None) -> int:
         "was re-keyed; later bundles must be signed by the key installed",
     )
     p.add_argument(
+        "--force", action="store_true", help="install an older release than the one here"
+    )
+    p.add_argument(
+        "--uninstall",
+        action="store_true",
+        help="stop and remove this node's units, code and config (its state and models stay)",
+    )
+    p.add_argument("--purge", action="store_true", help="with --uninstall: state, models, users")
+    p.add_argument(
         "--keep-bundle",
         action="store_true",
         help="keep the archive once installed (it holds this node's secrets: deleted by default)",
@@ -359,6 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     args = p.parse_args(argv)
     t0 = time.monotonic()
+    if args.uninstall:
+        try:
+            gone = uninstall(Path(args.root), systemd=not args.no_systemd, purge=args.purge)
+        except (BundleError, OSError) as exc:
+            print(f"install: {exc}", file=sys.stderr)
+            return 2
+        print(f"uninstalled: {', '.join(gone)}", file=sys.stderr)
+        return 0
     where = Path(args.bundle) if args.bundle else Path(__file__).resolve().parent
     try:
         spec = install(
@@ -368,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             systemd=not args.no_systemd,
             trusted=args.trust,
             keep=args.keep_bundle or where.is_dir(),
+            force=args.force,
         )
     except (BundleError, OSError) as exc:
         print(f"install: {exc}", file=sys.stderr)

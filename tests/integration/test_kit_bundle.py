@@ -25,8 +25,9 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from faillite.signing import load_private_key
 from field_kit.kit.bundle import BundleError, bundle, install, release_fingerprint, verify
-from field_kit.kit.installer import check_signature
+from field_kit.kit.installer import check_signature, installed, sha256, uninstall
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.render import render
 
@@ -45,12 +46,18 @@ nodes:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], str]:
+def kit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("kit")
     (d / "kit.yaml").write_text(KIT)
-    kit = load_kit(d / "kit.yaml")
-    render(kit, d / "build")
-    return bundle(kit, d / "build", REPO, d / "dist", "x86_64"), release_fingerprint(d / "build")
+    render(load_kit(d / "kit.yaml"), d / "build")
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(kit_dir: Path) -> tuple[dict[str, Path], str]:
+    kit = load_kit(kit_dir / "kit.yaml")
+    archives = bundle(kit, kit_dir / "build", REPO, kit_dir / "dist", "x86_64")
+    return archives, release_fingerprint(kit_dir / "build")
 
 
 @pytest.fixture
@@ -224,3 +231,50 @@ def test_the_aarch64_bundles_resolve_every_requirement_for_their_platform(tmp_pa
     assert {"onnxruntime", "numpy", "opencv-python-headless"} <= resolved["orin5"]
     assert {"amqtt", "cvxpy", "highspy", "scipy"} <= resolved["orin1"]  # broker, coordinator
     assert all("faillite" in r for r in resolved.values())
+
+
+def _as_release(folder: Path, kit_dir: Path, built: str) -> None:
+    """The same bundle as a release built at ``built``, signed with the kit's release key."""
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["release"]["built"] = built
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig")
+    )
+    sums = "".join(f"{sha256(p)}  {p.relative_to(folder)}\n" for p in files)
+    (folder / "SHA256SUMS").write_text(sums)
+    key = load_private_key(kit_dir / "build/_provisioning/release/release.key")
+    (folder / "SHA256SUMS.sig").write_bytes(key.sign(sums.encode()))
+
+
+def test_upgrades_go_forward_get_a_venv_each_and_uninstall_leaves_nothing(
+    built: tuple[dict[str, Path], str], kit_dir: Path, tmp_path: Path
+) -> None:
+    archives, fpr = built
+    root = tmp_path / "root"
+    first = _unpack(archives["n1"], tmp_path / "first")
+    install(first, "n1", root=root, systemd=False, trusted=fpr)
+    venv = root / "opt/faillite/venv"
+    assert venv.is_symlink()
+    v1 = venv.resolve()
+    assert installed(root)["release"] == json.loads((first / "bundle.json").read_text())["release"]
+    newer = _unpack(archives["n1"], tmp_path / "newer")
+    _as_release(newer, kit_dir, "29990101T000000Z")
+    install(newer, "n1", root=root, systemd=False)  # the installed key signs it: no --trust
+    v2 = venv.resolve()
+    assert v2 != v1 and (v2 / "bin/faillite").is_file()
+    assert installed(root)["release"]["built"] == "29990101T000000Z"
+    older = _unpack(archives["n1"], tmp_path / "older")
+    _as_release(older, kit_dir, "20000101T000000Z")
+    with pytest.raises(BundleError, match="older than the installed"):
+        install(older, "n1", root=root, systemd=False)
+    assert venv.resolve() == v2  # untouched
+    install(older, "n1", root=root, systemd=False, force=True)
+    assert venv.resolve() not in (v1, v2) and v2.is_dir()  # the one before is kept
+    assert not v1.exists()  # older ones go
+    gone = uninstall(root, systemd=False)
+    assert not (root / "opt/faillite").exists() and not (root / "etc/faillite").exists()
+    assert not (root / "etc/systemd/system/faillite-broker.service").exists()
+    assert gone
