@@ -274,6 +274,18 @@ def test_upgrades_go_forward_get_a_venv_each_and_uninstall_leaves_nothing(
     install(older, "n1", root=root, systemd=False, force=True)
     assert venv.resolve() not in (v1, v2) and v2.is_dir()  # the one before is kept
     assert not v1.exists()  # older ones go
+    # A newer release that cannot install (a wheel missing, signed all the same): the node
+    # stays on the release it runs, its files as they were.
+    here = venv.resolve()
+    mesh = (root / "etc/faillite/mesh.yaml").read_text()
+    broken = _unpack(archives["n1"], tmp_path / "broken")
+    for whl in (broken / "wheelhouse").glob("amqtt-*.whl"):
+        whl.unlink()
+    _as_release(broken, kit_dir, "29990202T000000Z")
+    with pytest.raises(BundleError, match="installing from the wheelhouse"):
+        install(broken, "n1", root=root, systemd=False)
+    assert venv.resolve() == here and (root / "etc/faillite/mesh.yaml").read_text() == mesh
+    assert installed(root)["release"]["built"] == "20000101T000000Z"
     gone = uninstall(root, systemd=False)
     assert not (root / "opt/faillite").exists() and not (root / "etc/faillite").exists()
     assert not (root / "etc/systemd/system/faillite-broker.service").exists()
