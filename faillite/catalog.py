@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -161,6 +161,40 @@ class ProfileOverlay(StrictModel):
 
 
 PROFILES_SUBDIR = "profiles"
+ESTIMATE: Final = "estimate"  # the source of a profile that was not measured starts with it
+
+
+def estimated(
+    catalog: Catalog,
+    device_class: str,
+    base: str,
+    *,
+    latency_scale: float,
+    memory_scale: float = 1.0,
+    load_scale: float = 1.0,
+) -> ProfileOverlay:
+    """Profiles of ``device_class`` estimated from ``base``'s measured ones, scaled; their
+    source says so, so that a plan made from them can say it is an estimate."""
+    source = (
+        f"{ESTIMATE}: {base} x{latency_scale:g} latency, x{memory_scale:g} memory "
+        "(not measured; faillite profile on the device replaces it)"
+    )
+    profiles = {}
+    for family in catalog.families:
+        for v in family.variants:
+            p = v.profiles.get(base)
+            if p is None:
+                continue
+            profiles[v.name] = DeviceProfile(
+                latency_ms=p.latency_ms * latency_scale,
+                memory_mb=p.memory_mb * memory_scale,
+                load_ms=p.load_ms * load_scale,
+                first_inference_ms=p.first_inference_ms * latency_scale,
+                source=source,
+            )
+    if not profiles:
+        raise ConfigError(f"no variant has a measured {base!r} profile to estimate from")
+    return ProfileOverlay(device_class=device_class, source=source, profiles=profiles)
 
 
 def overlay_dir(models_dir: str | Path) -> Path:

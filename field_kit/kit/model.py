@@ -165,6 +165,16 @@ class UplinkSpec(StrictModel):
         return self
 
 
+class Estimate(StrictModel):
+    """A device class not measured yet, planned from one that was: its figures scaled. The
+    plan it gives is marked an estimate; ``faillite profile`` on the board replaces it."""
+
+    base: str = Field(min_length=1, max_length=64)  # a device class with measured profiles
+    latency_scale: float = Field(gt=0, le=100)  # its latency = base's x this
+    memory_scale: float = Field(default=1.0, gt=0, le=100)
+    load_scale: float = Field(default=1.0, gt=0, le=100)
+
+
 class Kit(StrictModel):
     kit: Id  # the mesh id
     links: dict[str, LinkSettings] = Field(default_factory=_default_links)
@@ -174,6 +184,8 @@ class Kit(StrictModel):
     apps: tuple[App, ...] = ()
     observers: tuple[Id, ...] = ("ops",)  # operator accounts (faillite watch, MQTT Explorer)
     uplink: UplinkSpec | None = None  # reporting to a rear site
+    # Device classes without a measured profile yet, estimated from one that has one.
+    estimates: dict[str, Estimate] = Field(default_factory=dict)
 
     @field_validator("kit")
     @classmethod
@@ -341,6 +353,11 @@ apps:
   - {id: south-watch, camera: cam-south, family: efficientnet_lite, slo_ms: 400}
 
 observers: [ops]                 # operator accounts: faillite watch, MQTT Explorer
+
+# Until `faillite profile` has measured the boards, the planner estimates them from a measured
+# device class (the catalog's 2-core x86 CPU here), scaled; `kit stage` says it is an estimate.
+estimates:
+  jetson-orin-nx: {base: cpu, latency_scale: 0.3, memory_scale: 1.5}
 
 # Reporting to a rear site over a slow link (docs/uplink.md): results, statuses, placement and
 # events go up, queued while the link is down; nothing comes down unless `down` lists it.

@@ -17,10 +17,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
+import yaml
+
 from coordinator.planner import Method, ProblemError
 from coordinator.planning import PlanRequest, SolverPlanner
-from faillite.catalog import Catalog
-from faillite.config import MeshConfig
+from faillite.catalog import (
+    ESTIMATE,
+    PROFILES_SUBDIR,
+    Catalog,
+    DeviceProfile,
+    ProfileOverlay,
+    estimated,
+    load_catalog,
+)
+from faillite.config import ConfigError, MeshConfig, packaged_config
 from field_kit.kit.model import Kit
 from field_kit.kit.render import VAR, mesh_document
 
@@ -66,6 +76,10 @@ class KitStage:
     nodes: list[NodeStage]
     # Apps the plan itself could give no backup (or no primary): nothing fits anywhere.
     unprotected: dict[str, str] = field(default_factory=dict)
+    # Profiles staged with the models (coordinators plan with them), and the device classes
+    # among them that were estimated, not measured.
+    profiles: dict[str, ProfileOverlay] = field(default_factory=dict)
+    estimated: list[str] = field(default_factory=list)
 
     @property
     def apps_unserved(self) -> list[str]:
@@ -135,10 +149,51 @@ def _wanted(
     return out, unprotected
 
 
+def kit_profiles(kit: Kit, catalog: Catalog) -> tuple[Catalog, dict[str, ProfileOverlay]]:
+    """``catalog`` with the kit's declared estimates for device classes nobody measured, and
+    the profiles of every device class the kit's workers are (measured or estimated) that the
+    packaged catalog lacks: staged with the models, so the coordinators plan with them too."""
+    packaged = load_catalog(packaged_config("catalog.yaml"))
+    out: dict[str, ProfileOverlay] = {}
+    for device_class in sorted({n.device_class for n in kit.with_role("worker")}):
+        measured = _profiles_of(catalog, device_class)
+        if not measured and device_class in kit.estimates:
+            e = kit.estimates[device_class]
+            try:
+                ov = estimated(
+                    catalog,
+                    device_class,
+                    e.base,
+                    latency_scale=e.latency_scale,
+                    memory_scale=e.memory_scale,
+                    load_scale=e.load_scale,
+                )
+            except ConfigError as exc:
+                raise StageError(f"estimates.{device_class}: {exc}") from exc
+            catalog = catalog.with_profiles(device_class, ov.profiles)
+            out[device_class] = ov
+        elif measured and not _profiles_of(packaged, device_class):
+            source = next(iter(measured.values())).source
+            out[device_class] = ProfileOverlay(
+                device_class=device_class, source=source, profiles=measured
+            )
+    return catalog, out
+
+
+def _profiles_of(catalog: Catalog, device_class: str) -> dict[str, DeviceProfile]:
+    return {
+        v.name: p
+        for fam in catalog.families
+        for v in fam.variants
+        if (p := v.profiles.get(device_class)) is not None
+    }
+
+
 def plan_stage(kit: Kit, catalog: Catalog, *, method: Method = "lp") -> KitStage:
     """What each worker node holds under its budget, and what it had to leave out. The
     planner already places within every node's disk budget; what its failover tables call on
     beyond that is left out here, most needed files kept first."""
+    catalog, profiles = kit_profiles(kit, catalog)
     wants, unprotected = _wanted(kit, catalog, method)
     stages: list[NodeStage] = []
     for node in kit.with_role("worker"):
@@ -146,7 +201,8 @@ def plan_stage(kit: Kit, catalog: Catalog, *, method: Method = "lp") -> KitStage
         for f in wants.get(node.id, []):
             (st.files if st.used_mb + f.size_mb <= node.disk_mb else st.left_out).append(f)
         stages.append(st)
-    return KitStage(stages, unprotected)
+    estimates = sorted(c for c, ov in profiles.items() if ov.source.startswith(ESTIMATE))
+    return KitStage(stages, unprotected, profiles, estimates)
 
 
 def _sha256(path: Path) -> str:
@@ -163,11 +219,20 @@ def stage(
     """Copy each node's files from ``models_dir`` into ``out/<node>/var/lib/faillite/models``,
     verify each copy (sha256), and write the manifest ``stage.json`` beside them."""
     stages = plan_stage(kit, catalog, method=method)
+    for node in kit.nodes:  # every node: a coordinator plans with them, a worker reports them
+        folder = out / node.id / str(MODELS).lstrip("/") / PROFILES_SUBDIR
+        if folder.exists():
+            shutil.rmtree(folder)
+        for device_class, ov in stages.profiles.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            doc = ov.model_dump(mode="json", exclude_defaults=True)
+            (folder / f"{device_class}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     for st in stages.nodes:
         dest = out / st.node / str(MODELS).lstrip("/")
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
+        for old in dest.glob("*"):  # what was staged before; the profiles are this stage's
+            if old.is_file():
+                old.unlink()
+        dest.mkdir(parents=True, exist_ok=True)
         verified: list[StagedFile] = []
         for f in st.files:
             src = models_dir / f.file
@@ -207,4 +272,8 @@ def report(stages: KitStage) -> str:
         )
     for app, why in sorted(stages.unprotected.items()):
         lines.append(f"{app}: {why}")
+    for device_class in stages.estimated:
+        lines.append(
+            f"{device_class}: planned from an ESTIMATE ({stages.profiles[device_class].source})"
+        )
     return "\n".join(lines)

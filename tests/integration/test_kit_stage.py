@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from faillite.catalog import Catalog
+from faillite.catalog import Catalog, load_profile_overlays
 from faillite.compat import python_module
 from field_kit.kit.model import EXAMPLE, Kit
 from field_kit.kit.render import render
-from field_kit.kit.stage import StageError, plan_stage, stage
+from field_kit.kit.stage import StageError, plan_stage, report, stage
 
 
 def cpu_kit(disk_mb: dict[str, float], *, workers: int = 5, memory_mb: float = 1024) -> Kit:
@@ -78,8 +78,30 @@ def test_what_does_not_fit_is_left_out_with_the_apps_it_costs(catalog: Catalog) 
 
 
 def test_a_device_class_without_profiles_is_a_clear_error(catalog: Catalog) -> None:
+    doc = yaml.safe_load(EXAMPLE)
+    doc.pop("estimates")
     with pytest.raises(StageError, match=r"jetson-orin-nx.*faillite profile"):
-        plan_stage(Kit.model_validate(yaml.safe_load(EXAMPLE)), catalog)
+        plan_stage(Kit.model_validate(doc), catalog)
+
+
+def test_boards_not_measured_yet_stage_from_the_declared_estimate_and_say_so(
+    catalog: Catalog, models_dir: Path, tmp_path: Path
+) -> None:
+    """The README's sequence with its example kit (five Jetsons nobody profiled yet): staged
+    from the estimate, which the report names, and shipped to every node, so the coordinators
+    on the boards plan with the same profiles."""
+    kit = Kit.model_validate(yaml.safe_load(EXAMPLE))
+    staged = stage(kit, catalog, models_dir, tmp_path)
+    assert staged.estimated == ["jetson-orin-nx"]
+    assert not staged.apps_unserved
+    assert "jetson-orin-nx: planned from an ESTIMATE" in report(staged)
+    for node in kit.nodes:
+        folder = tmp_path / node.id / "var/lib/faillite/models"
+        on_board = load_profile_overlays(catalog, folder)
+        lite0 = on_board.variant("efficientnet_lite0").profiles["jetson-orin-nx"]
+        cpu = catalog.variant("efficientnet_lite0").profiles["cpu"]
+        assert lite0.latency_ms == pytest.approx(cpu.latency_ms * 0.3)
+        assert lite0.source.startswith("estimate: cpu")
 
 
 def test_kit_stage_cli(models_dir: Path, tmp_path: Path) -> None:
