@@ -80,6 +80,12 @@ def register(sub: Any) -> None:
     ins.add_argument("--root", default="/", help="install under this root (default /)")
     ins.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     ins.set_defaults(func=cmd_install)
+    rk = ksub.add_parser("rekey", help="a lost board: new secrets for its replacement")
+    rk.add_argument("kit", help="the kit description (kit.yaml)")
+    rk.add_argument("node", help="the node whose board is lost")
+    rk.add_argument("--out", required=True, help="the rendered kit's folder")
+    rk.add_argument("--in-place", action="store_true", help="the kit was rendered --in-place")
+    rk.set_defaults(func=cmd_rekey)
     uni = ksub.add_parser("uninstall", help="stop and remove this node's units, code, config")
     uni.add_argument("--purge", action="store_true", help="its state, models and users too")
     uni.add_argument("--root", default="/", help="installed under this root (default /)")
@@ -245,6 +251,28 @@ def cmd_install(args: argparse.Namespace) -> int:
     argv += ["--keep-bundle"] if args.keep_bundle else []
     argv += ["--force"] if args.force else []
     return installer.main([*argv, *(["--no-systemd"] if args.no_systemd else [])])
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from faillite.config import ConfigError
+    from faillite.pki import PkiError
+    from field_kit.kit.model import load_kit
+    from field_kit.kit.rekey import rekey
+
+    try:
+        kit = load_kit(Path(args.kit))
+        if args.node not in {n.id for n in kit.nodes}:
+            print(f"faillite kit: no node {args.node!r} in {args.kit}", file=sys.stderr)
+            return 2
+        done = rekey(kit, Path(args.out), args.node, in_place=args.in_place)
+    except (ConfigError, PkiError, OSError) as exc:
+        print(f"faillite kit: {exc}", file=sys.stderr)
+        return 2
+    print(f"new secrets for {', '.join(done.secrets) or 'no identity'}")
+    for what in done.rotated:
+        print(f"new {what}: node {done.node} held it")
+    print(f"reinstall (faillite kit bundle, then install): {', '.join(done.changed)}")
+    return 0
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from faillite.accounts import read_password_file
 from faillite.compat import python_module
 from faillite.config import ConfigError, load_mesh_config
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
+from field_kit.kit.rekey import rekey
 from field_kit.kit.render import WATCHDOG_SEC, render
 
 
@@ -339,3 +340,29 @@ def test_rendering_again_replaces_its_files_and_keeps_the_staged_models(
     render(kit, out)
     assert not stale.exists()  # a role the node no longer has leaves no unit behind
     assert staged.read_bytes() == b"model"  # what `kit stage` put there stays
+
+
+def test_rekeying_a_lost_board_changes_its_secrets_and_the_brokers_list_only(
+    kit_file: Path, tmp_path: Path
+) -> None:
+    kit = load_kit(kit_file)
+    out = tmp_path / "build"
+    render(kit, out)
+    secret = out / "orin3/etc/faillite/secrets/recon1.worker.orin3.secret"
+    old = secret.read_text().strip()
+    passwd = out / "_provisioning/accounts/passwd"
+    done = rekey(kit, out, "orin3")  # a worker and a camera: no kit key on it
+    assert done.rotated == () and set(done.secrets) == {
+        "recon1.worker.orin3",
+        "recon1.sensor.cam-south",
+    }
+    assert done.changed == ("orin1", "orin3")  # its folder, and the broker's password file
+    new = secret.read_text().strip()
+    hashes = read_password_file(passwd)
+    assert new != old and hashes["recon1.worker.orin3"].verify(new)
+    assert not hashes["recon1.worker.orin3"].verify(old)  # what the lost board holds: refused
+    # A coordinator's board held the signing key: a new one, and every node is reinstalled.
+    pub = (out / "orin4/etc/faillite/signing/signing.pub").read_bytes()
+    done = rekey(kit, out, "orin2")
+    assert done.rotated == ("signing key",) and len(done.changed) == 5
+    assert (out / "orin4/etc/faillite/signing/signing.pub").read_bytes() != pub
