@@ -86,6 +86,17 @@ def register(sub: Any) -> None:
     rk.add_argument("--out", required=True, help="the rendered kit's folder")
     rk.add_argument("--in-place", action="store_true", help="the kit was rendered --in-place")
     rk.set_defaults(func=cmd_rekey)
+    col = ksub.add_parser("collect", help="every node's logs and the drill reports, one archive")
+    col.add_argument("kit", help="the kit description (kit.yaml)")
+    col.add_argument("--out", required=True, help="the archive to write (.tar.gz)")
+    col.add_argument(
+        "--fetch",
+        default=None,
+        help="command printing a node's logs; {node}, {host} (default: ssh {host} sudo "
+        "journalctl -o cat -u 'faillite-*' --since -24h)",
+    )
+    col.add_argument("--reports", default=None, help="a folder of drill reports to add")
+    col.set_defaults(func=cmd_collect)
     uni = ksub.add_parser("uninstall", help="stop and remove this node's units, code, config")
     uni.add_argument("--purge", action="store_true", help="its state, models and users too")
     uni.add_argument("--root", default="/", help="installed under this root (default /)")
@@ -273,6 +284,25 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         print(f"new {what}: node {done.node} held it")
     print(f"reinstall (faillite kit bundle, then install): {', '.join(done.changed)}")
     return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from faillite.config import ConfigError
+    from field_kit.kit.collect import DEFAULT_FETCH, collect
+    from field_kit.kit.model import load_kit
+    from field_kit.kit.remote import TemplateError
+
+    try:
+        kit = load_kit(Path(args.kit))
+        reports = Path(args.reports) if args.reports else None
+        got = collect(kit, Path(args.out), fetch=args.fetch or DEFAULT_FETCH, reports=reports)
+    except (ConfigError, TemplateError, OSError) as exc:
+        print(f"faillite kit: {exc}", file=sys.stderr)
+        return 2
+    for f in got:
+        print(f"{f.node}: {f'{f.lines} lines' if f.ok else 'NOT COLLECTED: ' + f.error}")
+    print(args.out)
+    return 0 if all(f.ok for f in got) else 1
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ within the bound and the leader stayed the same (a worker's death must not move 
 from __future__ import annotations
 
 import shlex
-import string
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any, Final
 from faillite.config import ConfigError, MeshConfig
 from faillite.mqtt import ConnectError
 from field_kit.kit.check import Check
+from field_kit.kit.remote import TemplateError, format_argv
 from field_kit.observe import AppView, MeshObserver
 
 UNIT: Final = "faillite-worker.service"
@@ -35,29 +35,13 @@ class DrillError(ValueError):
 
 
 def kill_argv(template: str, worker: str) -> list[str]:
-    """The kill command for ``worker``: ``template`` split like a shell would, then each word
-    formatted (a worker id never becomes more or fewer words)."""
+    """The kill command for ``worker``, from the operator's ``--kill-with`` template."""
     try:
-        words = shlex.split(template)
-        fields = {
-            f for w in words for _t, f, _s, _c in string.Formatter().parse(w) if f is not None
-        }
-    except ValueError as exc:
-        raise DrillError(f"--kill-with {template!r}: {exc}") from exc
-    unknown = sorted(fields - set(PLACEHOLDERS))
-    if unknown:
-        known = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
-        given = ", ".join(f"{{{u}}}" for u in unknown)
-        raise DrillError(
-            f"--kill-with {template!r}: unknown placeholder(s) {given}; "
-            f"known: {known} (write a literal brace as {{{{ or }}}})"
+        return format_argv(
+            template, "--kill-with", {p: UNIT if p == "unit" else worker for p in PLACEHOLDERS}
         )
-    if not words:
-        raise DrillError("--kill-with is empty")
-    try:
-        return [w.format(node=worker, worker=worker, unit=UNIT) for w in words]
-    except ValueError as exc:  # a bad format spec: {node:d}
-        raise DrillError(f"--kill-with {template!r}: {exc}") from exc
+    except TemplateError as exc:
+        raise DrillError(str(exc)) from exc
 
 
 def pick_app(cfg: MeshConfig, app: str | None) -> str:
