@@ -64,9 +64,9 @@ class Check:
         return f"{mark} {self.name}: {self.detail}{fix}"
 
 
-def check_tls(cfg: MeshConfig) -> list[Check]:
+def check_tls(cfg: MeshConfig, mission_days: float = EXPIRY_MARGIN.days) -> list[Check]:
     """The broker answers a TLS handshake whose certificate chain and host the CA verifies,
-    and the certificates here are valid for another 30 days."""
+    and the certificates here stay valid through the mission (``mission_days`` from now)."""
     b = cfg.broker
     out: list[Check] = []
     if b.tls is None:
@@ -98,13 +98,14 @@ def check_tls(cfg: MeshConfig) -> list[Check]:
         )
     for what, cert in certs:
         left = cert.not_valid_after_utc - now
-        ok = cert.not_valid_before_utc <= now and left > EXPIRY_MARGIN
+        ok = cert.not_valid_before_utc <= now and left > dt.timedelta(days=mission_days)
         out.append(
             Check(
                 "certificates",
                 ok,
-                f"{what} valid until {cert.not_valid_after_utc:%Y-%m-%d} ({left.days} days)",
-                "faillite kit render --rotate, then install the new files on every node",
+                f"{what} valid until {cert.not_valid_after_utc:%Y-%m-%d} ({left.days} days; "
+                f"the mission needs {mission_days:g})",
+                "faillite kit render --rotate --yes, then install the new files on every node",
             )
         )
     return out
@@ -436,8 +437,9 @@ def run_checks(
     results_s: float = RESULTS_WITHIN_S,
     models_dir: Path | None = None,
     engines_dir: Path | None = None,
+    mission_days: float = EXPIRY_MARGIN.days,
 ) -> list[Check]:
-    checks = check_tls(cfg)
+    checks = check_tls(cfg, mission_days)
     if all(c.ok for c in checks if c.name == "broker_tls"):
         identity = Identity(cfg.mesh, Role.OBSERVER, observer)
         checks += check_mesh(

@@ -114,6 +114,12 @@ def register(sub: Any) -> None:
         help="seconds an app's results may take to show before it counts as not served "
         "(default 10)",
     )
+    chk.add_argument(
+        "--mission-days",
+        type=float,
+        default=30.0,
+        help="days the kit must run from now: every certificate must outlast them (default 30)",
+    )
     chk.add_argument("--staged-dir", dest="staged", help="on a node: its staged models")
     chk.add_argument("--engines-dir", help="on a TensorRT node: its engines")
     chk.add_argument(
@@ -333,6 +339,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         results_s=args.results_within,
         models_dir=Path(args.staged) if args.staged else None,
         engines_dir=Path(args.engines_dir) if args.engines_dir else None,
+        mission_days=args.mission_days,
     )
     for c in checks:
         print(c.line())

@@ -76,6 +76,7 @@ DEPLOYED: Final = Layout()
 # progress (faillite.sdnotify), so one that hung without exiting is killed and restarted.
 WATCHDOG_SEC: Final = 30
 SECRET_MODE: Final = 0o600
+OPERATOR: Final = "_operator"  # <out>/_operator/mesh.yaml: the operator's laptop's config
 RELEASE_KEY: Final = "release"  # _provisioning/release/release.{key,pub}; etc/faillite/release.pub
 
 
@@ -253,6 +254,24 @@ def mesh_document(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, Any
     if kit.uplink is not None:
         # On every node, like the rest of the mesh: the broker's ACL follows its ``down``.
         doc["uplink"] = _uplink(kit.uplink, lay)
+    return doc
+
+
+def operator_document(kit: Kit, prov: Provisioning) -> dict[str, Any]:
+    """The mesh config of the operator's laptop (``faillite watch``, ``faillite kit check``):
+    the kit's broker and CA, the observers' secrets where ``render`` keeps them, no keys."""
+    plain = next((n for n in kit.nodes if not {"broker", "coordinator"} & set(n.roles)), None)
+    doc = mesh_document(kit, plain or kit.nodes[0], DEPLOYED)
+    link = "wifi" if "wifi" in kit.links else next(iter(kit.links))
+    broker = doc["broker"]
+    broker["host"] = kit.node(kit.broker.node).host
+    broker["keepalive_s"] = kit.links[link].keepalive_s
+    broker["secrets_dir"] = str(prov.secrets.resolve())
+    broker.pop("password_file", None)
+    broker["tls"] = {"ca_certs": str((prov.ca / pki.CA_CERT).resolve())}
+    doc["catalog"] = str(packaged_config("catalog.yaml"))
+    doc["models_dir"] = str((prov.root / "models").resolve())
+    doc["coordinator"]["signing"] = {"public_key": str((prov.signing / "signing.pub").resolve())}
     return doc
 
 
@@ -434,6 +453,11 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
     down = kit.uplink.down if kit.uplink is not None else ()
     scope = AclScope.of((n.id for n in kit.with_role("worker")), (a.id for a in kit.apps), down)
     folders: list[Path] = []
+    operator = prov.root.parent / OPERATOR
+    operator.mkdir(parents=True, exist_ok=True)
+    (operator / "mesh.yaml").write_text(
+        yaml.safe_dump(operator_document(kit, prov), sort_keys=False)
+    )
     for node in kit.nodes:
         folder = out / node.id
         # What render wrote before goes; what stage put under var/ (the models) stays.

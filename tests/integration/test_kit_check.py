@@ -72,6 +72,10 @@ def test_a_running_secured_mesh_passes_and_a_stranger_fails(
                 "PASS clocks",
             ):
                 assert any(line.startswith(expected) for line in lines), (expected, lines)
+            # A mission longer than the certificates last is a no-go.
+            long = _check(secure, port, "--as", "ops", "--mission-days", "40000")
+            assert long.returncode == 1 and "FAIL certificates: kit CA" in long.stdout
+            assert "the mission needs 40000" in long.stdout
             stranger = _check(secure, port, "--as", "nobody")
             assert stranger.returncode == 1 and "FAIL login" in stranger.stdout
             assert "Traceback" not in stranger.stderr

@@ -366,3 +366,16 @@ def test_rekeying_a_lost_board_changes_its_secrets_and_the_brokers_list_only(
     done = rekey(kit, out, "orin2")
     assert done.rotated == ("signing key",) and len(done.changed) == 5
     assert (out / "orin4/etc/faillite/signing/signing.pub").read_bytes() != pub
+
+
+def test_the_operators_laptop_gets_a_config_with_no_key_of_the_kit(
+    kit_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "build"
+    render(load_kit(kit_file), out)
+    cfg = load_mesh_config(out / "_operator/mesh.yaml")
+    assert cfg.broker.host == "10.42.0.11" and cfg.broker.port == 8883
+    assert cfg.broker.tls is not None and cfg.broker.tls.ca_certs.is_file()
+    assert cfg.broker.tls.server is None and cfg.broker.password_file is None
+    assert (cfg.broker.secrets_dir / "recon1.observer.ops.secret").is_file()  # type: ignore[operator]
+    assert cfg.coordinator.signing is not None and cfg.coordinator.signing.private_key is None
