@@ -19,13 +19,17 @@ nftables are system packages too: a Mosquitto broker node installs them from its
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -120,19 +124,64 @@ def resolves(
     return dict(sorted(out.items()))
 
 
-def source_tree(source: Path | None) -> Path:
-    """What to build the faillite wheel from: ``source`` (a checkout), or the installed
-    package's own files when there is no checkout (``pip install faillite`` on the laptop)."""
-    if source is not None:
-        if not (source / "pyproject.toml").is_file():
-            raise BundleError(f"{source} is not a FailLite checkout (no pyproject.toml)")
-        return source
-    for here in (Path(__file__).resolve().parents[2], Path.cwd()):
+def faillite_wheel(source: Path | None, dest: Path) -> Path:
+    """The faillite wheel the nodes install, in ``dest``: built from ``source`` (a checkout),
+    or from the checkout this FailLite runs from, or else (``pip install faillite`` on the
+    laptop, no checkout) packed again from the installed files, exactly what runs here."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if source is None:
+        here = Path(__file__).resolve().parents[2]
         if (here / "pyproject.toml").is_file() and (here / "field_kit").is_dir():
-            return here
-    raise BundleError(
-        "no FailLite source here: give --source a checkout of the version the kit runs"
+            source = here
+    if source is None:
+        return repack_installed(dest)
+    if not (source / "pyproject.toml").is_file():
+        raise BundleError(f"{source} is not a FailLite checkout (no pyproject.toml)")
+    installer.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(source)],
+        "building the faillite wheel",
+    )  # fmt: skip
+    (wheel,) = dest.glob("faillite-*.whl")
+    return wheel
+
+
+_NOT_PACKED: Final = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+
+def repack_installed(dest: Path, dist: importlib.metadata.Distribution | None = None) -> Path:
+    """The installed faillite distribution (``dist``: another one) as a wheel again: its files
+    as installed (not the console scripts pip wrote outside it, nor bytecode), a RECORD of
+    their hashes."""
+    dist = dist or importlib.metadata.distribution("faillite")
+    files = [
+        f
+        for f in dist.files or ()
+        if not str(f).startswith("..")
+        and "__pycache__" not in f.parts
+        and f.name not in _NOT_PACKED
+    ]
+    info = next((f.parts[0] for f in files if f.name == "METADATA"), None)
+    wheel_meta = dist.read_text("WHEEL")
+    if info is None or not info.endswith(".dist-info") or wheel_meta is None:
+        raise BundleError(
+            "this FailLite is neither a checkout nor installed from a wheel: give --source"
+        )
+    tag = next(
+        (x.split(":", 1)[1].strip() for x in wheel_meta.splitlines() if x.startswith("Tag:")),
+        "py3-none-any",
     )
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"faillite-{dist.version}-{tag}.whl"
+    record = []
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(files, key=str):
+            data = Path(str(dist.locate_file(f))).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            zf.writestr(str(f), data)
+            record.append(f"{f},sha256={digest.decode()},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        zf.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return out
 
 
 def bundle(
@@ -164,13 +213,8 @@ def bundle(
     pythons = {n.id: python or n.target_python for n in nodes}
     with tempfile.TemporaryDirectory(prefix="faillite-bundle-") as tmp:
         built = Path(tmp) / "built"
-        progress(f"{arch}: building the faillite wheel")
-        installer.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(built),
-             str(source_tree(source))],
-            "building the faillite wheel",
-        )  # fmt: skip
-        (ours,) = built.glob("faillite-*.whl")
+        progress(f"{arch}: the faillite wheel")
+        ours = faillite_wheel(source, built)
         # What a node compares to what it runs: the version, then when it was built.
         release_of = {
             "version": ours.name.split("-")[1],

@@ -9,6 +9,7 @@ would have to fetch it and would fail. Root and ``ip`` are needed for that part.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from faillite.signing import load_private_key
-from field_kit.kit.bundle import BundleError, bundle, install, release_fingerprint, verify
+from field_kit.kit.bundle import (
+    BundleError,
+    bundle,
+    install,
+    release_fingerprint,
+    repack_installed,
+    verify,
+)
 from field_kit.kit.installer import check_signature, installed, sha256, uninstall
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.render import render
@@ -290,3 +299,37 @@ def test_upgrades_go_forward_get_a_venv_each_and_uninstall_leaves_nothing(
     assert not (root / "opt/faillite").exists() and not (root / "etc/faillite").exists()
     assert not (root / "etc/systemd/system/faillite-broker.service").exists()
     assert gone
+
+
+def test_without_a_checkout_the_installed_faillite_is_packed_again(tmp_path: Path) -> None:
+    """The operator's laptop has `pip install faillite`, no checkout: the nodes get exactly
+    what runs there, packed again into a wheel that pip installs (it checks every hash)."""
+    built = tmp_path / "built"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(built), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (original,) = built.glob("faillite-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+         str(original)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (dist,) = [
+        d for d in importlib.metadata.distributions(path=[str(site)]) if d.name == "faillite"
+    ]
+    again = repack_installed(tmp_path / "again", dist)
+    assert again.name == original.name
+    with zipfile.ZipFile(original) as a, zipfile.ZipFile(again) as b:
+        ours = {n for n in a.namelist() if not n.endswith("/RECORD")}
+        theirs = {n for n in b.namelist() if not n.endswith("/RECORD")}
+        assert ours == theirs
+        assert all(a.read(n) == b.read(n) for n in ours)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+         str(tmp_path / "site2"), str(again)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "site2/field_kit/kit/installer.py").is_file()
