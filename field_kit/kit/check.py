@@ -409,6 +409,9 @@ def check_node(models_dir: Path, engines_dir: Path | None = None) -> list[Check]
             "install the node's bundle again (faillite kit install)",
         )
     )
+    out.append(
+        _loadable(models_dir, [f["file"] for f in manifest["files"] if f["file"] not in bad])
+    )
     if engines_dir is not None:
         n = len(manifest["files"])
         missing = [
@@ -426,6 +429,29 @@ def check_node(models_dir: Path, engines_dir: Path | None = None) -> list[Check]
             )
         )
     return out
+
+
+def _loadable(models_dir: Path, files: list[str]) -> Check:
+    """Each intact staged ONNX file opens in ONNX Runtime on the CPU: a backup that cannot
+    load is no backup. Skipped, and said, where ONNX Runtime is not installed (not a worker)."""
+    onnx = [f for f in files if f.endswith(".onnx")]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return Check("loadable", True, f"{len(onnx)} model files not opened: no ONNX Runtime here")
+    failed = []
+    for name in onnx:
+        try:
+            ort.InferenceSession(str(models_dir / name), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own untyped errors for bad files
+            failed.append(f"{name} ({str(exc).splitlines()[0][:80]})")
+    return Check(
+        "loadable",
+        not failed,
+        f"{len(onnx) - len(failed)} of {len(onnx)} staged model files open in ONNX Runtime"
+        + (f"; not: {', '.join(failed)}" if failed else ""),
+        "faillite models build on the laptop, stage and bundle again",
+    )
 
 
 def run_checks(

@@ -209,6 +209,30 @@ def test_staged_models_are_checked_against_their_manifest(tmp_path: Path) -> Non
     checks = {c.name: c for c in check_node(tmp_path, engines)}
     assert checks["disk"].ok and checks["models"].ok
     assert not checks["engines"].ok and "missing: b" in checks["engines"].detail
+    # Intact but not models: a backup that cannot load is no backup.
+    assert (
+        not checks["loadable"].ok and "0 of 2 staged model files open" in checks["loadable"].detail
+    )
     (tmp_path / "b.onnx").write_bytes(b"tampered")
     models = {c.name: c for c in check_node(tmp_path)}["models"]
     assert not models.ok and "bad: b.onnx" in models.detail and models.fix
+
+
+def test_staged_models_that_onnx_runtime_opens_pass(tmp_path: Path, models_dir: Path) -> None:
+    data = (models_dir / "efficientnet_lite0.onnx").read_bytes()
+    (tmp_path / "efficientnet_lite0.onnx").write_bytes(data)
+    manifest = {
+        "node": "n1",
+        "budget_mb": 100,
+        "used_mb": 20,
+        "files": [
+            {
+                "variant": "efficientnet_lite0",
+                "file": "efficientnet_lite0.onnx",
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        ],
+    }
+    (tmp_path / "stage.json").write_text(json.dumps(manifest))
+    checks = {c.name: c for c in check_node(tmp_path)}
+    assert checks["loadable"].ok and "1 of 1 staged model files open" in checks["loadable"].detail
