@@ -137,12 +137,42 @@ def faillite_wheel(source: Path | None, dest: Path) -> Path:
         return repack_installed(dest)
     if not (source / "pyproject.toml").is_file():
         raise BundleError(f"{source} is not a FailLite checkout (no pyproject.toml)")
+    # With a new enough setuptools here, build with it: no index needed to fetch one.
+    local = ["--no-build-isolation"] if _setuptools_at_least(77) else []
     installer.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *local, "-w", str(dest),
+         str(source)],
         "building the faillite wheel",
     )  # fmt: skip
     (wheel,) = dest.glob("faillite-*.whl")
     return wheel
+
+
+def _setuptools_at_least(major: int) -> bool:
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    head = version.split(".")[0]
+    return head.isdigit() and int(head) >= major
+
+
+OFFLINE_HINTS: Final = (
+    "No matching distribution",
+    "Could not find a version",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+)
+
+
+def _online_hint(exc: BundleError) -> BundleError:
+    if any(h in str(exc) for h in OFFLINE_HINTS):
+        return BundleError(
+            f"{exc}\n(bundling downloads every node's wheels: it needs PyPI, or a mirror in "
+            "PIP_INDEX_URL; is this machine online?)"
+        )
+    return exc
 
 
 _NOT_PACKED: Final = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
@@ -230,12 +260,16 @@ def bundle(
             extras = sorted({e for i in group for e in i.extras})
             spec = f"{ours}[{','.join(extras)}]" if extras else str(ours)
             progress(f"{arch}, Python {py}: downloading every dependency (pip download)")
-            installer.run(
-                [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
-                 "--only-binary=:all:", *(a for p in platforms(arch) for a in ("--platform", p)),
-                 "--python-version", py.replace(".", ""), "--implementation", "cp", spec],
-                f"resolving every dependency for {arch}, Python {py} (pip download)",
-            )  # fmt: skip
+            try:
+                installer.run(
+                    [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
+                     "--only-binary=:all:",
+                     *(a for p in platforms(arch) for a in ("--platform", p)),
+                     "--python-version", py.replace(".", ""), "--implementation", "cp", spec],
+                    f"resolving every dependency for {arch}, Python {py} (pip download)",
+                )  # fmt: skip
+            except BundleError as exc:
+                raise _online_hint(exc) from exc
         out.mkdir(parents=True, exist_ok=True)
         for n, inst in zip(nodes, installs, strict=True):
             progress(f"{n.id}: resolving offline, packing, signing")

@@ -379,3 +379,12 @@ def test_the_operators_laptop_gets_a_config_with_no_key_of_the_kit(
     assert cfg.broker.tls.server is None and cfg.broker.password_file is None
     assert (cfg.broker.secrets_dir / "recon1.observer.ops.secret").is_file()  # type: ignore[operator]
     assert cfg.coordinator.signing is not None and cfg.coordinator.signing.private_key is None
+
+
+def test_bundling_offline_says_it_needs_an_index() -> None:
+    from field_kit.kit.bundle import BundleError, _online_hint
+
+    pip = BundleError("resolving every dependency failed:\nERROR: No matching distribution found")
+    assert "needs PyPI, or a mirror in PIP_INDEX_URL" in str(_online_hint(pip))
+    other = BundleError("building the faillite wheel failed:\nsyntax error")
+    assert _online_hint(other) is other
