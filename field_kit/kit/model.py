@@ -46,6 +46,23 @@ class Node(StrictModel):
     roles: tuple[Role, ...] = Field(min_length=1)
     # The node's system Python, which its venv is made with: a Jetson's JetPack 6 has 3.10.
     python: Literal["3.10", "3.11", "3.12", "3.13"] | None = None
+    # A Jetson's JetPack release: its TensorRT (what the worker expects to find) and Python.
+    jetpack: Literal["6.0", "6.1", "6.2"] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> Node:
+        if self.jetpack is not None and not self.jetson:
+            raise ValueError(f"node {self.id!r}: jetpack is for aarch64 nodes with a GPU")
+        if self.jetson and self.python not in (None, "3.10"):
+            raise ValueError(f"node {self.id!r}: JetPack 6's system Python is 3.10")
+        return self
+
+    @property
+    def tensorrt_major(self) -> int | None:
+        """The TensorRT major version its JetPack ships (6.0: 8.6; 6.1 and 6.2: 10.3)."""
+        if not self.jetson:
+            return None
+        return 8 if self.jetpack == "6.0" else 10
 
     @property
     def jetson(self) -> bool:

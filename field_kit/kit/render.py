@@ -169,6 +169,8 @@ def _worker(kit: Kit, node: Node, lay: Layout) -> dict[str, Any]:
     backend: dict[str, Any]
     if node.accelerator == "tensorrt":
         backend = {"type": "tensorrt", "engines_dir": str(lay.var / "engines")}
+        if node.tensorrt_major is not None:
+            backend["expect_major"] = node.tensorrt_major
     elif node.accelerator == "cuda":
         backend = {
             "type": "onnxruntime",

@@ -81,6 +81,20 @@ def test_a_jetson_with_a_mismatched_tensorrt_falls_back_and_says_why_once(
         )
 
 
+def test_a_tensorrt_of_another_jetpack_is_no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in for JetPack 6.0's TensorRT 8.6 on a board the kit expects 6.1 (TensorRT 10)
+    on: its engines would not deserialize, so the backend is unavailable and says which."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "8.6.2"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    cudart = types.SimpleNamespace(cudaGetDeviceCount=lambda: (0, 1))
+    monkeypatch.setitem(sys.modules, "cuda", types.SimpleNamespace(cudart=cudart))
+    with pytest.raises(
+        BackendUnavailableError, match=r"TensorRT 8\.6\.2 is installed, the kit expects TensorRT 10"
+    ):
+        create_backend(TensorRTBackendConfig(type="tensorrt", expect_major=10))
+
+
 def test_registry_maps_each_type_to_its_config_and_backend_class() -> None:
     found = registry.backends()
     assert found["onnxruntime"].config is OnnxRuntimeBackendConfig

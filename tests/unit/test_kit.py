@@ -16,7 +16,7 @@ from faillite.compat import python_module
 from faillite.config import ConfigError, load_mesh_config
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.rekey import rekey
-from field_kit.kit.render import WATCHDOG_SEC, render
+from field_kit.kit.render import WATCHDOG_SEC, mesh_document, render
 
 
 @pytest.fixture
@@ -388,3 +388,17 @@ def test_bundling_offline_says_it_needs_an_index() -> None:
     assert "needs PyPI, or a mirror in PIP_INDEX_URL" in str(_online_hint(pip))
     other = BundleError("building the faillite wheel failed:\nsyntax error")
     assert _online_hint(other) is other
+
+
+def test_a_jetsons_jetpack_sets_the_tensorrt_its_worker_expects(kit_file: Path) -> None:
+    data = yaml.safe_load(kit_file.read_text())
+    data["nodes"][1]["jetpack"] = "6.0"
+    kit = Kit.model_validate(data)
+    docs = {n.id: mesh_document(kit, n) for n in kit.nodes}
+    workers = {w["id"]: w for w in docs["orin1"]["workers"]}
+    assert workers["orin1"]["backend"]["expect_major"] == 10  # JetPack 6.1 and later
+    assert workers["orin2"]["backend"]["expect_major"] == 8  # JetPack 6.0: TensorRT 8.6
+    assert workers["orin1"]["fallback_backend"]["type"] == "onnxruntime"
+    data["nodes"][2].update(arch="x86_64", accelerator="none", jetpack="6.1")
+    with pytest.raises(ValueError, match="jetpack is for aarch64 nodes with a GPU"):
+        Kit.model_validate(data)

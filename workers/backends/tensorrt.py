@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from pydantic import Field
+
 from faillite.config import BackendSection
 from workers.backends.base import (
     Backend,
@@ -32,6 +34,9 @@ class TensorRTBackendConfig(BackendSection):
 
     type: Literal["tensorrt"] = "tensorrt"
     engines_dir: Path | None = None
+    # The TensorRT major version the engines were built for (a kit's JetPack release): another
+    # one cannot deserialize them, so the backend reports itself unavailable.
+    expect_major: int | None = Field(default=None, ge=1)
 
 
 def _check(err: Any, what: str) -> None:
@@ -109,6 +114,12 @@ class TensorRTBackend(Backend):
                 "the tensorrt backend needs the tensorrt and cuda-python packages on an NVIDIA "
                 "device (pip install 'faillite[jetson]')"
             ) from exc
+        found = str(getattr(tensorrt, "__version__", "0")).split(".")[0]
+        if cfg.expect_major is not None and found != str(cfg.expect_major):
+            raise BackendUnavailableError(
+                f"TensorRT {getattr(tensorrt, '__version__', '?')} is installed, the kit expects "
+                f"TensorRT {cfg.expect_major} (its JetPack release)"
+            )
         err, count = cudart.cudaGetDeviceCount()
         if int(err) != 0 or count == 0:
             raise BackendUnavailableError("the tensorrt backend found no CUDA device")
