@@ -310,6 +310,7 @@ nodes:
     arch: aarch64
     device_class: jetson-orin-nx # a device profile of the model catalog
     accelerator: tensorrt        # none | cuda | tensorrt (engines built by faillite profile)
+    jetpack: "6.1"               # its TensorRT (10) and Python (3.10); a mismatch: CPU fallback
     memory_mb: 16384
     gpu_memory_mb: 16384         # Jetson: shared with the CPU
     disk_mb: 20000               # budget for model files on this node
