@@ -575,15 +575,8 @@ class DrillMesh:
 
     def _latest(self, topics: set[str], since: float) -> dict[str, tuple[float, bytes]]:
         """The last message recorded since ``since`` on each of ``topics`` that has one
-        (empty payloads included: an empty retained message clears its topic). One pass,
-        newest first: steady() runs on every recorded message."""
-        out: dict[str, tuple[float, bytes]] = {}
-        for t, tp, payload in reversed(self.rec.raw(since)):
-            if tp in topics and tp not in out:
-                out[tp] = (t, payload)
-                if len(out) == len(topics):
-                    break
-        return out
+        (empty payloads included: an empty retained message clears its topic)."""
+        return self.rec.last_on(topics, since)
 
     def _worker_topics(self, workers: tuple[str, ...] = WORKERS) -> set[str]:
         return {self.topics.worker_heartbeat(w) for w in workers} | {
@@ -638,7 +631,7 @@ class DrillMesh:
         p = self.placement()
         if p is None:
             return "no placement"
-        placements = [t for t, tp, _p in self.rec.raw() if tp == self.topics.placement]
+        placements = [t for t, _p in self.rec.on_topic(self.topics.placement)]
         if not placements or time.monotonic() - placements[-1] < quiet_s:
             return f"placement changed in the last {quiet_s} s"
         if placements[-1] < self.recorder_connected_at:

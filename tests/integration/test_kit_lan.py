@@ -12,6 +12,7 @@ Root, ``ip`` and the network to build the bundle (PyPI, as any install) are need
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import subprocess
 import time
@@ -90,7 +91,12 @@ def test_a_five_node_kit_installs_offline_serves_and_survives_its_drills(
         assert has_cv == bool({"worker", "sensor"} & set(n.roles)), n.id
     assert not (root / "n1/var/lib/faillite/models/stage.json").exists()  # n1 runs no worker
     assert not list((root / "n1/opt/faillite/venv/lib").glob("python3*/site-packages/onnxruntime"))
-    reh.start_all(timeout=120)
+    # The boards come up in a random order (seeded, printed: rerun it), seconds apart.
+    seed = random.randrange(1_000_000)
+    order = [n.id for n in reh.kit.nodes]
+    random.Random(seed).shuffle(order)
+    print(f"boot order {order} (seed {seed})")
+    reh.boot(order, delay_s=3.0, timeout=180)
     cfg = root / "n2/etc/faillite/mesh.yaml"
 
     deadline = time.monotonic() + 60
