@@ -53,6 +53,7 @@ from coordinator.events import (
     Observed,
     PlanFailed,
     PlanReady,
+    ProfileReported,
     SteppedDown,
     TermAcquired,
     Tick,
@@ -72,6 +73,7 @@ from coordinator.planner import (
     plan_failover,
 )
 from coordinator.planning import PlanRequest
+from coordinator.profiles import ProfileBook
 from coordinator.safety import MoveVerdict, judge_move
 from coordinator.shedding import LADDER, THROTTLE_SHARE, ShedConfig, Shedder, ShedStep
 from coordinator.wills import WillHold, read_offline
@@ -144,6 +146,8 @@ class CoordinatorCore:
         self.wills = WillHold()  # live last-wills until the broker is heard from after them
         self.state = ControlState()
         self.pace = PaceJudge(catalog, PaceConfig(sustain_s=self.ccfg.slo_sustain_s / 2))
+        # Estimates replaced by what the boards measured, as their reports come.
+        self.profiles = ProfileBook(catalog, {w.id: w.device_class for w in mesh.workers})
         self.shedder = Shedder(
             ShedConfig(sustain_s=self.ccfg.slo_sustain_s, calm_s=self.ccfg.shed_calm_s)
         )
@@ -197,6 +201,8 @@ class CoordinatorCore:
                 self._on_status(ev)
             else:
                 self._note_member(ev.status)
+        elif isinstance(ev, ProfileReported):
+            self._on_profile(ev)
         elif isinstance(ev, HeartbeatSeen):
             if self.adaptive:
                 self._judge_wills()
@@ -453,6 +459,28 @@ class CoordinatorCore:
             # Every app it had is paused: nothing to measure but the pause; try them back.
             self.shedder.observe(hb.worker, 0.0, ev.now)
 
+    def _on_profile(self, ev: ProfileReported) -> None:
+        p = ev.profile
+        why = self.profiles.report(p)
+        if why:
+            self._note("profile_refused", worker=p.worker, device_class=p.device_class, reason=why)
+            return
+        changed = self.profiles.rebuild()
+        if not changed:
+            return
+        self.catalog = self.pace.catalog = self.profiles.catalog
+        self._event(
+            "profile_measured",
+            p.worker,
+            device_classes=changed,
+            variants=sorted(c.variant for c in p.costs),
+            source=p.source[:200],
+        )
+        # A plan made from an estimate is made again from the measurement; before the first
+        # plan there is nothing to redo (it will use the measurement).
+        if self.phase == "running" and self.state.placement is not None:
+            self._replan("profile_measured")
+
     def _device(self, worker: str) -> str:
         return self.mesh.worker(worker).device_class
 
@@ -636,7 +664,7 @@ class CoordinatorCore:
                 for a, b in s.placement.backups.items()
                 if b.server in alive and a not in s.overrides
             }
-        request = PlanRequest(reason, alive, disk, keep, keep_backups)
+        request = PlanRequest(reason, alive, disk, keep, keep_backups, self.catalog)
         self._plans_pending += 1
         self._out.append(RequestPlan(request, delay_s))
 

@@ -62,6 +62,14 @@ class WorkerOffline(Observed):
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileReported(Observed):
+    """A worker's measured profile of its device class (retained: it may come before its
+    birth, or from an incarnation long gone: the figures are the board's, not the process's)."""
+
+    profile: messages.WorkerProfile
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatSeen(Observed):
     """Liveness, progress counters and per-app latency samples of one worker."""
 
@@ -113,6 +121,7 @@ Event = (
     | InheritedPlacement
     | WorkerBirth
     | WorkerOffline
+    | ProfileReported
     | HeartbeatSeen
     | Tick
     | BrokerHeard

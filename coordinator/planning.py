@@ -47,6 +47,9 @@ class PlanRequest:
     # Where apps run now: a re-plan keeps them there unless moving gains enough.
     sticky: Mapping[str, Assign] | None = None
     sticky_backups: Mapping[str, Backup] | None = None
+    # The catalog to plan with (measured profiles replace estimates as boards report them);
+    # None: the planner's own.
+    catalog: Catalog | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +108,9 @@ class SolverPlanner:
 
     def plan(self, request: PlanRequest) -> PlanResult | None:
         disk = {w: set(vs) for w, vs in request.models_on_disk.items()}
+        catalog = request.catalog if request.catalog is not None else self.catalog
         problem = Problem.from_config(
-            self.mesh, self.catalog, set(request.alive), disk, knobs=self.knobs
+            self.mesh, catalog, set(request.alive), disk, knobs=self.knobs
         )
         if not problem.servers:
             return None

@@ -57,6 +57,7 @@ from coordinator.events import (
     LinkUp,
     PlanFailed,
     PlanReady,
+    ProfileReported,
     SteppedDown,
     TermAcquired,
     Tick,
@@ -83,6 +84,7 @@ from faillite.signing import SignatureError, Signed, Signer, Verifier, load_sign
 from faillite.topics import (
     WORKER_ASSIGNMENT,
     WORKER_HEARTBEAT,
+    WORKER_PROFILE,
     WORKER_STATUS,
     Role,
     Topics,
@@ -218,6 +220,7 @@ class CoordinatorService:
             on_cleared=lambda _topic: self._heard.set(),
         )
         c.subscribe_json(t.filter(WORKER_STATUS), messages.WorkerStatus, self._on_worker_status)
+        c.subscribe_json(t.filter(WORKER_PROFILE), messages.WorkerProfile, self._on_profile)
         # Retained assignments carry the last term too (the coordinator's own status may have
         # been replaced by its last-will).
         c.subscribe_json(t.filter(WORKER_ASSIGNMENT), messages.Assignment, self._on_assignment)
@@ -354,6 +357,13 @@ class CoordinatorService:
             # A last-will counts once the broker is still there after it (coordinator.wills).
             self.client.ask_broker()
         self._inbox.put(WorkerOffline(*_clock(), st, retained=inb.retain))
+
+    def _on_profile(self, inb: Inbound[messages.WorkerProfile]) -> None:
+        p, parsed = inb.message, parse(inb.topic)
+        if parsed is None or p.worker != parsed[1].ids["worker"]:
+            self.client.bad.count("wrong_topic", f"profile of {p.worker!r}", topic=inb.topic)
+            return
+        self._inbox.put(ProfileReported(*_clock(), p))
 
     def _on_heartbeat(self, inb: Inbound[messages.Heartbeat]) -> None:
         hb, parsed = inb.message, parse(inb.topic)

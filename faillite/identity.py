@@ -142,6 +142,7 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
                 (Access.READ, t.coordinator_status),
                 (Access.READWRITE, t.worker_status(me)),
                 (Access.READWRITE, t.worker_heartbeat(me)),
+                (Access.READWRITE, t.worker_profile(me)),
                 *((Access.WRITE, _results(t, app, me)) for app in apps),
                 # A hot backup follows the primary's results: on promotion it publishes
                 # only those the primary did not (workers.hot).

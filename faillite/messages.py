@@ -102,6 +102,38 @@ class WorkerStatus:
     v: int = SCHEMA_VERSION
 
 
+# A measured cost: positive, finite and below an hour, so a crafted profile cannot turn the
+# planner's sums into infinities or make a board look free.
+MAX_COST = 3_600_000.0
+Cost = Annotated[float, Field(gt=0, le=MAX_COST, allow_inf_nan=False)]
+ZeroCost = Annotated[float, Field(ge=0, le=MAX_COST, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True, slots=True)
+class VariantCost:
+    """What one variant costs on the board that measured it (``faillite profile``)."""
+
+    variant: Name
+    latency_ms: Cost
+    memory_mb: Cost
+    load_ms: ZeroCost = 0.0
+    first_inference_ms: ZeroCost = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProfile:
+    """A worker's measured profile of its device class, retained beside its status: the
+    coordinators plan with it where they had only an estimate of that class."""
+
+    SCHEMA: ClassVar[str] = "WorkerProfile"
+    worker: Name
+    device_class: Name
+    source: Text  # where and how it was measured
+    ts: float
+    costs: Annotated[tuple[VariantCost, ...], Field(min_length=1, max_length=MAX_ITEMS)]
+    v: int = SCHEMA_VERSION
+
+
 @dataclass(frozen=True, slots=True)
 class AppStats:
     received: Count = 0
@@ -302,6 +334,7 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
         SensorStatus,
         WorkerStatus,
         Heartbeat,
+        WorkerProfile,
         Assignment,
         Result,
         Route,

@@ -77,6 +77,9 @@ WORKER_STATUS = TopicSpec(
 WORKER_HEARTBEAT = TopicSpec(
     "worker_heartbeat", "workers/{worker}/heartbeat", Role.WORKER, False, 0, "json", "Heartbeat"
 )
+WORKER_PROFILE = TopicSpec(
+    "worker_profile", "workers/{worker}/profile", Role.WORKER, True, 1, "json", "WorkerProfile"
+)
 WORKER_ASSIGNMENT = TopicSpec(
     "worker_assignment",
     "workers/{worker}/assignment",
@@ -116,6 +119,7 @@ ALL_TOPICS: Final[tuple[TopicSpec, ...]] = (
     SENSOR_STATUS,
     WORKER_STATUS,
     WORKER_HEARTBEAT,
+    WORKER_PROFILE,
     WORKER_ASSIGNMENT,
     APP_RESULTS,
     APP_ROUTE,
@@ -146,6 +150,9 @@ class Topics:
 
     def worker_heartbeat(self, worker: str) -> str:
         return f"{self.prefix}/workers/{check_id('worker', worker)}/heartbeat"
+
+    def worker_profile(self, worker: str) -> str:
+        return f"{self.prefix}/workers/{check_id('worker', worker)}/profile"
 
     def worker_assignment(self, worker: str) -> str:
         return f"{self.prefix}/workers/{check_id('worker', worker)}/assignment"

@@ -500,12 +500,17 @@ def write_overlay(overlay: ProfileOverlay, path: Path) -> Path:
 
 
 def pick_variants(
-    catalog: Catalog, models_dir: Path, names: Sequence[str] | None
+    catalog: Catalog, models_dir: Path, names: Sequence[str] | None, *, on_disk: bool = False
 ) -> list[tuple[str, Path]]:
-    """(variant, ONNX path) of ``names`` (default: the whole catalog); unknown or missing
-    files raise :class:`ProfileError` naming them all."""
+    """(variant, ONNX path) of ``names`` (default: the whole catalog; ``on_disk``: those whose
+    file is in ``models_dir``, what a node was staged with); unknown or missing files raise
+    :class:`ProfileError` naming them all."""
     known = [v.name for v in catalog.variants()]
     wanted = list(names) if names else known
+    if on_disk and not names:
+        wanted = [n for n in known if (models_dir / catalog.variant(n).file).is_file()]
+        if not wanted:
+            raise ProfileError(f"no model file of the catalog in {models_dir}: nothing staged")
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ProfileError(f"not in the catalog: {', '.join(unknown)} (known: {', '.join(known)})")

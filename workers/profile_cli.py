@@ -63,6 +63,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, help="overlay file (default <models_dir>/profiles/...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="without --variants: the variants whose files are in the models dir (staged)",
+    )
+    p.add_argument(
+        "--if-estimated",
+        action="store_true",
+        help="measure only if the overlay is missing or an estimate (what an install runs)",
+    )
     p.set_defaults(func=run)
 
 
@@ -88,7 +98,8 @@ def backend_section(cfg: MeshConfig, args: argparse.Namespace) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    from faillite.catalog import load_catalog, load_overlay, overlay_path
+    from faillite.catalog import ESTIMATE, load_catalog, load_overlay, overlay_path
+    from faillite.config import ConfigError
 
     with role_imports("profile", "worker"):
         import numpy  # noqa: F401  (the measuring needs it: one clear line if missing)
@@ -110,10 +121,19 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1:
         return fail("--runs must be at least 1")
     cfg = load_config(args)
+    out = args.out or overlay_path(cfg.models_path, args.device_class)
+    if args.if_estimated and out.is_file():
+        try:
+            given = load_overlay(out)
+        except ConfigError as exc:
+            return fail(str(exc))
+        if not given.source.startswith(ESTIMATE):
+            print(f"{COMMAND}: {out} is measured already ({given.source[:80]}): kept")
+            return 0
     catalog = load_catalog(cfg.catalog)
     section = backend_section(cfg, args)
     try:
-        variants = pick_variants(catalog, cfg.models_path, args.variants)
+        variants = pick_variants(catalog, cfg.models_path, args.variants, on_disk=args.on_disk)
         if section["type"] == "tensorrt":
             engines = section.get("engines_dir")
             build_engines(
@@ -127,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
         overlay = profile(job, progress=not args.no_progress)
     except ProfileError as exc:
         return fail(str(exc))
-    out = args.out or overlay_path(cfg.models_path, args.device_class)
     old = load_overlay(out) if out.is_file() else None
     write_overlay(merge_into_existing(old, overlay), out)
     print(

@@ -53,6 +53,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -75,6 +76,7 @@ from workers.counters import Counters, cpu_load, service_ms
 from workers.fencing import Fence, LogLimit
 from workers.frame_queue import FrameQueues, QueuedFrame
 from workers.inference import FrameRunner, Prepared
+from workers.measured import measured_profile
 from workers.model_cache import ModelCache
 from workers.plugins import FrameInterceptor
 from workers.serving import Serving, ServingTable
@@ -131,6 +133,12 @@ class Worker:
             bad=self.bad,
             emit=self._event,
         )
+        # What this board measured of its class, told to the coordinators on every connect.
+        self.profile, why = measured_profile(
+            Path(cfg.models_dir or mesh.models_path), cfg.device_class, cfg.id, messages.now()
+        )
+        if self.profile is None:
+            log.info("profile_not_published", reason=why)
         self.queues = FrameQueues(cfg.queue_size)
         self.counters = Counters()
         self.table = ServingTable(
@@ -190,6 +198,7 @@ class Worker:
             except SigningError as exc:
                 raise ConfigError(f"coordinator.signing: {exc}") from exc
         self._quiet = LogLimit()
+        self.client.on_connect(self._publish_profile)
         # The assignment first: its retained term is then known when a retained status comes,
         # so a forged status far above it is refused even by a worker that just started.
         self.client.subscribe_json(
@@ -225,6 +234,11 @@ class Worker:
             gpu=card.name if (card := gpu.probe()) is not None else "",
             gpu_memory_mb=card.total_mb if card is not None else 0.0,
         )
+
+    def _publish_profile(self) -> None:
+        if self.profile is not None:
+            topic = self.topics.worker_profile(self.cfg.id)
+            self.client.publish(topic, messages.encode(self.profile), qos=1, retain=True)
 
     def claim(self, *, replace: bool = False) -> None:
         """Before :meth:`start`: refuse (:class:`~faillite.presence.IdentityInUseError`) if this

@@ -51,7 +51,7 @@ from field_kit.kit.installer import (
     verify,
 )
 from field_kit.kit.model import Kit, Node
-from field_kit.kit.owners import ownership, users
+from field_kit.kit.owners import ROLE_USERS, ownership, users
 from field_kit.kit.render import RELEASE_KEY, Provisioning, identities, units
 
 # pip takes platform tags as given (no expansion to older glibc): every manylinux a node with
@@ -93,6 +93,8 @@ def node_install(kit: Kit, node: Node) -> NodeInstall:
         users(kit, node),
         ownership(kit, node, identities(kit, node)),
         "broker" in node.roles and kit.broker.kind == "mosquitto",
+        node.device_class if "worker" in node.roles else "",
+        ROLE_USERS["worker"] if "worker" in node.roles else "",
     )
 
 

@@ -6,7 +6,8 @@
     faillite kit render kit.yaml --out build/   # build/<node>/ per node, build/_provisioning/
     faillite kit stage kit.yaml --out build/ --models-dir DIR  # each node's model files
     faillite kit bundle kit.yaml --out build/ [--arch x86_64]  # offline archive per arch
-    faillite kit install build/faillite-kit-KIT-ARCH.tar --node ID   # on the node, offline
+    faillite kit install build/faillite-kit-KIT-NODE.tar --node ID   # on the node, offline
+    faillite kit upgrade build/faillite-kit-KIT-NODE.tar   # a newer release over the installed
     faillite kit check -c /etc/faillite/mesh.yaml [--as ops] [--staged-dir DIR]  # readiness
     faillite kit check -c mesh.yaml --drill [--drill-app APP] [--kill-with CMD]  # + KILL_PRIMARY
 """
@@ -79,6 +80,19 @@ def register(sub: Any) -> None:
     ins.add_argument("--force", action="store_true", help="install an older release")
     ins.add_argument("--root", default="/", help="install under this root (default /)")
     ins.add_argument("--no-systemd", action="store_true", help="do not enable the units")
+    ins.add_argument(
+        "--no-profile", action="store_true", help="do not measure this board at install"
+    )
+    up = ksub.add_parser(
+        "upgrade",
+        help="on a node: install a newer bundle over the installed release (rolls back on failure)",
+    )
+    up.add_argument("archive", help="faillite-kit-<kit>-<node>.tar (or its unpacked folder)")
+    up.add_argument("--root", default="/", help="the install root (default /)")
+    up.add_argument("--keep-bundle", action="store_true", help="keep the archive once installed")
+    up.add_argument("--no-systemd", action="store_true", help="do not restart the units")
+    up.add_argument("--no-profile", action="store_true", help="do not measure this board again")
+    up.set_defaults(func=cmd_upgrade, node=None, trust=None, force=False)
     ins.set_defaults(func=cmd_install)
     rk = ksub.add_parser("rekey", help="a lost board: new secrets for its replacement")
     rk.add_argument("kit", help="the kit description (kit.yaml)")
@@ -267,7 +281,29 @@ def cmd_install(args: argparse.Namespace) -> int:
     argv += ["--trust", args.trust] if args.trust else []
     argv += ["--keep-bundle"] if args.keep_bundle else []
     argv += ["--force"] if args.force else []
+    argv += ["--no-profile"] if args.no_profile else []
     return installer.main([*argv, *(["--no-systemd"] if args.no_systemd else [])])
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from field_kit.kit import installer
+
+    before = installer.installed(Path(args.root))
+    if before is None:
+        print(
+            f"faillite kit upgrade: nothing installed under {args.root}: kit install first",
+            file=sys.stderr,
+        )
+        return 2
+    rc = cmd_install(args)
+    after = installer.installed(Path(args.root))
+    if rc == 0 and after is not None:
+        print(
+            f"upgraded node {after['node']}: release {installer.label(before['release'])} -> "
+            f"{installer.label(after['release'])}",
+            file=sys.stderr,
+        )
+    return rc
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ NODE_TREE: Final = "node"  # the node's file system (etc/, var/) in its bundle
 VENV: Final = "opt/faillite/venv"  # under the install root: a link to the current release's
 VENVS: Final = "opt/faillite/venvs"  # one venv per release installed (the current, the last)
 RECORD: Final = "opt/faillite/release.json"  # what is installed: release, node, units
+CONFIG: Final = "etc/faillite/mesh.yaml"  # the node's config, as render writes it
 # DER of an Ed25519 SubjectPublicKeyInfo before its 32 raw bytes (RFC 8410).
 _ED25519_SPKI: Final = bytes.fromhex("302a300506032b6570032100")
 
@@ -70,6 +71,10 @@ class NodeInstall:
     users: dict[str, tuple[str, ...]] = field(default_factory=dict)
     owners: dict[str, tuple[str, int]] = field(default_factory=dict)
     mosquitto: bool = False  # the Mosquitto broker runs here (Debian's own service must not)
+    # A worker here measures its device class at install (``faillite profile``), where its
+    # profile is missing or an estimate: its worker then tells the coordinators. "": none.
+    measure: str = ""
+    measure_user: str = ""
 
 
 def missing_prerequisites(
@@ -256,14 +261,16 @@ def install(
     trusted: str | None = None,
     keep: bool = True,
     force: bool = False,
+    profile: bool = True,
 ) -> NodeInstall:
     """Install the node of ``archive`` (its .tar, or the unpacked folder) under ``root``, with
     no network; returns what it did. ``node``: refuse a bundle of another node. ``keep``
     False: the archive (it holds the node's secrets) is deleted once installed."""
     if archive.is_dir():
         return install_folder(
-            archive, node, root=root, systemd=systemd, trusted=trusted, force=force
-        )
+            archive, node, root=root, systemd=systemd, trusted=trusted, force=force,
+            profile=profile,
+        )  # fmt: skip
     side = archive.with_name(archive.name + ".sha256")
     if side.is_file() and side.read_text().split()[0] != sha256(archive):
         raise BundleError(f"{archive}: does not match {side.name}")
@@ -273,8 +280,9 @@ def install(
             tar.extractall(tmp, filter="data")
         (folder,) = Path(tmp).iterdir()
         spec = install_folder(
-            folder, node, root=root, systemd=systemd, trusted=trusted, force=force
-        )
+            folder, node, root=root, systemd=systemd, trusted=trusted, force=force,
+            profile=profile,
+        )  # fmt: skip
     if not keep:
         archive.unlink()
         side.unlink(missing_ok=True)
@@ -290,6 +298,7 @@ def install_folder(
     trusted: str | None = None,
     accounts: bool | None = None,
     force: bool = False,
+    profile: bool = True,
 ) -> NodeInstall:
     """``accounts``: make the service users and give each its files (default: installing
     under ``/``; a rehearsal under another root runs every role as itself). A release older
@@ -309,6 +318,8 @@ def install_folder(
         {u: tuple(g) for u, g in meta.get("users", {}).items()},
         {p: (str(o), int(m)) for p, (o, m) in meta.get("owners", {}).items()},
         bool(meta.get("mosquitto", False)),
+        str(meta.get("measure", "")),
+        str(meta.get("measure_user", "")),
     )
     accounts = root == Path("/") if accounts is None else accounts
     missing = missing_prerequisites(spec, systemd=systemd and root == Path("/"))
@@ -318,13 +329,13 @@ def install_folder(
     before = installed(root)
     if before is not None and _order(release) < _order(before["release"]) and not force:
         raise BundleError(
-            f"release {_label(release)} is older than the installed {_label(before['release'])}:"
+            f"release {label(release)} is older than the installed {label(before['release'])}:"
             " refused (--force goes back to it)"
         )
     # A venv per release, made where it stays (a venv cannot move); the link swaps at the end.
     venvs = root / VENVS
     venvs.mkdir(parents=True, exist_ok=True)
-    fresh = venvs / _label(release).replace(" ", "-")
+    fresh = venvs / label(release).replace(" ", "-")
     current = root / VENV
     if current.exists() and not current.is_symlink():  # an install from before releases
         current.rename(venvs / "unversioned")
@@ -360,6 +371,8 @@ def install_folder(
             make_users(spec.users)
             apply_owners(root, spec.owners)
         _link(current, fresh)
+        if profile and spec.measure:
+            measure(root, fresh, spec, as_user=accounts)
         if systemd and root == Path("/"):
             if spec.mosquitto:
                 # Debian's own mosquitto.service would hold the port: the kit's unit runs it.
@@ -394,6 +407,34 @@ def install_folder(
     return spec
 
 
+MEASURE_TIMEOUT_S: Final = 3600.0  # TensorRT builds its engines first: minutes per variant
+
+
+def measure(root: Path, venv: Path, spec: NodeInstall, *, as_user: bool) -> bool:
+    """Measure the node's device class before its worker starts (it would share the board with
+    the measuring). A failure leaves the estimate and says so: the node runs all the same."""
+    cmd = [
+        str(venv / "bin" / "faillite"), "profile", "--config", str(root / CONFIG),
+        "--device-class", spec.measure, "--if-estimated", "--on-disk", "--runs", "30",
+    ]  # fmt: skip
+    if as_user and spec.measure_user and shutil.which("runuser"):
+        cmd = ["runuser", "-u", spec.measure_user, "--", *cmd]
+    print(f"install: measuring device class {spec.measure} on this board", file=sys.stderr)
+    try:
+        done = subprocess.run(cmd, timeout=MEASURE_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"install: measuring failed ({exc}); the estimate stays", file=sys.stderr)
+        return False
+    if done.returncode != 0:
+        print(
+            f"install: measuring failed (exit {done.returncode}); the estimate stays: run "
+            f"faillite profile --device-class {spec.measure} on this board later",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def installed(root: Path) -> dict[str, Any] | None:
     """What the last install under ``root`` left: its release, node and units."""
     path = root / RECORD
@@ -405,7 +446,7 @@ def _order(release: dict[str, Any]) -> tuple[tuple[int, ...], str]:
     return parts, str(release.get("built", ""))
 
 
-def _label(release: dict[str, Any]) -> str:
+def label(release: dict[str, Any]) -> str:
     return f"{release.get('version', '0')} {release.get('built', '')}".strip()
 
 
@@ -493,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--root", default="/", help="install under this root (default /)")
     p.add_argument("--no-systemd", action="store_true", help="do not enable the units")
+    p.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="do not measure this board's device class (its estimate, if any, stays)",
+    )
     args = p.parse_args(argv)
     t0 = time.monotonic()
     if args.uninstall:
@@ -513,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             trusted=args.trust,
             keep=args.keep_bundle or where.is_dir(),
             force=args.force,
+            profile=not args.no_profile,
         )
     except (BundleError, OSError) as exc:
         print(f"install: {exc}", file=sys.stderr)

@@ -27,6 +27,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from faillite.catalog import ESTIMATE, estimated, load_catalog, load_overlay
+from faillite.config import packaged_config
 from faillite.signing import load_private_key
 from field_kit.kit.bundle import (
     BundleError,
@@ -333,3 +335,44 @@ def test_without_a_checkout_the_installed_faillite_is_packed_again(tmp_path: Pat
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "site2/field_kit/kit/installer.py").is_file()
+
+
+def test_a_worker_node_measures_its_class_at_install_where_it_had_an_estimate(
+    built: tuple[dict[str, Path], str], kit_dir: Path, tmp_path: Path, models_dir: Path
+) -> None:
+    """What `faillite profile` measures at install replaces the estimate the node was staged
+    with; a broker-only node measures nothing."""
+    archives, fpr = built
+    folder = _unpack(archives["n3"], tmp_path / "n3")
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert (meta["measure"], meta["measure_user"]) == ("cpu", "faillite-worker")
+    assert (
+        json.loads((_unpack(archives["n1"], tmp_path / "n1") / "bundle.json").read_text())[
+            "measure"
+        ]
+        == ""
+    )
+    root = tmp_path / "root"
+    # As the rehearsal renders it: the node's paths point under its root.
+    cfg = folder / "node/etc/faillite/mesh.yaml"
+    doc = yaml.safe_load(cfg.read_text())
+    staged = root / "var/lib/faillite/models"
+    doc["models_dir"] = str(staged)
+    cfg.write_text(yaml.safe_dump(doc))
+    models = folder / "node/var/lib/faillite/models"
+    (models / "profiles").mkdir(parents=True, exist_ok=True)
+    catalog = load_catalog(packaged_config("catalog.yaml"))
+    lite0 = catalog.variant("efficientnet_lite0").file
+    shutil.copyfile(models_dir / lite0, models / lite0)
+    guess = estimated(catalog, "cpu", "cpu", latency_scale=5.0)
+    (models / "profiles/cpu.yaml").write_text(
+        yaml.safe_dump(guess.model_dump(mode="json", exclude_defaults=True))
+    )
+    _as_release(folder, kit_dir, meta["release"]["built"])
+    install(folder, "n3", root=root, systemd=False, trusted=fpr)
+    overlay = load_overlay(staged / "profiles/cpu.yaml")
+    assert not overlay.source.startswith(ESTIMATE)
+    lite0_now = overlay.profiles["efficientnet_lite0"]
+    assert not lite0_now.source.startswith(ESTIMATE) and lite0_now.latency_ms > 0
+    # Its file was not staged here: its row stays the estimate it was.
+    assert overlay.profiles["efficientnet_lite2"].source.startswith(ESTIMATE)

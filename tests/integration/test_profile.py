@@ -16,7 +16,14 @@ import pytest
 import yaml
 
 from coordinator.planner.problem import Problem, ProblemError
-from faillite.catalog import Catalog, load_catalog, load_overlay, load_profile_overlays
+from faillite.catalog import (
+    ESTIMATE,
+    Catalog,
+    estimated,
+    load_catalog,
+    load_overlay,
+    load_profile_overlays,
+)
 from faillite.compat import python_module
 from faillite.config import load_mesh_config, packaged_config
 
@@ -91,3 +98,29 @@ def test_cpu_kit_class_profiled_once_is_plannable(
     before = load_overlay(tmp_path / "before.yaml")
     assert set(after.profiles) == set(LITE)
     assert after.profiles["efficientnet_lite2"] == before.profiles["efficientnet_lite2"]
+
+    # What an install runs: a measured file is kept, not measured again...
+    kept = subprocess.run(
+        [*python_module("faillite"), "profile", "-c", str(tmp_path / "mesh.yaml"),
+         "--device-class", "test-cpu", "--if-estimated", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert kept.returncode == 0 and "measured already" in kept.stdout, kept.stderr
+    assert load_overlay(path) == after
+    # ...an estimate is measured over (what was not measured keeps its estimate row).
+    path.write_text(
+        yaml.safe_dump(
+            estimated(catalog, "test-cpu", "cpu", latency_scale=9.0).model_dump(mode="json")
+        )
+    )
+    measured = subprocess.run(
+        [*python_module("faillite"), "profile", "-c", str(tmp_path / "mesh.yaml"),
+         "--device-class", "test-cpu", "--if-estimated", "--variants", "efficientnet_lite0",
+         "--runs", "3", "--threads", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert measured.returncode == 0, measured.stderr
+    now = load_overlay(path)
+    assert not now.source.startswith(ESTIMATE)
+    assert not now.profiles["efficientnet_lite0"].source.startswith(ESTIMATE)
+    assert now.profiles["efficientnet_lite2"].source.startswith(ESTIMATE)

@@ -78,6 +78,7 @@ def test_every_message_type_round_trips_with_defaults() -> None:
         m.SensorStatus("s", "online", "i", 1.0),
         m.WorkerStatus("w", "i", "offline", 1.0, reason="lost"),
         m.Heartbeat("w", "i", 3, 1.0, apps={"a": m.AppStats(1, 1, 0, 2.5)}),
+        m.WorkerProfile("w", "cpu", "here", 1.0, (m.VariantCost("v", 2.5, 100.0),)),
         _assignment(),
         m.Result(
             "a",
@@ -142,3 +143,24 @@ def test_a_term_a_successor_cannot_overflow() -> None:
     a["term"] = 2**64 - 1  # a retained term that crashed every successor on start
     with pytest.raises(m.InvalidMessageError):
         m.decode(m.Assignment, orjson.dumps(a))
+
+
+@pytest.mark.parametrize(
+    "cost",
+    [
+        {"variant": "v", "latency_ms": 0, "memory_mb": 1},  # free: would attract every app
+        {"variant": "v", "latency_ms": -1, "memory_mb": 1},
+        {"variant": "v", "latency_ms": 1, "memory_mb": 1e300},
+        {"variant": "v", "latency_ms": 1, "memory_mb": 1, "load_ms": -5},
+    ],
+)
+def test_a_crafted_profile_cost_is_refused(cost: dict[str, object]) -> None:
+    raw = {"worker": "w", "device_class": "cpu", "source": "x", "ts": 1.0, "costs": [cost], "v": 1}
+    with pytest.raises(m.InvalidMessageError):
+        m.decode(m.WorkerProfile, orjson.dumps(raw))
+
+
+def test_a_profile_with_no_costs_is_refused() -> None:
+    raw = {"worker": "w", "device_class": "cpu", "source": "x", "ts": 1.0, "costs": [], "v": 1}
+    with pytest.raises(m.InvalidMessageError):
+        m.decode(m.WorkerProfile, orjson.dumps(raw))

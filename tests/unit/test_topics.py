@@ -71,6 +71,7 @@ def test_builders_and_parse_agree() -> None:
         t.worker_status("jetson-02"): ("worker_status", {"worker": "jetson-02"}),
         t.worker_heartbeat("w1"): ("worker_heartbeat", {"worker": "w1"}),
         t.worker_assignment("w1"): ("worker_assignment", {"worker": "w1"}),
+        t.worker_profile("w1"): ("worker_profile", {"worker": "w1"}),
         t.app_results("det", "w1"): ("app_results", {"app": "det", "worker": "w1"}),
         t.app_route("det"): ("app_route", {"app": "det"}),
         t.coordinator_status: ("coordinator_status", {}),
