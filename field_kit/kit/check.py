@@ -26,6 +26,7 @@ import ssl
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -156,10 +157,11 @@ def check_mesh(
     wait_s: float,
     tolerance_s: float,
     results_s: float = RESULTS_WITHIN_S,
+    planned: Mapping[str, str] | None = None,
 ) -> list[Check]:
-    """Login, every role up with its live incarnation, the leader, every app served, the
-    workers' clocks. Listens ``wait_s``, and while an app is not served yet, up to
-    ``results_s``."""
+    """Login, every role up with its live incarnation, the leader, every app served (by the
+    worker ``planned`` names: app -> worker, from ``kit stage``), the workers' clocks. Listens
+    ``wait_s``, and while an app is not served yet, up to ``results_s``."""
     t = Topics(cfg.mesh)
     seen = _Seen()
     try:
@@ -235,7 +237,7 @@ def check_mesh(
             ended = time.monotonic()
             if ended - start >= wait_s:
                 with seen.lock:
-                    served = all(c.ok for c in _apps(cfg, seen, ended, results_s))
+                    served = all(c.ok for c in _apps(cfg, seen, ended, results_s, planned))
                 if served or ended - start >= max(wait_s, results_s):
                     break
             time.sleep(0.1)
@@ -258,7 +260,7 @@ def check_mesh(
                 "start faillite-coordinator.service on a coordinator node",
             )
         )
-        out += _apps(cfg, seen, ended, results_s)  # as judged when listening ended
+        out += _apps(cfg, seen, ended, results_s, planned)  # as judged when listening ended
         out.append(_clocks(seen, tolerance_s))
     return out
 
@@ -267,11 +269,25 @@ def _worker_up(worker: str, seen: _Seen) -> Check:
     return _role_up(f"worker {worker}", seen, [hb for _t, hb in seen.heartbeats.get(worker, [])])
 
 
-def _apps(cfg: MeshConfig, seen: _Seen, now: float, results_s: float) -> list[Check]:
+def _apps(
+    cfg: MeshConfig,
+    seen: _Seen,
+    now: float,
+    results_s: float,
+    planned: Mapping[str, str] | None = None,
+) -> list[Check]:
     """Under ``seen.lock``: one line per app of the config, served or why not."""
     live = {w.id for w in cfg.workers if _worker_up(w.id, seen).ok}
     return [
-        app_served(a.id, seen.routes.get(a.id), live, seen.results.get(a.id, {}), now, results_s)
+        app_served(
+            a.id,
+            seen.routes.get(a.id),
+            live,
+            seen.results.get(a.id, {}),
+            now,
+            results_s,
+            (planned or {}).get(a.id),
+        )
         for a in cfg.apps
     ]
 
@@ -283,10 +299,12 @@ def app_served(
     results: dict[str, float],
     now: float,
     results_s: float,
+    planned: str | None = None,
 ) -> Check:
     """Is ``app`` served: a retained route ``serving`` or ``degraded`` on a worker that is up
     (``live``), and a result from that worker (``results``: worker -> when its last one came)
-    within ``results_s``?"""
+    within ``results_s``? With ``planned`` (its primary as the kit was staged): by that
+    worker, not by a backup."""
     if route is None:
         return Check(
             "apps",
@@ -326,6 +344,15 @@ def app_served(
             False,
             f"{app} not served: no results in {results_s:g} s from {route.worker}",
             f"is its camera sending frames (the roles checks)? read {route.worker}'s log",
+        )
+    if planned is not None and route.worker != planned:
+        return Check(
+            "apps",
+            False,
+            f"{app} served by {route.worker}, not by {planned}, its planned primary: the kit "
+            "would go out on a backup",
+            f"is {planned} up (the roles checks)? If the leader re-planned (its log, event "
+            "profile_measured), stage the kit again and reinstall what changed",
         )
     return Check(
         "apps",
@@ -458,6 +485,7 @@ def run_checks(
     cfg: MeshConfig,
     observer: str,
     *,
+    planned: Mapping[str, str] | None = None,
     wait_s: float = 3.0,
     tolerance_s: float = 0.5,
     results_s: float = RESULTS_WITHIN_S,
@@ -469,8 +497,22 @@ def run_checks(
     if all(c.ok for c in checks if c.name == "broker_tls"):
         identity = Identity(cfg.mesh, Role.OBSERVER, observer)
         checks += check_mesh(
-            cfg, identity, wait_s=wait_s, tolerance_s=tolerance_s, results_s=results_s
+            cfg,
+            identity,
+            wait_s=wait_s,
+            tolerance_s=tolerance_s,
+            results_s=results_s,
+            planned=planned,
         )
     if models_dir is not None:
         checks += check_node(models_dir, engines_dir)
     return checks
+
+
+def read_plan(path: Path) -> dict[str, str]:
+    """``kit stage``'s plan (``_operator/plan.json``): app -> its planned primary worker."""
+    try:
+        doc = json.loads(path.read_text())
+        return {str(app): str(p["worker"]) for app, p in doc["apps"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a plan kit stage wrote ({exc})") from exc

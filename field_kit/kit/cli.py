@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faillite.cli import add_common, load_config
+from faillite.cli import add_common, config_path, load_config
 
 # systemd's Restart= brings the worker back after the drill.
 DEFAULT_KILL_WITH = "ssh {node} sudo systemctl kill --signal=SIGKILL {unit}"
@@ -133,6 +133,11 @@ def register(sub: Any) -> None:
         type=float,
         default=30.0,
         help="days the kit must run from now: every certificate must outlast them (default 30)",
+    )
+    chk.add_argument(
+        "--plan",
+        help="kit stage's plan.json: each app must be served by its planned primary (default: "
+        "plan.json beside the config, as in build/_operator/)",
     )
     chk.add_argument("--staged-dir", dest="staged", help="on a node: its staged models")
     chk.add_argument("--engines-dir", help="on a TensorRT node: its engines")
@@ -367,9 +372,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         except DrillError as exc:
             print(f"faillite kit check: {exc}", file=sys.stderr)
             return 2
+    plan = Path(args.plan) if args.plan else config_path(args.config).parent / "plan.json"
+    planned = None
+    if args.plan or plan.is_file():
+        from faillite.config import ConfigError
+        from field_kit.kit.check import read_plan
+
+        try:
+            planned = read_plan(plan)
+        except ConfigError as exc:
+            print(f"faillite kit check: {exc}", file=sys.stderr)
+            return 2
     checks = run_checks(
         cfg,
         args.observer,
+        planned=planned,
         wait_s=args.wait,
         tolerance_s=args.clock_tolerance,
         results_s=args.results_within,

@@ -32,12 +32,13 @@ from faillite.catalog import (
 )
 from faillite.config import ConfigError, MeshConfig, packaged_config
 from field_kit.kit.model import Kit
-from field_kit.kit.render import VAR, mesh_document
+from field_kit.kit.render import OPERATOR, VAR, mesh_document
 
 Why = Literal["primary", "warm", "cold", "failover"]
 PRIORITY: Final[dict[Why, int]] = {"primary": 0, "warm": 1, "cold": 2, "failover": 3}
 MODELS: Final = VAR / "models"
 MANIFEST: Final = "stage.json"
+PLAN: Final = "plan.json"  # <out>/_operator/plan.json: each app's planned primary
 
 
 class StageError(RuntimeError):
@@ -88,6 +89,18 @@ class KitStage:
         unplaced = {a for a, why in self.unprotected.items() if why.startswith("not placed")}
         lost = {a for st in self.nodes for f in st.left_out if f.why == "primary" for a in f.apps}
         return sorted(unplaced | lost)
+
+    @property
+    def primaries(self) -> dict[str, tuple[str, str]]:
+        """app -> (node, variant) of its primary as planned: the worker that should serve it
+        when the kit goes out (``kit check`` compares)."""
+        return {
+            app: (st.node, f.variant)
+            for st in self.nodes
+            for f in st.files
+            if f.why == "primary"
+            for app in f.apps
+        }
 
     @property
     def apps_losing_protection(self) -> list[str]:
@@ -246,6 +259,10 @@ def stage(
             verified.append(StagedFile(**{**asdict(f), "sha256": got}))
         st.files = verified
         (dest / MANIFEST).write_text(json.dumps(manifest(st), indent=2, sort_keys=True) + "\n")
+    operator = out / OPERATOR
+    operator.mkdir(parents=True, exist_ok=True)
+    plan = {app: {"worker": w, "variant": v} for app, (w, v) in sorted(stages.primaries.items())}
+    (operator / PLAN).write_text(json.dumps({"kit": kit.kit, "apps": plan}, indent=2) + "\n")
     return stages
 
 

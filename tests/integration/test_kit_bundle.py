@@ -214,6 +214,7 @@ def test_the_aarch64_bundles_resolve_every_requirement_for_their_platform(tmp_pa
     doc = yaml.safe_load(EXAMPLE)
     doc["broker"]["kind"] = "amqtt"
     doc["nodes"][4]["accelerator"] = "none"
+    doc["nodes"][4].pop("jetpack", None)  # a CPU-only aarch64 box: no JetPack
     kit = Kit.model_validate(doc)
     render(kit, tmp_path / "build")
     archives = bundle(kit, tmp_path / "build", REPO, tmp_path / "dist", "aarch64")

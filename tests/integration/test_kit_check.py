@@ -114,6 +114,11 @@ def test_an_app_is_served_only_with_a_route_a_live_worker_and_results() -> None:
     )
     assert detail(RouteSeen("w1", "v0", "serving"), {"w1": 94.0}).startswith("FAIL")  # too old
     assert detail(RouteSeen("w1", "v0", "serving"), {"w2": 99.0}).startswith("FAIL")  # not its
+    # Served, but by another than its planned primary: the kit would go out on its backup.
+    on_backup = app_served("a1", RouteSeen("w1", "v0", "serving"), live, fresh, now, 5.0, "w3")
+    assert not on_backup.ok
+    assert on_backup.detail.startswith("a1 served by w1, not by w3, its planned primary")
+    assert app_served("a1", RouteSeen("w1", "v0", "serving"), live, fresh, now, 5.0, "w1").ok
     # A state this reader does not know is no route to believe, and not served.
     r = messages.Route("a1", "", "", 3, 7, 0.0, "unserved")
     assert RouteSeen.read(messages.encode(r)) == RouteSeen("", "", "unserved")

@@ -26,6 +26,7 @@ def cpu_kit(disk_mb: dict[str, float], *, workers: int = 5, memory_mb: float = 1
     for n in data["nodes"]:
         n.update(arch="x86_64", device_class="cpu", accelerator="none", disk_mb=disk_mb[n["id"]])
         n["gpu_memory_mb"] = 0
+        n.pop("jetpack", None)  # x86: no JetPack
         n["memory_mb"] = memory_mb
     return Kit.model_validate(data)
 
@@ -114,6 +115,17 @@ def test_kit_stage_cli(models_dir: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "orin1" in out.stdout and "every file fits" in out.stderr
+    # The plan kit check holds the kit to: each app's primary is a worker holding its file.
+    plan = json.loads((tmp_path / "build/_operator/plan.json").read_text())
+    assert set(plan["apps"]) == {a.id for a in cpu_kit(ROOMY).apps}
+    for app, p in plan["apps"].items():
+        staged = json.loads(
+            (tmp_path / "build" / p["worker"] / "var/lib/faillite/models/stage.json").read_text()
+        )
+        assert any(
+            f["variant"] == p["variant"] and f["why"] == "primary" and app in f["apps"]
+            for f in staged["files"]
+        ), (app, staged)
 
 
 def test_a_kit_whose_apps_fit_nowhere_is_refused(models_dir: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ def _kits() -> dict[str, Kit]:
     variant["cameras"][0]["source"] = "/dev/video0"
     for n in variant["nodes"]:
         n["accelerator"] = "none"
+        n.pop("jetpack", None)  # a CPU-only box: no JetPack
     return {"example": Kit.model_validate(base), "variant": Kit.model_validate(variant)}
 
 

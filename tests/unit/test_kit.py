@@ -402,3 +402,13 @@ def test_a_jetsons_jetpack_sets_the_tensorrt_its_worker_expects(kit_file: Path) 
     data["nodes"][2].update(arch="x86_64", accelerator="none", jetpack="6.1")
     with pytest.raises(ValueError, match="jetpack is for aarch64 nodes with a GPU"):
         Kit.model_validate(data)
+
+
+def test_kit_upgrade_wants_an_installed_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from faillite.cli import main
+
+    rc = main(["kit", "upgrade", str(tmp_path / "faillite-kit-k-n1.tar"), "--root", str(tmp_path)])
+    assert rc == 2
+    assert "nothing installed under" in capsys.readouterr().err
