@@ -224,13 +224,17 @@ def bundle(
     arch: str,
     *,
     python: str | None = None,
+    debs: Path | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, Path]:
     """The archives of ``kit``'s ``arch`` nodes, node -> its archive, rendered in ``rendered``
     (whose ``_provisioning`` holds the release key that signs them). Each node's wheels are
     for its own Python (``kit.yaml``'s ``python``, JetPack's 3.10 on a Jetson; ``python``
-    overrides it for every node)."""
+    overrides it for every node). ``debs``: a folder of the OS packages the nodes may lack
+    (``apt-get download`` on the target's distribution): each archive carries those of its
+    architecture, and ``install.py`` installs them, offline, where the node lacks them."""
     nodes = [n for n in kit.nodes if n.arch == arch]
+    carried = debs_for(debs, arch) if debs is not None else []
     if not nodes:
         raise BundleError(f"the kit has no {arch} node")
     for n in nodes:
@@ -283,6 +287,10 @@ def bundle(
             for whl in {*resolved.values(), wheelhouses[py] / ours.name}:
                 shutil.copyfile(whl, root / "wheelhouse" / whl.name)
             shutil.copytree(rendered / n.id, root / NODE_TREE, symlinks=False)
+            if carried:
+                (root / installer.DEBS).mkdir()
+                for deb in carried:
+                    shutil.copyfile(deb, root / installer.DEBS / deb.name)
             (root / NODE_TREE / "README.md").unlink(missing_ok=True)
             (root / MANIFEST).write_text(
                 json.dumps(
@@ -316,6 +324,29 @@ def bundle(
             )
             archives[n.id] = archive
     return archives
+
+
+DEB_ARCH: Final = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def debs_for(folder: Path, arch: str) -> list[Path]:
+    """The ``.deb`` files of ``folder`` a node of ``arch`` can install (``name_version_arch.deb``,
+    as ``apt-get download`` names them; ``all``: any architecture)."""
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such folder of .deb files")
+    found = sorted(folder.glob("*.deb"))
+    if not found:
+        raise BundleError(f"{folder}: no .deb file ({DEB_HINT})")
+    mine = [d for d in found if d.stem.rsplit("_", 1)[-1] in (DEB_ARCH[arch], "all")]
+    if not mine:
+        raise BundleError(f"{folder}: no .deb for {DEB_ARCH[arch]} ({DEB_HINT})")
+    return mine
+
+
+DEB_HINT: Final = (
+    "on a machine of the nodes' distribution and architecture: apt-get download python3-venv "
+    "mosquitto nftables and the libraries they need (apt-cache depends --recurse)"
+)
 
 
 def release_fingerprint(rendered: Path) -> str:

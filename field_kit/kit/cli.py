@@ -62,6 +62,11 @@ def register(sub: Any) -> None:
     bun.add_argument("--out", required=True, help="the rendered kit's folder; archives go here")
     bun.add_argument("--arch", action="append", choices=["x86_64", "aarch64"], default=[])
     bun.add_argument(
+        "--debs",
+        help="a folder of .deb files (apt-get download on the nodes' distribution): each "
+        "archive carries those of its architecture; install.py installs them where missing",
+    )
+    bun.add_argument(
         "--source",
         default=None,
         help="the FailLite checkout to build from (default: the one this FailLite runs from)",
@@ -262,7 +267,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             source = Path(args.source) if args.source else None
             archives = bundle(
-                kit, Path(args.out), source, Path(args.out), arch, python=args.python, progress=say
+                kit,
+                Path(args.out),
+                source,
+                Path(args.out),
+                arch,
+                python=args.python,
+                debs=Path(args.debs) if args.debs else None,
+                progress=say,
             )
             for archive in archives.values():
                 print(archive)

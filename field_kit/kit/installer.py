@@ -51,6 +51,7 @@ NODE_TREE: Final = "node"  # the node's file system (etc/, var/) in its bundle
 VENV: Final = "opt/faillite/venv"  # under the install root: a link to the current release's
 VENVS: Final = "opt/faillite/venvs"  # one venv per release installed (the current, the last)
 RECORD: Final = "opt/faillite/release.json"  # what is installed: release, node, units
+DEBS: Final = "debs"  # in a bundle: OS packages carried for nodes that lack them
 CONFIG: Final = "etc/faillite/mesh.yaml"  # the node's config, as render writes it
 # DER of an Ed25519 SubjectPublicKeyInfo before its 32 raw bytes (RFC 8410).
 _ED25519_SPKI: Final = bytes.fromhex("302a300506032b6570032100")
@@ -323,8 +324,14 @@ def install_folder(
     )
     accounts = root == Path("/") if accounts is None else accounts
     missing = missing_prerequisites(spec, systemd=systemd and root == Path("/"))
+    if missing and (folder / DEBS).is_dir() and root == Path("/"):
+        install_debs(sorted((folder / DEBS).glob("*.deb")), missing)
+        missing = missing_prerequisites(spec, systemd=systemd)
     if missing:
-        raise BundleError(f"this node lacks: {' '.join(missing)} (apt install {' '.join(missing)})")
+        raise BundleError(
+            f"this node lacks: {' '.join(missing)} (apt install {' '.join(missing)}; offline: "
+            "kit bundle --debs carries them)"
+        )
     release = dict(meta.get("release") or {"version": "0", "built": ""})
     before = installed(root)
     if before is not None and _order(release) < _order(before["release"]) and not force:
@@ -405,6 +412,17 @@ def install_folder(
     }
     (root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return spec
+
+
+def install_debs(debs: list[Path], missing: list[str]) -> None:
+    """The OS packages the bundle carries, installed with no network: dpkg unpacks them all,
+    then configures them, so dependencies among them hold; one missing from the set and from
+    the node is named in dpkg's error (apt's --no-download refuses local files)."""
+    print(f"install: this node lacks {' '.join(missing)}: installing the packages carried",
+          file=sys.stderr)  # fmt: skip
+    cmd = ["dpkg", "-i", *(str(d) for d in debs)]
+    run(cmd, "installing the OS packages carried (no network)",
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
 
 
 MEASURE_TIMEOUT_S: Final = 3600.0  # TensorRT builds its engines first: minutes per variant

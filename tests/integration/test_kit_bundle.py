@@ -38,7 +38,13 @@ from field_kit.kit.bundle import (
     repack_installed,
     verify,
 )
-from field_kit.kit.installer import check_signature, installed, sha256, uninstall
+from field_kit.kit.installer import (
+    check_signature,
+    install_debs,
+    installed,
+    sha256,
+    uninstall,
+)
 from field_kit.kit.model import EXAMPLE, Kit, load_kit
 from field_kit.kit.render import render
 
@@ -64,10 +70,34 @@ def kit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+PROBE = "faillite-probe"  # a package made here, standing in for what a node may lack
+
+
+def probe_deb(into: Path, arch: str = "all") -> Path:
+    """A real Debian package of nothing but a marker file (dpkg-deb builds it)."""
+    tree = into / f"{PROBE}-{arch}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {PROBE}\nVersion: 1.0\nArchitecture: {arch}\nMaintainer: tests <t@localhost>\n"
+        "Description: stands in for an OS package a kit node lacks\n"
+    )
+    (tree / "usr/share" / PROBE).mkdir(parents=True)
+    (tree / "usr/share" / PROBE / "marker").write_text("carried\n")
+    deb = into / f"{PROBE}_1.0_{arch}.deb"
+    subprocess.run(["dpkg-deb", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    return deb
+
+
 @pytest.fixture(scope="module")
 def built(kit_dir: Path) -> tuple[dict[str, Path], str]:
     kit = load_kit(kit_dir / "kit.yaml")
-    archives = bundle(kit, kit_dir / "build", REPO, kit_dir / "dist", "x86_64")
+    debs = None
+    if shutil.which("dpkg-deb"):
+        debs = kit_dir / "debs"
+        debs.mkdir()
+        probe_deb(debs)
+        (debs / "libother_1.0_arm64.deb").write_bytes(b"not for these nodes")
+    archives = bundle(kit, kit_dir / "build", REPO, kit_dir / "dist", "x86_64", debs=debs)
     return archives, release_fingerprint(kit_dir / "build")
 
 
@@ -377,3 +407,25 @@ def test_a_worker_node_measures_its_class_at_install_where_it_had_an_estimate(
     assert not lite0_now.source.startswith(ESTIMATE) and lite0_now.latency_ms > 0
     # Its file was not staged here: its row stays the estimate it was.
     assert overlay.profiles["efficientnet_lite2"].source.startswith(ESTIMATE)
+
+
+def test_the_os_packages_carried_are_signed_and_install_offline(
+    built: tuple[dict[str, Path], str], tmp_path: Path
+) -> None:
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("needs dpkg-deb (Debian) to build the package carried")
+    archives, _fpr = built
+    names = _names(archives["n3"])
+    assert f"faillite-kit-tiny-n3/debs/{PROBE}_1.0_all.deb" in names
+    assert not any(n.endswith("_arm64.deb") for n in names)  # another architecture's
+    folder = _unpack(archives["n3"], tmp_path / "n3")
+    assert f"debs/{PROBE}_1.0_all.deb" in (folder / "SHA256SUMS").read_text()  # signed
+    if os.geteuid() != 0:
+        pytest.skip("installing a package needs root")
+    assert subprocess.run(["dpkg", "-s", PROBE], capture_output=True).returncode != 0
+    try:
+        install_debs(sorted((folder / "debs").glob("*.deb")), ["faillite-probe"])
+        assert Path(f"/usr/share/{PROBE}/marker").read_text() == "carried\n"
+    finally:
+        subprocess.run(["dpkg", "--purge", PROBE], capture_output=True)
+    assert not Path(f"/usr/share/{PROBE}").exists()

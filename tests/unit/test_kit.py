@@ -412,3 +412,31 @@ def test_kit_upgrade_wants_an_installed_node(
     rc = main(["kit", "upgrade", str(tmp_path / "faillite-kit-k-n1.tar"), "--root", str(tmp_path)])
     assert rc == 2
     assert "nothing installed under" in capsys.readouterr().err
+
+
+def test_a_bundle_carries_the_os_packages_of_its_architecture(tmp_path: Path) -> None:
+    from field_kit.kit.bundle import BundleError, debs_for
+
+    for name in (
+        "mosquitto_2.0.11-1.2+deb12u1_amd64.deb",
+        "mosquitto_2.0.11-1.2+deb12u1_arm64.deb",
+        "python3-venv_3.11.2-1+b1_amd64.deb",
+        "tzdata_2024a-0+deb12u1_all.deb",
+        "notes.txt",
+    ):
+        (tmp_path / name).write_bytes(b"x")
+    assert [d.name for d in debs_for(tmp_path, "x86_64")] == [
+        "mosquitto_2.0.11-1.2+deb12u1_amd64.deb",
+        "python3-venv_3.11.2-1+b1_amd64.deb",
+        "tzdata_2024a-0+deb12u1_all.deb",
+    ]
+    assert [d.name for d in debs_for(tmp_path, "aarch64")] == [
+        "mosquitto_2.0.11-1.2+deb12u1_arm64.deb",
+        "tzdata_2024a-0+deb12u1_all.deb",
+    ]
+    with pytest.raises(BundleError, match="no such folder"):
+        debs_for(tmp_path / "none", "x86_64")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BundleError, match=r"no \.deb file"):
+        debs_for(empty, "x86_64")
