@@ -253,6 +253,24 @@ def verify(folder: Path) -> None:
             raise BundleError(f"{name}: checksum mismatch; the bundle is corrupt or was altered")
 
 
+def extract_all(tar: tarfile.TarFile, dest: Path, *, only: str | None = None) -> None:
+    """Unpack ``tar`` into ``dest``, refusing what could land outside it. The system Python of
+    a node may predate tarfile's extraction filters (Debian 12's 3.11.2): then the same rules
+    by hand, for a bundle's plain files and folders. ``only``: that member alone."""
+    chosen = [tar.getmember(only)] if only is not None else tar.getmembers()
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, members=chosen, filter="data")
+        return
+    members = []
+    for m in chosen:
+        parts = Path(m.name).parts
+        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+            raise BundleError(f"bundle member {m.name!r}: not a plain file or folder inside it")
+        m.mode &= 0o755 if m.isdir() else 0o644 | (m.mode & 0o111)
+        members.append(m)
+    tar.extractall(dest, members=members)
+
+
 def install(
     archive: Path,
     node: str | None = None,
@@ -263,6 +281,7 @@ def install(
     keep: bool = True,
     force: bool = False,
     profile: bool = True,
+    accounts: bool | None = None,
 ) -> NodeInstall:
     """Install the node of ``archive`` (its .tar, or the unpacked folder) under ``root``, with
     no network; returns what it did. ``node``: refuse a bundle of another node. ``keep``
@@ -270,7 +289,7 @@ def install(
     if archive.is_dir():
         return install_folder(
             archive, node, root=root, systemd=systemd, trusted=trusted, force=force,
-            profile=profile,
+            profile=profile, accounts=accounts,
         )  # fmt: skip
     side = archive.with_name(archive.name + ".sha256")
     if side.is_file() and side.read_text().split()[0] != sha256(archive):
@@ -278,11 +297,11 @@ def install(
     with tempfile.TemporaryDirectory(prefix="faillite-install-") as tmp:
         Path(tmp).chmod(0o700)  # mkdtemp makes it so; the node's secrets unpack here
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            extract_all(tar, Path(tmp))
         (folder,) = Path(tmp).iterdir()
         spec = install_folder(
             folder, node, root=root, systemd=systemd, trusted=trusted, force=force,
-            profile=profile,
+            profile=profile, accounts=accounts,
         )  # fmt: skip
     if not keep:
         archive.unlink()
@@ -553,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="/", help="install under this root (default /)")
     p.add_argument("--no-systemd", action="store_true", help="do not enable the units")
     p.add_argument(
+        "--accounts",
+        action="store_true",
+        help="under another --root too: make the service users and give each its files "
+        "(a rehearsal of the node as it runs in the field)",
+    )
+    p.add_argument(
         "--no-profile",
         action="store_true",
         help="do not measure this board's device class (its estimate, if any, stays)",
@@ -578,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             keep=args.keep_bundle or where.is_dir(),
             force=args.force,
             profile=not args.no_profile,
+            accounts=True if args.accounts else None,
         )
     except (BundleError, OSError) as exc:
         print(f"install: {exc}", file=sys.stderr)

@@ -79,6 +79,8 @@ def ownership(kit: Kit, node: Node, identities: list[Identity]) -> dict[str, tup
         out[f"{ETC}/signing/signing.key"] = (ROLE_USERS["coordinator"], SECRET)
     if "worker" in node.roles:
         out[f"{STATE}/engines"] = (ROLE_USERS["worker"], 0o700)  # TensorRT builds engines here
+        # What `faillite profile` measures at install, as the worker, goes here.
+        out[f"{STATE}/models/profiles"] = (ROLE_USERS["worker"], 0o755)
     if "broker" in node.roles:
         owner = broker_user(kit)
         out[f"{ETC}/tls/broker.key"] = (owner, SECRET)

@@ -5,10 +5,15 @@ bundled (one signed archive per node), and then each node folder is emptied and 
 from its own archive, by the archive's own ``install.py`` run inside the node's namespace, where
 nothing but the kit's LAN can be reached; the first install trusts the kit's release key by its
 fingerprint, as an operator would. Each node's roles are started the way its systemd units say
-(``ExecStart`` and ``Environment``; the unit's ``User`` is not switched to), inside its
-namespace, in the units' order: the broker, then coordinators, workers and cameras. What each
-took is read from the roles' own structured logs: install seconds, and seconds from start to
-ready per unit.
+(``ExecStart``, ``Environment`` and, as in the field, ``User``: the installer made the service
+users and gave each its files), inside its namespace, in the units' order: the broker, then
+coordinators, workers and cameras. What each took is read from the roles' own structured logs:
+install seconds, and seconds from start to ready per unit.
+
+As service users, the node is installed by the machine's own Python (``/usr/bin/python3``, as
+an operator's ``sudo python3 install.py``: a venv on an interpreter under ``/root`` could not be
+run by them), under a root every user can pass through; the users it made are removed at the
+end. Without such a Python the rehearsal runs every role as root, and says so.
 
 Root and ``ip`` are needed (:func:`field_kit.drill.netns.root_problem`).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -30,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from field_kit.drill.netns import Lan
-from field_kit.kit.installer import BundleError
+from field_kit.kit.installer import BundleError, extract_all
 from field_kit.kit.model import Kit
 
 # The log event that says a role is ready, per unit kind (the unit name's role part).
@@ -44,12 +50,28 @@ ORDER: Final = ("broker", "coordinator", "worker", "sensor")
 OPS: Final = "10.252.0.200"  # the operator's laptop on the kit's WiFi
 
 
+SYSTEM_PYTHON: Final = Path("/usr/bin/python3")
+
+
+def system_python(version: str) -> Path | None:
+    """The machine's own Python of ``version`` (``3.11``) with venv, or None."""
+    if not SYSTEM_PYTHON.is_file():
+        return None
+    probe = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c",
+         "import ensurepip, sys, venv; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return SYSTEM_PYTHON if probe.returncode == 0 and probe.stdout.strip() == version else None
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     node: str
     name: str  # faillite-worker.service
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    user: str = ""  # User=; "": root (Mosquitto drops to its own user itself)
 
     @property
     def role(self) -> str:
@@ -62,16 +84,19 @@ def read_units(folder: Path, node: str) -> list[Unit]:
     for path in sorted((folder / "etc/systemd/system").glob("faillite-*.service")):
         argv: list[str] = []
         env: list[tuple[str, str]] = []
+        user = ""
         for line in path.read_text().splitlines():
             if line.startswith("ExecStart="):
                 argv = shlex.split(line.removeprefix("ExecStart="))
+            elif line.startswith("User="):
+                user = line.removeprefix("User=").strip()
             elif line.startswith("Environment="):
                 for pair in shlex.split(line.removeprefix("Environment=")):
                     k, _, v = pair.partition("=")
                     env.append((k, v))
         if not argv:
             raise BundleError(f"{path}: no ExecStart")
-        out.append(Unit(node, path.name, tuple(argv), tuple(env)))
+        out.append(Unit(node, path.name, tuple(argv), tuple(env), user))
     return sorted(out, key=lambda u: (ORDER.index(u.role), u.name))
 
 
@@ -87,10 +112,23 @@ class Rehearsal:
     release key ``release`` signed them), on ``lan``."""
 
     def __init__(
-        self, kit: Kit, archives: dict[str, Path], root: Path, lan: Lan, logs: Path, release: str
+        self,
+        kit: Kit,
+        archives: dict[str, Path],
+        root: Path,
+        lan: Lan,
+        logs: Path,
+        release: str,
+        *,
+        python: Path | None = None,
     ) -> None:
+        """``python``: the node's Python (:func:`system_python`): the roles then run as their
+        service users; None: as root."""
         self.kit, self.root, self.lan, self.logs = kit, root, lan, logs
         self.archives, self.release = archives, release
+        self.python = python
+        self.as_users = python is not None
+        self._users_before = {p.pw_name for p in pwd.getpwall()}
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.times: dict[str, NodeTimes] = {n.id: NodeTimes() for n in kit.nodes}
         logs.mkdir(parents=True, exist_ok=True)
@@ -105,12 +143,14 @@ class Rehearsal:
         shutil.rmtree(where, ignore_errors=True)
         with tarfile.open(archive) as tar:  # the installer alone, as an operator takes it
             name = f"{archive.name.removesuffix('.tar')}/install.py"
-            tar.extract(name, where, filter="data")
+            extract_all(tar, where, only=name)
         t0 = time.monotonic()
         out = subprocess.run(
-            self.lan.wrap(node, [sys.executable, str(where / name), "--node", node,
-                                 "--bundle", str(archive), "--trust", self.release,
-                                 "--keep-bundle", "--root", str(target), "--no-systemd"]),
+            self.lan.wrap(node, [str(self.python or sys.executable), str(where / name),
+                                 "--node", node, "--bundle", str(archive),
+                                 "--trust", self.release, "--keep-bundle",
+                                 "--root", str(target), "--no-systemd",
+                                 *(["--accounts"] if self.as_users else [])]),
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         if out.returncode != 0:
@@ -123,9 +163,17 @@ class Rehearsal:
 
     def start(self, unit: Unit) -> subprocess.Popen[bytes]:
         env = {**os.environ, **dict(unit.env)}
+        argv = list(unit.argv)
+        if self.as_users and unit.user:
+            # What systemd does for User=: its ids and groups, its HOME; setpriv execs, so the
+            # pid recorded is the role's own.
+            pw = pwd.getpwnam(unit.user)
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                    "--init-groups", "--", *argv]  # fmt: skip
         with (self.logs / f"{unit.node}-{unit.name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                self.lan.wrap(unit.node, list(unit.argv)),
+                self.lan.wrap(unit.node, argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -209,6 +257,10 @@ class Rehearsal:
                 p.wait()
         for node in self.archives:
             shutil.rmtree(self.root.parent / f"{self.root.name}-installer-{node}", True)
+        if self.as_users:  # the service users the installs made here, and their groups
+            for name in sorted({p.pw_name for p in pwd.getpwall()} - self._users_before):
+                if name.startswith("faillite-"):
+                    subprocess.run(["userdel", name], capture_output=True, check=False)
 
     def table(self) -> list[dict[str, Any]]:
         """Per node: install seconds, and seconds from start to ready per unit."""

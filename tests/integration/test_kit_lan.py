@@ -12,9 +12,12 @@ Root, ``ip`` and the network to build the bundle (PyPI, as any install) are need
 from __future__ import annotations
 
 import os
+import pwd
 import random
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from faillite.catalog import Catalog
 from faillite.compat import python_module
 from field_kit.drill.netns import Impairment, Lan, root_problem
 from field_kit.kit.bundle import bundle, release_fingerprint
-from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
+from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit, system_python
 from field_kit.kit.render import render
 from field_kit.kit.stage import stage
 
@@ -44,7 +47,14 @@ def kit_lan(
     if problem is not None:
         pytest.skip(problem)
     kit = lan_kit(port=PORT)
-    root = tmp_path / "kit"
+    # The nodes' roles run as their service users: their files must be reachable by them,
+    # and pytest's own temporary folders are root's alone.
+    python = system_python("3.11")
+    if python is None:
+        print("no /usr/bin/python3 3.11 with venv here: the roles run as root")
+    top = Path(tempfile.mkdtemp(prefix="faillite-rehearsal-", dir="/tmp"))
+    top.chmod(0o755)
+    root = top / "kit"
     render(kit, root, in_place=True)
     staged = stage(kit, catalog, models_dir, root)
     assert not staged.apps_losing_protection
@@ -56,7 +66,9 @@ def kit_lan(
         for who in ("ops", "watch")
     }
     lan = Lan(f"flk{uuid.uuid4().hex[:5]}", {**{n.id: n.host for n in kit.nodes}, "ops": OPS})
-    reh = Rehearsal(kit, archives, root, lan, tmp_path / "logs", release_fingerprint(root))
+    reh = Rehearsal(
+        kit, archives, root, lan, tmp_path / "logs", release_fingerprint(root), python=python
+    )
     try:
         lan.create()
         lan.wifi(WIFI, broker="n1", port=PORT)
@@ -64,6 +76,7 @@ def kit_lan(
     finally:
         reh.stop()
         lan.destroy()
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def _ops(
@@ -97,6 +110,25 @@ def test_a_five_node_kit_installs_offline_serves_and_survives_its_drills(
     random.Random(seed).shuffle(order)
     print(f"boot order {order} (seed {seed})")
     reh.boot(order, delay_s=3.0, timeout=180)
+    if reh.as_users:
+        # Each role runs as its own service user, as its unit says, and none reads another's
+        # secrets: the camera's process cannot read the coordinator's signing key.
+        for n in reh.kit.nodes:
+            for u in reh.units(n.id):
+                pid = reh.procs[(n.id, u.name)].pid
+                uid = next(
+                    int(line.split()[1])
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:")
+                )
+                assert u.user and uid == pwd.getpwnam(u.user).pw_uid, (n.id, u.name, uid)
+        key = root / "n1/etc/faillite/signing/signing.key"
+        as_camera = subprocess.run(
+            ["setpriv", "--reuid=faillite-sensor", "--regid=faillite-sensor", "--init-groups",
+             "cat", str(key)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert as_camera.returncode != 0 and "Permission denied" in as_camera.stderr
     cfg = root / "n2/etc/faillite/mesh.yaml"
 
     deadline = time.monotonic() + 60

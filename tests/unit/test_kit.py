@@ -440,3 +440,48 @@ def test_a_bundle_carries_the_os_packages_of_its_architecture(tmp_path: Path) ->
     empty.mkdir()
     with pytest.raises(BundleError, match=r"no \.deb file"):
         debs_for(empty, "x86_64")
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["tarfile-filters", "python-3.11.2"])
+def test_a_bundle_unpacks_only_inside_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool
+) -> None:
+    """On a node's own Python, with or without tarfile's extraction filters (Debian 12 has
+    3.11.2, which lacks them)."""
+    import io
+    import tarfile
+
+    from field_kit.kit.installer import BundleError, extract_all
+
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(*members: tarfile.TarInfo) -> tarfile.TarFile:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for m in members:
+                tar.addfile(m, io.BytesIO(b"x" * m.size) if m.isfile() else None)
+        buf.seek(0)
+        return tarfile.open(fileobj=buf)
+
+    def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o4755) -> tarfile.TarInfo:
+        m = tarfile.TarInfo(name)
+        m.type, m.mode = kind, mode
+        m.size = 1 if kind == tarfile.REGTYPE else 0
+        if kind == tarfile.SYMTYPE:
+            m.linkname = "/etc/shadow"
+        return m
+
+    extract_all(archive(member("b/install.py"), member("b/x", mode=0o644)), tmp_path / "ok")
+    assert (tmp_path / "ok/b/install.py").read_bytes() == b"x"
+    assert not (tmp_path / "ok/b/install.py").stat().st_mode & 0o4000  # no setuid kept
+    extract_all(archive(member("b/install.py"), member("b/x")), tmp_path / "one", only="b/x")
+    assert [p.name for p in (tmp_path / "one/b").iterdir()] == ["x"]
+    for bad in (member("../evil"), member("b/link", tarfile.SYMTYPE)):
+        with pytest.raises((BundleError, tarfile.TarError)):
+            extract_all(archive(bad), tmp_path / "bad")
+    try:  # refused, or (tarfile's filter) made relative: never written outside
+        extract_all(archive(member("/etc/evil")), tmp_path / "abs")
+    except BundleError:
+        pass
+    assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
