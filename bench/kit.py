@@ -3,7 +3,7 @@
 Run (as root for the rehearsal; the bundles need the package index, as any install does)::
 
     python bench/kit.py [--models-dir DIR] [--json docs/bench/kit.json] [--plot docs/bench/kit.png]
-                        [--no-rehearsal]
+                        [--no-rehearsal] [--seed N] [--delay S]
 
 1. **The example kit** (``faillite kit init``: five Jetson Orin NX on WiFi, Mosquitto): render
    time; its aarch64 bundle (time, size, what it holds). The same kit with the boards as x86_64
@@ -12,11 +12,12 @@ Run (as root for the rehearsal; the bundles need the package index, as any insta
    own profile (``faillite profile`` on one Orin), so the example is staged as CPU boxes.
 2. **Bare venv to serving, per node**: the five-node LAN kit
    (:func:`field_kit.kit.rehearse.lan_kit`) in network namespaces on a WiFi-like LAN, each node
-   installed from its bundle with nothing else reachable, its units started in systemd's
-   order; per node: install seconds, then seconds from start to ready per unit (the role's own
-   log event: broker listening, coordinator leader or standby, worker assignment applied,
-   camera connected). Nodes install one after the other here (two cores); on a kit they
-   install side by side.
+   installed from its bundle with nothing else reachable (by the machine's own Python, its
+   roles then running as their service users), the boards booted in a random order (seeded)
+   seconds apart; per node: bundle MB, install seconds, then seconds from start to ready per
+   unit (the role's own log event: broker listening, coordinator leader or standby, worker
+   assignment applied, camera connected). Nodes install one after the other here (two cores);
+   on a kit they install side by side.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import shutil
 import sys
 import tempfile
 import time
@@ -38,8 +41,9 @@ from faillite.config import packaged_config
 from faillite.models.build import build_models
 from field_kit.drill.netns import Impairment, Lan, root_problem
 from field_kit.kit.bundle import bundle, release_fingerprint
+from field_kit.kit.hardening import exposure
 from field_kit.kit.model import EXAMPLE, Kit
-from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit
+from field_kit.kit.rehearse import OPS, Rehearsal, lan_kit, system_python
 from field_kit.kit.render import render
 from field_kit.kit.stage import KitStage, report, stage
 
@@ -102,26 +106,52 @@ def example_figures(tmp: Path, models_dir: Path) -> dict[str, Any]:
     return out
 
 
-def rehearsal_figures(tmp: Path, models_dir: Path) -> list[dict[str, Any]]:
+def rehearsal_figures(
+    tmp: Path, models_dir: Path, seed: int, delay_s: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     kit = lan_kit()
-    root = tmp / "lan"
+    # Under a folder every service user may pass through (the roles run as their units' users).
+    top = Path(tempfile.mkdtemp(prefix="faillite-kit-bench-", dir="/tmp"))
+    top.chmod(0o755)
+    root = top / "lan"
     catalog = load_catalog(packaged_config("catalog.yaml"))
     render(kit, root, in_place=True)
     stage(kit, catalog, models_dir, root)
     archives, _ = _timed("bundle the LAN kit", bundle, kit, root, REPO, tmp / "d", "x86_64")
     lan = Lan(f"flb{uuid.uuid4().hex[:5]}", {**{n.id: n.host for n in kit.nodes}, "ops": OPS})
-    reh = Rehearsal(kit, archives, root, lan, tmp / "logs", release_fingerprint(root))
+    python = system_python("3.11")
+    reh = Rehearsal(
+        kit, archives, root, lan, tmp / "logs", release_fingerprint(root), python=python
+    )
+    order = [n.id for n in kit.nodes]
+    random.Random(seed).shuffle(order)
+    boot: dict[str, Any] = {"order": order, "seed": seed, "delay_s": delay_s}
+    boot["as_service_users"] = reh.as_users
     try:
         lan.create()
         print(f"... links: {lan.wifi(WIFI, broker='n1', port=8883)}", file=sys.stderr)
         for n in kit.nodes:
             _, t = _timed(f"install {n.id} from the bundle (no network)", reh.install, n.id)
             print(f"    {t:.1f} s", file=sys.stderr)
-        _timed("start every unit, role by role", reh.start_all, 180)
+        last_up, _ = _timed(f"boot the boards in the order {order}", reh.boot, order, delay_s)
+        boot["last_board_to_every_unit_ready_s"] = round(last_up, 2)
     finally:
         reh.stop()
         lan.destroy()
-    return reh.table()
+        shutil.rmtree(top, ignore_errors=True)
+    rows = reh.table()
+    for r in rows:
+        r["bundle_mb"] = round(archives[r["node"]].stat().st_size / 2**20, 1)
+    return rows, boot
+
+
+def security_figures(tmp: Path) -> dict[str, float | None]:
+    """systemd-analyze security per unit of the example kit (Jetson boards, Mosquitto)."""
+    render(Kit.model_validate(yaml.safe_load(EXAMPLE)), tmp / "units")
+    return {
+        f"{u.parents[3].name}/{u.name}": exposure(u)
+        for u in sorted((tmp / "units").glob("*/etc/systemd/system/*.service"))
+    }
 
 
 def _plot(rows: list[dict[str, Any]], png: Path) -> None:
@@ -151,6 +181,8 @@ def main() -> int:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--plot", help="bare venv to serving per node, as a PNG")
     p.add_argument("--no-rehearsal", action="store_true", help="skip the namespaces part")
+    p.add_argument("--seed", type=int, help="the boot order's seed (default: random, printed)")
+    p.add_argument("--delay", type=float, default=3.0, help="seconds between boards (default 3)")
     args = p.parse_args()
     models_dir = Path(args.models_dir)
     build_models(load_catalog(packaged_config("catalog.yaml")), models_dir, progress=True)
@@ -161,20 +193,36 @@ def main() -> int:
         if args.no_rehearsal or problem is not None:
             print(f"rehearsal skipped: {problem or '--no-rehearsal'}", file=sys.stderr)
         else:
-            figures["bare_venv_to_serving"] = rehearsal_figures(Path(tmp), models_dir)
+            seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+            rows, boot = rehearsal_figures(Path(tmp), models_dir, seed, args.delay)
+            figures["bare_venv_to_serving"], figures["boot"] = rows, boot
+        figures["systemd_security"] = security_figures(Path(tmp))
     ex = figures["example"]
     print(f"\nrender: example (aarch64) {ex['render_aarch64_s']} s, as CPU {ex['render_cpu_s']} s")
     for arch in ("aarch64", "x86_64"):
         b = ex[f"bundle_{arch}"]
-        print(f"bundle {arch:<8} {b['mb']:>7.1f} MB in {b['s']:.1f} s")
+        sizes = ", ".join(f"{n} {mb} MB" for n, mb in b["mb_per_node"].items())
+        print(f"bundle {arch:<8} resolved offline for every node in {b['s']:.1f} s: {sizes}")
     rows = figures.get("bare_venv_to_serving", [])
     if rows:
-        print(f"\n{'node':<5} {'roles':<30} {'install s':>9}  start to ready (s)")
+        boot = figures["boot"]
+        print(
+            f"\nboot order {boot['order']} (seed {boot['seed']}, {boot['delay_s']} s apart, "
+            f"{'as service users' if boot['as_service_users'] else 'as root'}): last board on "
+            f"to every unit ready {boot['last_board_to_every_unit_ready_s']} s"
+        )
+        print(f"{'node':<5} {'roles':<30} {'bundle MB':>9} {'install s':>9}  start to ready (s)")
         for r in rows:
             ready = ", ".join(
                 f"{u.split('.')[0].removeprefix('faillite-')} {s}" for u, s in r["ready_s"].items()
             )
-            print(f"{r['node']:<5} {','.join(r['roles']):<30} {r['install_s']:>9}  {ready}")
+            print(
+                f"{r['node']:<5} {','.join(r['roles']):<30} {r['bundle_mb']:>9} "
+                f"{r['install_s']:>9}  {ready}"
+            )
+    print("\nsystemd-analyze security (exposure, 10 worst; <= 3.0 is OK):")
+    for unit, score in figures["systemd_security"].items():
+        print(f"  {unit:<45} {score if score is not None else 'not rated here'}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     if args.plot and rows:

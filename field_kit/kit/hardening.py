@@ -20,7 +20,11 @@ default (5 in 10 s) would give up on a node whose broker is still booting.
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final, Literal
 
 Sandbox = Literal["role", "gpu_worker", "camera_device", "mosquitto"]
@@ -88,3 +92,19 @@ def directives(sandbox: Sandbox, writable: Sequence[str]) -> list[str]:
 def is_local_device(source: str) -> bool:
     """A camera the sensor opens as a device (``/dev/video0``, or OpenCV's index ``0``)."""
     return source.startswith("/dev/") or source.isdigit()
+
+
+_SCORE: Final = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
+
+
+def exposure(unit: Path) -> float | None:
+    """``systemd-analyze security --offline=true``'s exposure of ``unit`` (0 best, 10 worst);
+    None where this systemd cannot rate a unit file offline (before systemd 250)."""
+    if shutil.which("systemd-analyze") is None:
+        return None
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    m = _SCORE.search(out.stdout + out.stderr)
+    return float(m.group(1)) if m else None

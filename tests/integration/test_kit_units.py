@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -19,11 +18,11 @@ import pytest
 import yaml
 
 from faillite.compat import python_code
+from field_kit.kit.hardening import exposure
 from field_kit.kit.model import EXAMPLE, Kit
 from field_kit.kit.render import render
 
 MAX_EXPOSURE = 3.0
-_SCORE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
 
 
 def _kits() -> dict[str, Kit]:
@@ -38,15 +37,9 @@ def _kits() -> dict[str, Kit]:
 
 
 def _exposure(unit: Path) -> float:
-    out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(unit)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    m = _SCORE.search(out.stdout + out.stderr)
-    assert m is not None, f"{unit.name}: {out.stdout[-500:]}{out.stderr[-500:]}"
-    return float(m.group(1))
+    score = exposure(unit)
+    assert score is not None, f"{unit.name}: systemd-analyze gave no exposure"
+    return score
 
 
 def test_every_unit_a_kit_renders_is_rated_ok(tmp_path: Path) -> None:

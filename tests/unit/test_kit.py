@@ -448,6 +448,7 @@ def test_a_bundle_unpacks_only_inside_its_folder(
 ) -> None:
     """On a node's own Python, with or without tarfile's extraction filters (Debian 12 has
     3.11.2, which lacks them)."""
+    import contextlib
     import io
     import tarfile
 
@@ -480,8 +481,7 @@ def test_a_bundle_unpacks_only_inside_its_folder(
     for bad in (member("../evil"), member("b/link", tarfile.SYMTYPE)):
         with pytest.raises((BundleError, tarfile.TarError)):
             extract_all(archive(bad), tmp_path / "bad")
-    try:  # refused, or (tarfile's filter) made relative: never written outside
+    # Refused, or (tarfile's filter) made relative: never written outside.
+    with contextlib.suppress(BundleError):
         extract_all(archive(member("/etc/evil")), tmp_path / "abs")
-    except BundleError:
-        pass
     assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
