@@ -63,6 +63,7 @@ def _as_cpu(example: dict[str, Any]) -> Kit:
     for n in doc["nodes"]:
         n.update(arch="x86_64", device_class="cpu", accelerator="none")
         n.pop("gpu_memory_mb", None)
+        n.pop("jetpack", None)
     # The example's cameras are RTSP streams on the kit; staging does not open them.
     return Kit.model_validate(doc)
 

@@ -74,6 +74,13 @@ class ImageTooLargeError(FrameError):
     reason = "image_too_large"
 
 
+class CostlyImageError(FrameError):
+    """A JPEG whose structure (scans, coding process) would cost far more to decode than a
+    camera's frame of its size: refused before the decoder runs."""
+
+    reason = "costly_image"
+
+
 class ImageSizeMismatchError(CorruptImageError):
     """The image's size differs from the envelope's width and height."""
 
@@ -158,8 +165,27 @@ class JpegHeader(NamedTuple):
     components: int
 
 
+# What a frame may cost to decode, known from its structure before libjpeg runs. Every scan is
+# one more pass of the decoder over the blocks of the components it holds, so a JPEG costs about
+# (scans x blocks): a baseline frame has 1 scan, libjpeg's progressive script 10 (YCbCr), and
+# nothing a camera makes has more than 32. At this bound a frame decodes in at most ~3 times
+# the passes of a camera's progressive frame of its size (the time, measured by
+# bench/frame_check.py: 7x at most); a crafted one with 174,000 scans cost libjpeg 36 s.
+MAX_JPEG_SCANS: Final = 32
+# Coding processes a camera uses: baseline, extended and progressive Huffman. Arithmetic coding,
+# lossless and hierarchical (several frames) JPEGs are slower per pixel, and no camera sends them.
+CODINGS: Final[dict[int, str]] = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
+
+
 def read_jpeg_header(data: bytes | bytearray | memoryview) -> JpegHeader:
-    """The (width, height, components) that a JPEG's SOF declares, from its header alone.
+    """The (width, height, components) that a JPEG's SOF declares, from its header alone: see
+    :func:`read_jpeg_frame`."""
+    return read_jpeg_frame(data)[0]
+
+
+def read_jpeg_frame(data: bytes | bytearray | memoryview) -> tuple[JpegHeader, int, int]:
+    """The header a JPEG's SOF declares, its SOF marker (the coding process) and the offset
+    just after the SOF segment.
 
     Walks the markers from SOI, skipping segments by their length fields, to the first SOF;
     raises :class:`JpegHeaderError` for a missing SOI, a truncated or garbled header, a segment
@@ -210,7 +236,7 @@ def read_jpeg_header(data: bytes | bytearray | memoryview) -> JpegHeader:
                 )
             if not 2 <= precision <= 16:
                 raise JpegHeaderError(f"JPEG header: SOF with {precision}-bit samples")
-            return JpegHeader(width, height, components)
+            return JpegHeader(width, height, components), marker, pos + length
         pos += length
     raise JpegHeaderError(f"JPEG header: no SOF within the first {MAX_JPEG_MARKERS} markers")
 
@@ -221,8 +247,24 @@ def check_image(frame: Frame, *, max_pixels: int) -> JpegHeader:
     Raises :class:`JpegHeaderError` (a header that cannot be read), :class:`EmptyImageError`
     (the SOF or the envelope declares a width or height of 0), :class:`ImageTooLargeError`
     (the SOF declares more than ``max_pixels``), :class:`ImageSizeMismatchError` (the SOF's
-    size is not the envelope's). Cheap enough for the network thread: header bytes only."""
-    hdr = read_jpeg_header(frame.data)
+    size is not the envelope's), :class:`CostlyImageError` (a coding process no camera uses, or
+    more than :data:`MAX_JPEG_SCANS` scans). Cheap enough for the network thread: the header
+    is walked marker by marker, the scans counted by one vectorized pass (an SOS marker cannot
+    appear inside entropy-coded data, where every 0xFF is stuffed or a restart marker): about
+    10 µs for a camera's 640x480 frame (bench/frame_check.py)."""
+    hdr, coding, body = read_jpeg_frame(frame.data)
+    if coding not in CODINGS:
+        raise CostlyImageError(
+            f"frame {frame.seq}: JPEG coding process FF{coding:02X} (arithmetic, lossless or "
+            f"hierarchical): only {', '.join(CODINGS.values())} JPEGs are decoded"
+        )
+    tail = np.frombuffer(frame.data, dtype=np.uint8)[body:]
+    scans = int(np.count_nonzero((tail[:-1] == 0xFF) & (tail[1:] == 0xDA)))  # SOS markers
+    if scans > MAX_JPEG_SCANS:
+        raise CostlyImageError(
+            f"frame {frame.seq}: JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} "
+            "(a camera's has 1 to 10): refused before decoding"
+        )
     if 0 in (hdr.width, hdr.height, frame.width, frame.height):
         raise EmptyImageError(
             f"frame {frame.seq}: empty image: header says {frame.width}x{frame.height}, "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import hashlib
 import json
 import shutil
@@ -258,6 +259,24 @@ def image_bomb(width: int = 32767, height: int = 32767) -> bytes:
     jpeg[at + 5 : at + 7] = height.to_bytes(2, "big")
     jpeg[at + 7 : at + 9] = width.to_bytes(2, "big")
     return bytes(jpeg)
+
+
+def scan_bomb(width: int = 640, height: int = 480, max_bytes: int = 2 * 2**20) -> bytes:
+    """A progressive JPEG that honestly declares ``width`` x ``height`` but repeats its last,
+    12-byte scan until it fills ``max_bytes``: libjpeg only warns about the bogus progression
+    and decodes every scan, each a pass over the whole image (about 170,000 of them in 2 MiB:
+    tens of seconds of CPU for one frame)."""
+    flat = np.full((height, width, 3), 128, np.uint8)  # its scans are tiny: more of them fit
+    import cv2
+
+    ok, buf = cv2.imencode(
+        ".jpg", flat, [cv2.IMWRITE_JPEG_QUALITY, 85, cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    )
+    assert ok
+    jpeg = buf.tobytes()
+    last = jpeg[jpeg.rfind(b"\xff\xda") : -2]  # the last scan, up to EOI
+    repeats = max(1, (max_bytes - len(jpeg) - 64) // len(last))
+    return jpeg[:-2] + last * repeats + b"\xff\xd9"
 
 
 def forged_photo(width: int = 640, height: int = 480) -> bytes:
@@ -872,26 +891,29 @@ class ImageBomb(AttackCase):
     )
     bombs, rate = 12, 4.0
     rss_growth_max_mb = 100.0
+    reason = "image_too_large"  # what the workers count them as
+
+    def bomb(self, i: int) -> tuple[bytes, int, int, str]:
+        """The ``i``-th bomb: its JPEG, the envelope's width and height, what it is."""
+        jpeg = image_bomb()
+        # The envelope says 32767x32767 too, or claims a normal 640x480.
+        w, h = (32767, 32767) if i % 2 == 0 else (640, 480)
+        return jpeg, w, h, f"image bombs on cam1's topic (a {len(jpeg)}-byte JPEG, SOF 32767x32767)"
 
     def attack(self, ctx: DrillContext, log: AttackLog) -> tuple[str, ...]:
         m = ctx.mesh
         subscribers = [w for w in (m.role_of("a1", "primary"), m.role_of("a1", "warm")) if w]
         ctx.notes["subscribers"] = subscribers
         ctx.notes["before"] = {
-            w: int(_heartbeat(ctx, w).errors.get("image_too_large", 0)) for w in subscribers
+            w: int(_heartbeat(ctx, w).errors.get(self.reason, 0)) for w in subscribers
         }
         ctx.notes["rss_before"] = {w: _heartbeat(ctx, w).rss_mb for w in WORKERS}
         stolen = m.identity(Role.SENSOR, "cam1")
-        bomb = image_bomb()
         with Attacker(ctx, stolen, stolen.probe_name, log=log) as a:
             for i in range(self.bombs):
-                # The envelope says 32767x32767 too, or claims a normal 640x480.
-                w, h = (32767, 32767) if i % 2 == 0 else (640, 480)
+                jpeg, w, h, what = self.bomb(i)
                 a.send(
-                    f"image bombs on cam1's topic (a {len(bomb)}-byte JPEG, SOF 32767x32767)",
-                    m.topics.sensor_frames("cam1"),
-                    _frame(bomb, FORGED_SEQ + i, w, h),
-                    qos=0,
+                    what, m.topics.sensor_frames("cam1"), _frame(jpeg, FORGED_SEQ + i, w, h), qos=0
                 )
                 time.sleep(1.0 / self.rate)
         return tuple(subscribers)
@@ -902,7 +924,7 @@ class ImageBomb(AttackCase):
         log = self._log(ctx)
         delivered = sum(a.delivered for a in log.attempts.values())
         before: dict[str, int] = ctx.notes["before"]
-        refused = {w: _errors(rec, w, "image_too_large") - n for w, n in before.items()}
+        refused = {w: _errors(rec, w, self.reason) - n for w, n in before.items()}
         ctx.notes["refused_by_worker"] = refused
         ctx.notes["rss_after"] = {
             w: hbs[-1].rss_mb for w in WORKERS if (hbs := rec.heartbeats.get(w))
@@ -910,7 +932,7 @@ class ImageBomb(AttackCase):
         primary = ctx.notes["subscribers"][0]
         for a in log.attempts.values():
             a.ignored = refused[primary]
-            a.how = "workers' heartbeats, errors image_too_large: " + ", ".join(
+            a.how = f"workers' heartbeats, errors {self.reason}: " + ", ".join(
                 f"{w} +{n}" for w, n in refused.items()
             )
         grew = {
@@ -928,7 +950,7 @@ class ImageBomb(AttackCase):
             Check(
                 "bombs_refused_unread",
                 ok,
-                f"bombs delivered: {delivered}; counted image_too_large by "
+                f"bombs delivered: {delivered}; counted {self.reason} by "
                 + ", ".join(f"{w} +{n}" for w, n in refused.items())
                 + f"; RSS growth (MB): {grew}",
             )
@@ -939,6 +961,27 @@ class ImageBomb(AttackCase):
             "refused_by_worker": ctx.notes.get("refused_by_worker"),
             "rss_growth_mb": ctx.notes.get("rss_growth_mb"),
         }
+
+
+class ScanBomb(ImageBomb):
+    name = "SCAN_BOMB"
+    summary = (
+        "a stolen camera sends a progressive JPEG a second that honestly says 640x480 but holds "
+        "~170,000 scans in 2 MiB (tens of seconds of libjpeg each): refused before decoding, "
+        "and the honest camera's app keeps its results"
+    )
+    bombs, rate = 8, 1.0
+    reason = "costly_image"
+
+    def bomb(self, i: int) -> tuple[bytes, int, int, str]:
+        jpeg = self._jpeg()
+        scans = jpeg.count(b"\xff\xda")
+        return jpeg, 640, 480, f"scan bombs on cam1's topic ({len(jpeg)} bytes, {scans} scans)"
+
+    @staticmethod
+    @functools.cache
+    def _jpeg() -> bytes:
+        return scan_bomb(640, 480, 2 * 2**20 - 1024)  # under the mesh's 2 MiB frame limit
 
 
 class ForgedTerm(AttackCase):
@@ -1253,6 +1296,7 @@ ATTACKS: dict[str, type[FaultCase]] = {
         ImpersonatedWorker,
         ImpersonatedCamera,
         ImageBomb,
+        ScanBomb,
         ForgedTerm,
         RetainedFlood,
     )

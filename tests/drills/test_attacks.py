@@ -28,6 +28,7 @@ from field_kit.drill.attacks import (
     FORGED_SEQ,
     AttackLog,
     image_bomb,
+    scan_bomb,
 )
 from field_kit.drill.cases import DrillOptions
 from field_kit.drill.report import write_report
@@ -52,6 +53,7 @@ OWN_CHECKS = {
     },
     "IMPERSONATED_CAMERA": {"results_keep_their_class"},
     "IMAGE_BOMB": {"bombs_refused_unread"},
+    "SCAN_BOMB": {"bombs_refused_unread"},
     "FORGED_TERM": {
         "served_by_its_worker",
         "forged_term_refused",
@@ -68,6 +70,7 @@ REFUSED_AT_LEAST = {
     "IMPERSONATED_WORKER": 22,
     "IMPERSONATED_CAMERA": 24,
     "IMAGE_BOMB": 0,
+    "SCAN_BOMB": 0,
     "FORGED_TERM": 2,
     "RETAINED_FLOOD": 2000,
 }
@@ -133,6 +136,26 @@ def test_image_bomb_declares_a_huge_image_and_is_refused_unread() -> None:
     with pytest.raises(envelope.FrameError) as info:
         envelope.check_image(frame, max_pixels=640 * 480)
     assert info.value.reason == "image_too_large"
+
+
+def test_scan_bomb_is_a_real_decodable_jpeg_of_its_size_and_refused_unread() -> None:
+    """What libjpeg would spend on it is not timed here (bench/frame_check.py does, side by
+    side with a camera's frame); that it decodes, and is refused before, is."""
+    import cv2
+    import numpy as np
+
+    small = scan_bomb(64, 48, max_bytes=6000)  # few enough scans to decode in a test
+    assert envelope.read_jpeg_header(small) == (64, 48, 3)
+    assert cv2.imdecode(np.frombuffer(small, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    bomb = scan_bomb()
+    assert 2**20 < len(bomb) <= 2 * 2**20 and bomb.count(b"\xff\xda") > 100_000
+    frame = envelope.unpack(
+        envelope.pack(bomb, seq=FORGED_SEQ, capture_ns=0, width=640, height=480),
+        max_bytes=1 << 21,
+    )
+    with pytest.raises(envelope.FrameError) as info:
+        envelope.check_image(frame, max_pixels=640 * 480)
+    assert info.value.reason == "costly_image" and "scans" in str(info.value)
 
 
 def _result(app: str, worker: str, ts: float) -> messages.Result:

@@ -389,3 +389,56 @@ def test_mangled_jpegs_only_ever_raise_frame_errors() -> None:
             assert 1 <= hdr.components <= 4
         worst = max(worst, time.perf_counter() - t0)
     assert worst < 0.050, worst
+
+
+# -- scan bombs: the cost of a JPEG is in its scans, counted before decoding --------------------
+
+
+def _frame_of(jpeg: bytes, width: int = 64, height: int = 48) -> env.Frame:
+    return env.unpack(env.pack(jpeg, seq=1, capture_ns=0, width=width, height=height), max_bytes=MB)
+
+
+def _more_scans(jpeg: bytes, scans: int) -> bytes:
+    """``jpeg`` with its last scan repeated until it has ``scans`` scans (libjpeg decodes each:
+    it only warns about the bogus progression)."""
+    last = jpeg[jpeg.rfind(b"\xff\xda") : -2]
+    have = jpeg.count(b"\xff\xda")
+    return jpeg[:-2] + last * (scans - have) + b"\xff\xd9"
+
+
+def test_camera_frames_baseline_and_progressive_pass_the_cost_check() -> None:
+    baseline, progressive = _jpeg(), _jpeg(progressive=True)
+    assert baseline.count(b"\xff\xda") == 1 and progressive.count(b"\xff\xda") == 10
+    assert env.check_image(_frame_of(baseline), max_pixels=LIMIT) == (64, 48, 3)
+    assert env.check_image(_frame_of(progressive), max_pixels=LIMIT) == (64, 48, 3)
+    gray = _jpeg(gray=True, progressive=True)
+    assert env.check_image(_frame_of(gray), max_pixels=LIMIT) == (64, 48, 1)
+
+
+@pytest.mark.parametrize("scans", [env.MAX_JPEG_SCANS, env.MAX_JPEG_SCANS + 1, 2000])
+def test_more_scans_than_a_camera_makes_are_refused_before_decoding(scans: int) -> None:
+    jpeg = _more_scans(_jpeg(progressive=True), scans)
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None  # real
+    frame = _frame_of(jpeg)
+    if scans <= env.MAX_JPEG_SCANS:
+        assert env.check_image(frame, max_pixels=LIMIT) == (64, 48, 3)
+        return
+    with pytest.raises(env.CostlyImageError, match=f"JPEG with {scans} scans"):
+        env.check_image(frame, max_pixels=LIMIT)
+
+
+def test_a_scan_marker_in_a_segment_before_the_frame_is_not_counted() -> None:
+    """The count starts after the SOF: a comment full of FFDA bytes is the camera's business."""
+    jpeg = _jpeg(progressive=True)
+    comment = b"\xff\xda" * 100
+    crafted = jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+    assert env.check_image(_frame_of(crafted), max_pixels=LIMIT) == (64, 48, 3)
+
+
+@pytest.mark.parametrize("sof", [0xC3, 0xC9, 0xCA, 0xC5])
+def test_coding_processes_no_camera_uses_are_refused(sof: int) -> None:
+    """Lossless, arithmetic and hierarchical JPEGs: slower per pixel than what cameras send."""
+    b = bytearray(_jpeg())
+    b[_sof_at(bytes(b)) + 1] = sof
+    with pytest.raises(env.CostlyImageError, match=f"coding process FF{sof:02X}"):
+        env.check_image(_frame_of(bytes(b)), max_pixels=LIMIT)
