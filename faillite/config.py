@@ -285,6 +285,20 @@ def backend_section(data: Any) -> BackendSection:
     return section
 
 
+class QuarantineConfig(StrictModel):
+    """``quarantine:`` of a worker: a camera one of whose frames cost more than ``factor`` times
+    its typical decode (CPU time) and more than ``floor_ms`` is dropped unread for ``base_s``,
+    doubling at each new offence up to ``max_s``, forgiven after ``forgive_s`` clean
+    (workers/quarantine.py)."""
+
+    floor_ms: float = Field(default=250.0, gt=0, le=600_000)
+    factor: float = Field(default=20.0, gt=1, le=10_000)
+    base_s: float = Field(default=5.0, gt=0, le=86_400)
+    max_s: float = Field(default=300.0, gt=0, le=86_400)
+    forgive_s: float = Field(default=600.0, ge=0, le=86_400)
+    alpha: float = Field(default=0.1, gt=0, le=1)
+
+
 class BatchingConfig(StrictModel):
     """``batching:`` of a worker: frames of apps that share a variant run as one batch.
 
@@ -334,6 +348,7 @@ class WorkerConfig(StrictModel):
     heartbeat_interval_s: float = Field(default=0.1, gt=0, le=60)
     models_dir: Path | None = None
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
 
     @field_validator("id")
     @classmethod

@@ -13,7 +13,7 @@ Inference runs under the model cache's ``in_use`` lock (the service takes it).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,11 @@ class FrameRunner:
         labels: tuple[str, ...],
         bad: BadInput,
         scaled_decode: bool = True,
+        on_decoded: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``on_decoded(sensor, cpu_ms)``: each frame's decoding cost, in CPU time of the
+        decoding thread (a board too busy to run it does not make a frame look costly)."""
+        self.on_decoded = on_decoded
         self.worker = worker
         self.incarnation = incarnation
         self.max_frame_bytes = max_frame_bytes
@@ -65,6 +69,7 @@ class FrameRunner:
         """Decode ``item`` and preprocess it into ``out`` (a ``[1,...]`` slot of a batch);
         None for a frame that cannot be read (counted). Thread-safe."""
         t0 = time.monotonic_ns()
+        c0 = time.thread_time_ns()
         try:
             frame = envelope.unpack(item.payload, max_bytes=self.max_frame_bytes)
             scale = 1
@@ -74,6 +79,9 @@ class FrameRunner:
         except envelope.FrameError as exc:
             self.bad.count(exc.reason, str(exc), app=item.app, sensor=st.sensor)
             return None
+        finally:
+            if self.on_decoded is not None:
+                self.on_decoded(st.sensor, (time.thread_time_ns() - c0) / 1e6)
         t1 = time.monotonic_ns()
         preprocess(image, st.spec, out=out)
         t2 = time.monotonic_ns()

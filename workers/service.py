@@ -79,6 +79,7 @@ from workers.inference import FrameRunner, Prepared
 from workers.measured import measured_profile
 from workers.model_cache import ModelCache
 from workers.plugins import FrameInterceptor
+from workers.quarantine import StreamQuarantine
 from workers.serving import Serving, ServingTable
 
 log = get_logger("worker")
@@ -140,6 +141,8 @@ class Worker:
         if self.profile is None:
             log.info("profile_not_published", reason=why)
         self.queues = FrameQueues(cfg.queue_size)
+        # Cameras whose frames cost far more than theirs usually do: dropped unread a while.
+        self.quarantine = StreamQuarantine(cfg.quarantine)
         self.counters = Counters()
         self.table = ServingTable(
             self.models,
@@ -168,6 +171,7 @@ class Worker:
             labels=imagenet_labels(),
             bad=self.bad,
             scaled_decode=cfg.batching.scaled_decode,
+            on_decoded=self._decoded,
         )
         self.batcher = Batcher(
             self.queues,
@@ -268,6 +272,21 @@ class Worker:
     def replaced(self) -> bool:
         return self.presence.replaced is not None
 
+    def _decoded(self, sensor: str, cpu_ms: float) -> None:
+        verdict = self.quarantine.observe(sensor, cpu_ms, time.monotonic())
+        if verdict is None:
+            return
+        detail: dict[str, Any] = {
+            "sensor": sensor,
+            "cost_ms": round(verdict.cost_ms, 1),
+            "typical_ms": round(verdict.typical_ms, 2),
+            "for_s": verdict.for_s,
+            "offences": verdict.offences,
+        }
+        log.warning("stream_quarantined", **detail)
+        self.bad.count("stream_quarantined", f"camera {sensor}: a frame cost {cpu_ms:.0f} ms")
+        self._event("stream_quarantined", **detail)
+
     def _event(self, kind: str, app: str = "", **detail: Any) -> None:
         ev = messages.Event(
             kind=kind,
@@ -362,6 +381,9 @@ class Worker:
             # Refused here, before queueing: counted under errors only, never as received, and
             # never decoded. Headers only (envelope, then JPEG markers up to SOF): microseconds.
             now = time.monotonic_ns()
+            if not self.quarantine.admits(sensor, now / 1e9):
+                self.bad.count("quarantined", f"camera {sensor} in quarantine", sensor=sensor)
+                return
             try:
                 frame = envelope.unpack(raw.payload, max_bytes=max_bytes)
                 envelope.check_image(frame, max_pixels=max_pixels)

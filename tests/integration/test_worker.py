@@ -626,3 +626,104 @@ def test_a_jetson_worker_without_a_working_tensorrt_serves_on_its_fallback(
     finally:
         col.stop()
         group.stop_all()
+
+
+def test_a_poison_stream_is_quarantined_and_the_other_cameras_app_is_served_on(
+    tmp_path: Path, broker: Any, models_dir: Path
+) -> None:
+    """A frame that passes the cost check but costs far more than its camera's frames (here a
+    32-scan progressive frame on a camera of plain photos, with the bound set low so that one
+    counts as poison): that camera is dropped a while, with an event; the honest camera's app
+    is served all along, and the poisoned camera's app again once the quarantine ends."""
+    import cv2
+
+    mesh_id = "q" + broker.kind[:3]
+    path = write_config(
+        tmp_path,
+        broker,
+        models_dir,
+        mesh=mesh_id,
+        workers=({"id": "w1", "quarantine": {"floor_ms": 3, "factor": 4, "base_s": 3}},),
+        sensors=({"id": "cam1"}, {"id": "cam2"}),
+        apps=(
+            {"id": "a1", "sensor": "cam1", "family": "efficientnet_lite"},
+            {"id": "a2", "sensor": "cam2", "family": "efficientnet_lite"},
+        ),
+    )
+    cfg = load(path)
+    t = Topics(mesh_id)
+    col = Collector(cfg).follow(f"faillite/{mesh_id}/#", qos=1).start()
+    noise = np.random.default_rng(3).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    jpeg = buf.tobytes()
+    last = jpeg[jpeg.rfind(b"\xff\xda") : -2]
+    poison = jpeg[:-2] + last * (envelope.MAX_JPEG_SCANS - 10) + b"\xff\xd9"
+    frame = envelope.pack(poison, seq=10**6, capture_ns=time.time_ns(), width=640, height=480)
+    envelope.check_image(
+        envelope.unpack(frame, max_bytes=cfg.max_frame_bytes), max_pixels=640 * 480
+    )
+    try:
+        with ProcessGroup(tmp_path / "logs") as group:
+            worker = group.start(
+                "w1", "worker", faillite_cmd("worker", "--id", "w1", "--config", str(path))
+            )
+            col.wait_for(lambda: _statuses(col, t), 30, "birth")
+            a = messages.Assignment(
+                worker="w1", term=1, generation=1, ts=messages.now(),
+                serve=(messages.Serve("a1", "cam1", "efficientnet_lite0"),
+                       messages.Serve("a2", "cam2", "efficientnet_lite0")),
+            )  # fmt: skip
+            col.publish(t.worker_assignment("w1"), messages.encode(a), qos=1, retain=True)
+            with (
+                FramePump(col, t.sensor_frames("cam1"), 5),
+                FramePump(col, t.sensor_frames("cam2"), 5),
+            ):
+                for app in ("a1", "a2"):
+                    col.wait_for(
+                        lambda app=app: col.messages(t.app_results_filter(app), messages.Result)[
+                            5:
+                        ],
+                        60,
+                        f"{app} served",
+                    )
+                col.publish(t.sensor_frames("cam1"), frame, qos=0)
+                (ev,) = col.wait_for(
+                    lambda: [
+                        e
+                        for e in col.messages(t.events, messages.Event)
+                        if e.kind == "stream_quarantined"
+                    ][:1],
+                    20,
+                    "the quarantine",
+                )
+                assert ev.worker == "w1" and ev.detail["sensor"] == "cam1"
+                assert (
+                    ev.detail["for_s"] == 3 and ev.detail["cost_ms"] > 4 * ev.detail["typical_ms"]
+                )
+                since = time.time()
+                col.wait_for(
+                    lambda: [h for h in _heartbeats(col, t) if h.errors.get("quarantined", 0) >= 5],
+                    20,
+                    "cam1's frames dropped unread, counted",
+                )
+                # cam2's app all along; cam1's back once its quarantine is over.
+                col.wait_for(
+                    lambda: [
+                        r
+                        for r in col.messages(t.app_results_filter("a1"), messages.Result)
+                        if r.ts > since + 3
+                    ],
+                    30,
+                    "a1 served again after its quarantine",
+                )
+                a2 = [
+                    r
+                    for r in col.messages(t.app_results_filter("a2"), messages.Result)
+                    if r.ts > since
+                ]
+                assert len(a2) >= 10, len(a2)
+                assert worker.alive()
+    finally:
+        col.publish(t.worker_assignment("w1"), b"", retain=True)
+        col.stop()
