@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
@@ -126,7 +126,10 @@ class ProcessGroup:
         self.env = {**os.environ, **(env or {})}
         self.children: list[Child] = []
 
-    def start(self, name: str, role: str, argv: Sequence[str]) -> Child:
+    def start(
+        self, name: str, role: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> Child:
+        """``env``: this child's environment (default: the group's)."""
         log_path = self.logs_dir / f"{name}.log" if self.logs_dir is not None else None
         out: IO[bytes] | int = log_path.open("wb") if log_path else subprocess.DEVNULL
         proc = subprocess.Popen(
@@ -134,7 +137,7 @@ class ProcessGroup:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=self.env,
+            env=dict(env) if env is not None else self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
