@@ -16,13 +16,14 @@ Filters in the config are relative to the mesh (``apps/+/results/+``); up, a kit
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from faillite.topics import ROOT, matches
+from faillite.topics import ALL_TOPICS, ROOT, matches
 
 Kind = Literal["results", "statuses", "placement", "events", "heartbeats", "assignments"]
 KINDS: Final[tuple[Kind, ...]] = (
@@ -119,6 +120,15 @@ def down_problem(down: tuple[str, ...], kinds: tuple[Kind, ...]) -> str | None:
         for u in (*up_filters(kinds), f"{OWN_SUBTREE}/#"):
             if filters_overlap(f, u):
                 return f"down filter {f!r} overlaps {u!r}: it would loop back"
+        # What the mesh acts on (frames, statuses, assignments, routes, the leader's state,
+        # events) is written only inside the kit: a rear site must not steer it.
+        for spec in ALL_TOPICS:
+            own = re.sub(r"\{[a-z]+\}", "+", spec.pattern)
+            if filters_overlap(f, own):
+                return (
+                    f"down filter {f!r} overlaps the mesh's own {own!r}: a rear site must not "
+                    "write what the kit acts on (use a topic of its own, e.g. apps/+/tasking)"
+                )
     return None
 
 

@@ -167,8 +167,21 @@ def test_down_filters_that_would_loop_are_refused() -> None:
     assert "loop" in (down_problem(("events",), ("events",)) or "")
     assert "loop" in (down_problem(("#",), ("results",)) or "")
     assert "loop" in (down_problem(("uplink/+/status",), ("results",)) or "")
-    # Steering topics may come down only if the kit says so, and never while they go up too.
-    assert down_problem(("workers/+/assignment",), ("results",)) is None
+    # What the kit acts on never comes down, whatever goes up: a rear site cannot steer it.
+    for steering in (
+        "sensors/+/frames",
+        "sensors/cam1/frames",
+        "workers/+/assignment",
+        "workers/w1/status",
+        "coordinator/beat",
+        "coordinator/+",
+        "apps/+/route",
+        "placement",
+        "+",
+    ):
+        why = down_problem((steering,), ("results",)) or ""
+        assert "loop" in why or "the mesh's own" in why, steering
+    assert "the mesh's own" in (down_problem(("sensors/+/frames",), ("results",)) or "")
     assert down_problem(("workers/+/assignment",), ("assignments",)) is not None
 
 
