@@ -80,8 +80,10 @@ _WRITES: Final = (Access.WRITE, Access.READWRITE)
 
 class LoginThrottle:
     """Failed logins per source address: each failure doubles the wait before the next
-    attempt from there is judged (from ``base_s`` up to ``max_s``); a quiet minute or a
-    success forgets them. Bounded: the least recently failing sources are forgotten first."""
+    attempt from there is judged (from ``base_s`` up to ``max_s``); a quiet minute forgets
+    them, a valid login from the same address does not (a guesser beside one stolen device
+    would otherwise start afresh after each of its logins; only refusals ever wait).
+    Bounded: the least recently failing sources are forgotten first."""
 
     def __init__(
         self, base_s: float, max_s: float, *, forget_s: float = 60.0, max_sources: int = 4096
@@ -112,9 +114,6 @@ class LoginThrottle:
         while len(self._failures) > self.max_sources:
             self._failures.popitem(last=False)
         return self.delay(source, now)
-
-    def succeeded(self, source: str) -> None:
-        self._failures.pop(source, None)
 
 
 class AccessPolicy:

@@ -539,7 +539,6 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
                 )
                 await asyncio.sleep(delay)
                 return False
-            rt.policy.throttle.succeeded(source)
         finally:
             lock.release()
         session.attributes[IDENTITY_KEY] = admission.identity

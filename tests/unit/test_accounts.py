@@ -214,9 +214,11 @@ def test_login_throttle_doubles_per_failure_and_forgets() -> None:
     assert [th.failed("a", float(t)) for t in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     assert th.delay("b", 5.0) == 0.0  # another source is not slowed
     assert th.delay("a", 70.0) == 0.0  # a quiet minute forgets
-    th.failed("a", 0.0)
-    th.succeeded("a")
-    assert th.delay("a", 1.0) == 0.0
+    # A valid login from the same address does not forget them: one stolen device's secret
+    # must not buy a guesser beside it a fresh budget of fast guesses. (Only refusals wait.)
+    th.failed("a", 100.0)
+    th.failed("a", 101.0)
+    assert th.delay("a", 102.0) == 0.2
     for src in ("x", "y", "z"):
         th.failed(src, 0.0)
     assert th.delay("x", 0.0) == 0.0 and th.delay("z", 0.0) == 0.1  # bounded memory

@@ -165,7 +165,7 @@ const aclFile = opt['acl-file'] ? watched(opt['acl-file'], (p) => JSON.parse(rea
 if (passwords && !aclFile) throw new Error('--password-file needs --acl-file (the mesh\'s identities)')
 
 // Failed logins per source address: each failure doubles the wait before the refusal (from
-// --login-delay-ms up to --login-delay-max-ms); a quiet minute or a success forgets them.
+// --login-delay-ms up to --login-delay-max-ms); a quiet minute forgets them.
 const baseMs = Number(opt['login-delay-ms'])
 const maxMs = Number(opt['login-delay-max-ms'])
 const failures = new Map() // source -> [count, last]
@@ -225,9 +225,9 @@ function authenticate (client, username, password, callback) {
   // force gets a few guesses a second, whatever its parallelism.
   const judged = (chains.get(source) ?? Promise.resolve()).then(async () => {
     try {
-      const out = await admit(client, username, password)
-      failures.delete(source)
-      return out
+      // A valid login does not forget the address's failures: a guesser beside one stolen
+      // device would start afresh after each of its logins (only refusals ever wait).
+      return await admit(client, username, password)
     } catch (err) {
       const delay = failed(source)
       log('auth_refused', { client: client.id, username, reason: err.reason ?? String(err), peer, delay_ms: delay })
