@@ -98,12 +98,34 @@ class AclScope:
     apps: tuple[str, ...]
     # What the uplink may bring down from the rear site (``uplink.down``, relative filters).
     uplink_down: tuple[str, ...] = ()
+    # Each camera's apps: a camera then reads only their results and routes (least privilege:
+    # another camera's apps are none of its business). Empty: not known, every app's.
+    camera_apps: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def of(
-        cls, workers: Iterable[str], apps: Iterable[str], uplink_down: Iterable[str] = ()
+        cls,
+        workers: Iterable[str],
+        apps: Iterable[str],
+        uplink_down: Iterable[str] = (),
+        camera_apps: Iterable[tuple[str, str]] = (),
     ) -> AclScope:
-        return cls(tuple(sorted(set(workers))), tuple(sorted(set(apps))), tuple(uplink_down))
+        """``camera_apps``: (camera, app) pairs, one per app."""
+        by_camera: dict[str, set[str]] = {}
+        for camera, app in camera_apps:
+            by_camera.setdefault(camera, set()).add(app)
+        return cls(
+            tuple(sorted(set(workers))),
+            tuple(sorted(set(apps))),
+            tuple(uplink_down),
+            tuple((c, tuple(sorted(a))) for c, a in sorted(by_camera.items())),
+        )
+
+    def apps_of(self, camera: str) -> tuple[str, ...] | None:
+        """The apps of ``camera``; None where the scope does not know cameras."""
+        if not self.camera_apps:
+            return None
+        return dict(self.camera_apps).get(camera, ())
 
 
 def acl_scope(cfg: MeshConfig) -> AclScope | None:
@@ -112,7 +134,12 @@ def acl_scope(cfg: MeshConfig) -> AclScope | None:
     if not cfg.workers and not cfg.apps:
         return None
     down = cfg.uplink.down if cfg.uplink is not None else ()
-    return AclScope.of((w.id for w in cfg.workers), (a.id for a in cfg.apps), down)
+    return AclScope.of(
+        (w.id for w in cfg.workers),
+        (a.id for a in cfg.apps),
+        down,
+        ((a.sensor, a.id) for a in cfg.apps),
+    )
 
 
 Rule = tuple[Access, str]
@@ -127,12 +154,25 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
     match identity.role:
         case Role.SENSOR:
             # Its own frames and status, read too: the look before connecting checks whether
-            # its id is live. Results and routes: ``faillite sensor --results``.
+            # its id is live. Results and routes (``faillite sensor --results``): of its own
+            # apps only, where the scope knows them.
+            mine = scope.apps_of(me) if scope is not None else None
+            reads: tuple[Rule, ...] = (
+                ((Access.READ, t.app_results_filter()), (Access.READ, _any_app(t, "route")))
+                if mine is None
+                else tuple(
+                    rule
+                    for app in mine
+                    for rule in (
+                        (Access.READ, t.app_results_filter(app)),
+                        (Access.READ, t.app_route(app)),
+                    )
+                )
+            )
             return (
                 (Access.READWRITE, t.sensor_frames(me)),
                 (Access.READWRITE, t.sensor_status(me)),
-                (Access.READ, t.app_results_filter()),
-                (Access.READ, _any_app(t, "route")),
+                *reads,
                 (Access.READWRITE, t.events),
             )
         case Role.WORKER:

@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if args.fps:
         updates["fps"] = args.fps
     scfg = scfg.model_copy(update=updates)
-    pub = SensorPublisher(cfg.mesh, scfg, cfg.broker, follow_results=args.results)
+    pub = SensorPublisher(
+        cfg.mesh,
+        scfg,
+        cfg.broker,
+        follow_results=args.results,
+        apps=tuple(a.id for a in cfg.apps if a.sensor == scfg.id),
+    )
     try:
         pub.claim(replace=args.replace)
     except IdentityInUseError as exc:

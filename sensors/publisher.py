@@ -74,7 +74,11 @@ class SensorPublisher:
         *,
         follow_results: bool = False,
         source: FrameSource | None = None,
+        apps: tuple[str, ...] | None = None,
     ) -> None:
+        """``apps``: the apps of this camera, whose results it follows (``follow_results``);
+        None: every app's. The broker lets a camera read only its own apps' where it knows
+        them (least privilege: another camera's results are none of its business)."""
         self.cfg = cfg
         self.topics = Topics(mesh)
         self.incarnation = uuid.uuid4().hex[:12]
@@ -101,16 +105,21 @@ class SensorPublisher:
         self._stop = threading.Event()
         self.beats = Beats()
         if follow_results:
-            self.client.subscribe_json(
-                self.topics.filter(APP_ROUTE),
-                messages.Route,
-                self._on_route,
-                qos=1,
-                on_cleared=self._on_route_cleared,
+            t = self.topics
+            routes = [t.filter(APP_ROUTE)] if apps is None else [t.app_route(a) for a in apps]
+            results = (
+                [t.filter(APP_RESULTS)] if apps is None else [t.app_results_filter(a) for a in apps]
             )
-            self.client.subscribe_json(
-                self.topics.filter(APP_RESULTS), messages.Result, self._on_result, qos=0
-            )
+            for route in routes:
+                self.client.subscribe_json(
+                    route,
+                    messages.Route,
+                    self._on_route,
+                    qos=1,
+                    on_cleared=self._on_route_cleared,
+                )
+            for result in results:
+                self.client.subscribe_json(result, messages.Result, self._on_result, qos=0)
 
     def _birth(self, ts: float) -> messages.SensorStatus:
         return messages.SensorStatus(

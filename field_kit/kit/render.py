@@ -453,7 +453,12 @@ def render(kit: Kit, out: Path, *, rotate: bool = False, in_place: bool = False)
     prov = Provisioning(out / "_provisioning")
     provision(kit, prov, rotate=rotate)
     down = kit.uplink.down if kit.uplink is not None else ()
-    scope = AclScope.of((n.id for n in kit.with_role("worker")), (a.id for a in kit.apps), down)
+    scope = AclScope.of(
+        (n.id for n in kit.with_role("worker")),
+        (a.id for a in kit.apps),
+        down,
+        ((a.camera, a.id) for a in kit.apps),
+    )
     folders: list[Path] = []
     operator = prov.root.parent / OPERATOR
     operator.mkdir(parents=True, exist_ok=True)

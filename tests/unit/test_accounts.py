@@ -16,7 +16,7 @@ from faillite import accounts
 from faillite.compat import python_module
 from faillite.config import BrokerConfig, load_mesh_config
 from faillite.identity import AclScope, Identity, InvalidIdentityError, identity_acl
-from faillite.topics import Role, Topics
+from faillite.topics import Access, Role, Topics
 
 W1 = Identity("demo", Role.WORKER, "w1")
 W2 = Identity("demo", Role.WORKER, "w2")
@@ -178,6 +178,28 @@ def test_a_sensor_writes_only_its_own_frames_and_status() -> None:
     assert not _can(p, CAM, P, T.sensor_status("cam-dock"))
     assert _can(p, CAM, S, T.app_results_filter("gate-watch"))
     assert not _can(p, CAM, P, T.app_results("gate-watch", "w1"))
+
+
+def test_a_camera_reads_only_its_own_apps_where_the_mesh_knows_them(tmp_path: Path) -> None:
+    """Least privilege on reads: the gate camera's process has no business with the dock's."""
+    scope = AclScope.of(
+        ["w1"], ["gate-watch", "dock"], (), [("cam-gate", "gate-watch"), ("cam-dock", "dock")]
+    )
+    p = AccessPolicy(BrokerConfig(), "demo", scope)
+    for topic in (T.app_results_filter("gate-watch"), T.app_route("gate-watch")):
+        assert _can(p, CAM, S, topic)
+    for topic in (T.app_results_filter("dock"), T.app_route("dock"), T.app_results_filter()):
+        assert not _can(p, CAM, S, topic), topic
+    quiet = Identity("demo", Role.SENSOR, "cam-spare")  # a camera no app uses reads none
+    assert not any(a is Access.READ for a, _f in identity_acl(quiet, scope))
+    # The same rules in Mosquitto's ACL file.
+    pw = tmp_path / "passwd"
+    accounts.add_account(pw, tmp_path / "secrets", CAM)
+    cfg = BrokerConfig(password_file=pw)
+    conf = mq.write_mosquitto_config(cfg, "demo", tmp_path / "out", scope=scope)
+    block = (conf.parent / "acl").read_text().split(f"user {CAM.name}\n")[1].split("user ")[0]
+    assert f"topic read {T.app_route('gate-watch')}" in block
+    assert "dock" not in block and "apps/+/" not in block
 
 
 def test_only_coordinators_steer_and_only_the_mesh_s_own_ids() -> None:
