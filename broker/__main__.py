@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a worker id the ACL names (repeatable; default: the config's workers)",
     )
     p.add_argument("--app", action="append", default=[], help="an app id the ACL names (likewise)")
+    p.add_argument(
+        "--camera-app",
+        action="append",
+        default=[],
+        metavar="CAMERA=APP",
+        help="an app of a camera: that camera reads only its apps' results (likewise)",
+    )
     return p
 
 
@@ -63,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     flog.configure(level=args.log_level, mesh=mesh, role="broker")
     try:
         down = cfg.uplink.down if cfg.uplink is not None else ()
+        pairs = [tuple(x.split("=", 1)) for x in args.camera_app if "=" in x]
         scope = (
-            AclScope.of(args.worker, args.app, down) if args.worker or args.app else acl_scope(cfg)
+            AclScope.of(args.worker, args.app, down, [(c, a) for c, a in pairs])
+            if args.worker or args.app
+            else acl_scope(cfg)
         )
         run_broker(broker, mesh, scope)
     except (BrokerSetupError, ConfigError) as exc:

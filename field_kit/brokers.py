@@ -273,6 +273,12 @@ class BrokerLauncher:
             else [
                 *(a for w in scope.workers for a in ("--worker", w)),
                 *(a for app in scope.apps for a in ("--app", app)),
+                *(
+                    a
+                    for cam, apps in scope.camera_apps
+                    for app in apps
+                    for a in ("--camera-app", f"{cam}={app}")
+                ),
             ]
         )
         return [*python_module("broker"), "--config", str(conf),

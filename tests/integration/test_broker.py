@@ -829,3 +829,32 @@ def test_upstream_amqtt_still_replays_other_clients_retained_messages() -> None:
         with recorder(ep) as newcomer:
             # If this fails, amqtt fixed it: MeshBroker's override may be redundant.
             assert newcomer.wait_for(lambda m: m.topic == "pin/retained", timeout=3)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_a_camera_reads_only_its_own_apps_results(kind: str, tmp_path: Path) -> None:
+    """Least privilege on reads, on both brokers: with the mesh's cameras and apps known, the
+    gate camera's account gets its own app's results and route, not the dock's."""
+    if kind == "mosquitto" and mosquitto_binary() is None:
+        pytest.skip("mosquitto binary not found")
+    from faillite.identity import AclScope
+
+    cfg, secrets = secure_config(tmp_path)
+    scope = AclScope.of(["w1"], ["a1", "a2"], (), [("cam1", "a1"), ("cam2", "a2")])
+    launcher = BrokerLauncher(tmp_path / "run")
+    try:
+        sec = Secure(launcher.start(kind, cfg, mesh=SECURE_MESH, scope=scope), secrets)
+        t = Topics(SECURE_MESH)
+        with as_(sec, CAM1) as cam, as_(sec, W1) as worker:
+            assert cam.subscribe(t.app_results_filter("a1")) == 1
+            assert cam.subscribe(t.app_route("a1")) == 1
+            theirs = cam.subscribe(t.app_results_filter("a2"))
+            # The embedded broker refuses the subscription; Mosquitto grants it, delivers none.
+            assert theirs == (0x80 if kind == "amqtt" else 1)
+            worker.publish(t.app_results("a2", "w1"), b"the dock's")
+            worker.publish(t.app_results("a1", "w1"), b"the gate's")
+            assert cam.wait_for(lambda m: m.payload == b"the gate's", timeout=5)
+            time.sleep(0.3)
+            assert [m.payload for m in cam.messages] == [b"the gate's"]
+    finally:
+        launcher.stop_all()
