@@ -497,6 +497,19 @@ def test_failed_logins_from_one_address_are_slowed_down_and_no_other(
     assert [rc for _s, rc in results] == [5] * 6
     # One at a time, each held back: 0.1 + 0.2 + 0.4 + 0.8 + 0.8 + 0.8 = 3.1 s at least.
     assert elapsed >= 3.0, elapsed
+    # A valid login from the guessers' address does not give them a fresh start: the next
+    # guess from there is still held back the longest (it would be 0.1 s after a reset).
+    valid = SilentClient(
+        ep, CAM1.name, 10, source="127.0.0.3", username=CAM1.name, password=secrets[CAM1]
+    )
+    valid.close()
+    assert valid.return_code == 0
+    t0 = time.monotonic()
+    again = SilentClient(
+        ep, W1.name, 10, source="127.0.0.3", timeout=30, username=W1.name, password="guess"
+    )
+    again.close()
+    assert again.return_code == 5 and time.monotonic() - t0 >= 0.7
 
 
 @pytest.mark.parametrize("kind", BROKER_KINDS)
