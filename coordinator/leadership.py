@@ -63,7 +63,7 @@ status over its own puts its own back.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from faillite import messages
 from faillite.messages import MAX_COUNT, MAX_TERM_JUMP
@@ -185,6 +185,10 @@ class Leadership:
         return p.term != self.term
 
 
+# How long a leader's live offline waits for the broker to be heard from after it, at most.
+UNCONFIRMED_MAX_S: Final = 3.0
+
+
 class Vacancy:
     """A standby's view of the leadership: since when it is vacant, and the newest leader.
 
@@ -223,6 +227,10 @@ class Vacancy:
         self.allow_until = 0.0  # its end: silence after our reconnect counts from then
         self.silent_before = 0.0  # the leader's silence heard on our earlier connections
         self.silent_now = 0.0  # and on this one, as last judged
+        # The vacancy is the leader's live offline (its last-will, or its goodbye) and the broker
+        # has not been heard from since: a broker going down fires every client's will first.
+        self.unconfirmed = False
+        self.unconfirmed_at = 0.0
 
     @property
     def highest_term(self) -> int:
@@ -253,12 +261,27 @@ class Vacancy:
 
     def disconnected(self, now: float) -> None:
         """Our link went down at ``now``: nothing is judged until we are back. A vacancy we
-        saw stays (due once we are back); one only presumed and not reached yet goes."""
+        saw stays (due once we are back); one only presumed and not reached yet goes, and so
+        does one the broker did not confirm (its going down fired the leader's will: the
+        leader gets its reconnect allowance instead)."""
         if self.presumed and self.vacant_since is not None and self.vacant_since > now:
             self.vacant_since, self.presumed = None, False
+        if self.unconfirmed:
+            self.vacant_since, self.unconfirmed = None, False
         self.silent_before += self.silent_now  # as last judged, our link's quiet left out
         self.silent_now = 0.0
         self.judge_from = None
+
+    def hold(self, now: float) -> None:
+        """The vacancy just read from a live offline counts once the broker is heard from
+        after it (:meth:`confirm`), or, if our link neither drops nor hears an answer, after
+        :data:`UNCONFIRMED_MAX_S` (a ping lost is no reason to lead nobody)."""
+        if self.vacant_since is not None and not self.presumed:
+            self.unconfirmed, self.unconfirmed_at = True, now
+
+    def confirm(self) -> None:
+        """The broker was heard from: the offline before it was not its own going down."""
+        self.unconfirmed = False
 
     def cleared(self, now: float) -> None:
         """The retained status was removed."""
@@ -341,6 +364,8 @@ class Vacancy:
         has lasted ``delay_s`` while we are connected; else None."""
         since, start = self.vacant_since, self.judge_from
         if since is None or start is None:
+            return None
+        if self.unconfirmed and now - self.unconfirmed_at < UNCONFIRMED_MAX_S:
             return None
         since = max(since, start)
         if now - since >= self.delay_s:

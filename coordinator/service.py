@@ -665,10 +665,16 @@ class StandbyWatch:
         self.client.subscribe_json(self._beat_topic, messages.CoordinatorBeat, self._on_beat, qos=0)
         self.client.on_connect(self._on_connect)
         self.client.on_disconnect(self._on_disconnect)
+        self.client.on_answer(self._on_answer)
 
     @property
     def highest_term(self) -> int:
         return self.vacancy.highest_term
+
+    def _on_answer(self) -> None:
+        with self._cond:
+            self.vacancy.confirm()
+            self._cond.notify_all()
 
     def _on_connect(self) -> None:
         with self._cond:
@@ -702,6 +708,10 @@ class StandbyWatch:
                     leader_term=self.vacancy.highest_term,
                 )
         elif reading == "gone":
+            if not inb.retain:  # live: news only once the broker outlives it
+                with self._cond:
+                    self.vacancy.hold(time.monotonic())
+                self.client.ask_broker()
             standby_log.warning(
                 "leader_gone",
                 leader=st.coordinator,

@@ -163,6 +163,43 @@ def test_an_offline_right_after_our_reconnect_waits_for_the_leaders_backoff() ->
     assert v.due(20.0) is None
 
 
+def test_a_will_the_broker_fired_as_it_went_down_is_no_vacancy() -> None:
+    """A stopping broker publishes every client's last-will, then drops us too: the leader
+    did not die, the broker went away. Our link dropping before the broker was heard from
+    again withdraws the vacancy; the leader gets its reconnect allowance when both return
+    (CI saw a standby take term 2 from a leader that reconnected 0.3 s after it)."""
+    v = _vacancy()
+    v.connected(0.0)
+    v.on_status(_status("c1", "a", "leader", 3), 0.1)
+    assert v.on_status(_status("c1", "a", "offline", 3), 10.0) == "gone"  # its will, live
+    v.hold(10.0)
+    assert v.due(10.6) is None  # not before the broker answers
+    v.disconnected(10.5)  # it did not: it was going down
+    assert v.vacant_since is None
+    v.connected(23.0)  # back from its restart, its retained state lost
+    assert v.due(24.4) is None  # 23 + 0.5 settle + 1.0 allowance, then the delay
+    assert v.on_status(_status("c1", "a", "leader", 3), 23.3) == "leader"  # it is back
+    assert v.due(30.0) is None
+
+
+def test_a_will_the_broker_outlives_is_a_vacancy() -> None:
+    v = _vacancy()
+    v.connected(0.0)
+    v.on_status(_status("c1", "a", "leader", 3), 0.1)
+    assert v.on_status(_status("c1", "a", "offline", 3), 10.0) == "gone"
+    v.hold(10.0)
+    assert v.due(10.6) is None
+    v.confirm()  # the broker answered our ping: the leader is gone
+    assert v.due(10.6) == pytest.approx(0.6)
+    # An answer that never comes, on a link that never drops, holds it only so long.
+    w = _vacancy()
+    w.connected(0.0)
+    w.on_status(_status("c1", "a", "leader", 3), 0.1)
+    w.on_status(_status("c1", "a", "offline", 3), 10.0)
+    w.hold(10.0)
+    assert w.due(12.9) is None and w.due(13.0) == pytest.approx(3.0)
+
+
 def test_stale_last_will_and_older_leaders_are_no_vacancy() -> None:
     v = _vacancy()
     v.connected(0.0)
