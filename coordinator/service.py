@@ -708,10 +708,11 @@ class StandbyWatch:
                     leader_term=self.vacancy.highest_term,
                 )
         elif reading == "gone":
-            if not inb.retain:  # live: news only once the broker outlives it
-                with self._cond:
-                    self.vacancy.hold(time.monotonic())
-                self.client.ask_broker()
+            # News only once the broker outlives it. Whatever its retain flag says: the embedded
+            # broker delivers a will it fires while stopping with the flag set.
+            with self._cond:
+                self.vacancy.hold(time.monotonic())
+            self.client.ask_broker()
             standby_log.warning(
                 "leader_gone",
                 leader=st.coordinator,
