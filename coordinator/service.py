@@ -358,21 +358,23 @@ class CoordinatorService:
             self.client.ask_broker()
         self._inbox.put(WorkerOffline(*_clock(), st, retained=inb.retain))
 
+    def _on_own_topic(self, topic: str, worker: str, what: str) -> bool:
+        """The topic is what the broker's ACL binds to the publisher: a message naming another
+        worker (a stolen credential pushing a victim's seq window ahead, or speaking for its
+        profile) is not believed, and counted."""
+        parsed = parse(topic)
+        if parsed is not None and parsed[1].ids.get("worker") == worker:
+            return True
+        self.client.bad.count("wrong_topic", f"{what} of {worker!r}", topic=topic)
+        return False
+
     def _on_profile(self, inb: Inbound[messages.WorkerProfile]) -> None:
-        p, parsed = inb.message, parse(inb.topic)
-        if parsed is None or p.worker != parsed[1].ids["worker"]:
-            self.client.bad.count("wrong_topic", f"profile of {p.worker!r}", topic=inb.topic)
-            return
-        self._inbox.put(ProfileReported(*_clock(), p))
+        if self._on_own_topic(inb.topic, inb.message.worker, "profile"):
+            self._inbox.put(ProfileReported(*_clock(), inb.message))
 
     def _on_heartbeat(self, inb: Inbound[messages.Heartbeat]) -> None:
-        hb, parsed = inb.message, parse(inb.topic)
-        # The topic is what the broker's ACL binds to the publisher; a heartbeat naming another
-        # worker (a stolen credential pushing a victim's seq window ahead) is not believed.
-        if parsed is None or hb.worker != parsed[1].ids["worker"]:
-            self.client.bad.count("wrong_topic", f"heartbeat of {hb.worker!r}", topic=inb.topic)
-            return
-        self._inbox.put(HeartbeatSeen(*_clock(), hb))
+        if self._on_own_topic(inb.topic, inb.message.worker, "heartbeat"):
+            self._inbox.put(HeartbeatSeen(*_clock(), inb.message))
 
     # -- control thread ----------------------------------------------------------------------
 
