@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from faillite import messages
-from faillite.catalog import ESTIMATE, Catalog, DeviceProfile
+from faillite.catalog import Catalog, DeviceProfile
 
 
 class ProfileBook:
@@ -28,10 +28,7 @@ class ProfileBook:
         self._reports: dict[str, messages.WorkerProfile] = {}
         # Classes measured in the coordinator's own files: what the operator gave is kept.
         self.given = {
-            cls
-            for v in base.variants()
-            for cls, p in v.profiles.items()
-            if not p.source.startswith(ESTIMATE)
+            cls for v in base.variants() for cls, p in v.profiles.items() if not p.estimate
         }
 
     def report(self, profile: messages.WorkerProfile) -> str:

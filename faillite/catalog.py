@@ -28,6 +28,9 @@ class Preprocess(StrictModel):
     layout: Literal["nchw", "nhwc"] = "nchw"
 
 
+ESTIMATE: Final = "estimate"  # the source of a profile that was not measured starts with it
+
+
 class DeviceProfile(StrictModel):
     """Measured costs of one variant on one device class."""
 
@@ -44,6 +47,11 @@ class DeviceProfile(StrictModel):
     best_batch: int | None = Field(default=None, ge=1)
     best_batch_fps: float | None = Field(default=None, gt=0)  # images/s at best_batch
     batching: str | None = None  # how batches were run, or why they were not
+
+    @property
+    def estimate(self) -> bool:
+        """Scaled from another class's figures (``kit.yaml``'s ``estimates``), not measured."""
+        return self.source.startswith(ESTIMATE)
 
 
 class Variant(StrictModel):
@@ -159,9 +167,12 @@ class ProfileOverlay(StrictModel):
     machine: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, DeviceProfile]
 
+    @property
+    def estimate(self) -> bool:
+        return self.source.startswith(ESTIMATE)
+
 
 PROFILES_SUBDIR = "profiles"
-ESTIMATE: Final = "estimate"  # the source of a profile that was not measured starts with it
 
 
 def estimated(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faillite import messages
-from faillite.catalog import ESTIMATE, load_overlay, overlay_path
+from faillite.catalog import load_overlay, overlay_path
 from faillite.config import ConfigError
 
 
@@ -28,7 +28,7 @@ def measured_profile(
         return None, str(exc).splitlines()[0][:300]
     if overlay.device_class != device_class:
         return None, f"{path} is of device class {overlay.device_class!r}"
-    if overlay.source.startswith(ESTIMATE):
+    if overlay.estimate:
         return None, f"{path} is an estimate (faillite profile on this board measures it)"
     costs = tuple(
         messages.VariantCost(
@@ -39,7 +39,7 @@ def measured_profile(
             first_inference_ms=p.first_inference_ms,
         )
         for name, p in sorted(overlay.profiles.items())
-        if not p.source.startswith(ESTIMATE)
+        if not p.estimate
     )
     if not costs:
         return None, f"{path} holds no measured variant"

@@ -98,7 +98,7 @@ def backend_section(cfg: MeshConfig, args: argparse.Namespace) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    from faillite.catalog import ESTIMATE, load_catalog, load_overlay, overlay_path
+    from faillite.catalog import load_catalog, load_overlay, overlay_path
     from faillite.config import ConfigError
 
     with role_imports("profile", "worker"):
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             given = load_overlay(out)
         except ConfigError as exc:
             return fail(str(exc))
-        if not given.source.startswith(ESTIMATE):
+        if not given.estimate:
             print(f"{COMMAND}: {out} is measured already ({given.source[:80]}): kept")
             return 0
     catalog = load_catalog(cfg.catalog)

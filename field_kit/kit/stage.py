@@ -22,7 +22,6 @@ import yaml
 from coordinator.planner import Method, ProblemError
 from coordinator.planning import PlanRequest, SolverPlanner
 from faillite.catalog import (
-    ESTIMATE,
     PROFILES_SUBDIR,
     Catalog,
     DeviceProfile,
@@ -214,7 +213,7 @@ def plan_stage(kit: Kit, catalog: Catalog, *, method: Method = "lp") -> KitStage
         for f in wants.get(node.id, []):
             (st.files if st.used_mb + f.size_mb <= node.disk_mb else st.left_out).append(f)
         stages.append(st)
-    estimates = sorted(c for c, ov in profiles.items() if ov.source.startswith(ESTIMATE))
+    estimates = sorted(c for c, ov in profiles.items() if ov.estimate)
     return KitStage(stages, unprotected, profiles, estimates)
 
 
