@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     flog.configure(level=args.log_level, mesh=mesh, role="broker")
     try:
         down = cfg.uplink.down if cfg.uplink is not None else ()
-        pairs = [tuple(x.split("=", 1)) for x in args.camera_app if "=" in x]
+        pairs = [(c, a) for c, _, a in (x.partition("=") for x in args.camera_app) if a]
         scope = (
-            AclScope.of(args.worker, args.app, down, [(c, a) for c, a in pairs])
+            AclScope.of(args.worker, args.app, down, pairs)
             if args.worker or args.app
             else acl_scope(cfg)
         )

@@ -227,10 +227,9 @@ class Vacancy:
         self.allow_until = 0.0  # its end: silence after our reconnect counts from then
         self.silent_before = 0.0  # the leader's silence heard on our earlier connections
         self.silent_now = 0.0  # and on this one, as last judged
-        # The vacancy is the leader's live offline (its last-will, or its goodbye) and the broker
-        # has not been heard from since: a broker going down fires every client's will first.
-        self.unconfirmed = False
-        self.unconfirmed_at = 0.0
+        # When the vacancy was read from the leader's offline, while the broker has not been
+        # heard from since (None: it has): a broker going down fires every client's will first.
+        self.unconfirmed_at: float | None = None
 
     @property
     def highest_term(self) -> int:
@@ -266,8 +265,8 @@ class Vacancy:
         leader gets its reconnect allowance instead)."""
         if self.presumed and self.vacant_since is not None and self.vacant_since > now:
             self.vacant_since, self.presumed = None, False
-        if self.unconfirmed:
-            self.vacant_since, self.unconfirmed = None, False
+        if self.unconfirmed_at is not None:
+            self.vacant_since, self.unconfirmed_at = None, None
         self.silent_before += self.silent_now  # as last judged, our link's quiet left out
         self.silent_now = 0.0
         self.judge_from = None
@@ -277,11 +276,11 @@ class Vacancy:
         after it (:meth:`confirm`), or, if our link neither drops nor hears an answer, after
         :data:`UNCONFIRMED_MAX_S` (a ping lost is no reason to lead nobody)."""
         if self.vacant_since is not None and not self.presumed:
-            self.unconfirmed, self.unconfirmed_at = True, now
+            self.unconfirmed_at = now
 
     def confirm(self) -> None:
         """The broker was heard from: the offline before it was not its own going down."""
-        self.unconfirmed = False
+        self.unconfirmed_at = None
 
     def cleared(self, now: float) -> None:
         """The retained status was removed."""
@@ -365,7 +364,7 @@ class Vacancy:
         since, start = self.vacant_since, self.judge_from
         if since is None or start is None:
             return None
-        if self.unconfirmed and now - self.unconfirmed_at < UNCONFIRMED_MAX_S:
+        if self.unconfirmed_at is not None and now - self.unconfirmed_at < UNCONFIRMED_MAX_S:
             return None
         since = max(since, start)
         if now - since >= self.delay_s:

@@ -58,8 +58,8 @@ class StreamQuarantine:
         with self._lock:
             s = self._streams.setdefault(sensor, _Stream())
             typical = s.typical_ms
-            limit = max(cfg.floor_ms, cfg.factor * typical) if typical is not None else None
-            if cost_ms > cfg.floor_ms and (limit is None or cost_ms > limit):
+            limit = cfg.floor_ms if typical is None else max(cfg.floor_ms, cfg.factor * typical)
+            if cost_ms > limit:
                 if now - s.last_offence > cfg.forgive_s:
                     s.offences = 0
                 s.offences += 1

@@ -447,7 +447,7 @@ def install_debs(debs: list[Path], missing: list[str]) -> None:
 MEASURE_TIMEOUT_S: Final = 3600.0  # TensorRT builds its engines first: minutes per variant
 
 
-def measure(root: Path, venv: Path, spec: NodeInstall, *, as_user: bool) -> bool:
+def measure(root: Path, venv: Path, spec: NodeInstall, *, as_user: bool) -> None:
     """Measure the node's device class before its worker starts (it would share the board with
     the measuring). A failure leaves the estimate and says so: the node runs all the same."""
     cmd = [
@@ -461,15 +461,13 @@ def measure(root: Path, venv: Path, spec: NodeInstall, *, as_user: bool) -> bool
         done = subprocess.run(cmd, timeout=MEASURE_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"install: measuring failed ({exc}); the estimate stays", file=sys.stderr)
-        return False
+        return
     if done.returncode != 0:
         print(
             f"install: measuring failed (exit {done.returncode}); the estimate stays: run "
             f"faillite profile --device-class {spec.measure} on this board later",
             file=sys.stderr,
         )
-        return False
-    return True
 
 
 def installed(root: Path) -> dict[str, Any] | None:
