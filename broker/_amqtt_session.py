@@ -20,7 +20,9 @@ What amqtt 0.12.1 does, and what the overrides here do instead:
 4. **Persistent sessions** (clean session 0): amqtt does not redeliver unacknowledged QoS 1 on
    resume, so they are refused (identifier rejected) rather than half kept. The mesh's own
    clients use clean sessions.
-5. **No caps.** Connections (total, per account) and retained messages (count and bytes,
+5. **No wills at shutdown.** amqtt fires every connected client's will while it stops; here
+   a stopping broker fires none: its clients are not lost, it is.
+6. **No caps.** Connections (total, per account) and retained messages (count and bytes,
    total and per account) are capped here; see :class:`SessionLimits`. An account is a
    username, a device's probe name (:mod:`faillite.identity`) counted as the device.
 
@@ -373,6 +375,10 @@ class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
 
     async def shutdown(self) -> None:
         self._closing = True
+        # The broker is going down, not its clients: a will now would tell every subscriber
+        # that a live client died (a standby would take a live leader's term).
+        for session, _handler in self._sessions.values():
+            session.will_flag = False
         await super().shutdown()
 
     # -- delivery --------------------------------------------------------------------------

@@ -483,6 +483,28 @@ def test_retained_caps_in_total(broker_launcher: BrokerLauncher, tmp_path: Path)
 # -- wills --------------------------------------------------------------------------------------
 
 
+def test_a_stopping_broker_fires_no_will(broker_launcher: BrokerLauncher, tmp_path: Path) -> None:
+    """amqtt alone publishes the will of every client still connected while it stops (7 of 8
+    reached a watcher that connected after them): each one a live client reported dead, a
+    live leader's term given away (RESTART_BROKER under load)."""
+    ep = start(broker_launcher, broker_config(tmp_path))
+    will_topic = f"t/{uid()}"
+    # amqtt ends sessions in the order they began: the watcher's last.
+    dying: list[Client] = []
+    try:
+        dying.extend(Client(ep, will=(f"{will_topic}/{i}", b"lost")) for i in range(8))
+        with client(ep, f"{will_topic}/#") as watcher:
+            broker_launcher.process(ep).stop()
+            deadline = time.monotonic() + 10
+            while watcher.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not watcher.connected, "the broker did not stop"
+            assert [m.topic for m in watcher.messages] == []
+    finally:
+        for c in dying:
+            c.drop()
+
+
 def test_a_qos1_will_reaches_a_qos0_subscriber_at_qos0(
     broker_launcher: BrokerLauncher, tmp_path: Path
 ) -> None:
