@@ -568,6 +568,14 @@ class CoordinatorCore:
                     # it answered within a second): putting it back at once would loop.
                     # Heartbeats decide; if it stays silent, a new obituary follows.
                     self._obituaries[t.worker] = (m.incarnation, t.at + REPUT_EVERY_S)
+        elif t.kind == "forged":
+            # An offline that does not unseal the birth it ends: written by another account.
+            self._event(
+                "forged_offline_refused",
+                worker=t.worker,
+                worker_incarnation=t.incarnation,
+                reason=t.cause,
+            )
         elif t.kind == "stale":
             self._event(
                 "stale_offline_ignored",

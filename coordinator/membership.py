@@ -24,8 +24,9 @@ from typing import Final, Literal
 
 from coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
 from faillite import messages
+from faillite.presence import unseals
 
-TransitionKind = Literal["joined", "failed", "recovered", "stale", "replayed"]
+TransitionKind = Literal["joined", "failed", "recovered", "stale", "replayed", "forged"]
 State = Literal["alive", "failed"]
 # Heartbeats a worker can send while we do not hear it (a day at 10 Hz): a larger jump of its
 # sequence number is not its own.
@@ -71,6 +72,7 @@ class Member:
     # same birth again is a copy a broker kept (a bridge replaying a returning broker's store).
     birth_ts: float = 0.0
     revived: bool = False  # came back after a failure (an obituary of it may still arrive)
+    seal: str = ""  # its current connection's will seal: its offline must unseal it
 
 
 class Membership:
@@ -128,6 +130,7 @@ class Membership:
                     return self._transition("replayed", cur, "birth_replayed", now)
                 cur.birth_ts = st.ts
                 cur.status = st
+                cur.seal = st.will_seal
                 if cur.state == "failed" and cur.cause != "graceful":
                     # Same process, new connection: its last-will was premature.
                     cur.silence.heartbeat(now)
@@ -138,6 +141,7 @@ class Membership:
             cfg = self._cfg_for(st)
             m = Member(st.worker, st.incarnation, st, SilenceDetector(cfg), ProgressDetector(cfg))
             m.birth_ts = st.ts
+            m.seal = st.will_seal
             m.silence.heartbeat(now)  # the birth counts as a sign of life
             if cur is not None:
                 self._replaced.setdefault(st.worker, deque(maxlen=REPLACED_KEPT)).append(
@@ -163,6 +167,10 @@ class Membership:
                 ProgressDetector(self._cfg_for(st)),
             )
             return self._transition("stale", stale, st.reason or "offline", now)
+        if st.reason != "silent" and cur.seal and not unseals(cur.seal, st.will_key):
+            # Not its connection's last-will nor its own goodbye: someone else who may write
+            # its status (the worker puts its birth back over it).
+            return self._transition("forged", cur, st.reason or "offline", now)
         heard = cur.last_heartbeat is not None and not cur.silence.suspected(now)
         if st.reason == "silent" and cur.state != "failed" and (cur.revived or heard):
             # A late copy of the obituary of a failure it came back from (bridged back after

@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
 
 from coordinator.core import CoordinatorCore
 from coordinator.decisions import (
@@ -80,8 +79,10 @@ from faillite.log import bind, get_logger
 from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
 from faillite.sdnotify import Beats
+from faillite.signing import S as SignedT
 from faillite.signing import SignatureError, Signed, Signer, Verifier, load_signer
 from faillite.topics import (
+    APP_ROUTE,
     WORKER_ASSIGNMENT,
     WORKER_HEARTBEAT,
     WORKER_PROFILE,
@@ -99,9 +100,6 @@ TERM_WAIT_S = 1.0  # for the first retained status or assignment before taking a
 TERM_BURST_S = 0.2  # then for the rest of the retained burst
 WATCHDOG_STALE_S = 20.0  # a loop silent this long counts as hung (systemd restarts the process)
 
-SignedT = TypeVar(
-    "SignedT", messages.Assignment, messages.CoordinatorStatus, messages.CoordinatorBeat
-)
 # A standby pings its broker after this much quiet: a beat's absence that is its own link's
 # is told apart from the leader's (beats come every coordinator.leader_beat_s).
 STANDBY_PROBE_AFTER_S = 0.2
@@ -120,7 +118,7 @@ def _check_signature(
     try:
         verifier.verify(topic, msg)
     except SignatureError as exc:
-        client.bad.count(exc.reason, str(exc), topic=topic, term=msg.term)
+        client.bad.count(exc.reason, str(exc), topic=topic, term=getattr(msg, "term", None))
         return False
     return True
 
@@ -225,6 +223,7 @@ class CoordinatorService:
         # been replaced by its last-will).
         c.subscribe_json(t.filter(WORKER_ASSIGNMENT), messages.Assignment, self._on_assignment)
         c.subscribe_json(t.placement, messages.Placement, self._on_placement)
+        c.subscribe_json(t.filter(APP_ROUTE), messages.Route, self._on_route)
         if planner.adaptive:
             c.subscribe_json(
                 t.filter(WORKER_HEARTBEAT), messages.Heartbeat, self._on_heartbeat, qos=0
@@ -252,7 +251,7 @@ class CoordinatorService:
     def _sign(self, topic: str, msg: SignedT) -> SignedT:
         return self.signer.sign(topic, msg) if self.signer is not None else msg
 
-    def _signed(self, topic: str, msg: messages.Assignment | messages.CoordinatorStatus) -> bool:
+    def _signed(self, topic: str, msg: Signed) -> bool:
         """Whether ``msg`` may be believed: always where the mesh does not sign."""
         return _check_signature(
             self.signer.verifier if self.signer else None, self.client, topic, msg
@@ -314,11 +313,26 @@ class CoordinatorService:
 
     def _on_placement(self, inb: Inbound[messages.Placement]) -> None:
         p = inb.message
+        if not self._signed(inb.topic, p):
+            self._put_back_if_leading()
+            return
         with self._leading:
             inherited = self.leadership.inherits(p)
         if inherited:
             self._inbox.put(InheritedPlacement(*_clock(), p))
         self._put_back_if_older(p.term, p.generation, inb.topic)
+
+    def _on_route(self, inb: Inbound[messages.Route]) -> None:
+        r = inb.message
+        if not self._signed(inb.topic, r):
+            self._put_back_if_leading()
+            return
+        self._put_back_if_older(r.term, r.generation, inb.topic)
+
+    def _put_back_if_leading(self) -> None:
+        """Something unsigned replaced our retained state: ours goes back over it."""
+        if self.leadership.term and not self.leadership.deposed:
+            self._republish()
 
     def _put_back_if_older(self, term: int, generation: int, topic: str) -> None:
         """An older state of ours arrived (a broker that comes back with what it stored, and
@@ -353,6 +367,8 @@ class CoordinatorService:
         if st.state == "online":
             self._inbox.put(WorkerBirth(*_clock(), st))
             return
+        if st.reason == "silent" and not self._signed(inb.topic, st):
+            return  # an obituary is a coordinator's word: signed where the mesh signs
         if st.reason == "lost" and not inb.retain:
             # A last-will counts once the broker is still there after it (coordinator.wills).
             self.client.ask_broker()
@@ -403,9 +419,8 @@ class CoordinatorService:
                 self._emit(d, decision_ms, publish_ms)
             elif isinstance(d, PublishObituary):
                 st = d.status
-                self.client.publish_message(
-                    self.topics.worker_status(st.worker), st, qos=1, retain=True
-                )
+                topic = self.topics.worker_status(st.worker)
+                self.client.publish_message(topic, self._sign(topic, st), qos=1, retain=True)
             elif isinstance(d, RequestPlan):
                 self._plan_in_background(d)
             elif isinstance(d, Note):
@@ -512,7 +527,8 @@ class CoordinatorService:
         ]
         for r in routes:
             if r.state != "unserved":
-                c.publish(t.app_route(r.app), messages.encode(r), qos=1, retain=True)
+                topic = t.app_route(r.app)
+                c.publish(topic, messages.encode(self._sign(topic, r)), qos=1, retain=True)
         placement = messages.Placement(
             term=st.term,
             generation=st.generation,
@@ -523,10 +539,13 @@ class CoordinatorService:
             gap=st.gap,
             solver=st.solver,
         )
-        c.publish(t.placement, messages.encode(placement), qos=1, retain=True)
+        c.publish(
+            t.placement, messages.encode(self._sign(t.placement, placement)), qos=1, retain=True
+        )
         for r in routes:
             if r.state == "unserved":
-                c.publish(t.app_route(r.app), messages.encode(r), qos=1, retain=True)
+                topic = t.app_route(r.app)
+                c.publish(topic, messages.encode(self._sign(topic, r)), qos=1, retain=True)
 
     def _republish(self) -> None:
         # Brokers can lose retained state on restart: after every reconnect, publish it again.

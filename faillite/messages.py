@@ -99,6 +99,11 @@ class WorkerStatus:
     heartbeat_interval_s: float = 0.1
     gpu: Text = ""  # the GPU's name (NVML), "" without one
     gpu_memory_mb: float = 0.0  # its total memory, MB
+    # Birth: the hash of a secret only its offline twin reveals (faillite.presence); offline
+    # (last-will, graceful): that secret. A coordinator's obituary has neither: it is signed.
+    will_seal: Name = ""
+    will_key: Name = ""
+    sig: Signature | None = None
     v: int = SCHEMA_VERSION
 
 
@@ -258,6 +263,7 @@ class Route:
     since: float
     # shed: paused by the coordinator under overload (nobody serves it, on purpose).
     state: Literal["serving", "degraded", "unserved", "shed"] = "serving"
+    sig: Signature | None = None
     v: int = SCHEMA_VERSION
 
 
@@ -309,6 +315,7 @@ class Placement:
     lp_bound: float | None = None
     gap: float | None = None
     solver: Text = "static"
+    sig: Signature | None = None
     v: int = SCHEMA_VERSION
 
 

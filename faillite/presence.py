@@ -7,6 +7,11 @@ announces only once it holds a term, and leadership, not the id guard below, jud
   message with ``state: offline, reason: lost`` (same incarnation, same ``ts``: the time of
   the birth it ends; the broker publishes it at a time nobody chooses).
 - **Graceful offline** at a clean stop (``reason: graceful``, ``ts``: when it left).
+- **Sealed wills** (statuses with a ``will_seal`` field): each connection draws a secret; its
+  births carry the secret's hash, its last-will and graceful offline the secret itself. Anyone
+  who may write the status topic (a coordinator account, for obituaries) can forge an offline,
+  but not one that unseals the birth it claims to end: a reader that saw the birth refuses it
+  (:func:`unseals`). A coordinator's obituary is signed instead.
 - **Republish after reconnect** (brokers can lose retained state), and after a late last-will
   of our own incarnation overwrote the birth.
 - **One process per id.** :meth:`Presence.claim` looks, before the role connects under its id,
@@ -19,6 +24,9 @@ announces only once it holds a term, and leadership, not the id guard below, jud
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +62,19 @@ S = TypeVar("S", bound=Status)
 
 def _offline(status: Any, reason: str, ts: float) -> Any:
     return dataclasses.replace(status, state="offline", reason=reason, ts=ts)
+
+
+def will_seal(key: str) -> str:
+    """The seal a birth carries for the will ``key`` (hex) its connection's offline reveals."""
+    return hashlib.sha256(bytes.fromhex(key)).hexdigest()
+
+
+def unseals(seal: str, key: str) -> bool:
+    """Whether ``key`` is the secret of the birth sealed with ``seal``."""
+    try:
+        return hmac.compare_digest(will_seal(key), seal)
+    except ValueError:  # not hex
+        return False
 
 
 class IdentityInUseError(RuntimeError):
@@ -94,6 +115,8 @@ class Presence(Generic[S]):
         self._leaving = False
         self._silent = False  # a deposed leader: the status is a successor's now
         self.replaced: S | None = None  # the newer birth of our id that took over
+        self._sealed = "will_seal" in {f.name for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+        self._key = ""  # this connection's will secret (sealed statuses)
 
     @property
     def birth(self) -> S | None:
@@ -110,9 +133,24 @@ class Presence(Generic[S]):
     def prepare(self) -> Will:
         """Before a connect: a fresh birth, and its twin as the last-will of that connection."""
         with self._lock:
-            self._birth = birth = self._make(messages.now())
-            will = self._offline(birth, "lost", birth.ts)
+            if self._sealed:
+                self._key = secrets.token_hex(16)
+            self._birth = birth = self._sealed_birth(messages.now())
+            will = self._twin(birth, "lost", birth.ts)
         return Will(self.topic, messages.encode(will))
+
+    def _sealed_birth(self, ts: float) -> S:
+        birth = self._make(ts)
+        if self._sealed:
+            birth = dataclasses.replace(birth, will_seal=will_seal(self._key))  # type: ignore[type-var]
+        return birth
+
+    def _twin(self, birth: S, reason: str, ts: float) -> S:
+        """The offline twin of ``birth``: unsealing it, where statuses are sealed."""
+        offline = self._offline(birth, reason, ts)
+        if self._sealed:
+            offline = dataclasses.replace(offline, will_seal="", will_key=self._key)  # type: ignore[type-var]
+        return offline
 
     def arrive(self) -> None:
         """Connected: publish the birth prepared for this connection."""
@@ -128,7 +166,7 @@ class Presence(Generic[S]):
         with self._lock:
             if self._muted():
                 return
-            self._birth = birth = self._make(messages.now())
+            self._birth = birth = self._sealed_birth(messages.now())
         if self._client is not None:
             self._client.publish_message(self.topic, birth, qos=1, retain=True)
 
@@ -145,7 +183,7 @@ class Presence(Generic[S]):
                 self._leaving = True
                 return
             self._leaving = True
-            offline = self._offline(birth, "graceful", messages.now())
+            offline = self._twin(birth, "graceful", messages.now())
         self._client.publish_message(self.topic, offline, qos=1, retain=True)
 
     def _muted(self) -> bool:

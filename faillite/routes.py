@@ -37,6 +37,9 @@ coordinator no longer routes may keep publishing. Consumers and observers theref
   unknown again.
 - A result whose payload names another app or worker than its topic is refused
   (``result_wrong_topic``).
+- Where the mesh signs (a ``verifier``), a route without the coordinators' signature for its
+  own app's topic is refused (``bad_signature``): an account that may write routes but holds
+  no signing key cannot steer a consumer to a worker of its choosing.
 
 Refusals are counted by reason with :class:`~faillite.badinput.BadInput` (rate-limited log).
 
@@ -54,7 +57,8 @@ from dataclasses import dataclass, field
 from faillite import messages
 from faillite.badinput import BadInput
 from faillite.compat import StrEnum
-from faillite.topics import parse
+from faillite.signing import SignatureError, Verifier
+from faillite.topics import Topics, parse
 
 GRACE_S = 1.0
 SERVED_STATES = frozenset({"serving", "degraded"})
@@ -146,8 +150,11 @@ class RouteFilter:
         grace_s: float = GRACE_S,
         refused: BadInput | None = None,
         clock: Callable[[], float] = time.monotonic,
+        verifier: Verifier | None = None,
     ) -> None:
         self.grace_s = grace_s
+        self._verifier = verifier
+        self._topics = Topics(verifier.mesh) if verifier is not None else None
         self.refused = refused if refused is not None else BadInput()
         self._clock = clock
         self._lock = threading.Lock()
@@ -175,6 +182,12 @@ class RouteFilter:
                 app=topic_app,
             )
             return []
+        if self._verifier is not None and self._topics is not None:
+            try:
+                self._verifier.verify(self._topics.app_route(route.app), route)
+            except SignatureError as exc:
+                self.refused.count(exc.reason, str(exc), app=route.app)
+                return []
         now = self._clock()
         with self._lock:
             s = self._apps.get(route.app)

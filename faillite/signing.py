@@ -1,11 +1,13 @@
-"""Signed assignments and coordinator status: Ed25519, with a key only coordinators hold.
+"""Signed coordinator output: Ed25519, with a key only coordinators hold.
 
 The broker's ACL lets only coordinator accounts write assignments and the coordinator status;
 MQTT 3.1.1 carries no publisher identity, so a broker with a wrong ACL would let anybody steer
 the workers. Signing is the line behind it: with ``coordinator.signing`` configured, the leader
-signs every assignment and every coordinator status it writes (its birth, its last-will, its
-clean offline), and workers and coordinators refuse one that is unsigned or badly signed
-(counted ``bad_signature``).
+signs everything it writes that others act on (assignments, its status: birth, last-will and
+clean offline; its beat, routes, the placement, and the obituary of a worker whose last-will
+was lost), and every reader that holds the public key refuses one that is unsigned or badly
+signed (counted ``bad_signature``). A worker's own last-will cannot be signed (the broker
+publishes it); it is sealed instead (``faillite.presence``).
 
 What is signed (:func:`signed_bytes`): a context string, the mesh id, the topic, and the
 message's fields without ``sig`` as orjson with sorted keys. A signature holds for one mesh and
@@ -46,8 +48,23 @@ PUBLIC_MODE: Final = 0o644
 REASON: Final = "bad_signature"  # the bad-input reason workers count refusals under
 
 # The messages a mesh signs.
-S = TypeVar("S", messages.Assignment, messages.CoordinatorStatus, messages.CoordinatorBeat)
-Signed = messages.Assignment | messages.CoordinatorStatus | messages.CoordinatorBeat
+S = TypeVar(
+    "S",
+    messages.Assignment,
+    messages.CoordinatorStatus,
+    messages.CoordinatorBeat,
+    messages.Route,
+    messages.Placement,
+    messages.WorkerStatus,
+)
+Signed = (
+    messages.Assignment
+    | messages.CoordinatorStatus
+    | messages.CoordinatorBeat
+    | messages.Route
+    | messages.Placement
+    | messages.WorkerStatus
+)
 
 
 class SigningError(RuntimeError):
@@ -150,6 +167,11 @@ def _raw(key: Ed25519PublicKey) -> bytes:
 def load_verifier(cfg: SigningConfig, mesh: str) -> Verifier:
     """A worker's side: the public key only."""
     return Verifier(load_public_key(cfg.public_key), mesh)
+
+
+def mesh_verifier(cfg: SigningConfig | None, mesh: str) -> Verifier | None:
+    """A reader's verifier where the mesh signs (``coordinator.signing``), else None."""
+    return load_verifier(cfg, mesh) if cfg is not None else None
 
 
 def load_signer(cfg: SigningConfig, mesh: str) -> Signer:

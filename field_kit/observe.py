@@ -26,6 +26,7 @@ from faillite.config import ConfigError, MeshConfig
 from faillite.identity import Identity
 from faillite.mqtt import Inbound, MeshClient
 from faillite.routes import RouteFilter, Verdict, app_of
+from faillite.signing import SigningError, mesh_verifier
 from faillite.stats import RateMeter, Window, percentiles
 from faillite.topics import APP_RESULTS, APP_ROUTE, WORKER_STATUS, Role, Topics, parse
 
@@ -118,7 +119,12 @@ class MeshObserver:
         self.apps: dict[str, AppView] = {a.id: AppView(a.id) for a in cfg.apps}
         self.workers: dict[str, messages.WorkerStatus] = {}
         self.bad = BadInput()  # what did not decode, counted by the client's subscriptions
-        self.routes = RouteFilter()  # whose results to believe; refusals counted by reason
+        try:
+            verifier = mesh_verifier(cfg.coordinator.signing, cfg.mesh)
+        except SigningError as exc:
+            raise ConfigError(f"coordinator.signing: {exc}") from exc
+        # Whose results to believe; refusals counted by reason.
+        self.routes = RouteFilter(verifier=verifier)
         self._lock = threading.Lock()
         self.t0 = time.time()  # wall clock of the run's start (see mark_start)
         self.failovers: list[messages.Event] = []

@@ -9,8 +9,10 @@ from typing import Any
 
 from faillite import log as flog
 from faillite.cli import add_common, add_replace, load_config, role_imports, until_signal
+from faillite.config import ConfigError
 from faillite.presence import IdentityInUseError
 from faillite.sdnotify import Watchdog, notify
+from faillite.signing import SigningError, mesh_verifier
 
 
 def register(sub: Any) -> None:
@@ -43,12 +45,17 @@ def run(args: argparse.Namespace) -> int:
     if args.fps:
         updates["fps"] = args.fps
     scfg = scfg.model_copy(update=updates)
+    try:
+        verifier = mesh_verifier(cfg.coordinator.signing, cfg.mesh)
+    except SigningError as exc:
+        raise ConfigError(f"coordinator.signing: {exc}") from exc
     pub = SensorPublisher(
         cfg.mesh,
         scfg,
         cfg.broker,
         follow_results=args.results,
         apps=tuple(a.id for a in cfg.apps if a.sensor == scfg.id),
+        verifier=verifier,
     )
     try:
         pub.claim(replace=args.replace)

@@ -24,6 +24,7 @@ from faillite.mqtt import Inbound, MeshClient
 from faillite.presence import Presence
 from faillite.routes import RouteFilter, Verdict, app_of
 from faillite.sdnotify import Beats
+from faillite.signing import Verifier
 from faillite.stats import RateMeter, Window
 from faillite.topics import APP_RESULTS, APP_ROUTE, Role, Topics
 from sensors.sources import FrameSource, SourceError, open_source
@@ -75,10 +76,13 @@ class SensorPublisher:
         follow_results: bool = False,
         source: FrameSource | None = None,
         apps: tuple[str, ...] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         """``apps``: the apps of this camera, whose results it follows (``follow_results``);
         None: every app's. The broker lets a camera read only its own apps' where it knows
-        them (least privilege: another camera's results are none of its business)."""
+        them (least privilege: another camera's results are none of its business).
+        ``verifier``: where the mesh signs, routes without the coordinators' signature are
+        refused."""
         self.cfg = cfg
         self.topics = Topics(mesh)
         self.incarnation = uuid.uuid4().hex[:12]
@@ -99,7 +103,7 @@ class SensorPublisher:
         self.not_connected = 0
         self.results = 0
         self.unverified = 0
-        self.routes = RouteFilter()  # whose results to believe (with --results)
+        self.routes = RouteFilter(verifier=verifier)  # whose results to believe (--results)
         self.e2e = Window()
         self.rate = RateMeter()
         self._stop = threading.Event()

@@ -1132,6 +1132,71 @@ class ForgedTerm(AttackCase):
         }
 
 
+class ForgedOffline(AttackCase):
+    name = "FORGED_OFFLINE"
+    summary = (
+        "a stolen coordinator secret (no signing key) writes every worker's offline status, "
+        "retained, as its last-will, its goodbye and a coordinator's obituary, three times"
+    )
+    rounds = 3
+
+    def attack(self, ctx: DrillContext, log: AttackLog) -> tuple[str, ...]:
+        m, t = ctx.mesh, ctx.mesh.topics
+        c2 = m.identity(Role.COORDINATOR, "c2")
+        # The standby c2 watches under its probe name: the thief takes the main one.
+        with Attacker(ctx, c2, c2.name, log=log) as a:
+            for n in range(self.rounds):
+                for w in WORKERS:
+                    birth = _birth(ctx, w)
+                    now = messages.now()
+                    for reason, ts in (("lost", birth.ts), ("graceful", now), ("silent", now)):
+                        forged = replace(
+                            birth,
+                            state="offline",
+                            reason=reason,
+                            ts=ts,
+                            will_seal="",
+                            will_key="5a" * 16 if reason == "lost" else "",
+                        )
+                        a.send_message(
+                            f"{reason} offline of {w} with c2's secret (retained, round {n + 1})",
+                            t.worker_status(w),
+                            forged,
+                            retain=True,
+                        )
+                time.sleep(1.0)
+        return tuple(WORKERS)
+
+    def own_checks(
+        self, ctx: DrillContext, rec: Recording, fault: Fault, end: float
+    ) -> list[Check]:
+        log = self._log(ctx)
+        refused = rec.events_of("forged_offline_refused", fault.t_inject)
+        by_worker = {w: sum(1 for e in refused if e.worker == w) for w in WORKERS}
+        stale = rec.events_of("stale_offline_ignored", fault.t_inject)
+        for a in log.attempts.values():
+            if not a.delivered:
+                a.how = "refused by the broker (ACL)"
+            elif "silent" in a.what:
+                a.ignored = a.delivered
+                a.how = "an obituary of a worker the leader hears: ignored (unsigned: refused)"
+            else:
+                a.ignored = a.delivered
+                a.how = (
+                    "does not unseal the birth it claims to end: refused by the leader "
+                    "(forged_offline_refused); the worker put its birth back"
+                )
+        sealed = self.rounds * 2  # lost and graceful, per round and worker
+        return [
+            Check(
+                "forged_offline_refused",
+                all(n >= sealed for n in by_worker.values()),
+                f"refused per worker: {by_worker} (sent {sealed} each); "
+                f"obituaries of heard workers ignored: {len(stale)}",
+            )
+        ]
+
+
 class RetainedFlood(AttackCase):
     name = "RETAINED_FLOOD"
     summary = (
@@ -1298,6 +1363,7 @@ ATTACKS: dict[str, type[FaultCase]] = {
         ImageBomb,
         ScanBomb,
         ForgedTerm,
+        ForgedOffline,
         RetainedFlood,
     )
 }

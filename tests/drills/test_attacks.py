@@ -60,6 +60,7 @@ OWN_CHECKS = {
         "leader_kept",
         "restarted_coordinator_leads",
     },
+    "FORGED_OFFLINE": {"forged_offline_refused"},
     "RETAINED_FLOOD": {"births_retained", "restarted_coordinator_sees_all", "retained_bounded"},
 }
 # What the per-identity ACL must refuse, whatever the broker: wills on another device's status,
@@ -72,6 +73,7 @@ REFUSED_AT_LEAST = {
     "IMAGE_BOMB": 0,
     "SCAN_BOMB": 0,
     "FORGED_TERM": 2,
+    "FORGED_OFFLINE": 0,  # a coordinator may write a worker's status: its obituary
     "RETAINED_FLOOD": 2000,
 }
 

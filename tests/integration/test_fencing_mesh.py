@@ -5,6 +5,7 @@ signs, an unsigned or misdirected assignment is refused although its topic is ri
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from faillite.config import MeshConfig
 from faillite.messages import MAX_COUNT
 from faillite.signing import generate_key, load_signer
 from faillite.topics import Topics
+from field_kit.drill.analysis import retained_snapshot
 from field_kit.procs import ProcessGroup, faillite_cmd
 from field_kit.pump import FramePump
 
@@ -242,4 +244,61 @@ def test_a_retained_term_at_the_bound_makes_a_coordinator_refuse_not_crash(
         s.coordinator for s in col.messages(t.coordinator_status, messages.CoordinatorStatus)
     } == {"old"}
     col.stop()
+    _clear(cfg, t)
+
+
+def test_with_signing_routes_and_placement_are_signed_and_put_back_over_forgeries(
+    tmp_path: Path, broker: Any, models_dir: Path
+) -> None:
+    """A coordinator account without the signing key may write routes and the placement (the
+    ACL cannot tell): readers refuse them, and the leader puts its own signed state back."""
+    mesh = "sroute" + broker.kind[:3]
+    private, public = generate_key(tmp_path / "keys")
+    signing = {"public_key": str(public), "private_key": str(private)}
+    path = write_config(
+        tmp_path,
+        broker,
+        models_dir,
+        mesh=mesh,
+        extra={"coordinator": {"type": "static", "assignments": SERVE, "signing": signing}},
+    )
+    cfg, t = load(path), Topics(mesh)
+    assert cfg.coordinator.signing is not None
+    verifier = load_signer(cfg.coordinator.signing, mesh).verifier
+    r_topic = t.app_route("a1")
+    with ProcessGroup(tmp_path / "logs") as group:
+        col = Collector(cfg, "obs").follow(f"faillite/{mesh}/#").start()
+        _start(group, path)
+        _leading(col, t)
+        real = col.wait_for(lambda: col.messages(r_topic, messages.Route), 20, "a1's route")[-1]
+        placement = col.wait_for(
+            lambda: col.messages(t.placement, messages.Placement), 20, "the placement"
+        )[-1]
+        verifier.verify(r_topic, real)
+        verifier.verify(t.placement, placement)
+        assert real.worker == "w1"
+        forged_route = replace(real, worker="w9", state="unserved", sig=None)
+        forged_placement = replace(placement, entries=(), sig=None)
+        col.publish(r_topic, messages.encode(forged_route), qos=1, retain=True)
+        col.publish(t.placement, messages.encode(forged_placement), qos=1, retain=True)
+
+        def put_back() -> list[messages.Route]:
+            routes = col.messages(r_topic, messages.Route)
+            at = max((i for i, r in enumerate(routes) if r.worker == "w9"), default=len(routes))
+            return [r for r in routes[at + 1 :] if r.sig and r.worker == "w1"]
+
+        back = col.wait_for(put_back, 20, "the leader's signed route put back")[-1]
+        verifier.verify(r_topic, back)
+        col.wait_for(
+            lambda: [p for p in col.messages(t.placement, messages.Placement)[-1:] if p.sig],
+            20,
+            "the leader's signed placement put back",
+        )
+        retained = retained_snapshot(cfg, filters=("apps/a1/route", "placement"))
+        now_route = messages.decode(messages.Route, retained[r_topic])
+        verifier.verify(r_topic, now_route)
+        assert (now_route.worker, now_route.state) == ("w1", "serving")
+        verifier.verify(t.placement, messages.decode(messages.Placement, retained[t.placement]))
+        assert "bad_signature" in (tmp_path / "logs" / "c1.log").read_text()
+        col.stop()
     _clear(cfg, t)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from coordinator.detectors import DetectorConfig
 from coordinator.membership import RECOVERY_HEARTBEATS, Membership
 from faillite import messages
+from faillite.presence import will_seal
 
 CFG = DetectorConfig.for_interval(0.1)
 
@@ -185,3 +188,49 @@ def test_a_worker_back_from_a_partition_is_not_judged_stalled_on_its_old_queue()
     assert m.tick(t + 0.01) == []
     m.on_heartbeat(_hb("a", 20, processed=25, received=25), t + 0.1)
     assert m.tick(t + 0.2) == [] and m.alive() == {"w1"}
+
+
+# -- sealed wills: an offline must unseal the birth it ends ------------------------------------
+
+
+def _sealed(inc: str, key: str, ts: float = 0.0) -> messages.WorkerStatus:
+    return replace(_status(inc, ts=ts), will_seal=will_seal(key))
+
+
+def test_an_offline_that_does_not_unseal_the_birth_is_forged() -> None:
+    """A coordinator account may write a worker's status (obituaries): its offline in the
+    worker's name is refused, whatever its reason; the worker's own will still fails it."""
+    key = "00" * 15 + "2a"
+    m = Membership(CFG)
+    m.on_status(_sealed("a", key), 0.0)
+    for forged in (
+        _status("a", "offline", "lost"),  # no key at all
+        replace(_status("a", "offline", "lost"), will_key="11" * 16),  # a guess
+        replace(_status("a", "offline", "graceful"), will_key="zz"),  # not even hex
+    ):
+        t = m.on_status(forged, 0.5)
+        assert t is not None and (t.kind, t.cause) == ("forged", forged.reason)
+        assert m.alive() == {"w1"}
+    t = m.on_status(replace(_status("a", "offline", "lost"), will_key=key), 0.6)
+    assert t is not None and (t.kind, t.cause) == ("failed", "last_will")
+
+
+def test_a_reconnect_reseals_and_the_old_connections_key_no_longer_unseals() -> None:
+    old, new = "01" * 16, "02" * 16
+    m = Membership(CFG)
+    m.on_status(_sealed("a", old, ts=1.0), 0.0)
+    m.on_status(_sealed("a", new, ts=2.0), 1.0)  # the same process, a new connection
+    # The old key with the new birth's ts: not the old connection's will (that is stale by
+    # its ts), and not the new one's: forged.
+    t = m.on_status(replace(_status("a", "offline", "lost", ts=2.0), will_key=old), 1.5)
+    assert t is not None and t.kind == "forged"
+    t = m.on_status(replace(_status("a", "offline", "lost", ts=2.0), will_key=new), 1.6)
+    assert t is not None and t.kind == "failed"
+
+
+def test_an_unsealed_birth_keeps_the_old_rule() -> None:
+    """A worker of an earlier version seals nothing: its will is believed as before."""
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    t = m.on_status(_status("a", "offline", "lost"), 0.5)
+    assert t is not None and t.kind == "failed"

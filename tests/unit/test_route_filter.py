@@ -8,10 +8,12 @@ import time
 from typing import Literal
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from faillite import messages
 from faillite.mqtt import Inbound
 from faillite.routes import GRACE_S, RouteFilter, Verdict, app_of
+from faillite.signing import Signer
 from faillite.topics import Topics
 
 APP = "gate-watch"
@@ -297,3 +299,17 @@ def test_observer_counts_only_routed_results_and_reports_refusals() -> None:
     assert s["apps"]["kitchen-watch"]["results"] == 1
     assert s["apps"]["kitchen-watch"]["unverified_results"] == 1
     assert s["unverified_results"] == 1
+
+
+def test_where_the_mesh_signs_an_unsigned_route_steers_nobody(clock: Clock) -> None:
+    """An account that may write routes but holds no signing key names a worker of its own."""
+    signer = Signer(Ed25519PrivateKey.generate(), "demo")
+    flt = RouteFilter(clock=clock, verifier=signer.verifier)
+    flt.on_route(signer.sign(T.app_route(APP), route("w1", 7)))
+    assert flt.on_route(route("w9", 8)) == []  # unsigned
+    assert flt.on_route(signer.sign(T.app_route("yard"), route("w9", 9))) == []  # moved
+    assert flt.route(APP) is not None and flt.route(APP).worker == "w1"  # type: ignore[union-attr]
+    assert flt.check(result("w9", 7)) is Verdict.NOT_ROUTED
+    assert flt.refused.snapshot()["bad_signature"] == 2
+    flt.on_route(signer.sign(T.app_route(APP), route("w2", 8)))
+    assert flt.route(APP).worker == "w2"  # type: ignore[union-attr]

@@ -130,3 +130,27 @@ def test_pki_signing_key_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out == [str(tmp_path / "mesh-sign.key"), str(tmp_path / "mesh-sign.pub")]
     assert cmd_signing_key(args) == 2  # exists: not overwritten
     assert "exists" in capsys.readouterr().err
+
+
+def test_routes_placement_and_obituaries_are_signed_for_their_topic(signer: Signer) -> None:
+    route_t, obit_t = T.app_route("gate-watch"), T.worker_status("w1")
+    route = messages.Route("gate-watch", "w1", "efficientnet_lite0", 3, 7, 1795459200.0)
+    placement = messages.Placement(term=3, generation=7, ts=1795459200.0)
+    obituary = messages.WorkerStatus(
+        worker="w1", incarnation="abc", state="offline", ts=1795459200.0, reason="silent"
+    )
+    cases: list[tuple[str, messages.Route | messages.Placement | messages.WorkerStatus]] = [
+        (route_t, route),
+        (T.placement, placement),
+        (obit_t, obituary),
+    ]
+    for topic, msg in cases:
+        signed = signer.sign(topic, msg)
+        signer.verifier.verify(topic, messages.decode(type(msg), messages.encode(signed)))
+        with pytest.raises(SignatureError):
+            signer.verifier.verify(topic, msg)  # unsigned
+    forged = replace(signer.sign(route_t, route), worker="w9")  # steered to a rogue worker
+    with pytest.raises(SignatureError):
+        signer.verifier.verify(route_t, forged)
+    with pytest.raises(SignatureError):  # another app's route replayed here
+        signer.verifier.verify(T.app_route("yard"), signer.sign(route_t, route))
