@@ -54,6 +54,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker._acl import AccessPolicy, Admission, Operation
+from broker._revocation import Revocations
 from faillite.identity import Identity
 from faillite.tls import peer_common_name
 
@@ -398,6 +399,7 @@ class BrokerRuntime:
     log: Logger
     limiter: LogLimiter
     certificates: bool = False  # client certificates name the identity
+    revocations: Revocations | None = None  # the CA's list, as it is now
     _source_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     pending: Counter[str] = field(default_factory=Counter)  # logins waiting, per address
     # Everything refused since start, by kind (the log lines are rate-limited, these are not).
@@ -568,6 +570,8 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
             # Like use_identity_as_username: the certificate names the account, not CONNECT.
             session.username = identity
             session.password = None
+            if rt.revocations is not None and rt.revocations.revokes(ssl_object):
+                return Admission(False, reason="revoked_certificate")  # revoked since start
             return rt.policy.admit_certificate(identity, client_id=client_id)
         username, password = session.username, session.password
         if not rt.policy.accounts_enabled or not rt.policy.has_account(str(username)):

@@ -264,21 +264,28 @@ class MeshBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
                 session.transitions.disconnect()
 
     async def watch_accounts(self, interval_s: float = 1.0) -> None:
-        """Until cancelled: when the password file changes, re-read it and end the connection
-        of every client whose account is gone (its will fires, as for any lost client), so a
-        revoked device is out within about ``interval_s``, not at its next reconnect."""
-        policy = self._rt.policy
-        seen = policy.generation
+        """Until cancelled: when the password file or the CA's revocation list changes, re-read
+        it and end the connection of every client whose account is gone or whose certificate
+        is revoked (its will fires, as for any lost client), so a revoked device is out within
+        about ``interval_s``, not at its next reconnect."""
+        policy, crl = self._rt.policy, self._rt.revocations
+        seen = (policy.generation, crl.generation if crl else 0)
         while True:
             await asyncio.sleep(interval_s)
             problem = policy.try_reload()
             if problem is not None:
                 self._rt.log.error("password_file_unreadable", error=problem)
-            if policy.generation == seen:
+            if crl is not None and (problem := crl.try_reload()) is not None:
+                self._rt.log.error("crlfile_unreadable", error=problem)
+            now = (policy.generation, crl.generation if crl else 0)
+            if now == seen:
                 continue
-            seen = policy.generation
+            seen = now
             for client_id, (session, handler) in list(self._sessions.items()):
-                if session.transitions.state != _CONNECTED or not policy.revoked(session.username):
+                if session.transitions.state != _CONNECTED:
+                    continue
+                certificate = crl is not None and crl.revokes(session.ssl_object)
+                if not certificate and not policy.revoked(session.username):
                     continue
                 self._rt.log.warning(
                     "revoked_client_disconnected", client_id=client_id, peer=_peer(session)

@@ -53,6 +53,7 @@ from broker._amqtt_hooks import (
     amqtt_config,
 )
 from broker._amqtt_session import MeshBroker, SessionLimits
+from broker._revocation import Revocations
 from faillite.accounts import AccountsError
 from faillite.config import BrokerConfig, ConfigError
 from faillite.identity import AclScope
@@ -138,8 +139,14 @@ async def serve(
         policy = AccessPolicy(cfg, mesh, scope)
     except (OSError, AccountsError) as exc:
         raise BrokerSetupError(f"broker.password_file: {exc}") from exc
+    crlfile = cfg.tls.server.crlfile if cfg.tls is not None and cfg.tls.server else None
     runtime = BrokerRuntime(
-        policy, cfg.max_payload_bytes, log, LogLimiter(), certificates=cfg.client_certificates
+        policy,
+        cfg.max_payload_bytes,
+        log,
+        LogLimiter(),
+        certificates=cfg.client_certificates,
+        revocations=Revocations(crlfile, tls) if crlfile is not None else None,
     )
     with _amqtt_logs_as_events():
         await _run(cfg, mesh, policy, runtime, ready, tls)
@@ -163,7 +170,8 @@ async def _run(
     )
     await broker.start()
     server: asyncio.Server | None = None
-    watch = asyncio.create_task(broker.watch_accounts()) if policy.accounts_enabled else None
+    watching = policy.accounts_enabled or runtime.revocations is not None
+    watch = asyncio.create_task(broker.watch_accounts()) if watching else None
     try:
         try:
             server = await asyncio.get_running_loop().create_server(

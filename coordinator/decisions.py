@@ -3,7 +3,7 @@
 - :class:`PublishState`: the retained state of a new generation (every worker's assignment,
   every app's route, the placement). The service stamps the time and publishes it after the
   leader's status, and publishes it again after every reconnect.
-- :class:`EmitEvent`: one event on ``faillite/{mesh}/events`` (and a log line).
+- :class:`EmitEvent`: one event on ``faillite/{mesh}/events/coordinator/{id}`` (and a log line).
 - :class:`RequestPlan`: run the planner strategy, after ``delay_s``, and report back.
 - :class:`Note`: a log line only.
 """

@@ -439,7 +439,8 @@ class CoordinatorService:
             app=d.app,
             detail=detail,
         )
-        self.client.publish(self.topics.events, messages.encode(ev), qos=0)
+        topic = self.topics.events_of(Role.COORDINATOR, self.id)
+        self.client.publish(topic, messages.encode(ev), qos=0)
         log.info(d.kind, worker=d.worker or None, app=d.app or None, **detail)
 
     def _plan_in_background(self, d: RequestPlan) -> None:

@@ -173,7 +173,7 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
                 (Access.READWRITE, t.sensor_frames(me)),
                 (Access.READWRITE, t.sensor_status(me)),
                 *reads,
-                (Access.READWRITE, t.events),
+                (Access.WRITE, t.events_of(Role.SENSOR, me)),
             )
         case Role.WORKER:
             return (
@@ -187,7 +187,7 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
                 # A hot backup follows the primary's results: on promotion it publishes
                 # only those the primary did not (workers.hot).
                 (Access.READ, t.app_results_filter()),
-                (Access.READWRITE, t.events),
+                (Access.WRITE, t.events_of(Role.WORKER, me)),
             )
         case Role.COORDINATOR:
             return (
@@ -199,7 +199,7 @@ def identity_acl(identity: Identity, scope: AclScope | None = None) -> tuple[Rul
                 (Access.WRITE, t.coordinator_status),
                 (Access.WRITE, t.coordinator_beat),  # the leader's liveness, for standbys
                 (Access.WRITE, t.placement),
-                (Access.WRITE, t.events),
+                (Access.WRITE, t.events_of(Role.COORDINATOR, me)),
             )
         case Role.OBSERVER:
             return ((Access.READ, t.everything),)

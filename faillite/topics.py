@@ -112,7 +112,9 @@ COORDINATOR_BEAT = TopicSpec(
     "CoordinatorBeat",
 )
 PLACEMENT = TopicSpec("placement", "placement", Role.COORDINATOR, True, 1, "json", "Placement")
-EVENTS = TopicSpec("events", "events", None, False, 0, "json", "Event")
+# Each source on its own topic, which only it may write: the topic, not the payload, says
+# who reported an event.
+EVENTS = TopicSpec("events", "events/{role}/{id}", None, False, 0, "json", "Event")
 
 ALL_TOPICS: Final[tuple[TopicSpec, ...]] = (
     SENSOR_FRAMES,
@@ -183,7 +185,12 @@ class Topics:
 
     @property
     def events(self) -> str:
-        return f"{self.prefix}/events"
+        """Every source's events (a filter: publish on :meth:`events_of`)."""
+        return f"{self.prefix}/events/+/+"
+
+    def events_of(self, role: Role, source: str) -> str:
+        """Where one process reports its events: only its own identity may write there."""
+        return f"{self.prefix}/events/{role.value}/{check_id('id', source)}"
 
     def filter(self, spec: TopicSpec) -> str:
         return spec.filter(self.mesh)
@@ -211,6 +218,14 @@ def matches(topic_filter: str, topic: str) -> bool:
 class ParsedTopic:
     spec: TopicSpec
     ids: dict[str, str]
+
+
+def event_source(topic: str) -> str | None:
+    """``{role}/{id}`` of the process whose events topic ``topic`` is, or None if none is."""
+    parsed = parse(topic)
+    if parsed is None or parsed[1].spec is not EVENTS:
+        return None
+    return f"{parsed[1].ids['role']}/{parsed[1].ids['id']}"
 
 
 def parse(topic: str) -> tuple[str, ParsedTopic] | None:

@@ -40,7 +40,7 @@ KIND_FILTERS: Final[dict[Kind, tuple[str, ...]]] = {
     "results": ("apps/+/results/+",),
     "statuses": ("sensors/+/status", "workers/+/status", "coordinator/status"),
     "placement": ("placement", "apps/+/route"),
-    "events": ("events",),
+    "events": ("events/+/+",),
     "heartbeats": ("workers/+/heartbeat",),
     "assignments": ("workers/+/assignment",),
 }

@@ -25,10 +25,18 @@ from faillite.badinput import BadInput
 from faillite.config import ConfigError, MeshConfig
 from faillite.identity import Identity
 from faillite.mqtt import Inbound, MeshClient
+from faillite.reported import refusal
 from faillite.routes import RouteFilter, Verdict, app_of
 from faillite.signing import SigningError, mesh_verifier
 from faillite.stats import RateMeter, Window, percentiles
-from faillite.topics import APP_RESULTS, APP_ROUTE, WORKER_STATUS, Role, Topics, parse
+from faillite.topics import (
+    APP_RESULTS,
+    APP_ROUTE,
+    WORKER_STATUS,
+    Role,
+    Topics,
+    parse,
+)
 
 # An app is still served at the end when its last result came at most this long before the end
 # (or three frame intervals of its sensor, if longer).
@@ -244,6 +252,10 @@ class MeshObserver:
 
     def _on_event(self, inb: Inbound[messages.Event]) -> None:
         ev = inb.message
+        why = refusal(inb.topic, ev, retained=inb.retain)
+        if why is not None:
+            self.bad.count(why, f"{ev.source!r} reported {ev.kind!r}", topic=inb.topic)
+            return
         with self._lock:
             self.recent.append(ev)
             self.events_total += 1

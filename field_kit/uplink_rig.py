@@ -359,7 +359,9 @@ def _feed(args: argparse.Namespace) -> None:
         payload = orjson.dumps({"seq": i, "ts": time.time(), "tag": args.tag, "pad": pad})
         c.publish(f"faillite/{MESH}/apps/{args.app}/results/w1", payload, qos=1)
     for _ in range(args.events):
-        c.publish(f"faillite/{MESH}/events", orjson.dumps({"tag": args.tag}), qos=1)
+        c.publish(
+            f"faillite/{MESH}/events/coordinator/main", orjson.dumps({"tag": args.tag}), qos=1
+        )
     c.stop()
 
 

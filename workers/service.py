@@ -296,7 +296,9 @@ class Worker:
             app=app,
             detail=detail,
         )
-        self.client.publish(self.topics.events, messages.encode(ev), qos=0)
+        self.client.publish(
+            self.topics.events_of(Role.WORKER, self.cfg.id), messages.encode(ev), qos=0
+        )
 
     # -- network thread --------------------------------------------------------------------
 

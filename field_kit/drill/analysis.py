@@ -18,6 +18,7 @@ from faillite.catalog import Catalog
 from faillite.config import MeshConfig
 from faillite.identity import Identity
 from faillite.mqtt import MeshClient, Raw
+from faillite.reported import refusal
 from faillite.topics import Role, Topics, parse
 from field_kit.drill.logged import merge_events
 from field_kit.recorder import Recorder
@@ -72,7 +73,11 @@ class Recording:
                         continue
                     out.results.setdefault(r.app, []).append(r)
                 elif name == "events":
-                    out.events.append(messages.decode(messages.Event, payload))
+                    ev = messages.decode(messages.Event, payload)
+                    if refusal(topic, ev) is not None:
+                        out.wrong_topic += 1
+                        continue
+                    out.events.append(ev)
                 elif name == "worker_heartbeat":
                     hb = messages.decode(messages.Heartbeat, payload)
                     if hb.worker != ids.get("worker"):

@@ -53,6 +53,7 @@ from field_kit.drill.analysis import (
 from field_kit.drill.cases import DrillContext, DrillOptions, FaultCase
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh, MeshSpec
 from field_kit.mqttwire import connect_packet, read_connack
+from field_kit.observe import MeshObserver
 
 MAX_COUNT: Final = messages.MAX_COUNT  # 2^53 - 1, the largest integer of the schema
 HUGE: Final = 2**52  # a term or generation that no real sequence reaches
@@ -1197,6 +1198,110 @@ class ForgedOffline(AttackCase):
         ]
 
 
+class ForgedEvents(AttackCase):
+    name = "FORGED_EVENTS"
+    summary = (
+        "a stolen worker secret reports failovers in the leader's name: on the leader's events "
+        "topic, on its own, and retained there for watchers that come later"
+    )
+    count = 5
+
+    def attack(self, ctx: DrillContext, log: AttackLog) -> tuple[str, ...]:
+        m, t = ctx.mesh, ctx.mesh.topics
+        assert m.cfg is not None
+        thief, leader = "w3", _leader(ctx).coordinator
+        view = MeshObserver(m.cfg, client_id="view")  # an operator's `faillite watch`
+        m.clients.append(view.client)
+        view.start(15)
+        ctx.notes["view"] = view
+
+        def failover(n: int, source: str) -> messages.Event:
+            return messages.Event(
+                "failover", messages.now(), source, "w1", "", {"cause": "forged", "n": n}
+            )
+
+        w = m.identity(Role.WORKER, thief)
+        with Attacker(ctx, w, w.probe_name, log=log) as a:
+            # Until the watcher's subscription is live (it hears, and refuses, one of them).
+            deadline = time.monotonic() + 10
+            while not view.bad.snapshot() and time.monotonic() < deadline:
+                a.send_message(
+                    f"failover in {leader}'s name on {thief}'s own events topic",
+                    t.events_of(Role.WORKER, thief),
+                    failover(-1, f"coordinator/{leader}"),
+                    qos=1,
+                )
+                time.sleep(0.2)
+            for n in range(self.count):
+                a.send_message(
+                    f"failover in {leader}'s name on {leader}'s events topic",
+                    t.events_of(Role.COORDINATOR, leader),
+                    failover(n, f"coordinator/{leader}"),
+                    qos=1,
+                )
+                a.send_message(
+                    f"failover in {leader}'s name on {thief}'s own events topic",
+                    t.events_of(Role.WORKER, thief),
+                    failover(n, f"coordinator/{leader}"),
+                    qos=1,
+                )
+                a.send_message(
+                    "failover on the events topic of earlier versions",
+                    f"{t.prefix}/events",
+                    failover(n, f"coordinator/{leader}"),
+                    qos=1,
+                )
+            a.send_message(
+                f"failover under {thief}'s own name, retained for later watchers",
+                t.events_of(Role.WORKER, thief),
+                failover(self.count, f"worker/{thief}"),
+                qos=1,
+                retain=True,
+            )
+        late = MeshObserver(m.cfg, client_id="late-view")  # a watcher that comes later
+        m.clients.append(late.client)
+        late.start(15)
+        ctx.notes["late"] = late
+        return ("w1",)
+
+    def own_checks(
+        self, ctx: DrillContext, rec: Recording, fault: Fault, end: float
+    ) -> list[Check]:
+        views: dict[str, MeshObserver] = {"view": ctx.notes["view"], "late-view": ctx.notes["late"]}
+        shown = {
+            name: [e for e in v.failovers if e.detail.get("cause") == "forged"]
+            for name, v in views.items()
+        }
+        recorded = [e for e in rec.events if e.detail.get("cause") == "forged"]
+        refused = {name: v.bad.snapshot() for name, v in views.items()}
+        for v in views.values():
+            v.stop()
+        ctx.notes["refused_by_watch"] = refused
+        wrong = refused["view"].get("event_wrong_source", 0)
+        for a in self._log(ctx).attempts.values():
+            if not a.delivered:
+                a.how = "refused by the broker (ACL)"
+            elif "retained" in a.what:
+                a.ignored = a.delivered
+                a.how = "live: its own name, a worker reporting a failover; retained: refused"
+            else:
+                a.ignored = min(a.delivered, wrong)
+                a.how = f"refused by every watcher: not its topic's source (×{wrong})"
+        ok = not shown["view"] and not shown["late-view"] and not recorded
+        return [
+            Check(
+                "no_forged_event_shown",
+                ok and wrong >= self.count,
+                f"forged failovers shown: live watcher {len(shown['view'])}, later watcher "
+                f"{len(shown['late-view'])}, drill recording {len(recorded)}; refused by the "
+                f"watchers: {refused}",
+            )
+        ]
+
+    def own_metrics(self, ctx: DrillContext, rec: Recording, fault: Fault) -> dict[str, Any]:
+        return {"refused_by_watch": ctx.notes.get("refused_by_watch")}
+
+
 class RetainedFlood(AttackCase):
     name = "RETAINED_FLOOD"
     summary = (
@@ -1364,6 +1469,7 @@ ATTACKS: dict[str, type[FaultCase]] = {
         ScanBomb,
         ForgedTerm,
         ForgedOffline,
+        ForgedEvents,
         RetainedFlood,
     )
 }

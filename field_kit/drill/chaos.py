@@ -52,6 +52,7 @@ from faillite.catalog import load_catalog
 from faillite.config import packaged_config
 from faillite.log import get_logger
 from faillite.models.build import build_models
+from faillite.reported import refusal
 from faillite.topics import parse
 from field_kit.drill.analysis import OVERLAP_GRACE_S, check_no_crash, serving_segments
 from field_kit.drill.cases import DrillOptions, wall
@@ -252,7 +253,9 @@ class Observations:
                     s = Served(r.ts, r.worker, r.variant, (r.ts - r.capture_ts) * 1000)
                     self.results.setdefault(r.app, []).append(s)
             elif name == "events":
-                self.events.append(messages.decode(messages.Event, payload))
+                ev = messages.decode(messages.Event, payload)
+                if refusal(topic, ev) is None:  # only its own topic says who reported it
+                    self.events.append(ev)
             elif name == "app_route":
                 rt = messages.decode(messages.Route, payload)
                 self.routes.append((arrival, ids.get("app", rt.app), rt.state, rt.worker))

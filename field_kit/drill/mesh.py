@@ -66,6 +66,8 @@ COORDINATORS = ("c1", "c2")
 # The drill's own clients: the recorder, the retained-state snapshot (analysis.py) and the
 # attack cases' watcher, each an admin account of its own (one client id each).
 ADMINS = ("drill", "snapshot", "watch")
+# Read-only views of the mesh as an operator's `faillite watch` sees it (the attack cases').
+OBSERVERS = ("view", "late-view")
 # Failed logins from one address (all of the drill is 127.0.0.1) wait this long, doubling: the
 # attack cases' wrong passwords must not hold up the mesh's own reconnects for seconds.
 LOGIN_DELAY_S = 0.05
@@ -78,7 +80,7 @@ BOOT_ORDER = ("broker", "worker", "coordinator", "sensor")
 FOLLOW = (
     "apps/+/results/+",
     "apps/+/route",
-    "events",
+    "events/+/+",
     "workers/+/status",
     "workers/+/heartbeat",
     "workers/+/assignment",
@@ -180,6 +182,7 @@ class DrillMesh:
             (Role.SENSOR, SENSORS),
             (Role.COORDINATOR, COORDINATORS),
             (Role.ADMIN, ADMINS),
+            (Role.OBSERVER, OBSERVERS),
         )
         return [Identity(self.mesh_id, role, i) for role, ids in groups for i in ids]
 

@@ -61,6 +61,7 @@ OWN_CHECKS = {
         "restarted_coordinator_leads",
     },
     "FORGED_OFFLINE": {"forged_offline_refused"},
+    "FORGED_EVENTS": {"no_forged_event_shown"},
     "RETAINED_FLOOD": {"births_retained", "restarted_coordinator_sees_all", "retained_bounded"},
 }
 # What the per-identity ACL must refuse, whatever the broker: wills on another device's status,
@@ -74,6 +75,7 @@ REFUSED_AT_LEAST = {
     "SCAN_BOMB": 0,
     "FORGED_TERM": 2,
     "FORGED_OFFLINE": 0,  # a coordinator may write a worker's status: its obituary
+    "FORGED_EVENTS": 10,  # the leader's events topic and the old shared one
     "RETAINED_FLOOD": 2000,
 }
 

@@ -374,7 +374,7 @@ def test_a_client_connects_only_as_itself(secure_broker: Secure) -> None:
     with as_(sec, COORD, t.events) as coord, as_(sec, W1) as worker:
         code = connack_code(ep, CAM1.name, sec.secret(CAM1), client_id=COORD.name)
         assert code == (5 if ep.kind == "amqtt" else 0)
-        worker.publish(t.events, b"still-here")
+        worker.publish(t.events_of(Role.WORKER, "w1"), b"still-here")
         assert coord.wait_for(lambda m: m.payload == b"still-here", timeout=5)
         assert coord.connected
 
@@ -424,11 +424,11 @@ def test_observers_only_read(secure_broker: Secure) -> None:
     t = Topics(SECURE_MESH)
     with as_(secure_broker, COORD, t.events) as coord, as_(secure_broker, OPS) as obs:
         assert obs.subscribe(t.everything) == 1
-        obs.publish(t.events, b"from-observer")
+        obs.publish(t.events_of(Role.OBSERVER, "ops"), b"from-observer")
         coord.publish(t.placement, b"plan")
         assert obs.wait_for(lambda m: m.payload == b"plan", timeout=5)
         time.sleep(0.3)
-        assert coord.on(t.events) == []
+        assert [m for m in coord.messages if m.payload == b"from-observer"] == []
         coord.publish(t.placement, b"", retain=True)
 
 
@@ -450,7 +450,7 @@ def test_will_on_a_forbidden_topic_is_dropped(secure_broker: Secure) -> None:
 
 
 def test_oversized_payload_is_dropped(secure_broker: Secure) -> None:
-    topic = Topics(SECURE_MESH).events
+    topic = Topics(SECURE_MESH).events_of(Role.COORDINATOR, COORD.id)
     with as_(secure_broker, COORD, topic) as coord:
         coord.publish(topic, b"x" * (SECURE_LIMIT + 1))
         coord.publish(topic, b"y" * (SECURE_LIMIT - 100))

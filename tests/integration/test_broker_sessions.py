@@ -535,7 +535,7 @@ def test_nothing_is_retained_outside_the_retained_topics(
         t.worker_heartbeat("w1"),
         t.app_results("a1", "w1"),
         t.sensor_frames("cam1"),
-        t.events,
+        t.events_of(Role.WORKER, "w1"),
     )
     with client(ep, t.everything, **obs) as live, client(ep, **mesh.login(device("w1"))) as w1:
         for topic in transient:

@@ -314,7 +314,7 @@ def test_the_certificate_common_name_is_the_identity(
         mtls_broker, certs.tls(client=CAM1), secrets=certs.accounts / "secrets"
     )
     with connected(watcher_cfg, Role.COORDINATOR, COORD) as watcher:
-        inbox = listening(watcher, T.everything, T.events)
+        inbox = listening(watcher, T.everything, T.events_of(Role.COORDINATOR, COORD.id))
         for cfg in (cam_cfg, claims_coord):
             with connected(cfg, Role.SENSOR, CAM1) as cam:
                 cam.publish(assignment, b"from-cam1", qos=1)
@@ -352,9 +352,9 @@ def test_a_certificate_without_an_account(mtls_broker: BrokerEndpoint, certs: Pk
     with connected(
         node_config(mtls_broker, certs.tls(client=COORD)), Role.COORDINATOR, COORD
     ) as watcher:
-        inbox = listening(watcher, T.everything, T.events)
+        inbox = listening(watcher, T.everything, T.events_of(Role.COORDINATOR, COORD.id))
         with connected(cfg, name=STRANGER) as stranger:
-            stranger.publish(T.events, b"from-stranger", qos=1)
+            stranger.publish(T.events_of(Role.SENSOR, "cam1"), b"from-stranger", qos=1)
             stranger.publish(T.sensor_status("cam1"), b"from-stranger", qos=1)
             assert inbox.drained(0.5) == []
 
@@ -378,6 +378,39 @@ def test_a_revoked_certificate_gets_no_connection(
     assert refused(node_config(ep, certs.tls(client=W1)), identity=W1)
     with connected(node_config(ep, certs.tls(client=CAM1)), Role.SENSOR, CAM1) as cam:
         assert cam.connected
+
+
+def test_a_certificate_revoked_while_connected_is_out_at_once(
+    launcher: BrokerLauncher, certs: Pki, tmp_path: Path
+) -> None:
+    """The embedded broker re-reads the CA's list when it changes: w1's live connection is
+    closed within seconds and its reconnects are refused, with no restart; cam1 stays in.
+    (Mosquitto reads its crlfile at start and on SIGHUP, and keeps live connections.)"""
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    for name in (pki.CA_CERT, pki.CA_KEY, "broker.crt", "broker.key"):
+        (ca / name).write_bytes((certs.mesh / name).read_bytes())
+    crl = pki.revoke(ca, certs.mesh / f"{STRANGER.name}.crt")  # a list that names someone else
+    server = certs.server(require_client=True)
+    assert server.server is not None
+    tls = server.model_copy(update={"server": server.server.model_copy(update={"crlfile": crl})})
+    ep = _start(launcher, "amqtt", BrokerConfig(tls=tls, password_file=certs.accounts / "passwd"))
+    with (
+        connected(node_config(ep, certs.tls(client=W1)), Role.WORKER, W1) as w1,
+        connected(node_config(ep, certs.tls(client=CAM1)), Role.SENSOR, CAM1) as cam,
+    ):
+        assert w1.connected and w1.connects == 1
+        pki.revoke(ca, certs.mesh / f"{W1.name}.crt")
+        deadline = time.monotonic() + 10
+        while w1.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not w1.connected, "the revoked certificate kept its connection"
+        time.sleep(1.5)  # its client keeps retrying: none gets in
+        assert not w1.connected and w1.connects == 1
+        assert cam.connected and cam.connects == 1
+    assert refused(node_config(ep, certs.tls(client=W1)), identity=W1)
+    log = launcher.process(ep).log_path.read_text()
+    assert "revoked_client_disconnected" in log
 
 
 def test_every_mesh_connection_sends_without_delay(tls_broker: BrokerEndpoint, certs: Pki) -> None:

@@ -18,7 +18,7 @@ from rich.console import Console
 from faillite import messages
 from faillite.config import load_mesh_config, packaged_config
 from faillite.mqtt import Inbound
-from faillite.topics import Topics
+from faillite.topics import Role, Topics
 from field_kit.observe import MeshObserver
 from field_kit.procs import faillite_cmd, free_port, wait_port
 from field_kit.up import _print_summary
@@ -345,7 +345,7 @@ def test_summary_judges_served_at_the_end_from_results_and_failovers() -> None:
             "unrecoverable": {"kitchen-watch": "no memory left"},
         },
     )
-    obs._on_event(Inbound(t.events, ev, False))
+    obs._on_event(Inbound(t.events_of(Role.COORDINATOR, "main"), ev, False))
     obs._on_result(_result(t, "gate-watch", "w1", 2))
     first_new = time.time()
     obs._on_result(_result(t, "gate-watch", "w1", 2))
@@ -385,7 +385,7 @@ def test_summary_judges_served_at_the_end_from_results_and_failovers() -> None:
             "recoveries": {"gate-watch": {"server": "w2", "kind": "cold", "variant": "x"}},
         },
     )
-    obs._on_event(Inbound(t.events, ev2, False))
+    obs._on_event(Inbound(t.events_of(Role.COORDINATOR, "main"), ev2, False))
     soon = obs.summary(1.0, end=again + 1.0)
     assert soon["apps"]["gate-watch"]["served_at_end"]
     assert soon["failovers"][1]["recoveries"]["gate-watch"]["first_result_s"] is None

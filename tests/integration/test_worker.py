@@ -20,6 +20,7 @@ from plugins.mesh import Collector, load, write_config
 
 from faillite import envelope, messages
 from faillite.config import packaged_config
+from faillite.presence import unseals
 from faillite.topics import Topics
 from field_kit.procs import ProcessGroup, faillite_cmd, free_port
 from field_kit.pump import FramePump
@@ -428,7 +429,10 @@ def test_graceful_stop_publishes_offline_and_crash_fires_last_will(
         # The last-will is the birth's twin: same time (of the birth it ends), same contents.
         assert lost.ts == b2.ts
         assert lost.models_on_disk == b2.models_on_disk and lost.models_on_disk
-        assert replace(lost, state="online", reason="") == b2
+        # The birth's twin, unsealing it: only this connection's will carries the secret.
+        assert replace(lost, state="online", reason="", will_key="", will_seal=b2.will_seal) == b2
+        assert b2.will_seal and unseals(b2.will_seal, lost.will_key)
+        assert off.will_key and unseals(b1.will_seal, off.will_key)  # the goodbye unseals too
     col.publish(t.worker_status("w1"), b"", retain=True)
     col.stop()
 

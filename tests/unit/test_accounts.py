@@ -151,7 +151,7 @@ def test_a_worker_writes_only_its_own_topics(tmp_path: Path) -> None:
         T.worker_status("w1"),
         T.worker_heartbeat("w1"),
         T.app_results("gate-watch", "w1"),
-        T.events,
+        T.events_of(Role.WORKER, "w1"),
     ):
         assert _can(p, W1, P, topic), topic
     for topic in (
@@ -162,6 +162,8 @@ def test_a_worker_writes_only_its_own_topics(tmp_path: Path) -> None:
         T.worker_assignment("w1"),
         T.coordinator_status,
         T.sensor_frames("cam-gate"),
+        T.events_of(Role.WORKER, "w2"),  # events in another worker's name
+        T.events_of(Role.COORDINATOR, "main"),  # or a coordinator's: forged failovers
     ):
         assert not _can(p, W1, P, topic), topic
     assert _can(p, W1, S, T.worker_assignment("w1"))
@@ -210,7 +212,8 @@ def test_only_coordinators_steer_and_only_the_mesh_s_own_ids() -> None:
             assert not _can(p, who, P, topic), (who, topic)
     assert not _can(p, COORD, P, T.worker_assignment("w9"))  # no such worker: no retained junk
     assert not _can(p, COORD, P, T.app_route("made-up"))
-    assert _can(p, OPS, S, T.everything) and not _can(p, OPS, P, T.events)
+    assert _can(p, OPS, S, T.everything)
+    assert not _can(p, OPS, P, T.events_of(Role.OBSERVER, OPS.id))
     # Without a scope, rules use "+" (the embedded broker then caps retained messages).
     assert any("workers/+/assignment" in f for _a, f in identity_acl(COORD))
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from faillite import messages
-from faillite.topics import Topics
+from faillite.topics import Role, Topics
 from field_kit.drill import runner
 from field_kit.drill.chaos import (
     ALONE,
@@ -127,7 +127,7 @@ def _served(worker: str, start: float, end: float, step: float = 0.2) -> list[Se
 
 
 def _ev(kind: str, at: float, worker: str = "", **detail: Any) -> messages.Event:
-    return messages.Event(kind, T0 + at, "coordinator", worker, "", detail)
+    return messages.Event(kind, T0 + at, "coordinator/main", worker, "", detail)
 
 
 def _clean() -> Observations:
@@ -375,8 +375,10 @@ def test_observations_decode_raw_messages_once() -> None:
         (1.2, t.worker_heartbeat("w1"), messages.encode(hb)),
         (1.3, t.coordinator_status, messages.encode(st)),
         (1.4, t.app_route("a2"), messages.encode(route)),
-        (1.5, t.events, messages.encode(_ev("failover", 1.0, "w1"))),
-        (1.6, t.events, b""),
+        (1.5, t.events_of(Role.COORDINATOR, "main"), messages.encode(_ev("failover", 1.0, "w1"))),
+        (1.6, t.events_of(Role.COORDINATOR, "main"), b""),
+        # Another source's topic: not who the payload says reported it.
+        (1.7, t.events_of(Role.WORKER, "w1"), messages.encode(_ev("failover", 1.1, "w2"))),
     ]
     obs = Observations()
     obs.add(raw, 100.0)

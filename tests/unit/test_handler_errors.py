@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from faillite import messages
 from faillite.config import BrokerConfig
 from faillite.mqtt import HandlerErrorLog, Inbound, MeshClient, Raw
-from faillite.topics import APP_RESULTS, Topics
+from faillite.topics import APP_RESULTS, Role, Topics
 
 T = Topics("demo")
 
@@ -96,7 +96,7 @@ def test_raw_handlers_too_and_each_filter_apart() -> None:
     with capture_logs() as logs:
         for _ in range(500):
             _deliver(client, "faillite/demo/sensors/cam1/frames", b"\x00" * 40)
-            _deliver(client, T.events, ev)
+            _deliver(client, T.events_of(Role.COORDINATOR, "main"), ev)
     assert client.handler_errors == 1000
     errors = _errors(logs)
     assert len(errors) <= 6

@@ -14,7 +14,7 @@ from faillite import messages
 from faillite.mqtt import Inbound
 from faillite.routes import GRACE_S, RouteFilter, Verdict, app_of
 from faillite.signing import Signer
-from faillite.topics import Topics
+from faillite.topics import Role, Topics
 
 APP = "gate-watch"
 T = Topics("demo")
@@ -313,3 +313,21 @@ def test_where_the_mesh_signs_an_unsigned_route_steers_nobody(clock: Clock) -> N
     assert flt.refused.snapshot()["bad_signature"] == 2
     flt.on_route(signer.sign(T.app_route(APP), route("w2", 8)))
     assert flt.route(APP).worker == "w2"  # type: ignore[union-attr]
+
+
+def test_observer_believes_an_event_only_from_its_sources_own_topic() -> None:
+    """A worker (or camera) may write only its own events topic: a failover it reports in a
+    coordinator's name is refused, and so is any event retained for later watchers."""
+    from faillite.config import load_mesh_config, packaged_config
+    from field_kit.observe import MeshObserver
+
+    cfg = load_mesh_config(packaged_config("demo.yaml"))
+    t = Topics(cfg.mesh)
+    obs = MeshObserver(cfg, client_id="test")
+    failover = messages.Event("failover", time.time(), "coordinator/main", "w1")
+    obs._on_event(Inbound(t.events_of(Role.WORKER, "w2"), failover, False))  # forged
+    obs._on_event(Inbound(t.events_of(Role.COORDINATOR, "main"), failover, True))  # retained
+    assert obs.failovers == [] and obs.events_total == 0
+    assert obs.bad.snapshot() == {"event_wrong_source": 1, "event_retained": 1}
+    obs._on_event(Inbound(t.events_of(Role.COORDINATOR, "main"), failover, False))
+    assert obs.failovers == [failover]

@@ -77,7 +77,7 @@ def test_builders_and_parse_agree() -> None:
         t.coordinator_status: ("coordinator_status", {}),
         t.coordinator_beat: ("coordinator_beat", {}),
         t.placement: ("placement", {}),
-        t.events: ("events", {}),
+        t.events_of(topics.Role.WORKER, "w1"): ("events", {"role": "worker", "id": "w1"}),
         t.sensor_status("cam1"): ("sensor_status", {"sensor": "cam1"}),
     }
     assert len(built) == len(topics.ALL_TOPICS)

@@ -164,7 +164,7 @@ def test_bad_filters_are_refused(bad: str) -> None:
 
 def test_down_filters_that_would_loop_are_refused() -> None:
     assert down_problem(("apps/+/tasking",), ("results", "events")) is None
-    assert "loop" in (down_problem(("events",), ("events",)) or "")
+    assert "loop" in (down_problem(("events/#",), ("events",)) or "")
     assert "loop" in (down_problem(("#",), ("results",)) or "")
     assert "loop" in (down_problem(("uplink/+/status",), ("results",)) or "")
     # What the kit acts on never comes down, whatever goes up: a rear site cannot steer it.
@@ -229,7 +229,7 @@ def test_config_section_resolves_paths_and_defaults(tmp_path: Path) -> None:
     ("extra", "problem"),
     [
         ("  max_queue: 5\n", "unknown key 'max_queue'"),
-        ('  down: ["events"]\n', "loop"),
+        ('  down: ["events/#"]\n', "loop"),
         ('  down: ["apps//x"]\n', "empty level"),
         ('  prefix: "rear/+/x"\n', "wildcards"),
         ("  up: [results, frames]\n", "up.1"),
@@ -341,7 +341,7 @@ def test_kit_uplink_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a node"):
         load_kit(_kit_with_uplink(tmp_path, node="orin9"))
     with pytest.raises(ConfigError, match="loop"):
-        load_kit(_kit_with_uplink(tmp_path, down=["events"]))
+        load_kit(_kit_with_uplink(tmp_path, down=["events/#"]))
     with pytest.raises(ConfigError, match="unknown key 'downlink'"):
         load_kit(_kit_with_uplink(tmp_path, downlink=["x"]))
     kit = load_kit(_kit_with_uplink(tmp_path))
