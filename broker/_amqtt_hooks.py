@@ -65,6 +65,8 @@ LISTENER: Final = "default"
 IDENTITY_KEY: Final = "faillite.identity"
 MAX_SOURCE_LOCKS: Final = 4096
 MAX_PENDING_PER_SOURCE: Final = 8
+# Connections from one address that have not sent their CONNECT yet: a device opens one or two.
+MAX_UNADMITTED_PER_SOURCE: Final = 32
 _CONNECT_PREFIX_MAX: Final = 512  # bytes kept to read the CONNECT head; client ids are short
 _NOT_ADMITTED: Final = object()
 
@@ -158,6 +160,29 @@ class PacketLengths:
         return None
 
 
+class Unadmitted:
+    """Connections per source address that have not sent their CONNECT head yet, capped: one
+    address cannot hold the broker's sockets with idle or trickling connections (each of which
+    the CONNECT timeout ends anyway) while devices elsewhere wait to get in."""
+
+    def __init__(self, cap: int = MAX_UNADMITTED_PER_SOURCE) -> None:
+        self.cap = cap
+        self.open: Counter[str] = Counter()
+        self.refused = 0
+
+    def enter(self, source: str) -> bool:
+        if self.open[source] >= self.cap:
+            self.refused += 1
+            return False
+        self.open[source] += 1
+        return True
+
+    def leave(self, source: str) -> None:
+        self.open[source] -= 1
+        if self.open[source] <= 0:
+            del self.open[source]
+
+
 class ConnectionWatch:
     """Liveness of one TCP connection: silent for longer than its limit, it is aborted.
 
@@ -175,9 +200,14 @@ class ConnectionWatch:
         *,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_packet_bytes: int | None = None,
+        unadmitted: Unadmitted | None = None,
+        limiter: LogLimiter | None = None,
     ) -> None:
         self._loop = loop
         self._log = log
+        self._unadmitted = unadmitted
+        self._limiter = limiter
+        self._source: str | None = None  # counted in ``unadmitted`` until its CONNECT head
         self.last_rx = loop.time()
         self.accepted_at = self.last_rx
         self.limit_s: float | None = connect_timeout_s
@@ -195,9 +225,36 @@ class ConnectionWatch:
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+            if self._unadmitted is not None:
+                source = str(peer[0])
+                if not self._unadmitted.enter(source):
+                    self._refuse(source)
+                    return
+                self._source = source
         self._reschedule()
 
+    def _refuse(self, source: str) -> None:
+        """Over the source's cap: closed at once (logged once per source and window)."""
+        self.expired = True
+        assert self._unadmitted is not None and self._transport is not None
+        skipped = self._limiter.admit(("unadmitted", source)) if self._limiter else 0
+        if skipped is not None:
+            self._log.warning(
+                "too_many_unadmitted",
+                source=source,
+                cap=self._unadmitted.cap,
+                refused_total=self._unadmitted.refused,
+                suppressed=skipped,
+            )
+        self._transport.abort()
+
+    def _admitted(self) -> None:
+        if self._source is not None and self._unadmitted is not None:
+            self._unadmitted.leave(self._source)
+            self._source = None
+
     def stop(self) -> None:
+        self._admitted()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -238,6 +295,7 @@ class ConnectionWatch:
         self._parsing = False
         self._prefix.clear()
         self.head = head
+        self._admitted()
         self.limit_s = head.keepalive_s * KEEPALIVE_FACTOR if head.keepalive_s > 0 else None
         self._reschedule()
 
@@ -321,11 +379,14 @@ class MeshListener:
         *,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_packet_bytes: int | None = None,
+        unadmitted: Unadmitted | None = None,
     ) -> None:
         self._broker = broker
         self._log = log
         self._connect_timeout_s = connect_timeout_s
         self._max_packet_bytes = max_packet_bytes
+        self.unadmitted = unadmitted if unadmitted is not None else Unadmitted()
+        self._limiter = LogLimiter()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def protocol_factory(self) -> asyncio.Protocol:
@@ -335,6 +396,8 @@ class MeshListener:
             self._log,
             connect_timeout_s=self._connect_timeout_s,
             max_packet_bytes=self._max_packet_bytes,
+            unadmitted=self.unadmitted,
+            limiter=self._limiter,
         )
         return _WatchedProtocol(asyncio.StreamReader(loop=loop), self._serve, watch, loop)
 

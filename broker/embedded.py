@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import Callable, Iterator
@@ -267,4 +268,18 @@ async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | No
 
 def run_broker(cfg: BrokerConfig, mesh: str, scope: AclScope | None = None) -> None:
     """Run the embedded broker until SIGINT or SIGTERM, then stop cleanly."""
+    _descriptors(cfg.max_connections)
     asyncio.run(_serve_until_signal(cfg, mesh, scope))
+
+
+def _descriptors(max_connections: int) -> None:
+    """Room for every connection the caps allow, and for a flood being shed, within the hard
+    limit (Python starts at a soft 1024: a flood from many addresses would starve accept())."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * max_connections + 256
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.info("descriptor_limit_raised", soft=want, was=soft)

@@ -248,7 +248,8 @@ def render_conf(
 def render_nftables(cfg: BrokerConfig, mesh: str) -> str:
     """nftables rules for the broker host: past a burst, new connections to the broker's port
     from one source address are dropped beyond ``connects_per_source_s`` (its SYN is retried
-    by the client a second later), IPv4 and IPv6 apart. Mosquitto 2.0 cannot slow down failed
+    by the client a second later), and refused beyond ``max_connections_per_source`` open at
+    once, IPv4 and IPv6 apart. Mosquitto 2.0 cannot slow down failed
     logins by itself; this caps every source's guesses at that rate. Its own table: loading
     it replaces only what it loaded before (``nft -f nftables.conf``)."""
     check_id("mesh", mesh)
@@ -257,6 +258,12 @@ def render_nftables(cfg: BrokerConfig, mesh: str) -> str:
     rule = (
         "tcp dport {port} ct state new meter {name} {{ {addr} saddr limit rate over {rate} }} drop"
     )
+    # And at most so many open at once: an idle socket costs Mosquitto a connection slot forever.
+    cap = (
+        "tcp dport {port} ct state new meter {name} {{ {addr} saddr ct count over {n} }} "
+        "reject with tcp reset"
+    )
+    n = cfg.max_connections_per_source
     return "\n".join(
         [
             f"# FailLite Mesh: per-source connection rate for mesh '{mesh}' (broker.mosquitto).",
@@ -268,6 +275,8 @@ def render_nftables(cfg: BrokerConfig, mesh: str) -> str:
             "    type filter hook input priority filter; policy accept;",
             "    " + rule.format(port=cfg.port, name=f"{table}_v4", addr="ip", rate=rate),
             "    " + rule.format(port=cfg.port, name=f"{table}_v6", addr="ip6", rate=rate),
+            "    " + cap.format(port=cfg.port, name=f"{table}_c4", addr="ip", n=n),
+            "    " + cap.format(port=cfg.port, name=f"{table}_c6", addr="ip6", n=n),
             "  }",
             "}",
             "",

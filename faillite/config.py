@@ -132,6 +132,9 @@ class BrokerConfig(StrictModel):
     # generated nftables rules (Mosquitto 2.0 cannot slow down failed logins itself).
     connects_per_source_s: float = Field(default=5.0, gt=0, le=10_000)
     connect_burst_per_source: int = Field(default=20, ge=1, le=100_000)
+    # Connections one address may hold open at once on a broker host's firewall (Mosquitto
+    # never times out a socket that sends no CONNECT; the embedded broker caps those itself).
+    max_connections_per_source: int = Field(default=64, ge=1, le=100_000)
     max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # From TCP accept to a complete CONNECT: a client trickling bytes does not extend it.
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)

@@ -11,6 +11,7 @@ firewall is under test: :func:`firewalled_mosquitto` does that, with the nftable
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,48 @@ def login(
     ) as sock:
         sock.sendall(connect_packet(username, 10, username=username, password=password))
         return read_connack(sock)
+
+
+class Flood:
+    """``n`` TCP connections from ``source`` that never send a CONNECT: a flood without
+    credentials, held open until :meth:`close` (a ``with`` block). Sockets the broker refused
+    or closed are counted by :meth:`open_count`."""
+
+    def __init__(self, host: str, port: int, n: int, *, source: str) -> None:
+        self.socks: list[socket.socket] = []
+        self.failed = 0
+        for _ in range(n):
+            try:
+                s = socket.create_connection((host, port), timeout=2.0, source_address=(source, 0))
+            except OSError:
+                self.failed += 1  # refused, reset or no descriptor left
+                continue
+            s.setblocking(False)
+            self.socks.append(s)
+
+    def open_count(self) -> int:
+        """Sockets the broker has not closed: a read would block (EOF or a reset: closed)."""
+        n = 0
+        for s in self.socks:
+            try:
+                if s.recv(1, socket.MSG_PEEK):
+                    n += 1  # it sent something: still open
+            except BlockingIOError:
+                n += 1
+            except OSError:
+                pass
+        return n
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.socks.clear()
+
+    def __enter__(self) -> Flood:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def guess(
@@ -117,25 +161,18 @@ class FirewallRun:
     device_s: float
 
 
-def firewalled_mosquitto(
-    cfg: BrokerConfig,
-    mesh: str,
-    workdir: Path,
-    *,
-    victim: str,
-    device: tuple[str, str],
-    seconds: tuple[float, float] = (2.0, 4.0),
-) -> FirewallRun:
-    """Mosquitto with ``cfg`` (accounts) in a network namespace made for it: guesses at
-    ``victim`` from 127.0.0.1 for ``seconds[0]`` without the generated nftables rules, then
-    for ``seconds[1]`` with them; then ``device`` (username, secret) logs in from 127.0.0.2."""
+@contextlib.contextmanager
+def _namespaced_mosquitto(
+    cfg: BrokerConfig, mesh: str, workdir: Path
+) -> Iterator[tuple[Callable[..., str], Path]]:
+    """Mosquitto with ``cfg`` on 127.0.0.1:1883 in a network namespace made for it; yields a
+    runner of commands inside it and the generated nftables rules (not loaded)."""
     binary = mosquitto_binary()
     assert binary is not None, firewall_problem()
     ns = f"flfw{uuid.uuid4().hex[:8]}"
     cfg = cfg.model_copy(update={"host": "127.0.0.1", "port": 1883})
     run_as = getpass.getuser() if os.geteuid() == 0 else None
     conf = write_mosquitto_config(cfg, mesh, workdir / "mosquitto", run_as=run_as)
-    rules = conf.parent / "nftables.conf"
 
     def inside(*cmd: str) -> str:
         out = subprocess.run(
@@ -144,11 +181,6 @@ def firewalled_mosquitto(
         if out.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip()}")
         return out.stdout
-
-    def guesses(s: float) -> dict[str, Any]:
-        cmd = [*python_module("field_kit.guessing"), "--port", "1883"]
-        result: dict[str, Any] = json.loads(inside(*cmd, "--username", victim, "--seconds", str(s)))
-        return result
 
     subprocess.run(["ip", "netns", "add", ns], check=True)
     broker: subprocess.Popen[bytes] | None = None
@@ -161,24 +193,88 @@ def firewalled_mosquitto(
         time.sleep(1.0)
         if broker.poll() is not None:
             raise RuntimeError((workdir / "mosquitto.log").read_text())
-        without = guesses(seconds[0])
-        inside("nft", "-f", str(rules))
-        time.sleep(1.5)  # let the bucket refill from the guesses before the rules
-        with_rules = guesses(seconds[1])
-        user, secret = device
-        rc, took = inside(
-            *python_code(
-                "import time; from field_kit.guessing import login; t = time.monotonic(); "
-                f"rc = login('127.0.0.1', 1883, {user!r}, {secret!r}, source='127.0.0.2'); "
-                "print(rc, time.monotonic() - t)"
-            )
-        ).split()
-        return FirewallRun(without, with_rules, int(rc), float(took))
+        yield inside, conf.parent / "nftables.conf"
     finally:
         if broker is not None:
             broker.terminate()
             broker.wait(10)
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _login_cmd(device: tuple[str, str]) -> list[str]:
+    """A process in which ``device`` (username, secret) logs in from 127.0.0.2 and prints its
+    CONNACK code and the seconds it took."""
+    user, secret = device
+    return python_code(
+        "import time; from field_kit.guessing import login; t = time.monotonic(); "
+        f"rc = login('127.0.0.1', 1883, {user!r}, {secret!r}, source='127.0.0.2'); "
+        "print(rc, time.monotonic() - t)"
+    )
+
+
+def _device_login(inside: Callable[..., str], device: tuple[str, str]) -> tuple[int, float]:
+    rc, took = inside(*_login_cmd(device)).split()
+    return int(rc), float(took)
+
+
+def firewalled_mosquitto(
+    cfg: BrokerConfig,
+    mesh: str,
+    workdir: Path,
+    *,
+    victim: str,
+    device: tuple[str, str],
+    seconds: tuple[float, float] = (2.0, 4.0),
+) -> FirewallRun:
+    """Mosquitto with ``cfg`` (accounts) in a network namespace made for it: guesses at
+    ``victim`` from 127.0.0.1 for ``seconds[0]`` without the generated nftables rules, then
+    for ``seconds[1]`` with them; then ``device`` (username, secret) logs in from 127.0.0.2."""
+    with _namespaced_mosquitto(cfg, mesh, workdir) as (inside, rules):
+
+        def guesses(s: float) -> dict[str, Any]:
+            cmd = [*python_module("field_kit.guessing"), "--port", "1883"]
+            out = inside(*cmd, "--username", victim, "--seconds", str(s))
+            result: dict[str, Any] = json.loads(out)
+            return result
+
+        without = guesses(seconds[0])
+        inside("nft", "-f", str(rules))
+        time.sleep(1.5)  # let the bucket refill from the guesses before the rules
+        with_rules = guesses(seconds[1])
+        rc, took = _device_login(inside, device)
+        return FirewallRun(without, with_rules, rc, took)
+
+
+def flooded_mosquitto(
+    cfg: BrokerConfig,
+    mesh: str,
+    workdir: Path,
+    *,
+    device: tuple[str, str],
+    sockets: int,
+    firewall: bool = True,
+) -> dict[str, Any]:
+    """Mosquitto with ``cfg`` and its generated firewall in a namespace made for it: ``sockets``
+    idle connections from 127.0.0.1 (none sends a CONNECT), held while ``device`` logs in from
+    127.0.0.2. Returns how many the flood got open, and the device's CONNACK and seconds.
+    ``firewall`` False: the rules are not loaded (what a host without them gets)."""
+    with _namespaced_mosquitto(cfg, mesh, workdir) as (inside, rules):
+        if firewall:
+            inside("nft", "-f", str(rules))
+        script = (
+            "import json, resource, subprocess, sys, time\n"
+            "from field_kit.guessing import Flood\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, {4 * sockets + 256}), hard))\n"
+            f"with Flood('127.0.0.1', 1883, {sockets}, source='127.0.0.1') as f:\n"
+            "    time.sleep(0.5)\n"
+            "    held = f.open_count()\n"
+            "    d = subprocess.run(sys.argv[1:], capture_output=True, text=True).stdout.split()\n"
+            "    print(json.dumps({'held': held, 'failed': f.failed,\n"
+            "                      'device_rc': int(d[0]), 'device_s': float(d[1])}))\n"
+        )
+        result: dict[str, Any] = json.loads(inside(*python_code(script), *_login_cmd(device)))
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:

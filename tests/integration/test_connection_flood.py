@@ -1,0 +1,69 @@
+"""A flood of idle connections without credentials costs the embedded broker nothing that
+matters: one source address holds at most MAX_UNADMITTED_PER_SOURCE sockets before its CONNECT
+(the rest are closed at once), and a device on another loopback address gets in meanwhile."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker._amqtt_hooks import MAX_UNADMITTED_PER_SOURCE
+from faillite.accounts import add_account
+from faillite.config import BrokerConfig
+from faillite.identity import Identity
+from faillite.topics import Role
+from field_kit.brokers import BrokerLauncher
+from field_kit.guessing import Flood, login
+
+MESH = "flood"
+W1 = Identity(MESH, Role.WORKER, "w1")
+CAM1 = Identity(MESH, Role.SENSOR, "cam1")
+SOCKETS = 1000
+
+
+@pytest.fixture
+def descriptors() -> Iterator[None]:
+    """Room for the flood's sockets in this process (restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * SOCKETS
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_flood_from_one_address_leaves_room_for_devices(
+    broker_launcher: BrokerLauncher, tmp_path: Path, descriptors: None
+) -> None:
+    pw, secrets = tmp_path / "passwd", tmp_path / "secrets"
+    for who in (W1, CAM1):
+        add_account(pw, secrets, who)
+    secret = {w: (secrets / f"{w.name}.secret").read_text().strip() for w in (W1, CAM1)}
+    ep = broker_launcher.start(
+        "amqtt", BrokerConfig(password_file=pw, login_delay_s=0, login_delay_max_s=0), mesh=MESH
+    )
+    with Flood(ep.host, ep.port, SOCKETS, source="127.0.0.1") as flood:
+        deadline = time.monotonic() + 10
+        while flood.open_count() > MAX_UNADMITTED_PER_SOURCE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = flood.open_count()
+        assert held <= MAX_UNADMITTED_PER_SOURCE, f"{held} of {SOCKETS} still open"
+        # Another address: in at once. The flooding address itself: its cap is full.
+        assert login(ep.host, ep.port, CAM1.name, secret[CAM1], source="127.0.0.2") == 0
+        assert login(ep.host, ep.port, W1.name, secret[W1], source="127.0.0.1", timeout=3) < 0
+    # The flood gone, the address is welcome again.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if login(ep.host, ep.port, W1.name, secret[W1], source="127.0.0.1") == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the flooding address stayed locked out after the flood")
+    log = broker_launcher.process(ep).log_path.read_text()
+    assert "too_many_unadmitted" in log
+    assert log.count("too_many_unadmitted") < 20  # one line per source and window, not per socket
