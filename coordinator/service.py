@@ -272,8 +272,7 @@ class CoordinatorService:
                 coordinator=getattr(msg, "coordinator", None),
                 worker=getattr(msg, "worker", None),
             )
-        if self.leadership.term and not self.leadership.deposed:
-            self._republish()
+        self._put_back_if_leading()
 
     # -- network thread ----------------------------------------------------------------------
 
@@ -507,6 +506,10 @@ class CoordinatorService:
         if st is None:
             return
         now, t, c = messages.now(), self.topics, self.client
+
+        def put(topic: str, msg: SignedT) -> None:
+            c.publish(topic, messages.encode(self._sign(topic, msg)), qos=1, retain=True)
+
         for worker, wp in st.workers:
             topic = t.worker_assignment(worker)
             a = messages.Assignment(
@@ -520,7 +523,7 @@ class CoordinatorService:
                 standby=wp.standby,
                 hot=wp.hot,
             )
-            c.publish(topic, messages.encode(self._sign(topic, a)), qos=1, retain=True)
+            put(topic, a)
 
         routes = [
             messages.Route(r.app, r.worker, r.variant, st.term, st.generation, now, r.state)
@@ -528,8 +531,7 @@ class CoordinatorService:
         ]
         for r in routes:
             if r.state != "unserved":
-                topic = t.app_route(r.app)
-                c.publish(topic, messages.encode(self._sign(topic, r)), qos=1, retain=True)
+                put(t.app_route(r.app), r)
         placement = messages.Placement(
             term=st.term,
             generation=st.generation,
@@ -540,13 +542,10 @@ class CoordinatorService:
             gap=st.gap,
             solver=st.solver,
         )
-        c.publish(
-            t.placement, messages.encode(self._sign(t.placement, placement)), qos=1, retain=True
-        )
+        put(t.placement, placement)
         for r in routes:
             if r.state == "unserved":
-                topic = t.app_route(r.app)
-                c.publish(topic, messages.encode(self._sign(topic, r)), qos=1, retain=True)
+                put(t.app_route(r.app), r)
 
     def _republish(self) -> None:
         # Brokers can lose retained state on restart: after every reconnect, publish it again.
