@@ -84,6 +84,7 @@ class Client:
         *,
         will: tuple[str, bytes] | None = None,
         tls: TlsConfig | None = None,
+        source: str = "",
     ) -> None:
         self.rc: Any = None
         self.granted: list[int] = []
@@ -111,7 +112,7 @@ class Client:
         )
         self.c.on_disconnect = self._on_disconnect
         node_ = cluster.nodes[node]
-        self.c.connect(node_.host, node_.port, keepalive=5)
+        self.c.connect(node_.host, node_.port, keepalive=5, bind_address=source)
         self.c.loop_start()
         if not self.answered.wait(10) or self.rc is None:
             self.stop()
@@ -171,8 +172,20 @@ def _watch(cluster: Cluster, node: int) -> Client:
     return c
 
 
-def _refused(cluster: Cluster, node: int, client_id: str, user: str | None, pw: str | None) -> Any:
-    c = Client(cluster, node, client_id, user, pw)
+_LOOPBACK_HOSTS = itertools.count(2)
+
+
+@pytest.fixture
+def source() -> str:
+    """A loopback address of this test's own: the nodes slow failed logins per source
+    address, so refusals from one test do not lengthen the next one's."""
+    return f"127.0.0.{next(_LOOPBACK_HOSTS)}"
+
+
+def _refused(
+    cluster: Cluster, node: int, client_id: str, user: str | None, pw: str | None, source: str
+) -> Any:
+    c = Client(cluster, node, client_id, user, pw, source=source)
     try:
         assert not c.admitted, (client_id, user)
         return c.rc
@@ -205,28 +218,30 @@ def test_the_nodes_match_topics_exactly_as_the_python_acl() -> None:
 
 @pytest.mark.parametrize("node", [0, 1, 2])
 def test_wrong_password_unknown_foreign_and_anonymous_clients_are_refused(
-    cluster: Cluster, node: int
+    cluster: Cluster, node: int, source: str
 ) -> None:
     assert cluster.security is not None
     secret = _secret(cluster.security, W1)
-    rc = _refused(cluster, node, W1.name, W1.name, secret + "x")
+    rc = _refused(cluster, node, W1.name, W1.name, secret + "x", source)
     assert rc.getName() == "Bad user name or password", rc
-    _refused(cluster, node, W1.name, W1.name, None)
-    _refused(cluster, node, W1.name, None, None)  # anonymous
-    _refused(cluster, node, "sec.worker.w9", "sec.worker.w9", secret)  # no account
-    _refused(cluster, node, "other.worker.w1", "other.worker.w1", secret)  # another mesh
+    _refused(cluster, node, W1.name, W1.name, None, source)
+    _refused(cluster, node, W1.name, None, None, source)  # anonymous
+    _refused(cluster, node, "sec.worker.w9", "sec.worker.w9", secret, source)  # no account
+    _refused(cluster, node, "other.worker.w1", "other.worker.w1", secret, source)  # another mesh
     # ... and the right secret gets in.
     _as(cluster, node, W1).stop()
 
 
 @pytest.mark.parametrize("node", [0, 1, 2])
-def test_a_client_id_must_be_its_own_username(cluster: Cluster, node: int) -> None:
+def test_a_client_id_must_be_its_own_username(cluster: Cluster, node: int, source: str) -> None:
     assert cluster.security is not None
     secret = _secret(cluster.security, W1)
-    rc = _refused(cluster, node, W2.name, W1.name, secret)  # w1 taking w2's session
+    rc = _refused(cluster, node, W2.name, W1.name, secret, source)  # w1 taking w2's session
     assert rc.getName() == "Client identifier not valid", rc
-    _refused(cluster, node, "anything", W1.name, secret)
-    _refused(cluster, node, W1.probe_name, W1.name, secret)  # the probe has its own username
+    _refused(cluster, node, "anything", W1.name, secret, source)
+    _refused(
+        cluster, node, W1.probe_name, W1.name, secret, source
+    )  # the probe has its own username
     probe = Client(cluster, node, W1.probe_name, W1.probe_name, secret)
     try:
         assert probe.admitted, probe.rc
@@ -234,12 +249,12 @@ def test_a_client_id_must_be_its_own_username(cluster: Cluster, node: int) -> No
         probe.stop()
 
 
-def test_failed_logins_are_slowed_down(cluster: Cluster) -> None:
+def test_failed_logins_are_slowed_down(cluster: Cluster, source: str) -> None:
     """Each failure from one address doubles the wait before its refusal (login_delay_s)."""
     took = []
     for _ in range(3):
         t = time.monotonic()
-        _refused(cluster, 0, W2.name, W2.name, "guess")
+        _refused(cluster, 0, W2.name, W2.name, "guess", source)
         took.append(time.monotonic() - t)
     assert took[-1] >= 0.35, took  # 0.1 s, then 0.2 s, then 0.4 s (at least)
 
