@@ -587,9 +587,13 @@ class MeshAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
             if not rt.pending[source]:
                 del rt.pending[source]
         try:
+            # Both lists as they are now (a stat each), not as of the last second's watch: a
+            # device revoked a moment ago must not get back in before the watch turns.
             problem = rt.policy.try_reload()
             if problem is not None:
                 rt.log.error("password_file_unreadable", error=problem)
+            if rt.revocations is not None and (problem := rt.revocations.try_reload()):
+                rt.log.error("crlfile_unreadable", error=problem)
             admission = await self._admit(session)
             if not admission.admitted:
                 rt.refused[f"auth_{admission.reason}"] += 1

@@ -40,10 +40,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from broker._acl import AccessPolicy
 from broker._amqtt_hooks import (
@@ -236,12 +238,20 @@ async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | No
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handlers = {
+        signal.SIGINT: stop.set,
+        signal.SIGTERM: stop.set,
+        # What Mosquitto needs to apply a revocation: here a no-op (the password file and the
+        # revocation list are re-read within a second of a change), never the default death.
+        signal.SIGHUP: lambda: log.info("broker_reload_signalled", mesh=mesh),
+    }
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # not the main thread: the caller stops us by cancelling instead
+    pid_file = _write_pid(cfg.pid_file)
     server = asyncio.create_task(serve(cfg, mesh, scope=scope, ready=_ready(cfg)))
     stopper = asyncio.create_task(stop.wait())
     beats = Beats()
@@ -264,6 +274,23 @@ async def _serve_until_signal(cfg: BrokerConfig, mesh: str, scope: AclScope | No
         stopper.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+
+
+def _write_pid(path: Path | None) -> Path | None:
+    """``broker.pid_file``: this process's pid, writable by its owner only (the revocation
+    tooling signals whatever it names)."""
+    if path is None:
+        return None
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except OSError as exc:
+        raise ConfigError(f"broker.pid_file {path}: cannot write it ({exc.strerror})") from exc
+    return path
 
 
 def run_broker(cfg: BrokerConfig, mesh: str, scope: AclScope | None = None) -> None:

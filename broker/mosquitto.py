@@ -19,8 +19,9 @@ Provisioning a broker host::
     python -m broker.mosquitto --config mesh.yaml --out /etc/mosquitto/faillite
     mosquitto -c /etc/mosquitto/faillite/mosquitto.conf
 
-An account added or revoked later: ``faillite accounts``, regenerate, then SIGHUP Mosquitto (it
-re-reads the password file and the ACL).
+An account added later: ``faillite accounts``, regenerate, then SIGHUP Mosquitto (it re-reads
+the password file and the ACL). A revocation signals it itself where ``broker.pid_file`` says
+where Mosquitto's pid is (``faillite accounts revoke``, ``faillite pki revoke -c``).
 
 Differences from the embedded broker: Mosquitto grants every SUBSCRIBE and checks read access
 per delivered message, while the embedded broker refuses a subscription whose filter is not
@@ -28,8 +29,8 @@ entirely readable (either way nothing unreadable is delivered); Mosquitto 2.0 ca
 repeated failed logins itself (the generated ``nftables.conf`` caps each source's new
 connections instead), nor refuse a retained publish on a topic the account may write (the ACL
 names each worker and app of the mesh, so an account can retain on a few topics only). With
-client certificates only (no password file), Mosquitto cannot bind the client id to the
-certificate: use accounts, with certificates as a second factor, where that matters.
+client certificates, the client id is replaced by the certificate's name
+(``use_username_as_clientid``): a certificate can take no other device's session.
 
 Payloads over ``max_payload_bytes`` are dropped (``message_size_limit``; QoS flows complete, the
 client stays connected). Packets over ``max_packet_size`` (twice that, plus headroom for the
@@ -207,10 +208,17 @@ def render_conf(
         "",
         f"allow_anonymous {'false' if cfg.accounts else 'true'}",
     ]
-    if password_file is not None:
+    if cfg.pid_file is not None:
         lines += [
-            f"password_file {password_file}",
-            "# A client connects only as its own identity: no account can take another's session.",
+            "# Revocations signal this process (faillite accounts revoke, faillite pki revoke).",
+            f"pid_file {cfg.pid_file.absolute()}",
+        ]
+    if password_file is not None:
+        lines.append(f"password_file {password_file}")
+    if cfg.accounts:
+        lines += [
+            "# A client connects only as its own identity (its account, or its certificate's",
+            "# name): no account can take another's session or fire its will.",
             "use_username_as_clientid true",
         ]
     if acl_file is not None:

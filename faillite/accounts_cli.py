@@ -8,7 +8,8 @@
     faillite accounts list -c mesh.yaml
 
 The broker reads ``broker.password_file`` (hashes only; the embedded broker picks up a change
-within a second, Mosquitto on SIGHUP); each secret in ``broker.secrets_dir`` goes to the one node
+within a second, Mosquitto on SIGHUP, which ``revoke`` sends where ``broker.pid_file`` is set);
+each secret in ``broker.secrets_dir`` goes to the one node
 that runs that device, and nowhere else.
 """
 
@@ -104,13 +105,21 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from faillite import accounts
+    from faillite.revocation import RevocationError, apply_revocation
 
     def run() -> int:
-        _mesh, _broker, pw = _paths(args, secrets=False)
+        _mesh, broker, pw = _paths(args, secrets=False)
         if not accounts.revoke_account(pw, args.name):
             print(f"faillite accounts: {args.name} has no account in {pw}", file=sys.stderr)
             return 1
         print(f"revoked {args.name}", file=sys.stderr)
+        try:
+            applied = apply_revocation(broker, name=None, ca_dir=None)
+        except RevocationError as exc:
+            print(f"faillite accounts: the broker was not told: {exc}", file=sys.stderr)
+            return 1
+        if applied.pid is not None:
+            print(f"broker (pid {applied.pid}) reloaded: {args.name} is out", file=sys.stderr)
         return 0
 
     return _guarded(run)

@@ -136,6 +136,10 @@ class BrokerConfig(StrictModel):
     # never times out a socket that sends no CONNECT; the embedded broker caps those itself).
     max_connections_per_source: int = Field(default=64, ge=1, le=100_000)
     max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A broker that re-reads its accounts and the CA's revocation list on SIGHUP (Mosquitto)
+    # writes its pid here; ``faillite accounts revoke`` and ``faillite pki revoke`` signal it,
+    # so a revocation takes effect at once (the embedded broker notices by itself).
+    pid_file: Path | None = None
     # From TCP accept to a complete CONNECT: a client trickling bytes does not extend it.
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # Embedded broker caps; an account is a username. Clients without one share an account,

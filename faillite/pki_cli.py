@@ -6,7 +6,7 @@
     faillite pki server --ca DIR --name broker --host 127.0.0.1 --host kit-broker.local
     faillite pki client --ca DIR --name demo.worker.w1             # CN: the identity
     faillite pki signing-key --out DIR                             # signing.key, signing.pub
-    faillite pki revoke --ca DIR DIR/demo.worker.w2.crt            # DIR/crl.pem
+    faillite pki revoke --ca DIR DIR/demo.worker.w2.crt [-c mesh.yaml]  # DIR/crl.pem
 
 Each prints the files it wrote. Nothing existing is overwritten without ``--force``. Give each
 node ``ca.crt`` and its own pair only; the CA key stays on the machine that issues. The
@@ -75,6 +75,12 @@ def register(sub: Any) -> None:
     )
     rev.add_argument("--ca", required=True, help="folder of the mesh CA (ca.crt, ca.key)")
     rev.add_argument("cert", help="the certificate to revoke (NAME.crt)")
+    rev.add_argument(
+        "--config",
+        "-c",
+        help="the mesh config: make its running broker apply the list now (broker.pid_file: "
+        "signal it, and end the certificate's live session)",
+    )
     rev.set_defaults(func=cmd_revoke)
 
 
@@ -139,14 +145,31 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from faillite.pki import PkiError, revoke
+    from faillite.config import ConfigError, load_mesh_config
+    from faillite.pki import PkiError, common_name, load_certificate, revoke
+    from faillite.revocation import RevocationError, apply_revocation
 
     try:
+        cert = load_certificate(Path(args.cert))
         crl = revoke(Path(args.ca), Path(args.cert))
     except (PkiError, OSError) as exc:
         return _failed(exc)
-    print(f"revoked {args.cert}; give brokers the new list and reload them", file=sys.stderr)
-    return _done(crl)
+    _done(crl)
+    if args.config is None:
+        print(f"revoked {args.cert}; give brokers the new list and reload them", file=sys.stderr)
+        return 0
+    try:
+        broker = load_mesh_config(args.config).broker
+        applied = apply_revocation(broker, name=common_name(cert), ca_dir=Path(args.ca))
+    except (ConfigError, RevocationError, PkiError, OSError) as exc:
+        print(f"faillite pki: revoked, but the broker was not told: {exc}", file=sys.stderr)
+        return 1
+    if applied.pid is None:
+        print(f"revoked {args.cert}; the embedded broker applies it by itself", file=sys.stderr)
+    else:
+        ended = "; its live session ended" if applied.session_ended else ""
+        print(f"revoked {args.cert}; broker (pid {applied.pid}) reloaded{ended}", file=sys.stderr)
+    return 0
 
 
 def cmd_signing_key(args: argparse.Namespace) -> int:

@@ -167,12 +167,6 @@ class BrokerLauncher:
                 return proc
         raise KeyError(endpoint)
 
-    def reload(self, endpoint: BrokerEndpoint) -> None:
-        """Make a Mosquitto broker re-read its password file and ACL (SIGHUP); the embedded
-        broker re-reads its password file by itself when it changes."""
-        if endpoint.kind == "mosquitto":
-            self.process(endpoint).proc.send_signal(signal.SIGHUP)
-
     def restart(self, endpoint: BrokerEndpoint) -> BrokerEndpoint:
         """Start again a broker of this launcher that died (or was stopped), from its own
         directory and config: Mosquitto comes back with the retained messages it stored."""

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +26,12 @@ from faillite import pki
 from faillite.accounts import add_account
 from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig
 from faillite.identity import Identity
-from faillite.mqtt import ConnectError, MeshClient, Raw
+from faillite.mqtt import ConnectError, MeshClient, Raw, Will
+from faillite.revocation import Applied, apply_revocation
 from faillite.tls import client_context
 from faillite.topics import Role, Topics
 from field_kit.brokers import BROKER_KINDS, BrokerEndpoint, BrokerLauncher, BrokerUnavailableError
+from field_kit.procs import wait_until
 
 MESH = "tlsmesh"
 T = Topics(MESH)
@@ -332,8 +334,9 @@ def test_a_certificate_with_another_identitys_client_id(
     mtls_broker: BrokerEndpoint, certs: Pki
 ) -> None:
     """cam1's certificate under the coordinator's client id: the embedded broker refuses it
-    (a client connects only as itself). Mosquitto cannot bind a client id to a certificate
-    (topics.md): it admits it, as cam1, with cam1's rules."""
+    (a client connects only as itself); Mosquitto replaces the client id with the
+    certificate's name (``use_username_as_clientid``) and admits it as cam1, with cam1's
+    rules, taking nobody's session."""
     cfg = node_config(mtls_broker, certs.tls(client=CAM1))
     if mtls_broker.kind == "amqtt":
         assert refused(cfg, identity=COORD)
@@ -380,12 +383,12 @@ def test_a_revoked_certificate_gets_no_connection(
         assert cam.connected
 
 
-def test_a_certificate_revoked_while_connected_is_out_at_once(
-    launcher: BrokerLauncher, certs: Pki, tmp_path: Path
-) -> None:
-    """The embedded broker re-reads the CA's list when it changes: w1's live connection is
-    closed within seconds and its reconnects are refused, with no restart; cam1 stays in.
-    (Mosquitto reads its crlfile at start and on SIGHUP, and keeps live connections.)"""
+def _revocable(
+    launcher: BrokerLauncher, kind: str, certs: Pki, tmp_path: Path, *, pid_file: Path | None
+) -> tuple[BrokerEndpoint, BrokerConfig, Path, Path]:
+    """A broker requiring client certificates, checked against a list of its own CA (a copy
+    of the mesh CA, so revocations stay in this test): the endpoint, the broker's config as
+    the revocation tooling reads it, the CA folder, the list."""
     ca = tmp_path / "ca"
     ca.mkdir()
     for name in (pki.CA_CERT, pki.CA_KEY, "broker.crt", "broker.key"):
@@ -394,23 +397,98 @@ def test_a_certificate_revoked_while_connected_is_out_at_once(
     server = certs.server(require_client=True)
     assert server.server is not None
     tls = server.model_copy(update={"server": server.server.model_copy(update={"crlfile": crl})})
-    ep = _start(launcher, "amqtt", BrokerConfig(tls=tls, password_file=certs.accounts / "passwd"))
+    cfg = BrokerConfig(tls=tls, password_file=certs.accounts / "passwd", pid_file=pid_file)
+    ep = _start(launcher, kind, cfg)
+    return ep, cfg.model_copy(update={"port": ep.port}), ca, crl
+
+
+def _revoke_w1_while_connected(
+    ep: BrokerEndpoint, certs: Pki, revoke: Callable[[], object]
+) -> None:
+    """w1 and cam1 connected; ``revoke`` w1: its connection ends within seconds and none of
+    its reconnects gets in; cam1 keeps its one connection."""
     with (
         connected(node_config(ep, certs.tls(client=W1)), Role.WORKER, W1) as w1,
         connected(node_config(ep, certs.tls(client=CAM1)), Role.SENSOR, CAM1) as cam,
     ):
         assert w1.connected and w1.connects == 1
-        pki.revoke(ca, certs.mesh / f"{W1.name}.crt")
-        deadline = time.monotonic() + 10
-        while w1.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not w1.connected, "the revoked certificate kept its connection"
+        revoke()
+        assert wait_until(lambda: not w1.connected, 10), "the revoked certificate kept its link"
         time.sleep(1.5)  # its client keeps retrying: none gets in
         assert not w1.connected and w1.connects == 1
         assert cam.connected and cam.connects == 1
     assert refused(node_config(ep, certs.tls(client=W1)), identity=W1)
-    log = launcher.process(ep).log_path.read_text()
-    assert "revoked_client_disconnected" in log
+
+
+def test_the_embedded_broker_applies_a_revoked_certificate_by_itself(
+    launcher: BrokerLauncher, certs: Pki, tmp_path: Path
+) -> None:
+    """No tooling: the embedded broker re-reads the CA's list when it changes, closes w1's
+    live connection and refuses its reconnects, with no restart."""
+    ep, _cfg, ca, _crl = _revocable(launcher, "amqtt", certs, tmp_path, pid_file=None)
+    _revoke_w1_while_connected(ep, certs, lambda: pki.revoke(ca, certs.mesh / f"{W1.name}.crt"))
+    assert "revoked_client_disconnected" in launcher.process(ep).log_path.read_text()
+
+
+def test_pki_revoke_ends_a_live_certificate_on_either_broker(
+    launcher: BrokerLauncher, kind: str, certs: Pki, tmp_path: Path
+) -> None:
+    """``faillite pki revoke -c``: the broker named by ``broker.pid_file`` is signalled
+    (Mosquitto reloads the list for new handshakes; the embedded broker logs it) and w1's
+    session is taken over by a fresh certificate of its name, since Mosquitto keeps a live
+    connection whose certificate was revoked. That certificate is revoked right after."""
+    pid_file = tmp_path / "broker.pid"
+    ep, running, ca, crl = _revocable(launcher, kind, certs, tmp_path, pid_file=pid_file)
+    assert wait_until(pid_file.exists, 10), "no pid file"
+    applied: list[Applied] = []
+
+    def revoke() -> None:
+        pki.revoke(ca, certs.mesh / f"{W1.name}.crt")
+        applied.append(apply_revocation(running, name=W1.name, ca_dir=ca))
+
+    _revoke_w1_while_connected(ep, certs, revoke)
+    assert applied == [Applied(pid=launcher.process(ep).proc.pid, session_ended=True)]
+    assert len(pki.revoked_serials(crl)) == 3  # the stranger, w1, the takeover's certificate
+    if kind == "amqtt":
+        assert "broker_reload_signalled" in launcher.process(ep).log_path.read_text()
+
+
+def test_with_certificates_only_a_certificate_takes_no_other_session(
+    launcher: BrokerLauncher, kind: str, certs: Pki
+) -> None:
+    """Client certificates and no password file: cam1's certificate under the coordinator's
+    client id takes nothing from it on either broker (the embedded broker refuses it;
+    Mosquitto renames the client to its certificate's name, ``use_username_as_clientid``):
+    the coordinator keeps its one connection and its will does not fire."""
+    ep = _start(launcher, kind, BrokerConfig(tls=certs.server(require_client=True), acl=False))
+    will_topic = f"faillite/{MESH}/events/will-{uid()}"
+    coord = MeshClient(
+        COORD.name,
+        node_config(ep, certs.tls(client=COORD)),
+        will=Will(will_topic, b"coordinator-gone", qos=1),
+        quiet=True,
+    )
+    coord.start(connect_timeout=10)
+    try:
+        with connected(node_config(ep, certs.tls(client=W1)), Role.WORKER, W1) as watcher:
+            wills = listening(watcher, will_topic, will_topic)
+            intruder = MeshClient(COORD.name, node_config(ep, certs.tls(client=CAM1)), quiet=True)
+            try:
+                intruder.start(connect_timeout=REFUSED_WITHIN_S)
+                admitted = True
+            except ConnectError:
+                admitted = False
+            finally:
+                intruder.stop()
+            assert admitted == (kind == "mosquitto")
+            # A round trip on the coordinator's connection: had it been taken over, the marker
+            # could only come back on a second connection.
+            probe = f"faillite/{MESH}/events/probe-{uid()}"
+            listening(coord, probe, probe)
+            assert coord.connects == 1
+            assert wills.drained() == []
+    finally:
+        coord.stop()
 
 
 def test_every_mesh_connection_sends_without_delay(tls_broker: BrokerEndpoint, certs: Pki) -> None:

@@ -203,6 +203,16 @@ def test_mosquitto_with_client_certificates(tmp_path: Path) -> None:
     lines = _conf(cfg, tmp_path).splitlines()
     assert "require_certificate true" in lines
     assert "use_identity_as_username true" in lines
+    # Certificates only, no password file: the client id is still the certificate's name, so
+    # a certificate can take no other device's session.
+    assert "use_username_as_clientid true" in lines
+    assert not any(line.startswith("password_file") for line in lines)
+
+
+def test_mosquitto_pid_file_only_where_configured(tmp_path: Path) -> None:
+    assert "\npid_file " not in _conf(BrokerConfig(port=1883), tmp_path)
+    cfg = BrokerConfig(port=1883, pid_file=tmp_path / "run" / "mosquitto.pid")
+    assert f"pid_file {tmp_path}/run/mosquitto.pid" in _conf(cfg, tmp_path).splitlines()
 
 
 def test_mosquitto_tls_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
