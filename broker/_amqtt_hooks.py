@@ -40,6 +40,7 @@ does.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from amqtt.session import Session
 
 from broker._acl import AccessPolicy, Admission, Operation
 from broker._revocation import Revocations
+from broker._tls_gate import TlsGate
 from faillite.identity import Identity
 from faillite.tls import peer_common_name
 
@@ -182,6 +184,22 @@ class Unadmitted:
         if self.open[source] <= 0:
             del self.open[source]
 
+    def log_refusal(
+        self, log: Logger, limiter: LogLimiter | None, source: str, *, stage: str
+    ) -> None:
+        """One line per source and window for the connections refused over its cap
+        (``stage``: in the TLS handshake, or before the CONNECT)."""
+        skipped = limiter.admit(("unadmitted", source)) if limiter else 0
+        if skipped is not None:
+            log.warning(
+                "too_many_unadmitted",
+                source=source,
+                stage=stage,
+                cap=self.cap,
+                refused_total=self.refused,
+                suppressed=skipped,
+            )
+
 
 class ConnectionWatch:
     """Liveness of one TCP connection: silent for longer than its limit, it is aborted.
@@ -237,15 +255,7 @@ class ConnectionWatch:
         """Over the source's cap: closed at once (logged once per source and window)."""
         self.expired = True
         assert self._unadmitted is not None and self._transport is not None
-        skipped = self._limiter.admit(("unadmitted", source)) if self._limiter else 0
-        if skipped is not None:
-            self._log.warning(
-                "too_many_unadmitted",
-                source=source,
-                cap=self._unadmitted.cap,
-                refused_total=self._unadmitted.refused,
-                suppressed=skipped,
-            )
+        self._unadmitted.log_refusal(self._log, self._limiter, source, stage="connect")
         self._transport.abort()
 
     def _admitted(self) -> None:
@@ -388,6 +398,7 @@ class MeshListener:
         self.unadmitted = unadmitted if unadmitted is not None else Unadmitted()
         self._limiter = LogLimiter()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
 
     def protocol_factory(self) -> asyncio.Protocol:
         loop = asyncio.get_running_loop()
@@ -400,6 +411,27 @@ class MeshListener:
             limiter=self._limiter,
         )
         return _WatchedProtocol(asyncio.StreamReader(loop=loop), self._serve, watch, loop)
+
+    def tls_protocol_factory(
+        self, context: ssl.SSLContext, handshake_timeout_s: float
+    ) -> Callable[[], asyncio.Protocol]:
+        """For a TLS listener (``create_server`` without ``ssl``): each connection's
+        handshake is run by a :class:`TlsGate`, counted per source from its accept."""
+
+        def refused(source: str) -> None:
+            self.unadmitted.log_refusal(self._log, self._limiter, source, stage="handshake")
+
+        def make() -> asyncio.Protocol:
+            return TlsGate(
+                self.protocol_factory,
+                context,
+                self.unadmitted,
+                timeout_s=handshake_timeout_s,
+                refused=refused,
+                tasks=self._handshakes,
+            )
+
+        return make
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -418,7 +450,10 @@ class MeshListener:
                 self._tasks.discard(task)
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait for connection handlers to end (after broker shutdown), then cancel the rest."""
+        """Wait for connection handlers to end (after broker shutdown), then cancel the rest;
+        handshakes still under way are cancelled at once."""
+        for handshake in set(self._handshakes):
+            handshake.cancel()
         tasks = set(self._tasks)
         if not tasks:
             return

@@ -49,7 +49,6 @@ from pathlib import Path
 
 from broker._acl import AccessPolicy
 from broker._amqtt_hooks import (
-    CONNECT_TIMEOUT_S,
     BrokerRuntime,
     LogLimiter,
     MeshListener,
@@ -177,15 +176,16 @@ async def _run(
     watch = asyncio.create_task(broker.watch_accounts()) if watching else None
     try:
         try:
+            # With TLS, each connection's handshake is ours (a TlsGate): counted per source
+            # from the accept, and dropped like a socket that never sends CONNECT if it never
+            # finishes (the CONNECT timeout starts once the handshake is done).
+            factory = (
+                listener.protocol_factory
+                if tls is None
+                else listener.tls_protocol_factory(tls, cfg.connect_timeout_s)
+            )
             server = await asyncio.get_running_loop().create_server(
-                listener.protocol_factory,
-                cfg.host,
-                cfg.port,
-                reuse_address=True,
-                ssl=tls,
-                # A handshake that never finishes is dropped like a socket that never sends
-                # CONNECT (the watchdog starts once the handshake is done).
-                ssl_handshake_timeout=CONNECT_TIMEOUT_S if tls is not None else None,
+                factory, cfg.host, cfg.port, reuse_address=True
             )
         except OSError as exc:
             raise BrokerSetupError(

@@ -106,8 +106,25 @@ def configure(
     )
     _ids.clear()
     _ids.update({k: v for k, v in ids.items() if v is not None})
-    # Libraries that use stdlib logging (amqtt, paho) go through the same level.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream, force=True)
+    # Libraries that use stdlib logging (amqtt, paho, asyncio) go through the same level and
+    # come out as the same JSON lines, with this process's ids and the library's name.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                _add_ids,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
     if not _configured:
         atexit.register(_LineWriter.close)
         # A native abort or segfault (solver, ONNX Runtime) prints every thread's stack.

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,12 +48,23 @@ class Guesses:
 
 
 def login(
-    host: str, port: int, username: str, password: str, *, source: str, timeout: float = 10.0
+    host: str,
+    port: int,
+    username: str,
+    password: str,
+    *,
+    source: str,
+    timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
-    """One CONNECT from ``source`` with client id ``username``; the CONNACK code, -1 if none."""
-    with socket.create_connection(
-        (host, port), timeout=timeout, source_address=(source, 0)
-    ) as sock:
+    """One CONNECT from ``source`` with client id ``username`` (over TLS with ``tls``); the
+    CONNACK code, -1 if none. A plain socket, not paho: a flood's thousand descriptors in the
+    same process would put paho's beyond what its select() takes."""
+    with socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) as raw:
+        try:
+            sock = raw if tls is None else tls.wrap_socket(raw, server_hostname=host)
+        except OSError:
+            return -1
         sock.sendall(connect_packet(username, 10, username=username, password=password))
         return read_connack(sock)
 

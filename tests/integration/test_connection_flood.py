@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from broker._amqtt_hooks import MAX_UNADMITTED_PER_SOURCE
+from faillite import pki
 from faillite.accounts import add_account
-from faillite.config import BrokerConfig
+from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig
 from faillite.identity import Identity
+from faillite.tls import client_context
 from faillite.topics import Role
 from field_kit.brokers import BrokerLauncher
 from field_kit.guessing import Flood, login
@@ -67,3 +69,32 @@ def test_a_flood_from_one_address_leaves_room_for_devices(
     log = broker_launcher.process(ep).log_path.read_text()
     assert "too_many_unadmitted" in log
     assert log.count("too_many_unadmitted") < 20  # one line per source and window, not per socket
+
+
+def test_a_flood_of_handshakes_never_finished_leaves_room_for_devices(
+    broker_launcher: BrokerLauncher, tmp_path: Path, descriptors: None
+) -> None:
+    """TLS: a socket that never finishes its handshake counts against its source from the
+    accept (the handshake is the broker's own, :class:`broker._tls_gate.TlsGate`), so 1000
+    sockets that never send a ClientHello hold at most the cap; a device elsewhere gets in."""
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    pki.issue_server(ca, "broker", ["127.0.0.1"])
+    tls = TlsConfig(
+        ca_certs=ca / pki.CA_CERT,
+        server=TlsServerConfig(certfile=ca / "broker.crt", keyfile=ca / "broker.key"),
+    )
+    # A long handshake timeout: what closes the flood here must be the cap, not the timeout.
+    ep = broker_launcher.start("amqtt", BrokerConfig(tls=tls, connect_timeout_s=120), mesh=MESH)
+    device = client_context(TlsConfig(ca_certs=ca / pki.CA_CERT))
+    with Flood(ep.host, ep.port, SOCKETS, source="127.0.0.2") as flood:
+        deadline = time.monotonic() + 10
+        while flood.open_count() > MAX_UNADMITTED_PER_SOURCE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = flood.open_count()
+        assert held <= MAX_UNADMITTED_PER_SOURCE, f"{held} of {SOCKETS} still open"
+        t0 = time.monotonic()
+        assert login(ep.host, ep.port, CAM1.name, "", source="127.0.0.1", tls=device) == 0
+        assert time.monotonic() - t0 < 5
+    log = broker_launcher.process(ep).log_path.read_text()
+    assert '"stage":"handshake"' in log.replace(" ", "")

@@ -44,3 +44,31 @@ def test_native_abort_prints_every_threads_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == -6
     assert "Fatal Python error: Aborted" in out.stderr
+
+
+def test_libraries_stdlib_logging_comes_out_as_the_same_json_lines() -> None:
+    # asyncio, amqtt and paho log through the stdlib: their lines (a traceback included) are
+    # JSON events with this process's ids, not "WARNING:asyncio:..." breaking the stream.
+    import io
+    import logging
+
+    from faillite import log as flog
+
+    stream = io.StringIO()
+    flog.configure(stream=stream, mesh="m1", role="broker")
+    try:
+        logging.getLogger("asyncio").warning("returning %s from eof_received()", "true")
+        try:
+            _ = 1 // len("")
+        except ZeroDivisionError:
+            logging.getLogger("amqtt.broker").exception("handler failed\nsecond line")
+        logging.getLogger("paho").info("below the level: dropped")
+    finally:
+        flog.configure()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["logger"], e["level"], e["mesh"], e["role"]) for e in events] == [
+        ("asyncio", "warning", "m1", "broker"),
+        ("amqtt.broker", "error", "m1", "broker"),
+    ]
+    assert events[0]["event"] == "returning true from eof_received()"
+    assert "ZeroDivisionError" in events[1]["exception"]
