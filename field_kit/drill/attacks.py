@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 
@@ -233,6 +233,7 @@ def raw_connect(
     clean: bool,
     will: tuple[str, bytes] | None,
     hold_s: float = 0.3,
+    source: str = "",
 ) -> int:
     """One CONNECT on a bare socket; the CONNACK's return code (-1: closed without one). An
     admitted connection is held ``hold_s`` and then dropped without DISCONNECT (a reset), so
@@ -241,7 +242,7 @@ def raw_connect(
         client_id, 60, clean=clean, will=will, will_retain=True, username=username,
         password=password,
     )  # fmt: skip
-    with socket.create_connection((host, port), timeout=10) as sock:
+    with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as sock:
         sock.sendall(packet)
         code = read_connack(sock)
         if code == CONNACK_ACCEPTED:
@@ -399,6 +400,9 @@ def _restart_leader(ctx: DrillContext, since_ts: float) -> messages.Event:
 class AttackCase(FaultCase):
     """An attack with a stolen credential; the checks every attack case keeps."""
 
+    # The longest gap in any app's results the attack may cause: one failover at most.
+    gap_bound_ms: ClassVar[float] = FAILOVER_GAP_MS
+
     def spec(self, opts: DrillOptions) -> MeshSpec:
         return MeshSpec(broker=opts.broker, accounts=True)
 
@@ -439,7 +443,7 @@ class AttackCase(FaultCase):
         retained = retained_snapshot(ctx.mesh.cfg, filters=("#",))
         ctx.notes["retained"] = retained
         out = [
-            self._service(rec, fault, end),
+            self._service(rec, fault, end, self.gap_bound_ms),
             self._no_failover(rec, fault),
             self._nothing_forged_retained(ctx, retained, log),
         ]
@@ -452,14 +456,14 @@ class AttackCase(FaultCase):
         return []
 
     @staticmethod
-    def _service(rec: Recording, fault: Fault, end: float) -> Check:
+    def _service(rec: Recording, fault: Fault, end: float, bound_ms: float) -> Check:
         gaps = service_gaps(rec, APPS, fault.t_inject, end)
         worst = max(gaps.values())
         return Check(
             "served_throughout",
-            worst < FAILOVER_GAP_MS,
+            worst < bound_ms,
             f"longest gap in results from the attack to the end: {worst:.0f} ms "
-            f"(bound: one failover, {FAILOVER_GAP_MS:.0f} ms); "
+            f"(bound: one failover, {bound_ms:.0f} ms); "
             + ", ".join(f"{a} {g:.0f} ms" for a, g in gaps.items()),
         )
 

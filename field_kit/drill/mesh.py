@@ -203,6 +203,8 @@ class DrillMesh:
             keepalive_s=self.spec.keepalive_s,
             password_file=self.password_file,
             login_delay_s=LOGIN_DELAY_S,
+            # Where the revocation tooling finds the broker (broker A; B writes none).
+            pid_file=self.password_file.with_name("broker.pid"),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -317,7 +319,9 @@ class DrillMesh:
         assert self.bridge_link is not None
         host, port = self.bridge_link.listen
         to = (BrokerAddress(host=host, port=port),)
-        return self.broker_config().model_copy(update={"bridge": BridgeConfig(id="b", to=to)})
+        return self.broker_config().model_copy(
+            update={"bridge": BridgeConfig(id="b", to=to), "pid_file": None}
+        )
 
     def _launch_b(self, port: int | None = None) -> BrokerEndpoint:
         cfg = self._bridge_cfg()

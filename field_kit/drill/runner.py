@@ -16,6 +16,7 @@ from faillite.config import default_models_dir, packaged_config
 from faillite.log import get_logger
 from faillite.models.build import build_models
 from faillite.stats import percentiles
+from field_kit.drill.access_attacks import ACCESS_ATTACKS
 from field_kit.drill.analysis import (
     Check,
     Fault,
@@ -40,7 +41,13 @@ log = get_logger("drill")
 # Every case `faillite drill` knows: the fault cases, the load and boot cases (a busy board,
 # late boots, slow loads), the broker-pair cases (Mosquitto), then the attack cases (a mesh
 # with one account per device, attacked with a stolen credential).
-CASES: dict[str, type[FaultCase]] = {**FAULT_CASES, **LOAD_CASES, **BROKER_CASES, **ATTACKS}
+CASES: dict[str, type[FaultCase]] = {
+    **FAULT_CASES,
+    **LOAD_CASES,
+    **BROKER_CASES,
+    **ATTACKS,
+    **ACCESS_ATTACKS,
+}
 
 
 def _say(msg: str) -> None:
@@ -365,9 +372,13 @@ def register(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.list:
         for name, cls in CASES.items():
-            tag = " [root]" if cls.needs_root else " [attack]" if name in ATTACKS else ""
-            tag = f" [{cls.needs_broker}]" if cls.needs_broker else tag
-            _say(f"{name:<20}{tag:<13}{cls.summary}")
+            tags = [
+                *(["root"] if cls.needs_root else []),
+                *(["attack"] if name in ATTACKS or name in ACCESS_ATTACKS else []),
+                *([cls.needs_broker] if cls.needs_broker else []),
+            ]
+            tag = "".join(f" [{t}]" for t in tags)
+            _say(f"{name:<20}{tag:<21}{cls.summary}")
         return 0
     if getattr(args, "chaos", False):
         return _chaos(args)
