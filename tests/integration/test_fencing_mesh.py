@@ -9,12 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from plugins.mesh import Collector, load, write_config
+from plugins.mesh import Collector, load, signed_mesh, write_config
 
 from faillite import messages
 from faillite.config import MeshConfig
 from faillite.messages import MAX_COUNT
-from faillite.signing import generate_key, load_signer
 from faillite.topics import Topics
 from field_kit.drill.analysis import retained_snapshot
 from field_kit.procs import ProcessGroup, faillite_cmd
@@ -174,19 +173,10 @@ def test_forged_terms_are_refused_and_the_worker_keeps_serving_its_leader(
 def test_with_signing_an_unsigned_or_misdirected_assignment_is_refused(
     tmp_path: Path, broker: Any, models_dir: Path
 ) -> None:
-    mesh = "signed" + broker.kind[:3]
-    private, public = generate_key(tmp_path / "keys")
-    signing = {"public_key": str(public), "private_key": str(private)}
-    path = write_config(
-        tmp_path,
-        broker,
-        models_dir,
-        mesh=mesh,
-        extra={"coordinator": {"type": "static", "assignments": SERVE, "signing": signing}},
+    sm = signed_mesh(
+        tmp_path, broker, models_dir, mesh="signed" + broker.kind[:3], assignments=SERVE
     )
-    cfg, t = load(path), Topics(mesh)
-    assert cfg.coordinator.signing is not None
-    signer = load_signer(cfg.coordinator.signing, mesh)
+    path, cfg, t, signer, mesh = sm.path, sm.cfg, sm.topics, sm.signer, sm.cfg.mesh
     with ProcessGroup(tmp_path / "logs") as group:
         col = Collector(cfg, "obs").follow(f"faillite/{mesh}/#").start()
         _start(group, path)
@@ -252,19 +242,10 @@ def test_with_signing_routes_and_placement_are_signed_and_put_back_over_forgerie
 ) -> None:
     """A coordinator account without the signing key may write routes and the placement (the
     ACL cannot tell): readers refuse them, and the leader puts its own signed state back."""
-    mesh = "sroute" + broker.kind[:3]
-    private, public = generate_key(tmp_path / "keys")
-    signing = {"public_key": str(public), "private_key": str(private)}
-    path = write_config(
-        tmp_path,
-        broker,
-        models_dir,
-        mesh=mesh,
-        extra={"coordinator": {"type": "static", "assignments": SERVE, "signing": signing}},
+    sm = signed_mesh(
+        tmp_path, broker, models_dir, mesh="sroute" + broker.kind[:3], assignments=SERVE
     )
-    cfg, t = load(path), Topics(mesh)
-    assert cfg.coordinator.signing is not None
-    verifier = load_signer(cfg.coordinator.signing, mesh).verifier
+    path, cfg, t, verifier, mesh = sm.path, sm.cfg, sm.topics, sm.signer.verifier, sm.cfg.mesh
     r_topic = t.app_route("a1")
     with ProcessGroup(tmp_path / "logs") as group:
         col = Collector(cfg, "obs").follow(f"faillite/{mesh}/#").start()

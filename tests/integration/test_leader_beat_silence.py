@@ -9,37 +9,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plugins.mesh import Collector, load, write_config
+from plugins.mesh import Collector, signed_mesh
 
 from faillite import messages
-from faillite.signing import generate_key, load_signer
-from faillite.topics import Topics
 from field_kit.procs import ProcessGroup, faillite_cmd
 
 
 def test_a_dead_leader_still_retained_online_is_read_by_its_silence(
     tmp_path: Path, broker: Any, models_dir: Path
 ) -> None:
-    mesh = "beats" + broker.kind[:3]
-    private, public = generate_key(tmp_path / "keys")
-    signing = {"public_key": str(public), "private_key": str(private)}
-    path = write_config(
+    sm = signed_mesh(
         tmp_path,
         broker,
         models_dir,
-        mesh=mesh,
-        extra={
-            "coordinator": {
-                "type": "static",
-                "assignments": {"w1": [{"app": "a1", "variant": "efficientnet_lite0"}]},
-                "ids": ["c1", "c2"],
-                "signing": signing,
-            }
-        },
+        mesh="beats" + broker.kind[:3],
+        assignments={"w1": [{"app": "a1", "variant": "efficientnet_lite0"}]},
+        ids=["c1", "c2"],
     )
-    cfg, t = load(path), Topics(mesh)
-    assert cfg.coordinator.signing is not None
-    verifier = load_signer(cfg.coordinator.signing, mesh).verifier
+    path, cfg, t, verifier, mesh = sm.path, sm.cfg, sm.topics, sm.signer.verifier, sm.cfg.mesh
     base = faillite_cmd("coordinator", "--config", str(path))
     with ProcessGroup(tmp_path / "logs") as group:
         col = Collector(cfg, "obs").follow(f"faillite/{mesh}/#").start()

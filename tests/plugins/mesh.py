@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from faillite.config import BrokerConfig, MeshConfig, load_mesh_config, packaged_config
+from faillite.signing import Signer, generate_key, load_signer
+from faillite.topics import Topics
 from field_kit.pump import photo_frame
 from field_kit.recorder import Recorder
 
@@ -54,6 +57,36 @@ def write_config(
 
 
 Collector = Recorder  # the tests' name for it
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMesh:
+    """A mesh config whose coordinators sign (a key pair of the test's own), loaded."""
+
+    path: Path
+    cfg: MeshConfig
+    topics: Topics
+    signer: Signer
+
+
+def signed_mesh(
+    tmp_path: Path,
+    endpoint: Any,
+    models_dir: Path,
+    *,
+    mesh: str,
+    assignments: dict[str, list[dict[str, str]]],
+    **coordinator: Any,
+) -> SignedMesh:
+    """:func:`write_config` with a static coordinator that signs (``coordinator``: more of its
+    settings, such as ``ids``), and the signer the mesh's coordinators hold."""
+    private, public = generate_key(tmp_path / "keys")
+    signing = {"public_key": str(public), "private_key": str(private)}
+    section = {"type": "static", "assignments": assignments, "signing": signing, **coordinator}
+    path = write_config(tmp_path, endpoint, models_dir, mesh=mesh, extra={"coordinator": section})
+    cfg = load(path)
+    assert cfg.coordinator.signing is not None
+    return SignedMesh(path, cfg, Topics(mesh), load_signer(cfg.coordinator.signing, mesh))
 
 
 def chelsea_frame(seq: int, width: int = 640, height: int = 480) -> bytes:
