@@ -724,11 +724,17 @@ class MeshAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no ty
         identity = session.attributes.get(IDENTITY_KEY, _NOT_ADMITTED)
         if identity is _NOT_ADMITTED:
             return False
-        op = Operation(str(action))
+        op = operation_of(action)
         if self._rt.policy.allowed(cast(Identity | None, identity), op, topic):
             return True
         self._rt.denied(session, op, topic)
         return False
+
+
+def operation_of(action: Any) -> Operation:
+    """amqtt's ``Action`` as our Operation, by its value: on Python 3.10 amqtt's own StrEnum
+    backport gives ``str(Action.PUBLISH) == "Action.PUBLISH"``, and every ACL check failed."""
+    return Operation(getattr(action, "value", action))
 
 
 def amqtt_config(runtime: BrokerRuntime) -> dict[str, Any]:
