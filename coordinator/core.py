@@ -517,7 +517,9 @@ class CoordinatorCore:
 
     def _on_transition(self, t: Transition, ts: float) -> None:
         s = self.state
-        if t.kind == "failed" and t.cause == "heartbeat_silence":
+        if t.kind == "failed":
+            # Whatever judged it first (its silence, or a stall just before its link ended
+            # without a will): if it is silent by then and no offline came, its obituary goes.
             self._obituaries[t.worker] = (t.incarnation, t.at + self._obituary_after_s)
         if t.kind == "failed":
             self._event(

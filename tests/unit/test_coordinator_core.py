@@ -875,6 +875,25 @@ def test_a_worker_whose_last_will_died_with_its_broker_gets_an_obituary(sim: Sim
     assert _obituaries(sim.run(after + 1.0)) == []  # once
 
 
+def test_a_worker_judged_stalled_then_silent_gets_its_obituary(sim: Sim) -> None:
+    """Its results stop first (judged stalled), then its link ends without a will (Mosquitto
+    ending a revoked account's connection): no 'online' may stay retained for it."""
+    w = sim.route("a1").worker
+    sim.workers[w].stalled = True
+    out = sim.run_until(lambda o: events(o, "failure_detected"), 2.0, "the stall judged")
+    assert events(out, "failure_detected")[0].detail["cause"] == "stalled"
+    sim.workers[w].beating = False
+    out = sim.run_until(_obituaries, sim.core._obituary_after_s + 1.0, "the obituary")
+    assert [(d.status.worker, d.status.reason) for d in _obituaries(out)] == [(w, "silent")]
+
+
+def test_a_stalled_worker_that_still_beats_gets_no_obituary(sim: Sim) -> None:
+    w = sim.route("a1").worker
+    sim.workers[w].stalled = True
+    sim.run_until(lambda o: events(o, "failure_detected"), 2.0, "the stall judged")
+    assert _obituaries(sim.run(sim.core._obituary_after_s + 3.0)) == []
+
+
 def test_no_obituary_when_the_last_will_came_or_the_worker_came_back(sim: Sim) -> None:
     w1 = sim.route("a1").worker
     w2 = next(w for w in sim.workers if w != w1)
