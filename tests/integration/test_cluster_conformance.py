@@ -9,11 +9,13 @@ and per-publisher order.
 
 ``EXPECTED`` is the finding, per engine (docs/brokers.md has the table): a property an engine
 does not keep is an expected failure (strict: if a new version keeps it, this test says so).
-An engine not installed here is skipped with its install line.
+An engine not installed here is skipped with its install line; RabbitMQ, which the mesh does
+not use, only with ``FAILLITE_CONFORMANCE_RABBITMQ=1``.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -45,6 +47,7 @@ WHY_NOT = {
 }
 
 pytestmark = pytest.mark.slow
+RABBITMQ_OPT_IN = "FAILLITE_CONFORMANCE_RABBITMQ"
 
 
 def _expect(request: pytest.FixtureRequest, engine: str, prop: str) -> None:
@@ -54,6 +57,11 @@ def _expect(request: pytest.FixtureRequest, engine: str, prop: str) -> None:
 
 
 def _cluster(engine: str, workdir: Path) -> Cluster:
+    if engine == "rabbitmq" and not os.environ.get(RABBITMQ_OPT_IN):
+        pytest.skip(
+            f"rabbitmq: its record (docs/brokers.md) is re-checked with {RABBITMQ_OPT_IN}=1; "
+            "the mesh does not use it, and a run costs minutes"
+        )
     problem = engine_problem(engine)
     if problem is not None:
         pytest.skip(f"{engine}: {problem}")
