@@ -99,6 +99,14 @@ class Flood:
                 pass
         return n
 
+    def settle(self, cap: int, within_s: float) -> int:
+        """Wait (at most ``within_s``) until the broker has closed all but ``cap`` of the
+        sockets; how many are still open then."""
+        deadline = time.monotonic() + within_s
+        while (held := self.open_count()) > cap and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return held
+
     def close(self) -> None:
         for s in self.socks:
             s.close()

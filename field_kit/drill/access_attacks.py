@@ -69,10 +69,7 @@ class ConnectionFlood(AttackCase):
         with Flood(m.endpoint.host, m.endpoint.port, self.sockets, source=FLOOD_SOURCE) as flood:
             for i in range(self.sockets):
                 log.add(what, "(tcp)", f"socket {i}".encode())
-            settle = time.monotonic() + 5
-            while flood.open_count() > UNADMITTED_CAP and time.monotonic() < settle:
-                time.sleep(0.1)
-            held = flood.open_count()
+            held = flood.settle(UNADMITTED_CAP, within_s=5)
             deadline = time.monotonic() + self.hold_s
             while time.monotonic() < deadline:
                 t0 = time.monotonic()
