@@ -54,6 +54,7 @@ from coordinator.events import (
     PlanFailed,
     PlanReady,
     ProfileReported,
+    ResultSeen,
     SteppedDown,
     TermAcquired,
     Tick,
@@ -61,6 +62,7 @@ from coordinator.events import (
     WorkerOffline,
 )
 from coordinator.membership import Membership, Transition
+from coordinator.outcomes import OutcomeConfig, OutcomeWatch
 from coordinator.pace import PaceConfig, PaceJudge
 from coordinator.planner import (
     Assign,
@@ -151,6 +153,13 @@ class CoordinatorCore:
         self.shedder = Shedder(
             ShedConfig(sustain_s=self.ccfg.slo_sustain_s, calm_s=self.ccfg.shed_calm_s)
         )
+        # Liveness from what reaches the mesh: results of routed apps while their frames flow.
+        self.outcomes = OutcomeWatch(
+            OutcomeConfig(
+                window_s=self.ccfg.results_missing_s,
+                probation_s=self.ccfg.gray_probation_s,
+            )
+        )
         self._withheld: dict[str, float] = {}  # worker -> when a verdict on it was withheld
         self._plans_pending = 0  # plans asked for and not answered yet
         self._before_plan: dict[str, tuple[Transition, float]] = {}  # failed with no plan yet
@@ -207,6 +216,9 @@ class CoordinatorCore:
             if self.adaptive:
                 self._judge_wills()
                 self._on_heartbeat(ev)
+        elif isinstance(ev, ResultSeen):
+            if self.adaptive:
+                self.outcomes.result(ev.app, ev.worker, ev.incarnation, ev.now)
         elif isinstance(ev, Tick):
             if self.adaptive:
                 self._on_tick(ev)
@@ -243,6 +255,10 @@ class CoordinatorCore:
         self.generation += 1
         state = self._retained_state()
         self._out.append(PublishState(state, reason))
+        serving, _caps, _paused = self._shed_view()
+        self.outcomes.route(
+            {app: a.server for app, a in serving.items()}, self.generation, self._now
+        )
         for worker, plan in state.workers:
             apps = frozenset(x.app for x in plan.serve)
             before = self._serving_apps.get(worker)
@@ -440,6 +456,7 @@ class CoordinatorCore:
         m = self.membership.get(hb.worker)
         if m is None or m.incarnation != hb.incarnation or m.state != "alive":
             return
+        self.outcomes.heartbeat(hb)
         serving, _caps, _paused = self._shed_view()
         mine = {app: a.variant for app, a in serving.items() if a.server == hb.worker}
         if self._settled(hb.worker, ev.now):
@@ -496,6 +513,7 @@ class CoordinatorCore:
         self._advance_ladders(ev.now)
         self._advance_failback(ev.now)
         self._advance_gray(ev.now, ev.ts)  # probation first: a worker let back counts as a peer
+        self._judge_outcomes(ev.now, ev.ts)
         self._judge_load(ev.now, ev.ts)
 
     def _advance_obituaries(self, now: float, ts: float) -> None:
@@ -755,6 +773,7 @@ class CoordinatorCore:
         s.failed.add(t.worker)
         s.failback = None
         self.pace.forget(t.worker)
+        self.outcomes.forget(t.worker)
         if self.shedder.forget(t.worker):
             self._event("unshed", worker=t.worker, step="all", level=0, reason="worker failed")
         if planned is None:
@@ -1021,3 +1040,32 @@ class CoordinatorCore:
             t = self.membership.absolve(worker, "probation_over", now)
             if t is not None:  # else: it failed for real meanwhile; membership brings it back
                 self._on_transition(t, ts)
+
+    def _judge_outcomes(self, now: float, ts: float) -> None:
+        """Workers whose routed apps get no results while their frames flow (coordinator.outcomes):
+        failed over where another worker can take the apps, held out on a doubling probation."""
+        for worker in self.outcomes.released(now):
+            t = self.membership.absolve(worker, "probation_over", now)
+            if t is not None:
+                self._on_transition(t, ts)
+        if self.ccfg.results_missing_s <= 0:
+            return
+        overdue: dict[str, list[str]] = {}
+        for o in self.outcomes.overdue(now):
+            overdue.setdefault(o.worker, []).append(
+                f"{o.app}: {o.evidence}, no result for {o.silent_s:.1f} s"
+            )
+        for worker, why in overdue.items():
+            m = self.membership.get(worker)
+            if m is None or m.state != "alive" or worker in self.state.failed:
+                continue
+            verdict = self._judge_move(worker, now, slow=False)
+            if not verdict.ok:
+                self._withhold(worker, "results_missing", verdict, now)
+                continue
+            t = self.membership.condemn(worker, "results_missing", now)
+            if t is None:
+                continue
+            hold = self.outcomes.convict(worker, m.incarnation, now)
+            self._event("results_missing", worker, evidence=why, probation_s=hold)
+            self._on_transition(t, ts)

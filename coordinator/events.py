@@ -77,6 +77,16 @@ class HeartbeatSeen(Observed):
 
 
 @dataclass(frozen=True, slots=True)
+class ResultSeen(Observed):
+    """A result of ``app`` reached us on the topic only ``worker`` may write: an outcome, the
+    evidence of liveness a worker cannot give by beating alone."""
+
+    app: str
+    worker: str
+    incarnation: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick(Observed):
     """Time passes: silence and stall verdicts, startup, ladders, failback, SLO, probation."""
 
@@ -123,6 +133,7 @@ Event = (
     | WorkerOffline
     | ProfileReported
     | HeartbeatSeen
+    | ResultSeen
     | Tick
     | BrokerHeard
     | LinkDown

@@ -35,9 +35,9 @@ REPLACED_KEPT = 8  # replaced incarnations remembered per worker
 RECOVERY_HEARTBEATS = 20  # steady heartbeats before a failed incarnation counts as back
 # A worker that stalled is held down longer: it may stall again as soon as it gets work.
 STALL_RECOVERY_HEARTBEATS = 300
-# Verdicts the core passes (a gray failure) are lifted by the core (probation), not by heartbeats:
-# a slow worker beats fine.
-CORE_VERDICTS: Final = frozenset({"slo_gray"})
+# Verdicts the core passes (a gray failure, results missing) are lifted by the core (probation),
+# not by heartbeats: a slow worker beats fine, and so does one whose results never arrive.
+CORE_VERDICTS: Final = frozenset({"slo_gray", "results_missing"})
 
 # A worker's silence is judged only if the broker has been heard from this many of its
 # heartbeat intervals after its last heartbeat (heartbeats of workers interleave).
@@ -131,8 +131,9 @@ class Membership:
                 cur.birth_ts = st.ts
                 cur.status = st
                 cur.seal = st.will_seal
-                if cur.state == "failed" and cur.cause != "graceful":
-                    # Same process, new connection: its last-will was premature.
+                if cur.state == "failed" and cur.cause not in ("graceful", *CORE_VERDICTS):
+                    # Same process, new connection: its last-will was premature. (A core
+                    # verdict is not about its connection: a birth again does not lift it.)
                     cur.silence.heartbeat(now)
                     return self._recover(cur, "reconnected", now)
                 return None
@@ -240,7 +241,10 @@ class Membership:
         if m is None or m.state != "failed" or m.cause not in CORE_VERDICTS:
             return None
         if m.silence.suspected(now) or m.progress.stalled(now):
-            return None  # it is not well now either: heartbeats decide
+            # Not well now either: from here its heartbeats decide, as for a detector's verdict.
+            m.cause = "stalled" if m.progress.stalled(now) else "heartbeat_silence"
+            m.steady = 0
+            return None
         return self._recover(m, cause, now)
 
     def tick(

@@ -57,6 +57,7 @@ from coordinator.events import (
     PlanFailed,
     PlanReady,
     ProfileReported,
+    ResultSeen,
     SteppedDown,
     TermAcquired,
     Tick,
@@ -82,6 +83,7 @@ from faillite.sdnotify import Beats
 from faillite.signing import S as SignedT
 from faillite.signing import SignatureError, Signed, Signer, Verifier, load_signer
 from faillite.topics import (
+    APP_RESULTS,
     APP_ROUTE,
     WORKER_ASSIGNMENT,
     WORKER_HEARTBEAT,
@@ -228,6 +230,8 @@ class CoordinatorService:
             c.subscribe_json(
                 t.filter(WORKER_HEARTBEAT), messages.Heartbeat, self._on_heartbeat, qos=0
             )
+            # Outcomes: what reaches the mesh from a worker, not what it says of itself.
+            c.subscribe_json(t.filter(APP_RESULTS), messages.Result, self._on_result, qos=0)
         c.on_connect(self._republish)
         # While our own link is down every worker looks silent: judge nobody until it is back.
         c.on_connect(lambda: self._inbox.put(LinkUp(*_clock())))
@@ -390,6 +394,14 @@ class CoordinatorService:
     def _on_heartbeat(self, inb: Inbound[messages.Heartbeat]) -> None:
         if self._on_own_topic(inb.topic, inb.message.worker, "heartbeat"):
             self._inbox.put(HeartbeatSeen(*_clock(), inb.message))
+
+    def _on_result(self, inb: Inbound[messages.Result]) -> None:
+        r, parsed = inb.message, parse(inb.topic)
+        if parsed is None or parsed[1].ids.get("app") != r.app:
+            self.client.bad.count("wrong_topic", f"result of {r.app!r}", topic=inb.topic)
+            return
+        if self._on_own_topic(inb.topic, r.worker, "result"):
+            self._inbox.put(ResultSeen(*_clock(), r.app, r.worker, r.incarnation))
 
     # -- control thread ----------------------------------------------------------------------
 

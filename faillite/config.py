@@ -424,6 +424,10 @@ class CoordinatorConfig(StrictModel):
     # A worker slow on its own (against its peers and its profile) whose apps another would
     # serve better is failed over (a gray failure) and held out this long before it may serve.
     gray_probation_s: float = Field(default=30.0, gt=0)
+    # A routed app whose frames flow (its worker counts them processed, or a backup following
+    # them counts them received) with no result from its worker this long: the worker is
+    # failed over (results_missing) and held out gray_probation_s, doubling per offence. 0: off.
+    results_missing_s: float = Field(default=5.0, ge=0)
     # After our own reconnect (a broker restart), workers get this long to reconnect too.
     reconnect_grace_s: float = Field(default=5.0, ge=0)  # the reconnect backoff's cap
     # A worker judged dead whose retained status still says online this long after (past

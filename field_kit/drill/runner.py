@@ -36,6 +36,7 @@ from field_kit.drill.load_cases import LOAD_CASES, parse_order
 from field_kit.drill.logged import coordinator_events
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
 from field_kit.drill.report import write_report
+from field_kit.drill.silent_thief import OUTCOME_ATTACKS
 
 log = get_logger("drill")
 # Every case `faillite drill` knows: the fault cases, the load and boot cases (a busy board,
@@ -47,6 +48,7 @@ CASES: dict[str, type[FaultCase]] = {
     **BROKER_CASES,
     **ATTACKS,
     **ACCESS_ATTACKS,
+    **OUTCOME_ATTACKS,
 }
 
 
@@ -374,7 +376,7 @@ def main(args: argparse.Namespace) -> int:
         for name, cls in CASES.items():
             tags = [
                 *(["root"] if cls.needs_root else []),
-                *(["attack"] if name in ATTACKS or name in ACCESS_ATTACKS else []),
+                *(["attack"] if name in {**ATTACKS, **ACCESS_ATTACKS, **OUTCOME_ATTACKS} else []),
                 *([cls.needs_broker] if cls.needs_broker else []),
             ]
             tag = "".join(f" [{t}]" for t in tags)

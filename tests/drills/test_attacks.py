@@ -36,6 +36,7 @@ from field_kit.drill.attacks import (
 from field_kit.drill.cases import DrillOptions
 from field_kit.drill.report import write_report
 from field_kit.drill.runner import CASES, run_case
+from field_kit.drill.silent_thief import OUTCOME_ATTACKS
 
 INVARIANTS = {
     "converged",
@@ -68,9 +69,11 @@ OWN_CHECKS = {
     "RETAINED_FLOOD": {"births_retained", "restarted_coordinator_sees_all", "retained_bounded"},
     "CONNECTION_FLOOD": {"flood_capped", "device_logs_in_during_flood"},
     "REVOKED_WORKER": {"revoked_out_at_once", "revoked_stays_out", "only_the_revoked_failed_over"},
+    "SILENT_THIEF": {"judged_on_outcomes", "thief_kept_out", "only_the_victim_failed_over"},
 }
-# The revoked worker is meant to fail over (that one only): its case checks that instead.
-FAILS_OVER = {"REVOKED_WORKER": "no_failover"}
+# The revoked worker and the one whose place a thief took are meant to fail over (that one
+# only): their cases check that instead.
+FAILS_OVER = {"REVOKED_WORKER": "no_failover", "SILENT_THIEF": "no_failover"}
 # What the per-identity ACL must refuse, whatever the broker: wills on another device's status,
 # the other camera's frames, the victim's topics written with another worker's secret, a
 # worker's writes on the coordinator's topics, other workers' statuses and made-up routes.
@@ -86,8 +89,9 @@ REFUSED_AT_LEAST = {
     "RETAINED_FLOOD": 2000,
     "CONNECTION_FLOOD": 900,  # sockets closed at once past the address's cap of 32
     "REVOKED_WORKER": 5,  # every login with the revoked secret
+    "SILENT_THIEF": 0,  # its own topics, its own secret: what refuses it is the outcome
 }
-EVERY_ATTACK = {**ATTACKS, **ACCESS_ATTACKS}
+EVERY_ATTACK = {**ATTACKS, **ACCESS_ATTACKS, **OUTCOME_ATTACKS}
 WITHOUT_CREDENTIALS = {"CONNECTION_FLOOD"}  # nothing stolen: sockets from anyone
 # Attacks whose every message the brokers deliver alike (a camera's frames on its own topic, a
 # coordinator account's writes on workers' statuses, which both ACLs allow): what refuses them

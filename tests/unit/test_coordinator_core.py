@@ -35,6 +35,7 @@ from coordinator.events import (
     LinkDown,
     LinkUp,
     PlanReady,
+    ResultSeen,
     SteppedDown,
     TermAcquired,
     Tick,
@@ -110,6 +111,7 @@ class FakeWorker:
     latency_ms: float = 50.0  # capture -> result
     infer_ms: float = 10.0  # its own time per frame
     loading_s: float = 0.0  # > 0: loading a variant for this long
+    publishing: bool = True  # its results reach the mesh (False: they vanish, or never leave)
     seq: int = 0
     received: dict[str, int] = field(default_factory=dict)
     processed: dict[str, int] = field(default_factory=dict)
@@ -221,9 +223,11 @@ class Sim:
             for w, fw in self.workers.items():
                 if w in self.born and fw.beating and self.now >= self.next_beat[w] - 1e-9:
                     self.next_beat[w] = self.now + 0.1
-                    out += self.feed(
-                        HeartbeatSeen(self.now, self.ts, fw.heartbeat(self.latest_or_none, self.ts))
-                    )
+                    hb = fw.heartbeat(self.latest_or_none, self.ts)
+                    out += self.feed(HeartbeatSeen(self.now, self.ts, hb))
+                    if fw.publishing and not fw.stalled:
+                        for app in hb.apps:
+                            out += self.feed(ResultSeen(self.now, self.ts, app, w, hb.incarnation))
             quiet = 0.0 if self.broker_silent_since is None else self.now - self.broker_silent_since
             out += self.feed(Tick(self.now, self.ts, quiet))
         return out
@@ -549,6 +553,47 @@ def test_the_last_worker_able_to_serve_keeps_its_apps_degraded_rather_than_none(
         assert all(r.state != "unserved" for r in st.routes if r.app == "a1")
     fw.stalled = False
     assert sim.route("a1").worker == survivor
+
+
+def test_a_worker_that_beats_fine_while_its_results_vanish_is_failed_over(sim: Sim) -> None:
+    """Its heartbeats say it serves (a thief beating with its secret, a broken publish path);
+    no result of its routed app reaches the mesh: failed over on the outcome, then held out on
+    a probation that doubles while the same incarnation does it again."""
+    w = sim.route("a1").worker
+    sim.run(2.0)
+    sim.workers[w].publishing = False
+    t0 = sim.now
+    out = sim.run_until(lambda o: events(o, "failover"), 8.0, "failover on missing results")
+    det, fo = events(out, "failure_detected")[0], events(out, "failover")[0]
+    assert (det.worker, det.detail["cause"]) == (w, "results_missing")
+    # results_missing_s after its last result (one heartbeat before t0), then the table's failover
+    assert 4.9 <= sim.when(fo) - t0 <= 5.2
+    assert sim.route("a1").worker != w
+    (why,) = events(out, "results_missing")
+    assert why.detail["probation_s"] == 8.0 and "frames processed" in why.detail["evidence"][0]
+    # Heartbeats alone never bring it back: the probation does.
+    out = sim.run_until(lambda o: events(o, "worker_recovered"), 9.0, "probation over")
+    rec = events(out, "worker_recovered")[0]
+    assert rec.detail["cause"] == "probation_over" and 8.0 <= sim.when(rec) - sim.when(fo) <= 8.1
+    # The re-plan of its return places it again; the same incarnation does it again.
+    out = sim.run_until(lambda o: events(o, "results_missing"), 15.0, "a second offence")
+    assert [e.detail["probation_s"] for e in events(out, "results_missing")] == [16.0]
+
+
+def test_the_last_worker_is_not_failed_for_missing_results(sim: Sim) -> None:
+    survivor = sim.route("a1").worker
+    sim.kill(*(w for w in WORKERS if w != survivor))
+    sim.run_until(lambda o: sim.route("a2").worker == survivor, 5.0, "a2 on the survivor")
+    sim.workers[survivor].publishing = False
+    out = sim.run(12.0)
+    assert not events(out, "failure_detected"), "nobody else could serve: no verdict"
+    withheld = events(out, "verdict_withheld")
+    assert withheld and withheld[0].detail["cause"] == "results_missing"
+
+
+def test_an_honest_mesh_is_never_judged_on_its_outcomes(sim: Sim) -> None:
+    out = sim.run(60.0)
+    assert not events(out, "results_missing") and not events(out, "failure_detected")
 
 
 def test_a_worker_that_just_took_apps_over_is_not_judged_on_the_handover() -> None:

@@ -234,3 +234,31 @@ def test_an_unsealed_birth_keeps_the_old_rule() -> None:
     m.on_status(_status("a"), 0.0)
     t = m.on_status(_status("a", "offline", "lost"), 0.5)
     assert t is not None and t.kind == "failed"
+
+
+def test_a_core_verdict_is_not_lifted_by_a_birth_again_only_by_probation() -> None:
+    """A thief with the worker's secret republishes its birth (a newer ts): for a last-will
+    that is a reconnect, but a core verdict (results missing, gray) is not about the link."""
+    m = Membership(CFG)
+    m.on_status(_status("a", ts=1.0), 0.0)
+    for seq in range(1, 10):
+        m.on_heartbeat(_hb("a", seq), seq * 0.1)
+    t = m.condemn("w1", "results_missing", 1.0)
+    assert t is not None and (t.kind, t.cause) == ("failed", "results_missing")
+    assert m.on_status(_status("a", ts=2.0), 1.5) is None
+    assert m.alive() == set()
+    for seq in range(10, 10 + 2 * RECOVERY_HEARTBEATS):
+        assert m.on_heartbeat(_hb("a", seq), seq * 0.1) is None  # beating lifts nothing
+    back = m.absolve("w1", "probation_over", 5.0)
+    assert back is not None and (back.kind, back.cause) == ("recovered", "probation_over")
+
+
+def test_a_worker_unwell_when_its_probation_ends_is_brought_back_by_its_heartbeats() -> None:
+    m = Membership(CFG)
+    m.on_status(_status("a"), 0.0)
+    m.on_heartbeat(_hb("a", 1), 0.1)
+    m.condemn("w1", "slo_gray", 0.2)
+    assert m.absolve("w1", "probation_over", 30.0) is None  # silent since 0.1 s
+    assert m.get("w1").cause == "heartbeat_silence"  # type: ignore[union-attr]
+    kinds = [m.on_heartbeat(_hb("a", 2 + i), 30.0 + 0.1 * i) for i in range(RECOVERY_HEARTBEATS)]
+    assert kinds[-1] is not None and kinds[-1].kind == "recovered"
