@@ -235,6 +235,7 @@ class CoordinatorCore:
             self.membership.blind()
         elif isinstance(ev, LinkUp):
             self.membership.see(ev.now, self.ccfg.reconnect_grace_s)
+            self.outcomes.restart(ev.now, self.ccfg.reconnect_grace_s)
         elif isinstance(ev, PlanReady):
             self._on_plan_ready(ev)
         elif isinstance(ev, PlanFailed):
@@ -456,7 +457,7 @@ class CoordinatorCore:
         m = self.membership.get(hb.worker)
         if m is None or m.incarnation != hb.incarnation or m.state != "alive":
             return
-        self.outcomes.heartbeat(hb)
+        self.outcomes.heartbeat(hb, ev.now)
         serving, _caps, _paused = self._shed_view()
         mine = {app: a.variant for app, a in serving.items() if a.server == hb.worker}
         if self._settled(hb.worker, ev.now):

@@ -93,7 +93,7 @@ class OutcomeWatch:
             return  # not the routed worker's (or an older incarnation's, still in flight)
         self._routed[app] = self._baseline(app, worker, r.generation, now)
 
-    def heartbeat(self, hb: messages.Heartbeat) -> None:
+    def heartbeat(self, hb: messages.Heartbeat, now: float) -> None:
         before = self._seen.get(hb.worker)
         self._seen[hb.worker] = _Seen(
             hb.incarnation,
@@ -105,10 +105,20 @@ class OutcomeWatch:
         for app, r in self._routed.items():
             counts = self._seen[hb.worker].counts.get(app)
             if r.worker == hb.worker:
-                if r.own is None or restarted:
-                    r.own = counts  # counters start again with an incarnation
+                if restarted:  # counters start again with an incarnation, and so does its window
+                    r.own, r.since = counts, max(r.since, now)
+                elif r.own is None:
+                    r.own = counts
             elif counts is not None and (hb.worker not in r.peers or restarted):
                 r.peers[hb.worker] = counts[0]
+
+    def restart(self, now: float, grace_s: float = 0.0) -> None:
+        """Our own link was down (a broker restart): results were lost in transit and workers
+        served their queues unconnected. Every window starts over once they have had
+        ``grace_s`` to reconnect, from their next heartbeats."""
+        for r in self._routed.values():
+            r.since, r.own = now + grace_s, None
+            r.peers.clear()
 
     def forget(self, worker: str) -> None:
         """It failed or left: its heartbeats are evidence of nothing any more."""

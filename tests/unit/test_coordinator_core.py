@@ -805,6 +805,26 @@ def test_no_failover_while_our_link_is_down_and_a_grace_after(sim: Sim) -> None:
     assert [d.worker for d in det] == ["w3"] and sim.when(det[0]) - back >= 5.0
 
 
+def test_results_lost_while_our_link_was_down_are_held_against_nobody(sim: Sim) -> None:
+    """A broker restart: workers serve their queues unconnected, their results lost; their
+    first heartbeats after count frames processed that no result of reached us."""
+    sim.run(2.0)
+    sim.feed(LinkDown(sim.now, sim.ts))
+    for fw in sim.workers.values():
+        fw.beating = False
+        for _ in range(40):  # served while cut off
+            fw.heartbeat(sim.latest_or_none, sim.ts)
+    sim.run(6.0)
+    sim.feed(LinkUp(sim.now, sim.ts))
+    for fw in sim.workers.values():
+        fw.beating, fw.publishing = True, False  # the cameras are not back yet either
+    out = sim.run(1.0)
+    for fw in sim.workers.values():
+        fw.publishing = True
+    out += sim.run(12.0)
+    assert not events(out, "results_missing") and not events(out, "failure_detected")
+
+
 def test_a_silent_broker_is_not_a_silent_mesh(sim: Sim) -> None:
     """The broker's board dies silently: no heartbeat arrives, and nothing else either. The
     workers are not judged while the broker is silent too; our client then drops the link
