@@ -589,6 +589,8 @@ class CoordinatorCore:
                     # it answered within a second): putting it back at once would loop.
                     # Heartbeats decide; if it stays silent, a new obituary follows.
                     self._obituaries[t.worker] = (m.incarnation, t.at + REPUT_EVERY_S)
+        elif t.kind == "forged" and t.cause == "birth_without_handover":
+            self._event("takeover_refused", worker=t.worker, worker_incarnation=t.incarnation)
         elif t.kind == "forged":
             # An offline that does not unseal the birth it ends: written by another account.
             self._event(

@@ -139,6 +139,17 @@ class Membership:
                 return None
             if cur is not None and st.incarnation in self._replaced.get(st.worker, ()):
                 return self._transition("replayed", cur, "replaced_incarnation_replayed", now)
+            if (
+                cur is not None
+                and cur.state == "alive"
+                and cur.status.handover_seal
+                and not cur.silence.suspected(now)
+                and not unseals(cur.status.handover_seal, st.handover_key)
+            ):
+                # A new process of a worker we hear, that does not reveal the live one's
+                # handover key: not a --replace on its board (a stolen secret). The live one
+                # puts its birth back; we keep it.
+                return self._transition("forged", cur, "birth_without_handover", now)
             cfg = self._cfg_for(st)
             m = Member(st.worker, st.incarnation, st, SilenceDetector(cfg), ProgressDetector(cfg))
             m.birth_ts = st.ts

@@ -103,6 +103,10 @@ class WorkerStatus:
     # (last-will, graceful): that secret. A coordinator's obituary has neither: it is signed.
     will_seal: Name = ""
     will_key: Name = ""
+    # Birth: the hash of this process's handover key, kept on its own board; a successor's
+    # birth (--replace) reveals it: the live process gives way only to one that does.
+    handover_seal: Name = ""
+    handover_key: Name = ""
     sig: Signature | None = None
     v: int = SCHEMA_VERSION
 

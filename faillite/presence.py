@@ -19,6 +19,10 @@ announces only once it holds a term, and leadership, not the id guard below, jud
   life on ``life_topic``); if so the role refuses to start, unless it was told to replace the
   other one: it then announces its own birth first, and the other process, seeing a newer
   birth of its id, steps down (:attr:`Presence.replaced`) without touching the status.
+- **Handover keys** (statuses with a ``handover_seal`` field, :mod:`faillite.handover`): that
+  newer birth must reveal the key whose hash the live process's births carry, which only its
+  own board holds; one that does not (a thief with the id's secret) is refused
+  (``takeover_refused``) and the live process puts its birth back.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from faillite import messages
+from faillite import handover, messages
 from faillite.log import get_logger
 from faillite.mqtt import Inbound, MeshClient, Raw, Will, probe_id
 
@@ -115,8 +120,13 @@ class Presence(Generic[S]):
         self._leaving = False
         self._silent = False  # a deposed leader: the status is a successor's now
         self.replaced: S | None = None  # the newer birth of our id that took over
-        self._sealed = "will_seal" in {f.name for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+        fields = {f.name for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+        self._sealed = "will_seal" in fields
         self._key = ""  # this connection's will secret (sealed statuses)
+        # This process's handover key (statuses that carry one), and where it is kept.
+        self._handover = secrets.token_hex(16) if "handover_seal" in fields else ""
+        self._handover_file: Path | None = None
+        self.takeovers_refused = 0
 
     @property
     def birth(self) -> S | None:
@@ -140,10 +150,18 @@ class Presence(Generic[S]):
         return Will(self.topic, messages.encode(will))
 
     def _sealed_birth(self, ts: float) -> S:
-        birth = self._make(ts)
+        birth = self._handed(self._make(ts))
         if self._sealed:
             birth = dataclasses.replace(birth, will_seal=will_seal(self._key))  # type: ignore[type-var]
         return birth
+
+    def _handed(self, birth: S, key: str = "") -> S:
+        """``birth`` with our handover seal, revealing ``key`` (a predecessor's) if given."""
+        if not self._handover:
+            return birth
+        return dataclasses.replace(  # type: ignore[type-var]
+            birth, handover_seal=will_seal(self._handover), handover_key=key
+        )
 
     def _twin(self, birth: S, reason: str, ts: float) -> S:
         """The offline twin of ``birth``: unsealing it, where statuses are sealed."""
@@ -158,8 +176,14 @@ class Presence(Generic[S]):
             birth, self._arrived = self._birth, True
             if self._muted() or (self._on_connect is not None and not self._on_connect()):
                 return
+            if self._handover and self._handover_file is None and birth is not None:
+                self._handover_file = handover.keep(self.topic, birth.incarnation, self._handover)
         if birth is not None and self._client is not None:
             self._client.publish_message(self.topic, birth, qos=1, retain=True)
+
+    def _drop_handover(self) -> None:
+        if self._birth is not None:
+            handover.drop(self._handover_file, self._birth.incarnation)
 
     def announce(self) -> None:
         """Publish a birth made now (a coordinator that took its term, or republishes)."""
@@ -179,6 +203,7 @@ class Presence(Generic[S]):
         """A clean stop: say so ourselves, unless a newer process of our id took over."""
         with self._lock:
             birth = self._birth
+            self._drop_handover()
             if self._muted() or birth is None or self._client is None:
                 self._leaving = True
                 return
@@ -201,9 +226,19 @@ class Presence(Generic[S]):
                 republish = True  # a late last-will of ours replaced the birth
             elif st.state != "online":
                 return  # an older incarnation's last-will
-            elif st.ts > birth.ts:
+            elif st.ts > birth.ts and self._hands_over_to(birth, st):
                 self.replaced = st
                 republish = False
+            elif st.ts > birth.ts:
+                self.takeovers_refused += 1
+                log.warning(
+                    "takeover_refused",
+                    topic=self.topic,
+                    claimed_by=st.incarnation,
+                    reason="its birth does not reveal our handover key: not a --replace on "
+                    "this board (a stolen secret?); our birth goes back",
+                )
+                republish = True
             else:
                 republish = True  # an older claim of our id published late: ours stands
         if republish:
@@ -222,8 +257,13 @@ class Presence(Generic[S]):
             successor_ts=st.ts,
             note="a newer process took over this id; stepping down without publishing",
         )
+        self._drop_handover()
         if self._on_replaced is not None:
             self._on_replaced(st)
+
+    def _hands_over_to(self, birth: S, st: S) -> bool:
+        seal = getattr(birth, "handover_seal", "")
+        return not seal or unseals(seal, getattr(st, "handover_key", ""))
 
     # -- before connecting ----------------------------------------------------------------
 
@@ -276,14 +316,28 @@ class Presence(Generic[S]):
                 )
                 return
             where = ", ".join(f"{k} {v}" for k in ("host", "pid") if (v := getattr(other, k, None)))
+            running = (
+                f"{self.topic.rsplit('/', 2)[-2]} is already running under incarnation "
+                f"{other.incarnation}" + (f" ({where})" if where else "") + ", started "
+                f"{max(0.0, messages.now() - other.ts):.0f} s ago"
+            )
             if not replace:
                 raise IdentityInUseError(
-                    f"{self.topic.rsplit('/', 2)[-2]} is already running under incarnation "
-                    f"{other.incarnation}" + (f" ({where})" if where else "") + ", started "
-                    f"{max(0.0, messages.now() - other.ts):.0f} s ago; stop it first, or "
-                    "start this one with --replace to take over"
+                    f"{running}; stop it first, or start this one with --replace to take over "
+                    "(on the same board)"
                 )
-            announce = self._make(messages.now())
+            key = ""
+            if getattr(other, "handover_seal", ""):
+                found, looked = handover.find(self.topic, other.incarnation)
+                if found is None:
+                    raise IdentityInUseError(
+                        f"{running}; --replace takes over only on the board it runs on, which "
+                        f"keeps its handover key (not found in {', '.join(map(str, looked))}): "
+                        "run --replace there as its user or root, or stop it first (systemctl "
+                        "stop, or kill its pid), then start this one"
+                    )
+                key = found
+            announce = self._handed(self._make(messages.now()), key)
             probe.publish_message(self.topic, announce, qos=1, retain=True)
             log.warning("replacing", topic=self.topic, predecessor=other.incarnation)
             # Connect under the id only once the predecessor has left: before that the broker

@@ -35,8 +35,8 @@ from field_kit.drill.chaos import run_chaos
 from field_kit.drill.load_cases import LOAD_CASES, parse_order
 from field_kit.drill.logged import coordinator_events
 from field_kit.drill.mesh import APPS, WORKERS, DrillMesh
+from field_kit.drill.own_secret import OUTCOME_ATTACKS
 from field_kit.drill.report import write_report
-from field_kit.drill.silent_thief import OUTCOME_ATTACKS
 
 log = get_logger("drill")
 # Every case `faillite drill` knows: the fault cases, the load and boot cases (a busy board,

@@ -307,6 +307,7 @@ def _unit(
     writable: Sequence[str],
     notify: bool = True,
     exec_start_pre: str | None = None,
+    runtime: str | None = None,
 ) -> str:
     # A FailLite role tells systemd when it is ready (units ordered After= it wait for that)
     # and pings the watchdog while its loops make progress; one that exits, or hangs and stops
@@ -324,6 +325,17 @@ def _unit(
         *service,
         *([f"User={user}"] if user else []),
         "Environment=FAILLITE_LOG_FORMAT=json",
+        # Its handover key (faillite.handover): where a --replace on this board (root, or
+        # the role's user) finds it; systemd makes it (0700, the role's) and clears it.
+        *(
+            [
+                f"RuntimeDirectory={runtime}",
+                "RuntimeDirectoryMode=0700",
+                f"Environment=FAILLITE_RUNTIME_DIR=/run/{runtime}",
+            ]
+            if runtime
+            else []
+        ),
         # "+": this one command runs outside the sandbox (the login firewall needs root).
         *([f"ExecStartPre=+{exec_start_pre}"] if exec_start_pre else []),
         f"ExecStart={exec_start}",
@@ -386,6 +398,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             user=ROLE_USERS["worker"],
             sandbox="role" if node.accelerator == "none" else "gpu_worker",
             writable=state,
+            runtime="faillite-worker",
         )
     if kit.uplink is not None and kit.uplink.node == node.id:
         out["faillite-uplink.service"] = _unit(

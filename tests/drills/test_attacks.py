@@ -34,9 +34,9 @@ from field_kit.drill.attacks import (
     scan_bomb,
 )
 from field_kit.drill.cases import DrillOptions
+from field_kit.drill.own_secret import OUTCOME_ATTACKS
 from field_kit.drill.report import write_report
 from field_kit.drill.runner import CASES, run_case
-from field_kit.drill.silent_thief import OUTCOME_ATTACKS
 
 INVARIANTS = {
     "converged",
@@ -70,6 +70,7 @@ OWN_CHECKS = {
     "CONNECTION_FLOOD": {"flood_capped", "device_logs_in_during_flood"},
     "REVOKED_WORKER": {"revoked_out_at_once", "revoked_stays_out", "only_the_revoked_failed_over"},
     "SILENT_THIEF": {"judged_on_outcomes", "thief_kept_out", "only_the_victim_failed_over"},
+    "FORGED_SUCCESSOR": {"successor_refused", "victim_birth_retained"},
 }
 # The revoked worker and the one whose place a thief took are meant to fail over (that one
 # only): their cases check that instead.
@@ -90,6 +91,7 @@ REFUSED_AT_LEAST = {
     "CONNECTION_FLOOD": 900,  # sockets closed at once past the address's cap of 32
     "REVOKED_WORKER": 5,  # every login with the revoked secret
     "SILENT_THIEF": 0,  # its own topics, its own secret: what refuses it is the outcome
+    "FORGED_SUCCESSOR": 0,  # its own status: what refuses it is the handover key
 }
 EVERY_ATTACK = {**ATTACKS, **ACCESS_ATTACKS, **OUTCOME_ATTACKS}
 WITHOUT_CREDENTIALS = {"CONNECTION_FLOOD"}  # nothing stolen: sockets from anyone
@@ -97,7 +99,7 @@ WITHOUT_CREDENTIALS = {"CONNECTION_FLOOD"}  # nothing stolen: sockets from anyon
 # coordinator account's writes on workers' statuses, which both ACLs allow): what refuses them
 # is the mesh, so CI runs them on one broker (`faillite drill NAME --broker mosquitto` runs
 # them on the other; docs/drills/attacks-* hold both).
-BROKER_AGNOSTIC = {"IMAGE_BOMB", "SCAN_BOMB", "FORGED_OFFLINE"}
+BROKER_AGNOSTIC = {"IMAGE_BOMB", "SCAN_BOMB", "FORGED_OFFLINE", "FORGED_SUCCESSOR"}
 
 
 # -- the attacks, short form, on both brokers ----------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import time
@@ -467,22 +468,50 @@ def test_one_process_per_worker_id_and_replace(
     t = Topics(cfg.mesh)
     col = Collector(cfg).follow(f"faillite/{cfg.mesh}/workers/#", qos=1).start()
     argv = faillite_cmd("worker", "--id", "w1", "--config", str(path))
+    # Two boards: where each keeps its processes' handover keys.
+    board_a = {**os.environ, "FAILLITE_RUNTIME_DIR": str(tmp_path / "board-a")}
+    board_b = {**os.environ, "FAILLITE_RUNTIME_DIR": str(tmp_path / "board-b")}
     with ProcessGroup(tmp_path / "logs") as group:
-        first = group.start("w1-a", "worker", argv)
+        first = group.start("w1-a", "worker", argv, env=board_a)
         b1 = col.wait_for(lambda: _statuses(col, t, state="online"), 30, "birth")[-1]
         col.wait_for(lambda: _heartbeats(col, t), 10, "heartbeats")
+        assert len(b1.handover_seal) == 64
 
         # The same id while that one is live: refused, saying what runs and how to take over.
-        refused = group.start("w1-b", "worker", argv)
+        refused = group.start("w1-b", "worker", argv, env=board_a)
         assert refused.proc.wait(60) == 2
         assert "already running" in refused.tail() and "--replace" in refused.tail()
         assert first.alive()
 
-        # --replace: the live one steps down, exits 0 and publishes nothing about the id.
-        second = group.start("w1-c", "worker", [*argv, "--replace"])
+        # A newer birth with the id's secret alone (a thief's): the live one keeps the id
+        # and puts its birth back.
+        forged = replace(b1, incarnation="thief0", ts=messages.now(), host="elsewhere")
+        col.publish(t.worker_status("w1"), messages.encode(forged), retain=True)
+        col.wait_for(lambda: "takeover_refused" in first.tail(40), 15, "takeover refused")
+        col.wait_for(
+            lambda: (
+                [s.incarnation for s in _statuses(col, t, state="online")][-2:]
+                == ["thief0", b1.incarnation]
+            ),
+            15,
+            "its birth back",
+        )
+        assert first.alive()
+
+        # --replace from another board: it holds no handover key of the live process.
+        elsewhere = group.start("w1-x", "worker", [*argv, "--replace"], env=board_b)
+        assert elsewhere.proc.wait(60) == 2
+        assert "only on the board it runs on" in elsewhere.tail(), elsewhere.tail()
+        assert first.alive()
+
+        # --replace on its board: the live one steps down, exits 0 and publishes nothing
+        # about the id.
+        second = group.start("w1-c", "worker", [*argv, "--replace"], env=board_a)
         b2 = col.wait_for(
             lambda: [
-                s for s in _statuses(col, t, state="online") if s.incarnation != b1.incarnation
+                s
+                for s in _statuses(col, t, state="online")
+                if s.incarnation not in (b1.incarnation, forged.incarnation)
             ],
             30,
             "the successor's birth",

@@ -262,3 +262,21 @@ def test_a_worker_unwell_when_its_probation_ends_is_brought_back_by_its_heartbea
     assert m.get("w1").cause == "heartbeat_silence"  # type: ignore[union-attr]
     kinds = [m.on_heartbeat(_hb("a", 2 + i), 30.0 + 0.1 * i) for i in range(RECOVERY_HEARTBEATS)]
     assert kinds[-1] is not None and kinds[-1].kind == "recovered"
+
+
+def test_a_new_incarnation_of_a_worker_we_hear_must_reveal_its_handover_key() -> None:
+    """A thief with the worker's secret publishes a birth of a new incarnation: refused while
+    the live one is heard, unless it reveals the live one's handover key (--replace on its
+    board); once the live one is silent, a restart needs none."""
+    key = "cd" * 16
+    m = Membership(CFG)
+    m.on_status(replace(_status("a"), handover_seal=will_seal(key)), 0.0)
+    m.on_heartbeat(_hb("a", 1), 0.1)
+    t = m.on_status(_status("thief", ts=1.0), 0.2)
+    assert t is not None and (t.kind, t.cause) == ("forged", "birth_without_handover")
+    assert m.get("w1").incarnation == "a"  # type: ignore[union-attr]
+    t = m.on_status(replace(_status("b", ts=2.0), handover_key=key), 0.3)
+    assert t is not None and t.kind == "joined" and m.get("w1").incarnation == "b"  # type: ignore[union-attr]
+    m.on_status(replace(_status("c", ts=3.0), handover_seal=will_seal(key)), 0.4)  # silent since
+    t = m.on_status(_status("d", ts=4.0), 5.0)
+    assert t is not None and t.kind == "joined"

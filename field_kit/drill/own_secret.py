@@ -1,4 +1,4 @@
-"""A worker's own secret stolen, and its place taken (issue 22): liveness from outcomes.
+"""A worker's own secret stolen (issue 22): what a thief can do with only the id's account.
 
 ``SILENT_THIEF``: the critical app's worker is frozen (SIGSTOP, as by someone on its board) and
 a thief logs in with that worker's own secret and client id, taking its session. It puts the
@@ -10,6 +10,12 @@ is well; the coordinator judges the worker by the results that reach the mesh
 bring it back before its probation ends. Where a broker fires the frozen session's last-will on
 the takeover, that failover comes first, and the thief's birth (a reconnect, as far as anyone
 can tell) is what the outcome verdict then answers.
+
+``FORGED_SUCCESSOR``: with the critical app's worker's own secret, a birth of a new incarnation
+of it (newer ts, retained), as a ``--replace`` would publish, but without the live process's
+handover key (:mod:`faillite.handover`: only its own board holds it). The live process refuses
+to step down and puts its birth back (``takeover_refused``); the leader keeps it too (event
+``takeover_refused``): nobody fails over, its apps stay where they are.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from field_kit.drill.attacks import (
     AttackLog,
     _birth,
     _heartbeat,
+    _log_events,
     _primary,
+    _proc_logs,
+    _status_is_birth,
 )
 from field_kit.drill.cases import DrillContext
 
@@ -192,4 +201,71 @@ class SilentThief(AttackCase):
         return {"verdicts": verdicts}
 
 
-OUTCOME_ATTACKS: dict[str, type[AttackCase]] = {SilentThief.name: SilentThief}
+class ForgedSuccessor(AttackCase):
+    name = "FORGED_SUCCESSOR"
+    summary = (
+        "with a worker's own secret, births of a new incarnation of it (as --replace publishes, "
+        "without its handover key), retained"
+    )
+    rounds = 3
+
+    def attack(self, ctx: DrillContext, log: AttackLog) -> tuple[str, ...]:
+        m, t = ctx.mesh, ctx.mesh.topics
+        victim = _primary(ctx)
+        stolen = m.identity(Role.WORKER, victim)
+        birth = _birth(ctx, victim)
+        ctx.notes.update(victim=victim, incarnation=birth.incarnation)
+        with Attacker(ctx, stolen, stolen.probe_name, log=log) as a:
+            for i in range(self.rounds):
+                a.send_message(
+                    f"birth of {victim}, a new incarnation without its handover key (retained)",
+                    t.worker_status(victim),
+                    replace(
+                        birth,
+                        incarnation=f"thief{i}",
+                        ts=messages.now(),
+                        host="thief",
+                        handover_seal="",
+                        handover_key="00" * 16,
+                    ),
+                    retain=True,
+                )
+                time.sleep(1.0)
+        return (victim,)
+
+    def own_checks(
+        self, ctx: DrillContext, rec: Recording, fault: Fault, end: float
+    ) -> list[Check]:
+        victim, inc = ctx.notes["victim"], ctx.notes["incarnation"]
+        refused = [
+            e for e in rec.events_of("takeover_refused", fault.t_inject) if e.worker == victim
+        ]
+        joined = [e for e in rec.events_of("worker_joined", fault.t_inject) if e.worker == victim]
+        stepped = [e for p in _proc_logs(ctx, victim) for e in _log_events(p, "worker_replaced")]
+        problem = _status_is_birth(ctx.notes["retained"], ctx, victim, inc)
+        for a in self._log(ctx).attempts.values():
+            a.ignored = a.delivered if not joined and not stepped else 0
+            a.how = (
+                f"{victim} kept its id and put its birth back; the leader refused "
+                f"{len(refused)} (takeover_refused)"
+                if not joined and not stepped
+                else "believed"
+            )
+        return [
+            Check(
+                "successor_refused",
+                len(refused) >= self.rounds and not joined and not stepped,
+                f"leader: {len(refused)} takeover_refused, {len(joined)} new incarnation(s) "
+                f"joined; {victim} stepped down: {'yes' if stepped else 'no'}",
+            ),
+            Check(
+                "victim_birth_retained",
+                problem is None,
+                f"{victim}'s retained status is its real birth ({inc})"
+                if problem is None
+                else problem,
+            ),
+        ]
+
+
+OUTCOME_ATTACKS: dict[str, type[AttackCase]] = {c.name: c for c in (SilentThief, ForgedSuccessor)}
