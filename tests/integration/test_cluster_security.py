@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import resource
+import ssl
 import subprocess
 import threading
 import time
@@ -29,12 +31,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker._acl import filter_covers
 from broker.cluster import AEDES_DIR, Cluster, ClusterError, engine_problem, start_cluster
-from faillite.accounts import provision
+from faillite.accounts import provision, revoke_account
 from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig
 from faillite.identity import AclScope, Identity
 from faillite.pki import init_ca, issue_server
 from faillite.tls import client_context
 from faillite.topics import Role, Topics, matches
+from field_kit.guessing import Flood, login
 from field_kit.procs import wait_until
 
 pytestmark = pytest.mark.slow
@@ -338,6 +341,79 @@ def test_a_will_on_a_topic_the_account_may_not_write_is_dropped(cluster: Cluster
         watch.stop()
 
 
+FLOOD = 1000
+UNADMITTED_CAP = 32  # node.mjs MAX_UNADMITTED_PER_SOURCE, as broker/_amqtt_hooks.py's
+
+
+@pytest.fixture
+def descriptors() -> Iterator[None]:
+    """Room for the flood's sockets in this process (restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * FLOOD
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _flood_leaves_room(
+    cluster: Cluster, flooder: str, device: str, tls: ssl.SSLContext | None = None
+) -> None:
+    assert cluster.security is not None
+    node = cluster.nodes[0]
+    with Flood(node.host, node.port, FLOOD, source=flooder) as flood:
+        held = flood.settle(UNADMITTED_CAP, within_s=10)
+        assert held <= UNADMITTED_CAP, f"{held} of {FLOOD} still open"
+        t0 = time.monotonic()
+        code = login(
+            node.host, node.port, W1.name, _secret(cluster.security, W1), source=device, tls=tls
+        )
+        assert code == 0, code
+        assert time.monotonic() - t0 < 5.0
+    # Said once per address (and every 10 s while it lasts), not once per socket.
+    lines = [
+        line
+        for line in node.log_path.read_text(errors="replace").splitlines()
+        if "too_many_unadmitted" in line and flooder in line
+    ]
+    assert 1 <= len(lines) <= 3, len(lines)
+
+
+def test_a_flood_of_idle_sockets_leaves_room_for_devices(
+    cluster: Cluster, source: str, descriptors: None
+) -> None:
+    """1000 sockets that never send a CONNECT, from one address: a node holds at most 32 of
+    them (the rest closed at once); a device on another address logs in meanwhile."""
+    _flood_leaves_room(cluster, flooder=source, device="127.0.1.1")
+
+
+def test_a_revoked_account_loses_its_live_connections_within_seconds(
+    cluster: Cluster, source: str
+) -> None:
+    """faillite accounts revoke: the password file without the account (the nodes re-read it
+    when it changes): its live connection on any node is closed, its will fires, its next
+    login is refused. (Last in this module: the account is put back after.)"""
+    assert cluster.security is not None and cluster.security.password_file is not None
+    passwd = cluster.security.password_file
+    before = passwd.read_text()
+    watch = _watch(cluster, 2)
+    w2 = _as(cluster, 1, W2, will=(T.worker_status("w2"), b"w2-gone"))
+    try:
+        t0 = time.monotonic()
+        assert revoke_account(passwd, W2.name)
+        assert w2.dropped.wait(5), "the revoked account's connection is still open"
+        closed_s = time.monotonic() - t0
+        assert closed_s < 3.0, closed_s
+        assert wait_until(lambda: any(p == b"w2-gone" for _t, p, _r in watch.got), 5)
+        again = _refused(cluster, 0, W2.name, W2.name, _secret(cluster.security, W2), source)
+        assert again is not None
+    finally:
+        passwd.write_text(before)
+        w2.stop()
+        watch.stop()
+
+
 def test_rabbitmq_and_client_certificates_are_refused_with_security(tmp_path: Path) -> None:
     """What the launcher cannot secure does not start open instead."""
     sec = _accounts(tmp_path)
@@ -373,6 +449,8 @@ def test_tls_cluster_with_accounts(tmp_path: Path) -> None:
             bad = Client(c, 1, W1.name, W1.name, "wrong", tls=clients.tls)
             bad.stop()
             assert not bad.admitted
+            # Handshakes never begun, from one address: capped the same; a device gets in.
+            _flood_leaves_room(c, "127.0.2.1", "127.0.2.2", tls=client_context(clients.tls))
         finally:
             watch.stop()
         # Plain MQTT to a TLS node gets no CONNACK.

@@ -103,6 +103,13 @@ if (process.env.FAILLITE_REDIS_PASSWORD) redis.password = process.env.FAILLITE_R
 
 const MAX_ITERATIONS = 1000000 // faillite/accounts.py: a hash asking for more is refused
 const MAX_PENDING_PER_SOURCE = 8 // broker/_amqtt_hooks.py: more waiting logins are refused
+// broker/_amqtt_hooks.py: sockets of one address not admitted yet (no CONNECT, a TLS handshake
+// or a login in progress) held at most; more are closed at once, and each must be admitted
+// within ADMIT_WITHIN_MS.
+const MAX_UNADMITTED_PER_SOURCE = 32
+const ADMIT_WITHIN_MS = 10000
+const REFUSAL_LOG_EVERY_MS = 10000 // one line per address and this long, with the count
+const REVOCATION_SWEEP_MS = 1000 // how often live clients are checked against the accounts
 const FORGET_MS = 60000 // LoginThrottle: a quiet minute forgets a source's failures
 const MAX_SOURCES = 4096
 
@@ -327,6 +334,77 @@ broker.on('clientReady', (client) => {
   }
 })
 
+// Unadmitted sockets per source address (a flood of idle sockets, a slowloris, handshakes
+// never finished): counted from the TCP accept until the login is admitted or the socket
+// closes. Where there are no accounts, only the deadline applies to a CONNECT.
+const unadmitted = new Map() // source -> sockets open and not admitted
+const releases = new Map() // 'address:port' -> release its count (on admission)
+const refused = new Map() // source -> [refused since the last line, when that line was]
+function gate (socket) {
+  const source = socket.remoteAddress ?? '?'
+  const peer = `${source}:${socket.remotePort}`
+  const held = unadmitted.get(source) ?? 0
+  if (passwords && held >= MAX_UNADMITTED_PER_SOURCE) {
+    const [n, at] = refused.get(source) ?? [0, 0]
+    const now = Date.now()
+    if (now - at >= REFUSAL_LOG_EVERY_MS) {
+      log('too_many_unadmitted', { source, held, refused: n + 1, cap: MAX_UNADMITTED_PER_SOURCE })
+      refused.set(source, [0, now])
+    } else {
+      refused.set(source, [n + 1, at])
+    }
+    while (refused.size > MAX_SOURCES) refused.delete(refused.keys().next().value)
+    socket.destroy()
+    return false
+  }
+  unadmitted.set(source, held + 1)
+  let counted = true
+  const release = () => {
+    if (!counted) return
+    counted = false
+    clearTimeout(deadline)
+    releases.delete(peer)
+    const left = (unadmitted.get(source) ?? 1) - 1
+    if (left > 0) unadmitted.set(source, left)
+    else unadmitted.delete(source)
+  }
+  const deadline = setTimeout(() => {
+    if (!counted) return
+    log('not_admitted_in_time', { peer, within_ms: ADMIT_WITHIN_MS })
+    socket.destroy()
+  }, ADMIT_WITHIN_MS)
+  deadline.unref()
+  releases.set(peer, release)
+  socket.once('close', release)
+  socket.on('error', () => {}) // a reset before the handshake: closed, counted out
+  return true
+}
+broker.on('clientReady', (client) => {
+  const conn = client.conn
+  releases.get(`${conn?.remoteAddress}:${conn?.remotePort}`)?.()
+})
+
+// Revocation takes effect at once: an account removed from the password file (faillite
+// accounts revoke) loses its live connections here within REVOCATION_SWEEP_MS, as its next
+// logins are refused (the file is re-read when it changes); its will fires.
+function sweep () {
+  if (!passwords) return
+  let accounts
+  try {
+    accounts = passwords()
+  } catch {
+    return
+  }
+  for (const client of Object.values(broker.clients)) {
+    if (client.id && !accounts.has(client.id)) {
+      log('revoked_client_closed', { client: client.id })
+      client.close()
+    }
+  }
+}
+setInterval(sweep, REVOCATION_SWEEP_MS).unref()
+process.on('SIGHUP', sweep)
+
 // TLS with the mesh's own CA (faillite pki server): clients verify this certificate.
 const tls = Boolean(opt.cert && opt.key)
 const server = tls
@@ -334,10 +412,16 @@ const server = tls
     cert: readFileSync(opt.cert),
     key: readFileSync(opt.key),
     ...(opt.ca ? { ca: readFileSync(opt.ca) } : {}),
-    minVersion: 'TLSv1.2'
+    minVersion: 'TLSv1.2',
+    handshakeTimeout: ADMIT_WITHIN_MS
   }, broker.handle)
-  : createNetServer(broker.handle)
-if (tls) server.on('tlsClientError', (err, socket) => log('tls_refused', { peer: socket.remoteAddress, error: err.code ?? String(err) }))
+  : createNetServer((socket) => { if (gate(socket)) broker.handle(socket) })
+if (tls) {
+  // The raw socket, before its handshake: a TLS server's own 'connection' listener starts
+  // the handshake after this one, on a socket this one may have closed already.
+  server.prependListener('connection', gate)
+  server.on('tlsClientError', (err, socket) => log('tls_refused', { peer: socket.remoteAddress, error: err.code ?? String(err) }))
+}
 server.listen(Number(opt.port), opt.host, () => {
   console.log(JSON.stringify({
     event: 'listening', id: broker.id, host: opt.host, port: opt.port, tls, accounts: Boolean(passwords), acl: Boolean(aclFile?.().acl)
