@@ -66,18 +66,40 @@ class TlsConfig(StrictModel):
     ``server``: the broker's own certificate; nodes other than the broker leave it out. Relative
     paths are relative to the config file. Each
     node holds only its own files: ``ca.crt`` and its certificate and key, never the CA key.
+    ``probe_certfile`` / ``probe_keyfile``: the certificate of the identity's probe name
+    (``{name}.probe``, issued beside it by ``faillite pki client``), for the short look before a
+    role connects under its id: a broker that names each client by its certificate (Mosquitto's
+    ``use_username_as_clientid``) would give a look with the role's own certificate the role's
+    client id, and take a live process's session over. Without it that look is skipped.
     """
 
     ca_certs: Path
     certfile: Path | None = None
     keyfile: Path | None = None
+    probe_certfile: Path | None = None
+    probe_keyfile: Path | None = None
     server: TlsServerConfig | None = None
 
     @model_validator(mode="after")
     def _client_pair(self) -> TlsConfig:
         if self.keyfile is not None and self.certfile is None:
             raise ValueError("tls.keyfile is set without tls.certfile")
+        if self.probe_keyfile is not None and self.probe_certfile is None:
+            raise ValueError("tls.probe_keyfile is set without tls.probe_certfile")
+        if self.probe_certfile is not None and self.certfile is None:
+            raise ValueError("tls.probe_certfile is set without tls.certfile")
         return self
+
+    def for_probe(self) -> TlsConfig | None:
+        """These settings for the identity's probe name; None where the role presents a
+        certificate and no probe certificate is given."""
+        if self.certfile is None:
+            return self
+        if self.probe_certfile is None:
+            return None
+        return self.model_copy(
+            update={"certfile": self.probe_certfile, "keyfile": self.probe_keyfile}
+        )
 
 
 class BrokerAddress(StrictModel):
@@ -700,6 +722,8 @@ def _resolve_broker(base: Path, broker: BrokerConfig) -> BrokerConfig:
                 "ca_certs": _resolve(base, tls.ca_certs),
                 "certfile": opt(tls.certfile),
                 "keyfile": opt(tls.keyfile),
+                "probe_certfile": opt(tls.probe_certfile),
+                "probe_keyfile": opt(tls.probe_keyfile),
                 "server": None
                 if server is None
                 else server.model_copy(

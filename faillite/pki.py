@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from faillite.identity import PROBE_SUFFIX
+
 CA_CERT: Final = "ca.crt"
 CA_KEY: Final = "ca.key"
 CRL: Final = "crl.pem"  # the certificates revoked so far, signed by the CA
@@ -386,6 +388,11 @@ def issue_client(
     ca = load_ca(ca_dir)
     cert, key = make_client_certificate(ca, name, days=days)
     return _save(out_dir or ca_dir, name, cert, key, overwrite=overwrite)
+
+
+def probe_certificate(cert_path: Path) -> Path:
+    """Where the probe name's certificate of ``cert_path``'s identity is kept: beside it."""
+    return cert_path.with_name(f"{cert_path.name.removesuffix('.crt')}{PROBE_SUFFIX}.crt")
 
 
 def common_name(cert: x509.Certificate) -> str | None:

@@ -134,24 +134,36 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    from faillite.identity import PROBE_SUFFIX, is_identity
     from faillite.pki import issue_client
 
     out = Path(args.out) if args.out else None
-    return _issue(
-        lambda: issue_client(
-            Path(args.ca), args.name, out_dir=out, days=args.days, overwrite=args.force
-        )
-    )
+    # An identity also gets its probe name's certificate (tls.probe_certfile): the look a
+    # role takes before connecting must not come under its own client id.
+    names = [args.name] + ([args.name + PROBE_SUFFIX] if is_identity(args.name) else [])
+    for name in names:
+
+        def issue(name: str = name) -> Any:
+            return issue_client(
+                Path(args.ca), name, out_dir=out, days=args.days, overwrite=args.force
+            )
+
+        if rc := _issue(issue):
+            return rc
+    return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from faillite.config import ConfigError, load_mesh_config
-    from faillite.pki import PkiError, common_name, load_certificate, revoke
+    from faillite.pki import PkiError, common_name, load_certificate, probe_certificate, revoke
     from faillite.revocation import RevocationError, apply_revocation
 
+    probe = probe_certificate(Path(args.cert))
     try:
         cert = load_certificate(Path(args.cert))
         crl = revoke(Path(args.ca), Path(args.cert))
+        if probe.exists():  # the identity's probe name goes with it
+            revoke(Path(args.ca), probe)
     except (PkiError, OSError) as exc:
         return _failed(exc)
     _done(crl)

@@ -285,6 +285,17 @@ class Presence(Generic[S]):
         is stale (a frozen or dead process whose last-will has not fired yet): we go ahead, and
         it steps down if it ever wakes. With ``replace`` a live one is told to step down, and this
         returns once it has gone quiet on ``life_topic``."""
+        if broker.tls is not None and (probe_tls := broker.tls.for_probe()) is not broker.tls:
+            if probe_tls is None:
+                log.warning(
+                    "identity_unchecked",
+                    topic=self.topic,
+                    reason="a client certificate and no tls.probe_certfile: a look with this "
+                    "certificate would take this id's own session where the broker names "
+                    "clients by certificate (Mosquitto); faillite pki client issues one",
+                )
+                return
+            broker = broker.model_copy(update={"tls": probe_tls})
         probe = MeshClient(probe_id(client_id), broker, quiet=True)
         seen: list[S] = []
         life = threading.Event()

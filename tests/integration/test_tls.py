@@ -14,19 +14,21 @@ import contextlib
 import queue
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from faillite import pki
+from faillite import messages, pki
 from faillite.accounts import add_account
 from faillite.config import BrokerConfig, TlsConfig, TlsServerConfig
 from faillite.identity import Identity
 from faillite.mqtt import ConnectError, MeshClient, Raw, Will
+from faillite.presence import IdentityInUseError, Presence
 from faillite.revocation import Applied, apply_revocation
 from faillite.tls import client_context
 from faillite.topics import Role, Topics
@@ -79,6 +81,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     pki.issue_server(mesh, "broker", ["127.0.0.1", "localhost"])
     for identity in (CAM1, W1, COORD, STRANGER):
         pki.issue_client(mesh, identity.name)
+    pki.issue_client(mesh, W1.probe_name)  # the certificate of w1's look before connecting
     pki.init_ca(foreign, common_name="Somebody Else's CA")
     pki.issue_server(foreign, "broker", ["127.0.0.1", "localhost"])
     pki.issue_client(foreign, CAM1.name)
@@ -489,6 +492,53 @@ def test_with_certificates_only_a_certificate_takes_no_other_session(
             assert wills.drained() == []
     finally:
         coord.stop()
+
+
+def test_the_look_before_connecting_takes_no_live_session_with_certificates(
+    launcher: BrokerLauncher, kind: str, certs: Pki
+) -> None:
+    """Certificates only, a worker id live: a second process's look before it connects
+    (Presence.claim) presents the probe name's certificate, so it sees the live one and
+    refuses, and never takes the live connection over (Mosquitto names a client by its
+    certificate). Without a probe certificate the look is skipped, never taken with the
+    role's own certificate."""
+    ep = _start(launcher, kind, BrokerConfig(tls=certs.server(require_client=True), acl=False))
+    status, beat = T.worker_status("w1"), T.worker_heartbeat("w1")
+    live = MeshClient(W1.name, node_config(ep, certs.tls(client=W1)), quiet=True)
+    live.start(connect_timeout=10)
+    stop = threading.Event()
+
+    def beating() -> None:
+        while not stop.wait(0.1):
+            live.publish(beat, b"{}")
+
+    thread = threading.Thread(target=beating, daemon=True)
+    birth = messages.WorkerStatus(worker="w1", incarnation="live1", state="online", ts=time.time())
+    try:
+        live.publish(status, messages.encode(birth), qos=1, retain=True)
+        thread.start()
+        own = certs.tls(client=W1)
+        with_probe = own.model_copy(
+            update={
+                "probe_certfile": certs.mesh / f"{W1.probe_name}.crt",
+                "probe_keyfile": certs.mesh / f"{W1.probe_name}.key",
+            }
+        )
+
+        def presence() -> Presence[messages.WorkerStatus]:
+            return Presence(status, messages.WorkerStatus, lambda ts: replace(birth, ts=ts))
+
+        with pytest.raises(IdentityInUseError, match="already running under incarnation live1"):
+            presence().claim(node_config(ep, with_probe), W1.name, life_topic=beat, liveness_s=1)
+        presence().claim(node_config(ep, own), W1.name, life_topic=beat, liveness_s=1)  # skipped
+        time.sleep(0.5)  # a takeover would show as a reconnect of the live client
+        assert live.connects == 1
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(2)
+        live.publish(status, b"", qos=1, retain=True)
+        live.stop()
 
 
 def test_every_mesh_connection_sends_without_delay(tls_broker: BrokerEndpoint, certs: Pki) -> None:
