@@ -73,6 +73,9 @@ class SensorStatus:
     width: Count = 0
     height: Count = 0
     reason: Text = ""
+    # As a worker's (WorkerStatus): a newer birth must reveal the live process's handover key.
+    handover_seal: Name = ""
+    handover_key: Name = ""
     v: int = SCHEMA_VERSION
 
 

@@ -417,6 +417,7 @@ def units(kit: Kit, node: Node, lay: Layout = DEPLOYED) -> dict[str, str]:
             user=ROLE_USERS["sensor"],
             sandbox="camera_device" if is_local_device(cam.source) else "role",
             writable=state,
+            runtime=f"faillite-sensor-{cam.id}",
         )
     return out
 
