@@ -30,6 +30,7 @@ their ``alive()`` says which one hung, for systemd's watchdog (:mod:`faillite.sd
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -163,6 +164,7 @@ class CoordinatorService:
         self.id = coordinator_id
         self.topics = Topics(mesh.mesh)
         self.incarnation = uuid.uuid4().hex[:12]
+        self._beat_sent = 0.0  # monotonic: when our last beat as leader went out
         bind(coordinator=coordinator_id, incarnation=self.incarnation)
         self.leadership = Leadership(
             coordinator_id,
@@ -295,12 +297,31 @@ class CoordinatorService:
             log.warning(
                 "coordinator_deposed", term=term, successor=st.coordinator, successor_term=st.term
             )
+            self._report_deposition(term, st)
             self._inbox.put(SteppedDown(*_clock(), st.coordinator, st.term))
             self._stop.set()
         elif verdict == "restore":
             # A predecessor's late last-will replaced our retained status: put it back.
             self._republish()
         self._heard.set()
+
+    def _report_deposition(self, term: int, st: messages.CoordinatorStatus) -> None:
+        """Deposed while we led, connected and beating: no standby could have found us gone.
+        A coordinator started to lead, a partition between coordinators, or a coordinator's
+        board and key in other hands: said where operators look (an event, not only a log)."""
+        since = time.monotonic() - self._beat_sent
+        if not (self.client.connected and since < 2 * self.mesh.coordinator.leader_beat_s):
+            return
+        self._beat_sent = -math.inf  # said once (the successor's status may come twice)
+        detail = {
+            "term": term,
+            "successor": st.coordinator,
+            "successor_term": st.term,
+            "last_beat_ms": round(since * 1000, 1),
+            "note": "a successor took the term while this leader beat: one started to lead, "
+            "a partition, or a coordinator's board and key in other hands",
+        }
+        self._emit(EmitEvent("deposed_while_leading", "", "", detail, False), 0.0, 0.0)
 
     def _on_assignment(self, inb: Inbound[messages.Assignment]) -> None:
         a = inb.message
@@ -485,7 +506,8 @@ class CoordinatorService:
                     seq=seq,
                     ts=messages.now(),
                 )
-                self.client.publish(topic, messages.encode(self._sign(topic, beat)), qos=0)
+                if self.client.publish(topic, messages.encode(self._sign(topic, beat)), qos=0):
+                    self._beat_sent = time.monotonic()
             self._stop.wait(every)
 
     def _monitor_loop(self) -> None:

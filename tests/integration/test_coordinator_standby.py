@@ -12,7 +12,7 @@ from typing import Any
 from plugins.mesh import Collector, load, write_config
 
 from faillite import messages
-from faillite.topics import Topics
+from faillite.topics import Role, Topics
 from field_kit.procs import ProcessGroup, faillite_cmd
 
 
@@ -75,6 +75,17 @@ def test_standby_takes_over_and_old_leader_steps_down(
         c2 = next(c for c in group.children if c.name == "c2")
         assert c2.proc.wait(15) == 0
         assert "coordinator_deposed" in (tmp_path / "logs" / "c2.log").read_text()
+        # It led and beat to the end: said as an event (a stolen board would look the same).
+        (said,) = col.wait_for(
+            lambda: [
+                e
+                for e in col.messages(t.events_of(Role.COORDINATOR, "c2"), messages.Event)
+                if e.kind == "deposed_while_leading"
+            ],
+            5,
+            "the deposition reported",
+        )
+        assert (said.source, said.detail["successor"]) == ("coordinator/c2", "c3")
         time.sleep(0.5)
         last = col.messages(t.coordinator_status, messages.CoordinatorStatus)[-1]
         assert (last.coordinator, last.state, last.term) == ("c3", "leader", third.term)
