@@ -27,7 +27,7 @@ from faillite.accounts import revoke_account
 from faillite.revocation import apply_revocation
 from faillite.topics import Role
 from field_kit.brokers import HOST as BROKER_HOST
-from field_kit.drill.analysis import Check, Fault, Recording, false_suspicions
+from field_kit.drill.analysis import Check, Fault, Recording
 from field_kit.drill.attacks import (
     CONNACK_ACCEPTED,
     AttackCase,
@@ -128,6 +128,7 @@ class RevokedWorker(AttackCase):
     # will: the coordinator notices the worker's heartbeats stop (about a second) and its
     # obituary follows; the embedded broker fires the will at once.
     gap_bound_ms = 2000.0
+    victim_fails_over = "only_the_revoked_failed_over"
 
     def attack(self, ctx: DrillContext, log: AttackLog) -> tuple[str, ...]:
         m = ctx.mesh
@@ -156,23 +157,6 @@ class RevokedWorker(AttackCase):
             )  # fmt: skip
         ctx.notes["codes"] = codes
         return (victim,)
-
-    def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
-        # The base checks, with "no failover" read as "none but the revoked worker's".
-        out = [c for c in super().checks(ctx, rec, fault, end) if c.name != "no_failover"]
-        victim = ctx.notes["victim"]
-        fos = [(e.worker, e.detail.get("cause")) for e in rec.events_of("failover", fault.t_inject)]
-        others = [f"{w} ({cause})" for w, cause in fos if w != victim]
-        sus = [s for s in false_suspicions(rec, fault.t_inject) if victim not in s]
-        out.append(
-            Check(
-                "only_the_revoked_failed_over",
-                bool(fos) and not others and not sus,
-                f"failovers: {', '.join(f'{w} ({cause})' for w, cause in fos) or '-'}; "
-                f"anyone else suspected: {'; '.join(sus) or '-'}",
-            )
-        )
-        return out
 
     def recover(self, ctx: DrillContext, fault: Fault) -> Fault:
         """The revoked worker's process keeps trying to get back in: once its log shows a

@@ -402,6 +402,9 @@ class AttackCase(FaultCase):
 
     # The longest gap in any app's results the attack may cause: one failover at most.
     gap_bound_ms: ClassVar[float] = FAILOVER_GAP_MS
+    # A case whose victim (ctx.notes["victim"]) is meant to fail over names the check that
+    # says it alone did, in place of "no_failover".
+    victim_fails_over: ClassVar[str] = ""
 
     def spec(self, opts: DrillOptions) -> MeshSpec:
         return MeshSpec(broker=opts.broker, accounts=True)
@@ -444,7 +447,9 @@ class AttackCase(FaultCase):
         ctx.notes["retained"] = retained
         out = [
             self._service(rec, fault, end, self.gap_bound_ms),
-            self._no_failover(rec, fault),
+            self._only_victim_failed_over(rec, fault, ctx.notes["victim"], self.victim_fails_over)
+            if self.victim_fails_over
+            else self._no_failover(rec, fault),
             self._nothing_forged_retained(ctx, retained, log),
         ]
         out += self.own_checks(ctx, rec, fault, end)
@@ -481,6 +486,18 @@ class AttackCase(FaultCase):
             "nobody suspected, no failover"
             if ok
             else f"suspected: {'; '.join(sus) or '-'}; failovers: {', '.join(fos) or '-'}",
+        )
+
+    @staticmethod
+    def _only_victim_failed_over(rec: Recording, fault: Fault, victim: str, name: str) -> Check:
+        fos = [(e.worker, e.detail.get("cause")) for e in rec.events_of("failover", fault.t_inject)]
+        others = [f"{w} ({cause})" for w, cause in fos if w != victim]
+        sus = [s for s in false_suspicions(rec, fault.t_inject) if victim not in s]
+        return Check(
+            name,
+            bool(fos) and not others and not sus,
+            f"failovers: {', '.join(f'{w} ({cause})' for w, cause in fos) or '-'}; "
+            f"anyone else suspected: {'; '.join(sus) or '-'}",
         )
 
     @staticmethod

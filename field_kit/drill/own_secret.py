@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from faillite import messages
 from faillite.topics import Role
-from field_kit.drill.analysis import Check, Fault, Recording, false_suspicions
+from field_kit.drill.analysis import Check, Fault, Recording
 from field_kit.drill.attacks import (
     FAILOVER_GAP_MS,
     AttackCase,
@@ -59,6 +59,7 @@ class SilentThief(AttackCase):
     # Its apps go without results from the freeze until the outcome verdict: the window, then
     # one failover.
     gap_bound_ms = RESULTS_MISSING_S * 1000 + 2 * FAILOVER_GAP_MS
+    victim_fails_over = "only_the_victim_failed_over"
 
     def attack(self, ctx: DrillContext, log: AttackLog) -> tuple[str, ...]:
         m, t = ctx.mesh, ctx.mesh.topics
@@ -118,23 +119,6 @@ class SilentThief(AttackCase):
                 break
             time.sleep(0.2)
         return replace(fault, t_recover=time.time())
-
-    def checks(self, ctx: DrillContext, rec: Recording, fault: Fault, end: float) -> list[Check]:
-        # The base checks, with "no failover" read as "none but the victim's".
-        out = [c for c in super().checks(ctx, rec, fault, end) if c.name != "no_failover"]
-        victim = ctx.notes["victim"]
-        fos = [(e.worker, e.detail.get("cause")) for e in rec.events_of("failover", fault.t_inject)]
-        others = [f"{w} ({cause})" for w, cause in fos if w != victim]
-        sus = [s for s in false_suspicions(rec, fault.t_inject) if victim not in s]
-        out.append(
-            Check(
-                "only_the_victim_failed_over",
-                bool(fos) and not others and not sus,
-                f"failovers: {', '.join(f'{w} ({cause})' for w, cause in fos) or '-'}; "
-                f"anyone else suspected: {'; '.join(sus) or '-'}",
-            )
-        )
-        return out
 
     def own_checks(
         self, ctx: DrillContext, rec: Recording, fault: Fault, end: float

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import resource
 import ssl
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from plugins.brokers import FLOOD_SOCKETS
 
 from broker._acl import filter_covers
 from broker.cluster import AEDES_DIR, Cluster, ClusterError, engine_problem, start_cluster
@@ -341,20 +341,8 @@ def test_a_will_on_a_topic_the_account_may_not_write_is_dropped(cluster: Cluster
         watch.stop()
 
 
-FLOOD = 1000
+FLOOD = FLOOD_SOCKETS
 UNADMITTED_CAP = 32  # node.mjs MAX_UNADMITTED_PER_SOURCE, as broker/_amqtt_hooks.py's
-
-
-@pytest.fixture
-def descriptors() -> Iterator[None]:
-    """Room for the flood's sockets in this process (restored after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4 * FLOOD
-    if hard != resource.RLIM_INFINITY and hard < want:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _flood_leaves_room(

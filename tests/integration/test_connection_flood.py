@@ -4,12 +4,10 @@ matters: one source address holds at most MAX_UNADMITTED_PER_SOURCE sockets befo
 
 from __future__ import annotations
 
-import resource
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from plugins.brokers import FLOOD_SOCKETS
 
 from broker._amqtt_hooks import MAX_UNADMITTED_PER_SOURCE
 from faillite import pki
@@ -24,19 +22,7 @@ from field_kit.guessing import Flood, login
 MESH = "flood"
 W1 = Identity(MESH, Role.WORKER, "w1")
 CAM1 = Identity(MESH, Role.SENSOR, "cam1")
-SOCKETS = 1000
-
-
-@pytest.fixture
-def descriptors() -> Iterator[None]:
-    """Room for the flood's sockets in this process (restored after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4 * SOCKETS
-    if hard != resource.RLIM_INFINITY and hard < want:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+SOCKETS = FLOOD_SOCKETS
 
 
 def test_a_flood_from_one_address_leaves_room_for_devices(

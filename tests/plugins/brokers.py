@@ -16,6 +16,7 @@ Mosquitto tests are skipped with a message when the binary is missing (CI instal
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,18 @@ def broker_launcher(tmp_path: Path) -> Iterator[BrokerLauncher]:
         yield launcher
     finally:
         launcher.stop_all()
+
+
+FLOOD_SOCKETS = 1000  # a connection flood of the tests: what a kit's broker must shrug off
+
+
+@pytest.fixture
+def descriptors() -> Iterator[None]:
+    """Room for a flood's sockets in this process (restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * FLOOD_SOCKETS
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
