@@ -11,8 +11,9 @@ sockets that never finish their handshake count too (``broker/_tls_gate.py``). M
 the firewall rules ``broker.mosquitto`` writes beside its config cap the connections one
 address holds open
 (``broker.max_connections_per_source``; its rate cap is lifted here, or the flood would take
-minutes to build). Each figure is a device's CONNECT to CONNACK from
-127.0.0.2, median of ``--repeat``.
+minutes to build). The Aedes cluster (3 nodes on one Redis; flooded: node 0): each node caps
+one address's sockets before admission the same way (``broker/cluster/aedes/node.mjs``). Each
+figure is a device's CONNECT to CONNACK from 127.0.0.2, median of ``--repeat``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,28 @@ def mosquitto(tmp: Path, sockets: int, repeat: int) -> dict[str, Any]:
     return out
 
 
+def aedes(tmp: Path, sockets: int, repeat: int) -> dict[str, Any] | None:
+    from broker.cluster import engine_problem, start_cluster
+
+    if engine_problem("aedes") is not None:
+        return None
+    pw, secret = _account(tmp)
+    out: dict[str, Any] = {}
+    security = BrokerConfig(password_file=pw, secrets_dir=tmp / "secrets", login_delay_s=0.1)
+    with start_cluster("aedes", tmp / "cluster", 3, security=security, mesh=MESH) as cluster:
+        node = cluster.nodes[0]
+        for label, n in (("no flood", 0), (f"{sockets} idle sockets", sockets)):
+            with Flood(node.host, node.port, n, source="127.0.0.1") as flood:
+                time.sleep(0.5)
+                runs = [_timed_login(node.host, node.port, secret) for _ in range(repeat)]
+                out[label] = {
+                    "held": flood.open_count(),
+                    "device_rc": [rc for rc, _ in runs],
+                    "login_ms_p50": round(statistics.median(ms for _, ms in runs), 1),
+                }
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sockets", type=int, default=1000)
@@ -134,6 +157,9 @@ def main() -> int:
         results["embedded"] = embedded(Path(d) / "e", args.sockets, args.repeat)
         print("... embedded broker, TLS", file=sys.stderr, flush=True)
         results["embedded-tls"] = embedded(Path(d) / "t", args.sockets, args.repeat, tls=True)
+        print("... Aedes cluster", file=sys.stderr, flush=True)
+        if (cluster := aedes(Path(d) / "a", args.sockets, args.repeat)) is not None:
+            results["aedes"] = cluster
         problem = firewall_problem()
         if problem is None:
             print("... Mosquitto in a namespace", file=sys.stderr, flush=True)
