@@ -4,11 +4,11 @@ The id's secret (its broker account) is all a thief who copied it has; a newer b
 id's status used to be enough to make the live process step down. Now each process draws a
 handover key, puts its hash in its births (``handover_seal``, like a will seal) and keeps the
 key in a private file on its own board. ``--replace`` reads that file and reveals the key in
-the successor's birth (``handover_key``); the live process steps down, and the coordinator
-believes the new incarnation while the old one is heard, only for a birth that unseals it.
+the successor's birth (``handover_key``); the live process steps down, and whoever tracks
+incarnations believes the new one, while the old one is heard, only for a birth that unseals it.
 
-The file is kept in the first of ``$FAILLITE_RUNTIME_DIR`` (a kit's worker unit sets
-``/run/faillite-worker``, its systemd runtime folder), ``/run/faillite``,
+The file is kept in the first of ``$FAILLITE_RUNTIME_DIR`` (a kit's systemd unit sets its own
+runtime folder, ``/run/faillite-<role>``), ``/run/faillite``,
 ``$XDG_RUNTIME_DIR/faillite`` and ``/tmp/faillite-<uid>`` it can write, a folder of mode 0700;
 a successor looks in all of them and in ``/run/faillite-*`` and ``/tmp/faillite-*``, whatever
 the user or environment it runs as (a service, an operator's shell, root). A key file is
