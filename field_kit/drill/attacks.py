@@ -1279,6 +1279,15 @@ class ForgedEvents(AttackCase):
                 qos=1,
                 retain=True,
             )
+            # The thief stays connected until the live watcher has had its own-topic ones (at
+            # least one before the loop, then each of the count): a client that leaves at once
+            # may take its last QoS 1 messages with it on a loaded machine.
+            deadline = time.monotonic() + 10
+            while (
+                view.bad.snapshot().get("event_wrong_source", 0) < self.count + 1
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
         late = MeshObserver(m.cfg, client_id="late-view")  # a watcher that comes later
         m.clients.append(late.client)
         late.start(15)
