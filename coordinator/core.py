@@ -256,9 +256,9 @@ class CoordinatorCore:
         self.generation += 1
         state = self._retained_state()
         self._out.append(PublishState(state, reason))
-        serving, _caps, _paused = self._shed_view()
+        # Who must publish each app's results: the routes just derived, not derived again.
         self.outcomes.route(
-            {app: a.server for app, a in serving.items()}, self.generation, self._now
+            {r.app: r.worker for r in state.routes if r.worker}, self.generation, self._now
         )
         for worker, plan in state.workers:
             apps = frozenset(x.app for x in plan.serve)

@@ -24,7 +24,7 @@ from typing import Final, Literal
 
 from coordinator.detectors import DetectorConfig, ProgressDetector, SilenceDetector
 from faillite import messages
-from faillite.presence import unseals
+from faillite.presence import hands_over, unseals
 
 TransitionKind = Literal["joined", "failed", "recovered", "stale", "replayed", "forged"]
 State = Literal["alive", "failed"]
@@ -142,9 +142,8 @@ class Membership:
             if (
                 cur is not None
                 and cur.state == "alive"
-                and cur.status.handover_seal
                 and not cur.silence.suspected(now)
-                and not unseals(cur.status.handover_seal, st.handover_key)
+                and not hands_over(cur.status.handover_seal, st.handover_key)
             ):
                 # A new process of a worker we hear, that does not reveal the live one's
                 # handover key: not a --replace on its board (a stolen secret). The live one

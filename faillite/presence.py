@@ -82,6 +82,12 @@ def unseals(seal: str, key: str) -> bool:
         return False
 
 
+def hands_over(seal: str, key: str) -> bool:
+    """Whether a successor revealing ``key`` may take over from a process whose births carry
+    handover ``seal`` (one that carries none asks for nothing)."""
+    return not seal or unseals(seal, key)
+
+
 class IdentityInUseError(RuntimeError):
     """Another live process already serves under this id."""
 
@@ -262,8 +268,7 @@ class Presence(Generic[S]):
             self._on_replaced(st)
 
     def _hands_over_to(self, birth: S, st: S) -> bool:
-        seal = getattr(birth, "handover_seal", "")
-        return not seal or unseals(seal, getattr(st, "handover_key", ""))
+        return hands_over(getattr(birth, "handover_seal", ""), getattr(st, "handover_key", ""))
 
     # -- before connecting ----------------------------------------------------------------
 
